@@ -1,0 +1,118 @@
+# SPDX-License-Identifier: MIT
+# lockd: a plain GNU Makefile.  `make check` installs what is missing (as
+# root), builds everything and runs every test; its last line is
+# "N passed, N failed".
+
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SBINDIR    ?= $(PREFIX)/sbin
+LIBDIR     ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+MANDIR     ?= $(PREFIX)/share/man
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+DESTDIR    ?=
+
+CC      ?= cc
+CXX     ?= c++
+CFLAGS  ?= -O2 -g
+WERROR  ?=
+WARN     = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+           -Wpointer-arith -Wformat=2 $(WERROR)
+# Recursive (=) so that flags are read after `deps` has installed the packages.
+SODIUM_CFLAGS  = $(shell pkg-config --cflags libsodium 2>/dev/null)
+SODIUM_LIBS    = $(shell pkg-config --libs libsodium 2>/dev/null || echo -lsodium)
+ALL_CFLAGS     = -std=gnu11 $(WARN) $(CFLAGS) $(SODIUM_CFLAGS) -I.
+PIC_CFLAGS     = -fPIC -fvisibility=hidden
+
+SONAME   = liblockd.so.1
+VERSION  = $(shell sed -n 's/^\#define LOCKD_VERSION_STRING "\(.*\)"/\1/p' lockd.h)
+
+TESTS    = $(patsubst %.c,%,$(wildcard test/test-*.c))
+BENCHES  = $(patsubst %.c,%,$(wildcard bench/bench-*.c))
+
+.PHONY: all deps check check-build check-asan check-valgrind bench install uninstall clean
+
+all: liblockd.a $(SONAME) lockd.pc
+
+lockd.o: lockd.c lockd.h
+	$(CC) $(ALL_CFLAGS) -c -o $@ lockd.c
+
+lockd.pic.o: lockd.c lockd.h
+	$(CC) $(ALL_CFLAGS) $(PIC_CFLAGS) -c -o $@ lockd.c
+
+liblockd.a: lockd.o
+	rm -f $@
+	$(AR) rcs $@ lockd.o
+
+$(SONAME): lockd.pic.o
+	$(CC) $(CFLAGS) -shared -Wl,-soname,$(SONAME) -Wl,--no-undefined -o $@ lockd.pic.o \
+		$(SODIUM_LIBS) $(LDFLAGS)
+	ln -sf $(SONAME) liblockd.so
+
+lockd.pc: lockd.pc.in lockd.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+# Tests include lockd.c (for the syscall seam and the static functions) or
+# link liblockd.a; either way they are rebuilt when the library changes.
+test/test-%: test/test-%.c test/test.h lockd.c lockd.h
+	$(CC) $(ALL_CFLAGS) -o $@ $< lockd.c -lpthread $(SODIUM_LIBS)
+
+# A test file that includes lockd.c itself says so on its first line.
+test/test-fault: test/test-fault.c test/test.h lockd.c lockd.h
+	$(CC) $(ALL_CFLAGS) -o $@ $< -lpthread $(SODIUM_LIBS)
+
+# The header must compile as C99 and as C++.
+test/header-c99.o: lockd.h
+	printf '#include "lockd.h"\nint lockd_c99_ok;\n' | \
+		$(CC) -std=c99 -pedantic -Wall -Wextra -Werror -I. -x c -c -o $@ -
+test/header-cxx.o: lockd.h
+	printf '#include "lockd.h"\nint lockd_cxx_ok;\n' | \
+		$(CXX) -std=c++11 -pedantic -Wall -Wextra -Werror -I. -x c++ -c -o $@ -
+
+deps:
+	@sh tools/deps
+
+check: deps
+	@$(MAKE) --no-print-directory check-build
+	@sh test/run $(TESTS)
+
+check-build: all $(TESTS) test/header-c99.o test/header-cxx.o
+
+ASAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+check-asan: deps
+	@$(MAKE) --no-print-directory clean-tests
+	@$(MAKE) --no-print-directory CFLAGS="$(ASAN_FLAGS)" $(TESTS)
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		sh test/run $(TESTS); rc=$$?; $(MAKE) --no-print-directory clean-tests; exit $$rc
+
+check-valgrind: deps
+	@$(MAKE) --no-print-directory check-build
+	@LOCKD_TEST_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full --track-fds=no" \
+		sh test/run $(TESTS)
+
+bench: deps
+	@$(MAKE) --no-print-directory CFLAGS="-O2 -g" $(BENCHES)
+	@for b in $(BENCHES); do ./$$b || exit 1; done
+
+bench/bench-%: bench/bench-%.c bench/bench.h lockd.c lockd.h
+	$(CC) $(ALL_CFLAGS) -o $@ $< lockd.c -lpthread $(SODIUM_LIBS)
+
+install: all
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	install -m 0644 lockd.h $(DESTDIR)$(INCLUDEDIR)/lockd.h
+	install -m 0644 liblockd.a $(DESTDIR)$(LIBDIR)/liblockd.a
+	install -m 0755 $(SONAME) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/liblockd.so
+	install -m 0644 lockd.pc $(DESTDIR)$(PKGCONFIGDIR)/lockd.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(INCLUDEDIR)/lockd.h $(DESTDIR)$(LIBDIR)/liblockd.a \
+	      $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/liblockd.so \
+	      $(DESTDIR)$(PKGCONFIGDIR)/lockd.pc
+
+clean-tests:
+	rm -f $(TESTS) $(BENCHES) test/*.o
+
+clean: clean-tests
+	rm -f *.o liblockd.a liblockd.so $(SONAME) lockd.pc
