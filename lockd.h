@@ -1,0 +1,292 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lockd.h: leases that keep two virtual machines off one disk.
+ *
+ * Overview
+ * ========
+ * A lockspace is a directory shared by every host that may start a guest on a
+ * given set of disks (a local directory for one host, an NFS export for many).
+ * A lease is a zero-byte file in it named by its key: the lowercase hex SHA-256
+ * of the disk's path (or of any resource string).  A lease is held while an
+ * open file description of that file carries an fcntl() lock on byte 0, length
+ * 1: a write lock for an exclusive lease, a read lock for a shared one.  That is
+ * byte for byte what libvirt's virtlockd does, so lockd and virtlockd hosts can
+ * share a lockspace and exclude each other.
+ *
+ * lockd takes open-file-description (OFD) locks, never classic POSIX locks: an
+ * OFD lock belongs to the open file, not to the process, so a lease survives
+ * being passed to another process (lockd-helper) over a UNIX socket and the
+ * death of the process that took it; lockd.c explains this at length.
+ *
+ * The library is two files, lockd.h and lockd.c, needing only libc and
+ * libsodium; compile lockd.c into your program or link liblockd.
+ *
+ * Calling sequence
+ * ================
+ *     lockd_space *space;
+ *     lockd_lease *lease;
+ *     char key[LOCKD_KEY_SIZE];
+ *
+ *     r = lockd_space_open(NULL, LOCKD_OPEN_CREATE, &space);
+ *     r = lockd_space_key(space, "/var/lib/images/guest.qcow2", key);
+ *     const char *keys[] = { key };
+ *     r = lockd_acquire(space, 1, keys, NULL, LOCKD_TRY, &lease);
+ *     ...                         the disk is ours; start the guest
+ *     lockd_lease_release(lease); the disk is free again
+ *     lockd_space_close(space);
+ *
+ * To keep a lease after the process that took it exits, pass its fd
+ * (lockd_lease_fd()) to another process over SCM_RIGHTS and then call
+ * lockd_lease_forget(): this process lets go of its copy, the lock stays.
+ * The helper protocol (lockd-helper(8)) does exactly that.
+ *
+ * Errors
+ * ======
+ * Every function that can fail returns 0 (or a documented non-negative value)
+ * on success and a negative errno value on failure; errno itself is not
+ * meaningful afterwards.  Output parameters are named ret_* and are written only
+ * on success.  The errors common to all lease calls are:
+ *   -EINVAL       a NULL argument, unknown flag bits, a relative or empty path,
+ *                 a key that is not 64 lowercase hex digits
+ *   -ENAMETOOLONG a path or resource name over LOCKD_NAME_MAX bytes
+ *   -EAGAIN       busy: another holder's lease conflicts (the only meaning of
+ *                 -EAGAIN here)
+ *   -ETIMEDOUT    a wait with a timeout ran out
+ *   -ENOLCK       the lockspace's filesystem does not support OFD locks (lockd
+ *                 never falls back to classic POSIX locks)
+ *   -ELOOP        a symlink was planted in the lockspace where a lease should be
+ *   -EISDIR       a directory was planted there
+ *   -ENXIO        a FIFO, socket or device was planted there
+ *   -EROFS, -EACCES  the lockspace cannot be written
+ *   -EMFILE, -ENFILE the process or system is out of file descriptors
+ *   -ENOMEM       out of memory
+ * and any other errno the kernel gives for the underlying call.  A failed call
+ * never changes which leases the caller holds.
+ *
+ * Threads
+ * =======
+ * A lockd_space may be used by several threads at once; it holds no mutable
+ * state after lockd_space_open() except as noted.  A lockd_lease belongs to one
+ * thread at a time.  Leases exclude each other whoever holds them: two threads,
+ * or two lockspace handles of one process, contend like two processes do.  The
+ * library installs no signal handlers and starts no threads; a wait is done
+ * in the calling thread.
+ */
+#ifndef LOCKD_H
+#define LOCKD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#ifndef LOCKD_API
+#if defined(__GNUC__)
+#define LOCKD_API __attribute__((visibility("default")))
+#else
+#define LOCKD_API
+#endif
+#endif
+
+#define LOCKD_VERSION_MAJOR  0
+#define LOCKD_VERSION_MINOR  1
+#define LOCKD_VERSION_PATCH  0
+#define LOCKD_VERSION_STRING "0.1.0"
+
+/* The version of the library actually linked, "MAJOR.MINOR.PATCH". */
+LOCKD_API const char *lockd_version(void);
+
+/* A key is 64 lowercase hex digits; LOCKD_KEY_SIZE includes the NUL. */
+#define LOCKD_KEY_SIZE 65
+
+/* Longest path or resource name accepted, in bytes, without the NUL. */
+#define LOCKD_NAME_MAX 4095
+
+typedef struct lockd_space lockd_space;
+typedef struct lockd_lease lockd_lease;
+
+/* ------------------------------------------------------------------------
+ * Lockspaces
+ */
+
+/* Flags for lockd_space_open(). */
+#define LOCKD_OPEN_CREATE    0x1u /* create the directory (and parents) if missing */
+#define LOCKD_OPEN_VERBATIM  0x2u /* ask for the verbatim key mode explicitly */
+#define LOCKD_OPEN_CANONICAL 0x4u /* ask for the canonical key mode explicitly */
+#define LOCKD_OPEN_READONLY  0x8u /* only compute keys, probe, list: write nothing */
+
+/* Key modes, as returned by lockd_space_mode(). */
+#define LOCKD_MODE_VERBATIM  0 /* the absolute path as given (virtlockd's way) */
+#define LOCKD_MODE_CANONICAL 1 /* realpath(3) of the path: one host only */
+
+/*
+ * Open the lockspace in directory dir, or the default one when dir is NULL:
+ * $LOCKD_DIR if set, else /var/lib/lockd/files for root and
+ * ${XDG_STATE_HOME:-$HOME/.local/state}/lockd/files for other users.
+ *
+ * The lockspace's settings file (.lockd-lockspace) records its key mode.  If
+ * it exists, its mode is used; asking explicitly for the other mode fails with
+ * -EMEDIUMTYPE and nothing is opened.  If it does not exist, the mode asked
+ * for is used (verbatim unless LOCKD_OPEN_CANONICAL), and, unless
+ * LOCKD_OPEN_READONLY, the settings file is written now, atomically: of two
+ * openers racing on a fresh lockspace exactly one writes it and the other
+ * adopts its mode (or, if it asked explicitly for the other one, fails with
+ * -EMEDIUMTYPE).  A read-only opener never writes anything; without a settings
+ * file lockd_space_recorded() tells it the mode is only assumed.
+ *
+ * Errors: -EINVAL (dir relative or empty, unknown flags, both mode flags),
+ * -ENOENT (the directory is missing and LOCKD_OPEN_CREATE was not given),
+ * -ENOTDIR (dir, or a parent, is not a directory), -EMEDIUMTYPE (mode
+ * mismatch, above), -EPROTO (the settings file is not one lockd understands:
+ * a newer format, or garbage), -EROFS/-EACCES (the settings file had to be
+ * written and could not be), -ENAMETOOLONG, -ENOMEM, -EMFILE.
+ * On success *ret_space owns one directory fd (O_CLOEXEC) until
+ * lockd_space_close().
+ */
+LOCKD_API int lockd_space_open(const char *dir, uint32_t flags, lockd_space **ret_space);
+
+/* Close a lockspace handle.  Leases taken through it stay valid and held. */
+LOCKD_API void lockd_space_close(lockd_space *space);
+
+/* LOCKD_MODE_VERBATIM or LOCKD_MODE_CANONICAL. */
+LOCKD_API int lockd_space_mode(const lockd_space *space);
+
+/* 1 if the mode was read from the settings file (or written by this handle),
+ * 0 if it is only the mode asked for, because a read-only opener found none. */
+LOCKD_API int lockd_space_recorded(const lockd_space *space);
+
+/* The lockspace's directory, as opened (absolute).  Owned by space. */
+LOCKD_API const char *lockd_space_dir(const lockd_space *space);
+
+/* The lockspace's directory fd, for callers that want to fstatfs() it.
+ * Owned by space: do not close it. */
+LOCKD_API int lockd_space_fd(const lockd_space *space);
+
+/* ------------------------------------------------------------------------
+ * Keys
+ */
+
+/*
+ * The key of disk path in space's key mode, written to ret_key (NUL
+ * terminated, LOCKD_KEY_SIZE bytes).
+ *   verbatim:  SHA-256 of path exactly as given; path must be absolute.
+ *   canonical: SHA-256 of realpath(path); for a path where nothing exists yet,
+ *              of realpath(its directory) + "/" + its last component.
+ * Errors: -EINVAL (NULL, empty or relative path; a path ending in "/", "." or
+ * ".." when canonical and nothing exists there), -ENAMETOOLONG, and in
+ * canonical mode what realpath(3) reports: -ENOENT for a dangling symlink or a
+ * missing directory, -ELOOP, -EACCES, -ENOTDIR.
+ */
+LOCKD_API int lockd_space_key(const lockd_space *space, const char *path, char *ret_key);
+
+/*
+ * The key of a resource that is not a path (an RBD image, an iSCSI LUN, an LV
+ * UUID): SHA-256 of the len bytes at name.  Errors: -EINVAL (NULL, len 0, or a
+ * NUL byte among the len bytes), -ENAMETOOLONG (len > LOCKD_NAME_MAX).
+ */
+LOCKD_API int lockd_key_resource(const void *name, size_t len, char *ret_key);
+
+/* 1 if key is 64 lowercase hex digits and a NUL, else 0. */
+LOCKD_API int lockd_key_valid(const char *key);
+
+/* ------------------------------------------------------------------------
+ * Leases
+ */
+
+/* Lease modes, per key (lockd_acquire()'s modes[]) and as probed. */
+#define LOCKD_EXCLUSIVE 0
+#define LOCKD_SHARED    1
+#define LOCKD_FREE      2 /* lockd_probe() only: nobody holds it */
+
+/* timeout_ms values for lockd_acquire() besides a positive number of ms. */
+#define LOCKD_TRY     0  /* fail at once with -EAGAIN if busy */
+#define LOCKD_FOREVER -1 /* wait until granted (F_OFD_SETLKW) */
+
+/*
+ * Take the leases named by keys[0..n-1], all or nothing.  modes is NULL for
+ * all exclusive, or gives LOCKD_EXCLUSIVE or LOCKD_SHARED per key.  The keys
+ * are sorted and duplicates merged first (a key given twice is one lease,
+ * exclusive if either asked for it), so concurrent callers never deadlock.
+ *
+ * timeout_ms: LOCKD_TRY, LOCKD_FOREVER, or a positive number of milliseconds.
+ * A timed wait retries with a capped backoff (at most 20 ms between tries), so
+ * it is not fair: a steady stream of short holders can starve it.  A wait
+ * forever blocks in the kernel, interrupted only by a signal that kills the
+ * process (lockd retries EINTR).
+ *
+ * A missing lease file is created (mode 0600) under a shared lock on the
+ * lockspace's index, so a concurrent lockd_gc() cannot remove it in between;
+ * after each grant lockd checks that the file's name still refers to the inode
+ * it locked (gc, or a virtlockd peer, may have unlinked it) and starts over if
+ * not.
+ *
+ * Errors: those listed at the top, notably -EAGAIN (busy, LOCKD_TRY),
+ * -ETIMEDOUT, -ENOLCK, -ELOOP/-EISDIR/-ENXIO (something planted), -EROFS,
+ * -EMFILE; -EINVAL for n == 0, n > LOCKD_ACQUIRE_MAX, an invalid key or mode
+ * or timeout.  On failure nothing is held.  On success *ret_lease owns one
+ * O_CLOEXEC fd per distinct key until lockd_lease_release() or
+ * lockd_lease_forget().
+ */
+#define LOCKD_ACQUIRE_MAX 4096
+LOCKD_API int lockd_acquire(lockd_space *space, size_t n, const char *const *keys,
+                            const int *modes, int timeout_ms, lockd_lease **ret_lease);
+
+/*
+ * Release every lease in lease: unlock each (F_UNLCK on its open file
+ * description, which frees it even where a copy of the fd lives in another
+ * process), close the fds, free lease.  Returns 0, or the first error of an
+ * unlock; every fd is closed and lease freed in any case.  NULL is a no-op.
+ */
+LOCKD_API int lockd_lease_release(lockd_lease *lease);
+
+/*
+ * Close this process's fds and free lease WITHOUT unlocking: the leases stay
+ * held by whoever has other copies of the file descriptions (the helper, a
+ * child), and are freed if nobody does.  NULL is a no-op.
+ */
+LOCKD_API void lockd_lease_forget(lockd_lease *lease);
+
+/* Number of distinct leases held in lease (after de-duplication). */
+LOCKD_API size_t lockd_lease_count(const lockd_lease *lease);
+
+/* The i-th lease (in sorted key order): its key (owned by lease), its mode
+ * (LOCKD_EXCLUSIVE or LOCKD_SHARED), its fd (owned by lease: dup or send it,
+ * do not close it).  NULL / -EINVAL for i out of range. */
+LOCKD_API const char *lockd_lease_key(const lockd_lease *lease, size_t i);
+LOCKD_API int lockd_lease_mode(const lockd_lease *lease, size_t i);
+LOCKD_API int lockd_lease_fd(const lockd_lease *lease, size_t i);
+
+/*
+ * Whether the lease key is held, without taking it: returns LOCKD_FREE,
+ * LOCKD_SHARED or LOCKD_EXCLUSIVE.  A missing lease file is LOCKD_FREE.  If
+ * ret_pid is not NULL it receives the holder's pid where the kernel knows it
+ * (a classic POSIX lock, as virtlockd takes) and 0 otherwise (OFD locks have
+ * no owning process).  Leases held by this process count like anyone's.
+ * Never creates or writes anything.  Errors: -EINVAL, -ENOLCK, -ELOOP,
+ * -EISDIR, -ENXIO, -EACCES, -EMFILE.
+ */
+LOCKD_API int lockd_probe(const lockd_space *space, const char *key, int32_t *ret_pid);
+
+/*
+ * Delete the lease files in space that nobody holds.  Takes the lockspace's
+ * index exclusively (waiting for creators in flight), then for each lease
+ * file takes its exclusive lock without waiting and, if granted and the name
+ * still refers to the inode locked, unlinks it.  Held leases and every file
+ * whose name is not a key are left alone.  progress, if not NULL, is called
+ * every 1024 files with the number looked at so far; a non-zero return stops
+ * gc early and is returned.  On success *ret_removed and *ret_kept (each may
+ * be NULL) get the number of lease files removed and left (held).
+ * Errors: -EROFS, -EACCES, -ENOLCK, -EMFILE, -ENOMEM, or the progress
+ * callback's value.  Files removed before an error stay removed.
+ */
+typedef int (*lockd_progress_fn)(uint64_t done, void *userdata);
+LOCKD_API int lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,
+                       uint64_t *ret_removed, uint64_t *ret_kept);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LOCKD_H */
