@@ -57,8 +57,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -101,6 +103,18 @@
 #endif
 #ifndef LOCKD_SYS_CLOSE
 #define LOCKD_SYS_CLOSE close
+#endif
+#ifndef LOCKD_SYS_SOCKET
+#define LOCKD_SYS_SOCKET socket
+#endif
+#ifndef LOCKD_SYS_CONNECT
+#define LOCKD_SYS_CONNECT connect
+#endif
+#ifndef LOCKD_SYS_SENDMSG
+#define LOCKD_SYS_SENDMSG sendmsg
+#endif
+#ifndef LOCKD_SYS_RECVMSG
+#define LOCKD_SYS_RECVMSG recvmsg
 #endif
 
 #define SETTINGS_NAME  ".lockd-lockspace"
@@ -1056,4 +1070,866 @@ out:
         closedir(d);
     safe_close(ifd);
     return r;
+}
+
+/* ------------------------------------------------------------------------
+ * The helper protocol, version 1
+ *
+ * This section is the one place the wire format is written down, and the
+ * only code that reads or writes it: the client calls below use it, and
+ * lockd-helper.c builds this file into itself to parse requests and write
+ * replies.  See lockd-helper(8) for the behaviour behind each request.
+ *
+ * Transport: a SOCK_SEQPACKET UNIX socket, so each message arrives whole or
+ * not at all and a peer's disconnect is seen at once.  A message is a header
+ * and a body of at most PROTO_BODY_MAX bytes, in host byte order (the socket
+ * never leaves the host).  File descriptors travel only as SCM_RIGHTS on the
+ * message that announces them in hdr.nfds, exactly that many, at most
+ * PROTO_FDS_MAX; a message with any other count is refused and its fds
+ * closed.
+ *
+ *   header (24 bytes)
+ *     u32 magic    PROTO_MAGIC
+ *     u16 version  PROTO_VERSION; a helper also answers PROTO_VERSION - 1
+ *     u16 type     PROTO_* below
+ *     u32 serial   chosen by the client, echoed by the reply; 0 in a notice
+ *     i32 status   replies: 0 or -errno; requests: 0
+ *     u32 nfds     fds attached
+ *     u32 len      body bytes that follow
+ *
+ *   Strings are u16 length + bytes, no NUL, no NUL inside.  Keys travel as
+ *   32 raw bytes.  A uuid is 16 raw bytes (all zero: none).
+ *
+ *   REGISTER  i32 pid, uuid, str name          nfds 0, or 1: a pidfd of pid
+ *     reply   (empty)
+ *   HANDOFF   i32 pid, u16 count, count x { u8 mode, key, str disk }
+ *                                              nfds == count, fd i = lease i
+ *     reply   count x u64 lease id
+ *   RELEASE   i32 pid, u16 count, count x u64 lease id   (count 0: all)
+ *     reply   u32 released
+ *   NOTICE    as RELEASE; serial 0; no reply
+ *   LIST      i32 pid (0: any), u8 has_key, key, u64 cursor (0: start)
+ *     reply   u64 next cursor (0: done), u16 count, count x { u64 lease id,
+ *             u8 mode, key, i32 pid, u32 uid, uuid, str name, str disk }
+ *   OWNERS    u64 cursor
+ *     reply   u64 next cursor, u16 count, count x { i32 pid, u32 uid, uuid,
+ *             str name, u32 leases }
+ *   STATUS    (empty)
+ *     reply   u64 owners, u64 leases, u64 stored
+ *
+ * A reply with status < 0 has an empty body.  A peer that sends anything
+ * else (a short or oversized message, a bad magic, an unknown type, a body
+ * that does not parse to its exact length) gets -EPROTO, or is dropped.
+ */
+#define PROTO_MAGIC     0x31646b6cu /* "lkd1" in memory order */
+#define PROTO_VERSION   1
+#define PROTO_HDR_SIZE  24
+#define PROTO_BODY_MAX  (65536 - PROTO_HDR_SIZE)
+#define PROTO_FDS_MAX   253 /* SCM_MAX_FD, the kernel's limit per message */
+#define PROTO_KEY_BYTES 32
+#define PROTO_UUID_BYTES 16
+
+enum {
+    PROTO_REGISTER = 1,
+    PROTO_HANDOFF = 2,
+    PROTO_RELEASE = 3,
+    PROTO_NOTICE = 4,
+    PROTO_LIST = 5,
+    PROTO_OWNERS = 6,
+    PROTO_STATUS = 7,
+};
+
+struct proto_hdr {
+    uint32_t magic;
+    uint16_t version;
+    uint16_t type;
+    uint32_t serial;
+    int32_t status;
+    uint32_t nfds;
+    uint32_t len;
+};
+
+/* A bounded reader over a received body.  Any read past the end sets bad,
+ * so a decoder checks once at the end, and "parsed to its exact length" is
+ * rd->bad == 0 && rd->left == 0. */
+struct proto_rd {
+    const uint8_t *p;
+    size_t left;
+    int bad;
+};
+
+static const uint8_t *
+rd_take(struct proto_rd *rd, size_t n)
+{
+    const uint8_t *p = rd->p;
+
+    if (rd->bad || rd->left < n) {
+        rd->bad = 1;
+        return NULL;
+    }
+    rd->p += n;
+    rd->left -= n;
+    return p;
+}
+
+#define RD_INT(name, type)                                                          \
+    static type name(struct proto_rd *rd)                                          \
+    {                                                                               \
+        const uint8_t *p = rd_take(rd, sizeof(type));                               \
+        type v = 0;                                                                 \
+                                                                                    \
+        if (p)                                                                      \
+            memcpy(&v, p, sizeof(v));                                               \
+        return v;                                                                   \
+    }
+RD_INT(rd_u8, uint8_t)
+RD_INT(rd_u16, uint16_t)
+RD_INT(rd_u32, uint32_t)
+RD_INT(rd_i32, int32_t)
+RD_INT(rd_u64, uint64_t)
+
+/* A string: returns its bytes (not NUL-terminated) and length; NUL inside
+ * or longer than max sets bad. */
+static const char *
+rd_str(struct proto_rd *rd, size_t max, uint16_t *ret_len)
+{
+    uint16_t len = rd_u16(rd);
+    const char *s = (const char *)rd_take(rd, len);
+
+    if (s && (len > max || memchr(s, '\0', len)))
+        rd->bad = 1;
+    *ret_len = rd->bad ? 0 : len;
+    return rd->bad ? "" : s;
+}
+
+/* A writer into a fixed buffer; overflow sets bad. */
+struct proto_wr {
+    uint8_t *buf;
+    size_t len, cap;
+    int bad;
+};
+
+static void
+wr_put(struct proto_wr *wr, const void *p, size_t n)
+{
+    if (wr->bad || wr->cap - wr->len < n) {
+        wr->bad = 1;
+        return;
+    }
+    memcpy(wr->buf + wr->len, p, n);
+    wr->len += n;
+}
+
+#define WR_INT(name, type)                                                          \
+    static void name(struct proto_wr *wr, type v)                                  \
+    {                                                                               \
+        wr_put(wr, &v, sizeof(v));                                                  \
+    }
+WR_INT(wr_u8, uint8_t)
+WR_INT(wr_u16, uint16_t)
+WR_INT(wr_u32, uint32_t)
+WR_INT(wr_i32, int32_t)
+WR_INT(wr_u64, uint64_t)
+
+static void
+wr_str(struct proto_wr *wr, const char *s, size_t len)
+{
+    if (len > UINT16_MAX) {
+        wr->bad = 1;
+        return;
+    }
+    wr_u16(wr, (uint16_t)len);
+    wr_put(wr, s, len);
+}
+
+/* Start a message in wr (whose buffer holds at least PROTO_HDR_SIZE bytes);
+ * proto_finish() fills in the length. */
+static void
+proto_begin(struct proto_wr *wr, uint16_t type, uint32_t serial, int32_t status,
+            uint32_t nfds)
+{
+    wr->len = 0;
+    wr->bad = 0;
+    wr_u32(wr, PROTO_MAGIC);
+    wr_u16(wr, PROTO_VERSION);
+    wr_u16(wr, type);
+    wr_u32(wr, serial);
+    wr_i32(wr, status);
+    wr_u32(wr, nfds);
+    wr_u32(wr, 0);
+}
+
+static int
+proto_finish(struct proto_wr *wr)
+{
+    uint32_t body = (uint32_t)(wr->len - PROTO_HDR_SIZE);
+
+    if (wr->bad || body > PROTO_BODY_MAX)
+        return -EMSGSIZE;
+    memcpy(wr->buf + 20, &body, sizeof(body));
+    return 0;
+}
+
+static void
+hex_to_key(const char *hex, uint8_t *ret_bytes)
+{
+    size_t i;
+
+    for (i = 0; i < PROTO_KEY_BYTES; i++) {
+        int hi = hex[2 * i], lo = hex[2 * i + 1];
+
+        hi = hi <= '9' ? hi - '0' : hi - 'a' + 10;
+        lo = lo <= '9' ? lo - '0' : lo - 'a' + 10;
+        ret_bytes[i] = (uint8_t)(hi << 4 | lo);
+    }
+}
+
+static void
+key_to_hex(const uint8_t *bytes, char *ret_hex)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t i;
+
+    for (i = 0; i < PROTO_KEY_BYTES; i++) {
+        ret_hex[2 * i] = hex[bytes[i] >> 4];
+        ret_hex[2 * i + 1] = hex[bytes[i] & 15];
+    }
+    ret_hex[2 * PROTO_KEY_BYTES] = '\0';
+}
+
+/* uuid text (8-4-4-4-12 hex) to 16 bytes; NULL or "" is all zero. */
+static int
+uuid_parse(const char *text, uint8_t *ret)
+{
+    size_t i, j = 0;
+
+    memset(ret, 0, PROTO_UUID_BYTES);
+    if (!text || !*text)
+        return 0;
+    for (i = 0; text[i] && j < 2 * PROTO_UUID_BYTES; i++) {
+        int c = text[i], v;
+
+        if (c == '-' && (i == 8 || i == 13 || i == 18 || i == 23))
+            continue;
+        if (c >= '0' && c <= '9')
+            v = c - '0';
+        else if (c >= 'a' && c <= 'f')
+            v = c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+            v = c - 'A' + 10;
+        else
+            return -EINVAL;
+        ret[j / 2] |= (uint8_t)(j % 2 ? v : v << 4);
+        j++;
+    }
+    return j == 2 * PROTO_UUID_BYTES && text[i] == '\0' && i == 36 ? 0 : -EINVAL;
+}
+
+/* 16 bytes to text; all zero gives "". ret holds 37 bytes. */
+static void
+uuid_format(const uint8_t *u, char *ret)
+{
+    static const uint8_t zero[PROTO_UUID_BYTES];
+
+    if (memcmp(u, zero, sizeof(zero)) == 0) {
+        ret[0] = '\0';
+        return;
+    }
+    snprintf(ret, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+             u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12],
+             u[13], u[14], u[15]);
+}
+
+/* Parse a received message's header: 0 with the body in ret_body, or
+ * -EPROTO.  nfds is how many fds actually arrived. */
+static int
+proto_parse_hdr(const uint8_t *buf, size_t len, size_t nfds, struct proto_hdr *ret,
+                struct proto_rd *ret_body)
+{
+    struct proto_rd rd = {buf, len, 0};
+    struct proto_hdr h;
+
+    h.magic = rd_u32(&rd);
+    h.version = rd_u16(&rd);
+    h.type = rd_u16(&rd);
+    h.serial = rd_u32(&rd);
+    h.status = rd_i32(&rd);
+    h.nfds = rd_u32(&rd);
+    h.len = rd_u32(&rd);
+    if (rd.bad || h.magic != PROTO_MAGIC || h.len != rd.left || h.len > PROTO_BODY_MAX ||
+        h.nfds != nfds || h.nfds > PROTO_FDS_MAX)
+        return -EPROTO;
+    *ret = h;
+    *ret_body = rd;
+    return 0;
+}
+
+/* Close every fd in fds[0..n-1]. */
+static void
+close_all(const int *fds, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        safe_close(fds[i]);
+}
+
+/*
+ * Send one message with fds.  MSG_NOSIGNAL: a helper that went away is
+ * -EPIPE, not a SIGPIPE that kills the manager.
+ */
+static int
+proto_send(int sock, const void *buf, size_t len, const int *fds, size_t nfds)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * PROTO_FDS_MAX)];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {(void *)buf, len};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    ssize_t n;
+
+    assert(nfds <= PROTO_FDS_MAX);
+    if (nfds > 0) {
+        struct cmsghdr *c;
+
+        memset(&ctl, 0, sizeof(ctl));
+        mh.msg_control = ctl.buf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+        c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+    }
+    do
+        n = LOCKD_SYS_SENDMSG(sock, &mh, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return errno == EAGAIN ? -ETIMEDOUT : negerrno();
+    return (size_t)n == len ? 0 : -EPROTO;
+}
+
+/*
+ * Receive one message into buf (cap bytes) and up to PROTO_FDS_MAX fds.
+ * Returns the message length (0: the peer hung up), or -errno.  A message
+ * cut short (MSG_TRUNC), or whose fds did not all fit (MSG_CTRUNC: we are out
+ * of descriptors, or the peer sent too many), is -EMSGSIZE / -EMFILE with
+ * whatever fds did arrive closed.  cloexec is MSG_CMSG_CLOEXEC or 0: the
+ * helper keeps lease fds across its re-exec, so it receives them without.
+ */
+static ssize_t
+proto_recv(int sock, void *buf, size_t cap, int *ret_fds, size_t *ret_nfds, int cloexec)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * PROTO_FDS_MAX)];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {buf, cap};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+                        .msg_controllen = sizeof(ctl.buf)};
+    struct cmsghdr *c;
+    size_t nfds = 0;
+    ssize_t n;
+
+    do
+        n = LOCKD_SYS_RECVMSG(sock, &mh, cloexec);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return errno == EAGAIN ? -ETIMEDOUT : negerrno();
+    for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+        size_t k;
+
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        if (nfds + k > PROTO_FDS_MAX) {
+            /* Cannot happen with one SCM_RIGHTS (SCM_MAX_FD), but a second
+             * control message could; close what does not fit. */
+            int extra[PROTO_FDS_MAX];
+
+            memcpy(extra, CMSG_DATA(c), sizeof(int) * k);
+            close_all(extra, k);
+            mh.msg_flags |= MSG_CTRUNC;
+            continue;
+        }
+        memcpy(ret_fds + nfds, CMSG_DATA(c), sizeof(int) * k);
+        nfds += k;
+    }
+    if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+        close_all(ret_fds, nfds);
+        return (mh.msg_flags & MSG_TRUNC) ? -EMSGSIZE : -EMFILE;
+    }
+    *ret_nfds = nfds;
+    return n;
+}
+
+/* ------------------------------------------------------------------------
+ * The helper protocol: client calls
+ */
+
+#define CONN_TIMEOUT_SEC 30
+
+struct lockd_conn {
+    int sock;
+    uint32_t serial;
+    uint8_t buf[PROTO_HDR_SIZE + PROTO_BODY_MAX];
+};
+
+static int
+default_socket(char **ret)
+{
+    const char *env = secure_getenv("LOCKD_SOCKET"), *rt;
+    char *p = NULL;
+
+    if (env && *env)
+        p = strdup(env);
+    else if (geteuid() == 0)
+        p = strdup("/run/lockd/helper.sock");
+    else if ((rt = secure_getenv("XDG_RUNTIME_DIR")) && *rt == '/') {
+        if (asprintf(&p, "%s/lockd/helper.sock", rt) < 0)
+            p = NULL;
+    } else
+        return -ENOENT;
+    if (!p)
+        return -ENOMEM;
+    *ret = p;
+    return 0;
+}
+
+static int
+conn_connect(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct timeval tv = {.tv_sec = CONN_TIMEOUT_SEC};
+    int fd, r;
+
+    if (strlen(path) >= sizeof(sa.sun_path))
+        return -ENAMETOOLONG;
+    strcpy(sa.sun_path, path);
+    fd = LOCKD_SYS_SOCKET(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return negerrno();
+    /* A helper that hangs must not hang the manager forever. */
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    do
+        r = LOCKD_SYS_CONNECT(fd, (struct sockaddr *)&sa, sizeof(sa));
+    while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        r = negerrno();
+        safe_close(fd);
+        return r;
+    }
+    return fd;
+}
+
+LOCKD_API int
+lockd_conn_open(const char *path, lockd_conn **ret_conn)
+{
+    lockd_conn *c;
+    char *def = NULL;
+    int r;
+
+    if (!ret_conn || (path && path[0] == '\0'))
+        return -EINVAL;
+    if (!path) {
+        r = default_socket(&def);
+        if (r < 0)
+            return r;
+        path = def;
+    }
+    c = malloc(sizeof(*c));
+    r = c ? conn_connect(path) : -ENOMEM;
+    free(def);
+    if (r < 0) {
+        free(c);
+        return r;
+    }
+    c->sock = r;
+    c->serial = 0;
+    *ret_conn = c;
+    return 0;
+}
+
+LOCKD_API void
+lockd_conn_close(lockd_conn *conn)
+{
+    if (!conn)
+        return;
+    safe_close(conn->sock);
+    free(conn);
+}
+
+/* Start a request in the connection's buffer. */
+static void
+conn_begin(lockd_conn *c, struct proto_wr *wr, uint16_t type, uint32_t nfds)
+{
+    wr->buf = c->buf;
+    wr->cap = sizeof(c->buf);
+    if (++c->serial == 0)
+        c->serial = 1;
+    proto_begin(wr, type, type == PROTO_NOTICE ? 0 : c->serial, 0, nfds);
+}
+
+/*
+ * Send the request in wr with fds and wait for its reply: 0 with the reply's
+ * body in ret_body (which points into c->buf), the helper's -errno, or a
+ * transport error.  A reply that is not the answer to this request is
+ * -EPROTO: the connection is then out of step and should be closed.
+ */
+static int
+conn_call(lockd_conn *c, struct proto_wr *wr, const int *fds, size_t nfds,
+          struct proto_rd *ret_body)
+{
+    struct proto_hdr req, rep;
+    struct proto_rd body;
+    int rfds[PROTO_FDS_MAX];
+    size_t rn = 0;
+    ssize_t n;
+    int r;
+
+    r = proto_finish(wr);
+    if (r < 0)
+        return r;
+    memcpy(&req.type, wr->buf + 6, sizeof(req.type));
+    memcpy(&req.serial, wr->buf + 8, sizeof(req.serial));
+    r = proto_send(c->sock, wr->buf, wr->len, fds, nfds);
+    if (r < 0)
+        return r;
+    n = proto_recv(c->sock, c->buf, sizeof(c->buf), rfds, &rn, MSG_CMSG_CLOEXEC);
+    if (n < 0)
+        return (int)n;
+    if (n == 0)
+        return -ECONNRESET;
+    r = proto_parse_hdr(c->buf, (size_t)n, rn, &rep, &body);
+    close_all(rfds, rn); /* replies carry no fds */
+    if (r < 0 || rn != 0)
+        return -EPROTO;
+    if (rep.version != PROTO_VERSION)
+        return rep.status < 0 ? -EPROTONOSUPPORT : -EPROTO;
+    if (rep.type != req.type || rep.serial != req.serial)
+        return -EPROTO;
+    if (rep.status < 0)
+        return rep.status >= -4095 ? rep.status : -EPROTO;
+    *ret_body = body;
+    return 0;
+}
+
+static int
+check_pid(int32_t pid)
+{
+    return pid > 0 ? 0 : -EINVAL;
+}
+
+LOCKD_API int
+lockd_conn_register(lockd_conn *conn, int32_t pid, int pidfd, const char *uuid,
+                    const char *name)
+{
+    uint8_t u[PROTO_UUID_BYTES];
+    struct proto_wr wr;
+    struct proto_rd rd;
+    size_t nlen = name ? strlen(name) : 0;
+    int r;
+
+    if (!conn || check_pid(pid) < 0 || pidfd < -1 || nlen > LOCKD_OWNER_NAME_MAX ||
+        uuid_parse(uuid, u) < 0)
+        return -EINVAL;
+    conn_begin(conn, &wr, PROTO_REGISTER, pidfd >= 0);
+    wr_i32(&wr, pid);
+    wr_put(&wr, u, sizeof(u));
+    wr_str(&wr, name ? name : "", nlen);
+    r = conn_call(conn, &wr, &pidfd, pidfd >= 0, &rd);
+    if (r == 0 && rd.left != 0)
+        r = -EPROTO;
+    return r;
+}
+
+/* Send leases [first, first + count) of lease in one HANDOFF message. */
+static int
+handoff_chunk(lockd_conn *c, int32_t pid, const lockd_lease *l, const char *const *names,
+              size_t first, size_t count, uint64_t *ret_ids)
+{
+    int fds[PROTO_FDS_MAX];
+    struct proto_wr wr;
+    struct proto_rd rd;
+    size_t i;
+    int r;
+
+    conn_begin(c, &wr, PROTO_HANDOFF, (uint32_t)count);
+    wr_i32(&wr, pid);
+    wr_u16(&wr, (uint16_t)count);
+    for (i = 0; i < count; i++) {
+        const struct lease_ent *e = &l->ent[first + i];
+        const char *disk = names && names[first + i] ? names[first + i] : "";
+        uint8_t key[PROTO_KEY_BYTES];
+
+        hex_to_key(e->key, key);
+        wr_u8(&wr, (uint8_t)e->mode);
+        wr_put(&wr, key, sizeof(key));
+        wr_str(&wr, disk, strlen(disk));
+        fds[i] = e->fd;
+    }
+    r = conn_call(c, &wr, fds, count, &rd);
+    if (r < 0)
+        return r;
+    for (i = 0; i < count; i++)
+        ret_ids[i] = rd_u64(&rd);
+    return rd.bad || rd.left ? -EPROTO : 0;
+}
+
+/* How many leases from first on fit in one message: at most PROTO_FDS_MAX,
+ * and their names within the body limit. */
+static size_t
+handoff_fit(const lockd_lease *l, const char *const *names, size_t first)
+{
+    size_t size = 4 + 2, i;
+
+    for (i = first; i < l->n && i - first < PROTO_FDS_MAX; i++) {
+        size_t item = 1 + PROTO_KEY_BYTES + 2 + (names && names[i] ? strlen(names[i]) : 0);
+
+        if (size + item > PROTO_BODY_MAX)
+            break;
+        size += item;
+    }
+    return i - first;
+}
+
+LOCKD_API int
+lockd_conn_handoff(lockd_conn *conn, int32_t pid, const lockd_lease *lease,
+                   const char *const *names, uint64_t *ret_ids)
+{
+    uint64_t *ids;
+    size_t i, k;
+    int r = 0;
+
+    if (!conn || !lease || check_pid(pid) < 0)
+        return -EINVAL;
+    for (i = 0; names && i < lease->n; i++)
+        if (names[i] && strlen(names[i]) > LOCKD_NAME_MAX)
+            return -ENAMETOOLONG;
+    ids = calloc(lease->n ? lease->n : 1, sizeof(*ids));
+    if (!ids)
+        return -ENOMEM;
+    for (i = 0; i < lease->n; i += k) {
+        k = handoff_fit(lease, names, i);
+        r = handoff_chunk(conn, pid, lease, names, i, k, ids + i);
+        if (r < 0)
+            break;
+    }
+    if (r < 0 && i > 0)
+        /* All or nothing: take back what earlier messages handed over.  The
+         * leases stay held through our own fds. */
+        (void)lockd_conn_release(conn, pid, i, ids);
+    else if (r == 0 && ret_ids)
+        memcpy(ret_ids, ids, lease->n * sizeof(*ids));
+    free(ids);
+    return r;
+}
+
+#define RELEASE_IDS_MAX ((PROTO_BODY_MAX - 6) / 8)
+
+static int
+release_send(lockd_conn *c, uint16_t type, int32_t pid, size_t n, const uint64_t *ids)
+{
+    struct proto_wr wr;
+    struct proto_rd rd;
+    size_t i;
+    int r;
+
+    conn_begin(c, &wr, type, 0);
+    wr_i32(&wr, pid);
+    wr_u16(&wr, (uint16_t)n);
+    for (i = 0; i < n; i++)
+        wr_u64(&wr, ids[i]);
+    if (type == PROTO_NOTICE) {
+        r = proto_finish(&wr);
+        return r < 0 ? r : proto_send(c->sock, wr.buf, wr.len, NULL, 0);
+    }
+    r = conn_call(c, &wr, NULL, 0, &rd);
+    if (r < 0)
+        return r;
+    r = (int)rd_u32(&rd);
+    return rd.bad || rd.left || r < 0 ? -EPROTO : r;
+}
+
+static int
+release_all(lockd_conn *c, uint16_t type, int32_t pid, size_t n, const uint64_t *ids)
+{
+    size_t i = 0, k;
+    int r, total = 0;
+
+    if (!c || check_pid(pid) < 0 || (n > 0 && !ids))
+        return -EINVAL;
+    do {
+        k = n - i < RELEASE_IDS_MAX ? n - i : RELEASE_IDS_MAX;
+        r = release_send(c, type, pid, k, ids ? ids + i : NULL);
+        if (r < 0)
+            return r;
+        total += r;
+        i += k;
+    } while (i < n);
+    return total;
+}
+
+LOCKD_API int
+lockd_conn_release(lockd_conn *conn, int32_t pid, size_t n, const uint64_t *ids)
+{
+    return release_all(conn, PROTO_RELEASE, pid, n, ids);
+}
+
+LOCKD_API int
+lockd_conn_release_notice(lockd_conn *conn, int32_t pid, size_t n, const uint64_t *ids)
+{
+    int r = release_all(conn, PROTO_NOTICE, pid, n, ids);
+
+    return r < 0 ? r : 0;
+}
+
+/* Copy a received string into a NUL-terminated buffer of size cap. */
+static void
+str_copy(char *dst, size_t cap, const char *s, uint16_t len)
+{
+    size_t n = len < cap - 1 ? len : cap - 1;
+
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+}
+
+static int
+list_rows(struct proto_rd *rd, lockd_list_fn fn, void *userdata)
+{
+    char key[LOCKD_KEY_SIZE], uuid[37], name[LOCKD_OWNER_NAME_MAX + 1];
+    char disk[LOCKD_NAME_MAX + 1];
+    uint16_t count = rd_u16(rd), i, nl, dl;
+
+    for (i = 0; i < count && !rd->bad; i++) {
+        uint64_t id = rd_u64(rd);
+        int mode = rd_u8(rd);
+        const uint8_t *k = rd_take(rd, PROTO_KEY_BYTES);
+        int32_t pid = rd_i32(rd);
+        uint32_t uid = rd_u32(rd);
+        const uint8_t *u = rd_take(rd, PROTO_UUID_BYTES);
+        const char *n = rd_str(rd, LOCKD_OWNER_NAME_MAX, &nl);
+        const char *d = rd_str(rd, LOCKD_NAME_MAX, &dl);
+        int r;
+
+        if (rd->bad)
+            break;
+        key_to_hex(k, key);
+        uuid_format(u, uuid);
+        str_copy(name, sizeof(name), n, nl);
+        str_copy(disk, sizeof(disk), d, dl);
+        r = fn(userdata, id, mode, key, disk, pid, uid, uuid, name);
+        if (r != 0)
+            return r;
+    }
+    return rd->bad || rd->left ? -EPROTO : 0;
+}
+
+LOCKD_API int
+lockd_conn_list(lockd_conn *conn, int32_t pid, const char *key, lockd_list_fn fn,
+                void *userdata)
+{
+    uint8_t kb[PROTO_KEY_BYTES] = {0};
+    uint64_t cursor = 0;
+    struct proto_wr wr;
+    struct proto_rd rd;
+    int r;
+
+    if (!conn || !fn || pid < 0 || (key && !lockd_key_valid(key)))
+        return -EINVAL;
+    if (key)
+        hex_to_key(key, kb);
+    /* The helper answers a page at a time, so that no reply outgrows a
+     * message; the cursor makes each page a fresh request. */
+    do {
+        conn_begin(conn, &wr, PROTO_LIST, 0);
+        wr_i32(&wr, pid);
+        wr_u8(&wr, key != NULL);
+        wr_put(&wr, kb, sizeof(kb));
+        wr_u64(&wr, cursor);
+        r = conn_call(conn, &wr, NULL, 0, &rd);
+        if (r < 0)
+            return r;
+        cursor = rd_u64(&rd);
+        r = list_rows(&rd, fn, userdata);
+    } while (r == 0 && cursor != 0);
+    return r;
+}
+
+static int
+owner_rows(struct proto_rd *rd, lockd_owner_fn fn, void *userdata)
+{
+    char uuid[37], name[LOCKD_OWNER_NAME_MAX + 1];
+    uint16_t count = rd_u16(rd), i, nl;
+
+    for (i = 0; i < count && !rd->bad; i++) {
+        int32_t pid = rd_i32(rd);
+        uint32_t uid = rd_u32(rd);
+        const uint8_t *u = rd_take(rd, PROTO_UUID_BYTES);
+        const char *n = rd_str(rd, LOCKD_OWNER_NAME_MAX, &nl);
+        uint32_t leases = rd_u32(rd);
+        int r;
+
+        if (rd->bad)
+            break;
+        uuid_format(u, uuid);
+        str_copy(name, sizeof(name), n, nl);
+        r = fn(userdata, pid, uid, uuid, name, leases);
+        if (r != 0)
+            return r;
+    }
+    return rd->bad || rd->left ? -EPROTO : 0;
+}
+
+LOCKD_API int
+lockd_conn_owners(lockd_conn *conn, lockd_owner_fn fn, void *userdata)
+{
+    uint64_t cursor = 0;
+    struct proto_wr wr;
+    struct proto_rd rd;
+    int r;
+
+    if (!conn || !fn)
+        return -EINVAL;
+    do {
+        conn_begin(conn, &wr, PROTO_OWNERS, 0);
+        wr_u64(&wr, cursor);
+        r = conn_call(conn, &wr, NULL, 0, &rd);
+        if (r < 0)
+            return r;
+        cursor = rd_u64(&rd);
+        r = owner_rows(&rd, fn, userdata);
+    } while (r == 0 && cursor != 0);
+    return r;
+}
+
+LOCKD_API int
+lockd_conn_status(lockd_conn *conn, uint64_t *ret_owners, uint64_t *ret_leases,
+                  uint64_t *ret_stored)
+{
+    uint64_t owners, leases, stored;
+    struct proto_wr wr;
+    struct proto_rd rd;
+    int r;
+
+    if (!conn)
+        return -EINVAL;
+    conn_begin(conn, &wr, PROTO_STATUS, 0);
+    r = conn_call(conn, &wr, NULL, 0, &rd);
+    if (r < 0)
+        return r;
+    owners = rd_u64(&rd);
+    leases = rd_u64(&rd);
+    stored = rd_u64(&rd);
+    if (rd.bad || rd.left)
+        return -EPROTO;
+    if (ret_owners)
+        *ret_owners = owners;
+    if (ret_leases)
+        *ret_leases = leases;
+    if (ret_stored)
+        *ret_stored = stored;
+    return 0;
 }

@@ -285,6 +285,127 @@ typedef int (*lockd_progress_fn)(uint64_t done, void *userdata);
 LOCKD_API int lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,
                        uint64_t *ret_removed, uint64_t *ret_kept);
 
+/* ------------------------------------------------------------------------
+ * The helper: handing leases to lockd-helper(8)
+ *
+ * A lease taken in this process dies with it unless another process holds a
+ * copy of its fd.  lockd-helper is that process: a manager connects, registers
+ * the process the leases protect (the owner: a guest's QEMU), and hands the
+ * lease fds over.  The helper keeps them until the owner exits or the manager
+ * releases them, whatever happens to the manager meanwhile.  Owners are named
+ * by pid; the helper tracks each through a pidfd, so a pid reused after the
+ * owner's death never inherits its leases.
+ *
+ * A non-root caller may register only processes whose real uid is its own and
+ * sees and releases only owners its uid registered; root acts on all.
+ *
+ * Errors common to these calls: -ECONNREFUSED / -ENOENT (no helper at the
+ * socket), -EPROTO (a malformed reply), -EPROTONOSUPPORT (the helper speaks
+ * another protocol version), -ETIMEDOUT (no reply within 30 s), -EPIPE /
+ * -ECONNRESET (the helper went away), -EPERM (the credentials rules above),
+ * -ESRCH (no such owner, or no such live process), -EMFILE (the helper is
+ * out of descriptors), and -EINVAL for bad arguments.
+ */
+
+typedef struct lockd_conn lockd_conn;
+
+/* Longest owner name, in bytes. */
+#define LOCKD_OWNER_NAME_MAX 255
+
+/*
+ * Connect to the helper at path, or at the default socket when path is NULL:
+ * $LOCKD_SOCKET if set, else /run/lockd/helper.sock for root and
+ * $XDG_RUNTIME_DIR/lockd/helper.sock for other users.  A connection may be
+ * used by one thread at a time.  *ret_conn owns one socket (SOCK_CLOEXEC).
+ */
+LOCKD_API int lockd_conn_open(const char *path, lockd_conn **ret_conn);
+
+/* Disconnect.  Nothing the helper holds is released: leases belong to
+ * owners, not connections.  NULL is a no-op. */
+LOCKD_API void lockd_conn_close(lockd_conn *conn);
+
+/*
+ * Register process pid as an owner, with uuid (36-character text form, or
+ * NULL) and name (at most LOCKD_OWNER_NAME_MAX bytes, or NULL) for people
+ * to read.  pidfd is a pidfd of that process (pidfd_open(2)), sent along so
+ * that the helper watches exactly this process even if pid is reused; or -1,
+ * and the helper opens one from pid itself.  Registering a live owner again
+ * is harmless and updates its uuid and name.
+ * Errors: -ESRCH (pid is not alive), -EPERM, -EINVAL, and the common ones.
+ */
+LOCKD_API int lockd_conn_register(lockd_conn *conn, int32_t pid, int pidfd, const char *uuid,
+                                  const char *name);
+
+/*
+ * Hand every lease in lease to the helper, for owner pid.  names, if not
+ * NULL, gives a display name per lease (in lockd_lease_key() order: the disk
+ * path), NULL entries allowed.  The helper checks that each fd is a regular
+ * file carrying an OFD lock of the lease's mode, and refuses the whole request
+ * otherwise (-EBADFD).  Up to 253 leases go in one message and one round trip;
+ * a larger lease is sent in several, all or nothing.  On success ret_ids
+ * (lockd_lease_count() entries, may be NULL) receives the helper's lease ids,
+ * which are never reused.  lease still owns its fds: call
+ * lockd_lease_forget() to let the helper be the only holder, or keep them
+ * and release with lockd_conn_release_notice().
+ * Errors: -EBADFD, -ESRCH (pid is not a registered owner), -EDQUOT (the
+ * per-uid lease limit), and the common ones.  On failure the helper holds
+ * none of them.
+ */
+LOCKD_API int lockd_conn_handoff(lockd_conn *conn, int32_t pid, const lockd_lease *lease,
+                                 const char *const *names, uint64_t *ret_ids);
+
+/*
+ * Release leases held by the helper for owner pid: the n lease ids in ids,
+ * or every lease of the owner when n is 0 (ids may be NULL).  The helper
+ * unlocks and closes each before it answers.  Ids the owner does not hold are
+ * skipped.  Returns the number of leases released, or -errno.
+ */
+LOCKD_API int lockd_conn_release(lockd_conn *conn, int32_t pid, size_t n, const uint64_t *ids);
+
+/*
+ * The same, as a one-way notice: no reply is awaited.  For a manager that
+ * kept its own copies of the lease fds and has already released them
+ * (lockd_lease_release()): the leases are free at that moment, and the
+ * notice only lets the helper close its copies.  A notice that arrives late,
+ * after the same disk was leased again, names old ids and touches nothing.
+ * Errors: only those of sending.
+ */
+LOCKD_API int lockd_conn_release_notice(lockd_conn *conn, int32_t pid, size_t n,
+                                        const uint64_t *ids);
+
+/*
+ * One row of a listing: a lease the helper holds, with its owner.  uuid is
+ * the 36-character text form ("" if none was given); disk is the display
+ * name handed over with the lease ("" if none).  Returning non-zero stops
+ * the listing, and that value is returned by the listing call.
+ */
+typedef int (*lockd_list_fn)(void *userdata, uint64_t lease_id, int mode, const char *key,
+                             const char *disk, int32_t pid, uint32_t uid, const char *uuid,
+                             const char *name);
+
+/*
+ * List the leases the helper holds (those the caller may see), for owner pid
+ * only if pid > 0, for the lease key only if key is not NULL.  Calls fn once
+ * per lease.  Returns 0, fn's non-zero value, or -errno.
+ */
+LOCKD_API int lockd_conn_list(lockd_conn *conn, int32_t pid, const char *key, lockd_list_fn fn,
+                              void *userdata);
+
+/* One registered owner, with the number of leases it holds. */
+typedef int (*lockd_owner_fn)(void *userdata, int32_t pid, uint32_t uid, const char *uuid,
+                              const char *name, uint32_t leases);
+
+/* List the registered owners the caller may see.  As lockd_conn_list(). */
+LOCKD_API int lockd_conn_owners(lockd_conn *conn, lockd_owner_fn fn, void *userdata);
+
+/*
+ * The helper's counts, over all owners: registered owners, leases held, and
+ * how many of those leases are also kept in systemd's fd store (so survive a
+ * crash of the helper).  Each ret_* may be NULL.
+ */
+LOCKD_API int lockd_conn_status(lockd_conn *conn, uint64_t *ret_owners, uint64_t *ret_leases,
+                                uint64_t *ret_stored);
+
 #ifdef __cplusplus
 }
 #endif
