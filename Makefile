@@ -21,6 +21,8 @@ WARN     = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
 # Recursive (=) so that flags are read after `deps` has installed the packages.
 SODIUM_CFLAGS  = $(shell pkg-config --cflags libsodium 2>/dev/null)
 SODIUM_LIBS    = $(shell pkg-config --libs libsodium 2>/dev/null || echo -lsodium)
+SYSTEMD_CFLAGS = $(shell pkg-config --cflags libsystemd 2>/dev/null)
+SYSTEMD_LIBS   = $(shell pkg-config --libs libsystemd 2>/dev/null || echo -lsystemd)
 ALL_CFLAGS     = -std=gnu11 $(WARN) $(CFLAGS) $(SODIUM_CFLAGS) -I.
 PIC_CFLAGS     = -fPIC -fvisibility=hidden
 
@@ -32,7 +34,17 @@ BENCHES  = $(patsubst %.c,%,$(wildcard bench/bench-*.c))
 
 .PHONY: all deps check check-build check-asan check-valgrind bench install uninstall clean
 
-all: liblockd.a $(SONAME) lockd.pc
+PROGRAMS = $(patsubst %.c,%,$(wildcard lockd-helper.c lockdctl.c))
+
+all: liblockd.a $(SONAME) lockd.pc $(PROGRAMS)
+
+# The helper builds lockd.c into itself: the wire codec is written once, in
+# lockd.c, and stays static there (DESIGN.md, "Protocol rules").
+lockd-helper: lockd-helper.c lockd.c lockd.h
+	$(CC) $(ALL_CFLAGS) $(SYSTEMD_CFLAGS) -o $@ lockd-helper.c $(SYSTEMD_LIBS) $(SODIUM_LIBS) $(LDFLAGS)
+
+lockdctl: lockdctl.c liblockd.a lockd.h
+	$(CC) $(ALL_CFLAGS) -o $@ lockdctl.c liblockd.a $(SODIUM_LIBS) $(LDFLAGS)
 
 lockd.o: lockd.c lockd.h
 	$(CC) $(ALL_CFLAGS) -c -o $@ lockd.c

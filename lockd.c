@@ -54,6 +54,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1128,6 +1129,7 @@ out:
 #define PROTO_FDS_MAX   253 /* SCM_MAX_FD, the kernel's limit per message */
 #define PROTO_KEY_BYTES 32
 #define PROTO_UUID_BYTES 16
+#define PROTO_FDS_LOST  ((size_t)-1) /* proto_recv(): the fds did not fit */
 
 enum {
     PROTO_REGISTER = 1,
@@ -1341,7 +1343,8 @@ uuid_format(const uint8_t *u, char *ret)
 }
 
 /* Parse a received message's header: 0 with the body in ret_body, or
- * -EPROTO.  nfds is how many fds actually arrived. */
+ * -EPROTO.  nfds is how many fds actually arrived.  *ret is filled in as far
+ * as the bytes go even on error, so a reply can still echo the serial. */
 static int
 proto_parse_hdr(const uint8_t *buf, size_t len, size_t nfds, struct proto_hdr *ret,
                 struct proto_rd *ret_body)
@@ -1349,6 +1352,7 @@ proto_parse_hdr(const uint8_t *buf, size_t len, size_t nfds, struct proto_hdr *r
     struct proto_rd rd = {buf, len, 0};
     struct proto_hdr h;
 
+    memset(ret, 0, sizeof(*ret));
     h.magic = rd_u32(&rd);
     h.version = rd_u16(&rd);
     h.type = rd_u16(&rd);
@@ -1356,10 +1360,11 @@ proto_parse_hdr(const uint8_t *buf, size_t len, size_t nfds, struct proto_hdr *r
     h.status = rd_i32(&rd);
     h.nfds = rd_u32(&rd);
     h.len = rd_u32(&rd);
+    if (!rd.bad)
+        *ret = h;
     if (rd.bad || h.magic != PROTO_MAGIC || h.len != rd.left || h.len > PROTO_BODY_MAX ||
         h.nfds != nfds || h.nfds > PROTO_FDS_MAX)
         return -EPROTO;
-    *ret = h;
     *ret_body = rd;
     return 0;
 }
@@ -1413,10 +1418,11 @@ proto_send(int sock, const void *buf, size_t len, const int *fds, size_t nfds)
 /*
  * Receive one message into buf (cap bytes) and up to PROTO_FDS_MAX fds.
  * Returns the message length (0: the peer hung up), or -errno.  A message
- * cut short (MSG_TRUNC), or whose fds did not all fit (MSG_CTRUNC: we are out
- * of descriptors, or the peer sent too many), is -EMSGSIZE / -EMFILE with
- * whatever fds did arrive closed.  cloexec is MSG_CMSG_CLOEXEC or 0: the
- * helper keeps lease fds across its re-exec, so it receives them without.
+ * cut short (MSG_TRUNC) is -EMSGSIZE.  If its fds did not all fit
+ * (MSG_CTRUNC: we are out of descriptors, or the peer sent too many), those
+ * that arrived are closed and *ret_nfds is PROTO_FDS_LOST, so the caller can
+ * still answer the request with -EMFILE.  cloexec is MSG_CMSG_CLOEXEC or 0:
+ * the helper keeps lease fds across its re-exec, so it receives them without.
  */
 static ssize_t
 proto_recv(int sock, void *buf, size_t cap, int *ret_fds, size_t *ret_nfds, int cloexec)
@@ -1456,13 +1462,141 @@ proto_recv(int sock, void *buf, size_t cap, int *ret_fds, size_t *ret_nfds, int 
         memcpy(ret_fds + nfds, CMSG_DATA(c), sizeof(int) * k);
         nfds += k;
     }
-    if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+    if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
         close_all(ret_fds, nfds);
-        return (mh.msg_flags & MSG_TRUNC) ? -EMSGSIZE : -EMFILE;
-    }
-    *ret_nfds = nfds;
+    if (mh.msg_flags & MSG_TRUNC)
+        return -EMSGSIZE;
+    *ret_nfds = (mh.msg_flags & MSG_CTRUNC) ? PROTO_FDS_LOST : nfds;
     return n;
 }
+
+/* The server side of the codec is compiled only into lockd-helper (and the
+ * fuzz target), which define LOCKD_PROTO_SERVER and include this file. */
+#ifdef LOCKD_PROTO_SERVER
+
+/* A decoded request.  Pointers point into the received buffer. */
+struct proto_item {
+    uint8_t mode;
+    const uint8_t *key; /* PROTO_KEY_BYTES */
+    const char *disk;   /* not NUL-terminated */
+    uint16_t disk_len;
+};
+
+struct proto_req {
+    struct proto_hdr hdr;
+    int32_t pid;                 /* all but OWNERS and STATUS */
+    const uint8_t *uuid;         /* REGISTER */
+    const char *name;            /* REGISTER, not NUL-terminated */
+    uint16_t name_len;
+    uint16_t count;              /* HANDOFF items, RELEASE/NOTICE ids */
+    struct proto_item items[PROTO_FDS_MAX];
+    const uint8_t *ids;          /* RELEASE/NOTICE: count x u64, unaligned */
+    const uint8_t *key;          /* LIST: NULL for any */
+    uint64_t cursor;             /* LIST, OWNERS */
+};
+
+static uint64_t
+proto_req_id(const struct proto_req *req, size_t i)
+{
+    uint64_t v;
+
+    assert(i < req->count);
+    memcpy(&v, req->ids + 8 * i, sizeof(v));
+    return v;
+}
+
+static void
+decode_handoff(struct proto_rd *rd, struct proto_req *req)
+{
+    uint16_t i;
+
+    req->pid = rd_i32(rd);
+    req->count = rd_u16(rd);
+    if (req->count == 0 || req->count > PROTO_FDS_MAX || req->count != req->hdr.nfds) {
+        rd->bad = 1;
+        return;
+    }
+    for (i = 0; i < req->count && !rd->bad; i++) {
+        struct proto_item *it = &req->items[i];
+
+        it->mode = rd_u8(rd);
+        it->key = rd_take(rd, PROTO_KEY_BYTES);
+        it->disk = rd_str(rd, LOCKD_NAME_MAX, &it->disk_len);
+        if (it->mode != LOCKD_EXCLUSIVE && it->mode != LOCKD_SHARED)
+            rd->bad = 1;
+    }
+}
+
+static void
+decode_body(struct proto_rd *rd, struct proto_req *req)
+{
+    switch (req->hdr.type) {
+    case PROTO_REGISTER:
+        req->pid = rd_i32(rd);
+        req->uuid = rd_take(rd, PROTO_UUID_BYTES);
+        req->name = rd_str(rd, LOCKD_OWNER_NAME_MAX, &req->name_len);
+        rd->bad |= req->hdr.nfds > 1;
+        break;
+    case PROTO_HANDOFF:
+        decode_handoff(rd, req);
+        break;
+    case PROTO_RELEASE:
+    case PROTO_NOTICE:
+        req->pid = rd_i32(rd);
+        req->count = rd_u16(rd);
+        req->ids = rd_take(rd, (size_t)8 * req->count);
+        break;
+    case PROTO_LIST:
+        req->pid = rd_i32(rd);
+        req->key = rd_u8(rd) ? rd->p : NULL;
+        (void)rd_take(rd, PROTO_KEY_BYTES);
+        req->cursor = rd_u64(rd);
+        rd->bad |= req->pid < 0;
+        break;
+    case PROTO_OWNERS:
+        req->cursor = rd_u64(rd);
+        break;
+    case PROTO_STATUS:
+        break;
+    default:
+        rd->bad = 1;
+    }
+    if (req->hdr.type != PROTO_HANDOFF && req->hdr.type != PROTO_REGISTER)
+        rd->bad |= req->hdr.nfds != 0;
+    if (req->hdr.type != PROTO_LIST && req->hdr.type != PROTO_OWNERS &&
+        req->hdr.type != PROTO_STATUS)
+        rd->bad |= req->pid <= 0;
+}
+
+/*
+ * Decode a request as the helper received it: len bytes and nfds fds (or
+ * PROTO_FDS_LOST).  Returns 0; -EPROTONOSUPPORT for another protocol
+ * version; -EMFILE if its fds were lost; -EPROTO for anything malformed.  On
+ * error ret->hdr holds what the header said, as far as it could be read, so
+ * the reply can echo type and serial (hdr.magic == PROTO_MAGIC tells whether
+ * answering makes sense at all).
+ */
+static int
+proto_decode_request(const uint8_t *buf, size_t len, size_t nfds, struct proto_req *ret)
+{
+    struct proto_rd rd;
+    int r;
+
+    memset(ret, 0, offsetof(struct proto_req, items));
+    r = proto_parse_hdr(buf, len, nfds == PROTO_FDS_LOST ? 0 : nfds, &ret->hdr, &rd);
+    if (nfds == PROTO_FDS_LOST)
+        return -EMFILE;
+    if (r < 0)
+        return r;
+    if (ret->hdr.version != PROTO_VERSION)
+        return -EPROTONOSUPPORT;
+    if (ret->hdr.status != 0 || (ret->hdr.type == PROTO_NOTICE) != (ret->hdr.serial == 0))
+        return -EPROTO;
+    decode_body(&rd, ret);
+    return rd.bad || rd.left ? -EPROTO : 0;
+}
+
+#endif /* LOCKD_PROTO_SERVER */
 
 /* ------------------------------------------------------------------------
  * The helper protocol: client calls
@@ -1602,8 +1736,10 @@ conn_call(lockd_conn *c, struct proto_wr *wr, const int *fds, size_t nfds,
         return (int)n;
     if (n == 0)
         return -ECONNRESET;
+    if (rn == PROTO_FDS_LOST)
+        return -EPROTO; /* replies carry no fds */
+    close_all(rfds, rn);
     r = proto_parse_hdr(c->buf, (size_t)n, rn, &rep, &body);
-    close_all(rfds, rn); /* replies carry no fds */
     if (r < 0 || rn != 0)
         return -EPROTO;
     if (rep.version != PROTO_VERSION)
