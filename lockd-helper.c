@@ -1,0 +1,2209 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lockd-helper: holds lease fds for guest processes, so that no lease is
+ * lost when the manager that took it crashes, when the helper re-execs, or
+ * (with systemd's fd store) when the helper itself crashes.
+ *
+ * The helper never takes a lock and never opens a lease path.  A manager
+ * acquires leases with the library, in its own process, and hands their fds
+ * over; the helper checks each (a regular file carrying an OFD lock of the
+ * announced mode, per /proc/self/fdinfo) and keeps it until the owner (the
+ * guest process, watched through a pidfd) exits or a manager releases it.
+ * Releasing is F_UNLCK then close: a close alone frees nothing while another
+ * copy of the open file description exists.
+ *
+ * It is one thread around one epoll loop, and every handler is bounded and
+ * non-blocking, so no client ever waits on another (virtlockd stalls every
+ * client for seconds while it cleans up after a dead guest).
+ *
+ * lockd.c is built into this file: the wire codec lives there, once.
+ */
+#define LOCKD_PROTO_SERVER 1
+#include "lockd.c"
+
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/syscall.h>
+
+#include <systemd/sd-daemon.h>
+
+#define CONN_MAX        1024
+#define LEASES_PER_UID  65536 /* root */
+#define LEASES_PER_USER 4096  /* any other uid */
+#define RESERVE_FDS     8     /* kept open to answer -EMFILE when out of fds */
+#define LIST_PAGE_BYTES (PROTO_BODY_MAX - 4096)
+#define STATE_ENV       "LOCKD_HELPER_STATE_FD"
+#define NONE            UINT32_MAX
+
+/* epoll tags: kind in the top byte, an index below. */
+#define TAG_LISTEN (1ull << 56)
+#define TAG_SIGNAL (2ull << 56)
+#define TAG_CONN   (3ull << 56)
+#define TAG_OWNER  (4ull << 56)
+#define TAG_MASK   (0xffull << 56)
+
+/*
+ * A lease the helper holds: 64 bytes plus its disk name, so 19,000 leases
+ * fit in about 1.2 MiB.  Its id is gen << 32 | slot: gen comes from one
+ * counter that only grows (and is carried across re-exec and crashes), so an
+ * id is never reused and a stale release notice cannot touch a newer lease.
+ */
+struct lease {
+    uint32_t gen;   /* 0: slot free */
+    int fd;
+    uint32_t owner; /* owner slot */
+    uint32_t prev, next; /* the owner's list; free list through next */
+    uint8_t mode;
+    uint8_t stored; /* pushed to systemd's fd store */
+    uint8_t key[PROTO_KEY_BYTES];
+    char *disk;
+};
+
+struct owner {
+    int32_t pid; /* 0: slot free */
+    uint32_t gen; /* unique, like a lease's: names its pidfd in the fd store */
+    uint32_t uid; /* of the client that registered it */
+    int pidfd;
+    uint32_t head; /* first lease */
+    uint32_t nleases;
+    uint8_t stored; /* pidfd pushed to the fd store */
+    uint8_t uuid[PROTO_UUID_BYTES];
+    char *name;
+};
+
+struct conn {
+    int fd; /* -1: slot free */
+    uint32_t uid;
+    int32_t pid;
+};
+
+struct uid_count {
+    uint32_t uid, leases;
+};
+
+static struct {
+    /* configuration */
+    const char *socket_path;
+    mode_t socket_mode;
+    int timeout_sec;
+    int verbose;
+    uint32_t store_max;
+    char *self_path;
+    char **argv;
+
+    /* fds */
+    int listen_fd, epoll_fd, signal_fd, fdinfo_dir;
+    int bound; /* we bound socket_path ourselves: unlink it at exit */
+    int reserve[RESERVE_FDS];
+
+    /* state */
+    struct lease *leases;
+    uint32_t nlease_slots, lease_free, nleases;
+    uint64_t next_gen;
+    struct owner *owners;
+    uint32_t nowner_slots, nowners;
+    struct conn conns[CONN_MAX];
+    uint32_t nconns;
+    struct uid_count *uids;
+    uint32_t nuids;
+
+    /* systemd */
+    int notify; /* NOTIFY_SOCKET is set */
+    uint64_t watchdog_usec;
+    int64_t last_watchdog_ns, status_due_ns, idle_since_ns;
+    int status_dirty;
+    int store_on; /* fd store in use */
+    int store_full_logged;
+    uint32_t store_fds; /* fds we keep in the store */
+    size_t store_names; /* bytes of LISTEN_FDNAMES they would take */
+    int state_fd;       /* the store's state memfd, -1 if none */
+    uint64_t state_start, state_end;
+
+    int quit, reexec;
+    uint8_t buf[PROTO_HDR_SIZE + PROTO_BODY_MAX];
+} H = {.listen_fd = -1, .epoll_fd = -1, .signal_fd = -1, .fdinfo_dir = -1, .state_fd = -1,
+       .lease_free = NONE, .next_gen = 1, .socket_mode = 0600};
+
+/* ------------------------------------------------------------------------
+ * Logging: one line each, with the sd-daemon priority prefix journald reads.
+ */
+
+static void __attribute__((format(printf, 2, 3)))
+log_line(int prio, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (prio >= 7 && !H.verbose)
+        return;
+    va_start(ap, fmt);
+    fprintf(stderr, "<%d>", prio);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+#define log_err(...)    log_line(3, __VA_ARGS__)
+#define log_warn(...)   log_line(4, __VA_ARGS__)
+#define log_notice(...) log_line(5, __VA_ARGS__)
+#define log_info(...)   log_line(6, __VA_ARGS__)
+#define log_debug(...)  log_line(7, __VA_ARGS__)
+
+/* ------------------------------------------------------------------------
+ * Small tools
+ */
+
+static int
+set_cloexec(int fd, int on)
+{
+    int fl = fcntl(fd, F_GETFD);
+
+    if (fl < 0)
+        return negerrno();
+    fl = on ? fl | FD_CLOEXEC : fl & ~FD_CLOEXEC;
+    return fcntl(fd, F_SETFD, fl) < 0 ? negerrno() : 0;
+}
+
+static int
+xpidfd_open(pid_t pid)
+{
+    int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+
+    return fd < 0 ? negerrno() : fd;
+}
+
+/* Whether the process behind a pidfd has exited: its pidfd polls readable. */
+static int
+pidfd_dead(int pidfd)
+{
+    struct pollfd p = {.fd = pidfd, .events = POLLIN};
+
+    return poll(&p, 1, 0) > 0;
+}
+
+/* Read /proc/self/fdinfo/<fd> into buf (NUL-terminated). */
+static int
+fdinfo_read(int fd, char *buf, size_t size)
+{
+    char name[16];
+    ssize_t n;
+    int f;
+
+    snprintf(name, sizeof(name), "%d", fd);
+    f = open_retry(H.fdinfo_dir, name, O_RDONLY | O_CLOEXEC, 0);
+    if (f < 0)
+        return f;
+    do
+        n = read(f, buf, size - 1);
+    while (n < 0 && errno == EINTR);
+    safe_close(f);
+    if (n < 0)
+        return negerrno();
+    buf[n] = '\0';
+    return 0;
+}
+
+/* The pid a pidfd refers to, from its fdinfo "Pid:" line. */
+static int32_t
+pidfd_pid(int pidfd)
+{
+    char buf[1024], *p;
+
+    if (fdinfo_read(pidfd, buf, sizeof(buf)) < 0 || !(p = strstr(buf, "\nPid:\t")))
+        return -EBADF;
+    return (int32_t)strtol(p + 6, NULL, 10);
+}
+
+/*
+ * Whether fd carries an OFD lock on byte 0, length 1, of mode: the kernel
+ * lists the locks of each open file description in its fdinfo (fs/locks.c,
+ * lock_get_status), e.g. "lock:\t1: OFDLCK ADVISORY  WRITE -1 fe:00:12 0 0".
+ */
+static int
+fd_has_lease(int fd, int mode)
+{
+    char buf[4096], *line;
+    const char *want = mode == LOCKD_SHARED ? " READ " : " WRITE ";
+    struct stat st;
+    int r;
+
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        return 0;
+    r = fdinfo_read(fd, buf, sizeof(buf));
+    if (r < 0)
+        return r; /* out of fds, say: not the client's fault */
+    for (line = strstr(buf, "lock:\t"); line; line = strstr(line + 1, "lock:\t")) {
+        char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+
+        if (memmem(line, len, " OFDLCK ", 8) && memmem(line, len, want, strlen(want)) &&
+            len > 4 && memcmp(line + len - 4, " 0 0", 4) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int64_t
+mono_ns(void)
+{
+    return now_ns();
+}
+
+/* ------------------------------------------------------------------------
+ * Owners, leases, per-uid counts
+ */
+
+static struct uid_count *
+uid_find(uint32_t uid, int create)
+{
+    struct uid_count *u;
+    uint32_t i;
+
+    for (i = 0; i < H.nuids; i++)
+        if (H.uids[i].uid == uid)
+            return &H.uids[i];
+    if (!create)
+        return NULL;
+    u = realloc(H.uids, (H.nuids + 1) * sizeof(*u));
+    if (!u)
+        return NULL;
+    H.uids = u;
+    H.uids[H.nuids] = (struct uid_count){uid, 0};
+    return &H.uids[H.nuids++];
+}
+
+static struct owner *
+owner_find(int32_t pid)
+{
+    uint32_t i;
+
+    for (i = 0; i < H.nowner_slots; i++)
+        if (H.owners[i].pid == pid)
+            return &H.owners[i];
+    return NULL;
+}
+
+/* Root sees every owner; anyone else only those its uid registered. */
+static int
+may_see(const struct conn *c, const struct owner *o)
+{
+    return c->uid == 0 || c->uid == o->uid;
+}
+
+static uint32_t
+owner_slot(const struct owner *o)
+{
+    return (uint32_t)(o - H.owners);
+}
+
+static uint64_t
+lease_id(uint32_t slot)
+{
+    return (uint64_t)H.leases[slot].gen << 32 | slot;
+}
+
+/* The lease slot an id names, or NONE if it is not a live lease. */
+static uint32_t
+lease_by_id(uint64_t id)
+{
+    uint32_t slot = (uint32_t)id;
+
+    if (slot >= H.nlease_slots || H.leases[slot].gen == 0 ||
+        H.leases[slot].gen != (uint32_t)(id >> 32))
+        return NONE;
+    return slot;
+}
+
+static int
+grow(void **arr, uint32_t *nslots, size_t size)
+{
+    uint32_t n = *nslots ? *nslots * 2 : 64;
+    void *p = realloc(*arr, (size_t)n * size);
+
+    if (!p)
+        return -ENOMEM;
+    memset((char *)p + (size_t)*nslots * size, 0, (size_t)(n - *nslots) * size);
+    *arr = p;
+    *nslots = n;
+    return 0;
+}
+
+/* Rebuild the free list from the slots not in use, lowest first. */
+static void
+lease_freelist_rebuild(void)
+{
+    uint32_t i;
+
+    H.lease_free = NONE;
+    for (i = H.nlease_slots; i-- > 0;)
+        if (H.leases[i].gen == 0) {
+            H.leases[i].fd = -1;
+            H.leases[i].next = H.lease_free;
+            H.lease_free = i;
+        }
+}
+
+static int
+lease_slots_grow(void)
+{
+    if (grow((void **)&H.leases, &H.nlease_slots, sizeof(*H.leases)) < 0)
+        return -ENOMEM;
+    lease_freelist_rebuild();
+    return 0;
+}
+
+/* Make sure n slots are free, so that taking them cannot fail. */
+static int
+lease_slots_reserve(uint32_t n)
+{
+    for (;;) {
+        uint32_t have = 0, slot;
+
+        for (slot = H.lease_free; slot != NONE && have < n; slot = H.leases[slot].next)
+            have++;
+        if (have >= n)
+            return 0;
+        if (lease_slots_grow() < 0)
+            return -ENOMEM;
+    }
+}
+
+static int
+lease_slot_alloc(uint32_t *ret)
+{
+    if (H.lease_free == NONE && lease_slots_grow() < 0)
+        return -ENOMEM;
+    *ret = H.lease_free;
+    H.lease_free = H.leases[*ret].next;
+    return 0;
+}
+
+/* Take lease slot `slot`, as dictated by a saved state.  The free list is
+ * rebuilt once restoring is over, instead of being searched per slot. */
+static int
+lease_slot_claim(uint32_t slot)
+{
+    while (slot >= H.nlease_slots)
+        if (grow((void **)&H.leases, &H.nlease_slots, sizeof(*H.leases)) < 0)
+            return -ENOMEM;
+    return H.leases[slot].gen == 0 ? 0 : -EEXIST;
+}
+
+static void store_push_lease(uint32_t slot);
+static void store_remove_lease(uint32_t slot);
+static void store_push_owner(struct owner *o);
+static void store_remove_owner(struct owner *o);
+static void state_log_lease(uint32_t slot, int add);
+static void state_log_owner(const struct owner *o, int add);
+static int store_state_init(void);
+
+static void
+changed(void)
+{
+    H.status_dirty = 1;
+}
+
+/* Link a filled-in lease slot into its owner and the counts. */
+static void
+lease_link(uint32_t slot)
+{
+    struct lease *l = &H.leases[slot];
+    struct owner *o = &H.owners[l->owner];
+    struct uid_count *u = uid_find(o->uid, 1);
+
+    l->prev = NONE;
+    l->next = o->head;
+    if (o->head != NONE)
+        H.leases[o->head].prev = slot;
+    o->head = slot;
+    o->nleases++;
+    H.nleases++;
+    if (u)
+        u->leases++;
+    changed();
+}
+
+/* Release one lease: unlock, close, forget. */
+static void
+lease_free(uint32_t slot, const char *why)
+{
+    struct lease *l = &H.leases[slot];
+    struct owner *o = &H.owners[l->owner];
+    struct uid_count *u = uid_find(o->uid, 0);
+    char key[LOCKD_KEY_SIZE];
+
+    key_to_hex(l->key, key);
+    log_debug("released lease %llu (%s) of pid %d: %s", (unsigned long long)lease_id(slot),
+              l->disk && *l->disk ? l->disk : key, (int)o->pid, why);
+    /* The state log says "gone" before the store lets go, so a crash in
+     * between leaves a record without an fd, which adoption skips. */
+    state_log_lease(slot, 0);
+    store_remove_lease(slot);
+    (void)lease_drop(l->fd);
+    if (l->prev != NONE)
+        H.leases[l->prev].next = l->next;
+    else
+        o->head = l->next;
+    if (l->next != NONE)
+        H.leases[l->next].prev = l->prev;
+    o->nleases--;
+    H.nleases--;
+    if (u && u->leases)
+        u->leases--;
+    free(l->disk);
+    memset(l, 0, sizeof(*l));
+    l->fd = -1;
+    l->next = H.lease_free;
+    H.lease_free = slot;
+    changed();
+}
+
+static void
+owner_release_all(struct owner *o, const char *why)
+{
+    while (o->head != NONE)
+        lease_free(o->head, why);
+}
+
+static void
+owner_free(struct owner *o, const char *why)
+{
+    log_info("owner pid %d (%s) gone: %s", (int)o->pid, o->name ? o->name : "", why);
+    owner_release_all(o, why);
+    state_log_owner(o, 0);
+    store_remove_owner(o);
+    if (o->pidfd >= 0) {
+        (void)epoll_ctl(H.epoll_fd, EPOLL_CTL_DEL, o->pidfd, NULL);
+        safe_close(o->pidfd);
+    }
+    free(o->name);
+    memset(o, 0, sizeof(*o));
+    o->pidfd = -1;
+    H.nowners--;
+    changed();
+}
+
+static int
+owner_watch(struct owner *o)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = TAG_OWNER | owner_slot(o)};
+
+    return epoll_ctl(H.epoll_fd, EPOLL_CTL_ADD, o->pidfd, &ev) < 0 ? negerrno() : 0;
+}
+
+static struct owner *
+owner_new(int32_t pid, uint32_t uid, int pidfd)
+{
+    struct owner *o = owner_find(0);
+
+    if (!o) {
+        uint32_t old = H.nowner_slots, i;
+
+        if (grow((void **)&H.owners, &H.nowner_slots, sizeof(*H.owners)) < 0)
+            return NULL;
+        for (i = old; i < H.nowner_slots; i++)
+            H.owners[i].pidfd = -1;
+        o = &H.owners[old];
+    }
+    o->pid = pid;
+    o->gen = (uint32_t)H.next_gen++;
+    o->uid = uid;
+    o->pidfd = pidfd;
+    o->head = NONE;
+    o->nleases = 0;
+    H.nowners++;
+    changed();
+    return o;
+}
+
+/* ------------------------------------------------------------------------
+ * Requests
+ */
+
+static int
+set_name(char **dst, const char *s, size_t len)
+{
+    char *p = strndup(s, len);
+
+    if (!p)
+        return -ENOMEM;
+    free(*dst);
+    *dst = p;
+    return 0;
+}
+
+/* The real uid of pid, from /proc/PID/status. */
+static int
+proc_real_uid(int32_t pid, uint32_t *ret)
+{
+    char path[64], buf[4096], *p;
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    fd = open_retry(AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0);
+    if (fd < 0)
+        return fd == -ENOENT ? -ESRCH : fd;
+    n = read(fd, buf, sizeof(buf) - 1);
+    safe_close(fd);
+    if (n <= 0)
+        return -ESRCH;
+    buf[n] = '\0';
+    p = strstr(buf, "\nUid:\t");
+    if (!p)
+        return -ESRCH;
+    *ret = (uint32_t)strtoul(p + 6, NULL, 10);
+    return 0;
+}
+
+/*
+ * REGISTER: pidfd is the one sent along, or -1.  The uid check reads
+ * /proc/PID/status and then makes sure the pidfd's process is still alive,
+ * so that a pid reused in between cannot pass as the checked process.
+ */
+static int
+do_register(struct conn *c, const struct proto_req *req, int pidfd)
+{
+    struct owner *o = owner_find(req->pid);
+    uint32_t real_uid;
+    int r;
+
+    if (o && pidfd_dead(o->pidfd)) {
+        owner_free(o, "exited");
+        o = NULL;
+    }
+    if (o) {
+        safe_close(pidfd);
+        if (!may_see(c, o))
+            return -EPERM;
+        memcpy(o->uuid, req->uuid, PROTO_UUID_BYTES);
+        r = set_name(&o->name, req->name, req->name_len);
+        if (r == 0)
+            state_log_owner(o, 1);
+        return r;
+    }
+    if (pidfd >= 0 && pidfd_pid(pidfd) != req->pid) {
+        safe_close(pidfd);
+        return -ESRCH; /* not a pidfd, or another process's */
+    }
+    if (pidfd < 0)
+        pidfd = xpidfd_open(req->pid);
+    if (pidfd < 0)
+        return pidfd;
+    r = proc_real_uid(req->pid, &real_uid);
+    if (r == 0 && pidfd_dead(pidfd))
+        r = -ESRCH;
+    if (r == 0 && c->uid != 0 && real_uid != c->uid)
+        r = -EPERM;
+    if (r == 0 && !(o = owner_new(req->pid, c->uid, pidfd)))
+        r = -ENOMEM;
+    if (r < 0) {
+        safe_close(pidfd);
+        return r;
+    }
+    memcpy(o->uuid, req->uuid, PROTO_UUID_BYTES);
+    r = set_name(&o->name, req->name, req->name_len);
+    if (r == 0)
+        r = owner_watch(o);
+    if (r < 0) {
+        owner_free(o, "could not register");
+        return r;
+    }
+    log_info("owner pid %d (%s) registered by uid %u", (int)o->pid, o->name, c->uid);
+    state_log_owner(o, 1);
+    store_push_owner(o);
+    return 0;
+}
+
+/* Refuse a hand-over whose fd is not what it claims; returns 0 or -errno. */
+static int
+check_item(const struct conn *c, const struct proto_req *req, size_t i, int fd)
+{
+    const struct proto_item *it = &req->items[i];
+    char key[LOCKD_KEY_SIZE];
+    int r = fd_has_lease(fd, it->mode);
+
+    if (r == 1)
+        return 0;
+    key_to_hex(it->key, key);
+    log_warn("refused lease %.*s (%s) for pid %d from uid %u: %s", (int)it->disk_len, it->disk,
+             key, (int)req->pid, c->uid,
+             r < 0 ? strerror(-r)
+             : it->mode == LOCKD_SHARED
+                 ? "fd is not a regular file holding an OFD read lock on byte 0"
+                 : "fd is not a regular file holding an OFD write lock on byte 0");
+    return r < 0 ? r : -EBADFD;
+}
+
+/*
+ * HANDOFF: every fd is checked, and every allocation made, before any lease
+ * is taken over, so the request is all or nothing without an undo path.
+ */
+static int
+do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct proto_wr *wr)
+{
+    struct owner *o = owner_find(req->pid);
+    char *disks[PROTO_FDS_MAX];
+    uint32_t limit, i, slot = NONE;
+    struct uid_count *u;
+    int r = 0;
+
+    if (!o || !may_see(c, o) || pidfd_dead(o->pidfd))
+        return -ESRCH;
+    u = uid_find(o->uid, 1);
+    limit = o->uid == 0 ? LEASES_PER_UID : LEASES_PER_USER;
+    if (!u)
+        return -ENOMEM;
+    if (u->leases + req->count > limit)
+        return -EDQUOT;
+    for (i = 0; i < req->count && r == 0; i++)
+        r = check_item(c, req, i, fds[i]);
+    if (r < 0)
+        return r;
+    for (i = 0; i < req->count; i++)
+        if (!(disks[i] = strndup(req->items[i].disk, req->items[i].disk_len)))
+            break;
+    r = i == req->count ? lease_slots_reserve(req->count) : -ENOMEM;
+    if (r < 0) {
+        while (i-- > 0)
+            free(disks[i]);
+        return r;
+    }
+    for (i = 0; i < req->count; i++) {
+        struct lease *l;
+
+        (void)lease_slot_alloc(&slot); /* cannot fail: reserved above */
+        l = &H.leases[slot];
+        l->gen = (uint32_t)H.next_gen++;
+        l->fd = fds[i];
+        l->owner = owner_slot(o);
+        l->mode = req->items[i].mode;
+        l->disk = disks[i];
+        memcpy(l->key, req->items[i].key, PROTO_KEY_BYTES);
+        lease_link(slot);
+        state_log_lease(slot, 1);
+        store_push_lease(slot);
+        wr_u64(wr, lease_id(slot));
+    }
+    return 0;
+}
+
+static int
+do_release(struct conn *c, const struct proto_req *req, struct proto_wr *wr)
+{
+    struct owner *o = owner_find(req->pid);
+    uint32_t n = 0, i;
+
+    if (!o || !may_see(c, o))
+        return -ESRCH;
+    if (req->count == 0) {
+        n = o->nleases;
+        owner_release_all(o, "released by request");
+    }
+    for (i = 0; i < req->count; i++) {
+        uint32_t slot = lease_by_id(proto_req_id(req, i));
+
+        if (slot == NONE || H.leases[slot].owner != owner_slot(o))
+            continue; /* stale, or another owner's: never touched */
+        lease_free(slot, "released by request");
+        n++;
+    }
+    if (wr)
+        wr_u32(wr, n);
+    return 0;
+}
+
+/* One LIST row; returns 0, or -EMSGSIZE if it does not fit the page. */
+static int
+list_row(struct proto_wr *wr, uint32_t slot)
+{
+    const struct lease *l = &H.leases[slot];
+    const struct owner *o = &H.owners[l->owner];
+    size_t before = wr->len;
+
+    wr_u64(wr, lease_id(slot));
+    wr_u8(wr, l->mode);
+    wr_put(wr, l->key, PROTO_KEY_BYTES);
+    wr_i32(wr, o->pid);
+    wr_u32(wr, o->uid);
+    wr_put(wr, o->uuid, PROTO_UUID_BYTES);
+    wr_str(wr, o->name ? o->name : "", o->name ? strlen(o->name) : 0);
+    wr_str(wr, l->disk ? l->disk : "", l->disk ? strlen(l->disk) : 0);
+    if (wr->bad || wr->len > LIST_PAGE_BYTES) {
+        wr->len = before;
+        wr->bad = 0;
+        return -EMSGSIZE;
+    }
+    return 0;
+}
+
+static int
+do_list(struct conn *c, const struct proto_req *req, struct proto_wr *wr)
+{
+    size_t at_cursor = wr->len, at_count;
+    uint64_t slot;
+    uint16_t count = 0;
+
+    wr_u64(wr, 0);
+    at_count = wr->len;
+    wr_u16(wr, 0);
+    for (slot = req->cursor; slot < H.nlease_slots; slot++) {
+        const struct lease *l = &H.leases[slot];
+        const struct owner *o;
+
+        if (l->gen == 0)
+            continue;
+        o = &H.owners[l->owner];
+        if (!may_see(c, o) || (req->pid && o->pid != req->pid) ||
+            (req->key && memcmp(req->key, l->key, PROTO_KEY_BYTES) != 0))
+            continue;
+        if (count == UINT16_MAX || list_row(wr, (uint32_t)slot) < 0) {
+            memcpy(wr->buf + at_cursor, &slot, 8); /* the next page starts here */
+            break;
+        }
+        count++;
+    }
+    memcpy(wr->buf + at_count, &count, 2);
+    return 0;
+}
+
+static int
+do_owners(struct conn *c, const struct proto_req *req, struct proto_wr *wr)
+{
+    size_t at_cursor = wr->len, at_count;
+    uint64_t slot;
+    uint16_t count = 0;
+
+    wr_u64(wr, 0);
+    at_count = wr->len;
+    wr_u16(wr, 0);
+    for (slot = req->cursor; slot < H.nowner_slots; slot++) {
+        const struct owner *o = &H.owners[slot];
+        size_t before = wr->len;
+
+        if (o->pid == 0 || !may_see(c, o))
+            continue;
+        wr_i32(wr, o->pid);
+        wr_u32(wr, o->uid);
+        wr_put(wr, o->uuid, PROTO_UUID_BYTES);
+        wr_str(wr, o->name ? o->name : "", o->name ? strlen(o->name) : 0);
+        wr_u32(wr, o->nleases);
+        if (wr->bad || wr->len > LIST_PAGE_BYTES) {
+            wr->len = before;
+            wr->bad = 0;
+            memcpy(wr->buf + at_cursor, &slot, 8);
+            break;
+        }
+        count++;
+    }
+    memcpy(wr->buf + at_count, &count, 2);
+    return 0;
+}
+
+static void
+reply(struct conn *c, const struct proto_hdr *req, int status, struct proto_wr *wr)
+{
+    int r;
+
+    if (status < 0) {
+        wr->len = 0;
+        wr->bad = 0;
+        proto_begin(wr, req->type, req->serial, status, 0);
+    } else
+        memcpy(wr->buf + 12, &status, sizeof(status));
+    r = proto_finish(wr);
+    if (r == 0)
+        r = proto_send(c->fd, wr->buf, wr->len, NULL, 0);
+    if (r < 0)
+        log_debug("reply to uid %u pid %d failed: %s", c->uid, (int)c->pid, strerror(-r));
+}
+
+static const char *
+type_name(uint16_t type)
+{
+    static const char *const names[] = {"?",    "register", "handoff", "release",
+                                        "notice", "list",   "owners",  "status"};
+
+    return type < sizeof(names) / sizeof(names[0]) ? names[type] : "?";
+}
+
+/* Handle one received request; fds are ours to keep or close. */
+static void
+dispatch(struct conn *c, const struct proto_req *req, int *fds, size_t nfds, int r)
+{
+    struct proto_wr wr = {.buf = H.buf, .cap = sizeof(H.buf)};
+    size_t i;
+
+    proto_begin(&wr, req->hdr.type, req->hdr.serial, 0, 0);
+    if (r == 0) {
+        switch (req->hdr.type) {
+        case PROTO_REGISTER:
+            r = do_register(c, req, nfds ? fds[0] : -1);
+            nfds = 0; /* do_register took the pidfd */
+            break;
+        case PROTO_HANDOFF:
+            r = do_handoff(c, req, fds, &wr);
+            if (r == 0)
+                nfds = 0; /* kept */
+            break;
+        case PROTO_RELEASE:
+        case PROTO_NOTICE:
+            r = do_release(c, req, req->hdr.type == PROTO_RELEASE ? &wr : NULL);
+            break;
+        case PROTO_LIST:
+            r = do_list(c, req, &wr);
+            break;
+        case PROTO_OWNERS:
+            r = do_owners(c, req, &wr);
+            break;
+        case PROTO_STATUS:
+            wr_u64(&wr, H.nowners);
+            wr_u64(&wr, H.nleases);
+            wr_u64(&wr, H.store_on ? H.store_fds : 0);
+            break;
+        }
+    }
+    for (i = 0; i < nfds; i++)
+        safe_close(fds[i]);
+    if (r < 0 && r != -EBADFD)
+        log_notice("refused %s from uid %u pid %d: %s", type_name(req->hdr.type), c->uid,
+                   (int)c->pid, strerror(-r));
+    /* A notice is never answered: its sender reads no reply, and one left
+     * in the socket would be taken for the answer to its next request. */
+    if (req->hdr.type != PROTO_NOTICE)
+        reply(c, &req->hdr, r, &wr);
+}
+
+/* ------------------------------------------------------------------------
+ * Connections
+ */
+
+static void
+conn_drop(struct conn *c)
+{
+    (void)epoll_ctl(H.epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
+    safe_close(c->fd);
+    c->fd = -1;
+    H.nconns--;
+    if (H.nconns == 0 && H.nleases == 0)
+        H.idle_since_ns = mono_ns();
+}
+
+static void
+reserve_fill(void)
+{
+    int i;
+
+    for (i = 0; i < RESERVE_FDS; i++)
+        if (H.reserve[i] < 0)
+            H.reserve[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+static void
+reserve_free(void)
+{
+    int i;
+
+    for (i = 0; i < RESERVE_FDS; i++) {
+        safe_close(H.reserve[i]);
+        H.reserve[i] = -1;
+    }
+}
+
+static int
+conn_add(int fd)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    struct epoll_event ev = {.events = EPOLLIN};
+    uint32_t i;
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+        return negerrno();
+    for (i = 0; i < CONN_MAX && H.conns[i].fd >= 0; i++)
+        ;
+    if (i == CONN_MAX) {
+        log_warn("refused connection from uid %u pid %d: %d connections open", cred.uid,
+                 (int)cred.pid, CONN_MAX);
+        return -EUSERS;
+    }
+    ev.data.u64 = TAG_CONN | i;
+    if (epoll_ctl(H.epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        return negerrno();
+    H.conns[i] = (struct conn){fd, cred.uid, cred.pid};
+    H.nconns++;
+    return 0;
+}
+
+/*
+ * Accept one connection.  Out of descriptors, give back the reserve so that
+ * the client can still be told so: its first request is answered -EMFILE
+ * (by on_conn, when recvmsg loses the fds or the reply says why), instead of
+ * the connection being left to hang in the backlog.
+ */
+static void
+on_listen(void)
+{
+    int fd = accept4(H.listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE)) {
+        log_err("out of file descriptors: %d leases held", (int)H.nleases);
+        reserve_free();
+        fd = accept4(H.listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    }
+    if (fd < 0)
+        return;
+    if (conn_add(fd) < 0)
+        safe_close(fd);
+}
+
+static void
+on_conn(struct conn *c)
+{
+    struct proto_req *req;
+    int fds[PROTO_FDS_MAX];
+    size_t nfds = 0;
+    ssize_t n;
+    int r;
+
+    n = proto_recv(c->fd, H.buf, sizeof(H.buf), fds, &nfds, 0);
+    if (n == -EAGAIN || n == -ETIMEDOUT)
+        return;
+    if (n <= 0) {
+        if (n < 0)
+            log_notice("dropped connection of uid %u pid %d: %s", c->uid, (int)c->pid,
+                       strerror((int)-n));
+        conn_drop(c);
+        return;
+    }
+    req = malloc(sizeof(*req));
+    if (!req) {
+        close_all(fds, nfds == PROTO_FDS_LOST ? 0 : nfds);
+        return;
+    }
+    r = proto_decode_request(H.buf, (size_t)n, nfds, req);
+    if (nfds == PROTO_FDS_LOST)
+        nfds = 0;
+    if (r < 0 && req->hdr.magic != PROTO_MAGIC) {
+        /* Not lockd talking: there is nobody to answer. */
+        log_notice("dropped connection of uid %u pid %d: not a lockd message", c->uid,
+                   (int)c->pid);
+        close_all(fds, nfds);
+        conn_drop(c);
+    } else
+        dispatch(c, req, fds, nfds, r);
+    free(req);
+    if (H.reserve[0] < 0)
+        reserve_fill();
+}
+
+/* ------------------------------------------------------------------------
+ * State: the re-exec hand-over and the fd store's record
+ *
+ * A state is a header and a sequence of records in a memfd:
+ *   header  "lockdst\0", u32 version, u32 0, u64 start, u64 end
+ *   records u8 type, u16 length, body; between start and end
+ *     OWNER   i32 pid, u32 gen, u32 uid, i32 pidfd, u8 flags, uuid, str name
+ *     GONE    i32 pid                          an owner removed
+ *     LEASE   u32 slot, u32 gen, i32 fd, i32 owner pid, u8 flags, u8 mode,
+ *             key, str disk
+ *     FREE    u32 slot                         a lease released
+ *   flags: bit 0, the fd is in systemd's fd store
+ *     LISTEN  i32 fd
+ *     CONN    i32 fd, u32 uid, i32 pid
+ *     GEN     u64 next generation
+ * For re-exec the helper writes a snapshot of everything, with fd numbers.
+ * For the fd store it keeps one memfd, appending a record per change and
+ * moving `start` past a fresh snapshot when the log has grown; fd numbers
+ * there are -1, the fds come back from systemd by name: L<gen> for a lease,
+ * P<gen> for an owner's pidfd (gens are never reused, so a name can never
+ * be confused with a later lease in the same slot or a later owner with the
+ * same pid).
+ * A single pwrite() of the header switches atomically: a process dies only
+ * between system calls.  Later releases must keep reading version 1.
+ */
+#define STATE_MAGIC   "lockdst"
+#define STATE_VERSION 1
+#define STATE_HDR     32
+
+enum { ST_OWNER = 1, ST_GONE, ST_LEASE, ST_FREE, ST_LISTEN, ST_CONN, ST_GEN };
+
+static void
+rec_begin(struct proto_wr *wr, uint8_t type)
+{
+    wr_u8(wr, type);
+    wr_u16(wr, 0);
+}
+
+/* Fill in the length of the record that starts at `at`. */
+static void
+rec_end(struct proto_wr *wr, size_t at)
+{
+    uint16_t len = (uint16_t)(wr->len - at - 3);
+
+    if (!wr->bad)
+        memcpy(wr->buf + at + 1, &len, 2);
+}
+
+static void
+rec_owner(struct proto_wr *wr, const struct owner *o, int with_fds)
+{
+    size_t at = wr->len;
+
+    rec_begin(wr, ST_OWNER);
+    wr_i32(wr, o->pid);
+    wr_u32(wr, o->gen);
+    wr_u32(wr, o->uid);
+    wr_i32(wr, with_fds ? o->pidfd : -1);
+    wr_u8(wr, o->stored);
+    wr_put(wr, o->uuid, PROTO_UUID_BYTES);
+    wr_str(wr, o->name ? o->name : "", o->name ? strlen(o->name) : 0);
+    rec_end(wr, at);
+}
+
+static void
+rec_lease(struct proto_wr *wr, uint32_t slot, int with_fds)
+{
+    const struct lease *l = &H.leases[slot];
+    size_t at = wr->len;
+
+    rec_begin(wr, ST_LEASE);
+    wr_u32(wr, slot);
+    wr_u32(wr, l->gen);
+    wr_i32(wr, with_fds ? l->fd : -1);
+    wr_i32(wr, H.owners[l->owner].pid);
+    wr_u8(wr, l->stored);
+    wr_u8(wr, l->mode);
+    wr_put(wr, l->key, PROTO_KEY_BYTES);
+    wr_str(wr, l->disk ? l->disk : "", l->disk ? strlen(l->disk) : 0);
+    rec_end(wr, at);
+}
+
+static void
+rec_small(struct proto_wr *wr, uint8_t type, const void *p, size_t n)
+{
+    size_t at = wr->len;
+
+    rec_begin(wr, type);
+    wr_put(wr, p, n);
+    rec_end(wr, at);
+}
+
+/* Write everything, as records, to fd at offset; returns the end offset. */
+static int64_t
+state_snapshot(int fd, uint64_t offset, int with_fds)
+{
+    struct proto_wr wr = {.buf = H.buf, .cap = sizeof(H.buf)};
+    uint32_t i;
+
+#define FLUSH_IF(need)                                                              \
+    do {                                                                            \
+        if (wr.cap - wr.len < (need)) {                                             \
+            if (pwrite(fd, wr.buf, wr.len, (off_t)offset) != (ssize_t)wr.len)       \
+                return -EIO;                                                        \
+            offset += wr.len;                                                       \
+            wr.len = 0;                                                             \
+        }                                                                           \
+    } while (0)
+
+    rec_small(&wr, ST_GEN, &H.next_gen, 8);
+    if (with_fds) {
+        rec_small(&wr, ST_LISTEN, &H.listen_fd, 4);
+        for (i = 0; i < CONN_MAX; i++)
+            if (H.conns[i].fd >= 0) {
+                int32_t v[3] = {H.conns[i].fd, (int32_t)H.conns[i].uid, H.conns[i].pid};
+
+                FLUSH_IF(32);
+                rec_small(&wr, ST_CONN, v, sizeof(v));
+            }
+    }
+    for (i = 0; i < H.nowner_slots; i++)
+        if (H.owners[i].pid) {
+            FLUSH_IF(512);
+            rec_owner(&wr, &H.owners[i], with_fds);
+        }
+    for (i = 0; i < H.nlease_slots; i++)
+        if (H.leases[i].gen) {
+            FLUSH_IF(128 + LOCKD_NAME_MAX);
+            rec_lease(&wr, i, with_fds);
+        }
+    FLUSH_IF(wr.cap);
+#undef FLUSH_IF
+    return (int64_t)offset;
+}
+
+static int
+state_header(int fd, uint64_t start, uint64_t end)
+{
+    uint8_t h[STATE_HDR] = STATE_MAGIC;
+    uint32_t v = STATE_VERSION;
+
+    memcpy(h + 8, &v, 4);
+    memcpy(h + 16, &start, 8);
+    memcpy(h + 24, &end, 8);
+    return pwrite(fd, h, sizeof(h), 0) == (ssize_t)sizeof(h) ? 0 : -EIO;
+}
+
+/* Append one record to the store's state log. */
+static void
+state_append(struct proto_wr *wr)
+{
+    if (H.state_fd < 0 || wr->bad)
+        return;
+    if (pwrite(H.state_fd, wr->buf, wr->len, (off_t)H.state_end) != (ssize_t)wr->len ||
+        state_header(H.state_fd, H.state_start, H.state_end + wr->len) < 0) {
+        log_err("cannot write the fd store's state: %s", strerror(errno));
+        return;
+    }
+    H.state_end += wr->len;
+}
+
+static void state_compact(void);
+
+static void
+state_log_owner(const struct owner *o, int add)
+{
+    uint8_t buf[512];
+    struct proto_wr wr = {.buf = buf, .cap = sizeof(buf)};
+
+    if (H.state_fd < 0)
+        return;
+    if (add)
+        rec_owner(&wr, o, 0);
+    else
+        rec_small(&wr, ST_GONE, &o->pid, 4);
+    state_append(&wr);
+}
+
+static void
+state_log_lease(uint32_t slot, int add)
+{
+    uint8_t buf[128 + LOCKD_NAME_MAX];
+    struct proto_wr wr = {.buf = buf, .cap = sizeof(buf)};
+
+    if (H.state_fd < 0)
+        return;
+    if (add)
+        rec_lease(&wr, slot, 0);
+    else
+        rec_small(&wr, ST_FREE, &slot, 4);
+    state_append(&wr);
+    /* Keep the log within a few snapshots' size: compaction writes a fresh
+     * snapshot after the log and moves `start` to it in one header write. */
+    if (H.state_end - H.state_start > 4 * ((uint64_t)H.nleases * 96 + 65536))
+        state_compact();
+}
+
+static void
+state_compact(void)
+{
+    int64_t end = state_snapshot(H.state_fd, H.state_end, 0);
+
+    if (end < 0 || state_header(H.state_fd, H.state_end, (uint64_t)end) < 0) {
+        log_err("cannot compact the fd store's state");
+        return;
+    }
+    /* Give the dead part back to the kernel; the file stays sparse. */
+    (void)fallocate(H.state_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, STATE_HDR,
+                    (off_t)(H.state_end - STATE_HDR));
+    H.state_start = H.state_end;
+    H.state_end = (uint64_t)end;
+}
+
+/* Where restored records say an fd lives: a number (re-exec), or a name in
+ * what systemd handed back (fd store), looked up in a sorted index. */
+struct named_fd {
+    char kind;
+    uint64_t number;
+    int fd;
+};
+
+struct adopt {
+    int reexec;
+    struct named_fd *named;
+    size_t nnamed;
+};
+
+static int
+named_cmp(const void *a, const void *b)
+{
+    const struct named_fd *x = a, *y = b;
+
+    if (x->kind != y->kind)
+        return x->kind < y->kind ? -1 : 1;
+    return x->number < y->number ? -1 : x->number > y->number;
+}
+
+static int
+adopt_fd(struct adopt *a, int fd_in_record, char kind, uint64_t number)
+{
+    struct named_fd key = {kind, number, -1}, *n;
+
+    if (a->reexec)
+        return fd_in_record >= 0 && fcntl(fd_in_record, F_GETFD) >= 0 ? fd_in_record : -EBADF;
+    n = a->named ? bsearch(&key, a->named, a->nnamed, sizeof(key), named_cmp) : NULL;
+    if (!n || n->fd < 0)
+        return -ENOENT;
+    key.fd = n->fd;
+    n->fd = -1; /* claimed */
+    return key.fd;
+}
+
+static int
+restore_owner(struct proto_rd *rd, struct adopt *a)
+{
+    int32_t pid = rd_i32(rd), fd;
+    uint32_t gen = rd_u32(rd), uid = rd_u32(rd);
+    int32_t pidfd = rd_i32(rd);
+    uint8_t flags = rd_u8(rd);
+    const uint8_t *uuid = rd_take(rd, PROTO_UUID_BYTES);
+    uint16_t nl;
+    const char *name = rd_str(rd, LOCKD_OWNER_NAME_MAX, &nl);
+    struct owner *o;
+
+    if (rd->bad || pid <= 0 || gen == 0)
+        return -EPROTO;
+    if (gen >= H.next_gen)
+        H.next_gen = (uint64_t)gen + 1;
+    o = owner_find(pid);
+    if (o) { /* an update of uuid and name */
+        memcpy(o->uuid, uuid, PROTO_UUID_BYTES);
+        return set_name(&o->name, name, nl);
+    }
+    fd = adopt_fd(a, pidfd, 'P', gen);
+    if (fd < 0 || pidfd_pid(fd) != pid) {
+        log_warn("owner pid %d: its pidfd was not handed back; its leases stay held, "
+                 "unmanaged", (int)pid);
+        return 0;
+    }
+    o = owner_new(pid, uid, fd);
+    if (!o)
+        return -ENOMEM;
+    o->gen = gen;
+    o->stored = a->reexec ? flags & 1 : 1;
+    memcpy(o->uuid, uuid, PROTO_UUID_BYTES);
+    return set_name(&o->name, name, nl);
+}
+
+static int
+restore_lease(struct proto_rd *rd, struct adopt *a)
+{
+    uint32_t slot = rd_u32(rd), gen = rd_u32(rd);
+    int32_t fd = rd_i32(rd), pid = rd_i32(rd);
+    uint8_t flags = rd_u8(rd), mode = rd_u8(rd);
+    const uint8_t *key = rd_take(rd, PROTO_KEY_BYTES);
+    uint16_t dl;
+    const char *disk = rd_str(rd, LOCKD_NAME_MAX, &dl);
+    struct owner *o;
+    struct lease *l;
+
+    if (rd->bad || gen == 0 || mode > LOCKD_SHARED || slot >= (1u << 30))
+        return -EPROTO;
+    if (gen >= H.next_gen)
+        H.next_gen = (uint64_t)gen + 1;
+    fd = adopt_fd(a, fd, 'L', gen);
+    if (fd < 0)
+        return 0; /* not in the store (past its bound): that lease is gone */
+    o = owner_find(pid);
+    if (!o) {
+        /* Never close what might be a held lease (see state_restore). */
+        log_warn("lease %u of pid %d has no owner: kept open, unmanaged", gen, (int)pid);
+        return 0;
+    }
+    if (lease_slot_claim(slot) < 0)
+        return -EPROTO;
+    l = &H.leases[slot];
+    l->disk = strndup(disk, dl);
+    if (!l->disk)
+        return -ENOMEM;
+    l->gen = gen;
+    l->fd = fd;
+    l->owner = owner_slot(o);
+    l->mode = mode;
+    l->stored = a->reexec ? flags & 1 : 1;
+    memcpy(l->key, key, PROTO_KEY_BYTES);
+    lease_link(slot);
+    return 0;
+}
+
+/* Undo the lease records of slot: a FREE record in the log. */
+static void
+restore_free(uint32_t slot)
+{
+    if (slot < H.nlease_slots && H.leases[slot].gen) {
+        /* Its fd was removed from the store before the record was written,
+         * or is still there if we crashed in between: release it. */
+        lease_free(slot, "released before the restart");
+    }
+}
+
+static int
+restore_record(uint8_t type, struct proto_rd *rd, struct adopt *a)
+{
+    int32_t v[3];
+    struct owner *o;
+
+    switch (type) {
+    case ST_GEN: {
+        uint64_t gen = rd_u64(rd);
+
+        if (gen > H.next_gen)
+            H.next_gen = gen;
+        return 0;
+    }
+    case ST_OWNER:
+        return restore_owner(rd, a);
+    case ST_GONE:
+        v[0] = rd_i32(rd);
+        if ((o = owner_find(v[0])) && !rd->bad)
+            owner_free(o, "gone before the restart");
+        return 0;
+    case ST_LEASE:
+        return restore_lease(rd, a);
+    case ST_FREE:
+        restore_free(rd_u32(rd));
+        return 0;
+    case ST_LISTEN:
+        v[0] = rd_i32(rd);
+        if (a->reexec && !rd->bad && fcntl(v[0], F_GETFD) >= 0)
+            H.listen_fd = v[0];
+        return 0;
+    case ST_CONN:
+        v[0] = rd_i32(rd), v[1] = rd_i32(rd), v[2] = rd_i32(rd);
+        if (a->reexec && !rd->bad && fcntl(v[0], F_GETFD) >= 0 &&
+            conn_add(v[0]) < 0)
+            safe_close(v[0]);
+        return 0;
+    default:
+        return 0; /* a record a newer release added: skip it */
+    }
+}
+
+/*
+ * Read a state from fd and rebuild owners and leases from it.  Nothing is
+ * ever locked again: the fds carry their locks.  An fd the state does not
+ * mention is left open, because it might be a lease: closing it could free
+ * a disk while its guest runs.
+ */
+static int
+state_restore(int fd, struct adopt *a)
+{
+    uint8_t h[STATE_HDR];
+    uint64_t start, end, off;
+    uint32_t version;
+    int r = 0;
+
+    if (pread(fd, h, sizeof(h), 0) != (ssize_t)sizeof(h) || memcmp(h, STATE_MAGIC, 8) != 0)
+        return -EPROTO;
+    memcpy(&version, h + 8, 4);
+    memcpy(&start, h + 16, 8);
+    memcpy(&end, h + 24, 8);
+    if (version != STATE_VERSION || start < STATE_HDR || end < start)
+        return -EPROTO;
+    for (off = start; off < end && r >= 0;) {
+        uint8_t rh[3], body[128 + LOCKD_NAME_MAX];
+        uint16_t len;
+        struct proto_rd rd;
+
+        if (pread(fd, rh, 3, (off_t)off) != 3)
+            return -EPROTO;
+        memcpy(&len, rh + 1, 2);
+        if (len > sizeof(body) || off + 3 + len > end ||
+            pread(fd, body, len, (off_t)(off + 3)) != len)
+            return -EPROTO;
+        rd = (struct proto_rd){body, len, 0};
+        r = restore_record(rh[0], &rd, a);
+        off += 3 + (uint64_t)len;
+    }
+    lease_freelist_rebuild();
+    return r;
+}
+
+/* The fuzz target reaches the state parser through this. */
+static int __attribute__((unused))
+state_parse_for_fuzz(int fd)
+{
+    struct adopt a = {.reexec = 0};
+
+    return state_restore(fd, &a);
+}
+
+/* ------------------------------------------------------------------------
+ * systemd's fd store
+ *
+ * systemd 252's rules, which the helper keeps: at most 253 fds per message;
+ * FDNAME at most 255 characters, no ':'; stored fds polled and dropped on
+ * hang-up unless FDPOLL=0 (a pidfd hangs up when its process is reaped); and
+ * on restart all names come back in one LISTEN_FDNAMES variable, and an
+ * environment string over 128 KiB makes execve() fail.  So the names budget
+ * bounds how many leases the store covers; past it the helper stops pushing
+ * and says so: those leases survive a re-exec but not a crash.
+ */
+#define STORE_NAMES_BUDGET (128 * 1024 - sizeof("LISTEN_FDNAMES=") - 512)
+
+/* Bytes a stored fd's name takes in LISTEN_FDNAMES, with its ':'. */
+static size_t
+store_name_len(uint64_t number)
+{
+    char name[24];
+
+    return (size_t)snprintf(name, sizeof(name), "L%llu", (unsigned long long)number) + 1;
+}
+
+static int
+store_push(int fd, char kind, uint64_t number)
+{
+    char msg[64];
+    size_t len = store_name_len(number);
+
+    if (H.store_fds + 1 > H.store_max || H.store_names + len > STORE_NAMES_BUDGET) {
+        if (!H.store_full_logged)
+            log_warn("fd store full (%u fds): further leases survive a re-exec but not a "
+                     "crash of the helper",
+                     H.store_fds);
+        H.store_full_logged = 1;
+        changed();
+        return -ENOSPC;
+    }
+    snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%c%llu\nFDPOLL=0", kind,
+             (unsigned long long)number);
+    if (sd_pid_notify_with_fds(0, 0, msg, &fd, 1) <= 0)
+        return -EIO;
+    H.store_fds++;
+    H.store_names += len;
+    return 0;
+}
+
+static void
+store_remove(char kind, uint64_t number)
+{
+    char msg[64];
+
+    snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%c%llu", kind,
+             (unsigned long long)number);
+    (void)sd_notify(0, msg);
+    H.store_fds--;
+    H.store_names -= store_name_len(number);
+}
+
+static void
+store_push_owner(struct owner *o)
+{
+    if (H.store_on && !o->stored && store_push(o->pidfd, 'P', o->gen) == 0)
+        o->stored = 1;
+}
+
+static void
+store_remove_owner(struct owner *o)
+{
+    if (H.store_on && o->stored)
+        store_remove('P', o->gen);
+    o->stored = 0;
+}
+
+static void
+store_push_lease(uint32_t slot)
+{
+    struct lease *l = &H.leases[slot];
+    struct owner *o = &H.owners[l->owner];
+
+    if (!H.store_on)
+        return;
+    store_push_owner(o);
+    if (o->stored && store_push(l->fd, 'L', l->gen) == 0) {
+        l->stored = 1;
+        changed();
+    }
+}
+
+static void
+store_remove_lease(uint32_t slot)
+{
+    struct lease *l = &H.leases[slot];
+
+    if (H.store_on && l->stored) {
+        store_remove('L', l->gen);
+        changed();
+    }
+    l->stored = 0;
+}
+
+/* Count what is in the store after a restore; the state memfd is one. */
+static void
+store_recount(void)
+{
+    uint32_t i;
+
+    H.store_fds = 1;
+    H.store_names = sizeof("state");
+    for (i = 0; i < H.nowner_slots; i++)
+        if (H.owners[i].pid && H.owners[i].stored) {
+            H.store_fds++;
+            H.store_names += store_name_len(H.owners[i].gen);
+        }
+    for (i = 0; i < H.nlease_slots; i++)
+        if (H.leases[i].gen && H.leases[i].stored) {
+            H.store_fds++;
+            H.store_names += store_name_len(H.leases[i].gen);
+        }
+}
+
+/* Take over a state memfd as the store's record: read where it ends. */
+static int
+state_fd_adopt(int fd)
+{
+    uint8_t h[STATE_HDR];
+
+    if (pread(fd, h, sizeof(h), 0) != (ssize_t)sizeof(h) || memcmp(h, STATE_MAGIC, 8) != 0)
+        return -EPROTO;
+    memcpy(&H.state_start, h + 16, 8);
+    memcpy(&H.state_end, h + 24, 8);
+    (void)set_cloexec(fd, 1);
+    H.state_fd = fd;
+    return 0;
+}
+
+/*
+ * Start using the store: its state memfd is the one adopted, if any (after a
+ * crash or re-exec), with a fresh snapshot appended, or a new one pushed.
+ * Then every lease not yet in the store goes in, as far as the bound allows.
+ */
+static void
+store_start(int adopted_state)
+{
+    uint32_t i;
+
+    if (adopted_state >= 0 && state_fd_adopt(adopted_state) == 0)
+        state_compact();
+    else if (store_state_init() < 0) {
+        log_err("cannot create the fd store's state: the store is not used");
+        H.store_on = 0;
+        return;
+    }
+    store_recount();
+    for (i = 0; i < H.nlease_slots; i++)
+        if (H.leases[i].gen && !H.leases[i].stored)
+            store_push_lease(i);
+}
+
+/* Create the store's state memfd, write a snapshot, push it. */
+static int
+store_state_init(void)
+{
+    int64_t end;
+    int fd = memfd_create("lockd-helper-state", MFD_CLOEXEC);
+
+    if (fd < 0)
+        return negerrno();
+    end = state_snapshot(fd, STATE_HDR, 0);
+    if (end < 0 || state_header(fd, STATE_HDR, (uint64_t)end) < 0) {
+        safe_close(fd);
+        return -EIO;
+    }
+    if (sd_pid_notify_with_fds(0, 0, "FDSTORE=1\nFDNAME=state\nFDPOLL=0", &fd, 1) <= 0) {
+        safe_close(fd);
+        return -EIO;
+    }
+    H.state_fd = fd;
+    H.state_start = STATE_HDR;
+    H.state_end = (uint64_t)end;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Start-up: socket, adoption
+ */
+
+static int
+is_listening_seqpacket(int fd)
+{
+    return sd_is_socket_unix(fd, SOCK_SEQPACKET, 1, NULL, 0) > 0;
+}
+
+static int
+bind_socket(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    char dir[sizeof(sa.sun_path)], *slash;
+    int fd, r;
+
+    if (strlen(path) >= sizeof(sa.sun_path))
+        return -ENAMETOOLONG;
+    strcpy(sa.sun_path, path);
+    strcpy(dir, path);
+    slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+        *slash = '\0';
+        r = mkdir_parents(dir);
+        if (r < 0)
+            return r;
+    }
+    /* A socket file nobody answers on is a leftover; a live one is another
+     * helper, which we must not steal from. */
+    fd = conn_connect(path);
+    if (fd >= 0) {
+        safe_close(fd);
+        return -EADDRINUSE;
+    }
+    if (fd == -ECONNREFUSED)
+        (void)unlink(path);
+    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return negerrno();
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(path, H.socket_mode) < 0 ||
+        listen(fd, 128) < 0) {
+        r = negerrno();
+        safe_close(fd);
+        return r;
+    }
+    H.bound = 1;
+    return fd;
+}
+
+/* Parse a stored fd's name, "L123" or "P45", into the index. */
+static int
+named_parse(const char *name, int fd, struct named_fd *ret)
+{
+    char *end;
+
+    if ((name[0] != 'L' && name[0] != 'P') || name[1] < '0' || name[1] > '9')
+        return 0;
+    ret->kind = name[0];
+    ret->number = strtoull(name + 1, &end, 10);
+    ret->fd = fd;
+    return *end == '\0';
+}
+
+/*
+ * Take what systemd passed: the listening socket and, after a restart, what
+ * the fd store kept: the state memfd ("state"), lease fds and owner pidfds.
+ * Returns the state memfd (the caller keeps using it), -1 if there was none.
+ * Every stored fd the state does not claim is left open: it may be a lease.
+ */
+static int
+adopt_listen_fds(void)
+{
+    struct adopt a = {.reexec = 0};
+    char **names = NULL;
+    int n, i, state = -1, r;
+
+    n = sd_listen_fds_with_names(1, &names);
+    if (n <= 0)
+        return -1;
+    a.named = calloc((size_t)n, sizeof(*a.named));
+    for (i = 0; i < n; i++) {
+        int fd = SD_LISTEN_FDS_START + i;
+        const char *name = names && names[i] ? names[i] : "";
+
+        if (H.listen_fd < 0 && is_listening_seqpacket(fd))
+            H.listen_fd = fd;
+        else if (strcmp(name, "state") == 0 && state < 0)
+            state = fd;
+        else if (a.named && named_parse(name, fd, &a.named[a.nnamed]))
+            a.nnamed++;
+        else
+            log_warn("passed fd %d (%s) not understood: kept open", fd, name);
+    }
+    if (a.named)
+        qsort(a.named, a.nnamed, sizeof(*a.named), named_cmp);
+    if (state >= 0 && (r = state_restore(state, &a)) < 0)
+        log_err("cannot read the fd store's state (%s): every stored fd is kept open, so no "
+                "lease is lost, but they are not managed",
+                strerror(-r));
+    for (i = 0; a.named && (size_t)i < a.nnamed; i++)
+        if (a.named[i].fd >= 0)
+            log_warn("stored fd %c%llu has no record: kept open", a.named[i].kind,
+                     (unsigned long long)a.named[i].number);
+    for (i = 0; names && i < n; i++)
+        free(names[i]);
+    free(names);
+    free(a.named);
+    return state;
+}
+
+static int
+adopt_reexec_state(void)
+{
+    const char *env = getenv(STATE_ENV);
+    struct adopt a = {.reexec = 1};
+    int fd, r;
+
+    if (!env)
+        return 0;
+    fd = atoi(env);
+    unsetenv(STATE_ENV);
+    if (fd < 3 || fcntl(fd, F_GETFD) < 0)
+        return -EBADF;
+    r = state_restore(fd, &a);
+    safe_close(fd);
+    if (r < 0)
+        log_err("cannot read the state of the previous image (%s): every inherited fd is "
+                "kept open, so no lease is lost, but they are not managed",
+                strerror(-r));
+    return r;
+}
+
+/* After restoring: owners that died meanwhile release now; every held fd
+ * goes back on the right side of FD_CLOEXEC. */
+static void
+settle_restored(void)
+{
+    uint32_t i;
+
+    for (i = 0; i < H.nowner_slots; i++) {
+        struct owner *o = &H.owners[i];
+
+        if (!o->pid)
+            continue;
+        (void)set_cloexec(o->pidfd, 1);
+        if (pidfd_dead(o->pidfd))
+            owner_free(o, "exited while the helper was away");
+        else if (owner_watch(o) < 0)
+            log_err("cannot watch owner pid %d", (int)o->pid);
+    }
+    /* sd_listen_fds() set FD_CLOEXEC on what systemd passed; lease fds are
+     * kept without it, ready for the next re-exec.  (After a re-exec they
+     * never had it: this is then a few thousand cheap no-ops.) */
+    for (i = 0; i < H.nlease_slots; i++)
+        if (H.leases[i].gen)
+            (void)set_cloexec(H.leases[i].fd, 0);
+    for (i = 0; i < CONN_MAX; i++)
+        if (H.conns[i].fd >= 0)
+            (void)set_cloexec(H.conns[i].fd, 1);
+}
+
+/* ------------------------------------------------------------------------
+ * Re-exec on SIGUSR1
+ */
+
+/*
+ * Replace this image by the binary at the path we were started from (after
+ * an upgrade that is the new one; /proc/self/exe would still be the old).
+ * Every lease fd is already open without FD_CLOEXEC; the pidfds, listening
+ * socket and connections are made to survive too, and the state travels in
+ * a memfd.  No lease is released at any point: the fds never close.  If the
+ * exec fails, everything is put back and we carry on.
+ */
+static void
+do_reexec(void)
+{
+    char num[16];
+    int64_t end;
+    uint32_t i;
+    int fd;
+
+    fd = memfd_create("lockd-helper-reexec", 0);
+    if (fd < 0) {
+        log_err("re-exec: memfd_create: %s", strerror(errno));
+        return;
+    }
+    end = state_snapshot(fd, STATE_HDR, 1);
+    if (end < 0 || state_header(fd, STATE_HDR, (uint64_t)end) < 0) {
+        log_err("re-exec: cannot write state");
+        safe_close(fd);
+        return;
+    }
+    for (i = 0; i < H.nowner_slots; i++)
+        if (H.owners[i].pid)
+            (void)set_cloexec(H.owners[i].pidfd, 0);
+    for (i = 0; i < CONN_MAX; i++)
+        if (H.conns[i].fd >= 0)
+            (void)set_cloexec(H.conns[i].fd, 0);
+    (void)set_cloexec(H.listen_fd, 0);
+    if (H.state_fd >= 0)
+        (void)set_cloexec(H.state_fd, 0);
+    snprintf(num, sizeof(num), "%d", fd);
+    setenv(STATE_ENV, num, 1);
+    if (H.state_fd >= 0) {
+        snprintf(num, sizeof(num), "%d", H.state_fd);
+        setenv("LOCKD_HELPER_STORE_STATE_FD", num, 1);
+    }
+    log_notice("re-exec %s: %u owners, %u leases", H.self_path, H.nowners, H.nleases);
+    fflush(stderr);
+    execv(H.self_path, H.argv);
+    log_err("re-exec %s failed: %s; carrying on", H.self_path, strerror(errno));
+    unsetenv(STATE_ENV);
+    unsetenv("LOCKD_HELPER_STORE_STATE_FD");
+    safe_close(fd);
+    for (i = 0; i < H.nowner_slots; i++)
+        if (H.owners[i].pid)
+            (void)set_cloexec(H.owners[i].pidfd, 1);
+    for (i = 0; i < CONN_MAX; i++)
+        if (H.conns[i].fd >= 0)
+            (void)set_cloexec(H.conns[i].fd, 1);
+    (void)set_cloexec(H.listen_fd, 1);
+    if (H.state_fd >= 0)
+        (void)set_cloexec(H.state_fd, 1);
+}
+
+/* The path to exec for re-exec: argv[0] made absolute against the start-up
+ * directory, or found in PATH, without resolving symlinks. */
+static char *
+find_self(const char *argv0)
+{
+    char cwd[PATH_MAX], *p = NULL;
+    const char *path;
+
+    if (strchr(argv0, '/')) {
+        if (argv0[0] == '/')
+            return strdup(argv0);
+        if (!getcwd(cwd, sizeof(cwd)) || asprintf(&p, "%s/%s", cwd, argv0) < 0)
+            return NULL;
+        return p;
+    }
+    path = getenv("PATH");
+    while (path && *path) {
+        size_t len = strcspn(path, ":");
+
+        if (asprintf(&p, "%.*s/%s", (int)len, path, argv0) < 0)
+            return NULL;
+        if (access(p, X_OK) == 0)
+            return p;
+        free(p);
+        p = NULL;
+        path += len + (path[len] == ':');
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------
+ * The loop
+ */
+
+static void
+status_send(void)
+{
+    char msg[160];
+
+    H.status_dirty = 0;
+    if (!H.notify)
+        return;
+    snprintf(msg, sizeof(msg), "STATUS=%u owners, %u leases, %u in fd store%s", H.nowners,
+             H.nleases, H.store_on ? H.store_fds : 0,
+             H.store_full_logged ? " (full)" : "");
+    (void)sd_notify(0, msg);
+}
+
+static void
+on_signal(void)
+{
+    struct signalfd_siginfo si;
+
+    while (read(H.signal_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        if (si.ssi_signo == SIGUSR1)
+            H.reexec = 1;
+        else
+            H.quit = 1;
+    }
+}
+
+static int
+loop_timeout_ms(void)
+{
+    int64_t now = mono_ns(), t = -1, due;
+
+    if (H.watchdog_usec) {
+        due = H.last_watchdog_ns + (int64_t)H.watchdog_usec * 500;
+        t = due > now ? due - now : 0;
+    }
+    if (H.status_dirty && H.notify) {
+        due = H.status_due_ns;
+        if (t < 0 || due - now < t)
+            t = due > now ? due - now : 0;
+    }
+    if (H.timeout_sec > 0 && H.nleases == 0 && H.nconns == 0) {
+        due = H.idle_since_ns + (int64_t)H.timeout_sec * 1000000000;
+        if (t < 0 || due - now < t)
+            t = due > now ? due - now : 0;
+    }
+    return t < 0 ? -1 : (int)(t / 1000000 + 1);
+}
+
+static void
+on_timers(void)
+{
+    int64_t now = mono_ns();
+
+    if (H.watchdog_usec && now - H.last_watchdog_ns >= (int64_t)H.watchdog_usec * 500) {
+        (void)sd_notify(0, "WATCHDOG=1");
+        H.last_watchdog_ns = now;
+    }
+    /* STATUS at most every 100 ms: a burst of hand-offs is one update. */
+    if (H.status_dirty && now >= H.status_due_ns) {
+        status_send();
+        H.status_due_ns = now + 100000000;
+    }
+    if (H.timeout_sec > 0 && H.nleases == 0 && H.nconns == 0 &&
+        now - H.idle_since_ns >= (int64_t)H.timeout_sec * 1000000000) {
+        log_info("idle for %d s: exiting", H.timeout_sec);
+        H.quit = 1;
+    }
+}
+
+static void
+on_event(const struct epoll_event *ev)
+{
+    uint64_t tag = ev->data.u64 & TAG_MASK;
+    uint32_t idx = (uint32_t)ev->data.u64;
+
+    if (tag == TAG_LISTEN)
+        on_listen();
+    else if (tag == TAG_SIGNAL)
+        on_signal();
+    else if (tag == TAG_CONN && idx < CONN_MAX && H.conns[idx].fd >= 0)
+        on_conn(&H.conns[idx]);
+    else if (tag == TAG_OWNER && idx < H.nowner_slots && H.owners[idx].pid)
+        owner_free(&H.owners[idx], "exited");
+}
+
+static int
+run(void)
+{
+    struct epoll_event evs[64];
+    int n, i;
+
+    while (!H.quit) {
+        n = epoll_wait(H.epoll_fd, evs, 64, loop_timeout_ms());
+        if (n < 0 && errno != EINTR)
+            return negerrno();
+        for (i = 0; i < n; i++)
+            on_event(&evs[i]);
+        if (H.nconns || H.nleases)
+            H.idle_since_ns = mono_ns();
+        on_timers();
+        if (H.reexec) {
+            H.reexec = 0;
+            do_reexec();
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * main
+ */
+
+static void
+usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: lockd-helper [OPTION]...\n"
+            "Hold lockd lease fds for guest processes (see lockd-helper(8)).\n"
+            "\n"
+            "  -s, --socket PATH       listen on PATH unless systemd passes a socket\n"
+            "                          (default: $LOCKD_SOCKET, /run/lockd/helper.sock for root,\n"
+            "                          $XDG_RUNTIME_DIR/lockd/helper.sock for others)\n"
+            "  -m, --socket-mode MODE  permissions of a socket it binds (octal, default 0600)\n"
+            "  -t, --timeout SEC       exit after SEC idle seconds with no lease held\n"
+            "  -S, --fd-store-max N    keep leases in systemd's fd store, at most N fds\n"
+            "                          (match the unit's FileDescriptorStoreMax=)\n"
+            "  -v, --verbose           log every lease, not just refusals and owner events\n"
+            "  -h, --help              show this help\n"
+            "  -V, --version           show the version\n"
+            "\n"
+            "Signals: SIGUSR1 re-executes the helper in place without dropping a lease;\n"
+            "SIGTERM exits, releasing every lease it alone holds.\n");
+}
+
+static int
+parse_uint(const char *s, int base, unsigned long max, unsigned long *ret)
+{
+    char *end;
+    unsigned long v;
+
+    errno = 0;
+    v = strtoul(s, &end, base);
+    if (errno || end == s || *end || v > max || s[0] == '-')
+        return -EINVAL;
+    *ret = v;
+    return 0;
+}
+
+static int
+parse_args(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"socket", required_argument, NULL, 's'},
+        {"socket-mode", required_argument, NULL, 'm'},
+        {"timeout", required_argument, NULL, 't'},
+        {"fd-store-max", required_argument, NULL, 'S'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    unsigned long v;
+    int c;
+
+    while ((c = getopt_long(argc, argv, "s:m:t:S:vhV", opts, NULL)) != -1) {
+        switch (c) {
+        case 's':
+            H.socket_path = optarg;
+            break;
+        case 'm':
+            if (parse_uint(optarg, 8, 0777, &v) < 0)
+                goto bad;
+            H.socket_mode = (mode_t)v;
+            break;
+        case 't':
+            if (parse_uint(optarg, 10, 86400 * 365, &v) < 0)
+                goto bad;
+            H.timeout_sec = (int)v;
+            break;
+        case 'S':
+            if (parse_uint(optarg, 10, 1u << 20, &v) < 0)
+                goto bad;
+            H.store_max = (uint32_t)v;
+            break;
+        case 'v':
+            H.verbose = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            exit(0);
+        case 'V':
+            printf("lockd-helper %s\n", LOCKD_VERSION_STRING);
+            exit(0);
+        default:
+            usage(stderr);
+            exit(64);
+        }
+    }
+    if (optind != argc) {
+        fprintf(stderr, "lockd-helper: unexpected argument '%s'\n", argv[optind]);
+        exit(64);
+    }
+    return 0;
+bad:
+    fprintf(stderr, "lockd-helper: invalid value '%s' for --%s\n", optarg,
+            c == 'm' ? "socket-mode" : c == 't' ? "timeout" : "fd-store-max");
+    exit(64);
+}
+
+static void
+raise_nofile(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static int
+setup_loop(void)
+{
+    struct epoll_event ev = {.events = EPOLLIN};
+    sigset_t mask;
+
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGUSR1);
+    sigaddset(&mask, SIGHUP);
+    if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
+        return negerrno();
+    signal(SIGPIPE, SIG_IGN);
+    H.epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    H.signal_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    H.fdinfo_dir = open("/proc/self/fdinfo", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (H.epoll_fd < 0 || H.signal_fd < 0 || H.fdinfo_dir < 0)
+        return negerrno();
+    ev.data.u64 = TAG_SIGNAL;
+    if (epoll_ctl(H.epoll_fd, EPOLL_CTL_ADD, H.signal_fd, &ev) < 0)
+        return negerrno();
+    return 0;
+}
+
+static int
+setup_listen(void)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = TAG_LISTEN};
+    char *def = NULL;
+    int r;
+
+    if (H.listen_fd < 0) {
+        if (!H.socket_path) {
+            r = default_socket(&def);
+            if (r < 0) {
+                log_err("no socket path: set --socket or XDG_RUNTIME_DIR");
+                return r;
+            }
+            H.socket_path = def;
+        }
+        H.listen_fd = bind_socket(H.socket_path);
+        if (H.listen_fd < 0) {
+            log_err("cannot listen on %s: %s", H.socket_path, strerror(-H.listen_fd));
+            return H.listen_fd;
+        }
+    }
+    (void)set_cloexec(H.listen_fd, 1);
+    /* Non-blocking, so a connection that goes away before accept() cannot
+     * stall the loop. */
+    (void)fcntl(H.listen_fd, F_SETFL, fcntl(H.listen_fd, F_GETFL) | O_NONBLOCK);
+    if (epoll_ctl(H.epoll_fd, EPOLL_CTL_ADD, H.listen_fd, &ev) < 0)
+        return negerrno();
+    return 0;
+}
+
+#ifndef LOCKD_HELPER_NO_MAIN
+int
+main(int argc, char **argv)
+{
+    const char *wd;
+    int i, r, state;
+
+    parse_args(argc, argv);
+    for (i = 0; i < CONN_MAX; i++)
+        H.conns[i].fd = -1;
+    for (i = 0; i < RESERVE_FDS; i++)
+        H.reserve[i] = -1;
+    H.argv = argv;
+    H.self_path = find_self(argv[0]);
+    if (!H.self_path)
+        log_warn("cannot find my own path (%s): SIGUSR1 re-exec disabled", argv[0]);
+    raise_nofile();
+    r = setup_loop();
+    if (r < 0) {
+        log_err("start-up failed: %s", strerror(-r));
+        return 1;
+    }
+    H.notify = getenv("NOTIFY_SOCKET") != NULL;
+    H.store_on = H.notify && H.store_max > 0;
+    wd = getenv("WATCHDOG_USEC");
+    if (wd && sd_watchdog_enabled(0, &H.watchdog_usec) <= 0)
+        H.watchdog_usec = 0;
+    if (getenv(STATE_ENV)) {
+        const char *sfd = getenv("LOCKD_HELPER_STORE_STATE_FD");
+
+        (void)adopt_reexec_state();
+        /* The store's state memfd stays the same one across re-exec. */
+        state = sfd ? atoi(sfd) : -1;
+        unsetenv("LOCKD_HELPER_STORE_STATE_FD");
+    } else
+        state = adopt_listen_fds();
+    settle_restored();
+    r = setup_listen();
+    if (r < 0)
+        return 1;
+    if (H.store_on)
+        store_start(state);
+    else if (state >= 0)
+        safe_close(state);
+    reserve_fill();
+    H.idle_since_ns = H.last_watchdog_ns = mono_ns();
+    (void)sd_notify(0, "READY=1");
+    status_send();
+    log_info("ready: %u owners, %u leases", H.nowners, H.nleases);
+    r = run();
+    if (H.bound && H.socket_path)
+        (void)unlink(H.socket_path);
+    return r < 0 ? 1 : 0;
+}
+#endif
