@@ -125,6 +125,17 @@
 #define LEASE_OPEN_FLAGS (O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
 #define BACKOFF_MAX_NS (20 * 1000 * 1000L)
 
+/* Run a syscall again while a signal interrupts it (an NFS lockspace can
+ * make nearly any of them sleep).  Never used for close(). */
+#define RETRY_EINTR(call)                                                           \
+    ({                                                                              \
+        int _r;                                                                     \
+        do                                                                          \
+            _r = (int)(call);                                                       \
+        while (_r < 0 && errno == EINTR);                                           \
+        _r;                                                                         \
+    })
+
 struct lockd_space {
     int dirfd;
     int mode;     /* LOCKD_MODE_* */
@@ -359,12 +370,12 @@ settings_write(int dirfd, int mode)
     if (fd < 0)
         return fd;
     r = write_all(fd, text, (size_t)len);
-    if (r == 0 && LOCKD_SYS_FSYNC(fd) < 0 && errno != EINVAL)
+    if (r == 0 && RETRY_EINTR(LOCKD_SYS_FSYNC(fd)) < 0 && errno != EINVAL)
         r = negerrno();
-    if (r == 0 && LOCKD_SYS_LINKAT(dirfd, tmp, dirfd, SETTINGS_NAME, 0) < 0)
+    if (r == 0 && RETRY_EINTR(LOCKD_SYS_LINKAT(dirfd, tmp, dirfd, SETTINGS_NAME, 0)) < 0)
         r = negerrno();
     safe_close(fd);
-    (void)LOCKD_SYS_UNLINKAT(dirfd, tmp, 0);
+    (void)RETRY_EINTR(LOCKD_SYS_UNLINKAT(dirfd, tmp, 0));
     return r;
 }
 
@@ -448,7 +459,7 @@ mkdir_parents(const char *path)
         if (buf[i] != '/' && buf[i] != '\0')
             continue;
         buf[i] = '\0';
-        if (LOCKD_SYS_MKDIRAT(AT_FDCWD, buf, 0755) < 0 && errno != EEXIST)
+        if (RETRY_EINTR(LOCKD_SYS_MKDIRAT(AT_FDCWD, buf, 0755)) < 0 && errno != EEXIST)
             return negerrno();
         buf[i] = path[i];
     }
@@ -656,7 +667,7 @@ lease_open(int dirfd, const char *key, struct stat *ret_st)
 
     if (fd < 0)
         return fd;
-    if (LOCKD_SYS_FSTAT(fd, ret_st) < 0)
+    if (RETRY_EINTR(LOCKD_SYS_FSTAT(fd, ret_st)) < 0)
         r = negerrno();
     else
         r = check_regular(ret_st);
@@ -681,7 +692,7 @@ index_lock(int dirfd, short type)
                     0600);
     if (fd < 0)
         return fd;
-    if (LOCKD_SYS_FSTAT(fd, &st) < 0)
+    if (RETRY_EINTR(LOCKD_SYS_FSTAT(fd, &st)) < 0)
         r = negerrno();
     else
         r = check_regular(&st);
@@ -706,7 +717,7 @@ lease_create(int dirfd, const char *key, struct stat *ret_st)
     if (ifd < 0)
         return ifd;
     fd = open_retry(dirfd, key, LEASE_OPEN_FLAGS | O_CREAT, 0600);
-    if (fd >= 0 && LOCKD_SYS_FSTAT(fd, ret_st) < 0)
+    if (fd >= 0 && RETRY_EINTR(LOCKD_SYS_FSTAT(fd, ret_st)) < 0)
         r = negerrno();
     else if (fd >= 0)
         r = check_regular(ret_st);
@@ -725,7 +736,7 @@ lease_current(int dirfd, const char *key, const struct stat *st)
 {
     struct stat now;
 
-    if (LOCKD_SYS_FSTATAT(dirfd, key, &now, AT_SYMLINK_NOFOLLOW) < 0)
+    if (RETRY_EINTR(LOCKD_SYS_FSTATAT(dirfd, key, &now, AT_SYMLINK_NOFOLLOW)) < 0)
         return errno == ENOENT ? 0 : negerrno();
     return now.st_dev == st->st_dev && now.st_ino == st->st_ino;
 }
@@ -974,7 +985,7 @@ lockd_probe(const lockd_space *space, const char *key, int32_t *ret_pid)
     }
     if (fd < 0)
         return fd;
-    if (LOCKD_SYS_FSTAT(fd, &st) < 0)
+    if (RETRY_EINTR(LOCKD_SYS_FSTAT(fd, &st)) < 0)
         r = negerrno();
     else
         r = check_regular(&st);
@@ -1015,7 +1026,7 @@ gc_one(int dirfd, const char *key)
         r = lease_current(dirfd, key, &st);
     /* Creators wait for our exclusive index lock, so the name cannot be
      * re-linked to a new inode between this check and the unlink. */
-    if (r == 1 && LOCKD_SYS_UNLINKAT(dirfd, key, 0) < 0)
+    if (r == 1 && RETRY_EINTR(LOCKD_SYS_UNLINKAT(dirfd, key, 0)) < 0)
         r = errno == ENOENT ? 0 : negerrno();
     (void)lease_drop(fd);
     return r;
