@@ -81,7 +81,8 @@ test_path(const char *name)
     static unsigned slot;
     char *b = bufs[slot++ % 8];
 
-    snprintf(b, sizeof(bufs[0]), "%s/%s", test_scratch, name);
+    if ((size_t)snprintf(b, sizeof(bufs[0]), "%s/%s", test_scratch, name) >= sizeof(bufs[0]))
+        TEST_FAIL("path too long: %s/%s", test_scratch, name);
     return b;
 }
 
