@@ -124,6 +124,7 @@
 #define SETTINGS_VERSION 1
 #define LEASE_OPEN_FLAGS (O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
 #define BACKOFF_MAX_NS (20 * 1000 * 1000L)
+#define STALE_RETRIES_MAX 1000
 
 /* Run a syscall again while a signal interrupts it (an NFS lockspace can
  * make nearly any of them sleep).  Never used for close(). */
@@ -804,9 +805,11 @@ lease_take(int dirfd, const char *key, int mode, int64_t deadline)
 {
     short type = mode == LOCKD_SHARED ? F_RDLCK : F_WRLCK;
     struct stat st;
-    int fd, r;
+    int fd, r, tries;
 
-    for (;;) {
+    /* Bounded, so that a bug or a hostile peer that keeps replacing the file
+     * turns into an error instead of a spin. */
+    for (tries = 0; tries < STALE_RETRIES_MAX; tries++) {
         fd = lease_open(dirfd, key, &st);
         if (fd == -ENOENT)
             fd = lease_create(dirfd, key, &st);
@@ -824,6 +827,7 @@ lease_take(int dirfd, const char *key, int mode, int64_t deadline)
         if (r < 0)
             return r;
     }
+    return -ESTALE;
 }
 
 /* ------------------------------------------------------------------------

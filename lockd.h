@@ -136,7 +136,8 @@ typedef struct lockd_lease lockd_lease;
  * -EMEDIUMTYPE).  A read-only opener never writes anything; without a settings
  * file lockd_space_recorded() tells it the mode is only assumed.
  *
- * Errors: -EINVAL (dir relative or empty, unknown flags, both mode flags),
+ * Errors: -EINVAL (dir relative or empty, unknown flags, both mode flags,
+ * LOCKD_OPEN_CREATE with LOCKD_OPEN_READONLY),
  * -ENOENT (the directory is missing and LOCKD_OPEN_CREATE was not given),
  * -ENOTDIR (dir, or a parent, is not a directory), -EMEDIUMTYPE (mode
  * mismatch, above), -EPROTO (the settings file is not one lockd understands:
@@ -224,7 +225,8 @@ LOCKD_API int lockd_key_valid(const char *key);
  *
  * Errors: those listed at the top, notably -EAGAIN (busy, LOCKD_TRY),
  * -ETIMEDOUT, -ENOLCK, -ELOOP/-EISDIR/-ENXIO (something planted), -EROFS,
- * -EMFILE; -EINVAL for n == 0, n > LOCKD_ACQUIRE_MAX, an invalid key or mode
+ * -EMFILE; -ESTALE if the lease file was replaced under every one of 1000
+ * grants in a row (something unlinks it as fast as it is locked); -EINVAL for n == 0, n > LOCKD_ACQUIRE_MAX, an invalid key or mode
  * or timeout.  On failure nothing is held.  On success *ret_lease owns one
  * O_CLOEXEC fd per distinct key until lockd_lease_release() or
  * lockd_lease_forget().
