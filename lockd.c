@@ -705,8 +705,11 @@ index_lock(int dirfd, short type)
 }
 
 /* Create a lease file under the shared index lock, so that gc (which deletes
- * under the exclusive one) never removes a file between our create and our
- * lock.  The file may already exist by now: O_CREAT without O_EXCL opens it. */
+ * under the exclusive one) never removes a file while it is being created.
+ * The index is let go before the lease is locked (it is never held while
+ * waiting), so gc may still remove the file in between: the inode check
+ * after the grant sees that and starts over.  The file may already exist by
+ * now: O_CREAT without O_EXCL opens it. */
 static int
 lease_create(int dirfd, const char *key, struct stat *ret_st)
 {
@@ -1026,8 +1029,10 @@ gc_one(int dirfd, const char *key)
     }
     if (r == 0)
         r = lease_current(dirfd, key, &st);
-    /* Creators wait for our exclusive index lock, so the name cannot be
-     * re-linked to a new inode between this check and the unlink. */
+    /* lockd creators wait for our exclusive index lock, so none can re-link
+     * the name to a new inode between this check and the unlink.  A virtlockd
+     * peer takes no index lock; only one that itself holds a lock on an
+     * unlinked file (it never checks) could race us here. */
     if (r == 1 && RETRY_EINTR(LOCKD_SYS_UNLINKAT(dirfd, key, 0)) < 0)
         r = errno == ENOENT ? 0 : negerrno();
     (void)lease_drop(fd);

@@ -1,0 +1,1291 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test-lease.c: who can hold a lease when, across processes, threads and
+ * lockspace handles; waiting, all-or-nothing, release and forget; living
+ * beside virtlockd's classic POSIX locks; and the OFD property the whole
+ * design rests on: a lease follows its open file description, not the
+ * process that took it.
+ *
+ * Every contender other than the case itself is an "agent": a forked process
+ * (or a thread) that runs one lease operation per command received over a
+ * pipe and answers over another.  An agent acknowledges each command before
+ * running it, so a case knows when a wait has begun, and it keeps no fd of the
+ * case's besides its pipes (a stray inherited copy of a lease fd would keep a
+ * lease alive and hide exactly the bugs looked for here).  Nothing sleeps for
+ * a fixed time: cases wait on pipes, on waitpid() and, to see that a waiter
+ * is blocked, on /proc.
+ */
+#include "test.h"
+
+#include <dirent.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/sysmacros.h>
+
+#include "lockd.h"
+
+/* ------------------------------------------------------------------------
+ * Agents
+ */
+
+enum {
+    OP_ACQUIRE,      /* lockd_acquire() of key in mode with timeout: r, ms */
+    OP_RELEASE,      /* lockd_lease_release() of the lease held: r */
+    OP_FORGET,       /* lockd_lease_forget() of the lease held */
+    OP_PROBE,        /* lockd_probe() of key: r, pid */
+    OP_CHECK,        /* the held file is the one key names, and linked: r, ino */
+    OP_POSIX_LOCK,   /* as virtlockd: open(O_CREAT), F_SETLK mode on byte 0: r, ino */
+    OP_POSIX_UNLOCK, /* F_SETLK F_UNLCK of that lock, then close: r */
+    OP_SEND,         /* send the held lease's fd over the agent's socket: r */
+    OP_RECV,         /* receive an fd from the agent's socket and keep it: r, ino */
+    OP_OFD_UNLOCK,   /* F_OFD_SETLK F_UNLCK on byte 0 of the received fd: r */
+};
+
+struct cmd {
+    int op;
+    int mode; /* LOCKD_EXCLUSIVE/LOCKD_SHARED, or F_RDLCK/F_WRLCK for OP_POSIX_LOCK */
+    int timeout;
+    char key[LOCKD_KEY_SIZE];
+};
+
+struct reply {
+    int r;
+    int32_t pid;
+    int64_t ms;
+    uint64_t ino;
+};
+
+struct agent {
+    pid_t pid;         /* a process agent, or 0 for a thread agent */
+    pthread_t thread;  /* a thread agent */
+    int to, from;      /* the case's ends of the command and reply pipes */
+    int in, out, sock; /* the agent's ends, and its socket or -1 */
+    lockd_space *space;
+    lockd_lease *lease; /* what OP_ACQUIRE took */
+    int pfd;            /* the POSIX-locked file */
+    int rfd;            /* the received fd */
+};
+
+/* A libc call's result as the tests' convention: >= 0, or -errno. */
+static int
+sys(int r)
+{
+    return r < 0 ? -errno : r;
+}
+
+static const char *
+space_dir(void)
+{
+    return test_path("ls");
+}
+
+static lockd_space *
+space_open(void)
+{
+    lockd_space *space = NULL;
+
+    ASSERT_OK(lockd_space_open(space_dir(), LOCKD_OPEN_CREATE, &space));
+    return space;
+}
+
+static void
+key_of(const char *disk, char *key)
+{
+    ASSERT_OK(lockd_key_resource(disk, strlen(disk), key));
+}
+
+static int
+read_full(int fd, void *buf, size_t len)
+{
+    char *p = buf;
+
+    while (len > 0) {
+        ssize_t n = read(fd, p, len);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EPIPE;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int
+write_full(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Close every fd from 3 up that is not in keep[], so that a forked agent holds
+ * no copy of the case's lease fds.  The range stops at the soft limit, which
+ * under valgrind leaves valgrind's own fds alone. */
+static void
+close_all_but(const int *keep, size_t n)
+{
+    struct rlimit rl;
+    unsigned lo = 3, hi, k;
+    size_t i;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+        rl.rlim_cur = 65536;
+    hi = (unsigned)rl.rlim_cur - 1;
+    while (lo <= hi) {
+        unsigned next = hi + 1;
+
+        for (i = 0; i < n; i++) {
+            k = keep[i] < 0 ? 0 : (unsigned)keep[i];
+            if (k >= lo && k < next)
+                next = k;
+        }
+        if (next > lo && close_range(lo, next - 1, 0) < 0)
+            TEST_FAIL("close_range: %s", strerror(errno));
+        lo = next + 1;
+    }
+}
+
+static uint64_t
+ino_of_fd(int fd)
+{
+    struct stat st;
+
+    return fstat(fd, &st) < 0 ? 0 : (uint64_t)st.st_ino;
+}
+
+/* Is fd's file the one key names now, and still linked?  0, or -ESTALE
+ * (unlinked), -ENOENT (name gone), -EXDEV (name refers to another inode). */
+static int
+same_file(int dirfd, const char *key, int fd)
+{
+    struct stat a, b;
+
+    if (fstat(fd, &a) < 0)
+        return -errno;
+    if (a.st_nlink == 0)
+        return -ESTALE;
+    if (fstatat(dirfd, key, &b, AT_SYMLINK_NOFOLLOW) < 0)
+        return -errno;
+    return a.st_dev == b.st_dev && a.st_ino == b.st_ino ? 0 : -EXDEV;
+}
+
+static int
+byte0_lock(int fd, int cmd, short type)
+{
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+
+    return fcntl(fd, cmd, &fl) < 0 ? -errno : 0;
+}
+
+static int
+op_posix_lock(struct agent *a, const struct cmd *c, struct reply *rep)
+{
+    int fd, r;
+
+    if (a->pfd >= 0)
+        return -EBUSY;
+    fd = openat(lockd_space_fd(a->space), c->key,
+                O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return -errno;
+    r = byte0_lock(fd, F_SETLK, (short)c->mode);
+    if (r < 0) {
+        close(fd);
+        return r;
+    }
+    rep->ino = ino_of_fd(fd);
+    a->pfd = fd;
+    return 0;
+}
+
+static int
+op_send(struct agent *a)
+{
+    char data = 'L', ctl[CMSG_SPACE(sizeof(int))];
+    struct iovec iov = {.iov_base = &data, .iov_len = 1};
+    struct msghdr mh = {.msg_iov = &iov,
+                        .msg_iovlen = 1,
+                        .msg_control = ctl,
+                        .msg_controllen = sizeof(ctl)};
+    struct cmsghdr *cm;
+    int fd;
+
+    if (!a->lease || a->sock < 0)
+        return -EBADF;
+    memset(ctl, 0, sizeof(ctl));
+    cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    fd = lockd_lease_fd(a->lease, 0);
+    memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+    return sendmsg(a->sock, &mh, MSG_NOSIGNAL) == 1 ? 0 : -errno;
+}
+
+static int
+op_recv(struct agent *a, struct reply *rep)
+{
+    char data, ctl[CMSG_SPACE(sizeof(int))];
+    struct iovec iov = {.iov_base = &data, .iov_len = 1};
+    struct msghdr mh = {.msg_iov = &iov,
+                        .msg_iovlen = 1,
+                        .msg_control = ctl,
+                        .msg_controllen = sizeof(ctl)};
+    struct cmsghdr *cm;
+
+    if (a->sock < 0 || a->rfd >= 0)
+        return -EBADF;
+    if (recvmsg(a->sock, &mh, MSG_CMSG_CLOEXEC) != 1)
+        return -EPROTO;
+    cm = CMSG_FIRSTHDR(&mh);
+    if (!cm || cm->cmsg_type != SCM_RIGHTS || cm->cmsg_len != CMSG_LEN(sizeof(int)))
+        return -EPROTO;
+    memcpy(&a->rfd, CMSG_DATA(cm), sizeof(int));
+    rep->ino = ino_of_fd(a->rfd);
+    return 0;
+}
+
+static int
+op_acquire(struct agent *a, const struct cmd *c, struct reply *rep)
+{
+    const char *keys[] = {c->key};
+    int64_t t0 = test_now_ms();
+    int r;
+
+    if (a->lease)
+        return -EBUSY;
+    r = lockd_acquire(a->space, 1, keys, &c->mode, c->timeout, &a->lease);
+    rep->ms = test_now_ms() - t0;
+    return r;
+}
+
+static int
+op_check(struct agent *a, const struct cmd *c, struct reply *rep)
+{
+    int fd = a->lease ? lockd_lease_fd(a->lease, 0) : a->pfd;
+
+    if (fd < 0)
+        return -EBADF;
+    rep->ino = ino_of_fd(fd);
+    return same_file(lockd_space_fd(a->space), c->key, fd);
+}
+
+static int
+agent_run(struct agent *a, const struct cmd *c, struct reply *rep)
+{
+    int r;
+
+    switch (c->op) {
+    case OP_ACQUIRE:
+        return op_acquire(a, c, rep);
+    case OP_RELEASE:
+        r = a->lease ? lockd_lease_release(a->lease) : -EBADF;
+        a->lease = NULL;
+        return r;
+    case OP_FORGET:
+        lockd_lease_forget(a->lease);
+        a->lease = NULL;
+        return 0;
+    case OP_PROBE:
+        return lockd_probe(a->space, c->key, &rep->pid);
+    case OP_CHECK:
+        return op_check(a, c, rep);
+    case OP_POSIX_LOCK:
+        return op_posix_lock(a, c, rep);
+    case OP_POSIX_UNLOCK:
+        if (a->pfd < 0)
+            return -EBADF;
+        r = byte0_lock(a->pfd, F_SETLK, F_UNLCK);
+        close(a->pfd);
+        a->pfd = -1;
+        return r;
+    case OP_SEND:
+        return op_send(a);
+    case OP_RECV:
+        return op_recv(a, rep);
+    case OP_OFD_UNLOCK:
+        return a->rfd < 0 ? -EBADF : byte0_lock(a->rfd, F_OFD_SETLK, F_UNLCK);
+    }
+    return -EINVAL;
+}
+
+/* The agent's loop: acknowledge, run, answer, until the case closes the
+ * command pipe.  Whatever is still held is released on the way out. */
+static void
+agent_serve(struct agent *a)
+{
+    struct cmd c;
+    struct reply rep;
+
+    while (read_full(a->in, &c, sizeof(c)) == 0) {
+        memset(&rep, 0, sizeof(rep));
+        if (write_full(a->out, &rep, sizeof(rep)) < 0)
+            break;
+        rep.r = agent_run(a, &c, &rep);
+        if (write_full(a->out, &rep, sizeof(rep)) < 0)
+            break;
+    }
+    (void)lockd_lease_release(a->lease);
+    if (a->pfd >= 0)
+        close(a->pfd);
+    if (a->rfd >= 0)
+        close(a->rfd);
+    close(a->in);
+    close(a->out);
+}
+
+static void
+agent_pipes(struct agent *a, int sock)
+{
+    int c[2], r[2];
+
+    if (pipe2(c, O_CLOEXEC) < 0 || pipe2(r, O_CLOEXEC) < 0)
+        TEST_FAIL("pipe2: %s", strerror(errno));
+    memset(a, 0, sizeof(*a));
+    a->in = c[0], a->to = c[1];
+    a->from = r[0], a->out = r[1];
+    a->sock = sock;
+    a->pfd = a->rfd = -1;
+}
+
+/* Start an agent process with its own lockspace handle.  sock (or -1) is an
+ * extra fd it keeps: a socket for OP_SEND/OP_RECV, or any fd it should hold. */
+static void
+agent_start(struct agent *a, int sock)
+{
+    agent_pipes(a, sock);
+    fflush(NULL);
+    a->pid = fork();
+    if (a->pid < 0)
+        TEST_FAIL("fork: %s", strerror(errno));
+    if (a->pid == 0) {
+        int keep[] = {a->in, a->out, a->sock};
+
+        close_all_but(keep, 3);
+        if (lockd_space_open(space_dir(), 0, &a->space) < 0)
+            _exit(3);
+        agent_serve(a);
+        lockd_space_close(a->space);
+        _exit(0);
+    }
+    close(a->in);
+    close(a->out);
+}
+
+static void *
+agent_thread(void *arg)
+{
+    agent_serve(arg);
+    return NULL;
+}
+
+/* Start an agent thread in this process, using the lockspace handle space. */
+static void
+agent_start_thread(struct agent *a, lockd_space *space)
+{
+    int r;
+
+    agent_pipes(a, -1);
+    a->space = space;
+    r = pthread_create(&a->thread, NULL, agent_thread, a);
+    if (r != 0)
+        TEST_FAIL("pthread_create: %s", strerror(r));
+}
+
+/* Send a command and wait for its acknowledgement: the agent is now running
+ * it (and, for an acquire that waits, about to wait). */
+static void
+agent_begin(struct agent *a, int op, const char *key, int mode, int timeout)
+{
+    struct cmd c = {.op = op, .mode = mode, .timeout = timeout};
+    struct reply ack;
+
+    if (key)
+        memcpy(c.key, key, LOCKD_KEY_SIZE);
+    if (write_full(a->to, &c, sizeof(c)) < 0 || read_full(a->from, &ack, sizeof(ack)) < 0)
+        TEST_FAIL("agent %d died before op %d", (int)a->pid, op);
+}
+
+static struct reply
+agent_end(struct agent *a)
+{
+    struct reply rep;
+
+    if (read_full(a->from, &rep, sizeof(rep)) < 0)
+        TEST_FAIL("agent %d died without answering", (int)a->pid);
+    return rep;
+}
+
+static struct reply
+agent_do(struct agent *a, int op, const char *key, int mode, int timeout)
+{
+    agent_begin(a, op, key, mode, timeout);
+    return agent_end(a);
+}
+
+static int
+agent_acquire(struct agent *a, const char *key, int mode, int timeout)
+{
+    return agent_do(a, OP_ACQUIRE, key, mode, timeout).r;
+}
+
+/* End an agent that should be well: it releases what it holds and exits 0. */
+static void
+agent_stop(struct agent *a)
+{
+    close(a->to);
+    if (a->pid > 0)
+        ASSERT_INT_EQ(test_wait(a->pid), 0);
+    else
+        pthread_join(a->thread, NULL);
+    close(a->from);
+}
+
+static void
+agent_kill(struct agent *a)
+{
+    ASSERT_TRUE(a->pid > 0);
+    ASSERT_OK(kill(a->pid, SIGKILL));
+    ASSERT_INT_EQ(test_wait(a->pid), 128 + SIGKILL);
+    close(a->to);
+    close(a->from);
+}
+
+/* lockd_probe() from a process that holds nothing. */
+static int
+probe_elsewhere(const char *key, int32_t *ret_pid)
+{
+    struct agent a;
+    struct reply rep;
+
+    agent_start(&a, -1);
+    rep = agent_do(&a, OP_PROBE, key, 0, 0);
+    agent_stop(&a);
+    if (ret_pid)
+        *ret_pid = rep.pid;
+    return rep.r;
+}
+
+/* Try to take key from a process that holds nothing; let go at once. */
+static int
+try_elsewhere(const char *key, int mode)
+{
+    struct agent a;
+    int r;
+
+    agent_start(&a, -1);
+    r = agent_acquire(&a, key, mode, LOCKD_TRY);
+    agent_stop(&a);
+    return r;
+}
+
+static int
+count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *de;
+    int n = 0;
+
+    if (!d)
+        TEST_FAIL("opendir /proc/self/fd: %s", strerror(errno));
+    while ((de = readdir(d)))
+        n += de->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* Whether process pid is asleep (state S): after an agent acknowledged an
+ * acquire that must wait, that is the wait (in F_OFD_SETLKW, or between the
+ * tries of a timed wait). */
+static int
+proc_sleeping(pid_t pid)
+{
+    char path[64], buf[512], *p;
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    p = strrchr(buf, ')');
+    return p && p[1] == ' ' && p[2] == 'S';
+}
+
+/* Whether /proc/locks shows a blocked lock request ("->") on the file
+ * st describes: the kernel's own word that someone waits in F_OFD_SETLKW. */
+static int
+lock_waiter_on(const struct stat *st)
+{
+    FILE *f = fopen("/proc/locks", "re");
+    char line[256];
+    int found = 0;
+
+    if (!f)
+        TEST_FAIL("/proc/locks: %s", strerror(errno));
+    while (!found && fgets(line, sizeof(line), f)) {
+        char *tok, *save = NULL;
+        unsigned maj, min;
+        unsigned long ino;
+
+        if (!strstr(line, "->"))
+            continue;
+        for (tok = strtok_r(line, " ", &save); tok; tok = strtok_r(NULL, " ", &save))
+            if (sscanf(tok, "%x:%x:%lu", &maj, &min, &ino) == 3 &&
+                maj == major(st->st_dev) && min == minor(st->st_dev) && ino == st->st_ino)
+                found = 1;
+    }
+    fclose(f);
+    return found;
+}
+
+static void
+stat_key(lockd_space *space, const char *key, struct stat *st)
+{
+    ASSERT_OK(sys(fstatat(lockd_space_fd(space), key, st, AT_SYMLINK_NOFOLLOW)));
+}
+
+static int
+acquire1(lockd_space *space, const char *key, int mode, int timeout, lockd_lease **ret)
+{
+    const char *keys[] = {key};
+
+    return lockd_acquire(space, 1, keys, &mode, timeout, ret);
+}
+
+/* ------------------------------------------------------------------------
+ * Who may hold a lease with whom
+ */
+
+static const int mode_list[] = {LOCKD_EXCLUSIVE, LOCKD_SHARED};
+
+static int
+expect_for(int held, int want)
+{
+    return held == LOCKD_SHARED && want == LOCKD_SHARED ? 0 : -EAGAIN;
+}
+
+/* One cell of the matrix across processes: holder holds, other asks. */
+static void
+matrix_cell(const char *key, int held, int want)
+{
+    struct agent holder, other;
+    int32_t pid = -1;
+    int r;
+
+    agent_start(&holder, -1);
+    agent_start(&other, -1);
+    ASSERT_INT_EQ(agent_acquire(&holder, key, held, LOCKD_TRY), 0);
+    r = agent_acquire(&other, key, want, LOCKD_TRY);
+    ASSERT_INT_EQ(r, expect_for(held, want));
+    /* A third process sees the lease as held, in the holder's mode; OFD
+     * locks have no owning process, so no pid. */
+    ASSERT_INT_EQ(probe_elsewhere(key, &pid), held);
+    ASSERT_INT_EQ(pid, 0);
+    if (r == 0)
+        ASSERT_INT_EQ(agent_do(&other, OP_RELEASE, NULL, 0, 0).r, 0);
+    ASSERT_INT_EQ(agent_do(&holder, OP_RELEASE, NULL, 0, 0).r, 0);
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_FREE);
+    /* Refused only while held: once released, the other gets it. */
+    ASSERT_INT_EQ(agent_acquire(&other, key, want, LOCKD_TRY), 0);
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), want);
+    ASSERT_INT_EQ(agent_acquire(&holder, key, held, LOCKD_TRY), expect_for(want, held));
+    agent_stop(&holder);
+    agent_stop(&other);
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_FREE);
+}
+
+static void
+test_matrix_processes(void)
+{
+    lockd_space *space = space_open();
+    char key[LOCKD_KEY_SIZE];
+    size_t i, j;
+
+    ASSERT_OK(lockd_space_key(space, "/vm/guest-a.qcow2", key));
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_FREE);
+    for (i = 0; i < 2; i++)
+        for (j = 0; j < 2; j++)
+            matrix_cell(key, mode_list[i], mode_list[j]);
+    lockd_space_close(space);
+}
+
+/*
+ * The same matrix inside one process: the holder is another thread (threaded)
+ * or this thread, and takes the lease through handle a; this thread asks
+ * through handle b.  OFD locks belong to open file descriptions, so these
+ * contend exactly as processes do (classic POSIX locks would grant both).
+ */
+static void
+matrix_local(lockd_space *a, lockd_space *b, int threaded, int held, int want)
+{
+    char key[LOCKD_KEY_SIZE];
+    lockd_lease *mine = NULL, *other = NULL;
+    struct agent t;
+    int r;
+
+    key_of("rbd:pool/image-local", key);
+    if (threaded) {
+        agent_start_thread(&t, a);
+        ASSERT_INT_EQ(agent_acquire(&t, key, held, LOCKD_TRY), 0);
+    } else
+        ASSERT_OK(acquire1(a, key, held, LOCKD_TRY, &other));
+    r = acquire1(b, key, want, LOCKD_TRY, &mine);
+    ASSERT_INT_EQ(r, expect_for(held, want));
+    ASSERT_INT_EQ(lockd_probe(b, key, NULL), held);
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), held);
+    if (r == 0)
+        ASSERT_OK(lockd_lease_release(mine));
+    if (threaded) {
+        ASSERT_INT_EQ(agent_do(&t, OP_RELEASE, NULL, 0, 0).r, 0);
+        agent_stop(&t);
+    } else
+        ASSERT_OK(lockd_lease_release(other));
+    ASSERT_INT_EQ(lockd_probe(a, key, NULL), LOCKD_FREE);
+    ASSERT_OK(acquire1(b, key, want, LOCKD_TRY, &mine));
+    ASSERT_OK(lockd_lease_release(mine));
+}
+
+static void
+matrix_local_all(lockd_space *a, lockd_space *b, int threaded)
+{
+    size_t i, j;
+
+    for (i = 0; i < 2; i++)
+        for (j = 0; j < 2; j++)
+            matrix_local(a, b, threaded, mode_list[i], mode_list[j]);
+}
+
+static void
+test_matrix_threads(void)
+{
+    lockd_space *space = space_open();
+
+    matrix_local_all(space, space, 1);
+    lockd_space_close(space);
+}
+
+/* Two handles, the second spelling the lockspace differently ("/./"): with
+ * classic POSIX locks this is how virtlockd grants one disk twice. */
+static void
+test_matrix_handles(void)
+{
+    lockd_space *a = space_open(), *b = NULL;
+    char other[sizeof(test_scratch) + 8];
+
+    snprintf(other, sizeof(other), "%s/./ls", test_scratch);
+    ASSERT_OK(lockd_space_open(other, 0, &b));
+    matrix_local_all(a, b, 0);
+    matrix_local_all(a, b, 1);
+    lockd_space_close(a);
+    lockd_space_close(b);
+}
+
+/* ------------------------------------------------------------------------
+ * Waiting
+ */
+
+static void
+timed_out_case(lockd_space *space, const char *key, int held, int want)
+{
+    struct agent holder;
+    lockd_lease *lease = NULL;
+    int64_t t0, ms;
+    int fds;
+
+    agent_start(&holder, -1);
+    ASSERT_INT_EQ(agent_acquire(&holder, key, held, LOCKD_TRY), 0);
+    fds = count_fds();
+    t0 = test_now_ms();
+    ASSERT_ERR(acquire1(space, key, want, 200, &lease), ETIMEDOUT);
+    ms = test_now_ms() - t0;
+    if (ms < 190 || ms >= 5000)
+        TEST_FAIL("a 200 ms wait took %lld ms", (long long)ms);
+    ASSERT_INT_EQ(count_fds(), fds);
+    /* Still the holder's, untouched by the failed wait. */
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), held);
+    agent_stop(&holder);
+    ASSERT_OK(acquire1(space, key, want, 200, &lease));
+    ASSERT_OK(lockd_lease_release(lease));
+}
+
+static void
+test_wait_timeout(void)
+{
+    lockd_space *space = space_open();
+    char key[LOCKD_KEY_SIZE];
+
+    ASSERT_OK(lockd_space_key(space, "/vm/timeout.img", key));
+    timed_out_case(space, key, LOCKD_EXCLUSIVE, LOCKD_EXCLUSIVE);
+    timed_out_case(space, key, LOCKD_SHARED, LOCKD_EXCLUSIVE);
+    timed_out_case(space, key, LOCKD_EXCLUSIVE, LOCKD_SHARED);
+    lockd_space_close(space);
+}
+
+/*
+ * A waiter gets the lease when the holder lets go: by releasing it (kill 0)
+ * or by dying (kill 1).  The case checks the waiter really is waiting before
+ * the holder lets go, so the grant cannot be a plain first try.
+ */
+static void
+wait_case(lockd_space *space, const char *key, int timeout, int kill_holder)
+{
+    struct agent holder, waiter;
+    struct reply rep;
+    struct stat st;
+
+    agent_start(&holder, -1);
+    agent_start(&waiter, -1);
+    ASSERT_INT_EQ(agent_acquire(&holder, key, LOCKD_EXCLUSIVE, LOCKD_TRY), 0);
+    agent_begin(&waiter, OP_ACQUIRE, key, LOCKD_EXCLUSIVE, timeout);
+    ASSERT_TRUE(WAIT_UNTIL(proc_sleeping(waiter.pid), 5000));
+    if (timeout == LOCKD_FOREVER) {
+        stat_key(space, key, &st);
+        ASSERT_TRUE(WAIT_UNTIL(lock_waiter_on(&st), 5000));
+    }
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_EXCLUSIVE);
+    if (kill_holder)
+        agent_kill(&holder);
+    else
+        ASSERT_INT_EQ(agent_do(&holder, OP_RELEASE, NULL, 0, 0).r, 0);
+    rep = agent_end(&waiter);
+    ASSERT_INT_EQ(rep.r, 0);
+    ASSERT_TRUE(rep.ms < 10000);
+    /* The waiter holds it now, on the file its name refers to. */
+    ASSERT_INT_EQ(agent_do(&waiter, OP_CHECK, key, 0, 0).r, 0);
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(try_elsewhere(key, LOCKD_SHARED), -EAGAIN);
+    if (!kill_holder)
+        agent_stop(&holder);
+    agent_stop(&waiter);
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_FREE);
+}
+
+static void
+test_wait_release_forever(void)
+{
+    lockd_space *space = space_open();
+    char key[LOCKD_KEY_SIZE];
+
+    key_of("wait-release-forever", key);
+    wait_case(space, key, LOCKD_FOREVER, 0);
+    lockd_space_close(space);
+}
+
+static void
+test_wait_release_timed(void)
+{
+    lockd_space *space = space_open();
+    char key[LOCKD_KEY_SIZE];
+
+    key_of("wait-release-timed", key);
+    wait_case(space, key, 10000, 0);
+    lockd_space_close(space);
+}
+
+static void
+test_wait_holder_killed_forever(void)
+{
+    lockd_space *space = space_open();
+    char key[LOCKD_KEY_SIZE];
+
+    key_of("wait-kill-forever", key);
+    wait_case(space, key, LOCKD_FOREVER, 1);
+    lockd_space_close(space);
+}
+
+static void
+test_wait_holder_killed_timed(void)
+{
+    lockd_space *space = space_open();
+    char key[LOCKD_KEY_SIZE];
+
+    key_of("wait-kill-timed", key);
+    wait_case(space, key, 10000, 1);
+    lockd_space_close(space);
+}
+
+/* ------------------------------------------------------------------------
+ * Several keys in one call
+ */
+
+static int
+cmp_key(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+/* Three keys, sorted. */
+static void
+three_keys(char keys[3][LOCKD_KEY_SIZE])
+{
+    key_of("/vm/multi-a.img", keys[0]);
+    key_of("/vm/multi-b.img", keys[1]);
+    key_of("/vm/multi-c.img", keys[2]);
+    qsort(keys, 3, LOCKD_KEY_SIZE, cmp_key);
+}
+
+/* Another process holds keys[busy]; asking for all three fails and leaves
+ * nothing held and no fd open, whether the busy key comes first, in the
+ * middle (after one was taken) or last (after two were). */
+static void
+all_or_nothing_case(lockd_space *space, char keys[3][LOCKD_KEY_SIZE], size_t busy,
+                    int timeout, int err)
+{
+    const char *k[] = {keys[2], keys[0], keys[1]};
+    lockd_lease *lease = NULL;
+    struct agent holder;
+    size_t i;
+    int fds;
+
+    agent_start(&holder, -1);
+    ASSERT_INT_EQ(agent_acquire(&holder, keys[busy], LOCKD_EXCLUSIVE, LOCKD_TRY), 0);
+    fds = count_fds();
+    ASSERT_INT_EQ(lockd_acquire(space, 3, k, NULL, timeout, &lease), -err);
+    ASSERT_TRUE(lease == NULL);
+    ASSERT_INT_EQ(count_fds(), fds);
+    for (i = 0; i < 3; i++)
+        ASSERT_INT_EQ(probe_elsewhere(keys[i], NULL),
+                      i == busy ? LOCKD_EXCLUSIVE : LOCKD_FREE);
+    for (i = 0; i < 3; i++)
+        if (i != busy)
+            ASSERT_INT_EQ(try_elsewhere(keys[i], LOCKD_EXCLUSIVE), 0);
+    agent_stop(&holder);
+    ASSERT_OK(lockd_acquire(space, 3, k, NULL, LOCKD_TRY, &lease));
+    ASSERT_INT_EQ(lockd_lease_count(lease), 3);
+    ASSERT_OK(lockd_lease_release(lease));
+}
+
+static void
+test_all_or_nothing(void)
+{
+    lockd_space *space = space_open();
+    char keys[3][LOCKD_KEY_SIZE];
+    size_t busy;
+
+    three_keys(keys);
+    for (busy = 0; busy < 3; busy++) {
+        all_or_nothing_case(space, keys, busy, LOCKD_TRY, EAGAIN);
+        all_or_nothing_case(space, keys, busy, 50, ETIMEDOUT);
+    }
+    lockd_space_close(space);
+}
+
+/* A shared holder elsewhere does not stop a mixed request that wants that
+ * key shared too. */
+static void
+test_multi_shared_with_holder(void)
+{
+    lockd_space *space = space_open();
+    char keys[3][LOCKD_KEY_SIZE];
+    const char *k[] = {keys[0], keys[1], keys[2]};
+    const int modes[] = {LOCKD_EXCLUSIVE, LOCKD_SHARED, LOCKD_EXCLUSIVE};
+    lockd_lease *lease = NULL;
+    struct agent holder;
+
+    three_keys(keys);
+    agent_start(&holder, -1);
+    ASSERT_INT_EQ(agent_acquire(&holder, keys[1], LOCKD_SHARED, LOCKD_TRY), 0);
+    ASSERT_OK(lockd_acquire(space, 3, k, modes, LOCKD_TRY, &lease));
+    ASSERT_INT_EQ(lockd_lease_mode(lease, 0), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(lockd_lease_mode(lease, 1), LOCKD_SHARED);
+    ASSERT_INT_EQ(lockd_lease_mode(lease, 2), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(probe_elsewhere(keys[0], NULL), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(probe_elsewhere(keys[1], NULL), LOCKD_SHARED);
+    ASSERT_INT_EQ(probe_elsewhere(keys[2], NULL), LOCKD_EXCLUSIVE);
+    ASSERT_OK(lockd_lease_release(lease));
+    agent_stop(&holder);
+    lockd_space_close(space);
+}
+
+static void
+dedup_case(lockd_space *space, const char *key, int m1, int m2, int expect)
+{
+    const char *k[] = {key, key};
+    const int modes[] = {m1, m2};
+    lockd_lease *lease = NULL;
+    int fds = count_fds();
+
+    ASSERT_OK(lockd_acquire(space, 2, k, modes, LOCKD_TRY, &lease));
+    ASSERT_INT_EQ(lockd_lease_count(lease), 1);
+    ASSERT_INT_EQ(lockd_lease_mode(lease, 0), expect);
+    ASSERT_STR_EQ(lockd_lease_key(lease, 0), key);
+    ASSERT_TRUE(lockd_lease_fd(lease, 0) >= 0);
+    ASSERT_INT_EQ(lockd_lease_fd(lease, 1), -EINVAL);
+    ASSERT_INT_EQ(count_fds(), fds + 1);
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), expect);
+    ASSERT_OK(lockd_lease_release(lease));
+    ASSERT_INT_EQ(count_fds(), fds);
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_FREE);
+}
+
+static void
+test_duplicate_keys(void)
+{
+    lockd_space *space = space_open();
+    char key[LOCKD_KEY_SIZE];
+    const char *k[2];
+    lockd_lease *lease = NULL;
+
+    key_of("/vm/dup.img", key);
+    k[0] = k[1] = key;
+    ASSERT_OK(lockd_acquire(space, 2, k, NULL, LOCKD_TRY, &lease));
+    ASSERT_INT_EQ(lockd_lease_count(lease), 1);
+    ASSERT_INT_EQ(lockd_lease_mode(lease, 0), LOCKD_EXCLUSIVE);
+    ASSERT_OK(lockd_lease_release(lease));
+    dedup_case(space, key, LOCKD_SHARED, LOCKD_EXCLUSIVE, LOCKD_EXCLUSIVE);
+    dedup_case(space, key, LOCKD_EXCLUSIVE, LOCKD_SHARED, LOCKD_EXCLUSIVE);
+    dedup_case(space, key, LOCKD_SHARED, LOCKD_SHARED, LOCKD_SHARED);
+    lockd_space_close(space);
+}
+
+static void
+test_keys_sorted(void)
+{
+    lockd_space *space = space_open();
+    char keys[3][LOCKD_KEY_SIZE];
+    const char *k[] = {keys[2], keys[0], keys[1], keys[0]};
+    const int modes[] = {LOCKD_SHARED, LOCKD_SHARED, LOCKD_EXCLUSIVE, LOCKD_SHARED};
+    lockd_lease *lease = NULL;
+    size_t i;
+
+    three_keys(keys);
+    ASSERT_OK(lockd_acquire(space, 4, k, modes, LOCKD_TRY, &lease));
+    ASSERT_INT_EQ(lockd_lease_count(lease), 3);
+    for (i = 0; i < 3; i++)
+        ASSERT_STR_EQ(lockd_lease_key(lease, i), keys[i]);
+    ASSERT_TRUE(lockd_lease_key(lease, 3) == NULL);
+    ASSERT_INT_EQ(lockd_lease_mode(lease, 0), LOCKD_SHARED);
+    ASSERT_INT_EQ(lockd_lease_mode(lease, 1), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(lockd_lease_mode(lease, 2), LOCKD_SHARED);
+    ASSERT_TRUE(lockd_lease_fd(lease, 0) != lockd_lease_fd(lease, 1));
+    ASSERT_TRUE(lockd_lease_fd(lease, 1) != lockd_lease_fd(lease, 2));
+    ASSERT_TRUE(lockd_lease_fd(lease, 0) != lockd_lease_fd(lease, 2));
+    for (i = 0; i < 3; i++)
+        ASSERT_INT_EQ(same_file(lockd_space_fd(space), keys[i], lockd_lease_fd(lease, i)),
+                      0);
+    ASSERT_OK(lockd_lease_release(lease));
+    lockd_space_close(space);
+}
+
+/* ------------------------------------------------------------------------
+ * Letting go
+ */
+
+static void
+test_release_frees(void)
+{
+    lockd_space *space = space_open();
+    char key[LOCKD_KEY_SIZE];
+    lockd_lease *lease = NULL;
+    int fds = count_fds();
+
+    key_of("/vm/release.img", key);
+    ASSERT_OK(acquire1(space, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &lease));
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(lockd_lease_release(lease), 0);
+    ASSERT_INT_EQ(count_fds(), fds);
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_FREE);
+    ASSERT_INT_EQ(try_elsewhere(key, LOCKD_EXCLUSIVE), 0);
+    ASSERT_INT_EQ(lockd_lease_release(NULL), 0);
+    lockd_lease_forget(NULL);
+    lockd_space_close(space);
+}
+
+/* Forget with no other copy of the fd: closing the last one frees it. */
+static void
+test_forget_last_copy_frees(void)
+{
+    lockd_space *space = space_open();
+    char key[LOCKD_KEY_SIZE];
+    lockd_lease *lease = NULL;
+    int fds = count_fds();
+
+    key_of("/vm/forget.img", key);
+    ASSERT_OK(acquire1(space, key, LOCKD_SHARED, LOCKD_TRY, &lease));
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_SHARED);
+    lockd_lease_forget(lease);
+    ASSERT_INT_EQ(count_fds(), fds);
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_FREE);
+    ASSERT_INT_EQ(try_elsewhere(key, LOCKD_EXCLUSIVE), 0);
+    lockd_space_close(space);
+}
+
+/* Forget after a child got a copy of the fd: the child holds the lease until
+ * it exits, then it is free. */
+static void
+test_forget_child_copy_holds(void)
+{
+    lockd_space *space = space_open();
+    char key[LOCKD_KEY_SIZE];
+    lockd_lease *lease = NULL;
+    struct agent child;
+    int copy;
+
+    key_of("/vm/forget-child.img", key);
+    ASSERT_OK(acquire1(space, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &lease));
+    copy = dup(lockd_lease_fd(lease, 0));
+    ASSERT_OK(copy);
+    agent_start(&child, copy); /* keeps the dup, drops everything else */
+    close(copy);
+    lockd_lease_forget(lease);
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(try_elsewhere(key, LOCKD_SHARED), -EAGAIN);
+    ASSERT_ERR(acquire1(space, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &lease), EAGAIN);
+    agent_stop(&child);
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_FREE);
+    ASSERT_OK(acquire1(space, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &lease));
+    ASSERT_OK(lockd_lease_release(lease));
+    lockd_space_close(space);
+}
+
+/* ------------------------------------------------------------------------
+ * virtlockd's classic POSIX locks
+ */
+
+static int
+posix_refused(int r)
+{
+    return r == -EAGAIN || r == -EACCES;
+}
+
+static void
+test_posix_write_lock_excludes_lockd(void)
+{
+    lockd_space *space = space_open();
+    char key[LOCKD_KEY_SIZE];
+    lockd_lease *lease = NULL;
+    struct agent v;
+    int32_t pid = -1;
+
+    ASSERT_OK(lockd_space_key(space, "/var/lib/libvirt/images/v.qcow2", key));
+    agent_start(&v, -1);
+    ASSERT_INT_EQ(agent_do(&v, OP_POSIX_LOCK, key, F_WRLCK, 0).r, 0);
+    ASSERT_ERR(acquire1(space, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &lease), EAGAIN);
+    ASSERT_ERR(acquire1(space, key, LOCKD_SHARED, LOCKD_TRY, &lease), EAGAIN);
+    /* A classic lock has an owning process, and probe names it. */
+    ASSERT_INT_EQ(lockd_probe(space, key, &pid), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(pid, v.pid);
+    pid = -1;
+    ASSERT_INT_EQ(probe_elsewhere(key, &pid), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(pid, v.pid);
+    ASSERT_INT_EQ(agent_do(&v, OP_POSIX_UNLOCK, NULL, 0, 0).r, 0);
+    ASSERT_INT_EQ(lockd_probe(space, key, &pid), LOCKD_FREE);
+    ASSERT_INT_EQ(pid, 0);
+    ASSERT_OK(acquire1(space, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &lease));
+    ASSERT_OK(lockd_lease_release(lease));
+    agent_stop(&v);
+    lockd_space_close(space);
+}
+
+static void
+test_lockd_excludes_posix_locks(void)
+{
+    lockd_space *space = space_open();
+    char key[LOCKD_KEY_SIZE];
+    lockd_lease *lease = NULL;
+    struct agent v;
+
+    ASSERT_OK(lockd_space_key(space, "/var/lib/libvirt/images/w.qcow2", key));
+    agent_start(&v, -1);
+    ASSERT_OK(acquire1(space, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &lease));
+    ASSERT_TRUE(posix_refused(agent_do(&v, OP_POSIX_LOCK, key, F_WRLCK, 0).r));
+    ASSERT_TRUE(posix_refused(agent_do(&v, OP_POSIX_LOCK, key, F_RDLCK, 0).r));
+    ASSERT_OK(lockd_lease_release(lease));
+    ASSERT_OK(acquire1(space, key, LOCKD_SHARED, LOCKD_TRY, &lease));
+    ASSERT_TRUE(posix_refused(agent_do(&v, OP_POSIX_LOCK, key, F_WRLCK, 0).r));
+    /* Readers share: a POSIX read lock beside a lockd shared lease. */
+    ASSERT_INT_EQ(agent_do(&v, OP_POSIX_LOCK, key, F_RDLCK, 0).r, 0);
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_SHARED);
+    ASSERT_OK(lockd_lease_release(lease));
+    ASSERT_ERR(acquire1(space, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &lease), EAGAIN);
+    ASSERT_OK(acquire1(space, key, LOCKD_SHARED, LOCKD_TRY, &lease));
+    ASSERT_INT_EQ(agent_do(&v, OP_POSIX_UNLOCK, NULL, 0, 0).r, 0);
+    ASSERT_INT_EQ(lockd_probe(space, key, NULL), LOCKD_SHARED);
+    ASSERT_OK(lockd_lease_release(lease));
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_FREE);
+    agent_stop(&v);
+    lockd_space_close(space);
+}
+
+/* ------------------------------------------------------------------------
+ * A lease follows its open file description
+ */
+
+struct pair {
+    struct agent first, second;
+    int sv[2];
+};
+
+/* first takes key and sends the lease fd to second, which keeps it. */
+static void
+pair_handover(struct pair *p, const char *key)
+{
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, p->sv) < 0)
+        TEST_FAIL("socketpair: %s", strerror(errno));
+    agent_start(&p->first, p->sv[0]);
+    agent_start(&p->second, p->sv[1]);
+    close(p->sv[0]);
+    close(p->sv[1]);
+    ASSERT_INT_EQ(agent_acquire(&p->first, key, LOCKD_EXCLUSIVE, LOCKD_TRY), 0);
+    ASSERT_INT_EQ(agent_do(&p->first, OP_SEND, NULL, 0, 0).r, 0);
+    ASSERT_INT_EQ(agent_do(&p->second, OP_RECV, NULL, 0, 0).r, 0);
+}
+
+/* The taker is SIGKILLed; the receiver's copy keeps the lease; an unlock
+ * through that copy frees it though the copy stays open. */
+static void
+test_ofd_survives_sender_death(void)
+{
+    lockd_space *space = space_open();
+    char key[LOCKD_KEY_SIZE];
+    lockd_lease *lease = NULL;
+    struct pair p;
+
+    key_of("/vm/handover-kill.img", key);
+    pair_handover(&p, key);
+    agent_kill(&p.first);
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(try_elsewhere(key, LOCKD_EXCLUSIVE), -EAGAIN);
+    ASSERT_INT_EQ(try_elsewhere(key, LOCKD_SHARED), -EAGAIN);
+    ASSERT_INT_EQ(agent_do(&p.second, OP_OFD_UNLOCK, NULL, 0, 0).r, 0);
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_FREE);
+    ASSERT_OK(acquire1(space, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &lease));
+    ASSERT_OK(lockd_lease_release(lease));
+    agent_stop(&p.second);
+    lockd_space_close(space);
+}
+
+/* The taker releases while the receiver still has its copy open: the unlock
+ * applies to the open file description, so the lease is free. */
+static void
+test_ofd_release_frees_other_copy(void)
+{
+    lockd_space *space = space_open();
+    char key[LOCKD_KEY_SIZE];
+    lockd_lease *lease = NULL;
+    struct pair p;
+
+    key_of("/vm/handover-release.img", key);
+    pair_handover(&p, key);
+    ASSERT_INT_EQ(agent_do(&p.first, OP_RELEASE, NULL, 0, 0).r, 0);
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_FREE);
+    ASSERT_OK(acquire1(space, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &lease));
+    ASSERT_OK(lockd_lease_release(lease));
+    agent_stop(&p.second);
+    agent_stop(&p.first);
+    lockd_space_close(space);
+}
+
+/* The taker forgets: the receiver's copy holds the lease until it exits. */
+static void
+test_ofd_forget_keeps_other_copy(void)
+{
+    lockd_space *space = space_open();
+    char key[LOCKD_KEY_SIZE];
+    lockd_lease *lease = NULL;
+    struct pair p;
+
+    key_of("/vm/handover-forget.img", key);
+    pair_handover(&p, key);
+    ASSERT_INT_EQ(agent_do(&p.first, OP_FORGET, NULL, 0, 0).r, 0);
+    agent_stop(&p.first);
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_EXCLUSIVE);
+    ASSERT_ERR(acquire1(space, key, LOCKD_SHARED, LOCKD_TRY, &lease), EAGAIN);
+    agent_stop(&p.second);
+    ASSERT_INT_EQ(probe_elsewhere(key, NULL), LOCKD_FREE);
+    lockd_space_close(space);
+}
+
+/* ------------------------------------------------------------------------
+ * The lease fd and file
+ */
+
+static void
+check_lease_file(lockd_space *space, const char *key, int fd)
+{
+    struct stat st, byname;
+    int flags = fcntl(fd, F_GETFD);
+
+    ASSERT_OK(sys(flags));
+    ASSERT_TRUE(flags & FD_CLOEXEC);
+    ASSERT_OK(sys(fstat(fd, &st)));
+    ASSERT_TRUE(S_ISREG(st.st_mode));
+    ASSERT_INT_EQ(st.st_size, 0);
+    ASSERT_INT_EQ(st.st_mode & 07777, 0600);
+    ASSERT_INT_EQ(st.st_uid, geteuid());
+    ASSERT_OK(sys(fstatat(lockd_space_fd(space), key, &byname, AT_SYMLINK_NOFOLLOW)));
+    ASSERT_INT_EQ(byname.st_ino, st.st_ino);
+    ASSERT_INT_EQ(byname.st_dev, st.st_dev);
+}
+
+/* With umask 0, so a mode the library did not ask for would show. */
+static void
+test_lease_fd_and_file(void)
+{
+    lockd_space *space = space_open();
+    char keys[3][LOCKD_KEY_SIZE];
+    const char *k[] = {keys[0], keys[1], keys[2]};
+    const int modes[] = {LOCKD_EXCLUSIVE, LOCKD_SHARED, LOCKD_EXCLUSIVE};
+    lockd_lease *lease = NULL;
+    size_t i;
+
+    umask(0);
+    three_keys(keys);
+    ASSERT_OK(lockd_acquire(space, 3, k, modes, LOCKD_TRY, &lease));
+    for (i = 0; i < 3; i++)
+        check_lease_file(space, keys[i], lockd_lease_fd(lease, i));
+    ASSERT_OK(lockd_lease_release(lease));
+    /* Existing files are reused as they are, and still fine. */
+    ASSERT_OK(lockd_acquire(space, 3, k, NULL, LOCKD_TRY, &lease));
+    for (i = 0; i < 3; i++)
+        check_lease_file(space, keys[i], lockd_lease_fd(lease, i));
+    ASSERT_OK(lockd_lease_release(lease));
+    lockd_space_close(space);
+}
+
+int
+main(void)
+{
+    TEST_RUN(test_matrix_processes);
+    TEST_RUN(test_matrix_threads);
+    TEST_RUN(test_matrix_handles);
+    TEST_RUN(test_wait_timeout);
+    TEST_RUN(test_wait_release_forever);
+    TEST_RUN(test_wait_release_timed);
+    TEST_RUN(test_wait_holder_killed_forever);
+    TEST_RUN(test_wait_holder_killed_timed);
+    TEST_RUN(test_all_or_nothing);
+    TEST_RUN(test_multi_shared_with_holder);
+    TEST_RUN(test_duplicate_keys);
+    TEST_RUN(test_keys_sorted);
+    TEST_RUN(test_release_frees);
+    TEST_RUN(test_forget_last_copy_frees);
+    TEST_RUN(test_forget_child_copy_holds);
+    TEST_RUN(test_posix_write_lock_excludes_lockd);
+    TEST_RUN(test_lockd_excludes_posix_locks);
+    TEST_RUN(test_ofd_survives_sender_death);
+    TEST_RUN(test_ofd_release_frees_other_copy);
+    TEST_RUN(test_ofd_forget_keeps_other_copy);
+    TEST_RUN(test_lease_fd_and_file);
+    return test_done();
+}
