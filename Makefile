@@ -10,6 +10,8 @@ LIBDIR     ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 MANDIR     ?= $(PREFIX)/share/man
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+USERUNITDIR ?= $(PREFIX)/lib/systemd/user
 DESTDIR    ?=
 
 CC      ?= cc
@@ -32,7 +34,12 @@ VERSION  = $(shell sed -n 's/^\#define LOCKD_VERSION_STRING "\(.*\)"/\1/p' lockd
 TESTS    = $(patsubst %.c,%,$(wildcard test/test-*.c))
 BENCHES  = $(patsubst %.c,%,$(wildcard bench/bench-*.c))
 
-.PHONY: all deps check check-build check-asan check-valgrind bench install uninstall clean
+MANPAGES = man/lockdctl.1 man/lockd.3 man/lockd-helper.8
+UNITS    = systemd/lockd-helper.socket systemd/lockd-helper.service
+USERUNITS = systemd/user/lockd-helper.socket systemd/user/lockd-helper.service
+
+.PHONY: all deps demo check check-build check-man check-asan check-valgrind bench fuzz \
+	fuzz-build install uninstall clean clean-tests
 
 PROGRAMS = $(patsubst %.c,%,$(wildcard lockd-helper.c lockdctl.c))
 
@@ -85,11 +92,27 @@ test/header-cxx.o: lockd.h
 deps:
 	@sh tools/deps
 
+# The story with real processes: a helper started as systemd would, a
+# manager, two guests, one disk.
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@sh tools/demo
+
+# Man pages stay lint-clean.  Run before test/run, so that its total is the
+# last line of `make check`.
+check-man:
+	@mandoc -T lint -W warning $(MANPAGES)
+
 check: deps
 	@$(MAKE) --no-print-directory check-build
+	@$(MAKE) --no-print-directory check-man
 	@sh test/run $(TESTS)
 
 check-build: all $(TESTS) test/header-c99.o test/header-cxx.o
+
+# Tests that run the programs build them first (order-only, so that
+# check-asan's flags do not rebuild them with sanitizers).
+test/test-lockdctl test/test-helper: | lockdctl lockd-helper
 
 ASAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 check-asan: deps
@@ -110,21 +133,66 @@ bench: deps
 bench/bench-%: bench/bench-%.c bench/bench.h lockd.c lockd.h
 	$(CC) $(ALL_CFLAGS) -o $@ $< lockd.c -lpthread $(SODIUM_LIBS)
 
+# libFuzzer targets (clang, Debian's libclang-rt-14-dev).  `make fuzz` runs
+# each for FUZZ_TIME seconds; a crash, hang or runaway allocation leaves its
+# input in fuzz/ as crash-*, timeout-* or oom-* and fails the run.
+FUZZ_CC    ?= clang
+FUZZ_TIME  ?= 20
+FUZZ_FLAGS  = -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined \
+              -fno-sanitize-recover=all -I. $(SODIUM_CFLAGS)
+FUZZERS     = fuzz/fuzz-proto fuzz/fuzz-state
+
+fuzz/fuzz-proto: fuzz/fuzz-proto.c lockd.c lockd.h
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ fuzz/fuzz-proto.c $(SODIUM_LIBS)
+
+fuzz/fuzz-state: fuzz/fuzz-state.c lockd-helper.c lockd.c lockd.h
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(SYSTEMD_CFLAGS) -o $@ fuzz/fuzz-state.c \
+		$(SYSTEMD_LIBS) $(SODIUM_LIBS)
+
+fuzz-build: $(FUZZERS)
+
+fuzz: deps fuzz-build
+	@for f in $(FUZZERS); do \
+		n=$${f#fuzz/fuzz-}; mkdir -p fuzz/corpus-$$n; \
+		echo "# $$f for $(FUZZ_TIME) s"; \
+		ASAN_OPTIONS=detect_leaks=1 ./$$f -max_total_time=$(FUZZ_TIME) \
+			-timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1024 -max_len=70000 \
+			-dict=fuzz/$$n.dict -artifact_prefix=fuzz/ -print_final_stats=1 \
+			fuzz/corpus-$$n || exit 1; \
+	done
+
 install: all
-	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR) \
+		$(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man1 \
+		$(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(USERUNITDIR)
 	install -m 0644 lockd.h $(DESTDIR)$(INCLUDEDIR)/lockd.h
 	install -m 0644 liblockd.a $(DESTDIR)$(LIBDIR)/liblockd.a
 	install -m 0755 $(SONAME) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/liblockd.so
 	install -m 0644 lockd.pc $(DESTDIR)$(PKGCONFIGDIR)/lockd.pc
+	install -m 0755 lockdctl $(DESTDIR)$(BINDIR)/lockdctl
+	install -m 0755 lockd-helper $(DESTDIR)$(SBINDIR)/lockd-helper
+	install -m 0644 man/lockdctl.1 $(DESTDIR)$(MANDIR)/man1/lockdctl.1
+	install -m 0644 man/lockd.3 $(DESTDIR)$(MANDIR)/man3/lockd.3
+	install -m 0644 man/lockd-helper.8 $(DESTDIR)$(MANDIR)/man8/lockd-helper.8
+	for u in $(UNITS); do sed 's|@SBINDIR@|$(SBINDIR)|g' $$u > \
+		$(DESTDIR)$(UNITDIR)/$${u##*/}; done
+	for u in $(USERUNITS); do sed 's|@SBINDIR@|$(SBINDIR)|g' $$u > \
+		$(DESTDIR)$(USERUNITDIR)/$${u##*/}; done
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/lockd.h $(DESTDIR)$(LIBDIR)/liblockd.a \
 	      $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/liblockd.so \
-	      $(DESTDIR)$(PKGCONFIGDIR)/lockd.pc
+	      $(DESTDIR)$(PKGCONFIGDIR)/lockd.pc $(DESTDIR)$(BINDIR)/lockdctl \
+	      $(DESTDIR)$(SBINDIR)/lockd-helper $(DESTDIR)$(MANDIR)/man1/lockdctl.1 \
+	      $(DESTDIR)$(MANDIR)/man3/lockd.3 $(DESTDIR)$(MANDIR)/man8/lockd-helper.8 \
+	      $(addprefix $(DESTDIR)$(UNITDIR)/,$(notdir $(UNITS))) \
+	      $(addprefix $(DESTDIR)$(USERUNITDIR)/,$(notdir $(USERUNITS)))
 
 clean-tests:
 	rm -f $(TESTS) $(BENCHES) test/*.o
 
 clean: clean-tests
-	rm -f *.o liblockd.a liblockd.so $(SONAME) lockd.pc
+	rm -f *.o liblockd.a liblockd.so $(SONAME) lockd.pc $(PROGRAMS) $(FUZZERS) \
+	      fuzz/crash-* fuzz/leak-* fuzz/oom-* fuzz/timeout-*

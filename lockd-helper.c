@@ -126,7 +126,10 @@ static struct {
     uint64_t state_start, state_end;
 
     int quit, reexec;
-    uint8_t buf[PROTO_HDR_SIZE + PROTO_BODY_MAX];
+    /* A decoded request points into `in`, so replies (and state snapshots)
+     * are written to `out`: a reply never overwrites what it answers. */
+    uint8_t in[PROTO_HDR_SIZE + PROTO_BODY_MAX];
+    uint8_t out[PROTO_HDR_SIZE + PROTO_BODY_MAX];
 } H = {.listen_fd = -1, .epoll_fd = -1, .signal_fd = -1, .fdinfo_dir = -1, .state_fd = -1,
        .lease_free = NONE, .next_gen = 1, .socket_mode = 0600};
 
@@ -836,7 +839,7 @@ type_name(uint16_t type)
 static void
 dispatch(struct conn *c, const struct proto_req *req, int *fds, size_t nfds, int r)
 {
-    struct proto_wr wr = {.buf = H.buf, .cap = sizeof(H.buf)};
+    struct proto_wr wr = {.buf = H.out, .cap = sizeof(H.out)};
     size_t i;
 
     proto_begin(&wr, req->hdr.type, req->hdr.serial, 0, 0);
@@ -971,7 +974,7 @@ on_conn(struct conn *c)
     ssize_t n;
     int r;
 
-    n = proto_recv(c->fd, H.buf, sizeof(H.buf), fds, &nfds, 0);
+    n = proto_recv(c->fd, H.in, sizeof(H.in), fds, &nfds, 0);
     if (n == -EAGAIN || n == -ETIMEDOUT)
         return;
     if (n <= 0) {
@@ -986,7 +989,7 @@ on_conn(struct conn *c)
         close_all(fds, nfds == PROTO_FDS_LOST ? 0 : nfds);
         return;
     }
-    r = proto_decode_request(H.buf, (size_t)n, nfds, req);
+    r = proto_decode_request(H.in, (size_t)n, nfds, req);
     if (nfds == PROTO_FDS_LOST)
         nfds = 0;
     if (r < 0 && req->hdr.magic != PROTO_MAGIC) {
@@ -1098,7 +1101,7 @@ rec_small(struct proto_wr *wr, uint8_t type, const void *p, size_t n)
 static int64_t
 state_snapshot(int fd, uint64_t offset, int with_fds)
 {
-    struct proto_wr wr = {.buf = H.buf, .cap = sizeof(H.buf)};
+    struct proto_wr wr = {.buf = H.out, .cap = sizeof(H.out)};
     uint32_t i;
 
 #define FLUSH_IF(need)                                                              \
