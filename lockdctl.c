@@ -1,0 +1,2256 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lockdctl: lockd for admins and scripts.
+ *
+ * A flock(1)-style wrapper (`run`), hand-over of leases to lockd-helper for a
+ * running process (`acquire`, `release`), and the views an admin needs
+ * (`key`, `status`, `who`, `gc`, `doctor`).  Everything here is a thin layer
+ * over lockd.h; the one rule this file adds is how a disk named on the
+ * command line becomes a path (disk_path()), and how a failure becomes one
+ * line on stderr and an exit status (sysexits(3) numbers, as DESIGN.md fixes
+ * them).  See lockdctl(1).
+ */
+#define _GNU_SOURCE
+#include "lockd.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Exit statuses (sysexits.h numbers, spelled out so they read as a contract). */
+#define EXIT_BUSY 75        /* EX_TEMPFAIL: held elsewhere, or the wait ran out */
+#define EXIT_UNAVAILABLE 69 /* EX_UNAVAILABLE: no helper where one is needed */
+#define EXIT_USAGE 64       /* EX_USAGE */
+#define EXIT_FAIL 1
+
+#define SETTINGS_NAME ".lockd-lockspace"
+
+/* Everything the command line can say, after parsing. */
+struct opts {
+    char *dir;          /* lockspace, absolute */
+    uint32_t mode_flag; /* 0, LOCKD_OPEN_VERBATIM or LOCKD_OPEN_CANONICAL */
+    char *socket;       /* helper socket, or NULL if there is none to look for */
+    int json;
+    int resource;
+    int shared;
+    int wait_ms;     /* LOCKD_TRY, LOCKD_FOREVER or ms */
+    char *wait_text; /* as given, for messages */
+    int conflict_code;
+    const char *name;
+    const char *uuid;
+    int32_t pid;
+};
+
+/* ------------------------------------------------------------------------
+ * Messages
+ */
+
+static void errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void
+errorf(const char *fmt, ...)
+{
+    va_list ap;
+
+    fflush(stdout);
+    fputs("lockdctl: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+/* A usage error: the message, a pointer to --help, and EXIT_USAGE. */
+static int
+usage_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("lockdctl: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs("\nTry 'lockdctl --help' for more information.\n", stderr);
+    return EXIT_USAGE;
+}
+
+/* Errors that mean "the helper is not there to talk to", as opposed to the
+ * helper refusing a request. */
+static int
+is_helper_gone(int r)
+{
+    return r == -ECONNREFUSED || r == -ENOENT || r == -ENOTSOCK || r == -ECONNRESET ||
+           r == -EPIPE || r == -ETIMEDOUT || r == -EPROTO || r == -EPROTONOSUPPORT ||
+           r == -EACCES || r == -ENOTDIR;
+}
+
+/* Why a lease call failed, in words for the line that names the disk. */
+static const char *
+lease_reason(int r)
+{
+    switch (-r) {
+    case ENOLCK:
+        return "the lockspace's filesystem does not support OFD locks (see lockdctl "
+               "doctor)";
+    case ELOOP:
+        return "a symlink is planted in the lockspace where its lease belongs";
+    case EISDIR:
+        return "a directory is planted in the lockspace where its lease belongs";
+    case ENXIO:
+        return "a FIFO, socket or device is planted in the lockspace where its lease "
+               "belongs";
+    case ENAMETOOLONG:
+        return "name too long";
+    case EINVAL:
+        return "not a usable path";
+    default:
+        return strerror(-r);
+    }
+}
+
+static void
+helper_error(const char *path, int r)
+{
+    if (r == -EPROTONOSUPPORT)
+        errorf("helper at %s speaks another protocol version", path);
+    else if (r == -EPROTO)
+        errorf("helper at %s sent a malformed reply", path);
+    else
+        errorf("helper at %s: %s", path, strerror(-r));
+}
+
+/* The exit status for a failed helper call. */
+static int
+helper_status(int r)
+{
+    return is_helper_gone(r) ? EXIT_UNAVAILABLE : EXIT_FAIL;
+}
+
+/* A helper call about owner pid failed: say so, return the exit status. */
+static int
+owner_error(const struct opts *o, int32_t pid, int r)
+{
+    if (r == -ESRCH)
+        errorf("pid %d: not an owner the helper knows (exited, or never registered)",
+               (int)pid);
+    else if (r == -EPERM)
+        errorf("pid %d: the helper lets you act only on your own processes", (int)pid);
+    else
+        helper_error(o->socket, r);
+    return helper_status(r);
+}
+
+/* ------------------------------------------------------------------------
+ * Paths
+ */
+
+/*
+ * The path a disk named on the command line stands for.  An absolute path is
+ * taken as given: in the verbatim key mode its bytes are the key, exactly as
+ * libvirt spells them.  A relative one is joined to the working directory as
+ * the shell spells it ($PWD when that names the working directory, which is
+ * what get_current_dir_name(3) checks; getcwd(3) otherwise), with "." and
+ * empty components dropped and ".." kept as written (DESIGN.md, key modes).
+ */
+static int
+disk_path(const char *in, char **ret)
+{
+    char *cwd, *out, *copy, *tok, *save = NULL;
+    size_t len;
+
+    if (!*in)
+        return -EINVAL;
+    if (in[0] == '/') {
+        out = strdup(in);
+        if (!out)
+            return -ENOMEM;
+        *ret = out;
+        return 0;
+    }
+    cwd = get_current_dir_name();
+    if (!cwd)
+        return -errno;
+    len = strlen(cwd);
+    out = malloc(len + strlen(in) + 2);
+    copy = strdup(in);
+    if (!out || !copy) {
+        free(cwd), free(out), free(copy);
+        return -ENOMEM;
+    }
+    strcpy(out, cwd);
+    if (len > 1 && out[len - 1] == '/')
+        out[--len] = '\0';
+    for (tok = strtok_r(copy, "/", &save); tok; tok = strtok_r(NULL, "/", &save)) {
+        if (strcmp(tok, ".") == 0)
+            continue;
+        if (len > 1)
+            out[len++] = '/';
+        strcpy(out + len, tok);
+        len += strlen(tok);
+    }
+    free(cwd);
+    free(copy);
+    *ret = out;
+    return 0;
+}
+
+/* The lockspace directory: --dir, else what lockd_space_open(NULL) would use.
+ * Spelled out here so that messages can name it even when it is missing. */
+static int
+default_dir(char **ret)
+{
+    const char *env = getenv("LOCKD_DIR"), *state = getenv("XDG_STATE_HOME"),
+               *home = getenv("HOME");
+    int r = 0;
+
+    if (env && *env)
+        return disk_path(env, ret);
+    if (geteuid() == 0)
+        *ret = strdup("/var/lib/lockd/files");
+    else if (state && *state == '/')
+        r = asprintf(ret, "%s/lockd/files", state);
+    else if (home && *home == '/')
+        r = asprintf(ret, "%s/.local/state/lockd/files", home);
+    else
+        return -ENOENT;
+    return r < 0 || !*ret ? -ENOMEM : 0;
+}
+
+/* The helper's socket: --socket, else the library's default, else NULL (a
+ * user without XDG_RUNTIME_DIR has no helper to look for). */
+static char *
+default_socket(void)
+{
+    const char *env = getenv("LOCKD_SOCKET"), *rt = getenv("XDG_RUNTIME_DIR");
+    char *p = NULL;
+
+    if (env && *env)
+        return strdup(env);
+    if (geteuid() == 0)
+        return strdup("/run/lockd/helper.sock");
+    if (rt && *rt == '/' && asprintf(&p, "%s/lockd/helper.sock", rt) < 0)
+        return NULL;
+    return p;
+}
+
+/* Whether something exists at the socket path: DESIGN.md's rule for `run` is
+ * "use the helper when its socket exists", and a socket that exists but does
+ * not answer is an error, never a reason to go on without it. */
+static int
+socket_present(const char *path)
+{
+    struct stat st;
+
+    return path && (stat(path, &st) == 0 || (errno != ENOENT && errno != ENOTDIR));
+}
+
+/* ------------------------------------------------------------------------
+ * JSON and tables
+ */
+
+static void
+json_str(const char *s)
+{
+    const unsigned char *p;
+
+    if (!s) {
+        fputs("null", stdout);
+        return;
+    }
+    putchar('"');
+    for (p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            printf("\\%c", *p);
+        else if (*p == '\n')
+            fputs("\\n", stdout);
+        else if (*p == '\t')
+            fputs("\\t", stdout);
+        else if (*p < 0x20 || *p == 0x7f)
+            printf("\\u%04x", *p);
+        else
+            putchar(*p);
+    }
+    putchar('"');
+}
+
+/* An empty string from the helper means "none given": JSON says null. */
+static const char *
+or_null(const char *s)
+{
+    return s && *s ? s : NULL;
+}
+
+#define TABLE_COLS 6
+
+/* A table printed in aligned columns, the last one unpadded (util-linux's
+ * lsblk style, without the dependency). */
+struct table {
+    size_t ncols, nrows, cap;
+    char **cells;
+};
+
+static int
+table_add(struct table *t, ...)
+{
+    va_list ap;
+    size_t i;
+
+    if (t->nrows == t->cap) {
+        size_t cap = t->cap ? 2 * t->cap : 16;
+        char **c = realloc(t->cells, cap * t->ncols * sizeof(*c));
+
+        if (!c)
+            return -ENOMEM;
+        t->cells = c;
+        t->cap = cap;
+    }
+    va_start(ap, t);
+    for (i = 0; i < t->ncols; i++) {
+        const char *s = va_arg(ap, const char *);
+
+        t->cells[t->nrows * t->ncols + i] = strdup(s && *s ? s : "-");
+    }
+    va_end(ap);
+    for (i = 0; i < t->ncols; i++)
+        if (!t->cells[t->nrows * t->ncols + i]) {
+            for (i = 0; i < t->ncols; i++)
+                free(t->cells[t->nrows * t->ncols + i]);
+            return -ENOMEM;
+        }
+    t->nrows++;
+    return 0;
+}
+
+static void
+table_free(struct table *t)
+{
+    size_t i;
+
+    for (i = 0; i < t->nrows * t->ncols; i++)
+        free(t->cells[i]);
+    free(t->cells);
+    t->cells = NULL;
+    t->nrows = t->cap = 0;
+}
+
+static void
+table_print(const struct table *t)
+{
+    size_t w[TABLE_COLS] = {0}, r, c;
+
+    for (r = 0; r < t->nrows; r++)
+        for (c = 0; c < t->ncols; c++) {
+            size_t l = strlen(t->cells[r * t->ncols + c]);
+
+            w[c] = l > w[c] ? l : w[c];
+        }
+    for (r = 0; r < t->nrows; r++)
+        for (c = 0; c < t->ncols; c++) {
+            const char *s = t->cells[r * t->ncols + c];
+
+            if (c + 1 < t->ncols)
+                printf("%-*s  ", (int)w[c], s);
+            else
+                printf("%s\n", s);
+        }
+}
+
+static const char *
+mode_word(int mode)
+{
+    return mode == LOCKD_SHARED ? "shared" : mode == LOCKD_FREE ? "free" : "exclusive";
+}
+
+/* ------------------------------------------------------------------------
+ * Opening things, with the message when it fails
+ */
+
+static int
+space_open(const struct opts *o, uint32_t flags, lockd_space **ret)
+{
+    lockd_space *probe = NULL;
+    int r = lockd_space_open(o->dir, flags | o->mode_flag, ret);
+
+    if (r == 0)
+        return 0;
+    if (r == -EMEDIUMTYPE && lockd_space_open(o->dir, LOCKD_OPEN_READONLY, &probe) == 0) {
+        errorf("lockspace %s: its key mode is %s, and --key-mode asked for %s", o->dir,
+               lockd_space_mode(probe) == LOCKD_MODE_CANONICAL ? "canonical" : "verbatim",
+               o->mode_flag == LOCKD_OPEN_CANONICAL ? "canonical" : "verbatim");
+        lockd_space_close(probe);
+    } else if (r == -ENOENT)
+        errorf("lockspace %s does not exist", o->dir);
+    else if (r == -EPROTO)
+        errorf("lockspace %s: %s is not a settings file this lockdctl understands",
+               o->dir, SETTINGS_NAME);
+    else
+        errorf("lockspace %s: %s", o->dir, strerror(-r));
+    return EXIT_FAIL;
+}
+
+/* Read-only uses say when the key mode is only assumed (DESIGN.md). */
+static void
+note_unrecorded(const struct opts *o, const lockd_space *space)
+{
+    if (!lockd_space_recorded(space))
+        errorf("note: lockspace %s records no key mode yet; assuming %s", o->dir,
+               lockd_space_mode(space) == LOCKD_MODE_CANONICAL ? "canonical"
+                                                               : "verbatim");
+}
+
+static int
+conn_open(const struct opts *o, lockd_conn **ret)
+{
+    int r;
+
+    if (!o->socket) {
+        errorf("no helper socket: set XDG_RUNTIME_DIR, LOCKD_SOCKET or --socket");
+        return EXIT_UNAVAILABLE;
+    }
+    r = lockd_conn_open(o->socket, ret);
+    if (r == 0)
+        return 0;
+    if (r == -ENOENT)
+        errorf("no helper at %s (is lockd-helper running?)", o->socket);
+    else
+        helper_error(o->socket, r);
+    return helper_status(r);
+}
+
+/* ------------------------------------------------------------------------
+ * Disks and their keys
+ */
+
+struct disk {
+    char *name; /* the path (or resource string) */
+    char key[LOCKD_KEY_SIZE];
+};
+
+static void
+disks_free(struct disk *d, size_t n)
+{
+    size_t i;
+
+    for (i = 0; d && i < n; i++)
+        free(d[i].name);
+    free(d);
+}
+
+/* The key of one disk argument: a resource string is hashed as given; a path
+ * is made absolute and keyed in the lockspace's mode.  space may be NULL for
+ * a verbatim key without a lockspace (`key` before any lockspace exists). */
+static int
+disk_key(const struct opts *o, const lockd_space *space, const char *arg, struct disk *d)
+{
+    int r;
+
+    if (!*arg)
+        return -EINVAL;
+    if (o->resource) {
+        d->name = strdup(arg);
+        if (!d->name)
+            return -ENOMEM;
+        return lockd_key_resource(arg, strlen(arg), d->key);
+    }
+    r = disk_path(arg, &d->name);
+    if (r < 0)
+        return r;
+    if (!space)
+        return lockd_key_resource(d->name, strlen(d->name), d->key);
+    return lockd_space_key(space, d->name, d->key);
+}
+
+/* A usage error for an empty disk name: checked before anything is opened,
+ * so that bad input creates nothing. */
+static int
+names_check(int argc, char **argv)
+{
+    int i;
+
+    for (i = 0; i < argc; i++)
+        if (!*argv[i])
+            return usage_error("empty disk name");
+    return 0;
+}
+
+/* Keys of argv[0..argc-1]; one line naming the disk if one fails. */
+static int
+disks_parse(const struct opts *o, const lockd_space *space, int argc, char **argv,
+            struct disk **ret)
+{
+    struct disk *d;
+    int i, r;
+
+    r = names_check(argc, argv);
+    if (r != 0)
+        return r;
+    d = calloc((size_t)argc, sizeof(*d));
+    if (!d) {
+        errorf("%s", strerror(ENOMEM));
+        return EXIT_FAIL;
+    }
+    for (i = 0; i < argc; i++) {
+        r = disk_key(o, space, argv[i], &d[i]);
+        if (r < 0) {
+            errorf("%s: %s", d[i].name ? d[i].name : argv[i],
+                   r == -ENOENT ? "no such directory, or a dangling symlink"
+                                : lease_reason(r));
+            disks_free(d, (size_t)argc);
+            return EXIT_FAIL;
+        }
+    }
+    *ret = d;
+    return 0;
+}
+
+/* The disk's display name for lease i of lease (which sorted and merged the
+ * keys): the first disk argument with that key. */
+static const char *
+disk_of_key(const struct disk *d, size_t n, const char *key)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if (strcmp(d[i].key, key) == 0)
+            return d[i].name;
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------
+ * Who holds a lease: the helper's view where it has one
+ */
+
+struct holders {
+    char text[1024]; /* "guest-a (pid 12, uuid ...), ..." */
+    size_t count;
+};
+
+static int
+holder_row(void *userdata, uint64_t id, int mode, const char *key, const char *disk,
+           int32_t pid, uint32_t uid, const char *uuid, const char *name)
+{
+    struct holders *h = userdata;
+    size_t len = strlen(h->text);
+
+    (void)id, (void)mode, (void)key, (void)disk, (void)uid;
+    snprintf(h->text + len, sizeof(h->text) - len, "%s%s%s(pid %d%s%s)",
+             h->count ? ", " : "", *name ? name : "", *name ? " " : "", (int)pid,
+             *uuid ? ", uuid " : "", uuid);
+    h->count++;
+    return 0;
+}
+
+/*
+ * Describe who holds key, for a busy message: "held exclusively by guest-a
+ * (pid 12)".  conn may be NULL (no helper); the kernel then knows a pid only
+ * for a classic POSIX lock (virtlockd's).
+ */
+static void
+describe_holder(const lockd_space *space, lockd_conn *conn, const char *key, char *buf,
+                size_t size)
+{
+    struct holders h = {.count = 0};
+    int32_t pid = 0;
+    int state = lockd_probe(space, key, &pid);
+    const char *how = state == LOCKD_SHARED ? "shared" : "exclusively";
+
+    h.text[0] = '\0';
+    if (conn)
+        (void)lockd_conn_list(conn, 0, key, holder_row, &h);
+    if (state == LOCKD_FREE && h.count == 0) {
+        snprintf(buf, size, "it was released meanwhile; try again");
+        return;
+    }
+    if (h.count > 0)
+        snprintf(buf, size, "held %s by %s", how, h.text);
+    else if (pid > 0)
+        snprintf(buf, size,
+                 "held %s by pid %d (a classic POSIX lock, as virtlockd takes)", how,
+                 (int)pid);
+    else if (conn)
+        snprintf(
+            buf, size,
+            "held %s by a holder the helper does not know (another host, or a process "
+            "holding it without the helper)",
+            how);
+    else
+        snprintf(buf, size, "held %s (no helper here to name the holder)", how);
+}
+
+/* Which disk made an acquire fail: the first whose lease conflicts (busy) or
+ * fails the same way on its own.  Falls back to the first disk. */
+static size_t
+culprit(const lockd_space *space, const struct disk *d, size_t n, int shared, int r)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        int s = lockd_probe(space, d[i].key, NULL);
+
+        if ((r == -EAGAIN || r == -ETIMEDOUT) &&
+            (s == LOCKD_EXCLUSIVE || (s == LOCKD_SHARED && !shared)))
+            return i;
+        if (s == r)
+            return i;
+    }
+    return 0;
+}
+
+struct gone {
+    size_t alive, dead;
+};
+
+static int
+gone_row(void *userdata, uint64_t id, int mode, const char *key, const char *disk,
+         int32_t pid, uint32_t uid, const char *uuid, const char *name)
+{
+    struct gone *g = userdata;
+
+    (void)id, (void)mode, (void)key, (void)disk, (void)uid, (void)uuid, (void)name;
+    if (kill(pid, 0) == 0 || errno == EPERM)
+        g->alive++;
+    else
+        g->dead++;
+    return 0;
+}
+
+/*
+ * Whether every holder of key the helper knows is a process that has exited
+ * and been reaped.  The helper releases an owner's leases when its pidfd
+ * says so, a moment after the exit: a script that runs `lockdctl run DISK`
+ * twice in a row must not see the first, finished, command as the holder.
+ */
+static int
+holders_gone(lockd_conn *conn, const char *key)
+{
+    struct gone g = {0, 0};
+
+    return conn && lockd_conn_list(conn, 0, key, gone_row, &g) == 0 && g.dead > 0 &&
+           g.alive == 0;
+}
+
+/*
+ * Whether a busy acquire is worth another try: the helper holds the
+ * conflicting lease only for owners that are gone, or it was released since
+ * (by its holder, or by the helper meanwhile).  The helper is asked first:
+ * it drops an owner's rows only once it has unlocked its leases, so a probe
+ * after an empty listing cannot miss a release that the listing raced with.
+ */
+static int
+worth_retrying(const lockd_space *space, lockd_conn *conn, const char *key)
+{
+    return holders_gone(conn, key) || lockd_probe(space, key, NULL) == LOCKD_FREE;
+}
+
+/* How long to give the helper to release the leases of exited owners. */
+#define HELPER_GRACE_MS 2000
+
+static int64_t
+now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Take the leases for run and acquire, with the message and exit status when
+ * that fails.  Busy (or a wait that ran out) names the disk and its holder.
+ */
+static int
+take(const struct opts *o, lockd_space *space, lockd_conn *conn, const struct disk *d,
+     size_t n, lockd_lease **ret)
+{
+    const char **keys = calloc(n, sizeof(*keys));
+    int *modes = calloc(n, sizeof(*modes));
+    int64_t grace_end = 0;
+    char why[1200];
+    size_t i, bad;
+    int r;
+
+    if (!keys || !modes) {
+        free(keys), free(modes);
+        errorf("%s", strerror(ENOMEM));
+        return EXIT_FAIL;
+    }
+    for (i = 0; i < n; i++) {
+        keys[i] = d[i].key;
+        modes[i] = o->shared ? LOCKD_SHARED : LOCKD_EXCLUSIVE;
+    }
+    r = lockd_acquire(space, n, keys, modes, o->wait_ms, ret);
+    while ((r == -EAGAIN || r == -ETIMEDOUT) &&
+           worth_retrying(space, conn, d[culprit(space, d, n, o->shared, r)].key)) {
+        int64_t now = now_ms();
+
+        grace_end = grace_end ? grace_end : now + HELPER_GRACE_MS;
+        if (now >= grace_end)
+            break;
+        r = lockd_acquire(space, n, keys, modes, (int)(grace_end - now), ret);
+    }
+    free(keys);
+    free(modes);
+    if (r == 0)
+        return 0;
+    bad = culprit(space, d, n, o->shared, r);
+    if (r == -EAGAIN || r == -ETIMEDOUT) {
+        describe_holder(space, conn, d[bad].key, why, sizeof(why));
+        if (r == -ETIMEDOUT)
+            errorf("%s: still busy after %s s: %s", d[bad].name, o->wait_text, why);
+        else
+            errorf("%s: busy: %s", d[bad].name, why);
+        return o->conflict_code;
+    }
+    if (r == -EROFS || r == -EACCES)
+        errorf("%s: cannot take its lease: lockspace %s: %s", d[bad].name, o->dir,
+               strerror(-r));
+    else
+        errorf("%s: cannot take its lease: %s", d[bad].name, lease_reason(r));
+    return EXIT_FAIL;
+}
+
+/*
+ * Give the leases in lease to the helper for owner pid (pidfd, or -1), under
+ * the names of the disks.  On success the helper is their only holder: this
+ * process has forgotten its copies.  On failure they are released.
+ */
+static int
+hand_over(const struct opts *o, lockd_conn *conn, int32_t pid, int pidfd,
+          const char *name, const struct disk *d, size_t n, lockd_lease *lease,
+          uint64_t *ret_ids)
+{
+    size_t i, count = lockd_lease_count(lease);
+    const char **names = calloc(count, sizeof(*names));
+    int r;
+
+    if (!names) {
+        lockd_lease_release(lease);
+        errorf("%s", strerror(ENOMEM));
+        return EXIT_FAIL;
+    }
+    for (i = 0; i < count; i++)
+        names[i] = disk_of_key(d, n, lockd_lease_key(lease, i));
+    r = lockd_conn_register(conn, pid, pidfd, o->uuid, name);
+    if (r == 0)
+        r = lockd_conn_handoff(conn, pid, lease, names, ret_ids);
+    free(names);
+    if (r < 0) {
+        lockd_lease_release(lease);
+        if (r == -EDQUOT) {
+            errorf("%s: the helper holds as many leases for your user as it allows",
+                   d[0].name);
+            return EXIT_FAIL;
+        }
+        if (r == -EBADFD) {
+            errorf("%s: the helper refused the lease fds as not locked", d[0].name);
+            return EXIT_FAIL;
+        }
+        return owner_error(o, pid, r);
+    }
+    lockd_lease_forget(lease);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * key
+ */
+
+static int
+cmd_key(const struct opts *o, int argc, char **argv)
+{
+    lockd_space *space = NULL;
+    struct disk *d = NULL;
+    int i, r, mode = LOCKD_MODE_VERBATIM, recorded = 0;
+
+    if (argc == 0)
+        return usage_error("key: no disk or resource given");
+    if (!o->resource) {
+        r = lockd_space_open(o->dir, LOCKD_OPEN_READONLY | o->mode_flag, &space);
+        /* A verbatim key is the path's own hash and needs no lockspace, so
+         * keys can be computed before one exists; a canonical one, or a
+         * broken lockspace, is reported. */
+        if (r == -ENOENT && o->mode_flag != LOCKD_OPEN_CANONICAL)
+            errorf("note: lockspace %s does not exist; assuming verbatim keys", o->dir);
+        else if (r < 0)
+            return space_open(o, LOCKD_OPEN_READONLY, &space);
+        else {
+            note_unrecorded(o, space);
+            mode = lockd_space_mode(space);
+            recorded = lockd_space_recorded(space);
+        }
+    }
+    r = disks_parse(o, space, argc, argv, &d);
+    lockd_space_close(space);
+    if (r != 0)
+        return r;
+    if (o->json) {
+        printf("{\"key_mode\":\"%s\",\"recorded\":%s,\"keys\":[",
+               o->resource                    ? "resource"
+               : mode == LOCKD_MODE_CANONICAL ? "canonical"
+                                              : "verbatim",
+               recorded ? "true" : "false");
+        for (i = 0; i < argc; i++) {
+            printf("%s{\"name\":", i ? "," : "");
+            json_str(d[i].name);
+            printf(",\"key\":\"%s\"}", d[i].key);
+        }
+        printf("]}\n");
+    } else
+        for (i = 0; i < argc; i++)
+            printf("%s  %s\n", d[i].key, d[i].name);
+    disks_free(d, (size_t)argc);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * run
+ */
+
+/* Let CMD inherit the lease fds (no helper): they hold the leases as long as
+ * CMD, or a child it leaves them to, keeps them open. */
+static int
+lease_inherit(lockd_lease *lease)
+{
+    size_t i;
+
+    for (i = 0; i < lockd_lease_count(lease); i++) {
+        int fd = lockd_lease_fd(lease, i), fl = fcntl(fd, F_GETFD);
+
+        if (fl < 0 || fcntl(fd, F_SETFD, fl & ~FD_CLOEXEC) < 0)
+            return -errno;
+    }
+    return 0;
+}
+
+static int
+exec_cmd(char **cmd)
+{
+    int e;
+
+    fflush(NULL);
+    execvp(cmd[0], cmd);
+    e = errno;
+    errorf("%s: %s", cmd[0], strerror(e));
+    return e == ENOENT ? 127 : 126;
+}
+
+/*
+ * run DISK... -- CMD: take the leases, then become CMD.  With a helper, the
+ * leases go to it with this process (CMD, after the exec) as their owner, so
+ * they end when CMD exits whatever else holds a copy; this process keeps no
+ * copy.  Without one, CMD inherits the fds.  Either way CMD's exit status is
+ * the one the caller sees, because CMD is this process.
+ */
+static int
+cmd_run(const struct opts *o, int ndisks, char **disks, char **cmd)
+{
+    const char *base = strrchr(cmd[0], '/');
+    const char *owner = o->name ? o->name : base ? base + 1 : cmd[0];
+    lockd_space *space = NULL;
+    lockd_conn *conn = NULL;
+    lockd_lease *lease = NULL;
+    struct disk *d = NULL;
+    int r, ex;
+
+    r = space_open(o, LOCKD_OPEN_CREATE, &space);
+    if (r != 0)
+        return r;
+    r = disks_parse(o, space, ndisks, disks, &d);
+    if (r != 0)
+        goto out;
+    /* Connect before taking anything, so that a helper that is not there
+     * costs nothing. */
+    if (socket_present(o->socket) && (r = conn_open(o, &conn)) != 0)
+        goto out;
+    r = take(o, space, conn, d, (size_t)ndisks, &lease);
+    if (r != 0)
+        goto out;
+    if (conn)
+        r = hand_over(o, conn, getpid(), -1, owner, d, (size_t)ndisks, lease, NULL);
+    else if ((r = lease_inherit(lease)) < 0) {
+        errorf("%s: cannot pass its lease to %s: %s", d[0].name, cmd[0], strerror(-r));
+        lockd_lease_release(lease);
+        r = EXIT_FAIL;
+    }
+    if (r != 0)
+        goto out;
+    lockd_space_close(space);
+    space = NULL;
+    ex = exec_cmd(cmd);
+    /* The exec failed: let go of what CMD should have held. */
+    if (conn)
+        (void)lockd_conn_release(conn, getpid(), 0, NULL);
+    else
+        lockd_lease_release(lease);
+    r = ex;
+out:
+    lockd_conn_close(conn);
+    disks_free(d, (size_t)ndisks);
+    lockd_space_close(space);
+    return r;
+}
+
+/* run's operands: DISK... -- CMD [ARG...].  The "--" is required, since both
+ * sides are lists; getopt has moved every option before it out of the way. */
+static int
+cmd_run_args(const struct opts *o, int argc, char **argv)
+{
+    int dd;
+
+    for (dd = 0; dd < argc && strcmp(argv[dd], "--") != 0; dd++)
+        ;
+    if (dd == argc)
+        return usage_error("run: '--' and a command must follow the disks");
+    if (dd + 1 == argc)
+        return usage_error("run: no command after '--'");
+    if (dd == 0)
+        return usage_error("run: no disk given");
+    return cmd_run(o, dd, argv, argv + dd + 1);
+}
+
+/* ------------------------------------------------------------------------
+ * acquire --pid, release --pid
+ */
+
+static int
+pidfd_of(int32_t pid)
+{
+    return (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+}
+
+/* What acquire --json reports: copied before hand_over() forgets the lease. */
+struct taken {
+    char key[LOCKD_KEY_SIZE];
+    int mode;
+    const char *disk;
+};
+
+static void
+print_taken(int32_t pid, const struct taken *t, const uint64_t *ids, size_t n)
+{
+    size_t i;
+
+    printf("{\"pid\":%d,\"leases\":[", (int)pid);
+    for (i = 0; i < n; i++) {
+        printf("%s{\"id\":%" PRIu64 ",\"disk\":", i ? "," : "", ids[i]);
+        json_str(t[i].disk);
+        printf(",\"key\":\"%s\",\"mode\":\"%s\"}", t[i].key, mode_word(t[i].mode));
+    }
+    printf("]}\n");
+}
+
+/*
+ * acquire --pid PID DISK...: take the leases here and hand them to the
+ * helper with PID as their owner; they end when PID exits or release says.
+ */
+static int
+cmd_acquire(const struct opts *o, int argc, char **argv)
+{
+    lockd_space *space = NULL;
+    lockd_conn *conn = NULL;
+    lockd_lease *lease = NULL;
+    struct disk *d = NULL;
+    struct taken *t = NULL;
+    uint64_t *ids = NULL;
+    int pidfd = -1, r;
+    size_t i, n = 0;
+
+    if (o->pid <= 0)
+        return usage_error("acquire: --pid PID is required");
+    if (argc == 0)
+        return usage_error("acquire: no disk given");
+    /* A pidfd taken now pins the process: if it exits meanwhile, the helper
+     * sees it dead instead of a stranger that reused its pid. */
+    pidfd = pidfd_of(o->pid);
+    /* Without pidfd_open(2) (before Linux 5.3, or under valgrind) the helper
+     * opens the pidfd itself, from the pid; check the process is there. */
+    if (pidfd < 0 && errno == ENOSYS && (kill(o->pid, 0) == 0 || errno == EPERM))
+        errno = 0;
+    if (pidfd < 0 && errno != 0) {
+        errorf("pid %d: %s", (int)o->pid,
+               errno == ESRCH ? "no such process" : strerror(errno));
+        return EXIT_FAIL;
+    }
+    r = conn_open(o, &conn);
+    if (r == 0)
+        r = space_open(o, LOCKD_OPEN_CREATE, &space);
+    if (r == 0)
+        r = disks_parse(o, space, argc, argv, &d);
+    if (r == 0)
+        r = take(o, space, conn, d, (size_t)argc, &lease);
+    if (r != 0)
+        goto out;
+    n = lockd_lease_count(lease);
+    ids = calloc(n, sizeof(*ids));
+    t = calloc(n, sizeof(*t));
+    if (!ids || !t) {
+        lockd_lease_release(lease);
+        errorf("%s", strerror(ENOMEM));
+        r = EXIT_FAIL;
+        goto out;
+    }
+    for (i = 0; i < n; i++) {
+        memcpy(t[i].key, lockd_lease_key(lease, i), LOCKD_KEY_SIZE);
+        t[i].mode = lockd_lease_mode(lease, i);
+        t[i].disk = disk_of_key(d, (size_t)argc, t[i].key);
+    }
+    r = hand_over(o, conn, o->pid, pidfd, o->name, d, (size_t)argc, lease, ids);
+    if (r == 0 && o->json)
+        print_taken(o->pid, t, ids, n);
+out:
+    free(ids);
+    free(t);
+    if (pidfd >= 0)
+        close(pidfd);
+    lockd_conn_close(conn);
+    disks_free(d, (size_t)argc);
+    lockd_space_close(space);
+    return r;
+}
+
+struct id_list {
+    const char *key;
+    uint64_t id;
+    int found;
+};
+
+static int
+id_row(void *userdata, uint64_t id, int mode, const char *key, const char *disk,
+       int32_t pid, uint32_t uid, const char *uuid, const char *name)
+{
+    struct id_list *l = userdata;
+
+    (void)mode, (void)disk, (void)pid, (void)uid, (void)uuid, (void)name;
+    if (strcmp(key, l->key) == 0) {
+        l->id = id;
+        l->found = 1;
+    }
+    return 0;
+}
+
+/*
+ * release --pid PID [DISK...]: all of the owner's leases, or those of the
+ * disks named.  All or nothing: a disk the owner does not hold is an error
+ * and nothing is released.
+ */
+static int
+cmd_release(const struct opts *o, int argc, char **argv)
+{
+    lockd_space *space = NULL;
+    lockd_conn *conn = NULL;
+    struct disk *d = NULL;
+    uint64_t *ids = NULL;
+    int i, r;
+
+    if (o->pid <= 0)
+        return usage_error("release: --pid PID is required");
+    r = conn_open(o, &conn);
+    if (r == 0 && argc > 0)
+        r = space_open(o, LOCKD_OPEN_READONLY, &space);
+    if (r == 0 && argc > 0)
+        r = disks_parse(o, space, argc, argv, &d);
+    if (r == 0 && argc > 0 && !(ids = calloc((size_t)argc, sizeof(*ids)))) {
+        errorf("%s", strerror(ENOMEM));
+        r = EXIT_FAIL;
+    }
+    for (i = 0; r == 0 && i < argc; i++) {
+        struct id_list l = {.key = d[i].key};
+        int e = lockd_conn_list(conn, o->pid, d[i].key, id_row, &l);
+
+        if (e < 0)
+            r = owner_error(o, o->pid, e);
+        else if (!l.found) {
+            errorf("%s: pid %d holds no lease of it through the helper; nothing released",
+                   d[i].name, (int)o->pid);
+            r = EXIT_FAIL;
+        } else
+            ids[i] = l.id;
+    }
+    if (r == 0) {
+        int e = lockd_conn_release(conn, o->pid, (size_t)argc, ids);
+
+        r = e < 0 ? owner_error(o, o->pid, e) : 0;
+    }
+    free(ids);
+    lockd_conn_close(conn);
+    disks_free(d, (size_t)argc);
+    lockd_space_close(space);
+    return r;
+}
+
+/* ------------------------------------------------------------------------
+ * status
+ */
+
+struct status_ctx {
+    const struct opts *o;
+    struct table t;
+    size_t rows;
+};
+
+static int
+status_row(void *userdata, uint64_t id, int mode, const char *key, const char *disk,
+           int32_t pid, uint32_t uid, const char *uuid, const char *name)
+{
+    struct status_ctx *c = userdata;
+    char spid[16];
+
+    if (c->o->json) {
+        printf("%s{\"id\":%" PRIu64 ",\"pid\":%d,\"uid\":%u,\"name\":",
+               c->rows ? "," : "", id, (int)pid, uid);
+        json_str(or_null(name));
+        fputs(",\"uuid\":", stdout);
+        json_str(or_null(uuid));
+        printf(",\"mode\":\"%s\",\"disk\":", mode_word(mode));
+        json_str(or_null(disk));
+        printf(",\"key\":\"%s\"}", key);
+    } else {
+        snprintf(spid, sizeof(spid), "%d", (int)pid);
+        if (table_add(&c->t, spid, name, uuid, mode_word(mode), disk, key) < 0)
+            return -ENOMEM;
+    }
+    c->rows++;
+    return 0;
+}
+
+static int
+cmd_status(const struct opts *o, int argc, char **argv)
+{
+    struct status_ctx c = {.o = o, .t = {.ncols = 6}};
+    uint64_t owners = 0, leases = 0, stored = 0;
+    lockd_conn *conn = NULL;
+    int r;
+
+    (void)argv;
+    if (argc > 0)
+        return usage_error("status: takes no arguments");
+    r = conn_open(o, &conn);
+    if (r != 0)
+        return r;
+    r = lockd_conn_status(conn, &owners, &leases, &stored);
+    if (r == 0 && o->json)
+        printf("{\"owners\":%" PRIu64 ",\"leases\":%" PRIu64 ",\"stored\":%" PRIu64
+               ",\"held\":[",
+               owners, leases, stored);
+    else if (r == 0)
+        r = table_add(&c.t, "PID", "NAME", "UUID", "MODE", "DISK", "KEY");
+    if (r == 0)
+        r = lockd_conn_list(conn, 0, NULL, status_row, &c);
+    if (r == 0 && o->json)
+        printf("]}\n");
+    else if (r == 0) {
+        if (c.rows > 0)
+            table_print(&c.t);
+        printf("%" PRIu64 " owner%s, %" PRIu64 " lease%s held, %" PRIu64
+               " in systemd's fd store\n",
+               owners, owners == 1 ? "" : "s", leases, leases == 1 ? "" : "s", stored);
+    } else {
+        helper_error(o->socket, r);
+        r = helper_status(r);
+    }
+    table_free(&c.t);
+    lockd_conn_close(conn);
+    return r;
+}
+
+/* ------------------------------------------------------------------------
+ * who
+ */
+
+struct who_ctx {
+    const struct opts *o;
+    struct table *t;
+    const char *disk;
+    const char *state;
+    size_t count;
+};
+
+static int
+who_row(void *userdata, uint64_t id, int mode, const char *key, const char *disk,
+        int32_t pid, uint32_t uid, const char *uuid, const char *name)
+{
+    struct who_ctx *c = userdata;
+    char spid[16];
+
+    (void)mode, (void)key, (void)disk, (void)uid;
+    if (c->o->json) {
+        printf("%s{\"pid\":%d,\"name\":", c->count ? "," : "", (int)pid);
+        json_str(or_null(name));
+        fputs(",\"uuid\":", stdout);
+        json_str(or_null(uuid));
+        printf(",\"id\":%" PRIu64 "}", id);
+    } else {
+        snprintf(spid, sizeof(spid), "%d", (int)pid);
+        if (table_add(c->t, c->disk, c->state, spid, name, uuid) < 0)
+            return -ENOMEM;
+    }
+    c->count++;
+    return 0;
+}
+
+/* One disk of `who`: its state from the lockspace, its holders from the
+ * helper where it knows them, else the pid the kernel knows (POSIX locks). */
+static int
+who_one(const struct opts *o, const lockd_space *space, lockd_conn *conn,
+        const struct disk *d, struct table *t)
+{
+    struct who_ctx c = {.o = o, .t = t, .disk = d->name};
+    int32_t pid = 0;
+    char spid[16];
+    int state = lockd_probe(space, d->key, &pid), r = 0;
+
+    if (state < 0) {
+        errorf("%s: %s", d->name, lease_reason(state));
+        return EXIT_FAIL;
+    }
+    c.state = mode_word(state);
+    if (o->json) {
+        printf("{\"disk\":");
+        json_str(d->name);
+        printf(",\"key\":\"%s\",\"state\":\"%s\",\"holders\":[", d->key, c.state);
+    }
+    if (conn && state != LOCKD_FREE)
+        r = lockd_conn_list(conn, 0, d->key, who_row, &c);
+    if (r < 0)
+        helper_error(o->socket, r);
+    if (c.count == 0 && pid > 0 && o->json)
+        printf("{\"pid\":%d,\"name\":null,\"uuid\":null,\"id\":null}", (int)pid);
+    else if (c.count == 0 && !o->json) {
+        snprintf(spid, sizeof(spid), "%d", (int)pid);
+        table_add(t, d->name, c.state, pid > 0 ? spid : "", "", "");
+    }
+    if (o->json)
+        printf("]}");
+    return r < 0 ? helper_status(r) : 0;
+}
+
+static int
+cmd_who(const struct opts *o, int argc, char **argv)
+{
+    struct table t = {.ncols = 5};
+    lockd_space *space = NULL;
+    lockd_conn *conn = NULL;
+    struct disk *d = NULL;
+    int i, r, worst = 0;
+
+    if (argc == 0)
+        return usage_error("who: no disk given");
+    r = space_open(o, LOCKD_OPEN_READONLY, &space);
+    if (r != 0)
+        return r;
+    note_unrecorded(o, space);
+    r = disks_parse(o, space, argc, argv, &d);
+    if (r != 0)
+        goto out;
+    /* The helper only adds names to what the lockspace says; one that does
+     * not answer is reported, and the states are still true. */
+    if (socket_present(o->socket) && (r = lockd_conn_open(o->socket, &conn)) < 0) {
+        helper_error(o->socket, r);
+        errorf("note: holders are not named");
+        worst = helper_status(r);
+    }
+    table_add(&t, "DISK", "STATE", "PID", "NAME", "UUID");
+    if (o->json)
+        printf("{\"disks\":[");
+    for (i = 0; i < argc; i++) {
+        if (o->json && i)
+            putchar(',');
+        r = who_one(o, space, conn, &d[i], &t);
+        worst = worst ? worst : r;
+    }
+    if (o->json)
+        printf("]}\n");
+    else
+        table_print(&t);
+    r = worst;
+out:
+    table_free(&t);
+    lockd_conn_close(conn);
+    disks_free(d, (size_t)argc);
+    lockd_space_close(space);
+    return r;
+}
+
+/* ------------------------------------------------------------------------
+ * gc
+ */
+
+static int
+gc_progress(uint64_t done, void *userdata)
+{
+    (void)userdata;
+    fprintf(stderr, "\rlockdctl gc: %" PRIu64 " lease files checked", done);
+    return 0;
+}
+
+static int
+cmd_gc(const struct opts *o, int argc, char **argv)
+{
+    uint64_t removed = 0, kept = 0;
+    lockd_space *space = NULL;
+    int tty = isatty(STDERR_FILENO), r;
+
+    (void)argv;
+    if (argc > 0)
+        return usage_error("gc: takes no arguments");
+    r = space_open(o, 0, &space);
+    if (r != 0)
+        return r;
+    r = lockd_gc(space, tty ? gc_progress : NULL, NULL, &removed, &kept);
+    if (tty)
+        fputs("\r\033[K", stderr);
+    lockd_space_close(space);
+    if (r < 0) {
+        errorf("gc of lockspace %s: %s", o->dir, lease_reason(r));
+        return EXIT_FAIL;
+    }
+    if (o->json)
+        printf("{\"removed\":%" PRIu64 ",\"kept\":%" PRIu64 "}\n", removed, kept);
+    else
+        printf("gc: removed %" PRIu64 " unused lease file%s, kept %" PRIu64 " held\n",
+               removed, removed == 1 ? "" : "s", kept);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * doctor
+ */
+
+enum { DOC_OK, DOC_NOTE, DOC_WARNING, DOC_ERROR };
+
+struct doctor {
+    const struct opts *o;
+    int worst;
+    int count;
+    int warnings, errors;
+    int fs_network; /* the lockspace is on a filesystem other hosts see */
+};
+
+static void doc_say(struct doctor *doc, int level, const char *check, const char *fmt,
+                    ...) __attribute__((format(printf, 4, 5)));
+
+static void
+doc_say(struct doctor *doc, int level, const char *check, const char *fmt, ...)
+{
+    static const char *const words[] = {"ok", "note", "warning", "error"};
+    char msg[2048];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    doc->worst = level > doc->worst ? level : doc->worst;
+    doc->warnings += level == DOC_WARNING;
+    doc->errors += level == DOC_ERROR;
+    if (doc->o->json) {
+        printf("%s{\"check\":\"%s\",\"level\":\"%s\",\"message\":", doc->count ? "," : "",
+               check, words[level]);
+        json_str(msg);
+        putchar('}');
+    } else
+        printf("%-8s %-10s %s\n", words[level], check, msg);
+    doc->count++;
+}
+
+/* The directory: there, a directory, writable. Returns 0 if the other checks
+ * can look inside it. */
+static int
+doc_directory(struct doctor *doc)
+{
+    const char *dir = doc->o->dir;
+    struct stat st;
+
+    if (stat(dir, &st) < 0) {
+        if (errno == ENOENT)
+            doc_say(
+                doc, DOC_ERROR, "directory",
+                "%s does not exist (lockdctl run or acquire creates it; doctor does not)",
+                dir);
+        else
+            doc_say(doc, DOC_ERROR, "directory", "%s: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        doc_say(doc, DOC_ERROR, "directory", "%s is not a directory", dir);
+        return -1;
+    }
+    if (faccessat(AT_FDCWD, dir, W_OK | X_OK, AT_EACCESS) < 0) {
+        doc_say(doc, DOC_ERROR, "directory",
+                errno == EROFS
+                    ? "%s is on a read-only filesystem: no lease can be created or "
+                      "taken exclusively"
+                    : "%s is not writable for you: no lease can be created",
+                dir);
+        return 0;
+    }
+    if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
+        doc_say(doc, DOC_WARNING, "directory",
+                "%s is writable by everyone: any user can delete or plant leases", dir);
+    else
+        doc_say(doc, DOC_OK, "directory", "%s exists and is writable", dir);
+    return 0;
+}
+
+/* The settings file and key mode.  Returns the read-only handle, or NULL. */
+static lockd_space *
+doc_settings(struct doctor *doc)
+{
+    const struct opts *o = doc->o;
+    lockd_space *space = NULL, *other = NULL;
+    int r = lockd_space_open(o->dir, LOCKD_OPEN_READONLY | o->mode_flag, &space);
+    const char *mode;
+
+    if (r == -EMEDIUMTYPE && lockd_space_open(o->dir, LOCKD_OPEN_READONLY, &other) == 0) {
+        doc_say(doc, DOC_ERROR, "settings",
+                "the lockspace records key mode %s, but --key-mode asked for %s",
+                lockd_space_mode(other) == LOCKD_MODE_CANONICAL ? "canonical"
+                                                                : "verbatim",
+                o->mode_flag == LOCKD_OPEN_CANONICAL ? "canonical" : "verbatim");
+        lockd_space_close(other);
+        return NULL;
+    }
+    if (r == -EPROTO) {
+        doc_say(
+            doc, DOC_ERROR, "settings",
+            "%s/%s is not a settings file this lockdctl understands (newer, or damaged)",
+            o->dir, SETTINGS_NAME);
+        return NULL;
+    }
+    if (r < 0) {
+        doc_say(doc, DOC_ERROR, "settings", "cannot open the lockspace: %s",
+                strerror(-r));
+        return NULL;
+    }
+    mode = lockd_space_mode(space) == LOCKD_MODE_CANONICAL ? "canonical" : "verbatim";
+    if (lockd_space_recorded(space))
+        doc_say(doc, DOC_OK, "settings", "key mode %s, recorded in %s", mode,
+                SETTINGS_NAME);
+    else
+        doc_say(doc, DOC_NOTE, "settings",
+                "no %s yet: the first lease taken will record key mode %s", SETTINGS_NAME,
+                mode);
+    return space;
+}
+
+/* Undo mountinfo's octal escapes (\040 for a space) in place. */
+static void
+unescape(char *s)
+{
+    char *w = s;
+
+    for (; *s; s++) {
+        if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
+            s[3] >= '0' && s[3] <= '7') {
+            *w++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+            s += 3;
+        } else
+            *w++ = *s;
+    }
+    *w = '\0';
+}
+
+/* Whether mount point mp contains path (component-wise), and how long it is. */
+static size_t
+mount_covers(const char *mp, const char *path)
+{
+    size_t n = strlen(mp);
+
+    if (strcmp(mp, "/") == 0)
+        return 1;
+    if (strncmp(mp, path, n) == 0 && (path[n] == '/' || path[n] == '\0'))
+        return n;
+    return 0;
+}
+
+struct mount_info {
+    char fstype[64];
+    char source[512];
+    char options[2048]; /* per-mount and superblock options, comma-joined */
+};
+
+/*
+ * The mount that holds path, from /proc/self/mountinfo (or the test's fake
+ * one): the last entry with the longest mount point containing path, as
+ * findmnt --target picks it.  Returns 0, or -ENOENT if none matched.
+ */
+static int
+mount_find(const char *path, struct mount_info *ret)
+{
+    const char *file = getenv("LOCKD_TEST_MOUNTINFO");
+    char *line = NULL, *f[6], *sep, *save;
+    size_t cap = 0, best = 0;
+    FILE *fp = fopen(file && *file ? file : "/proc/self/mountinfo", "re");
+    int i, found = -ENOENT;
+
+    if (!fp)
+        return -errno;
+    while (getline(&line, &cap, fp) > 0) {
+        size_t n;
+
+        line[strcspn(line, "\n")] = '\0';
+        sep = strstr(line, " - ");
+        if (!sep)
+            continue;
+        *sep = '\0';
+        memset(f, 0, sizeof(f));
+        f[0] = strtok_r(line, " ", &save);
+        for (i = 1; i < 6 && f[i - 1]; i++)
+            f[i] = strtok_r(NULL, " ", &save);
+        if (!f[0] || !f[5])
+            continue;
+        unescape(f[4]);
+        n = mount_covers(f[4], path);
+        if (n == 0 || n < best)
+            continue;
+        best = n;
+        found = 0;
+        snprintf(ret->options, sizeof(ret->options), "%s", f[5]);
+        f[0] = strtok_r(sep + 3, " ", &save);
+        f[1] = f[0] ? strtok_r(NULL, " ", &save) : NULL;
+        f[2] = f[1] ? strtok_r(NULL, " ", &save) : NULL;
+        snprintf(ret->fstype, sizeof(ret->fstype), "%s", f[0] ? f[0] : "?");
+        snprintf(ret->source, sizeof(ret->source), "%s", f[1] ? f[1] : "?");
+        if (f[2])
+            snprintf(ret->options + strlen(ret->options),
+                     sizeof(ret->options) - strlen(ret->options), ",%s", f[2]);
+    }
+    free(line);
+    fclose(fp);
+    return found;
+}
+
+/* Whether the comma-separated list opts has option (or option=..., and then
+ * its value is copied to val). */
+static int
+has_option(const char *opts, const char *option, char *val, size_t size)
+{
+    size_t n = strlen(option);
+    const char *p = opts;
+
+    while (p && *p) {
+        if (strncmp(p, option, n) == 0 && (p[n] == ',' || p[n] == '\0' || p[n] == '=')) {
+            if (val && p[n] == '=')
+                snprintf(val, size, "%.*s", (int)strcspn(p + n + 1, ","), p + n + 1);
+            return 1;
+        }
+        p = strchr(p, ',');
+        p = p ? p + 1 : NULL;
+    }
+    return 0;
+}
+
+static int
+fs_is_network(const char *t)
+{
+    static const char *const net[] = {"nfs",   "nfs4",   "cifs",      "smb3",
+                                      "smbfs", "ceph",   "glusterfs", "fuse.glusterfs",
+                                      "gfs2",  "ocfs2",  "lustre",    "9p",
+                                      "afs",   "beegfs", "gpfs",      NULL};
+    size_t i;
+
+    for (i = 0; net[i]; i++)
+        if (strcmp(t, net[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* Filesystem type, and the NFS and CIFS options that make locks host-local. */
+static void
+doc_filesystem(struct doctor *doc, const lockd_space *space)
+{
+    char real[PATH_MAX], val[64] = "";
+    struct mount_info m;
+    struct statfs sf;
+
+    if (!realpath(doc->o->dir, real) || mount_find(real, &m) < 0) {
+        if (fstatfs(lockd_space_fd(space), &sf) == 0)
+            doc_say(doc, DOC_NOTE, "filesystem", "type 0x%lx (no mount entry found)",
+                    (unsigned long)sf.f_type);
+        return;
+    }
+    doc->fs_network = fs_is_network(m.fstype);
+    if (strncmp(m.fstype, "nfs", 3) == 0 &&
+        (has_option(m.options, "nolock", NULL, 0) ||
+         (has_option(m.options, "local_lock", val, sizeof(val)) &&
+          (strcmp(val, "posix") == 0 || strcmp(val, "all") == 0))))
+        doc_say(doc, DOC_WARNING, "filesystem",
+                "%s from %s is mounted %s%s: LOCKS ARE LOCAL TO THIS HOST. Other hosts "
+                "do not "
+                "see its leases and can start a guest on a disk this host holds. Remount "
+                "without nolock and with local_lock=none (the default)",
+                m.fstype, m.source, *val ? "local_lock=" : "nolock", val);
+    else if (strcmp(m.fstype, "cifs") == 0 && has_option(m.options, "nobrl", NULL, 0))
+        doc_say(doc, DOC_WARNING, "filesystem",
+                "cifs from %s is mounted nobrl: LOCKS ARE LOCAL TO THIS HOST. Remount "
+                "without nobrl",
+                m.source);
+    else if (doc->fs_network)
+        doc_say(doc, DOC_OK, "filesystem",
+                "%s from %s: locks go to the server, so every host mounting it sees them",
+                m.fstype, m.source);
+    else
+        doc_say(doc, DOC_OK, "filesystem", "%s (local: leases protect this host only)",
+                m.fstype);
+    if (doc->fs_network && lockd_space_mode(space) == LOCKD_MODE_CANONICAL)
+        doc_say(
+            doc, DOC_WARNING, "settings",
+            "key mode canonical on a network filesystem: realpath(3) follows this host's "
+            "symlinks and mounts, so hosts may key one disk differently; use verbatim");
+}
+
+/* The test seam: LOCKD_TEST_LOCK_FAIL=ENOLCK makes the lock test's first
+ * lock call fail with that errno (test-only; see lockdctl(1)). */
+static int
+lock_fail_injected(void)
+{
+    const char *name = getenv("LOCKD_TEST_LOCK_FAIL");
+    int e;
+
+    if (!name || !*name)
+        return 0;
+    for (e = 1; e < 4096; e++) {
+        const char *n = strerrorname_np(e);
+
+        if (n && strcmp(n, name) == 0)
+            return e;
+    }
+    return EINVAL;
+}
+
+/*
+ * Whether OFD locks work on the open files a and b (two descriptions of one
+ * file): a takes a lock of type on byte 0, then b must see it conflict.
+ * Returns 0, or -errno of the call that failed, or -ENOLCK if the lock was
+ * granted but b saw nothing (a filesystem that accepts locks and ignores
+ * them).
+ */
+static int
+lock_pair(int a, int b, short type)
+{
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    struct flock probe = {
+        .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    int e = lock_fail_injected(), r;
+
+    if (e)
+        return -e;
+    if (fcntl(a, F_OFD_SETLK, &fl) < 0)
+        return -errno;
+    r = fcntl(b, F_OFD_GETLK, &probe) < 0 ? -errno : probe.l_type == type ? 0 : -ENOLCK;
+    fl.l_type = F_UNLCK;
+    (void)fcntl(a, F_OFD_SETLK, &fl);
+    return r;
+}
+
+/*
+ * Two descriptions of a scratch file in the lockspace: an O_TMPFILE (which
+ * has no name, so nothing is left behind whatever happens), or where the
+ * filesystem has none (NFS), a ".lockd-doctor.*" file removed right after
+ * (never a key, so nothing mistakes it for a lease).  For a lockspace that
+ * cannot be written, the settings file, locked for reading only.
+ * Returns 0 and both fds, or -errno; *ret_name is set if a file was created.
+ */
+static int
+lock_files(int dirfd, int writable, char *name, size_t size, int *ret_a, int *ret_b)
+{
+    char path[64];
+    int a, b, fl = O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK;
+
+    name[0] = '\0';
+    if (!writable) {
+        a = openat(dirfd, SETTINGS_NAME, O_RDONLY | fl);
+        b = a < 0 ? -1 : openat(dirfd, SETTINGS_NAME, O_RDONLY | fl);
+    } else if ((a = openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600)) >= 0) {
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", a);
+        b = open(path, O_RDWR | O_CLOEXEC);
+    } else {
+        snprintf(name, size, ".lockd-doctor.%ld", (long)getpid());
+        a = openat(dirfd, name, O_RDWR | O_CREAT | O_EXCL | fl, 0600);
+        b = a < 0 ? -1 : openat(dirfd, name, O_RDWR | fl);
+        if (a < 0)
+            name[0] = '\0';
+    }
+    if (a < 0 || b < 0) {
+        int e = -errno;
+
+        if (a >= 0)
+            close(a);
+        return e;
+    }
+    *ret_a = a;
+    *ret_b = b;
+    return 0;
+}
+
+static void
+doc_locks(struct doctor *doc, const lockd_space *space)
+{
+    char name[64];
+    int writable = faccessat(AT_FDCWD, doc->o->dir, W_OK | X_OK, AT_EACCESS) == 0;
+    int a = -1, b = -1, r;
+
+    r = lock_files(lockd_space_fd(space), writable, name, sizeof(name), &a, &b);
+    if (r == -ENOENT && !writable) {
+        doc_say(doc, DOC_NOTE, "locks",
+                "not tested: the lockspace cannot be written and has no settings file to "
+                "test on");
+        return;
+    }
+    if (r == 0)
+        r = lock_pair(a, b, writable ? F_WRLCK : F_RDLCK);
+    if (a >= 0)
+        close(a);
+    if (b >= 0)
+        close(b);
+    if (name[0])
+        (void)unlinkat(lockd_space_fd(space), name, 0);
+    if (r == 0)
+        doc_say(doc, DOC_OK, "locks", "OFD locks work here (tested on %s)",
+                !writable ? "the settings file"
+                : name[0] ? "a scratch file, removed"
+                          : "an unnamed O_TMPFILE");
+    else
+        doc_say(doc, DOC_ERROR, "locks",
+                "OFD locks do not work here: %s (%s): no lease can be taken in this "
+                "lockspace",
+                strerror(-r), strerrorname_np(-r) ? strerrorname_np(-r) : "?");
+}
+
+static void
+doc_helper(struct doctor *doc)
+{
+    const char *path = doc->o->socket;
+    uint64_t owners, leases, stored;
+    lockd_conn *conn = NULL;
+    int r;
+
+    if (!path) {
+        doc_say(doc, DOC_NOTE, "helper",
+                "no helper socket to look for (XDG_RUNTIME_DIR is unset): lockdctl run "
+                "works without one; acquire, release and status need it");
+        return;
+    }
+    if (!socket_present(path)) {
+        doc_say(doc, DOC_NOTE, "helper",
+                "no helper at %s: lockdctl run works without one; acquire, release and "
+                "status need it",
+                path);
+        return;
+    }
+    r = lockd_conn_open(path, &conn);
+    if (r == 0)
+        r = lockd_conn_status(conn, &owners, &leases, &stored);
+    lockd_conn_close(conn);
+    if (r < 0) {
+        doc_say(doc, DOC_ERROR, "helper",
+                "%s exists but no helper answers there: %s (is lockd-helper running? a "
+                "stale socket file?)",
+                path, strerror(-r));
+        return;
+    }
+    doc_say(doc, DOC_OK, "helper",
+            "lockd-helper answers at %s: %" PRIu64 " owners, %" PRIu64 " leases, %" PRIu64
+            " in systemd's fd store",
+            path, owners, leases, stored);
+    if (stored < leases)
+        doc_say(doc, DOC_NOTE, "helper",
+                "%" PRIu64
+                " leases are not in systemd's fd store: they survive a re-exec of "
+                "the helper but not a crash",
+                leases - stored);
+}
+
+/* How many more descriptors this process may open, and the system's use. */
+static void
+doc_fds(struct doctor *doc)
+{
+    unsigned long used = 0, unused = 0, max = 0;
+    struct rlimit rl;
+    FILE *fp;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    fp = fopen("/proc/sys/fs/file-nr", "re");
+    if (fp) {
+        if (fscanf(fp, "%lu %lu %lu", &used, &unused, &max) != 3)
+            max = 0;
+        fclose(fp);
+    }
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 4096)
+        doc_say(doc, DOC_WARNING, "fds",
+                "hard limit of %lu open files: each held lease is one open file, so the "
+                "helper can hold at most about that many",
+                (unsigned long)rl.rlim_max);
+    else if (max > 0 && used > max / 10 * 9)
+        doc_say(doc, DOC_WARNING, "fds", "the system has %lu of %lu open files in use",
+                used, max);
+    else
+        doc_say(doc, DOC_OK, "fds",
+                "open files: soft limit %lu, hard limit %lu (the helper raises its soft "
+                "limit "
+                "to the hard one; each lease it holds is one)",
+                (unsigned long)rl.rlim_cur, (unsigned long)rl.rlim_max);
+}
+
+/* Lease files: held, unused (stale), and anything planted under a key name. */
+static void
+doc_leases(struct doctor *doc, const lockd_space *space)
+{
+    unsigned long held = 0, stale = 0, planted = 0, leftovers = 0;
+    struct dirent *de;
+    int fd = openat(lockd_space_fd(space), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = fd < 0 ? NULL : fdopendir(fd);
+
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        doc_say(doc, DOC_ERROR, "leases", "cannot list the lockspace: %s",
+                strerror(errno));
+        return;
+    }
+    while ((de = readdir(d))) {
+        int s;
+
+        if (strncmp(de->d_name, SETTINGS_NAME ".", sizeof(SETTINGS_NAME)) == 0 ||
+            strncmp(de->d_name, ".lockd-doctor.", 14) == 0)
+            leftovers++;
+        if (!lockd_key_valid(de->d_name))
+            continue;
+        s = lockd_probe(space, de->d_name, NULL);
+        if (s == LOCKD_FREE)
+            stale++;
+        else if (s == LOCKD_SHARED || s == LOCKD_EXCLUSIVE)
+            held++;
+        else if (s == -ELOOP || s == -EISDIR || s == -ENXIO)
+            planted++;
+    }
+    closedir(d);
+    if (planted)
+        doc_say(
+            doc, DOC_ERROR, "leases",
+            "%lu entries named like leases are not regular files (planted symlinks, "
+            "directories or FIFOs): no lease of those disks can be taken; remove them",
+            planted);
+    if (leftovers)
+        doc_say(doc, DOC_NOTE, "leases",
+                "%lu temporary files left by an interrupted lockd (%s.*, "
+                ".lockd-doctor.*) may "
+                "be removed",
+                leftovers, SETTINGS_NAME);
+    doc_say(doc, DOC_OK, "leases", "%lu lease file%s: %lu held, %lu unused%s",
+            held + stale, held + stale == 1 ? "" : "s", held, stale,
+            stale ? " (harmless; lockdctl gc removes them)" : "");
+}
+
+/*
+ * doctor: check the lockspace and the helper and say what is wrong.  It
+ * changes nothing: the lockspace is opened read-only (no settings file is
+ * written, no index created); the lock test uses an unnamed O_TMPFILE, or a
+ * scratch file it removes at once.  Exit 0 only when all is well.
+ */
+static int
+cmd_doctor(const struct opts *o, int argc, char **argv)
+{
+    struct doctor doc = {.o = o};
+    lockd_space *space = NULL;
+
+    (void)argv;
+    if (argc > 0)
+        return usage_error("doctor: takes no arguments");
+    if (o->json) {
+        printf("{\"lockspace\":");
+        json_str(o->dir);
+        printf(",\"checks\":[");
+    } else
+        printf("lockspace %s\n", o->dir);
+    if (doc_directory(&doc) == 0 && (space = doc_settings(&doc))) {
+        doc_filesystem(&doc, space);
+        doc_locks(&doc, space);
+        doc_leases(&doc, space);
+    }
+    doc_helper(&doc);
+    doc_fds(&doc);
+    lockd_space_close(space);
+    if (o->json)
+        printf("],\"ok\":%s}\n", doc.worst <= DOC_NOTE ? "true" : "false");
+    else if (doc.worst <= DOC_NOTE)
+        printf("all is well\n");
+    else
+        printf("%d error%s, %d warning%s\n", doc.errors, doc.errors == 1 ? "" : "s",
+               doc.warnings, doc.warnings == 1 ? "" : "s");
+    return doc.worst <= DOC_NOTE ? 0 : EXIT_FAIL;
+}
+
+/* ------------------------------------------------------------------------
+ * The command line
+ */
+
+static void
+print_help(void)
+{
+    fputs(
+        "Usage:\n"
+        " lockdctl [options] key [--resource] NAME...\n"
+        " lockdctl [options] run [--shared] [--wait[=SEC]] [-E N] [--name N] [--uuid U]\n"
+        "                        DISK... -- CMD [ARG...]\n"
+        " lockdctl [options] acquire --pid PID [--shared] [--wait[=SEC]] [--name N]\n"
+        "                            [--uuid U] DISK...\n"
+        " lockdctl [options] release --pid PID [DISK...]\n"
+        " lockdctl [options] status\n"
+        " lockdctl [options] who DISK...\n"
+        " lockdctl [options] gc\n"
+        " lockdctl [options] doctor\n"
+        "\n"
+        "Keep two virtual machines off one disk: leases in a lockspace directory,\n"
+        "held as OFD locks, handed to lockd-helper(8) to outlive their manager.\n"
+        "\n"
+        "Commands:\n"
+        " key          print the lease key of each disk (or resource string)\n"
+        " run          hold the leases while CMD runs; exits with CMD's status\n"
+        " acquire      take leases for a running process and hand them to the helper\n"
+        " release      release some or all leases the helper holds for a process\n"
+        " status       list the leases the helper holds\n"
+        " who          free, shared or exclusive, and who holds it, for each disk\n"
+        " gc           delete lease files that nobody holds\n"
+        " doctor       check the lockspace and the helper; explain what is wrong\n"
+        "\n"
+        "Options:\n"
+        " -d, --dir DIR              lockspace directory (default: $LOCKD_DIR, or\n"
+        "                              /var/lib/lockd/files for root)\n"
+        " -k, --key-mode MODE        verbatim or canonical; must match the lockspace's\n"
+        " -S, --socket PATH          helper socket (default: $LOCKD_SOCKET, or\n"
+        "                              /run/lockd/helper.sock for root)\n"
+        " -J, --json                 print JSON (key, status, who, gc, doctor, acquire)\n"
+        " -r, --resource             NAMEs are resource strings, not paths\n"
+        " -s, --shared               take shared leases (default: exclusive)\n"
+        " -x, --exclusive            take exclusive leases\n"
+        " -w, --wait[=SEC]           wait until free (for SEC seconds at most);\n"
+        "                              default: fail at once if busy\n"
+        " -E, --conflict-exit-code N exit status when busy (default 75)\n"
+        " -p, --pid PID              the process the leases protect\n"
+        " -n, --name NAME            owner name shown by status and who\n"
+        " -u, --uuid UUID            owner UUID (a guest's) shown by status and who\n"
+        " -h, --help                 display this help\n"
+        " -V, --version              display version\n"
+        "\n"
+        "Exit status: 0 done; 75 busy (or the wait ran out); 69 helper unreachable;\n"
+        "64 usage error; 1 any other failure. run exits with CMD's status.\n"
+        "\n"
+        "For more details see lockdctl(1).\n",
+        stdout);
+}
+
+enum {
+    OPT_GLOBAL = 1u << 0,
+    OPT_RESOURCE = 1u << 1,
+    OPT_LEASE = 1u << 2,    /* --shared, --exclusive, --wait, --name, --uuid */
+    OPT_CONFLICT = 1u << 3, /* --conflict-exit-code */
+    OPT_PID = 1u << 4,
+};
+
+static const struct option long_options[] = {
+    {"dir", required_argument, NULL, 'd'},
+    {"key-mode", required_argument, NULL, 'k'},
+    {"socket", required_argument, NULL, 'S'},
+    {"json", no_argument, NULL, 'J'},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {"resource", no_argument, NULL, 'r'},
+    {"shared", no_argument, NULL, 's'},
+    {"exclusive", no_argument, NULL, 'x'},
+    {"wait", optional_argument, NULL, 'W'},
+    {"conflict-exit-code", required_argument, NULL, 'E'},
+    {"pid", required_argument, NULL, 'p'},
+    {"name", required_argument, NULL, 'n'},
+    {"uuid", required_argument, NULL, 'u'},
+    {NULL, 0, NULL, 0},
+};
+
+/* "--name" for the option whose getopt value is c. */
+static const char *
+option_name(int c)
+{
+    static char buf[64];
+    size_t i;
+
+    for (i = 0; long_options[i].name; i++)
+        if (long_options[i].val == c) {
+            snprintf(buf, sizeof(buf), "--%s", long_options[i].name);
+            return buf;
+        }
+    return c == 'w' ? "--wait" : "?";
+}
+
+static unsigned
+option_class(int c)
+{
+    switch (c) {
+    case 'r':
+        return OPT_RESOURCE;
+    case 's':
+    case 'x':
+    case 'w':
+    case 'W':
+    case 'n':
+    case 'u':
+        return OPT_LEASE;
+    case 'E':
+        return OPT_CONFLICT;
+    case 'p':
+        return OPT_PID;
+    default:
+        return OPT_GLOBAL;
+    }
+}
+
+struct command {
+    const char *name;
+    unsigned allowed;
+    int (*fn)(const struct opts *o, int argc, char **argv);
+    int has_cmd; /* operands end with "-- CMD [ARG...]": options stop there */
+};
+
+static const struct command commands[] = {
+    {"key", OPT_RESOURCE, cmd_key, 0},
+    {"run", OPT_RESOURCE | OPT_LEASE | OPT_CONFLICT, cmd_run_args, 1},
+    {"acquire", OPT_RESOURCE | OPT_LEASE | OPT_PID | OPT_CONFLICT, cmd_acquire, 0},
+    {"release", OPT_RESOURCE | OPT_PID, cmd_release, 0},
+    {"status", 0, cmd_status, 0},
+    {"who", OPT_RESOURCE, cmd_who, 0},
+    {"gc", 0, cmd_gc, 0},
+    {"doctor", 0, cmd_doctor, 0},
+    {NULL, 0, NULL, 0},
+};
+
+static int
+parse_wait(const char *s, struct opts *o)
+{
+    char *end;
+    double v;
+
+    o->wait_text = (char *)(s ? s : "");
+    if (!s) {
+        o->wait_ms = LOCKD_FOREVER;
+        return 0;
+    }
+    errno = 0;
+    v = strtod(s, &end);
+    if (!*s || strspn(s, "0123456789.") != strlen(s) || *end || errno ||
+        v > INT_MAX / 1000)
+        return -EINVAL;
+    o->wait_ms = (int)(v * 1000.0);
+    if (v > 0 && o->wait_ms == 0)
+        o->wait_ms = 1;
+    return 0;
+}
+
+static int
+parse_int(const char *s, long min, long max, long *ret)
+{
+    char *end;
+    long v;
+
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < min || v > max || isspace((unsigned char)*s))
+        return -EINVAL;
+    *ret = v;
+    return 0;
+}
+
+static int
+uuid_valid(const char *u)
+{
+    size_t i;
+
+    if (strlen(u) != 36)
+        return 0;
+    for (i = 0; i < 36; i++)
+        if (i == 8 || i == 13 || i == 18 || i == 23 ? u[i] != '-'
+                                                    : !isxdigit((unsigned char)u[i]))
+            return 0;
+    return 1;
+}
+
+/* Apply one option; a usage error's exit status, or 0. */
+static int
+apply_option(struct opts *o, int c, const char *arg)
+{
+    long v;
+
+    switch (c) {
+    case 'd':
+        free(o->dir);
+        o->dir = NULL;
+        if (!*arg)
+            return usage_error("--dir: empty path");
+        if (disk_path(arg, &o->dir) < 0)
+            return usage_error("--dir %s: cannot resolve", arg);
+        return 0;
+    case 'k':
+        if (strcmp(arg, "verbatim") == 0)
+            o->mode_flag = LOCKD_OPEN_VERBATIM;
+        else if (strcmp(arg, "canonical") == 0)
+            o->mode_flag = LOCKD_OPEN_CANONICAL;
+        else
+            return usage_error("--key-mode %s: must be verbatim or canonical", arg);
+        return 0;
+    case 'S':
+        if (!*arg)
+            return usage_error("--socket: empty path");
+        free(o->socket);
+        o->socket = strdup(arg);
+        return 0;
+    case 'J':
+        o->json = 1;
+        return 0;
+    case 'r':
+        o->resource = 1;
+        return 0;
+    case 's':
+    case 'x':
+        o->shared = c == 's';
+        return 0;
+    case 'w':
+    case 'W':
+        if (parse_wait(arg, o) < 0)
+            return usage_error("--wait=%s: not a number of seconds", arg);
+        return 0;
+    case 'E':
+        if (parse_int(arg, 0, 255, &v) < 0)
+            return usage_error("--conflict-exit-code %s: not an exit status (0-255)",
+                               arg);
+        o->conflict_code = (int)v;
+        return 0;
+    case 'p':
+        if (parse_int(arg, 1, INT32_MAX, &v) < 0)
+            return usage_error("--pid %s: not a process id", arg);
+        o->pid = (int32_t)v;
+        return 0;
+    case 'n':
+        if (strlen(arg) > LOCKD_OWNER_NAME_MAX)
+            return usage_error("--name: longer than %d bytes", LOCKD_OWNER_NAME_MAX);
+        o->name = arg;
+        return 0;
+    case 'u':
+        if (!uuid_valid(arg))
+            return usage_error("--uuid %s: not a UUID (8-4-4-4-12 hex digits)", arg);
+        o->uuid = arg;
+        return 0;
+    }
+    return EXIT_USAGE;
+}
+
+/*
+ * Parse the options of argv (argv[0] names the command, or the program),
+ * allowing only the classes in allowed.  Returns 0 with optind at the first
+ * operand, -1 when --help or --version was handled, or a usage exit status.
+ */
+static int
+parse_options(struct opts *o, int argc, char **argv, unsigned allowed, const char *cmd,
+              int permute)
+{
+    int c, r;
+
+    optind = 0;
+    opterr = 0;
+    while (
+        (c = getopt_long(argc, argv,
+                         permute ? ":d:k:S:JhVrsxw:E:p:n:u:" : "+:d:k:S:JhVrsxw:E:p:n:u:",
+                         long_options, NULL)) != -1) {
+        if (c == '?' || c == ':') {
+            const char *what = argv[optind - 1];
+            char shortopt[3] = {'-', (char)optopt, '\0'};
+
+            if (optopt && !(what[0] == '-' && what[1] == '-'))
+                what = shortopt;
+            return usage_error(
+                c == ':' ? "option %s requires an argument" : "unknown option %s", what);
+        }
+        if (c == 'h') {
+            print_help();
+            return -1;
+        }
+        if (c == 'V') {
+            printf("lockdctl from lockd %s (library %s)\n", LOCKD_VERSION_STRING,
+                   lockd_version());
+            return -1;
+        }
+        if (!(option_class(c) & (allowed | OPT_GLOBAL)))
+            return usage_error("option %s does not apply to %s", option_name(c),
+                               cmd ? cmd : "lockdctl itself; put it after the command");
+        r = apply_option(o, c, optarg);
+        if (r != 0)
+            return r;
+    }
+    return 0;
+}
+
+static int
+dispatch(struct opts *o, int argc, char **argv)
+{
+    const struct command *cmd;
+    int r, dd = argc;
+
+    if (argc == 0)
+        return usage_error("no command given");
+    for (cmd = commands; cmd->name && strcmp(cmd->name, argv[0]) != 0; cmd++)
+        ;
+    if (!cmd->name)
+        return usage_error("unknown command '%s'", argv[0]);
+    if (cmd->has_cmd)
+        for (dd = 1; dd < argc && strcmp(argv[dd], "--") != 0; dd++)
+            ;
+    r = parse_options(o, dd, argv, cmd->allowed, cmd->name, 1);
+    if (r != 0)
+        return r < 0 ? 0 : r;
+    /* Operands now sit in argv[optind..dd), permuted there by getopt. */
+    r = names_check(dd - optind, argv + optind);
+    if (r != 0)
+        return r;
+    return cmd->fn(o, argc - optind, argv + optind);
+}
+
+int
+main(int argc, char **argv)
+{
+    struct opts o = {.wait_ms = LOCKD_TRY, .conflict_code = EXIT_BUSY};
+    int r;
+
+    r = parse_options(&o, argc, argv, 0, NULL, 0);
+    if (r != 0)
+        return r < 0 ? 0 : r;
+    if (!o.dir && (r = default_dir(&o.dir)) < 0) {
+        errorf("no lockspace: set LOCKD_DIR or HOME, or give --dir");
+        return EXIT_FAIL;
+    }
+    if (!o.socket)
+        o.socket = default_socket();
+    r = dispatch(&o, argc - optind, argv + optind);
+    free(o.dir);
+    free(o.socket);
+    fflush(stdout);
+    if (ferror(stdout)) {
+        errorf("write error on standard output");
+        return r ? r : EXIT_FAIL;
+    }
+    return r;
+}

@@ -1,0 +1,1897 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test-lockdctl.c: lockdctl as a user runs it.  Every case execs the built
+ * ./lockdctl (and ./lockd-helper where a helper is needed) with a private
+ * lockspace and socket in its scratch directory, and checks what a user sees:
+ * the exit status, stdout (against test/golden/ where it is deterministic,
+ * or parsed as JSON), the one-line error on stderr, and, through the
+ * library, what is actually held afterwards.
+ *
+ * Holders are real processes: `lockdctl run DISK -- sh -c 'echo ready; read
+ * x; exit N'` prints "ready" once it holds, and exits N when the case writes
+ * a line; its pid is lockdctl's, then sh's (run execs CMD).  Nothing sleeps
+ * for a fixed time: cases wait on pipes, waitpid(), /proc/locks and
+ * WAIT_UNTIL.
+ *
+ * The doctor cases use the two test seams lockdctl(1) documents as test-only:
+ * LOCKD_TEST_MOUNTINFO (a fake mountinfo file) and LOCKD_TEST_LOCK_FAIL (an
+ * errno name the lock test fails with).  The read-only case bind-mounts the
+ * lockspace read-only in a private mount namespace of its own (needs root,
+ * as `make check` runs).
+ *
+ * The programs are found beside this test's directory (../lockdctl,
+ * ../lockd-helper, golden files in ./golden); LOCKD_TEST_LOCKDCTL and
+ * LOCKD_TEST_HELPER name other builds to run the same cases against.
+ */
+#include "test.h"
+
+#include <dirent.h>
+#include <limits.h>
+#include <pty.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
+
+#include "lockd.h"
+
+static char ctl_path[PATH_MAX], helper_path[PATH_MAX], golden_dir[PATH_MAX];
+
+#define UUID_A "6f1c7c6e-1d2b-4e55-9a3c-0c2f4a1b7d10"
+#define UUID_B "0b9a1f44-8c77-4d2e-b1a0-5e6f7a8b9c0d"
+
+/* ------------------------------------------------------------------------
+ * Running lockdctl
+ */
+
+struct res {
+    int status;
+    char *out, *err;
+};
+
+static char *
+slurp(const char *path)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = fopen(path, "re");
+
+    if (!f)
+        TEST_FAIL("%s: %s", path, strerror(errno));
+    if (getdelim(&buf, &len, '\0', f) < 0) {
+        free(buf);
+        buf = strdup("");
+    }
+    fclose(f);
+    return buf;
+}
+
+/* Open path for a child's output. */
+static int
+out_file(const char *path)
+{
+    return open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+}
+
+/* Child side: stdin, stdout and stderr from the fds given (-1: /dev/null),
+ * then exec argv. */
+static void
+child_exec(char *const *argv, int in, int out, int err)
+{
+    /* Die with the case, even when it fails half-way: a holder left
+     * behind would keep test/run's output pipe open forever. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() == 1)
+        _exit(123);
+    signal(SIGPIPE, SIG_DFL);
+    if (in < 0)
+        in = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (out < 0)
+        out = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (err < 0)
+        err = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (in < 0 || out < 0 || err < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 ||
+        dup2(err, 2) < 0)
+        _exit(120);
+    execv(argv[0], argv);
+    _exit(121);
+}
+
+/* Run lockdctl with the NULL-terminated argument list ap; wait for it. */
+static void
+ctl_va(struct res *res, va_list ap)
+{
+    static unsigned seq;
+    char *argv[64], out[64], err[64];
+    const char *a;
+    size_t n = 0;
+    pid_t pid;
+
+    argv[n++] = ctl_path;
+    while ((a = va_arg(ap, const char *)) && n < 63)
+        argv[n++] = (char *)a;
+    argv[n] = NULL;
+    snprintf(out, sizeof(out), "ctl-%u.out", seq);
+    snprintf(err, sizeof(err), "ctl-%u.err", seq++);
+    fflush(NULL);
+    pid = fork();
+    if (pid < 0)
+        TEST_FAIL("fork: %s", strerror(errno));
+    if (pid == 0)
+        child_exec(argv, -1, out_file(out), out_file(err));
+    res->status = test_wait(pid);
+    res->out = slurp(out);
+    res->err = slurp(err);
+}
+
+static void ctl(struct res *res, ...) __attribute__((sentinel));
+
+static void
+ctl(struct res *res, ...)
+{
+    va_list ap;
+
+    va_start(ap, res);
+    ctl_va(res, ap);
+    va_end(ap);
+}
+
+static void
+res_free(struct res *res)
+{
+    free(res->out);
+    free(res->err);
+    res->out = res->err = NULL;
+}
+
+/* Run lockdctl, expect exit status st; returns res for more checks. */
+#define CTL_EXPECT(res, st, ...)                                                         \
+    do {                                                                                 \
+        ctl(res, __VA_ARGS__, (char *)NULL);                                             \
+        if ((res)->status != (st))                                                       \
+            TEST_FAIL("lockdctl %s: status %d, expected %d\nstdout:\n%s\nstderr:\n%s",   \
+                      #__VA_ARGS__, (res)->status, (st), (res)->out, (res)->err);        \
+    } while (0)
+
+#define ASSERT_CONTAINS(hay, needle)                                                     \
+    do {                                                                                 \
+        const char *_h = (hay), *_n = (needle);                                          \
+        if (!strstr(_h, _n))                                                             \
+            TEST_FAIL("\"%s\" not found in:\n%s", _n, _h);                               \
+    } while (0)
+
+/* The number of lines in s. */
+static int
+lines(const char *s)
+{
+    int n = 0;
+
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+/* A refusal is one line naming what was refused (a usage error adds the
+ * "Try 'lockdctl --help'" line, as util-linux tools do). */
+static void
+assert_one_line_error(const struct res *r, const char *names)
+{
+    ASSERT_TRUE(strncmp(r->err, "lockdctl: ", 10) == 0);
+    ASSERT_CONTAINS(r->err, names);
+    if (r->status == 64) {
+        ASSERT_INT_EQ(lines(r->err), 2);
+        ASSERT_CONTAINS(r->err, "Try 'lockdctl --help'");
+    } else
+        ASSERT_INT_EQ(lines(r->err), 1);
+    ASSERT_STR_EQ(r->out, "");
+}
+
+/* ------------------------------------------------------------------------
+ * Holders: lockdctl run with a shell that says when it holds
+ */
+
+struct proc {
+    pid_t pid;
+    int in;  /* its stdin */
+    int out; /* its stdout */
+    char err[64];
+};
+
+/* Start lockdctl with args (NULL-terminated), stdin and stdout as pipes. */
+static void spawn(struct proc *p, ...) __attribute__((sentinel));
+
+static void
+spawn(struct proc *p, ...)
+{
+    static unsigned seq;
+    char *argv[64];
+    int inp[2], outp[2];
+    const char *a;
+    size_t n = 0;
+    va_list ap;
+
+    argv[n++] = ctl_path;
+    va_start(ap, p);
+    while ((a = va_arg(ap, const char *)) && n < 63)
+        argv[n++] = (char *)a;
+    va_end(ap);
+    argv[n] = NULL;
+    if (pipe2(inp, O_CLOEXEC) < 0 || pipe2(outp, O_CLOEXEC) < 0)
+        TEST_FAIL("pipe2: %s", strerror(errno));
+    snprintf(p->err, sizeof(p->err), "spawn-%u.err", seq++);
+    fflush(NULL);
+    p->pid = fork();
+    if (p->pid < 0)
+        TEST_FAIL("fork: %s", strerror(errno));
+    if (p->pid == 0)
+        child_exec(argv, inp[0], outp[1], out_file(p->err));
+    close(inp[0]);
+    close(outp[1]);
+    p->in = inp[1];
+    p->out = outp[0];
+}
+
+/* Read one line from p's stdout; "" at end of file. */
+static const char *
+proc_line(struct proc *p)
+{
+    static char buf[512];
+    size_t n = 0;
+
+    while (n + 1 < sizeof(buf)) {
+        ssize_t k = read(p->out, buf + n, 1);
+
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0 || buf[n] == '\n')
+            break;
+        n++;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+/* A command line for run's CMD: say "ready", wait for a line, exit with st. */
+#define HOLD_CMD(st) "sh", "-c", "echo ready; read x; exit " #st
+
+/* Start `lockdctl [pre...] DISK -- HOLD_CMD` and wait until it holds. */
+static void
+hold(struct proc *p, const char *disk, const char *opt1, const char *opt2)
+{
+    if (opt2)
+        spawn(p, "run", opt1, opt2, disk, "--", HOLD_CMD(0), (char *)NULL);
+    else if (opt1)
+        spawn(p, "run", opt1, disk, "--", HOLD_CMD(0), (char *)NULL);
+    else
+        spawn(p, "run", disk, "--", HOLD_CMD(0), (char *)NULL);
+    if (strcmp(proc_line(p), "ready") != 0) {
+        char *e = slurp(p->err);
+
+        TEST_FAIL("holder of %s did not start: status %d: %s", disk, test_wait(p->pid),
+                  e);
+    }
+}
+
+/* Let a holder's CMD exit; returns its (and so lockdctl's) exit status. */
+static int
+proc_finish(struct proc *p)
+{
+    /* It may have exited already (EPIPE: SIGPIPE is ignored in cases). */
+    if (write(p->in, "\n", 1) != 1 && errno != EPIPE)
+        TEST_FAIL("write: %s", strerror(errno));
+    close(p->in);
+    close(p->out);
+    return test_wait(p->pid);
+}
+
+/* ------------------------------------------------------------------------
+ * The lockspace, seen through the library
+ */
+
+static const char *
+ls_dir(void)
+{
+    return test_path("ls");
+}
+
+/* Set up the case's environment: its own lockspace and socket, whatever the
+ * caller's LOCKD_DIR or the machine's /run/lockd. */
+static void
+case_env(void)
+{
+    setenv("LOCKD_DIR", ls_dir(), 1);
+    setenv("LOCKD_SOCKET", test_path("h.sock"), 1);
+    unsetenv("LOCKD_TEST_MOUNTINFO");
+    unsetenv("LOCKD_TEST_LOCK_FAIL");
+    signal(SIGPIPE, SIG_IGN);
+}
+
+static lockd_space *
+space_ro(void)
+{
+    lockd_space *s = NULL;
+
+    ASSERT_OK(lockd_space_open(ls_dir(), LOCKD_OPEN_READONLY, &s));
+    return s;
+}
+
+/* The key of a disk as lockdctl should compute it: a relative path is the
+ * scratch directory (cwd) joined with it. */
+static void
+key_of(const char *disk, char *key)
+{
+    char path[PATH_MAX + 256];
+
+    if (disk[0] == '/')
+        snprintf(path, sizeof(path), "%s", disk);
+    else
+        snprintf(path, sizeof(path), "%s/%s", test_scratch, disk);
+    ASSERT_OK(lockd_key_resource(path, strlen(path), key));
+}
+
+/* LOCKD_FREE, LOCKD_SHARED or LOCKD_EXCLUSIVE for disk in the lockspace. */
+static int
+probe(const char *disk)
+{
+    char key[LOCKD_KEY_SIZE];
+    lockd_space *s;
+    int r;
+
+    key_of(disk, key);
+    r = lockd_space_open(ls_dir(), LOCKD_OPEN_READONLY, &s);
+    if (r == -ENOENT)
+        return LOCKD_FREE;
+    ASSERT_OK(r);
+    r = lockd_probe(s, key, NULL);
+    lockd_space_close(s);
+    ASSERT_OK(r);
+    return r;
+}
+
+/* How many lease files (key-named) the lockspace has; 0 if it is missing. */
+static int
+lease_files(void)
+{
+    DIR *d = opendir(ls_dir());
+    struct dirent *de;
+    int n = 0;
+
+    if (!d)
+        return 0;
+    while ((de = readdir(d)))
+        n += lockd_key_valid(de->d_name);
+    closedir(d);
+    return n;
+}
+
+/* Nothing is held in the lockspace: every lease file can be taken now. */
+static void
+assert_nothing_held(void)
+{
+    DIR *d = opendir(ls_dir());
+    struct dirent *de;
+    lockd_space *s;
+
+    if (!d)
+        return;
+    s = space_ro();
+    while ((de = readdir(d)))
+        if (lockd_key_valid(de->d_name))
+            ASSERT_INT_EQ(lockd_probe(s, de->d_name, NULL), LOCKD_FREE);
+    closedir(d);
+    lockd_space_close(s);
+}
+
+/* The names in a directory, sorted and joined, to see that nothing changed. */
+static char *
+dir_listing(const char *dir)
+{
+    struct dirent **list;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    int n = scandir(dir, &list, NULL, alphasort), i;
+
+    for (i = 0; i < n; i++) {
+        fprintf(f, "%s\n", list[i]->d_name);
+        free(list[i]);
+    }
+    if (n >= 0)
+        free(list);
+    else
+        fprintf(f, "(missing)\n");
+    fclose(f);
+    return buf;
+}
+
+/* The directory's listing is exactly want. */
+static void
+assert_listing(const char *dir, const char *want)
+{
+    char *got = dir_listing(dir);
+
+    ASSERT_STR_EQ(got, want);
+    free(got);
+}
+
+static void
+make_lockspace(uint32_t flags)
+{
+    lockd_space *s = NULL;
+
+    ASSERT_OK(lockd_space_open(ls_dir(), LOCKD_OPEN_CREATE | flags, &s));
+    lockd_space_close(s);
+}
+
+static void
+write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "we");
+
+    if (!f || fputs(text, f) < 0 || fclose(f) != 0)
+        TEST_FAIL("%s: %s", path, strerror(errno));
+}
+
+/* ------------------------------------------------------------------------
+ * The helper
+ */
+
+static int
+helper_answers(const char *path)
+{
+    lockd_conn *c = NULL;
+
+    if (lockd_conn_open(path, &c) < 0)
+        return 0;
+    lockd_conn_close(c);
+    return 1;
+}
+
+/* Start lockd-helper on the case's socket; wait until it answers. */
+static pid_t
+helper_start(void)
+{
+    char *argv[] = {helper_path, "--socket", (char *)test_path("h.sock"), NULL};
+    pid_t pid;
+
+    if (access(helper_path, X_OK) < 0)
+        TEST_FAIL("%s: %s (make lockd-helper)", helper_path, strerror(errno));
+    fflush(NULL);
+    pid = fork();
+    if (pid < 0)
+        TEST_FAIL("fork: %s", strerror(errno));
+    if (pid == 0)
+        child_exec(argv, -1, -1, out_file("helper.log"));
+    if (!WAIT_UNTIL(helper_answers(test_path("h.sock")), 5000))
+        TEST_FAIL("lockd-helper did not start: %s", slurp("helper.log"));
+    return pid;
+}
+
+static void
+helper_stop(pid_t pid)
+{
+    kill(pid, SIGTERM);
+    ASSERT_INT_EQ(test_wait(pid), 0);
+}
+
+/* How many leases the helper holds. */
+static int64_t
+helper_leases(void)
+{
+    uint64_t leases = 0;
+    lockd_conn *c = NULL;
+
+    ASSERT_OK(lockd_conn_open(test_path("h.sock"), &c));
+    ASSERT_OK(lockd_conn_status(c, NULL, &leases, NULL));
+    lockd_conn_close(c);
+    return (int64_t)leases;
+}
+
+/* A process to own leases: sleeps until killed. */
+static pid_t
+sleeper(void)
+{
+    pid_t pid = fork();
+
+    if (pid < 0)
+        TEST_FAIL("fork: %s", strerror(errno));
+    if (pid == 0) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() == 1)
+            _exit(123);
+        for (;;)
+            pause();
+    }
+    return pid;
+}
+
+/* ------------------------------------------------------------------------
+ * A small JSON reader: validates a document and flattens it to lines of
+ * "path=value" (".disks[0].state=free", ".held#=2" for an array's length),
+ * so a case can check fields by name.
+ */
+
+struct json {
+    const char *p;
+    FILE *out;
+    int bad;
+};
+
+static void json_value(struct json *j, const char *path);
+
+static void
+json_ws(struct json *j)
+{
+    while (*j->p == ' ' || *j->p == '\n' || *j->p == '\t' || *j->p == '\r')
+        j->p++;
+}
+
+/* A string at j->p; its decoded text goes to buf (non-ASCII \u as '?'). */
+static void
+json_string(struct json *j, char *buf, size_t size)
+{
+    size_t n = 0;
+
+    if (*j->p != '"') {
+        j->bad = 1;
+        return;
+    }
+    for (j->p++; *j->p && *j->p != '"'; j->p++) {
+        char c = *j->p;
+
+        if ((unsigned char)c < 0x20) {
+            j->bad = 1;
+            return;
+        }
+        if (c == '\\') {
+            j->p++;
+            switch (*j->p) {
+            case 'n':
+                c = '\n';
+                break;
+            case 't':
+                c = '\t';
+                break;
+            case 'r':
+                c = '\r';
+                break;
+            case 'b':
+                c = '\b';
+                break;
+            case 'f':
+                c = '\f';
+                break;
+            case '"':
+            case '\\':
+            case '/':
+                c = *j->p;
+                break;
+            case 'u': {
+                unsigned v;
+
+                if (sscanf(j->p + 1, "%4x", &v) != 1 ||
+                    strspn(j->p + 1, "0123456789abcdefABCDEF") < 4) {
+                    j->bad = 1;
+                    return;
+                }
+                c = v < 0x80 ? (char)v : '?';
+                j->p += 4;
+                break;
+            }
+            default:
+                j->bad = 1;
+                return;
+            }
+        }
+        if (n + 1 < size)
+            buf[n++] = c;
+    }
+    if (*j->p != '"') {
+        j->bad = 1;
+        return;
+    }
+    j->p++;
+    buf[n] = '\0';
+}
+
+static void
+json_container(struct json *j, const char *path, int array)
+{
+    char sub[512], name[256];
+    int i = 0;
+
+    j->p++;
+    json_ws(j);
+    if (*j->p == (array ? ']' : '}')) {
+        j->p++;
+        if (array)
+            fprintf(j->out, "%s#=0\n", path);
+        return;
+    }
+    for (;;) {
+        json_ws(j);
+        if (array)
+            snprintf(sub, sizeof(sub), "%s[%d]", path, i);
+        else {
+            json_string(j, name, sizeof(name));
+            json_ws(j);
+            if (j->bad || *j->p != ':') {
+                j->bad = 1;
+                return;
+            }
+            j->p++;
+            snprintf(sub, sizeof(sub), "%s.%s", path, name);
+        }
+        json_value(j, sub);
+        i++;
+        json_ws(j);
+        if (j->bad)
+            return;
+        if (*j->p == ',') {
+            j->p++;
+            continue;
+        }
+        if (*j->p != (array ? ']' : '}')) {
+            j->bad = 1;
+            return;
+        }
+        j->p++;
+        break;
+    }
+    if (array)
+        fprintf(j->out, "%s#=%d\n", path, i);
+}
+
+static void
+json_value(struct json *j, const char *path)
+{
+    char buf[4096];
+    size_t n;
+
+    json_ws(j);
+    if (*j->p == '{' || *j->p == '[') {
+        json_container(j, path, *j->p == '[');
+        return;
+    }
+    if (*j->p == '"') {
+        json_string(j, buf, sizeof(buf));
+        fprintf(j->out, "%s=%s\n", path, buf);
+        return;
+    }
+    if (strncmp(j->p, "true", 4) == 0 || strncmp(j->p, "null", 4) == 0)
+        n = 4;
+    else if (strncmp(j->p, "false", 5) == 0)
+        n = 5;
+    else
+        n = strspn(j->p, "-0123456789.eE+");
+    if (n == 0) {
+        j->bad = 1;
+        return;
+    }
+    fprintf(j->out, "%s=%.*s\n", path, (int)n, j->p);
+    j->p += n;
+}
+
+/* Parse text (one JSON document and a newline); fail the case if invalid. */
+static char *
+json_flat(const char *text)
+{
+    struct json j = {.p = text};
+    char *buf = NULL;
+    size_t len = 0;
+
+    j.out = open_memstream(&buf, &len);
+    json_value(&j, "");
+    json_ws(&j);
+    fclose(j.out);
+    if (j.bad || *j.p)
+        TEST_FAIL("invalid JSON at \"%.20s\" in:\n%s", j.p, text);
+    return buf;
+}
+
+/* The value at path in a flattened document, or NULL. */
+static const char *
+json_get(const char *flat, const char *path)
+{
+    static char val[4096];
+    size_t n = strlen(path);
+    const char *p = flat;
+
+    while (p && *p) {
+        if (strncmp(p, path, n) == 0 && p[n] == '=') {
+            size_t l = strcspn(p + n + 1, "\n");
+
+            snprintf(val, sizeof(val), "%.*s", (int)l, p + n + 1);
+            return val;
+        }
+        p = strchr(p, '\n');
+        p = p ? p + 1 : NULL;
+    }
+    return NULL;
+}
+
+#define ASSERT_JSON(flat, path, want) ASSERT_STR_EQ(json_get(flat, path), want)
+
+/* ------------------------------------------------------------------------
+ * Golden files
+ */
+
+static void
+assert_golden(const char *name, const char *got)
+{
+    char path[PATH_MAX + 64];
+    char *want;
+
+    snprintf(path, sizeof(path), "%s/%s", golden_dir, name);
+    want = slurp(path);
+    if (strcmp(want, got) != 0)
+        TEST_FAIL("output differs from %s\n--- expected\n%s--- got\n%s", path, want, got);
+    free(want);
+}
+
+/* Replace every occurrence of from in s by to (s is malloc'd; returns the
+ * new string). */
+static char *
+replace(char *s, const char *from, const char *to)
+{
+    char *buf = NULL, *p = s, *hit;
+    size_t len = 0, n = strlen(from);
+    FILE *f = open_memstream(&buf, &len);
+
+    while ((hit = strstr(p, from))) {
+        fwrite(p, 1, (size_t)(hit - p), f);
+        fputs(to, f);
+        p = hit + n;
+    }
+    fputs(p, f);
+    fclose(f);
+    free(s);
+    return buf;
+}
+
+/* Runs of spaces become one: a table's column widths depend on the pids in
+ * it, which the golden file cannot know. */
+static void
+squeeze(char *s)
+{
+    char *w = s, *r;
+
+    for (r = s; *r; r++)
+        if (!(*r == ' ' && w > s && w[-1] == ' '))
+            *w++ = *r;
+    *w = '\0';
+}
+
+/* ------------------------------------------------------------------------
+ * key
+ */
+
+static void
+test_key_golden(void)
+{
+    struct res r;
+
+    case_env();
+    CTL_EXPECT(&r, 0, "key", "/var/lib/images/guest.qcow2", "/srv/vm/disk0.raw",
+               "/var/lib/libvirt/images/web 1.img");
+    assert_golden("key.out", r.out);
+    /* No lockspace yet: verbatim keys need none, and lockdctl says what it
+     * assumed, and creates nothing. */
+    ASSERT_CONTAINS(r.err, "assuming verbatim");
+    ASSERT_TRUE(access(ls_dir(), F_OK) < 0);
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "key", "--resource", "rbd:pool/guest-disk",
+               "iqn.2024-01.org.example:lun0");
+    assert_golden("key-resource.out", r.out);
+    ASSERT_STR_EQ(r.err, "");
+    res_free(&r);
+}
+
+static void
+test_key_relative_paths(void)
+{
+    char want[LOCKD_KEY_SIZE], line[PATH_MAX + 80];
+    struct res r;
+
+    case_env();
+    make_lockspace(0);
+    /* "." and repeated slashes go, ".." stays as written. */
+    CTL_EXPECT(&r, 0, "key", "a//./b/../c.img");
+    key_of("a/b/../c.img", want);
+    snprintf(line, sizeof(line), "%s  %s/a/b/../c.img\n", want, test_scratch);
+    ASSERT_STR_EQ(r.out, line);
+    ASSERT_STR_EQ(r.err, "");
+    res_free(&r);
+    /* A path given absolute is hashed exactly as given. */
+    CTL_EXPECT(&r, 0, "key", "/x//y/./z");
+    ASSERT_OK(lockd_key_resource("/x//y/./z", 9, want));
+    ASSERT_TRUE(strncmp(r.out, want, 64) == 0);
+    res_free(&r);
+}
+
+static void
+test_key_canonical_new_disk(void)
+{
+    char real[PATH_MAX + 256], want[LOCKD_KEY_SIZE];
+    struct res r;
+
+    case_env();
+    make_lockspace(LOCKD_OPEN_CANONICAL);
+    ASSERT_OK(mkdir("images", 0755) < 0 ? -errno : 0);
+    ASSERT_OK(symlink("images", "link") < 0 ? -errno : 0);
+    /* The disk does not exist yet: the key is realpath(dir) + name, the same
+     * whichever spelling of the directory is used. */
+    CTL_EXPECT(&r, 0, "key", "link/new.qcow2");
+    snprintf(real, sizeof(real), "%s/images/new.qcow2", test_scratch);
+    ASSERT_OK(lockd_key_resource(real, strlen(real), want));
+    ASSERT_TRUE(strncmp(r.out, want, 64) == 0);
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "--json", "key", "images/new.qcow2");
+    {
+        char *flat = json_flat(r.out);
+
+        ASSERT_JSON(flat, ".key_mode", "canonical");
+        ASSERT_JSON(flat, ".recorded", "true");
+        ASSERT_JSON(flat, ".keys[0].key", want);
+        ASSERT_JSON(flat, ".keys#", "1");
+        free(flat);
+    }
+    res_free(&r);
+    /* A dangling symlink is an error that names the disk. */
+    ASSERT_OK(symlink("nowhere/x", "dangling") < 0 ? -errno : 0);
+    CTL_EXPECT(&r, 1, "key", "dangling");
+    assert_one_line_error(&r, "dangling");
+    res_free(&r);
+}
+
+static void
+test_key_mode_mismatch(void)
+{
+    struct res r;
+
+    case_env();
+    make_lockspace(0);
+    CTL_EXPECT(&r, 1, "--key-mode", "canonical", "key", "/a.img");
+    assert_one_line_error(&r, "verbatim");
+    ASSERT_CONTAINS(r.err, "canonical");
+    ASSERT_CONTAINS(r.err, ls_dir());
+    res_free(&r);
+    CTL_EXPECT(&r, 1, "--key-mode=canonical", "run", "/a.img", "--", "true");
+    assert_one_line_error(&r, "canonical");
+    res_free(&r);
+    ASSERT_INT_EQ(lease_files(), 0);
+}
+
+static void
+test_key_unrecorded_lockspace(void)
+{
+    char *before;
+    struct res r;
+
+    case_env();
+    ASSERT_OK(mkdir(ls_dir(), 0755) < 0 ? -errno : 0);
+    before = dir_listing(ls_dir());
+    CTL_EXPECT(&r, 0, "--key-mode", "canonical", "key", "/a.img");
+    ASSERT_CONTAINS(r.err, "records no key mode yet; assuming canonical");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "who", "/a.img");
+    ASSERT_CONTAINS(r.err, "assuming verbatim");
+    res_free(&r);
+    /* Read-only uses never write the settings. */
+    assert_listing(ls_dir(), before);
+    free(before);
+}
+
+/* ------------------------------------------------------------------------
+ * --help, --version, usage errors
+ */
+
+static void
+test_help_version(void)
+{
+    struct res r;
+
+    case_env();
+    CTL_EXPECT(&r, 0, "--help");
+    assert_golden("help.out", r.out);
+    ASSERT_STR_EQ(r.err, "");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "run", "-h");
+    assert_golden("help.out", r.out);
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "--version");
+    ASSERT_CONTAINS(r.out, LOCKD_VERSION_STRING);
+    ASSERT_INT_EQ(lines(r.out), 1);
+    res_free(&r);
+}
+
+static void
+usage_case(const char *names, ...)
+{
+    struct res r;
+    va_list ap;
+
+    va_start(ap, names);
+    ctl_va(&r, ap);
+    va_end(ap);
+    if (r.status != 64)
+        TEST_FAIL("%s: status %d, expected 64; stderr: %s", names, r.status, r.err);
+    assert_one_line_error(&r, names);
+    res_free(&r);
+}
+
+static void
+test_usage_errors(void)
+{
+    struct proc p;
+
+    case_env();
+    usage_case("no command", (char *)NULL);
+    usage_case("unknown command 'frob'", "frob", (char *)NULL);
+    usage_case("--bogus", "--bogus", "status", (char *)NULL);
+    usage_case("--bogus", "who", "--bogus", "x", (char *)NULL);
+    usage_case("-q", "run", "-q", "x", "--", "true", (char *)NULL);
+    usage_case("--dir requires an argument", "who", "x", "--dir", (char *)NULL);
+    usage_case("--key-mode sideways", "--key-mode", "sideways", "key", "x", (char *)NULL);
+    usage_case("key: no disk", "key", (char *)NULL);
+    usage_case("empty disk name", "key", "", (char *)NULL);
+    usage_case("empty disk name", "run", "", "--", "true", (char *)NULL);
+    usage_case("empty disk name", "acquire", "--pid", "1", "", (char *)NULL);
+    usage_case("empty disk name", "release", "--pid", "1", "", (char *)NULL);
+    usage_case("empty disk name", "who", "a.img", "", (char *)NULL);
+    usage_case("run: no disk", "run", "--", "true", (char *)NULL);
+    usage_case("'--' and a command", "run", "a.img", "true", (char *)NULL);
+    usage_case("no command after '--'", "run", "a.img", "--", (char *)NULL);
+    usage_case("--wait=abc", "run", "--wait=abc", "a.img", "--", "true", (char *)NULL);
+    usage_case("--wait=-1", "run", "--wait=-1", "a.img", "--", "true", (char *)NULL);
+    usage_case("--wait=1x", "run", "-w", "1x", "a.img", "--", "true", (char *)NULL);
+    usage_case("--conflict-exit-code 300", "run", "--conflict-exit-code", "300", "a.img",
+               "--", "true", (char *)NULL);
+    usage_case("--conflict-exit-code x", "run", "-E", "x", "a.img", "--", "true",
+               (char *)NULL);
+    usage_case("--uuid not-a-uuid", "run", "--uuid", "not-a-uuid", "a.img", "--", "true",
+               (char *)NULL);
+    usage_case("acquire: --pid PID is required", "acquire", "a.img", (char *)NULL);
+    usage_case("--pid 0", "acquire", "--pid", "0", "a.img", (char *)NULL);
+    usage_case("--pid abc", "release", "--pid", "abc", (char *)NULL);
+    usage_case("--shared does not apply to who", "who", "--shared", "a.img",
+               (char *)NULL);
+    usage_case("--pid does not apply to run", "run", "--pid", "1", "a.img", "--", "true",
+               (char *)NULL);
+    usage_case("put it after the command", "--shared", "run", "a.img", "--", "true",
+               (char *)NULL);
+    usage_case("status: takes no arguments", "status", "x", (char *)NULL);
+    /* Nothing was created or held by any of them. */
+    ASSERT_TRUE(access(ls_dir(), F_OK) < 0);
+    /* A usage error while another holds the disk holds nothing either. */
+    hold(&p, "a.img", NULL, NULL);
+    usage_case("--wait=abc", "run", "--wait=abc", "a.img", "--", "true", (char *)NULL);
+    ASSERT_INT_EQ(proc_finish(&p), 0);
+    assert_nothing_held();
+}
+
+/* ------------------------------------------------------------------------
+ * run without a helper
+ */
+
+static void
+test_run_returns_cmd_status(void)
+{
+    struct res r;
+
+    case_env();
+    CTL_EXPECT(&r, 0, "run", "a.img", "--", "true");
+    res_free(&r);
+    CTL_EXPECT(&r, 7, "run", "a.img", "b.img", "--", "sh", "-c", "exit 7");
+    res_free(&r);
+    /* CMD's arguments are its own, options included. */
+    CTL_EXPECT(&r, 0, "run", "a.img", "--", "sh", "-c", "echo \"$@\"", "sh", "--shared",
+               "-x");
+    ASSERT_STR_EQ(r.out, "--shared -x\n");
+    res_free(&r);
+    /* A CMD that cannot be run: 127 like the shell, and nothing held. */
+    CTL_EXPECT(&r, 127, "run", "a.img", "--", "/nonexistent/cmd");
+    assert_one_line_error(&r, "/nonexistent/cmd");
+    res_free(&r);
+    ASSERT_INT_EQ(lease_files(), 2);
+    assert_nothing_held();
+}
+
+static void
+test_run_holds_while_cmd_runs(void)
+{
+    struct proc p;
+    struct res r;
+    char disk[PATH_MAX + 256];
+
+    case_env();
+    hold(&p, "a.img", NULL, NULL);
+    /* CMD inherited the lease: still held after lockdctl became CMD. */
+    ASSERT_INT_EQ(probe("a.img"), LOCKD_EXCLUSIVE);
+    CTL_EXPECT(&r, 75, "run", "a.img", "--", "true");
+    snprintf(disk, sizeof(disk), "%s/a.img: busy: held exclusively", test_scratch);
+    assert_one_line_error(&r, disk);
+    res_free(&r);
+    /* Another disk is not affected; a relative and an absolute spelling
+     * of one disk are one lease. */
+    CTL_EXPECT(&r, 0, "run", "b.img", "--", "true");
+    res_free(&r);
+    CTL_EXPECT(&r, 9, "run", "--conflict-exit-code", "9", "./a.img", "--", "true");
+    res_free(&r);
+    CTL_EXPECT(&r, 3, "run", "-E", "3", "b.img", "a.img", "--", "true");
+    ASSERT_CONTAINS(r.err, "/a.img: busy");
+    res_free(&r);
+    /* All or nothing: b.img was not kept by the refused run. */
+    ASSERT_INT_EQ(probe("b.img"), LOCKD_FREE);
+    ASSERT_INT_EQ(proc_finish(&p), 0);
+    ASSERT_INT_EQ(probe("a.img"), LOCKD_FREE);
+    CTL_EXPECT(&r, 0, "run", "a.img", "--", "true");
+    res_free(&r);
+}
+
+static void
+test_run_shared(void)
+{
+    struct proc p1, p2;
+    struct res r;
+
+    case_env();
+    hold(&p1, "iso", "--shared", NULL);
+    hold(&p2, "iso", "-s", NULL);
+    ASSERT_INT_EQ(probe("iso"), LOCKD_SHARED);
+    CTL_EXPECT(&r, 75, "run", "iso", "--", "true");
+    ASSERT_CONTAINS(r.err, "busy: held shared");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "run", "--shared", "iso", "--", "true");
+    res_free(&r);
+    ASSERT_INT_EQ(proc_finish(&p1), 0);
+    ASSERT_INT_EQ(probe("iso"), LOCKD_SHARED);
+    ASSERT_INT_EQ(proc_finish(&p2), 0);
+    ASSERT_INT_EQ(probe("iso"), LOCKD_FREE);
+}
+
+static void
+test_wait_times_out(void)
+{
+    struct proc p;
+    struct res r;
+    int64_t t0;
+
+    case_env();
+    hold(&p, "a.img", NULL, NULL);
+    t0 = test_now_ms();
+    CTL_EXPECT(&r, 75, "run", "--wait=1", "a.img", "--", "true");
+    ASSERT_TRUE(test_now_ms() - t0 >= 950);
+    assert_one_line_error(&r, "a.img: still busy after 1 s");
+    res_free(&r);
+    CTL_EXPECT(&r, 4, "run", "-w", "0.2", "-E", "4", "a.img", "--", "true");
+    res_free(&r);
+    ASSERT_INT_EQ(proc_finish(&p), 0);
+}
+
+/* Whether /proc/locks shows a blocked request ("->") on the lease of disk. */
+static int
+lock_waiter_on(const char *disk)
+{
+    char key[LOCKD_KEY_SIZE], line[256], path[PATH_MAX + 80];
+    struct stat st;
+    FILE *f;
+    int found = 0;
+
+    key_of(disk, key);
+    snprintf(path, sizeof(path), "%s/%s", ls_dir(), key);
+    if (stat(path, &st) < 0 || !(f = fopen("/proc/locks", "re")))
+        return 0;
+    while (!found && fgets(line, sizeof(line), f)) {
+        char *tok, *save = NULL;
+        unsigned maj, mnr;
+        unsigned long ino;
+
+        if (!strstr(line, "->"))
+            continue;
+        for (tok = strtok_r(line, " ", &save); tok; tok = strtok_r(NULL, " ", &save))
+            if (sscanf(tok, "%x:%x:%lu", &maj, &mnr, &ino) == 3 &&
+                maj == major(st.st_dev) && mnr == minor(st.st_dev) && ino == st.st_ino)
+                found = 1;
+    }
+    fclose(f);
+    return found;
+}
+
+static void
+test_wait_succeeds_when_holder_exits(void)
+{
+    struct proc holder, waiter;
+
+    case_env();
+    hold(&holder, "a.img", NULL, NULL);
+    spawn(&waiter, "run", "--wait", "a.img", "--", "sh", "-c", "echo got; exit 5",
+          (char *)NULL);
+    /* The kernel says the waiter is blocked on the lease. */
+    ASSERT_TRUE(WAIT_UNTIL(lock_waiter_on("a.img"), 5000));
+    ASSERT_INT_EQ(proc_finish(&holder), 0);
+    ASSERT_STR_EQ(proc_line(&waiter), "got");
+    ASSERT_INT_EQ(proc_finish(&waiter), 5);
+    /* A timed wait, too. */
+    hold(&holder, "a.img", NULL, NULL);
+    spawn(&waiter, "run", "--wait=30", "a.img", "--", "sh", "-c", "echo got",
+          (char *)NULL);
+    ASSERT_INT_EQ(proc_finish(&holder), 0);
+    ASSERT_STR_EQ(proc_line(&waiter), "got");
+    ASSERT_INT_EQ(proc_finish(&waiter), 0);
+}
+
+/* Resources that are not paths: hashed as given, never joined to the cwd. */
+static void
+test_resource(void)
+{
+    char key[LOCKD_KEY_SIZE], *flat;
+    struct proc p;
+    struct res r;
+
+    case_env();
+    ASSERT_OK(lockd_key_resource("rbd:pool/img", 12, key));
+    hold(&p, "rbd:pool/img", "--resource", NULL);
+    CTL_EXPECT(&r, 0, "who", "-r", "--json", "rbd:pool/img");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".disks[0].disk", "rbd:pool/img");
+    ASSERT_JSON(flat, ".disks[0].key", key);
+    ASSERT_JSON(flat, ".disks[0].state", "exclusive");
+    free(flat);
+    res_free(&r);
+    CTL_EXPECT(&r, 75, "run", "--resource", "rbd:pool/img", "--", "true");
+    assert_one_line_error(&r, "rbd:pool/img: busy");
+    res_free(&r);
+    /* As a path it is another lease. */
+    CTL_EXPECT(&r, 0, "run", "rbd:pool/img", "--", "true");
+    res_free(&r);
+    ASSERT_INT_EQ(proc_finish(&p), 0);
+    CTL_EXPECT(&r, 0, "who", "--resource", "rbd:pool/img");
+    ASSERT_CONTAINS(r.out, "rbd:pool/img  free");
+    res_free(&r);
+}
+
+/* ------------------------------------------------------------------------
+ * who, gc
+ */
+
+static void
+test_who(void)
+{
+    char want[LOCKD_KEY_SIZE], *flat;
+    struct proc p;
+    struct res r;
+
+    case_env();
+    make_lockspace(0);
+    hold(&p, "a.img", NULL, NULL);
+    CTL_EXPECT(&r, 0, "who", "a.img", "b.img");
+    ASSERT_TRUE(strncmp(r.out, "DISK ", 5) == 0);
+    ASSERT_CONTAINS(r.out, "/a.img  exclusive");
+    ASSERT_CONTAINS(r.out, "/b.img  free");
+    ASSERT_INT_EQ(lines(r.out), 3);
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "who", "--json", "a.img", "b.img");
+    flat = json_flat(r.out);
+    key_of("a.img", want);
+    ASSERT_JSON(flat, ".disks#", "2");
+    ASSERT_JSON(flat, ".disks[0].key", want);
+    ASSERT_JSON(flat, ".disks[0].state", "exclusive");
+    ASSERT_JSON(flat, ".disks[0].holders#", "0");
+    ASSERT_JSON(flat, ".disks[1].state", "free");
+    ASSERT_TRUE(strstr(json_get(flat, ".disks[1].disk"), "/b.img") != NULL);
+    free(flat);
+    res_free(&r);
+    ASSERT_INT_EQ(proc_finish(&p), 0);
+}
+
+/* A classic POSIX lock (virtlockd's) has a pid, and who names it. */
+static void
+test_who_posix_holder(void)
+{
+    char key[LOCKD_KEY_SIZE], path[PATH_MAX + 80], spid[32], *flat;
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    int pfd[2], fd;
+    pid_t pid;
+    char c;
+    struct res r;
+
+    case_env();
+    make_lockspace(0);
+    key_of("/v/disk.img", key);
+    snprintf(path, sizeof(path), "%s/%s", ls_dir(), key);
+    ASSERT_OK(pipe(pfd));
+    pid = fork();
+    if (pid == 0) {
+        fd = open(path, O_RDWR | O_CREAT, 0600);
+        if (fd < 0 || fcntl(fd, F_SETLK, &fl) < 0 || write(pfd[1], "x", 1) != 1)
+            _exit(1);
+        pause();
+        _exit(0);
+    }
+    ASSERT_INT_EQ(read(pfd[0], &c, 1), 1);
+    snprintf(spid, sizeof(spid), "%d", (int)pid);
+    CTL_EXPECT(&r, 0, "--json", "who", "/v/disk.img");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".disks[0].state", "exclusive");
+    ASSERT_JSON(flat, ".disks[0].holders[0].pid", spid);
+    ASSERT_JSON(flat, ".disks[0].holders[0].name", "null");
+    free(flat);
+    res_free(&r);
+    CTL_EXPECT(&r, 75, "run", "/v/disk.img", "--", "true");
+    ASSERT_CONTAINS(r.err, spid);
+    ASSERT_CONTAINS(r.err, "POSIX lock");
+    res_free(&r);
+    kill(pid, SIGKILL);
+    test_wait(pid);
+}
+
+/* Lease files for count disks /gc/0 .. /gc/<count-1>, none held. */
+static void
+make_lease_files(int count)
+{
+    char key[LOCKD_KEY_SIZE], name[64], path[PATH_MAX + 80];
+    int i, fd;
+
+    for (i = 0; i < count; i++) {
+        snprintf(name, sizeof(name), "/gc/%d", i);
+        key_of(name, key);
+        snprintf(path, sizeof(path), "%s/%s", ls_dir(), key);
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        ASSERT_OK(fd < 0 ? -errno : 0);
+        close(fd);
+    }
+}
+
+static void
+test_gc_summary(void)
+{
+    struct proc p;
+    struct res r;
+    char *flat;
+
+    case_env();
+    make_lockspace(0);
+    make_lease_files(5);
+    hold(&p, "/gc/3", NULL, NULL);
+    CTL_EXPECT(&r, 0, "gc");
+    ASSERT_STR_EQ(r.out, "gc: removed 4 unused lease files, kept 1 held\n");
+    /* Not a terminal: no progress. */
+    ASSERT_STR_EQ(r.err, "");
+    res_free(&r);
+    ASSERT_INT_EQ(lease_files(), 1);
+    ASSERT_INT_EQ(probe("/gc/3"), LOCKD_EXCLUSIVE);
+    CTL_EXPECT(&r, 0, "gc", "--json");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".removed", "0");
+    ASSERT_JSON(flat, ".kept", "1");
+    free(flat);
+    res_free(&r);
+    ASSERT_INT_EQ(proc_finish(&p), 0);
+    CTL_EXPECT(&r, 1, "--dir", test_path("nope"), "gc");
+    assert_one_line_error(&r, "nope does not exist");
+    res_free(&r);
+}
+
+/* On a terminal gc shows how far it got, then its summary. */
+static void
+test_gc_progress_on_tty(void)
+{
+    char *argv[] = {ctl_path, "gc", NULL}, buf[65536];
+    int master, slave, st;
+    size_t len = 0;
+    ssize_t n;
+    pid_t pid;
+
+    case_env();
+    make_lockspace(0);
+    make_lease_files(2100);
+    ASSERT_OK(openpty(&master, &slave, NULL, NULL, NULL) < 0 ? -errno : 0);
+    fflush(NULL);
+    pid = fork();
+    if (pid == 0)
+        child_exec(argv, -1, out_file("gc.out"), slave);
+    close(slave);
+    /* Read until the child's side closes (EIO on a pty). */
+    while (len < sizeof(buf) - 1 &&
+           (n = read(master, buf + len, sizeof(buf) - 1 - len)) != 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            break;
+        len += (size_t)n;
+    }
+    buf[len] = '\0';
+    close(master);
+    st = test_wait(pid);
+    ASSERT_INT_EQ(st, 0);
+    ASSERT_CONTAINS(buf, "\rlockdctl gc: 1024 lease files checked");
+    ASSERT_CONTAINS(buf, "2048 lease files checked");
+    {
+        char *out = slurp("gc.out");
+
+        ASSERT_STR_EQ(out, "gc: removed 2100 unused lease files, kept 0 held\n");
+        free(out);
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * The helper: run, acquire, release, status, who
+ */
+
+static void
+test_run_with_helper(void)
+{
+    char spid[32], disk[PATH_MAX + 256], *flat;
+    pid_t helper;
+    struct proc p;
+    struct res r;
+
+    case_env();
+    helper = helper_start();
+    spawn(&p, "run", "--name", "guest-a", "--uuid", UUID_A, "a.img", "b.img", "--",
+          HOLD_CMD(4), (char *)NULL);
+    ASSERT_STR_EQ(proc_line(&p), "ready");
+    snprintf(spid, sizeof(spid), "%d", (int)p.pid);
+    ASSERT_INT_EQ(helper_leases(), 2);
+    ASSERT_INT_EQ(probe("a.img"), LOCKD_EXCLUSIVE);
+    /* Busy names the holder the helper knows. */
+    CTL_EXPECT(&r, 75, "run", "a.img", "--", "true");
+    snprintf(disk, sizeof(disk),
+             "%s/a.img: busy: held exclusively by guest-a (pid %s, uuid " UUID_A ")",
+             test_scratch, spid);
+    assert_one_line_error(&r, disk);
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "who", "a.img");
+    ASSERT_CONTAINS(r.out, spid);
+    ASSERT_CONTAINS(r.out, "guest-a");
+    ASSERT_CONTAINS(r.out, UUID_A);
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "who", "--json", "a.img", "c.img");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".disks[0].state", "exclusive");
+    ASSERT_JSON(flat, ".disks[0].holders#", "1");
+    ASSERT_JSON(flat, ".disks[0].holders[0].pid", spid);
+    ASSERT_JSON(flat, ".disks[0].holders[0].name", "guest-a");
+    ASSERT_JSON(flat, ".disks[0].holders[0].uuid", UUID_A);
+    ASSERT_JSON(flat, ".disks[1].state", "free");
+    ASSERT_JSON(flat, ".disks[1].holders#", "0");
+    free(flat);
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "status", "--json");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".owners", "1");
+    ASSERT_JSON(flat, ".leases", "2");
+    ASSERT_JSON(flat, ".held#", "2");
+    ASSERT_JSON(flat, ".held[0].pid", spid);
+    ASSERT_JSON(flat, ".held[0].name", "guest-a");
+    ASSERT_JSON(flat, ".held[0].mode", "exclusive");
+    ASSERT_JSON(flat, ".held[1].uuid", UUID_A);
+    ASSERT_TRUE(json_get(flat, ".held[0].id") && json_get(flat, ".held[0].key") &&
+                json_get(flat, ".held[0].disk") && json_get(flat, ".held[0].uid") &&
+                json_get(flat, ".stored"));
+    free(flat);
+    res_free(&r);
+    /* CMD's exit ends the leases, and its status is run's. */
+    ASSERT_INT_EQ(proc_finish(&p), 4);
+    ASSERT_TRUE(WAIT_UNTIL(helper_leases() == 0, 5000));
+    ASSERT_INT_EQ(probe("a.img"), LOCKD_FREE);
+    ASSERT_INT_EQ(probe("b.img"), LOCKD_FREE);
+    helper_stop(helper);
+}
+
+/* With a helper, the helper is the only holder: CMD got no lease fds. */
+static void
+test_run_with_helper_cmd_has_no_fds(void)
+{
+    pid_t helper;
+    struct res r;
+
+    case_env();
+    helper = helper_start();
+    /* CMD (find, exec'd by lockdctl) lists its fds that lead into the
+     * lockspace: none with a helper, the lease without one. */
+    CTL_EXPECT(&r, 0, "run", "a.img", "--", "find", "/proc/self/fd", "-lname", "*/ls/*");
+    ASSERT_STR_EQ(r.out, "");
+    res_free(&r);
+    /* A CMD that cannot be run: its leases go at once, from the helper too. */
+    CTL_EXPECT(&r, 127, "run", "a.img", "--", "/nonexistent/cmd");
+    res_free(&r);
+    ASSERT_INT_EQ(probe("a.img"), LOCKD_FREE);
+    ASSERT_INT_EQ(helper_leases(), 0);
+    helper_stop(helper);
+    CTL_EXPECT(&r, 0, "run", "a.img", "--", "find", "/proc/self/fd", "-lname", "*/ls/*");
+    ASSERT_INT_EQ(lines(r.out), 1);
+    res_free(&r);
+}
+
+/* A script that runs one command after another on a disk: the helper
+ * releases the first command's lease a moment after it exits, and the next
+ * run must not be refused for it. */
+static void
+test_run_with_helper_back_to_back(void)
+{
+    pid_t helper;
+    struct res r;
+    int i;
+
+    case_env();
+    helper = helper_start();
+    for (i = 0; i < 100; i++) {
+        CTL_EXPECT(&r, 0, "run", "a.img", "--", "true");
+        res_free(&r);
+    }
+    helper_stop(helper);
+}
+
+static void
+test_acquire_release(void)
+{
+    char spid[32], *flat;
+    pid_t helper, owner;
+    struct res r;
+
+    case_env();
+    helper = helper_start();
+    owner = sleeper();
+    snprintf(spid, sizeof(spid), "%d", (int)owner);
+    CTL_EXPECT(&r, 0, "acquire", "--pid", spid, "--name", "vm1", "--json", "a.img",
+               "b.img", "c.img");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".pid", spid);
+    ASSERT_JSON(flat, ".leases#", "3");
+    ASSERT_JSON(flat, ".leases[0].mode", "exclusive");
+    ASSERT_TRUE(json_get(flat, ".leases[2].id") != NULL);
+    free(flat);
+    res_free(&r);
+    /* lockdctl (the manager) is gone; the helper holds for the owner. */
+    ASSERT_INT_EQ(probe("a.img"), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(helper_leases(), 3);
+    /* A disk the owner does not hold: an error, and nothing released. */
+    CTL_EXPECT(&r, 1, "release", "--pid", spid, "a.img", "d.img");
+    assert_one_line_error(&r, "d.img");
+    res_free(&r);
+    ASSERT_INT_EQ(helper_leases(), 3);
+    CTL_EXPECT(&r, 0, "release", "--pid", spid, "a.img");
+    res_free(&r);
+    ASSERT_INT_EQ(probe("a.img"), LOCKD_FREE);
+    ASSERT_INT_EQ(probe("b.img"), LOCKD_EXCLUSIVE);
+    CTL_EXPECT(&r, 0, "release", "--pid", spid);
+    res_free(&r);
+    ASSERT_INT_EQ(probe("b.img"), LOCKD_FREE);
+    ASSERT_INT_EQ(probe("c.img"), LOCKD_FREE);
+    ASSERT_INT_EQ(helper_leases(), 0);
+    /* Shared for two owners, then the owner's death releases. */
+    CTL_EXPECT(&r, 0, "acquire", "--pid", spid, "--shared", "iso");
+    res_free(&r);
+    ASSERT_INT_EQ(probe("iso"), LOCKD_SHARED);
+    CTL_EXPECT(&r, 75, "acquire", "--pid", spid, "iso", "a.img");
+    ASSERT_CONTAINS(r.err, "iso: busy: held shared by");
+    res_free(&r);
+    ASSERT_INT_EQ(probe("a.img"), LOCKD_FREE);
+    kill(owner, SIGKILL);
+    test_wait(owner);
+    ASSERT_TRUE(WAIT_UNTIL(probe("iso") == LOCKD_FREE, 5000));
+    helper_stop(helper);
+}
+
+static void
+test_acquire_bad_pid(void)
+{
+    pid_t helper, dead;
+    char spid[32];
+    struct res r;
+
+    case_env();
+    helper = helper_start();
+    dead = sleeper();
+    kill(dead, SIGKILL);
+    test_wait(dead);
+    snprintf(spid, sizeof(spid), "%d", (int)dead);
+    CTL_EXPECT(&r, 1, "acquire", "--pid", spid, "a.img");
+    assert_one_line_error(&r, "no such process");
+    ASSERT_CONTAINS(r.err, spid);
+    res_free(&r);
+    ASSERT_INT_EQ(lease_files(), 0);
+    ASSERT_INT_EQ(helper_leases(), 0);
+    CTL_EXPECT(&r, 1, "release", "--pid", spid);
+    assert_one_line_error(&r, spid);
+    res_free(&r);
+    helper_stop(helper);
+}
+
+/* status's table, against golden output (pids replaced, spaces squeezed). */
+static void
+test_status_golden(void)
+{
+    char spid_a[32], spid_b[32];
+    pid_t helper, a, b;
+    struct res r;
+
+    case_env();
+    helper = helper_start();
+    CTL_EXPECT(&r, 0, "status");
+    ASSERT_STR_EQ(r.out, "0 owners, 0 leases held, 0 in systemd's fd store\n");
+    res_free(&r);
+    a = sleeper();
+    b = sleeper();
+    snprintf(spid_a, sizeof(spid_a), "%d", (int)a);
+    snprintf(spid_b, sizeof(spid_b), "%d", (int)b);
+    CTL_EXPECT(&r, 0, "acquire", "--pid", spid_a, "--name", "guest-a", "--uuid", UUID_A,
+               "/var/lib/images/guest-a.qcow2", "/var/lib/images/guest-a-data.raw");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "acquire", "--pid", spid_b, "--name", "guest-b", "--uuid", UUID_B,
+               "--shared", "/srv/iso/debian-12.iso");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "status");
+    r.out = replace(r.out, spid_a, "@A");
+    r.out = replace(r.out, spid_b, "@B");
+    squeeze(r.out);
+    assert_golden("status.out", r.out);
+    res_free(&r);
+    kill(a, SIGKILL);
+    kill(b, SIGKILL);
+    test_wait(a);
+    test_wait(b);
+    helper_stop(helper);
+}
+
+/* A socket path that exists but refuses: 69, never a silent fallback. */
+static void
+test_helper_unreachable(void)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    char spid[32];
+    struct res r;
+    int fd;
+
+    case_env();
+    /* Bound, never listening: connect() is refused. */
+    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", test_path("h.sock"));
+    ASSERT_OK(bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno : 0);
+    snprintf(spid, sizeof(spid), "%d", (int)getpid());
+    CTL_EXPECT(&r, 69, "run", "a.img", "--", "true");
+    assert_one_line_error(&r, test_path("h.sock"));
+    res_free(&r);
+    ASSERT_INT_EQ(lease_files(), 0);
+    CTL_EXPECT(&r, 69, "acquire", "--pid", spid, "a.img");
+    assert_one_line_error(&r, "Connection refused");
+    res_free(&r);
+    CTL_EXPECT(&r, 69, "status");
+    res_free(&r);
+    CTL_EXPECT(&r, 69, "release", "--pid", spid);
+    res_free(&r);
+    /* who still tells the states, and says the helper did not answer. */
+    CTL_EXPECT(&r, 69, "who", "a.img");
+    ASSERT_CONTAINS(r.out, "free");
+    ASSERT_CONTAINS(r.err, "Connection refused");
+    res_free(&r);
+    close(fd);
+    /* No socket at all: run works without a helper; acquire cannot. */
+    unlink(test_path("h.sock"));
+    CTL_EXPECT(&r, 0, "run", "a.img", "--", "true");
+    res_free(&r);
+    CTL_EXPECT(&r, 69, "acquire", "--pid", spid, "a.img");
+    assert_one_line_error(&r, "no helper at");
+    res_free(&r);
+    CTL_EXPECT(&r, 69, "status");
+    res_free(&r);
+    assert_nothing_held();
+}
+
+/* ------------------------------------------------------------------------
+ * doctor
+ */
+
+struct doc {
+    struct res r;
+    char *flat;
+};
+
+/* Run doctor as text and as JSON; expect st from both. */
+static void
+doctor(struct doc *d, int st)
+{
+    struct res j;
+
+    CTL_EXPECT(&d->r, st, "doctor");
+    CTL_EXPECT(&j, st, "doctor", "--json");
+    d->flat = json_flat(j.out);
+    ASSERT_JSON(d->flat, ".ok", st == 0 ? "true" : "false");
+    ASSERT_JSON(d->flat, ".lockspace", ls_dir());
+    res_free(&j);
+}
+
+static void
+doc_free(struct doc *d)
+{
+    res_free(&d->r);
+    free(d->flat);
+}
+
+/* The level doctor gave the first line of check whose message has text. */
+static void
+assert_doc_line(const struct doc *d, const char *level, const char *check,
+                const char *text)
+{
+    char prefix[64];
+    const char *p = d->r.out;
+
+    snprintf(prefix, sizeof(prefix), "%-8s %-10s ", level, check);
+    for (; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        size_t l = strcspn(p, "\n");
+        char line[4096];
+
+        snprintf(line, sizeof(line), "%.*s", (int)l, p);
+        if (strncmp(line, prefix, strlen(prefix)) == 0 && strstr(line, text))
+            return;
+    }
+    TEST_FAIL("no \"%s\" line with \"%s\" in:\n%s", prefix, text, d->r.out);
+}
+
+static void
+test_doctor_good(void)
+{
+    char *before;
+    struct proc p;
+    struct doc d;
+    pid_t helper;
+
+    case_env();
+    make_lockspace(0);
+    make_lease_files(3);
+    hold(&p, "/gc/1", NULL, NULL);
+    before = dir_listing(ls_dir());
+    doctor(&d, 0);
+    ASSERT_TRUE(strncmp(d.r.out, "lockspace ", 10) == 0);
+    assert_doc_line(&d, "ok", "directory", "exists and is writable");
+    assert_doc_line(&d, "ok", "settings", "key mode verbatim");
+    assert_doc_line(&d, "ok", "filesystem", "local");
+    assert_doc_line(&d, "ok", "locks", "OFD locks work here");
+    assert_doc_line(&d, "ok", "leases", "3 lease files: 1 held, 2 unused");
+    assert_doc_line(&d, "note", "helper", "no helper at");
+    assert_doc_line(&d, "ok", "fds", "open files");
+    ASSERT_CONTAINS(d.r.out, "\nall is well\n");
+    ASSERT_STR_EQ(d.r.err, "");
+    ASSERT_JSON(d.flat, ".checks[0].check", "directory");
+    ASSERT_JSON(d.flat, ".checks[0].level", "ok");
+    ASSERT_TRUE(json_get(d.flat, ".checks[0].message") != NULL);
+    doc_free(&d);
+    /* It changed nothing: no settings, no index, no scratch file. */
+    assert_listing(ls_dir(), before);
+    ASSERT_INT_EQ(proc_finish(&p), 0);
+    /* With a helper answering. */
+    helper = helper_start();
+    doctor(&d, 0);
+    assert_doc_line(&d, "ok", "helper", "lockd-helper answers at");
+    doc_free(&d);
+    helper_stop(helper);
+    free(before);
+}
+
+static void
+test_doctor_missing_and_unrecorded(void)
+{
+    struct doc d;
+
+    case_env();
+    doctor(&d, 1);
+    assert_doc_line(&d, "error", "directory", "does not exist");
+    ASSERT_CONTAINS(d.r.out, "1 error, 0 warnings");
+    doc_free(&d);
+    ASSERT_TRUE(access(ls_dir(), F_OK) < 0);
+    /* An empty directory: no settings yet is fine, and stays so. */
+    ASSERT_OK(mkdir(ls_dir(), 0755) < 0 ? -errno : 0);
+    doctor(&d, 0);
+    assert_doc_line(&d, "note", "settings", "no .lockd-lockspace yet");
+    doc_free(&d);
+    assert_listing(ls_dir(), ".\n..\n");
+    /* A settings file lockd does not understand. */
+    write_file(test_path("ls/.lockd-lockspace"),
+               "lockd-lockspace 99\nkey-mode verbatim\n");
+    doctor(&d, 1);
+    assert_doc_line(&d, "error", "settings", "not a settings file");
+    doc_free(&d);
+}
+
+static void
+test_doctor_read_only(void)
+{
+    struct doc d;
+
+    case_env();
+    make_lockspace(0);
+    make_lease_files(1);
+    /* A private mount namespace: the bind mount dies with this case. */
+    ASSERT_OK(unshare(CLONE_NEWNS) < 0 ? -errno : 0);
+    /* "none" where the type is ignored: valgrind objects to NULL there. */
+    ASSERT_OK(mount("none", "/", "none", MS_REC | MS_PRIVATE, NULL) < 0 ? -errno : 0);
+    ASSERT_OK(mount(ls_dir(), ls_dir(), "none", MS_BIND, NULL) < 0 ? -errno : 0);
+    ASSERT_OK(mount("none", ls_dir(), "none", MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0
+                  ? -errno
+                  : 0);
+    doctor(&d, 1);
+    assert_doc_line(&d, "error", "directory", "read-only filesystem");
+    /* Locks still work there for reading (tested on the settings file). */
+    assert_doc_line(&d, "ok", "locks", "the settings file");
+    assert_doc_line(&d, "ok", "leases", "1 lease file: 0 held, 1 unused");
+    doc_free(&d);
+    ASSERT_OK(umount(ls_dir()) < 0 ? -errno : 0);
+}
+
+static void
+test_doctor_lock_fails(void)
+{
+    struct doc d;
+
+    case_env();
+    make_lockspace(0);
+    setenv("LOCKD_TEST_LOCK_FAIL", "ENOLCK", 1);
+    doctor(&d, 1);
+    assert_doc_line(&d, "error", "locks", "OFD locks do not work here");
+    assert_doc_line(&d, "error", "locks", "ENOLCK");
+    ASSERT_JSON(d.flat, ".checks[3].check", "locks");
+    ASSERT_JSON(d.flat, ".checks[3].level", "error");
+    doc_free(&d);
+    assert_listing(ls_dir(), ".\n..\n.lockd-lockspace\n");
+}
+
+/* A fake mountinfo that puts the lockspace on NFS with options opts. */
+static void
+fake_nfs(const char *opts)
+{
+    char text[8192];
+
+    snprintf(text, sizeof(text),
+             "21 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+             "40 21 0:50 /export %s rw,relatime shared:7 - nfs filer:/export %s\n"
+             "41 40 0:51 / /elsewhere rw - tmpfs tmpfs rw\n",
+             test_scratch, opts);
+    write_file(test_path("mountinfo"), text);
+    setenv("LOCKD_TEST_MOUNTINFO", test_path("mountinfo"), 1);
+}
+
+static void
+test_doctor_nfs(void)
+{
+    struct doc d;
+
+    case_env();
+    make_lockspace(0);
+    fake_nfs("rw,vers=3,hard,proto=tcp,local_lock=all,addr=10.0.0.1");
+    doctor(&d, 1);
+    assert_doc_line(&d, "warning", "filesystem", "local_lock=all");
+    assert_doc_line(&d, "warning", "filesystem", "LOCKS ARE LOCAL TO THIS HOST");
+    ASSERT_CONTAINS(d.r.out, "0 errors, 1 warning");
+    doc_free(&d);
+    fake_nfs("rw,vers=3,nolock,local_lock=all,addr=10.0.0.1");
+    doctor(&d, 1);
+    assert_doc_line(&d, "warning", "filesystem", "nolock");
+    doc_free(&d);
+    fake_nfs("rw,vers=3,local_lock=posix,addr=10.0.0.1");
+    doctor(&d, 1);
+    assert_doc_line(&d, "warning", "filesystem", "local_lock=posix");
+    doc_free(&d);
+    /* The healthy default. */
+    fake_nfs("rw,vers=4.2,hard,proto=tcp,local_lock=none,addr=10.0.0.1");
+    doctor(&d, 0);
+    assert_doc_line(&d, "ok", "filesystem", "nfs from filer:/export");
+    doc_free(&d);
+}
+
+static void
+test_doctor_canonical_on_nfs(void)
+{
+    struct doc d;
+
+    case_env();
+    make_lockspace(LOCKD_OPEN_CANONICAL);
+    fake_nfs("rw,vers=4.2,local_lock=none");
+    doctor(&d, 1);
+    assert_doc_line(&d, "warning", "settings",
+                    "key mode canonical on a network filesystem");
+    doc_free(&d);
+    /* Asking for the other mode than recorded is an error. */
+    unsetenv("LOCKD_TEST_MOUNTINFO");
+    {
+        struct res r;
+
+        CTL_EXPECT(&r, 1, "--key-mode", "verbatim", "doctor");
+        ASSERT_CONTAINS(r.out,
+                        "records key mode canonical, but --key-mode asked for verbatim");
+        res_free(&r);
+    }
+}
+
+static void
+test_doctor_helper_refuses(void)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct doc d;
+    int fd;
+
+    case_env();
+    make_lockspace(0);
+    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", test_path("h.sock"));
+    ASSERT_OK(bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno : 0);
+    doctor(&d, 1);
+    assert_doc_line(&d, "error", "helper", "no helper answers there");
+    doc_free(&d);
+    close(fd);
+}
+
+/* ------------------------------------------------------------------------
+ * main
+ */
+
+/* Paths of the built programs: the repository is the parent of the
+ * directory this test lives in.  argv[0], not /proc/self/exe, which names
+ * valgrind's tool under make check-valgrind. */
+static void
+find_programs(const char *argv0)
+{
+    char exe[PATH_MAX - 64], *slash;
+
+    if (!realpath(argv0, exe) || !(slash = strrchr(exe, '/')))
+        exit(2);
+    *slash = '\0';
+    slash = strrchr(exe, '/');
+    if (!slash)
+        exit(2);
+    *slash = '\0';
+    snprintf(ctl_path, sizeof(ctl_path), "%s/lockdctl", exe);
+    snprintf(helper_path, sizeof(helper_path), "%s/lockd-helper", exe);
+    snprintf(golden_dir, sizeof(golden_dir), "%s/test/golden", exe);
+    /* To run these cases against other builds (an ASan lockdctl, say). */
+    if (getenv("LOCKD_TEST_LOCKDCTL"))
+        snprintf(ctl_path, sizeof(ctl_path), "%s", getenv("LOCKD_TEST_LOCKDCTL"));
+    if (getenv("LOCKD_TEST_HELPER"))
+        snprintf(helper_path, sizeof(helper_path), "%s", getenv("LOCKD_TEST_HELPER"));
+}
+
+int
+main(int argc, char **argv)
+{
+    (void)argc;
+    find_programs(argv[0]);
+    if (access(ctl_path, X_OK) < 0) {
+        printf("not ok - %s is not built (make lockdctl)\n", ctl_path);
+        return 1;
+    }
+    TEST_RUN(test_key_golden);
+    TEST_RUN(test_key_relative_paths);
+    TEST_RUN(test_key_canonical_new_disk);
+    TEST_RUN(test_key_mode_mismatch);
+    TEST_RUN(test_key_unrecorded_lockspace);
+    TEST_RUN(test_help_version);
+    TEST_RUN(test_usage_errors);
+    TEST_RUN(test_run_returns_cmd_status);
+    TEST_RUN(test_run_holds_while_cmd_runs);
+    TEST_RUN(test_run_shared);
+    TEST_RUN(test_wait_times_out);
+    TEST_RUN(test_wait_succeeds_when_holder_exits);
+    TEST_RUN(test_resource);
+    TEST_RUN(test_who);
+    TEST_RUN(test_who_posix_holder);
+    TEST_RUN(test_gc_summary);
+    TEST_RUN(test_gc_progress_on_tty);
+    TEST_RUN(test_run_with_helper);
+    TEST_RUN(test_run_with_helper_cmd_has_no_fds);
+    TEST_RUN(test_run_with_helper_back_to_back);
+    TEST_RUN(test_acquire_release);
+    TEST_RUN(test_acquire_bad_pid);
+    TEST_RUN(test_status_golden);
+    TEST_RUN(test_helper_unreachable);
+    TEST_RUN(test_doctor_good);
+    TEST_RUN(test_doctor_missing_and_unrecorded);
+    TEST_RUN(test_doctor_read_only);
+    TEST_RUN(test_doctor_lock_fails);
+    TEST_RUN(test_doctor_nfs);
+    TEST_RUN(test_doctor_canonical_on_nfs);
+    TEST_RUN(test_doctor_helper_refuses);
+    return test_done();
+}
