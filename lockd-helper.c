@@ -1960,7 +1960,10 @@ on_event(const struct epoll_event *ev)
         on_signal();
     else if (tag == TAG_CONN && idx < CONN_MAX && H.conns[idx].fd >= 0)
         on_conn(&H.conns[idx]);
-    else if (tag == TAG_OWNER && idx < H.nowner_slots && H.owners[idx].pid)
+    else if (tag == TAG_OWNER && idx < H.nowner_slots && H.owners[idx].pid &&
+             pidfd_dead(H.owners[idx].pidfd))
+        /* Checked again: an earlier event of this batch may have freed the
+         * dead owner and given its slot to a new, live one. */
         owner_free(&H.owners[idx], "exited");
 }
 
