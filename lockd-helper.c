@@ -40,6 +40,7 @@
 #define LIST_PAGE_BYTES (PROTO_BODY_MAX - 4096)
 #define STATE_ENV       "LOCKD_HELPER_STATE_FD"
 #define NONE            UINT32_MAX
+#define LEASE_SLOTS_MAX (1u << 20) /* more than any fd limit allows leases */
 
 /* epoll tags: kind in the top byte, an index below. */
 #define TAG_LISTEN (1ull << 56)
@@ -99,12 +100,16 @@ static struct {
 
     /* fds */
     int listen_fd, epoll_fd, signal_fd, fdinfo_dir;
+    int probe_fd, probe_info, null_fd; /* see fd_has_lease() */
     int bound; /* we bound socket_path ourselves: unlink it at exit */
     int reserve[RESERVE_FDS];
 
     /* state */
     struct lease *leases;
-    uint32_t nlease_slots, lease_free, nleases;
+    uint32_t lease_cap;    /* slots allocated */
+    uint32_t nlease_slots; /* slots initialised: in use or on the free list */
+    uint32_t lease_free, nleases;
+    uint32_t owner_hint;   /* the owner found last: requests come in runs */
     uint64_t next_gen;
     struct owner *owners;
     uint32_t nowner_slots, nowners;
@@ -121,6 +126,7 @@ static struct {
     int store_on; /* fd store in use */
     int store_full_logged;
     uint32_t store_fds; /* fds we keep in the store */
+    uint32_t store_leases; /* of which lease fds */
     size_t store_names; /* bytes of LISTEN_FDNAMES they would take */
     int state_fd;       /* the store's state memfd, -1 if none */
     uint64_t state_start, state_end;
@@ -131,6 +137,7 @@ static struct {
     uint8_t in[PROTO_HDR_SIZE + PROTO_BODY_MAX];
     uint8_t out[PROTO_HDR_SIZE + PROTO_BODY_MAX];
 } H = {.listen_fd = -1, .epoll_fd = -1, .signal_fd = -1, .fdinfo_dir = -1, .state_fd = -1,
+       .probe_fd = -1, .probe_info = -1, .null_fd = -1,
        .lease_free = NONE, .next_gen = 1, .socket_mode = 0600};
 
 /* ------------------------------------------------------------------------
@@ -226,6 +233,13 @@ pidfd_pid(int pidfd)
  * Whether fd carries an OFD lock on byte 0, length 1, of mode: the kernel
  * lists the locks of each open file description in its fdinfo (fs/locks.c,
  * lock_get_status), e.g. "lock:\t1: OFDLCK ADVISORY  WRITE -1 fe:00:12 0 0".
+ *
+ * Opening /proc/self/fdinfo/N for every fd handed over costs an open and a
+ * close each (most of the helper's time per lease).  Instead the helper keeps
+ * /proc/self/fdinfo/P open for one reserved fd number P, dup3()s the fd to
+ * check onto P and reads that file again from offset 0: the kernel looks up
+ * fd P when the file is read, not when it was opened.  probe_release() puts
+ * /dev/null back on P, so the helper keeps no stray copy of a lease.
  */
 static int
 fd_has_lease(int fd, int mode)
@@ -233,13 +247,18 @@ fd_has_lease(int fd, int mode)
     char buf[4096], *line;
     const char *want = mode == LOCKD_SHARED ? " READ " : " WRITE ";
     struct stat st;
-    int r;
+    ssize_t n;
 
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
         return 0;
-    r = fdinfo_read(fd, buf, sizeof(buf));
-    if (r < 0)
-        return r; /* out of fds, say: not the client's fault */
+    if (dup3(fd, H.probe_fd, O_CLOEXEC) < 0)
+        return negerrno();
+    do
+        n = pread(H.probe_info, buf, sizeof(buf) - 1, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return negerrno(); /* not the client's fault */
+    buf[n] = '\0';
     for (line = strstr(buf, "lock:\t"); line; line = strstr(line + 1, "lock:\t")) {
         char *end = strchr(line, '\n');
         size_t len = end ? (size_t)(end - line) : strlen(line);
@@ -249,6 +268,26 @@ fd_has_lease(int fd, int mode)
             return 1;
     }
     return 0;
+}
+
+static void
+probe_release(void)
+{
+    (void)dup3(H.null_fd, H.probe_fd, O_CLOEXEC);
+}
+
+static int
+probe_setup(void)
+{
+    char name[16];
+
+    H.null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    H.probe_fd = fcntl(H.null_fd, F_DUPFD_CLOEXEC, 3);
+    if (H.null_fd < 0 || H.probe_fd < 0)
+        return -errno;
+    snprintf(name, sizeof(name), "%d", H.probe_fd);
+    H.probe_info = open_retry(H.fdinfo_dir, name, O_RDONLY | O_CLOEXEC, 0);
+    return H.probe_info < 0 ? H.probe_info : 0;
 }
 
 static int64_t
@@ -285,9 +324,13 @@ owner_find(int32_t pid)
 {
     uint32_t i;
 
+    if (H.owner_hint < H.nowner_slots && H.owners[H.owner_hint].pid == pid)
+        return &H.owners[H.owner_hint];
     for (i = 0; i < H.nowner_slots; i++)
-        if (H.owners[i].pid == pid)
+        if (H.owners[i].pid == pid) {
+            H.owner_hint = i;
             return &H.owners[i];
+        }
     return NULL;
 }
 
@@ -351,38 +394,64 @@ lease_freelist_rebuild(void)
         }
 }
 
+/*
+ * Lease slots are allocated in doubling chunks but initialised only up to a
+ * high-water mark (nlease_slots), so the untouched end of the array is never
+ * made resident: memory per lease stays near the 64 bytes of its entry.
+ */
 static int
-lease_slots_grow(void)
+lease_cap_grow(uint32_t need)
 {
-    if (grow((void **)&H.leases, &H.nlease_slots, sizeof(*H.leases)) < 0)
+    uint32_t n = H.lease_cap ? H.lease_cap : 64;
+    void *p;
+
+    while (n < need)
+        n *= 2;
+    if (n == H.lease_cap)
+        return 0;
+    p = realloc(H.leases, (size_t)n * sizeof(*H.leases));
+    if (!p)
         return -ENOMEM;
-    lease_freelist_rebuild();
+    H.leases = p;
+    H.lease_cap = n;
     return 0;
 }
 
-/* Make sure n slots are free, so that taking them cannot fail. */
+/* Initialise slots up to (not including) upto as free, unlinked. */
+static void
+lease_hw_extend(uint32_t upto)
+{
+    for (; H.nlease_slots < upto; H.nlease_slots++) {
+        memset(&H.leases[H.nlease_slots], 0, sizeof(*H.leases));
+        H.leases[H.nlease_slots].fd = -1;
+    }
+}
+
+/* Make sure n slots can be taken, so that taking them cannot fail. */
 static int
 lease_slots_reserve(uint32_t n)
 {
-    for (;;) {
-        uint32_t have = 0, slot;
+    uint32_t have = 0, slot;
 
-        for (slot = H.lease_free; slot != NONE && have < n; slot = H.leases[slot].next)
-            have++;
-        if (have >= n)
-            return 0;
-        if (lease_slots_grow() < 0)
-            return -ENOMEM;
-    }
+    for (slot = H.lease_free; slot != NONE && have < n; slot = H.leases[slot].next)
+        have++;
+    if (have + (H.lease_cap - H.nlease_slots) >= n)
+        return 0;
+    return lease_cap_grow(H.nlease_slots + (n - have));
 }
 
 static int
 lease_slot_alloc(uint32_t *ret)
 {
-    if (H.lease_free == NONE && lease_slots_grow() < 0)
+    if (H.lease_free != NONE) {
+        *ret = H.lease_free;
+        H.lease_free = H.leases[*ret].next;
+        return 0;
+    }
+    if (lease_cap_grow(H.nlease_slots + 1) < 0)
         return -ENOMEM;
-    *ret = H.lease_free;
-    H.lease_free = H.leases[*ret].next;
+    *ret = H.nlease_slots;
+    lease_hw_extend(H.nlease_slots + 1);
     return 0;
 }
 
@@ -391,9 +460,9 @@ lease_slot_alloc(uint32_t *ret)
 static int
 lease_slot_claim(uint32_t slot)
 {
-    while (slot >= H.nlease_slots)
-        if (grow((void **)&H.leases, &H.nlease_slots, sizeof(*H.leases)) < 0)
-            return -ENOMEM;
+    if (lease_cap_grow(slot + 1) < 0)
+        return -ENOMEM;
+    lease_hw_extend(slot + 1);
     return H.leases[slot].gen == 0 ? 0 : -EEXIST;
 }
 
@@ -666,6 +735,7 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
         return -EDQUOT;
     for (i = 0; i < req->count && r == 0; i++)
         r = check_item(c, req, i, fds[i]);
+    probe_release();
     if (r < 0)
         return r;
     for (i = 0; i < req->count; i++)
@@ -867,7 +937,7 @@ dispatch(struct conn *c, const struct proto_req *req, int *fds, size_t nfds, int
         case PROTO_STATUS:
             wr_u64(&wr, H.nowners);
             wr_u64(&wr, H.nleases);
-            wr_u64(&wr, H.store_on ? H.store_fds : 0);
+            wr_u64(&wr, H.store_on ? H.store_leases : 0);
             break;
         }
     }
@@ -1033,6 +1103,7 @@ on_conn(struct conn *c)
 #define STATE_MAGIC   "lockdst"
 #define STATE_VERSION 1
 #define STATE_HDR     32
+#define STATE_MAX     (256u << 20) /* far beyond 2^20 leases of 4 KiB names */
 
 enum { ST_OWNER = 1, ST_GONE, ST_LEASE, ST_FREE, ST_LISTEN, ST_CONN, ST_GEN };
 
@@ -1247,8 +1318,8 @@ adopt_fd(struct adopt *a, int fd_in_record, char kind, uint64_t number)
 {
     struct named_fd key = {kind, number, -1}, *n;
 
-    if (a->reexec)
-        return fd_in_record >= 0 && fcntl(fd_in_record, F_GETFD) >= 0 ? fd_in_record : -EBADF;
+    if (a->reexec) /* our own previous image wrote it: no check per fd */
+        return fd_in_record >= 3 ? fd_in_record : -EBADF;
     n = a->named ? bsearch(&key, a->named, a->nnamed, sizeof(key), named_cmp) : NULL;
     if (!n || n->fd < 0)
         return -ENOENT;
@@ -1279,7 +1350,13 @@ restore_owner(struct proto_rd *rd, struct adopt *a)
         return set_name(&o->name, name, nl);
     }
     fd = adopt_fd(a, pidfd, 'P', gen);
-    if (fd < 0 || pidfd_pid(fd) != pid) {
+    /* A pidfd whose process has been reaped shows "Pid: -1": that owner is
+     * adopted all the same, and settle_restored() releases its leases. */
+    if (fd >= 0 && pidfd_pid(fd) != pid && pidfd_pid(fd) != -1) {
+        safe_close(fd);
+        fd = -EBADF;
+    }
+    if (fd < 0) {
         log_warn("owner pid %d: its pidfd was not handed back; its leases stay held, "
                  "unmanaged", (int)pid);
         return 0;
@@ -1305,7 +1382,7 @@ restore_lease(struct proto_rd *rd, struct adopt *a)
     struct owner *o;
     struct lease *l;
 
-    if (rd->bad || gen == 0 || mode > LOCKD_SHARED || slot >= (1u << 30))
+    if (rd->bad || gen == 0 || mode > LOCKD_SHARED || slot >= LEASE_SLOTS_MAX || pid <= 0)
         return -EPROTO;
     if (gen >= H.next_gen)
         H.next_gen = (uint64_t)gen + 1;
@@ -1363,6 +1440,8 @@ restore_record(uint8_t type, struct proto_rd *rd, struct adopt *a)
         return restore_owner(rd, a);
     case ST_GONE:
         v[0] = rd_i32(rd);
+        if (v[0] <= 0) /* pid 0 would name a free owner slot */
+            return -EPROTO;
         if ((o = owner_find(v[0])) && !rd->bad)
             owner_free(o, "gone before the restart");
         return 0;
@@ -1396,9 +1475,10 @@ restore_record(uint8_t type, struct proto_rd *rd, struct adopt *a)
 static int
 state_restore(int fd, struct adopt *a)
 {
-    uint8_t h[STATE_HDR];
+    uint8_t h[STATE_HDR], *buf;
     uint64_t start, end, off;
     uint32_t version;
+    ssize_t n;
     int r = 0;
 
     if (pread(fd, h, sizeof(h), 0) != (ssize_t)sizeof(h) || memcmp(h, STATE_MAGIC, 8) != 0)
@@ -1406,23 +1486,38 @@ state_restore(int fd, struct adopt *a)
     memcpy(&version, h + 8, 4);
     memcpy(&start, h + 16, 8);
     memcpy(&end, h + 24, 8);
-    if (version != STATE_VERSION || start < STATE_HDR || end < start)
+    if (version != STATE_VERSION || start < STATE_HDR || end < start ||
+        end - start > STATE_MAX)
         return -EPROTO;
-    for (off = start; off < end && r >= 0;) {
-        uint8_t rh[3], body[128 + LOCKD_NAME_MAX];
+    /* Read it all at once: one pread per record made re-exec slow. */
+    buf = malloc(end - start ? end - start : 1);
+    if (!buf)
+        return -ENOMEM;
+    for (off = 0; off < end - start; off += (uint64_t)n) {
+        n = pread(fd, buf + off, end - start - off, (off_t)(start + off));
+        if (n <= 0) {
+            free(buf);
+            return -EPROTO;
+        }
+    }
+    for (off = 0; off < end - start && r >= 0;) {
         uint16_t len;
         struct proto_rd rd;
 
-        if (pread(fd, rh, 3, (off_t)off) != 3)
-            return -EPROTO;
-        memcpy(&len, rh + 1, 2);
-        if (len > sizeof(body) || off + 3 + len > end ||
-            pread(fd, body, len, (off_t)(off + 3)) != len)
-            return -EPROTO;
-        rd = (struct proto_rd){body, len, 0};
-        r = restore_record(rh[0], &rd, a);
+        if (end - start - off < 3)
+            break;
+        memcpy(&len, buf + off + 1, 2);
+        if (off + 3 + len > end - start) {
+            r = -EPROTO;
+            break;
+        }
+        rd = (struct proto_rd){buf + off + 3, len, 0};
+        r = restore_record(buf[off], &rd, a);
         off += 3 + (uint64_t)len;
     }
+    if (r >= 0 && off != end - start)
+        r = -EPROTO;
+    free(buf);
     lease_freelist_rebuild();
     return r;
 }
@@ -1520,6 +1615,7 @@ store_push_lease(uint32_t slot)
     store_push_owner(o);
     if (o->stored && store_push(l->fd, 'L', l->gen) == 0) {
         l->stored = 1;
+        H.store_leases++;
         changed();
     }
 }
@@ -1531,6 +1627,7 @@ store_remove_lease(uint32_t slot)
 
     if (H.store_on && l->stored) {
         store_remove('L', l->gen);
+        H.store_leases--;
         changed();
     }
     l->stored = 0;
@@ -1543,6 +1640,7 @@ store_recount(void)
     uint32_t i;
 
     H.store_fds = 1;
+    H.store_leases = 0;
     H.store_names = sizeof("state");
     for (i = 0; i < H.nowner_slots; i++)
         if (H.owners[i].pid && H.owners[i].stored) {
@@ -1552,6 +1650,7 @@ store_recount(void)
     for (i = 0; i < H.nlease_slots; i++)
         if (H.leases[i].gen && H.leases[i].stored) {
             H.store_fds++;
+            H.store_leases++;
             H.store_names += store_name_len(H.leases[i].gen);
         }
 }
@@ -1754,7 +1853,7 @@ adopt_reexec_state(void)
 /* After restoring: owners that died meanwhile release now; every held fd
  * goes back on the right side of FD_CLOEXEC. */
 static void
-settle_restored(void)
+settle_restored(int from_store)
 {
     uint32_t i;
 
@@ -1770,11 +1869,11 @@ settle_restored(void)
             log_err("cannot watch owner pid %d", (int)o->pid);
     }
     /* sd_listen_fds() set FD_CLOEXEC on what systemd passed; lease fds are
-     * kept without it, ready for the next re-exec.  (After a re-exec they
-     * never had it: this is then a few thousand cheap no-ops.) */
-    for (i = 0; i < H.nlease_slots; i++)
+     * kept without it, ready for the next re-exec (a lease fd carries no
+     * other fd flag).  After a re-exec they never had it. */
+    for (i = 0; from_store && i < H.nlease_slots; i++)
         if (H.leases[i].gen)
-            (void)set_cloexec(H.leases[i].fd, 0);
+            (void)fcntl(H.leases[i].fd, F_SETFD, 0);
     for (i = 0; i < CONN_MAX; i++)
         if (H.conns[i].fd >= 0)
             (void)set_cloexec(H.conns[i].fd, 1);
@@ -1887,7 +1986,7 @@ status_send(void)
     if (!H.notify)
         return;
     snprintf(msg, sizeof(msg), "STATUS=%u owners, %u leases, %u in fd store%s", H.nowners,
-             H.nleases, H.store_on ? H.store_fds : 0,
+             H.nleases, H.store_on ? H.store_leases : 0,
              H.store_full_logged ? " (full)" : "");
     (void)sd_notify(0, msg);
 }
@@ -2163,7 +2262,7 @@ int
 main(int argc, char **argv)
 {
     const char *wd;
-    int i, r, state;
+    int i, r, state, reexec;
 
     parse_args(argc, argv);
     for (i = 0; i < CONN_MAX; i++)
@@ -2176,6 +2275,8 @@ main(int argc, char **argv)
         log_warn("cannot find my own path (%s): SIGUSR1 re-exec disabled", argv[0]);
     raise_nofile();
     r = setup_loop();
+    if (r == 0)
+        r = probe_setup();
     if (r < 0) {
         log_err("start-up failed: %s", strerror(-r));
         return 1;
@@ -2185,7 +2286,8 @@ main(int argc, char **argv)
     wd = getenv("WATCHDOG_USEC");
     if (wd && sd_watchdog_enabled(0, &H.watchdog_usec) <= 0)
         H.watchdog_usec = 0;
-    if (getenv(STATE_ENV)) {
+    reexec = getenv(STATE_ENV) != NULL;
+    if (reexec) {
         const char *sfd = getenv("LOCKD_HELPER_STORE_STATE_FD");
 
         (void)adopt_reexec_state();
@@ -2194,7 +2296,7 @@ main(int argc, char **argv)
         unsetenv("LOCKD_HELPER_STORE_STATE_FD");
     } else
         state = adopt_listen_fds();
-    settle_restored();
+    settle_restored(!reexec);
     r = setup_listen();
     if (r < 0)
         return 1;
