@@ -113,6 +113,7 @@ check-build: all $(TESTS) test/header-c99.o test/header-cxx.o
 # Tests that run the programs build them first (order-only, so that
 # check-asan's flags do not rebuild them with sanitizers).
 test/test-lockdctl test/test-helper: | lockdctl lockd-helper
+test/test-helper: test/fake-systemd.h
 
 ASAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 check-asan: deps
@@ -127,7 +128,7 @@ check-valgrind: deps
 		sh test/run $(TESTS)
 
 bench: deps
-	@$(MAKE) --no-print-directory CFLAGS="-O2 -g" $(BENCHES)
+	@$(MAKE) --no-print-directory CFLAGS="-O2 -g" $(BENCHES) lockd-helper
 	@for b in $(BENCHES); do ./$$b || exit 1; done
 
 bench/bench-%: bench/bench-%.c bench/bench.h lockd.c lockd.h

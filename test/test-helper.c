@@ -1,0 +1,2555 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test-helper.c: lockd-helper with real processes, real fds and a fake
+ * systemd (fake-systemd.h).
+ *
+ * Each case starts its own helper on a socket in its scratch directory and
+ * ends it by pid.  Guests (owners) are forked processes that wait on a pipe;
+ * managers are forked processes or the test itself.  Whether a lease is held
+ * is always asked from outside, the way another host would: lockd_probe(),
+ * or an acquire that must fail.  Children close every fd they do not need
+ * first (spawn()), because a stray copy of a lease fd in a child would keep
+ * a lease held that the test expects to be free, or the other way round hide
+ * a lease the helper lost.
+ *
+ * Every case body runs in a child of a small wrapper that is a subreaper: if
+ * the body fails or times out, the wrapper kills whatever it left behind
+ * (each by its pid) and prints the tail of the helpers' logs.
+ *
+ * The cases:
+ *   harness_selfcheck   the fake systemd enforces systemd 252's fd store rules
+ *                       (run against a fake helper: this binary)
+ *   notify_basics       READY=1, STATUS=, WATCHDOG=1; socket files left as
+ *                       they should be
+ *   crash_manager       manager SIGKILLed after hand-off: held while the owner
+ *                       lives, released at once when it exits
+ *   crash_helper_fdstore  helper SIGKILLed under the fd store: held
+ *                       throughout, adopted with the same ids, released when
+ *                       the owner exits; an owner that died meanwhile is
+ *                       released after adoption
+ *   crash_helper_store_bound  past FileDescriptorStoreMax: what is stored
+ *                       survives a crash, the rest is free, as documented
+ *   crash_helper_no_store  without the store a helper crash frees its leases
+ *   reexec_under_load   19,000 leases, 500 owners, 3 SIGUSR1 re-execs of an
+ *                       upgraded binary while a poller tries every lease
+ *   refusals            unlocked fd, shared lock announced exclusive, FIFO,
+ *                       one bad fd among good ones, bad pids and pidfds
+ *   stale_notice        a late one-way release notice never touches a newer
+ *                       lease of the same disk
+ *   credentials         uid 65534 against root's owners and a 0600 socket
+ *   malformed           raw protocol garbage, fd count lies, disconnects,
+ *                       1,100 connections: the helper stays up, nothing held
+ *                       changes, no fd leaks
+ *   fd_exhaustion       out of fds, the helper still answers, -EMFILE
+ *   idle_exit_reactivation  --timeout exits when idle, a connection starts
+ *                       it again, a held lease keeps it running
+ *   systemd_units       systemd-analyze verify on the units, and the
+ *                       settings the helper relies on
+ */
+#include "test.h"
+#include "fake-systemd.h"
+
+#include <dirent.h>
+#include <glob.h>
+#include <grp.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+
+#include "lockd.h"
+
+#define UUID1 "6f2b1c1e-6b8d-4d3a-9a55-0d1b8e7c2a01"
+#define NOBODY 65534
+
+/* ------------------------------------------------------------------------
+ * The case wrapper
+ */
+
+/* Print the last lines of every *.log in the scratch directory. */
+static void
+dump_logs(void)
+{
+    static char buf[1 << 20];
+    glob_t g;
+    int r = glob(test_path("*.log"), 0, NULL, &g);
+
+    if (r != 0 && r != GLOB_NOMATCH)
+        return;
+    (void)glob(test_path("*/*.log"), GLOB_APPEND, NULL, &g);
+    for (size_t i = 0; i < g.gl_pathc; i++) {
+        int fd = open(g.gl_pathv[i], O_RDONLY | O_CLOEXEC), lines = 0;
+        ssize_t n = fd < 0 ? -1 : pread(fd, buf, sizeof(buf) - 1, 0);
+        char *p;
+
+        if (fd >= 0)
+            close(fd);
+        if (n <= 0)
+            continue;
+        buf[n] = '\0';
+        for (p = buf + n; p > buf && lines <= 40; p--)
+            lines += p[-1] == '\n';
+        fprintf(stderr, "--- %s (tail) ---\n%s", g.gl_pathv[i], p);
+    }
+    globfree(&g);
+}
+
+/* This process's children, from /proc (CONFIG_PROC_CHILDREN). */
+static size_t
+self_children(pid_t *pids, size_t cap)
+{
+    char path[64], buf[16384], *p, *end;
+    size_t n = 0;
+    ssize_t len;
+    int fd;
+
+    snprintf(path, sizeof(path), "/proc/self/task/%d/children", (int)getpid());
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    len = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    buf[len > 0 ? len : 0] = '\0';
+    for (p = buf; n < cap; p = end) {
+        long v = strtol(p, &end, 10);
+
+        if (end == p)
+            break;
+        pids[n++] = (pid_t)v;
+    }
+    return n;
+}
+
+static int
+is_zombie(pid_t pid)
+{
+    char path[64], buf[512], *p;
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 1;
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    buf[n > 0 ? n : 0] = '\0';
+    p = strrchr(buf, ')');
+    return !p || p[1] == '\0' || p[2] == 'Z';
+}
+
+/* Kill (by pid) and reap whatever the body left; returns how many of them
+ * were still running. */
+static int
+reap_leftovers(void)
+{
+    pid_t pids[1024];
+    size_t n;
+    int live = 0;
+
+    while ((n = self_children(pids, 1024)) > 0)
+        for (size_t i = 0; i < n; i++) {
+            if (!is_zombie(pids[i])) {
+                fprintf(stderr, "left running: pid %d\n", (int)pids[i]);
+                live++;
+                kill(pids[i], SIGKILL);
+            }
+            while (waitpid(pids[i], NULL, 0) < 0 && errno == EINTR)
+                ;
+        }
+    return live;
+}
+
+static volatile pid_t case_body;
+static volatile sig_atomic_t case_timed_out;
+
+static void
+case_alarm(int sig)
+{
+    (void)sig;
+    case_timed_out = 1;
+    if (case_body > 0)
+        kill(case_body, SIGKILL);
+}
+
+/*
+ * Run body in a child, as a subreaper, within the case's alarm: afterwards
+ * nothing the body started is left running, whatever happened to it.
+ */
+static void
+case_wrap(void (*body)(void))
+{
+    unsigned left = alarm(0);
+    pid_t pid;
+    int st, r;
+
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
+        TEST_FAIL("PR_SET_CHILD_SUBREAPER: %s", strerror(errno));
+    pid = fork();
+    if (pid < 0)
+        TEST_FAIL("fork: %s", strerror(errno));
+    if (pid == 0) {
+        body();
+        fflush(NULL);
+        _exit(0);
+    }
+    case_body = pid;
+    signal(SIGALRM, case_alarm);
+    alarm(left > 2 ? left - 2 : 1);
+    st = test_wait(pid);
+    alarm(0);
+    if (case_timed_out) {
+        fprintf(stderr, "case timed out: killed it\n");
+        st = 128 + SIGALRM;
+    }
+    r = reap_leftovers();
+    if (st == 0 && r > 0) {
+        fprintf(stderr, "the case left %d processes running\n", r);
+        st = 1;
+    }
+    if (st != 0)
+        dump_logs();
+    fflush(NULL);
+    _exit(st);
+}
+
+#define HELPER_CASE(name)                                                           \
+    static void name##_body(void);                                                  \
+    static void name(void)                                                          \
+    {                                                                               \
+        case_wrap(name##_body);                                                     \
+    }                                                                               \
+    static void name##_body(void)
+
+/* ------------------------------------------------------------------------
+ * Processes
+ */
+
+static int
+cmp_int(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/*
+ * Fork a child that runs fn(arg) with every fd closed except stdio and
+ * keep[0..nkeep-1].  The parent (and the fake systemd in it) holds lease
+ * fds; a copy in a child would change what is held.
+ */
+static pid_t
+spawn(int (*fn)(void *), void *arg, const int *keep, size_t nkeep)
+{
+    int sorted[8];
+    pid_t pid;
+
+    assert(nkeep <= 8);
+    if (nkeep > 0)
+        memcpy(sorted, keep, nkeep * sizeof(int));
+    qsort(sorted, nkeep, sizeof(int), cmp_int);
+    pid = fork();
+    if (pid < 0)
+        TEST_FAIL("fork: %s", strerror(errno));
+    if (pid == 0) {
+        int prev = 2;
+
+        for (size_t i = 0; i < nkeep; i++) {
+            if (sorted[i] > prev + 1)
+                syscall(SYS_close_range, prev + 1, sorted[i] - 1, 0);
+            if (sorted[i] > prev)
+                prev = sorted[i];
+        }
+        syscall(SYS_close_range, prev + 1, ~0U, 0);
+        _exit(fn(arg));
+    }
+    return pid;
+}
+
+/* A guest: the owner the leases protect.  It waits until its pipe closes. */
+struct guest {
+    pid_t pid;
+    int wfd;
+};
+
+static int
+guest_main(void *arg)
+{
+    int fd = *(int *)arg;
+    char c;
+
+    while (read(fd, &c, 1) < 0 && errno == EINTR)
+        ;
+    return 0;
+}
+
+static void
+guest_start(struct guest *g)
+{
+    int p[2];
+
+    if (pipe2(p, O_CLOEXEC) < 0)
+        TEST_FAIL("pipe: %s", strerror(errno));
+    g->pid = spawn(guest_main, &p[0], &p[0], 1);
+    close(p[0]);
+    g->wfd = p[1];
+}
+
+/* The guest exits normally; returns when it has been reaped. */
+static void
+guest_end(struct guest *g)
+{
+    close(g->wfd);
+    ASSERT_INT_EQ(test_wait(g->pid), 0);
+    g->pid = 0;
+}
+
+static void
+guest_kill(struct guest *g)
+{
+    kill(g->pid, SIGKILL);
+    ASSERT_INT_EQ(test_wait(g->pid), 128 + SIGKILL);
+    close(g->wfd);
+    g->pid = 0;
+}
+
+/* A pidfd of pid, or -1 where pidfd_open() is unknown: valgrind 3.19 does
+ * not know it, so under valgrind the helper opens the pidfds itself. */
+static int
+pidfd_of(pid_t pid)
+{
+    int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+
+    if (fd < 0 && errno != ENOSYS)
+        TEST_FAIL("pidfd_open(%d): %s", (int)pid, strerror(errno));
+    return fd;
+}
+
+/* The fds pid has open, and how many of them are open files whose path
+ * contains what (NULL: count all). */
+static int
+proc_fds(pid_t pid, const char *what)
+{
+    char dir[64], path[384], target[PATH_MAX];
+    struct dirent *e;
+    int n = 0;
+    DIR *d;
+
+    snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
+    d = opendir(dir);
+    if (!d)
+        TEST_FAIL("opendir %s: %s", dir, strerror(errno));
+    while ((e = readdir(d))) {
+        ssize_t len;
+
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        len = readlink(path, target, sizeof(target) - 1);
+        if (len < 0)
+            continue;
+        target[len] = '\0';
+        n += !what || strstr(target, what) != NULL;
+    }
+    closedir(d);
+    return n;
+}
+
+/* Shared memory for a child's counters. */
+static void *
+shared_alloc(size_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+    if (p == MAP_FAILED)
+        TEST_FAIL("mmap: %s", strerror(errno));
+    return p;
+}
+
+#define LOAD(x)     __atomic_load_n(&(x), __ATOMIC_SEQ_CST)
+#define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_SEQ_CST)
+#define BUMP(x)     __atomic_add_fetch(&(x), 1, __ATOMIC_SEQ_CST)
+
+/* ------------------------------------------------------------------------
+ * Leases and the helper, through the library
+ */
+
+#define DISKS_MAX 64
+
+/* A set of disks, with what the helper said about them. */
+struct disks {
+    size_t n;
+    char key[DISKS_MAX][LOCKD_KEY_SIZE];
+    char path[DISKS_MAX][64];
+    const char *keys[DISKS_MAX];
+    const char *paths[DISKS_MAX];
+    int modes[DISKS_MAX];
+    uint64_t id[DISKS_MAX];
+};
+
+/*
+ * Children are forked from a case with its handles allocated; valgrind
+ * checks each child for leaks when it exits, and a handle the child cannot
+ * reach through a global looks lost.  So handles are also kept here (never
+ * removed: a stale pointer costs nothing).
+ */
+static void *volatile roots[64];
+static unsigned nroots;
+
+static void *
+root(void *p)
+{
+    roots[nroots++ % 64] = p;
+    return p;
+}
+
+static lockd_space *
+space_open(void)
+{
+    lockd_space *sp = NULL;
+
+    ASSERT_OK(lockd_space_open(test_path("space"), LOCKD_OPEN_CREATE, &sp));
+    return root(sp);
+}
+
+/* n exclusive disks named /images/<tag>-<i>.qcow2. */
+static void
+disks_make(struct disks *d, lockd_space *sp, const char *tag, size_t n)
+{
+    assert(n <= DISKS_MAX);
+    memset(d, 0, sizeof(*d));
+    d->n = n;
+    for (size_t i = 0; i < n; i++) {
+        snprintf(d->path[i], sizeof(d->path[i]), "/images/%s-%zu.qcow2", tag, i);
+        ASSERT_OK(lockd_space_key(sp, d->path[i], d->key[i]));
+        d->keys[i] = d->key[i];
+        d->paths[i] = d->path[i];
+        d->modes[i] = LOCKD_EXCLUSIVE;
+    }
+}
+
+static size_t
+disks_find(const struct disks *d, const char *key)
+{
+    for (size_t i = 0; i < d->n; i++)
+        if (strcmp(d->key[i], key) == 0)
+            return i;
+    TEST_FAIL("key %s is not one of ours", key);
+}
+
+/*
+ * Acquire every disk of d and hand them to the helper for pid, with their
+ * paths as names; d->id[] gets the lease ids in d's order (the library
+ * answers in key order).  Returns handoff's result; *ret_lease gets our
+ * copies, or they are forgotten when ret_lease is NULL.
+ */
+static int
+hand_over(lockd_conn *c, lockd_space *sp, int32_t pid, struct disks *d, lockd_lease **ret_lease)
+{
+    const char *names[DISKS_MAX];
+    uint64_t ids[DISKS_MAX];
+    lockd_lease *l;
+    int r;
+
+    ASSERT_OK(lockd_acquire(sp, d->n, d->keys, d->modes, LOCKD_TRY, &l));
+    ASSERT_INT_EQ(lockd_lease_count(l), d->n);
+    for (size_t i = 0; i < d->n; i++)
+        names[i] = d->paths[disks_find(d, lockd_lease_key(l, i))];
+    r = lockd_conn_handoff(c, pid, l, names, ids);
+    for (size_t i = 0; r == 0 && i < d->n; i++)
+        d->id[disks_find(d, lockd_lease_key(l, i))] = ids[i];
+    if (ret_lease)
+        *ret_lease = l;
+    else
+        lockd_lease_forget(l);
+    return r;
+}
+
+static int
+probe(const lockd_space *sp, const char *key)
+{
+    int r = lockd_probe(sp, key, NULL);
+
+    ASSERT_OK(r);
+    return r;
+}
+
+/* How many of d's disks probe as mode. */
+static size_t
+disks_probe_count(const lockd_space *sp, const struct disks *d, int mode)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < d->n; i++)
+        n += probe(sp, d->key[i]) == mode;
+    return n;
+}
+
+static lockd_conn *
+conn_open(const char *sock)
+{
+    lockd_conn *c = NULL;
+
+    ASSERT_OK(lockd_conn_open(sock, &c));
+    return root(c);
+}
+
+struct counts {
+    uint64_t owners, leases, stored;
+};
+
+static struct counts
+status_on(lockd_conn *c)
+{
+    struct counts k;
+
+    ASSERT_OK(lockd_conn_status(c, &k.owners, &k.leases, &k.stored));
+    return k;
+}
+
+/* Status over a fresh connection. */
+static struct counts
+status_at(const char *sock)
+{
+    lockd_conn *c = conn_open(sock);
+    struct counts k = status_on(c);
+
+    lockd_conn_close(c);
+    return k;
+}
+
+struct row {
+    uint64_t id;
+    int mode;
+    int32_t pid;
+    uint32_t uid;
+    char key[LOCKD_KEY_SIZE], disk[64], uuid[37], name[64];
+};
+
+struct rows {
+    size_t n, cap;
+    struct row *r;
+};
+
+static int
+rows_add(void *userdata, uint64_t id, int mode, const char *key, const char *disk,
+         int32_t pid, uint32_t uid, const char *uuid, const char *name)
+{
+    struct rows *rs = userdata;
+    struct row *r;
+
+    if (rs->n == rs->cap) {
+        rs->cap = rs->cap ? 2 * rs->cap : 64;
+        rs->r = realloc(rs->r, rs->cap * sizeof(*rs->r));
+        if (!rs->r)
+            TEST_FAIL("out of memory");
+    }
+    r = &rs->r[rs->n++];
+    r->id = id;
+    r->mode = mode;
+    r->pid = pid;
+    r->uid = uid;
+    snprintf(r->key, sizeof(r->key), "%s", key);
+    snprintf(r->disk, sizeof(r->disk), "%s", disk);
+    snprintf(r->uuid, sizeof(r->uuid), "%s", uuid);
+    snprintf(r->name, sizeof(r->name), "%s", name);
+    return 0;
+}
+
+/* The leases the helper lists for pid (0: all the caller may see). */
+static struct rows
+rows_list(lockd_conn *c, int32_t pid)
+{
+    struct rows rs = {0};
+
+    ASSERT_OK(lockd_conn_list(c, pid, NULL, rows_add, &rs));
+    return rs;
+}
+
+static const struct row *
+rows_find_id(const struct rows *rs, uint64_t id)
+{
+    for (size_t i = 0; i < rs->n; i++)
+        if (rs->r[i].id == id)
+            return &rs->r[i];
+    return NULL;
+}
+
+static int
+owners_count_cb(void *userdata, int32_t pid, uint32_t uid, const char *uuid, const char *name,
+                uint32_t leases)
+{
+    (void)pid, (void)uid, (void)uuid, (void)name, (void)leases;
+    (*(size_t *)userdata)++;
+    return 0;
+}
+
+static size_t
+owners_count(lockd_conn *c)
+{
+    size_t n = 0;
+
+    ASSERT_OK(lockd_conn_owners(c, owners_count_cb, &n));
+    return n;
+}
+
+/* Each disk of d is listed with its id, path and mode, owned by pid. */
+static void
+assert_listed(lockd_conn *c, int32_t pid, const struct disks *d)
+{
+    struct rows rs = rows_list(c, pid);
+
+    ASSERT_INT_EQ(rs.n, d->n);
+    for (size_t i = 0; i < d->n; i++) {
+        const struct row *r = rows_find_id(&rs, d->id[i]);
+
+        if (!r)
+            TEST_FAIL("lease %zu (id %llu, %s) not listed", i,
+                      (unsigned long long)d->id[i], d->path[i]);
+        ASSERT_STR_EQ(r->key, d->key[i]);
+        ASSERT_STR_EQ(r->disk, d->path[i]);
+        ASSERT_INT_EQ(r->mode, d->modes[i]);
+        ASSERT_INT_EQ(r->pid, pid);
+    }
+    free(rs.r);
+}
+
+/*
+ * A watcher: a process that asks about keys continuously, from outside,
+ * and counts every time one was free (a probe said so, or a try-acquire
+ * got it, which it then gives back).
+ */
+struct watch {
+    int stop;
+    long rounds, free_seen, errors;
+    size_t n;
+    char key[DISKS_MAX][LOCKD_KEY_SIZE];
+};
+
+static int
+watch_main(void *arg)
+{
+    struct watch *w = arg;
+    lockd_space *sp = NULL;
+
+    if (lockd_space_open(test_path("space"), 0, &sp) < 0)
+        return 2;
+    while (!LOAD(w->stop)) {
+        for (size_t i = 0; i < w->n; i++) {
+            const char *k = w->key[i];
+            lockd_lease *l;
+            int r = lockd_probe(sp, k, NULL);
+
+            if (r == LOCKD_FREE)
+                BUMP(w->free_seen);
+            else if (r < 0)
+                BUMP(w->errors);
+            r = lockd_acquire(sp, 1, &k, NULL, LOCKD_TRY, &l);
+            if (r == 0) {
+                BUMP(w->free_seen);
+                lockd_lease_release(l);
+            } else if (r != -EAGAIN)
+                BUMP(w->errors);
+        }
+        BUMP(w->rounds);
+    }
+    lockd_space_close(sp);
+    return 0;
+}
+
+static struct watch *
+watch_start(const struct disks *d, size_t first, size_t n, pid_t *ret_pid)
+{
+    struct watch *w = shared_alloc(sizeof(*w));
+
+    w->n = n;
+    for (size_t i = 0; i < n; i++)
+        memcpy(w->key[i], d->key[first + i], LOCKD_KEY_SIZE);
+    *ret_pid = spawn(watch_main, w, NULL, 0);
+    return w;
+}
+
+/* Wait until the watcher has gone round k more times. */
+static void
+watch_rounds(struct watch *w, long k)
+{
+    long start = LOAD(w->rounds);
+
+    if (!WAIT_UNTIL(LOAD(w->rounds) >= start + k, 10000))
+        TEST_FAIL("the watcher is stuck at round %ld", LOAD(w->rounds));
+}
+
+/* Stop the watcher; it must never have seen a lease free. */
+static void
+watch_stop(struct watch *w, pid_t pid)
+{
+    STORE(w->stop, 1);
+    ASSERT_INT_EQ(test_wait(pid), 0);
+    if (w->free_seen || w->errors)
+        TEST_FAIL("the watcher saw a lease free %ld times (%ld errors) in %ld rounds",
+                  w->free_seen, w->errors, w->rounds);
+    munmap(w, sizeof(*w));
+}
+
+/* ------------------------------------------------------------------------
+ * The fake helper: this binary, started by the fake systemd with
+ * "--fake-helper SCRIPT [ARG]", to check that the harness enforces systemd's
+ * rules (the real helper must never trip them, so only a fake can show that
+ * the checks work).
+ */
+
+static int
+fake_send(const char *msg, const int *fds, size_t n)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * FSD_FDS_MAX)];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {(void *)msg, strlen(msg)};
+    struct msghdr mh = {.msg_name = &sa, .msg_namelen = sizeof(sa), .msg_iov = &iov,
+                        .msg_iovlen = 1};
+    int fd, r;
+
+    if (!path || strlen(path) >= sizeof(sa.sun_path))
+        return -EINVAL;
+    strcpy(sa.sun_path, path);
+    if (n > 0) {
+        struct cmsghdr *c;
+
+        memset(&ctl, 0, sizeof(ctl));
+        mh.msg_control = ctl.buf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * n);
+        c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * n);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * n);
+    }
+    fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    r = sendmsg(fd, &mh, MSG_NOSIGNAL) < 0 ? -errno : 0;
+    close(fd);
+    return r;
+}
+
+/* Write what systemd passed to fake.report: the variables, then each fd's
+ * /proc/self/fd link. */
+static void
+fake_report(void)
+{
+    const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+    const char *names = getenv("LISTEN_FDNAMES");
+    int n = fds ? atoi(fds) : 0;
+    FILE *f = fopen("fake.report.tmp", "w");
+
+    if (!f)
+        _exit(3);
+    fprintf(f, "pid=%s\nfds=%d\nnames=%s\n",
+            pid && atoi(pid) == getpid() ? "ok" : "bad", n, names ? names : "");
+    for (int i = 0; i < n; i++) {
+        char link[64], target[256];
+        ssize_t len;
+
+        snprintf(link, sizeof(link), "/proc/self/fd/%d", 3 + i);
+        len = readlink(link, target, sizeof(target) - 1);
+        target[len > 0 ? len : 0] = '\0';
+        fprintf(f, "fd %d %s\n", 3 + i, target);
+    }
+    if (fclose(f) != 0 || rename("fake.report.tmp", "fake.report") < 0)
+        _exit(3);
+}
+
+static int
+fake_memfd(const char *name)
+{
+    int fd = memfd_create(name, MFD_CLOEXEC);
+
+    if (fd < 0)
+        _exit(3);
+    return fd;
+}
+
+/* First start: named fds, two under one name, an invalid name, a pidfd
+ * that is polled, a duplicate, a message from another pid, one too long.
+ * Second start: four fds of which the store has room for three. */
+static void
+fake_store(const char *guest)
+{
+    const char *fds = getenv("LISTEN_FDS");
+
+    if (fds && atoi(fds) == 1) {
+        int a = fake_memfd("a"), b[2] = {fake_memfd("b1"), fake_memfd("b2")};
+        int x = fake_memfd("x"), c = fake_memfd("c"), a2 = dup(a);
+        int p = (int)syscall(SYS_pidfd_open, atoi(guest), 0);
+        char *longmsg = malloc(5001);
+        pid_t child;
+
+        if (p < 0 || a2 < 0 || !longmsg)
+            _exit(3);
+        fake_send("FDSTORE=1\nFDNAME=a\nFDPOLL=0", &a, 1);
+        fake_send("FDSTORE=1\nFDNAME=b\nFDPOLL=0", b, 2);
+        fake_send("FDSTORE=1\nFDNAME=x:y\nFDPOLL=0", &x, 1);
+        fake_send("FDSTORE=1\nFDNAME=p", &p, 1);
+        fake_send("FDSTORE=1\nFDNAME=c\nFDPOLL=0", &c, 1);
+        fake_send("FDSTORE=1\nFDNAME=a2\nFDPOLL=0", &a2, 1);
+        child = fork();
+        if (child == 0)
+            _exit(fake_send("STATUS=from a child", NULL, 0) < 0);
+        while (waitpid(child, NULL, 0) < 0 && errno == EINTR)
+            ;
+        memcpy(longmsg, "STATUS=", 7);
+        memset(longmsg + 7, 'x', 5000 - 7);
+        longmsg[5000] = '\0';
+        fake_send(longmsg, NULL, 0);
+    } else {
+        int d[4] = {fake_memfd("d"), fake_memfd("d"), fake_memfd("d"), fake_memfd("d")};
+
+        fake_send("FDSTORE=1\nFDNAME=d\nFDPOLL=0", d, 4);
+    }
+}
+
+/* 600 fds with 250-character names: LISTEN_FDNAMES would be 150 KB. */
+static void
+fake_big(void)
+{
+    char xs[247], msg[300];
+
+    memset(xs, 'x', 246);
+    xs[246] = '\0';
+    for (int i = 0; i < 600; i++) {
+        int fd = fake_memfd("big");
+
+        snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=n%03d%s\nFDPOLL=0", i, xs);
+        fake_send(msg, &fd, 1);
+        close(fd);
+    }
+}
+
+static void __attribute__((noreturn))
+fake_helper(const char *script, const char *arg)
+{
+    fake_report();
+    if (strcmp(script, "store") == 0)
+        fake_store(arg);
+    else if (strcmp(script, "big") == 0)
+        fake_big();
+    fake_send("READY=1\nSTATUS=fake", NULL, 0);
+    for (;;)
+        pause();
+}
+
+static void
+self_exe(char *buf, size_t cap)
+{
+    ssize_t n = readlink("/proc/self/exe", buf, cap - 1);
+
+    if (n < 0)
+        TEST_FAIL("readlink /proc/self/exe: %s", strerror(errno));
+    buf[n] = '\0';
+}
+
+static char *
+read_file(const char *path)
+{
+    static char buf[65536];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof(buf) - 1);
+
+    if (n < 0)
+        TEST_FAIL("read %s: %s", path, strerror(errno));
+    close(fd);
+    buf[n] = '\0';
+    return buf;
+}
+
+#define ASSERT_CONTAINS(hay, needle)                                                \
+    do {                                                                            \
+        const char *_h = (hay), *_n = (needle);                                     \
+        if (!strstr(_h, _n))                                                        \
+            TEST_FAIL("\"%s\" not found in:\n%s", _n, _h);                          \
+    } while (0)
+
+HELPER_CASE(harness_selfcheck)
+{
+    char text[FSD_VIOLATION_SZ], guest_pid[16], *rep;
+    struct guest g;
+    struct fsd *s;
+
+    guest_start(&g);
+    snprintf(guest_pid, sizeof(guest_pid), "%d", (int)g.pid);
+    s = fsd_new("fake", FSD_ACTIVATE | FSD_NOTIFY, 8);
+    self_exe(s->bin, sizeof(s->bin));
+    s->bin_is_copy = 0;
+    fsd_arg(s, "--fake-helper");
+    fsd_arg(s, "store");
+    fsd_arg(s, guest_pid);
+    fsd_start_ready(s);
+
+    /* Newest first; the two fds named b in either order; x:y is invalid
+     * and stored as "stored"; the dup of a is the same description. */
+    fsd_lock(s);
+    ASSERT_STR_EQ(s->status, "fake");
+    ASSERT_INT_EQ(s->nstore, 6);
+    ASSERT_STR_EQ(fsd_name_at_locked(s, 0), "c");
+    ASSERT_STR_EQ(fsd_name_at_locked(s, 1), "p");
+    ASSERT_STR_EQ(fsd_name_at_locked(s, 2), "stored");
+    ASSERT_STR_EQ(fsd_name_at_locked(s, 3), "b");
+    ASSERT_STR_EQ(fsd_name_at_locked(s, 4), "b");
+    ASSERT_STR_EQ(fsd_name_at_locked(s, 5), "a");
+    ASSERT_INT_EQ(s->dups, 1);
+    ASSERT_INT_EQ(s->drops, 0);
+    fsd_unlock(s);
+    if (fsd_violations_take(s, text, sizeof(text)) != 3) TEST_FAIL("%s", text);
+    ASSERT_CONTAINS(text, "invalid FDNAME=x:y");
+    ASSERT_CONTAINS(text, "not the main pid");
+    ASSERT_CONTAINS(text, "5000 bytes");
+
+    /* p was pushed without FDPOLL=0: reaping its process drops it. */
+    guest_kill(&g);
+    ASSERT_TRUE(FSD_WAIT(s, s->drops == 1 && !fsd_has_locked(s, "p"), 5000));
+
+    /* A crash keeps the store, and the restart gets it back in list order. */
+    ASSERT_INT_EQ(fsd_kill(s, SIGKILL), 128 + SIGKILL);
+    fsd_start_ready(s);
+    rep = read_file(test_path("fake.report"));
+    ASSERT_CONTAINS(rep, "pid=ok\nfds=6\nnames=" FSD_SOCKET_NAME ":c:stored:b:b:a\n");
+    ASSERT_CONTAINS(rep, "fd 3 socket:[");
+    ASSERT_CONTAINS(rep, "fd 4 /memfd:c ");
+    ASSERT_CONTAINS(rep, "fd 5 /memfd:x ");
+    ASSERT_CONTAINS(rep, "fd 6 /memfd:b");
+    ASSERT_CONTAINS(rep, "fd 7 /memfd:b");
+    ASSERT_CONTAINS(rep, "fd 8 /memfd:a ");
+    /* Room for 3 of the 4 d's. */
+    fsd_lock(s);
+    ASSERT_INT_EQ(s->nstore, 8);
+    ASSERT_INT_EQ(fsd_count_locked(s, "d"), 3);
+    fsd_unlock(s);
+    ASSERT_INT_EQ(fsd_violations_take(s, text, sizeof(text)), 1);
+    ASSERT_CONTAINS(text, "FileDescriptorStoreMax=8");
+
+    /* Stop empties the store. */
+    ASSERT_INT_EQ(fsd_kill(s, SIGTERM), 128 + SIGTERM);
+    fsd_lock(s);
+    ASSERT_INT_EQ(s->nstore, 0);
+    fsd_unlock(s);
+
+    /* Names worth 150 KB: the restart's execve() fails. */
+    s->store_max = 1000;
+    s->nargs = 1;
+    fsd_arg(s, "big");
+    fsd_start_ready(s);
+    fsd_lock(s);
+    ASSERT_INT_EQ(s->nstore, 600);
+    fsd_unlock(s);
+    ASSERT_INT_EQ(fsd_kill(s, SIGKILL), 128 + SIGKILL);
+    ASSERT_ERR(fsd_start(s), E2BIG);
+    ASSERT_INT_EQ(fsd_violations_take(s, text, sizeof(text)), 1);
+    ASSERT_CONTAINS(text, strerror(E2BIG));
+    fsd_fini(s);
+}
+
+/* ------------------------------------------------------------------------
+ * Notifications and the socket
+ */
+
+HELPER_CASE(notify_basics)
+{
+    lockd_space *sp = space_open();
+    struct disks d;
+    struct guest g;
+    struct fsd *s, *b;
+    lockd_conn *c;
+    unsigned long w;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    s->watchdog_usec = 200000;
+    fsd_start_ready(s);
+    ASSERT_TRUE(FSD_WAIT(s, strcmp(s->status, "0 owners, 0 leases, 0 in fd store") == 0,
+                         5000));
+    /* WATCHDOG=1 every WATCHDOG_USEC / 2. */
+    w = s->watchdogs;
+    ASSERT_TRUE(FSD_WAIT(s, s->watchdogs >= w + 3, 3000));
+
+    guest_start(&g);
+    disks_make(&d, sp, "notify", 2);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, UUID1, "guest"));
+    /* Registering the same live process again is harmless. */
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, UUID1, "guest, renamed"));
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, NULL));
+    ASSERT_TRUE(FSD_WAIT(s, strcmp(s->status, "1 owners, 2 leases, 0 in fd store") == 0,
+                         5000));
+    lockd_conn_close(c);
+    guest_end(&g);
+    ASSERT_TRUE(FSD_WAIT(s, strcmp(s->status, "0 owners, 0 leases, 0 in fd store") == 0,
+                         5000));
+    ASSERT_INT_EQ(disks_probe_count(sp, &d, LOCKD_FREE), 2);
+
+    /* SIGTERM is a clean exit; a socket systemd owns stays. */
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    ASSERT_OK(access(s->sock, F_OK));
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+
+    /* A socket the helper bound itself is 0600 and removed at exit. */
+    b = fsd_new("bound", FSD_NOTIFY, 0);
+    fsd_start_ready(b);
+    {
+        struct stat st;
+
+        ASSERT_OK(stat(b->sock, &st));
+        ASSERT_TRUE(S_ISSOCK(st.st_mode));
+        ASSERT_INT_EQ(st.st_mode & 07777, 0600);
+    }
+    ASSERT_INT_EQ(status_at(b->sock).owners, 0);
+    ASSERT_INT_EQ(fsd_stop(b), 0);
+    ASSERT_ERR(access(b->sock, F_OK) < 0 ? -errno : 0, ENOENT);
+    FSD_ASSERT_CLEAN(b);
+    fsd_fini(b);
+    lockd_space_close(sp);
+}
+
+/* ------------------------------------------------------------------------
+ * The crash matrix
+ */
+
+struct manager {
+    const char *sock;
+    pid_t guest;
+    struct disks *d;
+    int out, hold;
+};
+
+/* A manager: registers the guest, hands its disks over (keeping its own
+ * copies), reports the ids, and waits to be killed. */
+static int
+manager_main(void *arg)
+{
+    struct manager *m = arg;
+    lockd_space *sp = space_open();
+    lockd_conn *c = conn_open(m->sock);
+    lockd_lease *l;
+    char byte;
+
+    ASSERT_OK(lockd_conn_register(c, m->guest, pidfd_of(m->guest), UUID1, "guest-1"));
+    ASSERT_OK(hand_over(c, sp, m->guest, m->d, &l));
+    if (write(m->out, m->d->id, m->d->n * sizeof(uint64_t)) < 0)
+        return 3;
+    while (read(m->hold, &byte, 1) < 0 && errno == EINTR)
+        ;
+    return 0;
+}
+
+struct contender {
+    struct disks *d;
+};
+
+/* Another process: exclusive tries fail on every disk; a shared try
+ * succeeds exactly on the shared ones. */
+static int
+contender_main(void *arg)
+{
+    struct disks *d = ((struct contender *)arg)->d;
+    lockd_space *sp = space_open();
+
+    for (size_t i = 0; i < d->n; i++) {
+        const char *k = d->key[i];
+        int shared = LOCKD_SHARED;
+        lockd_lease *l;
+
+        ASSERT_ERR(lockd_acquire(sp, 1, &k, NULL, LOCKD_TRY, &l), EAGAIN);
+        if (d->modes[i] == LOCKD_SHARED) {
+            ASSERT_OK(lockd_acquire(sp, 1, &k, &shared, LOCKD_TRY, &l));
+            ASSERT_OK(lockd_lease_release(l));
+        } else
+            ASSERT_ERR(lockd_acquire(sp, 1, &k, &shared, LOCKD_TRY, &l), EAGAIN);
+    }
+    lockd_space_close(sp);
+    return 0;
+}
+
+HELPER_CASE(crash_manager)
+{
+    lockd_space *sp = space_open();
+    int out[2], hold[2];
+    struct contender ct;
+    struct manager m;
+    struct guest g;
+    struct disks d;
+    struct fsd *s;
+    lockd_conn *c;
+    pid_t mpid;
+    int64_t t0;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(s);
+    guest_start(&g);
+    disks_make(&d, sp, "crashmgr", 3);
+    d.modes[2] = LOCKD_SHARED;
+    if (pipe2(out, O_CLOEXEC) < 0 || pipe2(hold, O_CLOEXEC) < 0)
+        TEST_FAIL("pipe: %s", strerror(errno));
+    m = (struct manager){s->sock, g.pid, &d, out[1], hold[0]};
+    {
+        int keep[2] = {out[1], hold[0]};
+
+        mpid = spawn(manager_main, &m, keep, 2);
+    }
+    close(out[1]);
+    close(hold[0]);
+    if (read(out[0], d.id, sizeof(uint64_t) * d.n) != (ssize_t)(sizeof(uint64_t) * d.n))
+        TEST_FAIL("the manager did not report its lease ids");
+
+    /* The manager dies with its own copies; the helper's keep the leases. */
+    kill(mpid, SIGKILL);
+    ASSERT_INT_EQ(test_wait(mpid), 128 + SIGKILL);
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(probe(sp, d.key[1]), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(probe(sp, d.key[2]), LOCKD_SHARED);
+    ct.d = &d;
+    ASSERT_INT_EQ(test_wait(spawn(contender_main, &ct, NULL, 0)), 0);
+    c = conn_open(s->sock);
+    assert_listed(c, g.pid, &d);
+    ASSERT_INT_EQ(owners_count(c), 1);
+    {
+        struct counts k = status_on(c);
+
+        ASSERT_INT_EQ(k.owners, 1);
+        ASSERT_INT_EQ(k.leases, 3);
+    }
+
+    /* The owner exits: everything released, at once. */
+    t0 = test_now_ms();
+    guest_end(&g);
+    if (!WAIT_UNTIL(disks_probe_count(sp, &d, LOCKD_FREE) == 3, 3000))
+        TEST_FAIL("leases still held %lld ms after the owner exited",
+                  (long long)(test_now_ms() - t0));
+    {
+        struct counts k = status_on(c);
+
+        ASSERT_INT_EQ(k.owners, 0);
+        ASSERT_INT_EQ(k.leases, 0);
+    }
+    lockd_conn_close(c);
+    close(out[0]);
+    close(hold[1]);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+HELPER_CASE(crash_helper_fdstore)
+{
+    lockd_space *sp = space_open();
+    uint64_t stored[2];
+    struct disks d1, d2;
+    struct guest g1, g2;
+    struct watch *w;
+    struct rows rs;
+    struct fsd *s;
+    lockd_conn *c;
+    pid_t wpid;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 64);
+    fsd_start_ready(s);
+    guest_start(&g1);
+    guest_start(&g2);
+    disks_make(&d1, sp, "store-a", 3);
+    disks_make(&d2, sp, "store-b", 2);
+    d1.modes[1] = LOCKD_SHARED;
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g1.pid, pidfd_of(g1.pid), UUID1, "guest-1"));
+    ASSERT_OK(lockd_conn_register(c, g2.pid, -1, NULL, "guest-2"));
+    ASSERT_OK(hand_over(c, sp, g1.pid, &d1, NULL));
+    ASSERT_OK(hand_over(c, sp, g2.pid, &d2, NULL));
+    lockd_conn_close(c);
+
+    /* Every lease fd and pidfd is in the store, and the state. */
+    ASSERT_TRUE(FSD_WAIT(s, fsd_count_locked(s, "L") == 5 &&
+                                 fsd_count_locked(s, "P") == 2 &&
+                                 fsd_has_locked(s, "state"), 5000));
+    /* lockd_conn_status()'s stored counts leases (lockd.h), not the state
+     * memfd and pidfds; checked at the end, after the crash behaviour. */
+    stored[0] = status_at(s->sock).stored;
+
+    /* Crash; g2 dies and is reaped while the helper is down. */
+    w = watch_start(&d1, 0, d1.n, &wpid);
+    watch_rounds(w, 2);
+    ASSERT_INT_EQ(fsd_kill(s, SIGKILL), 128 + SIGKILL);
+    watch_rounds(w, 2);
+    ASSERT_INT_EQ(disks_probe_count(sp, &d2, LOCKD_EXCLUSIVE), 2);
+    guest_kill(&g2);
+    ASSERT_INT_EQ(disks_probe_count(sp, &d2, LOCKD_EXCLUSIVE), 2);
+    watch_rounds(w, 2);
+    fsd_start_ready(s);
+
+    /* Adopted with the same ids; g2's leases released after adoption. */
+    if (!WAIT_UNTIL(disks_probe_count(sp, &d2, LOCKD_FREE) == 2, 3000))
+        TEST_FAIL("the leases of an owner that died while the helper was down are held");
+    watch_rounds(w, 2);
+    watch_stop(w, wpid);
+    c = conn_open(s->sock);
+    assert_listed(c, g1.pid, &d1);
+    ASSERT_INT_EQ(owners_count(c), 1);
+    rs = rows_list(c, 0);
+    ASSERT_INT_EQ(rs.n, 3);
+    ASSERT_STR_EQ(rs.r[0].uuid, UUID1);
+    ASSERT_STR_EQ(rs.r[0].name, "guest-1");
+    free(rs.r);
+    ASSERT_TRUE(FSD_WAIT(s, fsd_count_locked(s, "L") == 3 &&
+                                 fsd_count_locked(s, "P") == 1, 5000));
+    stored[1] = status_at(s->sock).stored;
+
+    /* A release by id takes its fd out of the store; a repeat is a no-op. */
+    ASSERT_INT_EQ(lockd_conn_release(c, g1.pid, 1, &d1.id[0]), 1);
+    ASSERT_INT_EQ(probe(sp, d1.key[0]), LOCKD_FREE);
+    ASSERT_INT_EQ(lockd_conn_release(c, g1.pid, 1, &d1.id[0]), 0);
+    ASSERT_TRUE(FSD_WAIT(s, fsd_count_locked(s, "L") == 2, 5000));
+    lockd_conn_close(c);
+
+    /* A second crash adopts the state as it was updated since. */
+    ASSERT_INT_EQ(fsd_kill(s, SIGKILL), 128 + SIGKILL);
+    ASSERT_INT_EQ(probe(sp, d1.key[1]), LOCKD_SHARED);
+    ASSERT_INT_EQ(probe(sp, d1.key[2]), LOCKD_EXCLUSIVE);
+    fsd_start_ready(s);
+    c = conn_open(s->sock);
+    rs = rows_list(c, g1.pid);
+    ASSERT_INT_EQ(rs.n, 2);
+    ASSERT_TRUE(rows_find_id(&rs, d1.id[1]) && rows_find_id(&rs, d1.id[2]));
+    free(rs.r);
+    lockd_conn_close(c);
+    ASSERT_INT_EQ(probe(sp, d1.key[0]), LOCKD_FREE);
+
+    /* The owner exits: released, and out of the store. */
+    guest_end(&g1);
+    ASSERT_TRUE(WAIT_UNTIL(disks_probe_count(sp, &d1, LOCKD_FREE) == 3, 3000));
+    ASSERT_TRUE(FSD_WAIT(s, fsd_count_locked(s, "L") == 0 &&
+                                 fsd_count_locked(s, "P") == 0, 5000));
+    fsd_lock(s);
+    ASSERT_INT_EQ(s->drops, 0); /* every pidfd was pushed with FDPOLL=0 */
+    /* Nothing pushed twice, nothing removed that was not stored: the
+     * helper's count of what is stored, which bounds it, is right. */
+    ASSERT_INT_EQ(s->dups, 0);
+    ASSERT_INT_EQ(s->remove_misses, 0);
+    fsd_unlock(s);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    fsd_lock(s);
+    ASSERT_INT_EQ(s->nstore, 0);
+    fsd_unlock(s);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    ASSERT_INT_EQ(stored[0], 5);
+    ASSERT_INT_EQ(stored[1], 3);
+    lockd_space_close(sp);
+}
+
+/*
+ * FileDescriptorStoreMax=8 with one owner: the state memfd, the pidfd and 6
+ * of its 10 leases fit.  The helper says the store is full; after a crash
+ * exactly the stored 6 are held (and listed), the other 4 are free.
+ */
+HELPER_CASE(crash_helper_store_bound)
+{
+    lockd_space *sp = space_open();
+    size_t held = 0;
+    struct guest g;
+    struct disks d;
+    struct rows rs;
+    struct fsd *s;
+    lockd_conn *c;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 8);
+    fsd_start_ready(s);
+    guest_start(&g);
+    disks_make(&d, sp, "bound", 10);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, NULL));
+    ASSERT_TRUE(FSD_WAIT(s, strstr(s->status, "10 leases") != NULL, 5000));
+    fsd_lock(s);
+    ASSERT_INT_EQ(s->nstore, 8);
+    ASSERT_INT_EQ(fsd_count_locked(s, "L"), 6);
+    ASSERT_CONTAINS(s->status, "full");
+    fsd_unlock(s);
+    ASSERT_INT_EQ(status_on(c).stored, 6);
+    ASSERT_INT_EQ(status_on(c).leases, 10);
+    ASSERT_CONTAINS(read_file(s->log), "store full");
+    lockd_conn_close(c);
+
+    ASSERT_INT_EQ(fsd_kill(s, SIGKILL), 128 + SIGKILL);
+    ASSERT_INT_EQ(disks_probe_count(sp, &d, LOCKD_EXCLUSIVE), 6);
+    fsd_start_ready(s);
+    c = conn_open(s->sock);
+    rs = rows_list(c, g.pid);
+    ASSERT_INT_EQ(rs.n, 6);
+    for (size_t i = 0; i < d.n; i++) {
+        int listed = rows_find_id(&rs, d.id[i]) != NULL;
+
+        ASSERT_INT_EQ(probe(sp, d.key[i]), listed ? LOCKD_EXCLUSIVE : LOCKD_FREE);
+        held += listed;
+    }
+    ASSERT_INT_EQ(held, 6);
+    free(rs.r);
+    ASSERT_INT_EQ(status_on(c).leases, 6);
+    lockd_conn_close(c);
+    guest_end(&g);
+    ASSERT_TRUE(WAIT_UNTIL(disks_probe_count(sp, &d, LOCKD_FREE) == 10, 3000));
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+/* Without the fd store a helper crash frees what it alone held, as
+ * documented, and the restarted helper knows nothing. */
+HELPER_CASE(crash_helper_no_store)
+{
+    lockd_space *sp = space_open();
+    struct counts k;
+    struct guest g;
+    struct disks d;
+    struct fsd *s;
+    lockd_conn *c;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(s);
+    guest_start(&g);
+    disks_make(&d, sp, "nostore", 3);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, NULL));
+    ASSERT_INT_EQ(disks_probe_count(sp, &d, LOCKD_EXCLUSIVE), 3);
+    lockd_conn_close(c);
+    ASSERT_INT_EQ(fsd_kill(s, SIGKILL), 128 + SIGKILL);
+    ASSERT_INT_EQ(disks_probe_count(sp, &d, LOCKD_FREE), 3);
+    fsd_lock(s);
+    ASSERT_INT_EQ(s->nstore, 0);
+    fsd_unlock(s);
+    fsd_start_ready(s);
+    k = status_at(s->sock);
+    ASSERT_INT_EQ(k.owners, 0);
+    ASSERT_INT_EQ(k.leases, 0);
+    guest_end(&g);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+/* ------------------------------------------------------------------------
+ * Re-exec under load
+ */
+
+#define LOAD_OWNERS 500
+#define LOAD_PER    38 /* 19,000 leases: the fd limit is 20,000 */
+#define LOAD_REEXECS 3
+
+static void
+load_key(lockd_space *sp, int owner, int i, char *key)
+{
+    char path[64];
+
+    snprintf(path, sizeof(path), "/images/load-%d-%d.qcow2", owner, i);
+    ASSERT_OK(lockd_space_key(sp, path, key));
+}
+
+struct poller {
+    int go; /* read end of a pipe: a byte when the leases are all held */
+    int stop, ready;
+    long rounds, taken, errors;
+};
+
+/*
+ * Open every lease file once, then try to take each, again and again
+ * (F_OFD_SETLK, what a LOCKD_TRY acquire does after its open): a whole round
+ * is 19,000 fcntl() calls, a few ms, so every lease is tried many times
+ * while the helper execs.
+ */
+static int
+poller_main(void *arg)
+{
+    struct poller *p = arg;
+    int *fds = calloc(LOAD_OWNERS * LOAD_PER, sizeof(int)), n = 0;
+    char key[LOCKD_KEY_SIZE], byte;
+    lockd_space *sp;
+
+    if (!fds || read(p->go, &byte, 1) != 1)
+        return 2;
+    sp = space_open();
+    for (int o = 0; o < LOAD_OWNERS; o++)
+        for (int i = 0; i < LOAD_PER; i++) {
+            load_key(sp, o, i, key);
+            fds[n] = openat(lockd_space_fd(sp), key,
+                            O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+            if (fds[n++] < 0)
+                TEST_FAIL("poller: open %s: %s", key, strerror(errno));
+        }
+    STORE(p->ready, 1);
+    while (!LOAD(p->stop)) {
+        for (int i = 0; i < n; i++) {
+            struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_len = 1};
+
+            if (fcntl(fds[i], F_OFD_SETLK, &fl) == 0) {
+                BUMP(p->taken);
+                fl.l_type = F_UNLCK;
+                (void)fcntl(fds[i], F_OFD_SETLK, &fl);
+            } else if (errno != EAGAIN && errno != EACCES)
+                BUMP(p->errors);
+        }
+        BUMP(p->rounds);
+    }
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+    free(fds);
+    lockd_space_close(sp);
+    return 0;
+}
+
+static int
+count_cb(void *userdata, uint64_t id, int mode, const char *key, const char *disk, int32_t pid,
+         uint32_t uid, const char *uuid, const char *name)
+{
+    (void)id, (void)mode, (void)key, (void)disk, (void)pid, (void)uid, (void)uuid, (void)name;
+    (*(size_t *)userdata)++;
+    return 0;
+}
+
+/* Hand LOAD_PER leases to each owner, one round trip each, keeping no
+ * copy: the test process could not hold 19,000 fds besides the poller. */
+static void
+load_hand_over(lockd_conn *c, lockd_space *sp, const pid_t *owners)
+{
+    char keys[LOAD_PER][LOCKD_KEY_SIZE], name[32];
+    const char *kp[LOAD_PER];
+
+    for (int o = 0; o < LOAD_OWNERS; o++) {
+        lockd_lease *l;
+
+        for (int i = 0; i < LOAD_PER; i++) {
+            load_key(sp, o, i, keys[i]);
+            kp[i] = keys[i];
+        }
+        snprintf(name, sizeof(name), "load-%d", o);
+        ASSERT_OK(lockd_conn_register(c, owners[o], -1, NULL, name));
+        ASSERT_OK(lockd_acquire(sp, LOAD_PER, kp, NULL, LOCKD_TRY, &l));
+        ASSERT_OK(lockd_conn_handoff(c, owners[o], l, NULL, NULL));
+        lockd_lease_forget(l);
+    }
+}
+
+static void
+assert_counts(struct counts k, uint64_t owners, uint64_t leases)
+{
+    ASSERT_INT_EQ(k.owners, owners);
+    ASSERT_INT_EQ(k.leases, leases);
+}
+
+HELPER_CASE(reexec_under_load)
+{
+    lockd_space *sp = space_open();
+    struct poller *p = shared_alloc(sizeof(*p));
+    pid_t owners[LOAD_OWNERS], ppid, hpid;
+    char key[LOCKD_KEY_SIZE];
+    int gp[2], go[2];
+    size_t listed = 0;
+    struct fsd *s;
+    lockd_conn *c;
+    int64_t t0;
+
+    /* Owners and the poller first: they must not inherit lease fds. */
+    if (pipe2(gp, O_CLOEXEC) < 0 || pipe2(go, O_CLOEXEC) < 0)
+        TEST_FAIL("pipe: %s", strerror(errno));
+    for (int o = 0; o < LOAD_OWNERS; o++)
+        owners[o] = spawn(guest_main, &gp[0], &gp[0], 1);
+    close(gp[0]);
+    p->go = go[0];
+    ppid = spawn(poller_main, p, &go[0], 1);
+    close(go[0]);
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(s);
+    hpid = s->pid;
+    c = conn_open(s->sock);
+    t0 = test_now_ms();
+    load_hand_over(c, sp, owners);
+    fprintf(stderr, "# %d leases handed over in %lld ms\n", LOAD_OWNERS * LOAD_PER,
+            (long long)(test_now_ms() - t0));
+    assert_counts(status_on(c), LOAD_OWNERS, LOAD_OWNERS * LOAD_PER);
+    if (write(go[1], "g", 1) != 1)
+        TEST_FAIL("write: %s", strerror(errno));
+    ASSERT_TRUE(WAIT_UNTIL(LOAD(p->ready), 30000));
+    ASSERT_TRUE(WAIT_UNTIL(LOAD(p->rounds) >= 2, 10000));
+
+    /* Each time a new binary is installed at the path the helper was
+     * started from: /proc/PID/exe shows when the exec happened. */
+    for (int r = 0; r < LOAD_REEXECS; r++) {
+        ino_t ino = fsd_install(s);
+        long rounds;
+
+        t0 = test_now_ms();
+        ASSERT_OK(kill(hpid, SIGUSR1));
+        if (!WAIT_UNTIL(fsd_exe_ino(hpid) == ino, 10000))
+            TEST_FAIL("re-exec %d: the helper did not exec the new binary", r);
+        assert_counts(status_at(s->sock), LOAD_OWNERS, LOAD_OWNERS * LOAD_PER);
+        fprintf(stderr, "# re-exec %d: answering again after %lld ms\n", r,
+                (long long)(test_now_ms() - t0));
+        /* A connection from before the re-exec still works. */
+        assert_counts(status_on(c), LOAD_OWNERS, LOAD_OWNERS * LOAD_PER);
+        rounds = LOAD(p->rounds);
+        ASSERT_TRUE(WAIT_UNTIL(LOAD(p->rounds) >= rounds + 2, 10000));
+    }
+    fsd_lock(s);
+    ASSERT_INT_EQ(s->pid, hpid);
+    ASSERT_INT_EQ(s->exits, 0);
+    fsd_unlock(s);
+    STORE(p->stop, 1);
+    ASSERT_INT_EQ(test_wait(ppid), 0);
+    fprintf(stderr, "# poller: %ld rounds, %ld leases taken, %ld errors\n", p->rounds,
+            p->taken, p->errors);
+    ASSERT_INT_EQ(p->taken, 0);
+    ASSERT_INT_EQ(p->errors, 0);
+
+    /* Afterwards: all listed, all released on request, all free. */
+    ASSERT_OK(lockd_conn_list(c, 0, NULL, count_cb, &listed));
+    ASSERT_INT_EQ(listed, LOAD_OWNERS * LOAD_PER);
+    for (int o = 0; o < LOAD_OWNERS; o++)
+        ASSERT_INT_EQ(lockd_conn_release(c, owners[o], 0, NULL), LOAD_PER);
+    assert_counts(status_on(c), LOAD_OWNERS, 0);
+    for (int o = 0; o < LOAD_OWNERS; o++)
+        for (int i = 0; i < LOAD_PER; i++) {
+            load_key(sp, o, i, key);
+            ASSERT_INT_EQ(probe(sp, key), LOCKD_FREE);
+        }
+    close(gp[1]);
+    for (int o = 0; o < LOAD_OWNERS; o++)
+        ASSERT_INT_EQ(test_wait(owners[o]), 0);
+    ASSERT_TRUE(WAIT_UNTIL(status_on(c).owners == 0, 5000));
+    lockd_conn_close(c);
+    close(go[1]);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+/* ------------------------------------------------------------------------
+ * Refusals
+ */
+
+static void
+set_lock(int fd, short type)
+{
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_len = 1};
+
+    if (fcntl(fd, F_OFD_SETLK, &fl) < 0)
+        TEST_FAIL("F_OFD_SETLK: %s", strerror(errno));
+}
+
+/* Hand over d for pid with fix(lease) applied to our copies first; the
+ * helper must refuse with -EBADFD and keep none of the fds. */
+static void
+refused(lockd_conn *c, struct fsd *s, lockd_space *sp, int32_t pid, struct disks *d,
+        void (*fix)(lockd_lease *))
+{
+    lockd_lease *l;
+
+    ASSERT_OK(lockd_acquire(sp, d->n, d->keys, NULL, LOCKD_TRY, &l));
+    fix(l);
+    ASSERT_ERR(lockd_conn_handoff(c, pid, l, NULL, NULL), EBADFD);
+    lockd_lease_forget(l);
+    for (size_t i = 0; i < d->n; i++) {
+        ASSERT_INT_EQ(proc_fds(s->pid, d->key[i]), 0);
+        ASSERT_INT_EQ(probe(sp, d->key[i]), LOCKD_FREE);
+    }
+}
+
+static void
+fix_unlock(lockd_lease *l)
+{
+    set_lock(lockd_lease_fd(l, 0), F_UNLCK);
+}
+
+static void
+fix_downgrade_middle(lockd_lease *l)
+{
+    set_lock(lockd_lease_fd(l, lockd_lease_count(l) / 2), F_RDLCK);
+}
+
+static void
+fix_fifo(lockd_lease *l)
+{
+    int ff = open(test_path("fifo"), O_RDWR | O_NONBLOCK | O_CLOEXEC);
+
+    if (ff < 0 || dup3(ff, lockd_lease_fd(l, 0), O_CLOEXEC) < 0)
+        TEST_FAIL("fifo: %s", strerror(errno));
+    /* Locked too, if the kernel lets us: only its type is wrong. */
+    {
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_len = 1};
+
+        (void)fcntl(ff, F_OFD_SETLK, &fl);
+    }
+    close(ff);
+}
+
+static int
+exit_at_once(void *arg)
+{
+    (void)arg;
+    return 0;
+}
+
+HELPER_CASE(refusals)
+{
+    lockd_space *sp = space_open();
+    struct disks held, d;
+    struct guest g, g2;
+    struct rows rs;
+    struct fsd *s;
+    lockd_conn *c;
+    pid_t dead;
+    int pidfd;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(s);
+    guest_start(&g);
+    guest_start(&g2);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    disks_make(&held, sp, "held", 1);
+    ASSERT_OK(hand_over(c, sp, g.pid, &held, NULL));
+
+    disks_make(&d, sp, "unlocked", 1);
+    refused(c, s, sp, g.pid, &d, fix_unlock);
+    /* Exclusive announced, but the fd holds a read lock. */
+    disks_make(&d, sp, "shared", 1);
+    refused(c, s, sp, g.pid, &d, fix_downgrade_middle);
+    if (mkfifo(test_path("fifo"), 0600) < 0)
+        TEST_FAIL("mkfifo: %s", strerror(errno));
+    disks_make(&d, sp, "fifo", 1);
+    refused(c, s, sp, g.pid, &d, fix_fifo);
+    ASSERT_INT_EQ(proc_fds(s->pid, "fifo"), 0);
+    /* One bad fd among good ones: the whole request is refused. */
+    disks_make(&d, sp, "mixed", 3);
+    refused(c, s, sp, g.pid, &d, fix_downgrade_middle);
+
+    /* Owners: not registered, not alive, a pidfd of another process. */
+    disks_make(&d, sp, "noowner", 1);
+    ASSERT_ERR(hand_over(c, sp, g2.pid, &d, NULL), ESRCH);
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_FREE);
+    dead = spawn(exit_at_once, NULL, NULL, 0);
+    ASSERT_INT_EQ(test_wait(dead), 0);
+    ASSERT_ERR(lockd_conn_register(c, dead, -1, NULL, "dead"), ESRCH);
+    pidfd = pidfd_of(g.pid);
+    if (pidfd >= 0) { /* see pidfd_of() */
+        ASSERT_ERR(lockd_conn_register(c, g2.pid, pidfd, NULL, "mismatch"), ESRCH);
+        close(pidfd);
+    }
+    ASSERT_INT_EQ(owners_count(c), 1);
+    pidfd = pidfd_of(g2.pid);
+    ASSERT_OK(lockd_conn_register(c, g2.pid, pidfd, NULL, "guest-2"));
+    if (pidfd >= 0)
+        close(pidfd);
+
+    /* Nothing held changed. */
+    assert_counts(status_on(c), 2, 1);
+    ASSERT_INT_EQ(probe(sp, held.key[0]), LOCKD_EXCLUSIVE);
+    rs = rows_list(c, 0);
+    ASSERT_INT_EQ(rs.n, 1);
+    ASSERT_INT_EQ(rs.r[0].id, held.id[0]);
+    free(rs.r);
+    lockd_conn_close(c);
+    guest_end(&g);
+    guest_end(&g2);
+    ASSERT_TRUE(WAIT_UNTIL(probe(sp, held.key[0]) == LOCKD_FREE, 3000));
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+/*
+ * A manager that kept its copies releases by unlocking its own and sending
+ * a one-way notice.  If the notice is late, the disk may have been leased
+ * again meanwhile: the notice names the old id and must not touch the new
+ * lease (nor may a notice from another owner's pid).
+ */
+HELPER_CASE(stale_notice)
+{
+    lockd_space *sp = space_open();
+    uint64_t id1, id2;
+    struct guest g, g2;
+    struct rows rs;
+    struct disks d;
+    struct fsd *s;
+    lockd_lease *l;
+    lockd_conn *c;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(s);
+    guest_start(&g);
+    guest_start(&g2);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    ASSERT_OK(lockd_conn_register(c, g2.pid, -1, NULL, "guest-2"));
+    disks_make(&d, sp, "stale", 1);
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, &l));
+    id1 = d.id[0];
+    ASSERT_INT_EQ(proc_fds(s->pid, d.key[0]), 1);
+    /* Our unlock frees it, although the helper still has a copy. */
+    ASSERT_OK(lockd_lease_release(l));
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_FREE);
+
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, NULL));
+    id2 = d.id[0];
+    ASSERT_TRUE(id2 != id1);
+    ASSERT_INT_EQ(proc_fds(s->pid, d.key[0]), 2);
+
+    ASSERT_OK(lockd_conn_release_notice(c, g.pid, 1, &id1));
+    ASSERT_OK(lockd_conn_release_notice(c, g2.pid, 1, &id2));
+    /* Requests on one connection are handled in order: the notices are
+     * done when this answers. */
+    assert_counts(status_on(c), 2, 1);
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(proc_fds(s->pid, d.key[0]), 1);
+    rs = rows_list(c, 0);
+    ASSERT_INT_EQ(rs.n, 1);
+    ASSERT_INT_EQ(rs.r[0].id, id2);
+    free(rs.r);
+    ASSERT_INT_EQ(lockd_conn_release(c, g.pid, 1, &id1), 0);
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(lockd_conn_release(c, g.pid, 1, &id2), 1);
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_FREE);
+    ASSERT_INT_EQ(proc_fds(s->pid, d.key[0]), 0);
+    lockd_conn_close(c);
+    guest_end(&g);
+    guest_end(&g2);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+/* ------------------------------------------------------------------------
+ * Credentials
+ */
+
+struct unpriv {
+    const char *closed_sock, *open_sock;
+    pid_t root_guest;    /* registered by root, with a lease */
+    pid_t root_other;    /* a root process nobody registered */
+    uint64_t root_id;
+};
+
+static int
+unpriv_main(void *arg)
+{
+    struct unpriv *u = arg;
+    lockd_space *sp = NULL;
+    struct disks d;
+    struct rows rs;
+    lockd_conn *c;
+    int pidfd;
+
+    if (setgroups(0, NULL) < 0 || setgid(NOBODY) < 0 || setuid(NOBODY) < 0)
+        TEST_FAIL("dropping privileges: %s", strerror(errno));
+    /* The directory lets us through; the socket's mode 0600 does not. */
+    ASSERT_ERR(lockd_conn_open(u->closed_sock, &c), EACCES);
+    c = conn_open(u->open_sock);
+
+    /* A root process: not ours to register, whether root registered it
+     * or not; root's owner is not ours to see or release either. */
+    ASSERT_ERR(lockd_conn_register(c, u->root_other, -1, NULL, "steal"), EPERM);
+    pidfd = pidfd_of(u->root_other);
+    if (pidfd >= 0) { /* see pidfd_of() */
+        ASSERT_ERR(lockd_conn_register(c, u->root_other, pidfd, NULL, "steal"), EPERM);
+        close(pidfd);
+    }
+    ASSERT_ERR(lockd_conn_register(c, u->root_guest, -1, NULL, "steal"), EPERM);
+    rs = rows_list(c, 0);
+    ASSERT_INT_EQ(rs.n, 0);
+    rs = rows_list(c, u->root_guest);
+    ASSERT_INT_EQ(rs.n, 0);
+    ASSERT_INT_EQ(owners_count(c), 0);
+    ASSERT_ERR(lockd_conn_release(c, u->root_guest, 0, NULL), ESRCH);
+    ASSERT_ERR(lockd_conn_release(c, u->root_guest, 1, &u->root_id), ESRCH);
+    ASSERT_OK(lockd_conn_release_notice(c, u->root_guest, 1, &u->root_id));
+
+    /* Our own process: registered, a lease of ours handed over, seen. */
+    ASSERT_OK(lockd_conn_register(c, getpid(), -1, NULL, "mine"));
+    ASSERT_OK(lockd_space_open(test_path("uspace"), 0, &sp));
+    memset(&d, 0, sizeof(d));
+    d.n = 1;
+    strcpy(d.path[0], "/images/nobody.qcow2");
+    ASSERT_OK(lockd_space_key(sp, d.path[0], d.key[0]));
+    d.keys[0] = d.key[0];
+    d.paths[0] = d.path[0];
+    ASSERT_OK(hand_over(c, sp, getpid(), &d, NULL));
+    rs = rows_list(c, 0);
+    ASSERT_INT_EQ(rs.n, 1);
+    ASSERT_INT_EQ(rs.r[0].uid, NOBODY);
+    ASSERT_INT_EQ(rs.r[0].pid, getpid());
+    free(rs.r);
+    ASSERT_INT_EQ(owners_count(c), 1);
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_EXCLUSIVE);
+    lockd_conn_close(c);
+    lockd_space_close(sp);
+    return 0;
+}
+
+HELPER_CASE(credentials)
+{
+    lockd_space *sp = space_open(), *usp = NULL;
+    struct fsd *closed, *open_;
+    struct unpriv u;
+    struct guest g, other;
+    struct stat st;
+    struct disks d;
+    struct rows rs;
+    char ukey[LOCKD_KEY_SIZE];
+    lockd_conn *c;
+
+    if (chmod(test_scratch, 0755) < 0 || mkdir(test_path("run"), 0755) < 0 ||
+        mkdir(test_path("uspace"), 0755) < 0 || chown(test_path("uspace"), NOBODY, NOBODY) < 0)
+        TEST_FAIL("setup: %s", strerror(errno));
+    closed = fsd_new("run/closed", FSD_NOTIFY, 0);
+    fsd_start_ready(closed);
+    open_ = fsd_new("run/open", FSD_NOTIFY, 0);
+    fsd_arg(open_, "--socket-mode");
+    fsd_arg(open_, "0666");
+    fsd_start_ready(open_);
+    ASSERT_OK(stat(closed->sock, &st));
+    ASSERT_INT_EQ(st.st_mode & 07777, 0600);
+    ASSERT_OK(stat(open_->sock, &st));
+    ASSERT_INT_EQ(st.st_mode & 07777, 0666);
+
+    guest_start(&g);
+    c = conn_open(open_->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, UUID1, "root's guest"));
+    disks_make(&d, sp, "root", 1);
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, NULL));
+
+    guest_start(&other);
+    u = (struct unpriv){closed->sock, open_->sock, g.pid, other.pid, d.id[0]};
+    ASSERT_INT_EQ(test_wait(spawn(unpriv_main, &u, NULL, 0)), 0);
+    guest_end(&other);
+
+    /* Root's lease is untouched; the unprivileged owner has exited, so its
+     * lease is released; root saw it while it lived (checked via list). */
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_EXCLUSIVE);
+    ASSERT_OK(lockd_space_open(test_path("uspace"), LOCKD_OPEN_READONLY, &usp));
+    root(usp);
+    ASSERT_OK(lockd_space_key(usp, "/images/nobody.qcow2", ukey));
+    ASSERT_TRUE(WAIT_UNTIL(probe(usp, ukey) == LOCKD_FREE, 3000));
+    ASSERT_TRUE(WAIT_UNTIL(owners_count(c) == 1, 3000));
+    rs = rows_list(c, 0);
+    ASSERT_INT_EQ(rs.n, 1);
+    ASSERT_INT_EQ(rs.r[0].id, d.id[0]);
+    ASSERT_INT_EQ(rs.r[0].uid, 0);
+    free(rs.r);
+    lockd_conn_close(c);
+    guest_end(&g);
+    ASSERT_INT_EQ(fsd_stop(closed), 0);
+    ASSERT_INT_EQ(fsd_stop(open_), 0);
+    FSD_ASSERT_CLEAN(closed);
+    FSD_ASSERT_CLEAN(open_);
+    fsd_fini(closed);
+    fsd_fini(open_);
+    lockd_space_close(usp);
+    lockd_space_close(sp);
+}
+
+/* ------------------------------------------------------------------------
+ * Malformed input, bypassing the library
+ *
+ * The wire format as lockd.c's protocol section writes it down: a 24-byte
+ * header (u32 magic "lkd1", u16 version 1, u16 type, u32 serial, i32
+ * status, u32 nfds, u32 len), host byte order.  Written out here on purpose,
+ * so that the test does not share the codec it tests.
+ */
+
+#define RAW_MAGIC   0x31646b6cu
+#define RAW_HDR     24
+#define RAW_SETTLE  777u /* serial of the status request that follows garbage */
+
+enum {
+    RAW_REGISTER = 1,
+    RAW_HANDOFF = 2,
+    RAW_RELEASE = 3,
+    RAW_NOTICE = 4,
+    RAW_LIST = 5,
+    RAW_STATUS = 7,
+};
+
+static size_t
+raw_hdr(uint8_t *buf, uint32_t magic, uint16_t version, uint16_t type, uint32_t serial,
+        int32_t status, uint32_t nfds, uint32_t len)
+{
+    memcpy(buf, &magic, 4);
+    memcpy(buf + 4, &version, 2);
+    memcpy(buf + 6, &type, 2);
+    memcpy(buf + 8, &serial, 4);
+    memcpy(buf + 12, &status, 4);
+    memcpy(buf + 16, &nfds, 4);
+    memcpy(buf + 20, &len, 4);
+    return RAW_HDR;
+}
+
+/* A well-formed header for a body of len bytes. */
+static size_t
+raw_ok(uint8_t *buf, uint16_t type, uint32_t serial, uint32_t nfds, uint32_t len)
+{
+    return raw_hdr(buf, RAW_MAGIC, 1, type, serial, 0, nfds, len);
+}
+
+static int
+raw_connect(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct timeval tv = {.tv_sec = 10};
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+
+    strcpy(sa.sun_path, path);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
+        connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+        TEST_FAIL("connect %s: %s", path, strerror(errno));
+    return fd;
+}
+
+static int
+raw_send(int sock, const void *buf, size_t len, const int *fds, size_t nfds)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * FSD_FDS_MAX)];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {(void *)buf, len};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+
+    if (nfds > 0) {
+        struct cmsghdr *c;
+
+        memset(&ctl, 0, sizeof(ctl));
+        mh.msg_control = ctl.buf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+        c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+    }
+    return sendmsg(sock, &mh, MSG_NOSIGNAL) < 0 ? -errno : 0;
+}
+
+/*
+ * After garbage: ask for the status and read until its answer.  Replies
+ * before it must be error replies with empty bodies, echoing want_serial
+ * if it is not 0; *ret_err gets the first one's status (0 if none).
+ * Returns 1 if the status was answered, 0 if the helper hung up on us.
+ */
+static int
+raw_settle(int sock, uint32_t want_serial, int32_t *ret_err)
+{
+    static uint8_t buf[65536 + 1];
+    uint8_t req[RAW_HDR];
+
+    *ret_err = 0;
+    raw_ok(req, RAW_STATUS, RAW_SETTLE, 0, 0);
+    if (raw_send(sock, req, sizeof(req), NULL, 0) < 0)
+        return 0;
+    for (;;) {
+        ssize_t n = recv(sock, buf, sizeof(buf), 0);
+        uint32_t magic, serial, nfds, len;
+        uint16_t version;
+        int32_t status;
+
+        if (n == 0 || (n < 0 && errno == ECONNRESET))
+            return 0;
+        if (n < 0)
+            TEST_FAIL("the helper neither answered nor hung up: %s", strerror(errno));
+        if (n < RAW_HDR)
+            TEST_FAIL("a reply of %zd bytes", n);
+        memcpy(&magic, buf, 4);
+        memcpy(&version, buf + 4, 2);
+        memcpy(&serial, buf + 8, 4);
+        memcpy(&status, buf + 12, 4);
+        memcpy(&nfds, buf + 16, 4);
+        memcpy(&len, buf + 20, 4);
+        ASSERT_INT_EQ(magic, RAW_MAGIC);
+        ASSERT_INT_EQ(version, 1);
+        ASSERT_INT_EQ(nfds, 0);
+        ASSERT_INT_EQ(len, (uint32_t)n - RAW_HDR);
+        if (serial == RAW_SETTLE) {
+            ASSERT_INT_EQ(status, 0);
+            return 1;
+        }
+        if (status >= 0)
+            TEST_FAIL("garbage was answered with status %d", status);
+        ASSERT_INT_EQ(len, 0);
+        if (want_serial)
+            ASSERT_INT_EQ(serial, want_serial);
+        if (*ret_err == 0)
+            *ret_err = status;
+    }
+}
+
+/* What a case expects of one piece of garbage: a hang-up or -EPROTO; that
+ * exact error; or, for a notice (never answered), also nothing. */
+enum { HUP_OR_EPROTO, EXPECT_ERR, QUIET_OK };
+
+struct mal {
+    struct fsd *s;
+    lockd_conn *keep;
+    lockd_space *sp;
+    const char *held_key;
+    int32_t guest;
+    int base_fds; /* the helper's fds with only keep connected */
+};
+
+static void
+mal_check(const char *what, int answered, int32_t got, int expect, int32_t err)
+{
+    if (expect == EXPECT_ERR && got != err)
+        TEST_FAIL("%s: answered %d, expected %d", what, got, err);
+    if (expect == HUP_OR_EPROTO && answered && got != -EPROTO)
+        TEST_FAIL("%s: answered %d, expected -EPROTO or a hang-up", what, got);
+    if (expect == QUIET_OK && answered && got != 0 && got != -EPROTO)
+        TEST_FAIL("%s: answered %d", what, got);
+}
+
+/* The helper is up, answers the connection it had and a new one, and the
+ * lease it held is held. */
+static void
+mal_alive(const struct mal *m, const char *what)
+{
+    struct counts k;
+
+    fsd_lock(m->s);
+    if (m->s->pid == 0 || m->s->exits != 0)
+        TEST_FAIL("%s: the helper exited (status %d)", what, m->s->last_status);
+    fsd_unlock(m->s);
+    /* Every connection we closed is gone and every fd we sent closed: no
+     * fd leaks (and no connection limit hit by the next check). */
+    if (m->base_fds && !WAIT_UNTIL(proc_fds(m->s->pid, NULL) <= m->base_fds, 5000))
+        TEST_FAIL("%s: the helper has %d fds, %d before", what, proc_fds(m->s->pid, NULL),
+                  m->base_fds);
+    k = status_on(m->keep);
+    if (k.owners != 1 || k.leases != 1)
+        TEST_FAIL("%s: %llu owners, %llu leases", what, (unsigned long long)k.owners,
+                  (unsigned long long)k.leases);
+    assert_counts(status_at(m->s->sock), 1, 1);
+    ASSERT_INT_EQ(probe(m->sp, m->held_key), LOCKD_EXCLUSIVE);
+}
+
+/* Send one piece of garbage (with fds) on a fresh connection and check
+ * the outcome; the fds are closed here, and the helper must close its
+ * copies: pipe write ends whose read ends must see the hang-up. */
+static void
+mal_try(const struct mal *m, const char *what, const void *buf, size_t len, const int *fds,
+        size_t nfds, int expect, int32_t err, uint32_t serial)
+{
+    int sock = raw_connect(m->s->sock), answered;
+    int32_t got;
+
+    ASSERT_OK(raw_send(sock, buf, len, fds, nfds));
+    answered = raw_settle(sock, serial, &got);
+    close(sock);
+    mal_check(what, answered, got, expect, err);
+    mal_alive(m, what);
+}
+
+/* A pipe whose write end goes to the helper: once everyone has closed that
+ * end, the read end polls POLLHUP. */
+static void
+mal_fds_gone(int rd, const char *what)
+{
+    struct pollfd p = {.fd = rd, .events = POLLIN};
+
+    if (!WAIT_UNTIL(poll(&p, 1, 0) == 1 && (p.revents & POLLHUP), 5000))
+        TEST_FAIL("%s: the helper kept an fd it was sent", what);
+    close(rd);
+}
+
+static void
+mal_with_pipes(const struct mal *m, const char *what, const void *buf, size_t len,
+               size_t nfds, int expect, int32_t err)
+{
+    int rd[FSD_FDS_MAX], wr[FSD_FDS_MAX];
+
+    for (size_t i = 0; i < nfds; i++) {
+        int p[2];
+
+        if (pipe2(p, O_CLOEXEC) < 0)
+            TEST_FAIL("pipe: %s", strerror(errno));
+        rd[i] = p[0];
+        wr[i] = p[1];
+    }
+    {
+        int sock = raw_connect(m->s->sock), answered;
+        int32_t got;
+
+        ASSERT_OK(raw_send(sock, buf, len, wr, nfds));
+        for (size_t i = 0; i < nfds; i++)
+            close(wr[i]);
+        answered = raw_settle(sock, 0, &got);
+        close(sock);
+        mal_check(what, answered, got, expect, err);
+    }
+    for (size_t i = 0; i < nfds; i++)
+        mal_fds_gone(rd[i], what);
+    mal_alive(m, what);
+}
+
+static size_t
+body_register(uint8_t *b, int32_t pid, const char *name, size_t nlen)
+{
+    uint16_t l = (uint16_t)nlen;
+
+    memcpy(b, &pid, 4);
+    memset(b + 4, 0, 16);
+    memcpy(b + 20, &l, 2);
+    memcpy(b + 22, name, nlen);
+    return 22 + nlen;
+}
+
+/* HANDOFF of count items for pid, each with the given mode and no name. */
+static size_t
+body_handoff(uint8_t *b, int32_t pid, uint16_t count, uint8_t mode)
+{
+    size_t at = 6;
+
+    memcpy(b, &pid, 4);
+    memcpy(b + 4, &count, 2);
+    for (uint16_t i = 0; i < count; i++) {
+        b[at] = mode;
+        memset(b + at + 1, 0xa0 + (i & 15), 32);
+        memset(b + at + 33, 0, 2);
+        at += 35;
+    }
+    return at;
+}
+
+static void
+malformed_headers(const struct mal *m)
+{
+    static uint8_t big[70000];
+    uint8_t b[256] = {0};
+
+    raw_hdr(b, RAW_MAGIC, 2, RAW_STATUS, 5, 0, 0, 0);
+    mal_try(m, "version 2", b, RAW_HDR, NULL, 0, EXPECT_ERR, -EPROTONOSUPPORT, 5);
+    raw_hdr(b, RAW_MAGIC, 0xffff, RAW_STATUS, 6, 0, 0, 0);
+    mal_try(m, "version 65535", b, RAW_HDR, NULL, 0, EXPECT_ERR, -EPROTONOSUPPORT, 6);
+    raw_ok(b, RAW_STATUS, 7, 0, 0);
+    mal_try(m, "10 bytes", b, 10, NULL, 0, HUP_OR_EPROTO, 0, 0);
+    mal_try(m, "1 byte", b, 1, NULL, 0, HUP_OR_EPROTO, 0, 0);
+    mal_try(m, "0 bytes", b, 0, NULL, 0, HUP_OR_EPROTO, 0, 0);
+    raw_ok(big, RAW_STATUS, 8, 0, sizeof(big) - RAW_HDR);
+    mal_try(m, "70,000 bytes", big, sizeof(big), NULL, 0, HUP_OR_EPROTO, 0, 0);
+    raw_hdr(b, 0x12345678, 1, RAW_STATUS, 9, 0, 0, 0);
+    mal_try(m, "bad magic", b, RAW_HDR, NULL, 0, HUP_OR_EPROTO, 0, 0);
+    raw_ok(b, 99, 10, 0, 0);
+    mal_try(m, "type 99", b, RAW_HDR, NULL, 0, HUP_OR_EPROTO, 0, 0);
+    raw_ok(b, 0, 11, 0, 0);
+    mal_try(m, "type 0", b, RAW_HDR, NULL, 0, HUP_OR_EPROTO, 0, 0);
+    raw_hdr(b, RAW_MAGIC, 1, RAW_STATUS, 12, -5, 0, 0);
+    mal_try(m, "status in a request", b, RAW_HDR, NULL, 0, HUP_OR_EPROTO, 0, 0);
+    raw_ok(b, RAW_STATUS, 0, 0, 0);
+    mal_try(m, "serial 0 on a request", b, RAW_HDR, NULL, 0, HUP_OR_EPROTO, 0, 0);
+    raw_ok(b, RAW_STATUS, 13, 0, 100);
+    mal_try(m, "len beyond the message", b, RAW_HDR + 10, NULL, 0, HUP_OR_EPROTO, 0, 0);
+    raw_ok(b, RAW_STATUS, 14, 0, 0);
+    mal_try(m, "len short of the message", b, RAW_HDR + 10, NULL, 0, HUP_OR_EPROTO, 0, 0);
+}
+
+static void
+malformed_fds(const struct mal *m)
+{
+    static uint8_t b[RAW_HDR + 6 + 35 * FSD_FDS_MAX];
+    size_t n;
+
+    n = body_register(b + RAW_HDR, m->guest, "x", 1);
+    raw_ok(b, RAW_REGISTER, 20, 2, (uint32_t)n);
+    mal_with_pipes(m, "register announcing 2 fds, sending 1", b, RAW_HDR + n, 1,
+                   HUP_OR_EPROTO, 0);
+    raw_ok(b, RAW_STATUS, 21, 0, 0);
+    mal_with_pipes(m, "status announcing 0 fds, sending 1", b, RAW_HDR, 1, HUP_OR_EPROTO, 0);
+    raw_ok(b, RAW_REGISTER, 22, 1, (uint32_t)n);
+    mal_try(m, "register announcing 1 fd, sending none", b, RAW_HDR + n, NULL, 0,
+            HUP_OR_EPROTO, 0, 0);
+    n = body_handoff(b + RAW_HDR, m->guest, 2, 0);
+    raw_ok(b, RAW_HANDOFF, 23, 1, (uint32_t)n);
+    mal_with_pipes(m, "handoff of 2 with 1 fd", b, RAW_HDR + n, 1, HUP_OR_EPROTO, 0);
+    /* Well formed, but the fds are pipes, not leases. */
+    raw_ok(b, RAW_HANDOFF, 24, 2, (uint32_t)n);
+    mal_with_pipes(m, "handoff of 2 pipes", b, RAW_HDR + n, 2, EXPECT_ERR, -EBADFD);
+    n = body_handoff(b + RAW_HDR, m->guest, FSD_FDS_MAX, 0);
+    raw_ok(b, RAW_HANDOFF, 25, FSD_FDS_MAX, (uint32_t)n);
+    mal_with_pipes(m, "handoff of 253 pipes", b, RAW_HDR + n, FSD_FDS_MAX, EXPECT_ERR,
+                   -EBADFD);
+}
+
+static void
+malformed_bodies(const struct mal *m)
+{
+    uint8_t b[512] = {0};
+    size_t n;
+    uint16_t five = 5;
+    uint64_t id = 1;
+
+    raw_ok(b, RAW_REGISTER, 30, 0, 3);
+    mal_try(m, "register of 3 bytes", b, RAW_HDR + 3, NULL, 0, EXPECT_ERR, -EPROTO, 30);
+    n = body_register(b + RAW_HDR, m->guest, "a\0b", 3);
+    raw_ok(b, RAW_REGISTER, 31, 0, (uint32_t)n);
+    mal_try(m, "a name with a NUL", b, RAW_HDR + n, NULL, 0, EXPECT_ERR, -EPROTO, 31);
+    n = body_register(b + RAW_HDR, 0, "x", 1);
+    raw_ok(b, RAW_REGISTER, 32, 0, (uint32_t)n);
+    mal_try(m, "register pid 0", b, RAW_HDR + n, NULL, 0, EXPECT_ERR, -EPROTO, 32);
+    n = body_register(b + RAW_HDR, -5, "x", 1);
+    raw_ok(b, RAW_REGISTER, 33, 0, (uint32_t)n);
+    mal_try(m, "register pid -5", b, RAW_HDR + n, NULL, 0, EXPECT_ERR, -EPROTO, 33);
+    memset(b + RAW_HDR, 0, 4 + 1 + 32 + 8 + 1);
+    raw_ok(b, RAW_LIST, 34, 0, 4 + 1 + 32 + 8 + 1);
+    mal_try(m, "list with a byte too many", b, RAW_HDR + 46, NULL, 0, EXPECT_ERR, -EPROTO,
+            34);
+    memcpy(b + RAW_HDR, &m->guest, 4);
+    memcpy(b + RAW_HDR + 4, &five, 2);
+    memcpy(b + RAW_HDR + 6, &id, 8);
+    raw_ok(b, RAW_RELEASE, 35, 0, 14);
+    mal_try(m, "release of 5 ids with 1", b, RAW_HDR + 14, NULL, 0, EXPECT_ERR, -EPROTO, 35);
+    raw_ok(b, RAW_NOTICE, 36, 0, 14);
+    mal_try(m, "notice with a serial", b, RAW_HDR + 14, NULL, 0, QUIET_OK, 0, 0);
+    n = body_handoff(b + RAW_HDR, m->guest, 1, 7);
+    raw_ok(b, RAW_HANDOFF, 37, 1, (uint32_t)n);
+    mal_with_pipes(m, "handoff with mode 7", b, RAW_HDR + n, 1, EXPECT_ERR, -EPROTO);
+}
+
+/* Clients that go away: mid-request, and many at once. */
+static void
+malformed_disconnects(const struct mal *m)
+{
+    static int socks[1100];
+    uint8_t b[RAW_HDR + 64] = {0};
+
+    for (int i = 0; i < 200; i++) {
+        int sock = raw_connect(m->s->sock);
+
+        if (i % 2) {
+            raw_ok(b, RAW_STATUS, 40, 0, 0);
+            ASSERT_OK(raw_send(sock, b, RAW_HDR, NULL, 0));
+        } else {
+            memset(b + RAW_HDR, 0, 45);
+            raw_ok(b, RAW_LIST, 41, 0, 45);
+            ASSERT_OK(raw_send(sock, b, RAW_HDR + 45, NULL, 0));
+        }
+        close(sock);
+    }
+    mal_alive(m, "200 requests whose senders left");
+    /* More than the helper's connection limit (1024), all at once. */
+    for (int i = 0; i < 1100; i++)
+        socks[i] = raw_connect(m->s->sock);
+    for (int i = 0; i < 1100; i++)
+        close(socks[i]);
+    mal_alive(m, "1,100 connections opened and dropped");
+    for (int i = 0; i < 1000; i++)
+        close(raw_connect(m->s->sock));
+    mal_alive(m, "1,000 connections one after another");
+}
+
+HELPER_CASE(malformed)
+{
+    lockd_space *sp = space_open();
+    struct guest g;
+    struct disks d;
+    struct fsd *s;
+    struct mal m;
+    int base;
+
+    /* No NOTIFY_SOCKET: each sd_notify() opens a socket for a moment,
+     * which would blur the count of the helper's fds. */
+    s = fsd_new("helper", FSD_ACTIVATE, 0);
+    fsd_start_ready(s);
+    guest_start(&g);
+    disks_make(&d, sp, "malformed", 1);
+    m = (struct mal){s, conn_open(s->sock), sp, d.key[0], g.pid, 0};
+    ASSERT_OK(lockd_conn_register(m.keep, g.pid, -1, NULL, "guest"));
+    ASSERT_OK(hand_over(m.keep, sp, g.pid, &d, NULL));
+    /* Only keep is connected, and nothing is in flight. */
+    base = m.base_fds = proc_fds(s->pid, NULL);
+    mal_alive(&m, "start");
+
+    malformed_headers(&m);
+    malformed_fds(&m);
+    malformed_bodies(&m);
+    malformed_disconnects(&m);
+
+    /* Every connection gone, every fd sent closed: no fd leaked. */
+    if (!WAIT_UNTIL(proc_fds(s->pid, NULL) <= base, 5000))
+        TEST_FAIL("the helper has %d fds, %d before", proc_fds(s->pid, NULL), base);
+    lockd_conn_close(m.keep);
+    guest_end(&g);
+    ASSERT_TRUE(WAIT_UNTIL(probe(sp, d.key[0]) == LOCKD_FREE, 3000));
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+/* ------------------------------------------------------------------------
+ * Out of descriptors
+ */
+
+HELPER_CASE(fd_exhaustion)
+{
+    lockd_space *sp = space_open();
+    struct rlimit rl = {.rlim_cur = 48, .rlim_max = 48};
+    char keys[64][LOCKD_KEY_SIZE];
+    struct disks one;
+    int ok = 0, r = 0;
+    struct guest g;
+    struct fsd *s;
+    lockd_conn *c;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(s);
+    guest_start(&g);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    ASSERT_OK(prlimit(s->pid, RLIMIT_NOFILE, &rl, NULL));
+    for (int i = 0; i < 64; i++) {
+        char tag[16];
+
+        snprintf(tag, sizeof(tag), "fd%d", i);
+        disks_make(&one, sp, tag, 1);
+        r = hand_over(c, sp, g.pid, &one, NULL);
+        if (r < 0)
+            break;
+        memcpy(keys[ok++], one.key[0], LOCKD_KEY_SIZE);
+    }
+    ASSERT_ERR(r, EMFILE);
+    ASSERT_TRUE(ok > 0);
+    /* It still answers, on this connection and on new ones, and holds
+     * what it had, and not what it could not take. */
+    assert_counts(status_on(c), 1, (uint64_t)ok);
+    for (int i = 0; i < 3; i++)
+        assert_counts(status_at(s->sock), 1, (uint64_t)ok);
+    ASSERT_INT_EQ(probe(sp, one.key[0]), LOCKD_FREE);
+    for (int i = 0; i < ok; i++)
+        ASSERT_INT_EQ(probe(sp, keys[i]), LOCKD_EXCLUSIVE);
+    /* Releasing makes room again. */
+    ASSERT_INT_EQ(lockd_conn_release(c, g.pid, 0, NULL), ok);
+    ASSERT_OK(hand_over(c, sp, g.pid, &one, NULL));
+    ASSERT_INT_EQ(probe(sp, one.key[0]), LOCKD_EXCLUSIVE);
+    lockd_conn_close(c);
+    guest_end(&g);
+    ASSERT_TRUE(WAIT_UNTIL(probe(sp, one.key[0]) == LOCKD_FREE, 3000));
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+/* ------------------------------------------------------------------------
+ * Idle exit and socket activation
+ */
+
+HELPER_CASE(idle_exit_reactivation)
+{
+    lockd_space *sp = space_open();
+    struct guest g;
+    struct disks d;
+    struct fsd *s;
+    lockd_conn *c;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY | FSD_REACTIVATE, 0);
+    fsd_arg(s, "--timeout");
+    fsd_arg(s, "1");
+    fsd_start_ready(s);
+    /* Idle: it exits by itself, cleanly. */
+    ASSERT_TRUE(FSD_WAIT(s, s->exits == 1 && s->last_status == 0, 5000));
+    /* A client connects: systemd starts it again, and it answers. */
+    c = conn_open(s->sock);
+    assert_counts(status_on(c), 0, 0);
+    ASSERT_TRUE(FSD_WAIT(s, s->starts == 2, 5000));
+    /* A held lease keeps it running, with no client connected. */
+    guest_start(&g);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    disks_make(&d, sp, "idle", 1);
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, NULL));
+    lockd_conn_close(c);
+    ASSERT_TRUE(!FSD_WAIT(s, s->exits != 1, 2500));
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_EXCLUSIVE);
+    /* The owner exits: nothing held, so it exits again. */
+    guest_end(&g);
+    ASSERT_TRUE(FSD_WAIT(s, s->exits == 2 && s->last_status == 0, 5000));
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_FREE);
+    assert_counts(status_at(s->sock), 0, 0);
+    ASSERT_TRUE(FSD_WAIT(s, s->starts == 3, 5000));
+    ASSERT_TRUE(FSD_WAIT(s, s->exits == 3, 5000));
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+/* ------------------------------------------------------------------------
+ * systemd units
+ */
+
+/* Copy a unit, with ExecStart='s binary replaced by the built helper. */
+static void
+unit_copy(const char *src, const char *dst, const char *helper)
+{
+    FILE *in = fopen(src, "r"), *out;
+    char line[1024];
+
+    if (!in)
+        TEST_FAIL("%s: %s (the units belong in systemd/)", src, strerror(errno));
+    out = fopen(dst, "w");
+    if (!out)
+        TEST_FAIL("%s: %s", dst, strerror(errno));
+    while (fgets(line, sizeof(line), in)) {
+        if (strncmp(line, "ExecStart=", 10) == 0)
+            fprintf(out, "ExecStart=%s%s", helper, line + 10 + strcspn(line + 10, " \n"));
+        else
+            fputs(line, out);
+    }
+    fclose(in);
+    if (fclose(out) != 0)
+        TEST_FAIL("%s: %s", dst, strerror(errno));
+}
+
+/* systemd-analyze [--user] verify the socket and service in dir: it must
+ * exit 0 and say nothing. */
+static void
+units_verify(const char *dir, int user)
+{
+    char sock[PATH_MAX], svc[PATH_MAX], out[PATH_MAX], *text;
+    pid_t pid;
+    int st;
+
+    snprintf(sock, sizeof(sock), "%s/lockd-helper.socket", dir);
+    snprintf(svc, sizeof(svc), "%s/lockd-helper.service", dir);
+    snprintf(out, sizeof(out), "%s/verify.out", dir);
+    pid = fork();
+    if (pid < 0)
+        TEST_FAIL("fork: %s", strerror(errno));
+    if (pid == 0) {
+        int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+        if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
+            _exit(127);
+        /* --user needs a runtime directory; none of the machine's. */
+        setenv("XDG_RUNTIME_DIR", test_path("rt"), 1);
+        setenv("HOME", test_scratch, 1);
+        execlp("systemd-analyze", "systemd-analyze", user ? "--user" : "--system", "verify",
+               "--man=no", sock, svc, (char *)NULL);
+        _exit(127);
+    }
+    st = test_wait(pid);
+    text = read_file(out);
+    if (st != 0 || text[0])
+        TEST_FAIL("systemd-analyze%s verify %s: status %d:\n%s", user ? " --user" : "", dir,
+                  st, text);
+}
+
+/* The number after key in text, or -1. */
+static long
+unit_number(const char *text, const char *key)
+{
+    const char *p = strstr(text, key);
+
+    return p ? strtol(p + strlen(key), NULL, 10) : -1;
+}
+
+/* The store the unit allows and the one the helper is told must match, or
+ * systemd closes what the helper believes stored. */
+static void
+units_store_matches(const char *path)
+{
+    char *svc = strdup(read_file(path));
+    long max = unit_number(svc, "\nFileDescriptorStoreMax="), arg;
+
+    arg = unit_number(svc, "--fd-store-max ");
+    if (arg < 0)
+        arg = unit_number(svc, "--fd-store-max=");
+    if (max <= 0 || arg != max)
+        TEST_FAIL("%s: FileDescriptorStoreMax=%ld but --fd-store-max %ld", path, max, arg);
+    free(svc);
+}
+
+HELPER_CASE(systemd_units)
+{
+    static const char *const names[] = {"lockd-helper.socket", "lockd-helper.service"};
+    char top[PATH_MAX - 64], helper[PATH_MAX], src[PATH_MAX], dst[PATH_MAX], *text;
+
+    fsd_top(top, sizeof(top));
+    snprintf(helper, sizeof(helper), "%s/lockd-helper", top);
+    if (access(helper, X_OK) < 0)
+        TEST_FAIL("%s: %s (make lockd-helper)", helper, strerror(errno));
+    if (mkdir(test_path("rt"), 0700) < 0 || mkdir(test_path("system"), 0755) < 0 ||
+        mkdir(test_path("user"), 0755) < 0)
+        TEST_FAIL("mkdir: %s", strerror(errno));
+    for (int i = 0; i < 2; i++) {
+        snprintf(src, sizeof(src), "%s/systemd/%s", top, names[i]);
+        snprintf(dst, sizeof(dst), "%s/%s", test_path("system"), names[i]);
+        unit_copy(src, dst, helper);
+        snprintf(src, sizeof(src), "%s/systemd/user/%s", top, names[i]);
+        snprintf(dst, sizeof(dst), "%s/%s", test_path("user"), names[i]);
+        unit_copy(src, dst, helper);
+    }
+    units_verify(test_path("system"), 0);
+    units_verify(test_path("user"), 1);
+
+    /* What the helper's guarantees rest on. */
+    snprintf(src, sizeof(src), "%s/systemd/lockd-helper.service", top);
+    units_store_matches(src);
+    text = read_file(src);
+    ASSERT_CONTAINS(text, "\nType=notify\n");
+    ASSERT_CONTAINS(text, "\nRestart=on-failure\n");
+    ASSERT_CONTAINS(text, "\nLimitNOFILE=");
+    ASSERT_CONTAINS(text, "\nOOMScoreAdjust=");
+    ASSERT_CONTAINS(text, "\nProtectSystem=strict\n");
+    snprintf(src, sizeof(src), "%s/systemd/user/lockd-helper.service", top);
+    units_store_matches(src);
+    snprintf(src, sizeof(src), "%s/systemd/lockd-helper.socket", top);
+    text = read_file(src);
+    ASSERT_CONTAINS(text, "\nListenSequentialPacket=/run/lockd/helper.sock\n");
+    ASSERT_CONTAINS(text, "\nSocketMode=0600\n");
+}
+
+/* `test-helper NAME` runs only the case NAME. */
+#define RUN(only, fn, sec)                                                          \
+    do {                                                                            \
+        if (!(only) || strcmp((only), #fn) == 0)                                    \
+            TEST_RUN_TIMEOUT(fn, sec);                                              \
+    } while (0)
+
+int
+main(int argc, char **argv)
+{
+    const char *only = argc > 1 ? argv[1] : NULL;
+    struct rlimit rl;
+
+    if (argc >= 3 && strcmp(argv[1], "--fake-helper") == 0)
+        fake_helper(argv[2], argc > 3 ? argv[3] : "");
+    /* The load test's poller needs 19,000 fds. */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    RUN(only, harness_selfcheck, 60);
+    RUN(only, notify_basics, 60);
+    RUN(only, crash_manager, 60);
+    RUN(only, crash_helper_fdstore, 60);
+    RUN(only, crash_helper_store_bound, 60);
+    RUN(only, crash_helper_no_store, 60);
+    RUN(only, reexec_under_load, 120);
+    RUN(only, refusals, 60);
+    RUN(only, stale_notice, 60);
+    RUN(only, credentials, 60);
+    RUN(only, malformed, 60);
+    RUN(only, fd_exhaustion, 60);
+    RUN(only, idle_exit_reactivation, 60);
+    RUN(only, systemd_units, 60);
+    return test_done();
+}
