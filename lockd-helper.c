@@ -238,8 +238,10 @@ pidfd_pid(int pidfd)
  * close each (most of the helper's time per lease).  Instead the helper keeps
  * /proc/self/fdinfo/P open for one reserved fd number P, dup3()s the fd to
  * check onto P and reads that file again from offset 0: the kernel looks up
- * fd P when the file is read, not when it was opened.  probe_release() puts
- * /dev/null back on P, so the helper keeps no stray copy of a lease.
+ * fd P when the file is read, not when it was opened.
+ * probe_release() then puts /dev/null back on P: the helper keeps no stray
+ * copy of any fd (one of a refused fd would keep its lock alive after its
+ * manager died; one of a released lease would keep its file open).
  */
 static int
 fd_has_lease(int fd, int mode)
@@ -725,7 +727,9 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
     struct uid_count *u;
     int r = 0;
 
-    if (!o || !may_see(c, o) || pidfd_dead(o->pidfd))
+    /* An owner that has just died is not polled for here: its pidfd event
+     * is level-triggered and releases whatever is handed over meanwhile. */
+    if (!o || !may_see(c, o))
         return -ESRCH;
     u = uid_find(o->uid, 1);
     limit = o->uid == 0 ? LEASES_PER_UID : LEASES_PER_USER;
