@@ -152,7 +152,8 @@ log_line(int prio, const char *fmt, ...)
     va_start(ap, fmt);
     if (prio < 7 || H.verbose) {
         fprintf(stderr, "<%d>", prio);
-        vfprintf(stderr, fmt, ap); /* NOLINT(clang-analyzer-valist.Uninitialized): false positive */
+        /* NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized): a false positive */
+        vfprintf(stderr, fmt, ap);
         fputc('\n', stderr);
     }
     va_end(ap);

@@ -141,6 +141,7 @@ struct lockd_space {
     int dirfd;
     int mode;     /* LOCKD_MODE_* */
     int recorded; /* mode read from, or written to, the settings file */
+    int readonly; /* LOCKD_OPEN_READONLY: no lease is taken or removed */
     char *dir;
 };
 
@@ -520,6 +521,7 @@ lockd_space_open(const char *dir, uint32_t flags, lockd_space **ret_space)
         r = s->dirfd;
         goto out;
     }
+    s->readonly = !!(flags & LOCKD_OPEN_READONLY);
     want = (flags & LOCKD_OPEN_CANONICAL) ? LOCKD_MODE_CANONICAL : LOCKD_MODE_VERBATIM;
     r = settings_settle(s, want, !!(flags & (LOCKD_OPEN_VERBATIM | LOCKD_OPEN_CANONICAL)),
                         !!(flags & LOCKD_OPEN_READONLY));
@@ -887,6 +889,8 @@ lockd_acquire(lockd_space *space, size_t n, const char *const *keys, const int *
 
     if (!space || !keys || !ret_lease || n == 0 || n > LOCKD_ACQUIRE_MAX || timeout_ms < -1)
         return -EINVAL;
+    if (space->readonly)
+        return -EBADF;
     r = lease_plan(n, keys, modes, &l);
     if (r < 0)
         return r;
@@ -1050,6 +1054,8 @@ lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,
 
     if (!space)
         return -EINVAL;
+    if (space->readonly)
+        return -EBADF;
     ifd = index_lock(space->dirfd, F_WRLCK);
     if (ifd < 0)
         return ifd;
@@ -1509,7 +1515,8 @@ struct proto_req {
     uint16_t count;              /* HANDOFF items, RELEASE/NOTICE ids */
     struct proto_item items[PROTO_FDS_MAX];
     const uint8_t *ids;          /* RELEASE/NOTICE: count x u64, unaligned */
-    const uint8_t *key;          /* LIST: NULL for any */
+    const uint8_t *key;          /* LIST: NULL for any, else key_buf */
+    uint8_t key_buf[PROTO_KEY_BYTES]; /* a copy: replies may reuse the buffer */
     uint64_t cursor;             /* LIST, OWNERS */
 };
 
@@ -1548,6 +1555,8 @@ decode_handoff(struct proto_rd *rd, struct proto_req *req)
 static void
 decode_body(struct proto_rd *rd, struct proto_req *req)
 {
+    const uint8_t *p;
+
     switch (req->hdr.type) {
     case PROTO_REGISTER:
         req->pid = rd_i32(rd);
@@ -1566,8 +1575,9 @@ decode_body(struct proto_rd *rd, struct proto_req *req)
         break;
     case PROTO_LIST:
         req->pid = rd_i32(rd);
-        req->key = rd_u8(rd) ? rd->p : NULL;
-        (void)rd_take(rd, PROTO_KEY_BYTES);
+        req->key = rd_u8(rd) ? req->key_buf : NULL;
+        if ((p = rd_take(rd, PROTO_KEY_BYTES)))
+            memcpy(req->key_buf, p, PROTO_KEY_BYTES);
         req->cursor = rd_u64(rd);
         rd->bad |= req->pid < 0;
         break;

@@ -225,10 +225,12 @@ LOCKD_API int lockd_key_valid(const char *key);
  *
  * Errors: those listed at the top, notably -EAGAIN (busy, LOCKD_TRY),
  * -ETIMEDOUT, -ENOLCK, -ELOOP/-EISDIR/-ENXIO (something planted), -EROFS,
- * -EMFILE; -ESTALE if the lease file was replaced under every one of 1000
- * grants in a row (something unlinks it as fast as it is locked); -EINVAL for n == 0, n > LOCKD_ACQUIRE_MAX, an invalid key or mode
- * or timeout.  On failure nothing is held.  On success *ret_lease owns one
- * O_CLOEXEC fd per distinct key until lockd_lease_release() or
+ * -EMFILE; -EBADF if space was opened LOCKD_OPEN_READONLY; -ESTALE if the
+ * lease file was replaced under every one of 1000 grants in a row
+ * (something unlinks it as fast as it is locked); -EINVAL for n == 0,
+ * n > LOCKD_ACQUIRE_MAX, an invalid key or mode or timeout.  On failure
+ * nothing is held.  On success *ret_lease owns one O_CLOEXEC fd per distinct
+ * key until lockd_lease_release() or
  * lockd_lease_forget().
  */
 #define LOCKD_ACQUIRE_MAX 4096
@@ -280,8 +282,9 @@ LOCKD_API int lockd_probe(const lockd_space *space, const char *key, int32_t *re
  * every 1024 files with the number looked at so far; a non-zero return stops
  * gc early and is returned.  On success *ret_removed and *ret_kept (each may
  * be NULL) get the number of lease files removed and left (held).
- * Errors: -EROFS, -EACCES, -ENOLCK, -EMFILE, -ENOMEM, or the progress
- * callback's value.  Files removed before an error stay removed.
+ * Errors: -EROFS, -EACCES, -ENOLCK, -EMFILE, -ENOMEM, -EBADF (space was
+ * opened LOCKD_OPEN_READONLY), or the progress callback's value.  Files
+ * removed before an error stay removed.
  */
 typedef int (*lockd_progress_fn)(uint64_t done, void *userdata);
 LOCKD_API int lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,

@@ -453,6 +453,15 @@ test_settings_readonly_writes_nothing(void)
     ASSERT_OK(lockd_space_open(dir, LOCKD_OPEN_READONLY | LOCKD_OPEN_VERBATIM, &s));
     ASSERT_INT_EQ(lockd_space_mode(s), LOCKD_MODE_VERBATIM);
     ASSERT_INT_EQ(lockd_space_recorded(s), 0);
+    /* Taking or collecting leases would write: a read-only handle refuses. */
+    {
+        const char *keys[] = {key};
+        lockd_lease *l = NULL;
+
+        ASSERT_ERR(lockd_acquire(s, 1, keys, NULL, LOCKD_TRY, &l), EBADF);
+        ASSERT_TRUE(l == NULL);
+        ASSERT_ERR(lockd_gc(s, NULL, NULL, NULL, NULL), EBADF);
+    }
     lockd_space_close(s);
 
     ASSERT_INT_EQ(dir_names_only(dir, no_names), 0);
