@@ -1005,7 +1005,8 @@ readonly_child(void *arg)
     (void)arg;
     private_mounts();
     bind_readonly(bc.dir, mnt);
-    ASSERT_OK(lockd_space_open(mnt, LOCKD_OPEN_READONLY, &s));
+    /* A writing opener: the settings exist, so opening writes nothing. */
+    ASSERT_OK(lockd_space_open(mnt, 0, &s));
     ASSERT_INT_EQ(lockd_probe(s, bc.a, NULL), LOCKD_EXCLUSIVE);
     r = acquire_one(s, bc.fresh, LOCKD_EXCLUSIVE, LOCKD_TRY);
     if (r != acquire_one(s, bc.b, LOCKD_SHARED, LOCKD_TRY))
@@ -1346,15 +1347,16 @@ ro_settled(const struct ro_keys *k)
     ASSERT_INT_EQ(lockd_probe(s, k->held, NULL), LOCKD_EXCLUSIVE);
     ASSERT_INT_EQ(lockd_probe(s, k->free, NULL), LOCKD_FREE);
     ASSERT_INT_EQ(lockd_probe(s, k->fresh, NULL), LOCKD_FREE);
-    ASSERT_ERR(acquire_one(s, k->fresh, LOCKD_EXCLUSIVE, LOCKD_TRY), EROFS);
-    ASSERT_ERR(acquire_one(s, k->free, LOCKD_EXCLUSIVE, LOCKD_TRY), EROFS);
-    ASSERT_ERR(acquire_one(s, k->free, LOCKD_SHARED, LOCKD_FOREVER), EROFS);
-    ASSERT_ERR(acquire_one(s, k->held, LOCKD_EXCLUSIVE, LOCKD_TRY), EROFS);
+    /* A read-only handle takes no lease, whatever the mount. */
+    ASSERT_ERR(acquire_one(s, k->free, LOCKD_EXCLUSIVE, LOCKD_TRY), EBADF);
     lockd_space_close(s);
 
     /* Settings exist, so a writing opener needs to write nothing yet. */
     ASSERT_OK(lockd_space_open(mnt, 0, &w));
     ASSERT_INT_EQ(lockd_space_recorded(w), 1);
+    ASSERT_ERR(acquire_one(w, k->fresh, LOCKD_EXCLUSIVE, LOCKD_TRY), EROFS);
+    ASSERT_ERR(acquire_one(w, k->free, LOCKD_SHARED, LOCKD_FOREVER), EROFS);
+    ASSERT_ERR(acquire_one(w, k->held, LOCKD_EXCLUSIVE, LOCKD_TRY), EROFS);
     ASSERT_ERR(acquire_one(w, k->free, LOCKD_EXCLUSIVE, LOCKD_TRY), EROFS);
     r = lockd_gc(w, NULL, NULL, &removed, &kept);
     if (r != -EROFS && !(r == 0 && removed == 0))
