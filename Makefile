@@ -41,9 +41,10 @@ USERUNITS = systemd/user/lockd-helper.socket systemd/user/lockd-helper.service
 .PHONY: all deps demo check check-build check-man check-asan check-valgrind bench fuzz \
 	fuzz-build install uninstall clean clean-tests
 
+LIBVIRT_PLUGIN = lockd-helper.so
 PROGRAMS = $(patsubst %.c,%,$(wildcard lockd-helper.c lockdctl.c))
 
-all: liblockd.a $(SONAME) lockd.pc $(PROGRAMS)
+all: liblockd.a $(SONAME) lockd.pc $(PROGRAMS) $(LIBVIRT_PLUGIN)
 
 # The helper builds lockd.c into itself: the wire codec is written once, in
 # lockd.c, and stays static there (DESIGN.md, "Protocol rules").
@@ -162,7 +163,51 @@ fuzz: deps fuzz-build
 			fuzz/corpus-$$n || exit 1; \
 	done
 
-install: all
+# --- libvirt lock-driver plugin (lockd-libvirt.c) -----------------------------
+# `lock_manager = "lockd-helper"` in /etc/libvirt/qemu.conf makes libvirtd load
+# lockd-helper.so from <libvirt's libdir>/libvirt/lock-driver.  That directory is
+# taken from libvirt's pkg-config data when libvirt-dev is installed, else from
+# the compiler's multiarch triplet (Debian: /usr/lib/x86_64-linux-gnu), else
+# /usr/lib64 or /usr/lib.  PREFIX does not apply: libvirtd reads no other place.
+# Override with `make install-libvirt LIBVIRT_LOCK_DRIVER_DIR=...`.
+LIBVIRT_LIBDIR = $(shell pkg-config --variable=libdir libvirt 2>/dev/null || \
+	{ t=$$($(CC) -print-multiarch 2>/dev/null); \
+	  if [ -n "$$t" ]; then echo /usr/lib/$$t; \
+	  elif [ -d /usr/lib64 ]; then echo /usr/lib64; else echo /usr/lib; fi; })
+LIBVIRT_LOCK_DRIVER_DIR ?= $(LIBVIRT_LIBDIR)/libvirt/lock-driver
+LIBVIRT_TEST_PROGS = test/libvirt/lease-poller test/libvirt/fake-libvirt
+
+.PHONY: install-libvirt uninstall-libvirt check-libvirt
+
+# lockd.c is built into the plugin with every symbol hidden (LOCKD_API empty):
+# the plugin exports virLockDriverImpl and nothing else.
+$(LIBVIRT_PLUGIN): lockd-libvirt.c lockd.c lockd.h
+	$(CC) $(ALL_CFLAGS) $(PIC_CFLAGS) -DLOCKD_API= -shared -Wl,--no-undefined \
+		-o $@ lockd-libvirt.c lockd.c $(SODIUM_LIBS) -ldl $(LDFLAGS)
+
+test/libvirt/lease-poller: test/libvirt/lease-poller.c lockd.c lockd.h
+	$(CC) $(ALL_CFLAGS) -o $@ test/libvirt/lease-poller.c lockd.c $(SODIUM_LIBS)
+
+# -rdynamic: the plugin finds the test's virReportErrorHelper as it finds
+# libvirt's, through dlsym(RTLD_DEFAULT).
+test/libvirt/fake-libvirt: test/libvirt/fake-libvirt.c lockd.c lockd.h
+	$(CC) $(ALL_CFLAGS) -rdynamic -o $@ test/libvirt/fake-libvirt.c lockd.c \
+		$(SODIUM_LIBS) -ldl
+
+install-libvirt: $(LIBVIRT_PLUGIN)
+	install -d $(DESTDIR)$(LIBVIRT_LOCK_DRIVER_DIR)
+	install -m 0755 $(LIBVIRT_PLUGIN) $(DESTDIR)$(LIBVIRT_LOCK_DRIVER_DIR)/$(LIBVIRT_PLUGIN)
+
+uninstall-libvirt:
+	rm -f $(DESTDIR)$(LIBVIRT_LOCK_DRIVER_DIR)/$(LIBVIRT_PLUGIN)
+
+# Real libvirtd and QEMU in a private mount namespace (root; installs
+# libvirt-daemon-system and qemu-system-x86 when missing).
+check-libvirt: deps
+	@$(MAKE) --no-print-directory $(LIBVIRT_PLUGIN) lockd-helper lockdctl $(LIBVIRT_TEST_PROGS)
+	@bash test/check-libvirt
+
+install: all install-libvirt
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR) \
 		$(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man1 \
 		$(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR) \
@@ -182,7 +227,7 @@ install: all
 	for u in $(USERUNITS); do sed 's|@SBINDIR@|$(SBINDIR)|g' $$u > \
 		$(DESTDIR)$(USERUNITDIR)/$${u##*/}; done
 
-uninstall:
+uninstall: uninstall-libvirt
 	rm -f $(DESTDIR)$(INCLUDEDIR)/lockd.h $(DESTDIR)$(LIBDIR)/liblockd.a \
 	      $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/liblockd.so \
 	      $(DESTDIR)$(PKGCONFIGDIR)/lockd.pc $(DESTDIR)$(BINDIR)/lockdctl \
@@ -196,4 +241,5 @@ clean-tests:
 
 clean: clean-tests
 	rm -f *.o liblockd.a liblockd.so $(SONAME) lockd.pc $(PROGRAMS) $(FUZZERS) \
+	      $(LIBVIRT_PLUGIN) $(LIBVIRT_TEST_PROGS) \
 	      fuzz/crash-* fuzz/leak-* fuzz/oom-* fuzz/timeout-*

@@ -1,0 +1,1250 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lockd-libvirt.c: a libvirt lock-driver plugin that protects a guest's disks
+ * with lockd leases held by lockd-helper(8).
+ *
+ * Put lockd-helper.so where libvirtd loads lock drivers and say, in
+ * /etc/libvirt/qemu.conf:
+ *
+ *     lock_manager = "lockd-helper"
+ *
+ * The settings live in /etc/libvirt/qemu-lockd-helper.conf (all optional):
+ *
+ *     lockspace = "/var/lib/lockd/files"   the lockspace directory
+ *     key_mode = "verbatim"                 or "canonical"; unset: the mode the
+ *                                           lockspace records (verbatim if none)
+ *     helper_socket = "/run/lockd/helper.sock"
+ *     auto_disk_leases = 1                  a lease per writable disk
+ *     require_lease_for_disks = 0           default: !auto_disk_leases
+ *
+ * How libvirt drives a lock plugin (libvirt 9.0.0 as shipped in Debian 12,
+ * checked against libvirt's src/locking/lock_driver.h, lock_manager.c,
+ * domain_lock.c and src/qemu/qemu_process.c, and by watching it run):
+ *
+ * - qemu.conf's lock_manager = "NAME" makes the QEMU driver dlopen()
+ *   NAME.so (RTLD_NOW | RTLD_LOCAL) from $LIBVIRT_LOCK_MANAGER_PLUGIN_DIR or
+ *   LIBDIR/libvirt/lock-driver (/usr/lib/x86_64-linux-gnu/libvirt/lock-driver
+ *   here), dlsym() "virLockDriverImpl" and call its drvInit(1000000,
+ *   "/etc/libvirt/qemu-NAME.conf", 0).  A load or init failure stops
+ *   libvirtd.  The names "nop", "lockd" and "sanlock" are libvirt's own.
+ * - The driver table and the parameter struct are declared below from that
+ *   header (which no Debian package installs), with static size checks.
+ * - Every lock operation builds a fresh manager object: drvNew(type 0 =
+ *   domain, params uuid (UUID), name (STRING), id (UINT), pid (UINT), uri
+ *   (CSTRING, may be NULL)), then drvAddResource() per resource, one call,
+ *   drvFree().  So nothing survives between calls in privateData.  The "UINT"
+ *   parameters are stored by libvirt through the int member of the union.
+ * - Resources: DISK (type 0, the path as written in the domain XML, no
+ *   parameters; only file, block and dir disks with a path) and LEASE (type 1,
+ *   name = the <key>, parameters path (STRING), offset (ULONG), lockspace
+ *   (STRING, absent when the XML has none)).  Flags READONLY (1) and SHARED
+ *   (2, <shareable/>).
+ * - Guest start: in the child forked for QEMU, after fork and before exec,
+ *   with pid = getpid() (the pid QEMU will have), drvAcquire(flags =
+ *   REGISTER_ONLY (1) | RESTRICT (2)) with every resource: QEMU always starts
+ *   paused.  Then, in libvirtd, when the CPUs first start and on every resume,
+ *   drvAcquire(flags = 0) with every resource; drvRelease(flags = 0) with
+ *   every resource on pause.  On a running guest: drvAcquire / drvRelease with
+ *   exactly one image or lease (hotplug, unplug, media change, snapshots,
+ *   block-job pivot).  drvInquire only for migration.  Nothing is called when
+ *   the guest exits or when libvirtd reconnects after a restart.  Seen in
+ *   libvirtd's debug log: `virsh suspend` calls drvRelease twice (once when
+ *   libvirt stops the CPUs, once for QEMU's STOP event), so a release must be
+ *   harmless when repeated; a read-only disk is added with flags 1.
+ * - drvAcquire's action is the guest's <on_lockfailure>; *fd (set to -1 by
+ *   libvirt first) is a descriptor the plugin may leak into QEMU.
+ * - Errors: libvirt's own plugins call virReportErrorHelper(), which libvirt
+ *   exports from libvirt.so.0 only under a per-release version tag
+ *   (LIBVIRT_PRIVATE_9.0.0).  Linking against that tag would tie this plugin
+ *   to one libvirt release, so it is looked up at run time with
+ *   dlsym(RTLD_DEFAULT): libvirtd links libvirt.so.0, so it is in the global
+ *   scope.  Its message reaches virsh as "error: <kind>: <message>", e.g.
+ *   "error: resource busy: lockd: ..." for a refusal in libvirtd; a refusal
+ *   in the forked child (REGISTER_ONLY) is written by libvirt to the guest's
+ *   log and shown as "error: internal error: Process exited prior to exec:
+ *   libvirt: Lock Driver error : operation failed: lockd: ...".  Without the
+ *   symbol (an unknown libvirt) the message goes to stderr.
+ * - A configuration error at drvInit fails the QEMU driver's initialisation,
+ *   and libvirtd exits ("Driver state initialization failed").
+ *
+ * What this plugin does with those calls:
+ * - REGISTER_ONLY: connect to lockd-helper and register the QEMU-to-be as an
+ *   owner (uuid and name for people to read); take no lease: an incoming
+ *   migration's QEMU starts while the source still holds them.  If that
+ *   fails (no helper), say why in QEMU's log and carry on: the acquire when
+ *   the CPUs start registers again and refuses the guest, with a message
+ *   that reliably reaches virsh (see drv_acquire()).  A guest never runs
+ *   without its leases.
+ * - acquire: take each lease here with LOCKD_TRY (a busy disk refuses the
+ *   guest at once, naming the disk and the holder where the local helper
+ *   knows it), hand the fds to the helper for the QEMU pid, and let go of our
+ *   copies.  The helper then holds them until QEMU exits or we release them,
+ *   whatever happens to libvirtd meanwhile.  Leases the owner already holds
+ *   are skipped, so a repeated acquire is harmless.
+ * - release: ask the helper which leases the owner holds, and release those
+ *   whose keys match the listed resources; never all of the owner's.
+ * - Read-only disks get no lease, <shareable/> disks a shared one, a <lease>
+ *   element the lease <key> (used as is if it is 64 lowercase hex digits,
+ *   else hashed like a resource name) in the lockspace directory
+ *   <target path>/<lockspace>, or <target path> without a <lockspace>.
+ * - <on_lockfailure> is accepted and ignored: a lease held by the helper is
+ *   not lost while the helper lives (no expiry, unlike sanlock), and when the
+ *   helper dies there is no one left to act; libvirt's own lockd driver
+ *   ignores it too.
+ */
+#define _GNU_SOURCE
+#include "lockd.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PLUGIN_NAME "lockd-helper"
+#define DEFAULT_LOCKSPACE "/var/lib/lockd/files"
+
+/* ------------------------------------------------------------------------
+ * libvirt's lock-driver ABI (lock_driver.h), declared here
+ */
+
+#define VLM_VERSION_MAJOR 1 /* VIR_LOCK_MANAGER_VERSION = major * 1000000 + ... */
+#define VLM_VERSION 1000000u
+
+#define VLM_OBJECT_DOMAIN 0 /* VIR_LOCK_MANAGER_OBJECT_TYPE_DOMAIN */
+
+#define VLM_RESOURCE_DISK 0  /* VIR_LOCK_MANAGER_RESOURCE_TYPE_DISK */
+#define VLM_RESOURCE_LEASE 1 /* VIR_LOCK_MANAGER_RESOURCE_TYPE_LEASE */
+
+#define VLM_RES_READONLY 0x1u /* VIR_LOCK_MANAGER_RESOURCE_READONLY */
+#define VLM_RES_SHARED 0x2u   /* VIR_LOCK_MANAGER_RESOURCE_SHARED */
+
+#define VLM_ACQUIRE_REGISTER_ONLY 0x1u /* VIR_LOCK_MANAGER_ACQUIRE_REGISTER_ONLY */
+#define VLM_ACQUIRE_RESTRICT 0x2u      /* VIR_LOCK_MANAGER_ACQUIRE_RESTRICT */
+
+#define VLM_NEW_STARTED 0x1u /* VIR_LOCK_MANAGER_NEW_STARTED */
+
+enum vlm_param_type {
+    VLM_PARAM_STRING,
+    VLM_PARAM_CSTRING,
+    VLM_PARAM_INT,
+    VLM_PARAM_LONG,
+    VLM_PARAM_UINT,
+    VLM_PARAM_ULONG,
+    VLM_PARAM_DOUBLE,
+    VLM_PARAM_UUID,
+};
+
+struct vlm_param {
+    int type;
+    const char *key;
+    union {
+        int iv;
+        long long l;
+        unsigned int ui;
+        unsigned long long ul;
+        double d;
+        char *str;
+        const char *cstr;
+        unsigned char uuid[16];
+    } value;
+};
+
+struct vlm_driver;
+
+struct vlm_manager {
+    struct vlm_driver *driver;
+    void *privateData;
+};
+
+struct vlm_driver {
+    unsigned int version;
+    unsigned int flags;
+    int (*drvInit)(unsigned int version, const char *configFile, unsigned int flags);
+    int (*drvDeinit)(void);
+    int (*drvNew)(struct vlm_manager *man, unsigned int type, size_t nparams,
+                  struct vlm_param *params, unsigned int flags);
+    void (*drvFree)(struct vlm_manager *man);
+    int (*drvAddResource)(struct vlm_manager *man, unsigned int type, const char *name,
+                          size_t nparams, struct vlm_param *params, unsigned int flags);
+    int (*drvAcquire)(struct vlm_manager *man, const char *state, unsigned int flags,
+                      int action, int *fd);
+    int (*drvRelease)(struct vlm_manager *man, char **state, unsigned int flags);
+    int (*drvInquire)(struct vlm_manager *man, char **state, unsigned int flags);
+};
+
+/* The layout libvirt 9.0.0 on x86_64 (LP64) was built with. */
+_Static_assert(sizeof(void *) != 8 || sizeof(struct vlm_param) == 32,
+               "virLockManagerParam");
+_Static_assert(sizeof(void *) != 8 || offsetof(struct vlm_param, value) == 16,
+               "virLockManagerParam.value");
+_Static_assert(sizeof(void *) != 8 || sizeof(struct vlm_driver) == 72, "virLockDriver");
+_Static_assert(sizeof(void *) != 8 || offsetof(struct vlm_driver, drvInquire) == 64,
+               "virLockDriver.drvInquire");
+_Static_assert(sizeof(struct vlm_manager) == 2 * sizeof(void *), "virLockManager");
+
+/* virterror.h (public, stable): the error domain and the codes used. */
+#define VIR_FROM_LOCKING 42
+#define VIR_ERR_INTERNAL_ERROR 1
+#define VIR_ERR_OPERATION_FAILED 9
+#define VIR_ERR_CONFIG_UNSUPPORTED 67
+#define VIR_ERR_RESOURCE_BUSY 87
+
+typedef void (*vir_report_fn)(int domcode, int errcode, const char *filename,
+                              const char *funcname, size_t linenr, const char *fmt, ...);
+
+/* ------------------------------------------------------------------------
+ * State
+ */
+
+struct plugin_config {
+    char *lockspace;      /* lockspace directory for disk leases */
+    int key_mode;         /* -1 (not set), LOCKD_MODE_VERBATIM, LOCKD_MODE_CANONICAL */
+    char *helper_socket;  /* NULL: the library's default */
+    int auto_disk_leases; /* a lease per writable disk */
+    int require_lease_for_disks; /* refuse writable disks without any lease */
+};
+
+/* One lease a guest asks for. */
+struct resource {
+    char *name;   /* disk path, or the <lease> key, as libvirt gave it */
+    char *dir;    /* lockspace directory of a <lease>; NULL: the disk lockspace */
+    int mode;     /* LOCKD_EXCLUSIVE or LOCKD_SHARED */
+    int is_lease; /* a <lease> element, not a disk */
+    char key[LOCKD_KEY_SIZE];
+};
+
+/* One manager object: a guest and the resources of one call. */
+struct guest {
+    char uuid[37];
+    char *name;
+    int32_t pid;
+    size_t n;
+    struct resource *res;
+    int rw_disks; /* writable exclusive disks seen while auto_disk_leases is off */
+};
+
+/* Set by drvInit, read-only afterwards; libvirtd calls from many threads. */
+static struct plugin_config config;
+static unsigned int init_refs;
+static vir_report_fn vir_report;
+
+/* ------------------------------------------------------------------------
+ * Errors
+ */
+
+/*
+ * Report one line to libvirt (and so to virsh), prefixed "lockd: ".  code is
+ * a VIR_ERR_* value.  Without libvirt's reporter the line goes to stderr.
+ * Messages longer than 1023 bytes are cut.
+ */
+static void __attribute__((format(printf, 2, 3))) report(int code, const char *fmt, ...)
+{
+    char msg[1024], *p;
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    /* One line, whatever a guest or disk name holds. */
+    for (p = msg; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    if (vir_report)
+        vir_report(VIR_FROM_LOCKING, code, __FILE__, __func__, __LINE__, "lockd: %s",
+                   msg);
+    else
+        fprintf(stderr, "%s: lockd: %s\n", PLUGIN_NAME, msg);
+}
+
+/* Why a lockspace or lease operation failed, for people. */
+static const char *
+lease_strerror(int r)
+{
+    switch (r) {
+    case -ENOLCK:
+        return "the lockspace's filesystem does not support OFD locks";
+    case -ELOOP:
+        return "a symlink was planted in the lockspace";
+    case -EISDIR:
+        return "a directory was planted in the lockspace";
+    case -ENXIO:
+        return "a FIFO, socket or device was planted in the lockspace";
+    case -EPROTO:
+        return "the lockspace settings file is not one lockd understands";
+    default:
+        return strerror(-r);
+    }
+}
+
+static const char *
+mode_name(int mode)
+{
+    return mode == LOCKD_MODE_CANONICAL ? "canonical" : "verbatim";
+}
+
+/* ------------------------------------------------------------------------
+ * Configuration: qemu-NAME.conf, in libvirt's conf syntax (name = value,
+ * values "strings" or integers, # comments).  An unknown name or a bad value
+ * fails drvInit, so a typo stops libvirtd instead of leaving guests
+ * unprotected.
+ */
+
+static char *
+skip_space(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    return s;
+}
+
+/* What is left of a line after a value: "" when only blanks or a comment. */
+static char *
+conf_rest(char *s)
+{
+    s = skip_space(s);
+    return *s == '#' || *s == '\n' || *s == '\r' ? s + strlen(s) : s;
+}
+
+/*
+ * Parse one value: "string" or 'string' into *ret_str (malloc'd), or a
+ * decimal integer into *ret_int with *ret_str NULL.  Returns 0, -EINVAL
+ * (malformed, or something after the value) or -ENOMEM.
+ */
+static int
+conf_value(char *s, char **ret_str, long *ret_int)
+{
+    char *end;
+
+    *ret_str = NULL;
+    if (*s == '"' || *s == '\'') {
+        end = strchr(s + 1, *s);
+        if (!end || *conf_rest(end + 1))
+            return -EINVAL;
+        *end = '\0';
+        *ret_str = strdup(s + 1);
+        return *ret_str ? 0 : -ENOMEM;
+    }
+    errno = 0;
+    *ret_int = strtol(s, &end, 10);
+    if (errno || end == s || *conf_rest(end))
+        return -EINVAL;
+    return 0;
+}
+
+/* Take str as the absolute path in *slot.  Takes str in any case. */
+static int
+conf_path(char **slot, char *str)
+{
+    if (!str || str[0] != '/' || strlen(str) > LOCKD_NAME_MAX) {
+        free(str);
+        return -EINVAL;
+    }
+    free(*slot);
+    *slot = str;
+    return 0;
+}
+
+static int
+conf_bool(int *slot, const char *str, long v)
+{
+    if (str || (v != 0 && v != 1))
+        return -EINVAL;
+    *slot = (int)v;
+    return 0;
+}
+
+static int
+conf_mode(int *slot, const char *str)
+{
+    if (str && !strcmp(str, "verbatim"))
+        *slot = LOCKD_MODE_VERBATIM;
+    else if (str && !strcmp(str, "canonical"))
+        *slot = LOCKD_MODE_CANONICAL;
+    else
+        return -EINVAL;
+    return 0;
+}
+
+/*
+ * Apply the setting name = (str or v) to cfg; takes str.  Returns 0, -ENOENT
+ * (no such setting) or -EINVAL (a value of the wrong kind).
+ */
+static int
+conf_set(struct plugin_config *cfg, const char *name, char *str, long v)
+{
+    int r;
+
+    if (!strcmp(name, "lockspace"))
+        return conf_path(&cfg->lockspace, str);
+    if (!strcmp(name, "helper_socket"))
+        return conf_path(&cfg->helper_socket, str);
+    if (!strcmp(name, "key_mode"))
+        r = conf_mode(&cfg->key_mode, str);
+    else if (!strcmp(name, "auto_disk_leases"))
+        r = conf_bool(&cfg->auto_disk_leases, str, v);
+    else if (!strcmp(name, "require_lease_for_disks"))
+        r = conf_bool(&cfg->require_lease_for_disks, str, v);
+    else
+        r = -ENOENT;
+    free(str);
+    return r;
+}
+
+/* One line of the file.  Returns 0 or -1 (reported). */
+static int
+conf_line(struct plugin_config *cfg, const char *file, unsigned lineno, char *line)
+{
+    static const char *const expect[] = {"name = value", "a known setting",
+                                         "a value of the right kind"};
+    char *name = skip_space(line), *s, *str;
+    size_t len = strspn(name, "abcdefghijklmnopqrstuvwxyz_");
+    long v = 0;
+    int r, why = 0;
+
+    if (!*conf_rest(name))
+        return 0;
+    s = skip_space(name + len);
+    if (len > 0 && *s == '=') {
+        name[len] = '\0'; /* a blank or the '=' already passed */
+        r = conf_value(skip_space(s + 1), &str, &v);
+        if (r == -ENOMEM) {
+            report(VIR_ERR_INTERNAL_ERROR, "%s: out of memory", file);
+            return -1;
+        }
+        why = 2;
+        if (r == 0) {
+            r = conf_set(cfg, name, str, v);
+            why = r == -ENOENT ? 1 : 2;
+        }
+        if (r == 0)
+            return 0;
+    }
+    report(VIR_ERR_CONFIG_UNSUPPORTED,
+           "%s:%u: expected %s (lockspace, key_mode, helper_socket: \"strings\"; "
+           "auto_disk_leases, require_lease_for_disks: 0 or 1)",
+           file, lineno, expect[why]);
+    return -1;
+}
+
+static void
+conf_free(struct plugin_config *cfg)
+{
+    free(cfg->lockspace);
+    free(cfg->helper_socket);
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+/* Load file into cfg, defaults first.  A missing file means all defaults.
+ * Returns 0 or -1 (reported; cfg then holds nothing). */
+static int
+conf_load(const char *file, struct plugin_config *cfg)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    unsigned lineno = 0;
+    FILE *f;
+    int r = 0;
+
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->key_mode = -1;
+    cfg->auto_disk_leases = 1;
+    cfg->require_lease_for_disks = -1;
+    cfg->lockspace = strdup(DEFAULT_LOCKSPACE);
+    if (!cfg->lockspace) {
+        report(VIR_ERR_INTERNAL_ERROR, "out of memory");
+        return -1;
+    }
+    f = file ? fopen(file, "re") : NULL;
+    if (!f && file && errno != ENOENT) {
+        report(VIR_ERR_CONFIG_UNSUPPORTED, "cannot read %s: %s", file, strerror(errno));
+        r = -1;
+    }
+    while (f && r == 0 && getline(&line, &cap, f) >= 0)
+        r = conf_line(cfg, file, ++lineno, line);
+    free(line);
+    if (f)
+        fclose(f);
+    if (r < 0)
+        conf_free(cfg);
+    else if (cfg->require_lease_for_disks < 0)
+        cfg->require_lease_for_disks = !cfg->auto_disk_leases;
+    return r;
+}
+
+/* ------------------------------------------------------------------------
+ * Guests and their resources
+ */
+
+static void
+guest_free(struct guest *g)
+{
+    size_t i;
+
+    if (!g)
+        return;
+    for (i = 0; i < g->n; i++) {
+        free(g->res[i].name);
+        free(g->res[i].dir);
+    }
+    free(g->res);
+    free(g->name);
+    free(g);
+}
+
+static void
+uuid_format(const unsigned char *u, char *out)
+{
+    static const int dash[16] = {[4] = 1, [6] = 1, [8] = 1, [10] = 1};
+    size_t i;
+
+    for (i = 0; i < 16; i++)
+        out += sprintf(out, "%s%02x", dash[i] ? "-" : "", u[i]);
+}
+
+/* Read drvNew's parameters into g.  Returns 0 or -1 (reported). */
+static int
+guest_params(struct guest *g, size_t nparams, const struct vlm_param *params)
+{
+    size_t i;
+
+    for (i = 0; i < nparams; i++) {
+        const struct vlm_param *p = &params[i];
+
+        if (!p->key)
+            continue;
+        if (!strcmp(p->key, "uuid") && p->type == VLM_PARAM_UUID)
+            uuid_format(p->value.uuid, g->uuid);
+        else if (!strcmp(p->key, "name") && p->type == VLM_PARAM_STRING && p->value.str &&
+                 !g->name)
+            /* The helper keeps at most LOCKD_OWNER_NAME_MAX bytes of a name. */
+            g->name = strndup(p->value.str, LOCKD_OWNER_NAME_MAX);
+        else if (!strcmp(p->key, "pid") &&
+                 (p->type == VLM_PARAM_UINT || p->type == VLM_PARAM_INT))
+            g->pid = p->value.iv; /* libvirt stores it through .iv */
+        /* "id", "uri" and anything a later libvirt adds are not needed. */
+    }
+    if (!g->name || g->pid <= 0 || !g->uuid[0]) {
+        report(VIR_ERR_INTERNAL_ERROR, "libvirt gave no %s for the guest",
+               !g->name      ? "name"
+               : g->pid <= 0 ? "pid"
+                             : "uuid");
+        return -1;
+    }
+    return 0;
+}
+
+/* Add one lease to g; takes dir.  Returns 0 or -1 (reported). */
+static int
+guest_add(struct guest *g, const char *name, char *dir, unsigned int flags)
+{
+    struct resource *res = realloc(g->res, (g->n + 1) * sizeof(*res));
+    char *copy = strdup(name);
+
+    if (res)
+        g->res = res;
+    if (!res || !copy) {
+        free(copy);
+        free(dir);
+        report(VIR_ERR_INTERNAL_ERROR, "out of memory");
+        return -1;
+    }
+    res = &g->res[g->n++];
+    memset(res, 0, sizeof(*res));
+    res->name = copy;
+    res->dir = dir;
+    res->is_lease = dir != NULL;
+    res->mode = flags & VLM_RES_SHARED ? LOCKD_SHARED : LOCKD_EXCLUSIVE;
+    if (!res->is_lease)
+        return 0;
+    /* A <key> that is already a lockd key names that lease file, as
+     * virtlockd does; any other string is hashed like a resource name. */
+    if (lockd_key_valid(name)) {
+        memcpy(res->key, name, LOCKD_KEY_SIZE);
+        return 0;
+    }
+    if (lockd_key_resource(name, strlen(name), res->key) < 0) {
+        report(VIR_ERR_CONFIG_UNSUPPORTED, "lease key '%s' is empty or too long", name);
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * The lockspace directory of a <lease>: <target path>/<lockspace>, or the
+ * target path alone when the XML names no lockspace.  The offset must be 0.
+ * Returns the malloc'd directory, or NULL (reported).
+ */
+static char *
+lease_dir(const char *key, size_t nparams, const struct vlm_param *params)
+{
+    const char *path = NULL, *space = NULL;
+    char *dir = NULL;
+    size_t i;
+
+    for (i = 0; i < nparams; i++) {
+        const struct vlm_param *p = &params[i];
+
+        if (p->key && !strcmp(p->key, "path") && p->type == VLM_PARAM_STRING)
+            path = p->value.str;
+        else if (p->key && !strcmp(p->key, "lockspace") && p->type == VLM_PARAM_STRING)
+            space = p->value.str;
+        else if (p->key && !strcmp(p->key, "offset") && p->type == VLM_PARAM_ULONG &&
+                 p->value.ul != 0) {
+            report(VIR_ERR_CONFIG_UNSUPPORTED,
+                   "lease '%s': <target offset> must be 0 for lockd leases", key);
+            return NULL;
+        }
+    }
+    if (!path || path[0] != '/' || (space && strchr(space, '/'))) {
+        report(VIR_ERR_CONFIG_UNSUPPORTED,
+               "lease '%s': needs an absolute <target path> (the lockspace directory) "
+               "and a <lockspace> without '/'",
+               key);
+        return NULL;
+    }
+    if (space && *space ? asprintf(&dir, "%s/%s", path, space) < 0
+                        : !(dir = strdup(path))) {
+        report(VIR_ERR_INTERNAL_ERROR, "out of memory");
+        return NULL;
+    }
+    return dir;
+}
+
+/* ------------------------------------------------------------------------
+ * Lockspaces and keys
+ */
+
+/*
+ * Open a lockspace: the disk lockspace (config.lockspace, with the configured
+ * key mode; created if missing when create is set, read-only otherwise), or,
+ * for a <lease>, the directory dir, which must exist and whose key mode does
+ * not matter (a lease key is given, not computed from a path).  A key mode
+ * that contradicts the recorded one refuses the guest, naming both.
+ * Returns 0 or -1 (reported).
+ */
+static int
+space_open(const struct guest *g, const char *dir, int create, lockd_space **ret)
+{
+    uint32_t flags = 0;
+    lockd_space *probe;
+    int r;
+
+    if (!dir) {
+        dir = config.lockspace;
+        flags = create ? LOCKD_OPEN_CREATE : LOCKD_OPEN_READONLY;
+        if (config.key_mode >= 0)
+            flags |= config.key_mode == LOCKD_MODE_CANONICAL ? LOCKD_OPEN_CANONICAL
+                                                             : LOCKD_OPEN_VERBATIM;
+    } else if (!create)
+        flags = LOCKD_OPEN_READONLY;
+    r = lockd_space_open(dir, flags, ret);
+    if (r == -EMEDIUMTYPE && lockd_space_open(dir, LOCKD_OPEN_READONLY, &probe) == 0) {
+        report(VIR_ERR_CONFIG_UNSUPPORTED,
+               "guest '%s' refused: lockspace %s records key mode %s, but "
+               "qemu-%s.conf asks for key_mode = \"%s\"",
+               g->name, dir, mode_name(lockd_space_mode(probe)), PLUGIN_NAME,
+               mode_name(config.key_mode));
+        lockd_space_close(probe);
+    } else if (r < 0)
+        report(VIR_ERR_OPERATION_FAILED, "guest '%s': cannot open lockspace %s: %s",
+               g->name, dir, lease_strerror(r));
+    return r < 0 ? -1 : 0;
+}
+
+/* Compute the key of every disk of g in space.  Returns 0 or -1 (reported). */
+static int
+guest_disk_keys(struct guest *g, const lockd_space *space)
+{
+    size_t i;
+    int r;
+
+    for (i = 0; i < g->n; i++) {
+        if (g->res[i].is_lease)
+            continue;
+        r = lockd_space_key(space, g->res[i].name, g->res[i].key);
+        if (r < 0) {
+            report(VIR_ERR_OPERATION_FAILED, "guest '%s': no lease key for disk %s: %s",
+                   g->name, g->res[i].name, strerror(-r));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int
+guest_has_disks(const struct guest *g)
+{
+    size_t i;
+
+    for (i = 0; i < g->n; i++)
+        if (!g->res[i].is_lease)
+            return 1;
+    return 0;
+}
+
+/* Open the disk lockspace if g has disks and compute their keys. */
+static int
+guest_keys(struct guest *g, int create, lockd_space **ret_space)
+{
+    *ret_space = NULL;
+    if (!guest_has_disks(g))
+        return 0;
+    if (space_open(g, NULL, create, ret_space) < 0)
+        return -1;
+    if (guest_disk_keys(g, *ret_space) == 0)
+        return 0;
+    lockd_space_close(*ret_space);
+    *ret_space = NULL;
+    return -1;
+}
+
+static int
+same_space(const struct resource *a, const struct resource *b)
+{
+    return a->dir == b->dir || (a->dir && b->dir && !strcmp(a->dir, b->dir));
+}
+
+/* Index of the first resource with res's key in res's lockspace. */
+static size_t
+first_of(const struct guest *g, const struct resource *res)
+{
+    size_t i;
+
+    for (i = 0; &g->res[i] != res; i++)
+        if (same_space(&g->res[i], res) && !strcmp(g->res[i].key, res->key))
+            break;
+    return i;
+}
+
+/* ------------------------------------------------------------------------
+ * The helper
+ */
+
+/* The socket path, for messages. */
+static const char *
+socket_name(void)
+{
+    const char *env = getenv("LOCKD_SOCKET");
+
+    if (config.helper_socket)
+        return config.helper_socket;
+    if (env && *env)
+        return env;
+    return geteuid() == 0 ? "/run/lockd/helper.sock"
+                          : "$XDG_RUNTIME_DIR/lockd/helper.sock";
+}
+
+/* Connect to the helper.  Returns 0, or -1 with the reason in why. */
+static int
+helper_connect(const struct guest *g, const char *doing, lockd_conn **ret, char *why,
+               size_t len)
+{
+    int r = lockd_conn_open(config.helper_socket, ret);
+
+    if (r < 0)
+        snprintf(why, len,
+                 "%s guest '%s': lockd-helper is unreachable at %s (%s); is it running?",
+                 doing, g->name, socket_name(), strerror(-r));
+    return r < 0 ? -1 : 0;
+}
+
+/* Connect and register g's owner (again: that is harmless).  Returns 0 with
+ * the connection in *ret, or -1 with the reason in why. */
+static int
+helper_register(const struct guest *g, lockd_conn **ret, char *why, size_t len)
+{
+    int r;
+
+    if (helper_connect(g, "cannot protect", ret, why, len) < 0)
+        return -1;
+    r = lockd_conn_register(*ret, g->pid, -1, g->uuid, g->name);
+    if (r < 0) {
+        snprintf(why, len, "guest '%s' refused: lockd-helper did not register pid %d: %s",
+                 g->name, (int)g->pid, strerror(-r));
+        lockd_conn_close(*ret);
+        *ret = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* A lease the helper holds for the guest. */
+struct held {
+    uint64_t id;
+    int mode;
+    char key[LOCKD_KEY_SIZE];
+};
+
+struct held_list {
+    size_t n;
+    struct held *v;
+};
+
+static int
+held_row(void *userdata, uint64_t lease_id, int mode, const char *key, const char *disk,
+         int32_t pid, uint32_t uid, const char *uuid, const char *name)
+{
+    struct held_list *l = userdata;
+    struct held *v = realloc(l->v, (l->n + 1) * sizeof(*v));
+
+    (void)disk, (void)pid, (void)uid, (void)uuid, (void)name;
+    if (!v)
+        return -ENOMEM;
+    l->v = v;
+    v[l->n].id = lease_id;
+    v[l->n].mode = mode;
+    snprintf(v[l->n].key, sizeof(v[l->n].key), "%s", key);
+    l->n++;
+    return 0;
+}
+
+/* The leases the helper holds for g's owner (none if it is not registered). */
+static int
+helper_held(const struct guest *g, lockd_conn *conn, struct held_list *ret)
+{
+    int r;
+
+    memset(ret, 0, sizeof(*ret));
+    r = lockd_conn_list(conn, g->pid, NULL, held_row, ret);
+    if (r == -ESRCH)
+        r = 0;
+    if (r < 0) {
+        free(ret->v);
+        memset(ret, 0, sizeof(*ret));
+        report(VIR_ERR_OPERATION_FAILED,
+               "guest '%s': cannot list its leases in lockd-helper: %s", g->name,
+               strerror(-r));
+        return -1;
+    }
+    return 0;
+}
+
+/* The helper's lease of the owner with key, or NULL. */
+static const struct held *
+held_find(const struct held_list *l, const char *key)
+{
+    size_t i;
+
+    for (i = 0; i < l->n; i++)
+        if (!strcmp(l->v[i].key, key))
+            return &l->v[i];
+    return NULL;
+}
+
+/* Who holds a lease, as the local helper knows it. */
+struct holder {
+    const char *key; /* the lease looked for */
+    int mode;
+    int32_t pid;
+    char uuid[37];
+    char name[LOCKD_OWNER_NAME_MAX + 1];
+};
+
+static int
+holder_row(void *userdata, uint64_t lease_id, int mode, const char *key, const char *disk,
+           int32_t pid, uint32_t uid, const char *uuid, const char *name)
+{
+    struct holder *h = userdata;
+
+    (void)lease_id, (void)disk, (void)uid;
+    if (strcmp(key, h->key))
+        return 0;
+    h->mode = mode;
+    h->pid = pid;
+    snprintf(h->uuid, sizeof(h->uuid), "%s", uuid);
+    snprintf(h->name, sizeof(h->name), "%s", name);
+    return 1; /* the first holder is enough */
+}
+
+/* Refuse g because res is busy, naming the holder where it can be found. */
+static void
+report_busy(const struct guest *g, const struct resource *res, lockd_conn *conn,
+            const lockd_space *space)
+{
+    struct holder h;
+    char who[LOCKD_OWNER_NAME_MAX + 128];
+    int32_t pid = 0;
+    int r;
+
+    memset(&h, 0, sizeof(h));
+    h.key = res->key;
+    /* The whole listing, filtered here: this is the rare refusal path, and
+     * it does not depend on the helper's key filter. */
+    if (lockd_conn_list(conn, 0, NULL, holder_row, &h) == 1) {
+        int n = snprintf(who, sizeof(who), "held %s by ",
+                         h.mode == LOCKD_SHARED ? "shared" : "exclusively");
+
+        if (h.name[0])
+            snprintf(who + n, sizeof(who) - n, "'%s' (pid %d%s%s)", h.name, (int)h.pid,
+                     h.uuid[0] ? ", uuid " : "", h.uuid);
+        else
+            snprintf(who + n, sizeof(who) - n, "pid %d", (int)h.pid);
+    } else if ((r = lockd_probe(space, res->key, &pid)) >= 0 && pid > 0)
+        snprintf(who, sizeof(who), "held %s by pid %d (a POSIX lock: virtlockd?)",
+                 r == LOCKD_SHARED ? "shared" : "exclusively", (int)pid);
+    else
+        snprintf(who, sizeof(who),
+                 "held by a process this host's lockd-helper does not know "
+                 "(another host, or a lease outside the helper)");
+    report(VIR_ERR_RESOURCE_BUSY, "guest '%s' refused: %s %s is %s", g->name,
+           res->is_lease ? "lease" : "disk", res->name, who);
+}
+
+/* ------------------------------------------------------------------------
+ * Acquire and release
+ */
+
+/*
+ * Take the lease of res here, without waiting, into *ret.  space is the disk
+ * lockspace; a <lease> opens its own.  Returns 0 or -1 (reported).
+ */
+static int
+res_acquire(const struct guest *g, const struct resource *res, int mode, lockd_conn *conn,
+            lockd_space *space, lockd_lease **ret)
+{
+    lockd_space *own = NULL;
+    const char *key = res->key;
+    int r;
+
+    if (res->dir && space_open(g, res->dir, 1, &own) < 0)
+        return -1;
+    if (own)
+        space = own;
+    r = lockd_acquire(space, 1, &key, &mode, LOCKD_TRY, ret);
+    if (r == -EAGAIN)
+        report_busy(g, res, conn, space);
+    else if (r < 0)
+        report(VIR_ERR_OPERATION_FAILED,
+               "guest '%s' refused: cannot take the lease of %s %s: %s", g->name,
+               res->is_lease ? "lease" : "disk", res->name, lease_strerror(r));
+    lockd_space_close(own);
+    return r < 0 ? -1 : 0;
+}
+
+/* The mode g needs for the key of res: exclusive if any resource with the
+ * same key in the same lockspace asks for it. */
+static int
+res_mode(const struct guest *g, const struct resource *res)
+{
+    size_t i;
+
+    for (i = 0; i < g->n; i++)
+        if (same_space(&g->res[i], res) && !strcmp(g->res[i].key, res->key) &&
+            g->res[i].mode == LOCKD_EXCLUSIVE)
+            return LOCKD_EXCLUSIVE;
+    return res->mode;
+}
+
+/*
+ * Take every lease of g that its owner does not hold yet, all or nothing, and
+ * hand them to the helper.  Returns 0 or -1 (reported; nothing taken).
+ */
+static int
+guest_acquire(struct guest *g, lockd_conn *conn)
+{
+    lockd_lease **leases = calloc(g->n, sizeof(*leases));
+    uint64_t *ids = calloc(g->n, sizeof(*ids));
+    struct held_list held = {0, NULL};
+    lockd_space *space = NULL;
+    size_t i, handed = 0;
+    int r = -1;
+
+    if (!leases || !ids) {
+        report(VIR_ERR_INTERNAL_ERROR, "out of memory");
+        goto out;
+    }
+    if (guest_keys(g, 1, &space) < 0 || helper_held(g, conn, &held) < 0)
+        goto out;
+    for (i = 0; i < g->n; i++) {
+        const struct resource *res = &g->res[i];
+        const struct held *h = held_find(&held, res->key);
+        int mode = res_mode(g, res);
+
+        if (first_of(g, res) != i ||
+            (h && (h->mode == LOCKD_EXCLUSIVE || h->mode == mode)))
+            continue; /* a duplicate, or already held: acquiring is idempotent */
+        if (res_acquire(g, res, mode, conn, space, &leases[i]) < 0)
+            goto out;
+    }
+    for (i = 0; i < g->n; i++) {
+        const char *name = g->res[i].name;
+
+        if (!leases[i])
+            continue;
+        r = lockd_conn_handoff(conn, g->pid, leases[i], &name, &ids[handed]);
+        if (r < 0) {
+            report(VIR_ERR_OPERATION_FAILED,
+                   "guest '%s' refused: lockd-helper did not take the lease of %s: %s",
+                   g->name, name, strerror(-r));
+            r = -1;
+            goto out;
+        }
+        handed++;
+    }
+    r = 0;
+out:
+    if (r < 0 && handed > 0)
+        (void)lockd_conn_release(conn, g->pid, handed, ids);
+    for (i = 0; leases && i < g->n; i++) {
+        /* The helper holds what it was given; on failure nobody does. */
+        if (r == 0)
+            lockd_lease_forget(leases[i]);
+        else
+            lockd_lease_release(leases[i]);
+    }
+    lockd_space_close(space);
+    free(held.v);
+    free(leases);
+    free(ids);
+    return r;
+}
+
+/*
+ * Release the leases of the listed resources that the helper holds for g's
+ * owner; never any other.  Returns 0 or -1 (reported).
+ */
+static int
+guest_release(struct guest *g, lockd_conn *conn)
+{
+    struct held_list held = {0, NULL};
+    lockd_space *space = NULL;
+    uint64_t *ids = NULL;
+    size_t i, n = 0;
+    int r = -1;
+
+    if (guest_keys(g, 0, &space) < 0 || helper_held(g, conn, &held) < 0)
+        goto out;
+    ids = calloc(held.n ? held.n : 1, sizeof(*ids));
+    if (!ids) {
+        report(VIR_ERR_INTERNAL_ERROR, "out of memory");
+        goto out;
+    }
+    for (i = 0; i < held.n; i++) {
+        size_t j;
+
+        for (j = 0; j < g->n && strcmp(g->res[j].key, held.v[i].key); j++)
+            ;
+        if (j < g->n)
+            ids[n++] = held.v[i].id;
+    }
+    /* n == 0 must not reach lockd_conn_release(): it would mean "all". */
+    r = n > 0 ? lockd_conn_release(conn, g->pid, n, ids) : 0;
+    if (r < 0) {
+        report(VIR_ERR_OPERATION_FAILED, "guest '%s': lockd-helper did not release: %s",
+               g->name, strerror(-r));
+        r = -1;
+    } else
+        r = 0;
+out:
+    lockd_space_close(space);
+    free(held.v);
+    free(ids);
+    return r;
+}
+
+/* ------------------------------------------------------------------------
+ * The driver entry points
+ */
+
+static int
+drv_init(unsigned int version, const char *config_file, unsigned int flags)
+{
+    if (!vir_report)
+        vir_report = (vir_report_fn)dlsym(RTLD_DEFAULT, "virReportErrorHelper");
+    if (version / 1000000 != VLM_VERSION_MAJOR || flags != 0) {
+        report(VIR_ERR_INTERNAL_ERROR,
+               "plugin ABI %u.%u flags 0x%x not supported (1.x.x, 0)", version / 1000000,
+               version / 1000 % 1000, flags);
+        return -1;
+    }
+    /* libvirt may load the plugin for several drivers (QEMU, LXC): the first
+     * configuration wins, as with libvirt's own lockd driver. */
+    if (init_refs > 0) {
+        init_refs++;
+        return 0;
+    }
+    if (conf_load(config_file, &config) < 0)
+        return -1;
+    init_refs = 1;
+    return 0;
+}
+
+static int
+drv_deinit(void)
+{
+    if (init_refs > 0 && --init_refs == 0)
+        conf_free(&config);
+    return 0;
+}
+
+static int
+drv_new(struct vlm_manager *man, unsigned int type, size_t nparams,
+        struct vlm_param *params, unsigned int flags)
+{
+    struct guest *g;
+
+    if (type != VLM_OBJECT_DOMAIN || (flags & ~VLM_NEW_STARTED)) {
+        report(VIR_ERR_INTERNAL_ERROR, "unsupported object type %u or flags 0x%x", type,
+               flags);
+        return -1;
+    }
+    g = calloc(1, sizeof(*g));
+    if (!g) {
+        report(VIR_ERR_INTERNAL_ERROR, "out of memory");
+        return -1;
+    }
+    if (guest_params(g, nparams, params) < 0) {
+        guest_free(g);
+        return -1;
+    }
+    man->privateData = g;
+    return 0;
+}
+
+static void
+drv_free(struct vlm_manager *man)
+{
+    guest_free(man->privateData);
+    man->privateData = NULL;
+}
+
+static int
+drv_add_resource(struct vlm_manager *man, unsigned int type, const char *name,
+                 size_t nparams, struct vlm_param *params, unsigned int flags)
+{
+    struct guest *g = man->privateData;
+    char *dir;
+
+    if (!name || (flags & ~(VLM_RES_READONLY | VLM_RES_SHARED))) {
+        report(VIR_ERR_INTERNAL_ERROR, "unsupported resource flags 0x%x", flags);
+        return -1;
+    }
+    if (flags & VLM_RES_READONLY)
+        return 0; /* a read-only disk or lease needs no lease */
+    if (type == VLM_RESOURCE_DISK) {
+        if (!config.auto_disk_leases) {
+            g->rw_disks |= !(flags & VLM_RES_SHARED);
+            return 0;
+        }
+        if (name[0] != '/') {
+            report(VIR_ERR_CONFIG_UNSUPPORTED,
+                   "guest '%s': disk %s is not an absolute path", g->name, name);
+            return -1;
+        }
+        return guest_add(g, name, NULL, flags);
+    }
+    if (type == VLM_RESOURCE_LEASE) {
+        dir = lease_dir(name, nparams, params);
+        return dir ? guest_add(g, name, dir, flags) : -1;
+    }
+    report(VIR_ERR_INTERNAL_ERROR, "unknown resource type %u for %s", type, name);
+    return -1;
+}
+
+static int
+drv_acquire(struct vlm_manager *man, const char *state, unsigned int flags, int action,
+            int *fd)
+{
+    struct guest *g = man->privateData;
+    lockd_conn *conn = NULL;
+    char why[1024];
+    int r;
+
+    /* No state is kept between calls (the helper has it), no descriptor is
+     * leaked into QEMU (the helper watches it through a pidfd), and
+     * <on_lockfailure> has nothing to act on (see the top of this file).
+     * RESTRICT needs nothing either: the connection is closed before QEMU is
+     * exec'd, so QEMU can make no lock calls. */
+    (void)state, (void)action;
+    if (fd)
+        *fd = -1;
+    if (flags & ~(VLM_ACQUIRE_REGISTER_ONLY | VLM_ACQUIRE_RESTRICT)) {
+        report(VIR_ERR_INTERNAL_ERROR, "unsupported acquire flags 0x%x", flags);
+        return -1;
+    }
+    if (config.require_lease_for_disks && g->rw_disks && g->n == 0) {
+        report(VIR_ERR_CONFIG_UNSUPPORTED,
+               "guest '%s' refused: it has writable disks but no <lease>, and "
+               "require_lease_for_disks is set",
+               g->name);
+        return -1;
+    }
+    if (helper_register(g, &conn, why, sizeof(why)) < 0) {
+        if (flags & VLM_ACQUIRE_REGISTER_ONLY) {
+            /* In the child forked for QEMU a refusal reaches virsh only
+             * through QEMU's log, which libvirtd reads racing virtlogd: about
+             * one refusal in 30 showed as a bare "Process exited prior to
+             * exec".  Registering is repeated when the CPUs start, in
+             * libvirtd, where a refusal reaches virsh intact; until then
+             * QEMU is paused and holds no lease, so deferring is safe.  The
+             * reason goes to QEMU's log now. */
+            fprintf(stderr,
+                    "%s: lockd: %s (the guest will be refused when its CPUs start)\n",
+                    PLUGIN_NAME, why);
+            return 0;
+        }
+        report(VIR_ERR_OPERATION_FAILED, "%s", why);
+        return -1;
+    }
+    r = 0;
+    if (!(flags & VLM_ACQUIRE_REGISTER_ONLY) && g->n > 0)
+        r = guest_acquire(g, conn);
+    lockd_conn_close(conn);
+    return r < 0 ? -1 : 0;
+}
+
+static int
+drv_release(struct vlm_manager *man, char **state, unsigned int flags)
+{
+    struct guest *g = man->privateData;
+    lockd_conn *conn = NULL;
+    char why[1024];
+    int r;
+
+    if (state)
+        *state = NULL;
+    if (flags != 0) {
+        report(VIR_ERR_INTERNAL_ERROR, "unsupported release flags 0x%x", flags);
+        return -1;
+    }
+    if (g->n == 0)
+        return 0;
+    if (helper_connect(g, "cannot release the leases of", &conn, why, sizeof(why)) < 0) {
+        report(VIR_ERR_OPERATION_FAILED, "%s", why);
+        return -1;
+    }
+    r = guest_release(g, conn);
+    lockd_conn_close(conn);
+    return r;
+}
+
+static int
+drv_inquire(struct vlm_manager *man, char **state, unsigned int flags)
+{
+    (void)man;
+    if (state)
+        *state = NULL;
+    if (flags != 0) {
+        report(VIR_ERR_INTERNAL_ERROR, "unsupported inquire flags 0x%x", flags);
+        return -1;
+    }
+    return 0;
+}
+
+/* The one symbol libvirt looks up. */
+__attribute__((visibility("default"))) struct vlm_driver virLockDriverImpl = {
+    .version = VLM_VERSION,
+    .flags = 0,
+    .drvInit = drv_init,
+    .drvDeinit = drv_deinit,
+    .drvNew = drv_new,
+    .drvFree = drv_free,
+    .drvAddResource = drv_add_resource,
+    .drvAcquire = drv_acquire,
+    .drvRelease = drv_release,
+    .drvInquire = drv_inquire,
+};

@@ -1,0 +1,545 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * fake-libvirt: drive the lock-driver plugin through its ABI exactly as
+ * libvirt 9.0.0 does (see the notes at the top of lockd-libvirt.c), with a
+ * real lockd-helper and real guest processes, but without libvirtd.  It covers
+ * what the end-to-end run cannot reach cheaply: configuration errors, a
+ * release that names one disk, <lease> elements, shared leases, the key-mode
+ * check, auto_disk_leases = 0.
+ *
+ * usage: fake-libvirt PLUGIN.so LOCKD-HELPER
+ * Works in a scratch directory under $TMPDIR (or /tmp), removed at the end.
+ * Prints "ok - ..." / "not ok - ..." lines; exit status 0 if all passed.
+ *
+ * The program exports virReportErrorHelper (linked with -rdynamic), so the
+ * plugin finds it with dlsym(RTLD_DEFAULT) as it finds libvirt's, and every
+ * message it reports is checked here.
+ */
+#define _GNU_SOURCE
+#include "lockd.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The ABI, as declared in lockd-libvirt.c (flags and types documented there). */
+struct vlm_param {
+    int type;
+    const char *key;
+    union {
+        int iv;
+        unsigned long long ul;
+        char *str;
+        const char *cstr;
+        unsigned char uuid[16];
+    } value;
+};
+struct vlm_manager {
+    void *driver;
+    void *privateData;
+};
+struct vlm_driver {
+    unsigned int version, flags;
+    int (*drvInit)(unsigned int, const char *, unsigned int);
+    int (*drvDeinit)(void);
+    int (*drvNew)(struct vlm_manager *, unsigned int, size_t, struct vlm_param *,
+                  unsigned int);
+    void (*drvFree)(struct vlm_manager *);
+    int (*drvAddResource)(struct vlm_manager *, unsigned int, const char *, size_t,
+                          struct vlm_param *, unsigned int);
+    int (*drvAcquire)(struct vlm_manager *, const char *, unsigned int, int, int *);
+    int (*drvRelease)(struct vlm_manager *, char **, unsigned int);
+    int (*drvInquire)(struct vlm_manager *, char **, unsigned int);
+};
+enum { P_STRING, P_CSTRING, P_INT, P_LONG, P_UINT, P_ULONG, P_DOUBLE, P_UUID };
+#define DISK 0
+#define LEASE 1
+#define READONLY 1u
+#define SHARED 2u
+#define REG_ONLY 1u
+#define RESTRICT 2u
+
+static struct vlm_driver *drv;
+static char last_error[2048];
+static int last_domain, last_code;
+static unsigned passed, failed;
+static char dir[80], conf[128], sock[128], space_dir[128], helper_bin[4096];
+static pid_t helper = -1;
+
+/* What libvirt.so exports; the plugin looks it up at drvInit. */
+__attribute__((visibility("default"), format(printf, 6, 7))) void
+virReportErrorHelper(int domcode, int errcode, const char *filename, const char *funcname,
+                     size_t linenr, const char *fmt, ...);
+
+void
+virReportErrorHelper(int domcode, int errcode, const char *filename, const char *funcname,
+                     size_t linenr, const char *fmt, ...)
+{
+    va_list ap;
+
+    (void)filename, (void)funcname, (void)linenr;
+    last_domain = domcode;
+    last_code = errcode;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof(last_error), fmt, ap);
+    va_end(ap);
+}
+
+static void
+check(int cond, const char *what)
+{
+    printf("%s - %s\n", cond ? "ok" : "not ok", what);
+    if (cond)
+        passed++;
+    else {
+        failed++;
+        printf("#   last error: [%d/%d] %s\n", last_domain, last_code, last_error);
+    }
+}
+
+static int
+error_has(const char *text)
+{
+    return strstr(last_error, text) != NULL;
+}
+
+static void
+write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+
+    if (!f || fputs(text, f) < 0 || fclose(f) != 0) {
+        perror(path);
+        exit(2);
+    }
+}
+
+/* drvInit with a configuration file holding text (NULL: no file). */
+static int
+init_with(const char *text)
+{
+    drv->drvDeinit();
+    unlink(conf);
+    if (text)
+        write_file(conf, text);
+    last_error[0] = '\0';
+    return drv->drvInit(1000000, conf, 0);
+}
+
+static void
+test_config(void)
+{
+    char good[512];
+
+    check(init_with(NULL) == 0, "config: a missing file means defaults");
+    snprintf(
+        good, sizeof(good),
+        "# comment\n\nlockspace = \"%s\"  # trailing comment\nkey_mode = 'verbatim'\n"
+        "helper_socket = \"%s\"\nauto_disk_leases = 1\nrequire_lease_for_disks=0\n",
+        space_dir, sock);
+    check(init_with(good) == 0, "config: every setting accepted");
+    check(init_with("lockpace = \"/x\"\n") < 0 && error_has("qemu-test.conf:1") &&
+              error_has("a known setting"),
+          "config: an unknown setting fails loudly, naming file and line");
+    check(init_with("auto_disk_leases = \"yes\"\n") < 0 && error_has("right kind"),
+          "config: a string where 0/1 belongs fails");
+    check(init_with("auto_disk_leases = 2\n") < 0, "config: 2 is not a boolean");
+    check(init_with("lockspace = \"relative/dir\"\n") < 0,
+          "config: a relative lockspace fails");
+    check(init_with("key_mode = \"sideways\"\n") < 0,
+          "config: an unknown key mode fails");
+    check(init_with("lockspace = \"/x\" junk\n") < 0, "config: text after a value fails");
+    check(init_with("lockspace = \"/x\n") < 0, "config: an unterminated string fails");
+    check(init_with("= 1\n") < 0, "config: a line without a name fails");
+    drv->drvDeinit();
+    check(drv->drvInit(2000000, conf, 0) < 0 && error_has("ABI"),
+          "init: another major plugin ABI is refused");
+    check(drv->drvInit(1000000, conf, 1) < 0, "init: unknown flags are refused");
+}
+
+/* ------------------------------------------------------------------------
+ * Guests: a process that waits to be killed, and manager objects for it
+ */
+
+static pid_t
+spawn_guest(void)
+{
+    pid_t pid = fork();
+
+    if (pid == 0) {
+        /* Even if this program dies, its children do not outlive it. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        for (;;)
+            pause();
+    }
+    return pid;
+}
+
+static void
+end(pid_t pid)
+{
+    if (pid > 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+}
+
+/* A manager object for guest name/pid, like virDomainLockManagerNew(). */
+static int
+new_manager(struct vlm_manager *man, const char *name, pid_t pid)
+{
+    struct vlm_param p[5];
+    unsigned i;
+
+    memset(p, 0, sizeof(p));
+    p[0].type = P_UUID, p[0].key = "uuid";
+    for (i = 0; i < 16; i++)
+        p[0].value.uuid[i] = (unsigned char)(name[0] + i);
+    p[1].type = P_STRING, p[1].key = "name", p[1].value.str = (char *)name;
+    p[2].type = P_UINT, p[2].key = "id", p[2].value.iv = 1;
+    p[3].type = P_UINT, p[3].key = "pid", p[3].value.iv = pid;
+    p[4].type = P_CSTRING, p[4].key = "uri", p[4].value.cstr = "qemu:///system";
+    memset(man, 0, sizeof(*man));
+    man->driver = drv;
+    return drv->drvNew(man, 0, 5, p, 1 /* VIR_LOCK_MANAGER_NEW_STARTED */);
+}
+
+static int
+add_disk(struct vlm_manager *man, const char *file, unsigned flags)
+{
+    char path[256];
+
+    snprintf(path, sizeof(path), "%s/%s", dir, file);
+    return drv->drvAddResource(man, DISK, path, 0, NULL, flags);
+}
+
+/* One lock call as libvirt makes it: new, resources, call, free.  disks is
+ * a list of "name" or "name:s" (shared) or "name:r" (read-only). */
+static int
+call(const char *guest, pid_t pid, unsigned acquire_flags, int release, const char *disks)
+{
+    struct vlm_manager man;
+    char list[256], *save = NULL, *d;
+    int r, fd = 7;
+
+    if (new_manager(&man, guest, pid) < 0)
+        return -1;
+    snprintf(list, sizeof(list), "%s", disks);
+    for (d = strtok_r(list, " ", &save); d; d = strtok_r(NULL, " ", &save)) {
+        char *mode = strchr(d, ':');
+        unsigned fl = 0;
+
+        if (mode) {
+            *mode++ = '\0';
+            fl = *mode == 's' ? SHARED : READONLY;
+        }
+        if (add_disk(&man, d, fl) < 0) {
+            drv->drvFree(&man);
+            return -1;
+        }
+    }
+    last_error[0] = '\0';
+    if (release) {
+        char *state = (char *)"junk";
+
+        r = drv->drvRelease(&man, &state, 0);
+        if (state)
+            r = -99;
+    } else {
+        r = drv->drvAcquire(&man, NULL, acquire_flags, 0, &fd);
+        if (fd != -1)
+            r = -98;
+    }
+    drv->drvFree(&man);
+    return r;
+}
+
+/* The state of disk file's lease in the test lockspace. */
+static int
+probe(const char *file)
+{
+    char path[256], key[LOCKD_KEY_SIZE];
+    lockd_space *space;
+    int r;
+
+    snprintf(path, sizeof(path), "%s/%s", dir, file);
+    r = lockd_space_open(space_dir, LOCKD_OPEN_READONLY, &space);
+    if (r == -ENOENT)
+        return LOCKD_FREE; /* no lockspace yet, so no lease */
+    if (r < 0)
+        return -1;
+    r = lockd_space_key(space, path, key);
+    if (r == 0)
+        r = lockd_probe(space, key, NULL);
+    lockd_space_close(space);
+    return r;
+}
+
+static int
+wait_probe(const char *file, int want)
+{
+    int i;
+
+    for (i = 0; i < 200; i++) {
+        if (probe(file) == want)
+            return 1;
+        usleep(25000);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * The helper
+ */
+
+static void
+start_helper(void)
+{
+    lockd_conn *c;
+    int i;
+
+    helper = fork();
+    if (helper == 0) {
+        char log[160];
+        int fd;
+
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        snprintf(log, sizeof(log), "%s/helper.log", dir);
+        fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (fd >= 0)
+            dup2(fd, 2);
+        execl(helper_bin, helper_bin, "--socket", sock, (char *)NULL);
+        _exit(127);
+    }
+    for (i = 0; i < 400; i++) {
+        if (lockd_conn_open(sock, &c) == 0) {
+            lockd_conn_close(c);
+            return;
+        }
+        usleep(25000);
+    }
+    fprintf(stderr, "fake-libvirt: %s did not start\n", helper_bin);
+}
+
+static void
+stop_helper(void)
+{
+    if (helper > 0) {
+        kill(helper, SIGTERM);
+        waitpid(helper, NULL, 0);
+        helper = -1;
+    }
+}
+
+static void
+use_config(const char *extra)
+{
+    char text[1024];
+
+    snprintf(text, sizeof(text), "lockspace = \"%s\"\nhelper_socket = \"%s\"\n%s",
+             space_dir, sock, extra);
+    if (init_with(text) < 0) {
+        fprintf(stderr, "fake-libvirt: config refused: %s\n", last_error);
+        exit(2);
+    }
+}
+
+static void
+test_lifecycle(void)
+{
+    pid_t g = spawn_guest(), h = spawn_guest();
+    char want[256];
+
+    use_config("");
+    check(call("g1", g, REG_ONLY | RESTRICT, 0, "a b:s r:r") == 0,
+          "start: REGISTER_ONLY|RESTRICT in the child succeeds, leaves *fd -1");
+    check(probe("a") == LOCKD_FREE, "start: REGISTER_ONLY takes no lease");
+    check(call("g1", g, 0, 0, "a b:s r:r") == 0, "CPU start: acquire succeeds");
+    check(probe("a") == LOCKD_EXCLUSIVE, "a writable disk gets an exclusive lease");
+    check(probe("b") == LOCKD_SHARED, "a <shareable/> disk gets a shared lease");
+    check(probe("r") == LOCKD_FREE, "a read-only disk gets no lease");
+    check(call("g1", g, 0, 0, "a b:s r:r") == 0, "acquiring again is harmless");
+    check(call("g1", g, REG_ONLY, 0, "a") == 0, "registering again is harmless");
+    check(call("g2", h, 0, 0, "b:s") == 0 && probe("b") == LOCKD_SHARED,
+          "a second guest shares the shareable disk");
+    snprintf(
+        want, sizeof(want),
+        "lockd: guest 'g2' refused: disk %s/a is held exclusively by 'g1' (pid %d, uuid ",
+        dir, (int)g);
+    check(call("g2", h, 0, 0, "c a") < 0 && error_has(want) && last_code == 87 &&
+              last_domain == 42,
+          "a busy disk refuses the guest: one line naming the disk and the holder");
+    check(!strchr(last_error, '\n'), "the refusal has no newline");
+    check(probe("c") == LOCKD_FREE, "a refused acquire keeps none of its leases");
+    check(call("g1", g, 0, 1, "b:s") == 0 && probe("a") == LOCKD_EXCLUSIVE &&
+              probe("b") == LOCKD_SHARED,
+          "unplug: releasing one disk keeps the others (b still held by g2)");
+    check(call("g2", h, 0, 1, "b:s") == 0 && probe("b") == LOCKD_FREE,
+          "the last sharer's release frees the shared lease");
+    check(call("g1", g, 0, 1, "a b:s r:r") == 0 && probe("a") == LOCKD_FREE,
+          "pause: releasing every disk frees them");
+    check(call("g1", g, 0, 1, "a") == 0, "releasing what is not held is harmless");
+    check(call("g1", g, 0, 0, "a b:s") == 0 && probe("a") == LOCKD_EXCLUSIVE,
+          "resume: the leases are taken again");
+    end(g);
+    check(wait_probe("a", LOCKD_FREE) && wait_probe("b", LOCKD_FREE),
+          "the guest's death frees its leases (the helper's pidfd)");
+    end(h);
+}
+
+/* <lease> elements: the key in directory path/lockspace. */
+static int
+lease_call(pid_t pid, const char *key, unsigned long long offset, unsigned flags,
+           int release)
+{
+    struct vlm_manager man;
+    struct vlm_param p[3];
+    int r, fd;
+
+    memset(p, 0, sizeof(p));
+    p[0].type = P_STRING, p[0].key = "path", p[0].value.str = dir;
+    p[1].type = P_ULONG, p[1].key = "offset", p[1].value.ul = offset;
+    p[2].type = P_STRING, p[2].key = "lockspace", p[2].value.str = (char *)"leases";
+    if (new_manager(&man, "gl", pid) < 0)
+        return -1;
+    r = drv->drvAddResource(&man, LEASE, key, 3, p, flags);
+    if (r == 0)
+        r = release ? drv->drvRelease(&man, NULL, 0)
+                    : drv->drvAcquire(&man, NULL, 0, 0, &fd);
+    drv->drvFree(&man);
+    return r;
+}
+
+static int
+probe_lease(const char *name)
+{
+    char ldir[128], key[LOCKD_KEY_SIZE];
+    lockd_space *space;
+    int r;
+
+    snprintf(ldir, sizeof(ldir), "%s/leases", dir);
+    if (lockd_key_valid(name))
+        snprintf(key, sizeof(key), "%s", name);
+    else if (lockd_key_resource(name, strlen(name), key) < 0)
+        return -1;
+    if (lockd_space_open(ldir, LOCKD_OPEN_READONLY, &space) < 0)
+        return -1;
+    r = lockd_probe(space, key, NULL);
+    lockd_space_close(space);
+    return r;
+}
+
+static void
+test_leases(void)
+{
+    static const char hex[] =
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    char ldir[128];
+    pid_t g = spawn_guest();
+
+    snprintf(ldir, sizeof(ldir), "%s/leases", dir);
+    mkdir(ldir, 0700);
+    use_config("");
+    check(lease_call(g, "my-lease", 0, 0, 0) == 0 &&
+              probe_lease("my-lease") == LOCKD_EXCLUSIVE,
+          "<lease>: a key string is hashed into a lease in path/lockspace");
+    check(lease_call(g, hex, 0, SHARED, 0) == 0 && probe_lease(hex) == LOCKD_SHARED,
+          "<lease>: a 64-hex key names that lease file; shared when flagged");
+    check(lease_call(g, "my-lease", 0, 0, 1) == 0 &&
+              probe_lease("my-lease") == LOCKD_FREE && probe_lease(hex) == LOCKD_SHARED,
+          "<lease>: releasing one lease keeps the other");
+    check(lease_call(g, "x", 4096, 0, 0) < 0 && error_has("offset"),
+          "<lease>: a non-zero offset is refused");
+    end(g);
+}
+
+static void
+test_refusals(void)
+{
+    pid_t g = spawn_guest();
+    char text[256];
+
+    use_config("auto_disk_leases = 0\n");
+    check(call("g3", g, 0, 0, "a") < 0 && error_has("no <lease>"),
+          "auto_disk_leases = 0: writable disks without a lease are refused by default");
+    check(call("g3", g, 0, 0, "a:s a:r") == 0 && probe("a") == LOCKD_FREE,
+          "auto_disk_leases = 0: shared and read-only disks need no lease");
+    use_config("auto_disk_leases = 0\nrequire_lease_for_disks = 0\n");
+    check(call("g3", g, 0, 0, "a") == 0 && probe("a") == LOCKD_FREE,
+          "require_lease_for_disks = 0: the guest starts, its disks unleased");
+    use_config("key_mode = \"canonical\"\n");
+    snprintf(text, sizeof(text), "lockspace %s records key mode verbatim", space_dir);
+    check(call("g3", g, 0, 0, "a") < 0 && error_has(text) && error_has("canonical"),
+          "a key mode that contradicts the lockspace refuses the guest, naming both");
+    use_config("");
+    stop_helper();
+    check(call("g3", g, REG_ONLY | RESTRICT, 0, "a") == 0 && last_error[0] == '\0',
+          "no helper: registering in the child defers the refusal to the CPU start");
+    check(call("g3", g, 0, 0, "a") < 0 &&
+              error_has(
+                  "lockd: cannot protect guest 'g3': lockd-helper is unreachable at") &&
+              error_has(sock) && last_code == 9,
+          "no helper: the guest is refused at CPU start with the plugin's message");
+    check(probe("a") == LOCKD_FREE, "no helper: nothing is taken");
+    end(g);
+}
+
+static void
+remove_tree(void)
+{
+    char cmd[128];
+
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "fake-libvirt: could not remove %s\n", dir);
+}
+
+int
+main(int argc, char **argv)
+{
+    const char *tmp;
+    void *h;
+
+    if (argc != 3) {
+        fprintf(stderr, "usage: fake-libvirt PLUGIN.so LOCKD-HELPER\n");
+        return 2;
+    }
+    h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    drv = h ? dlsym(h, "virLockDriverImpl") : NULL;
+    if (!drv || !realpath(argv[2], helper_bin)) {
+        fprintf(stderr, "fake-libvirt: %s\n", h ? argv[2] : dlerror());
+        return 2;
+    }
+    check(drv->version == 1000000 && drv->flags == 0, "the driver table says ABI 1.0.0");
+    tmp = getenv("TMPDIR");
+    if (!tmp || tmp[0] != '/' || strlen(tmp) > 48)
+        tmp = "/tmp";
+    snprintf(dir, sizeof(dir), "%s/lockd-fake-libvirt.XXXXXX", tmp);
+    if (!mkdtemp(dir)) {
+        perror(dir);
+        return 2;
+    }
+    snprintf(conf, sizeof(conf), "%s/qemu-test.conf", dir);
+    snprintf(sock, sizeof(sock), "%s/helper.sock", dir);
+    snprintf(space_dir, sizeof(space_dir), "%s/lockspace", dir);
+    test_config();
+    start_helper();
+    test_lifecycle();
+    test_leases();
+    test_refusals();
+    stop_helper();
+    drv->drvDeinit();
+    remove_tree();
+    printf("%u passed, %u failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
