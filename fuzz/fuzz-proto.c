@@ -119,8 +119,10 @@ check_request(const uint8_t *msg, size_t size, size_t nfds, const struct proto_r
     if (req->hdr.type == PROTO_RELEASE || req->hdr.type == PROTO_NOTICE)
         (void)inside(msg, size, req->ids, (size_t)8 * req->count);
     if (req->hdr.type == PROTO_LIST) {
+        /* The key filter is copied out of the message (replies reuse buffers). */
         if (req->key)
-            (void)inside(msg, size, req->key, PROTO_KEY_BYTES);
+            CHECK(req->key == req->key_buf &&
+                  memcmp(req->key, body + 4 + 1, PROTO_KEY_BYTES) == 0);
         CHECK(req->pid >= 0 && req->hdr.len == 4 + 1 + PROTO_KEY_BYTES + 8);
         return; /* has_key is any non-zero byte: not one encoding */
     }
