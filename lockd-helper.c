@@ -796,91 +796,79 @@ do_release(struct conn *c, const struct proto_req *req, struct proto_wr *wr)
     return 0;
 }
 
-/* One LIST row; returns 0, or -EMSGSIZE if it does not fit the page. */
+/* A row of a LIST or OWNERS page: writes the row for slot, or returns 1 to
+ * skip a slot the request does not select. */
+typedef int (*row_fn)(const struct conn *c, const struct proto_req *req, uint32_t slot,
+                      struct proto_wr *wr);
+
 static int
-list_row(struct proto_wr *wr, uint32_t slot)
+lease_row(const struct conn *c, const struct proto_req *req, uint32_t slot,
+          struct proto_wr *wr)
 {
     const struct lease *l = &H.leases[slot];
     const struct owner *o = &H.owners[l->owner];
-    size_t before = wr->len;
 
+    if (l->gen == 0 || !may_see(c, o) || (req->pid && o->pid != req->pid) ||
+        (req->key && memcmp(req->key, l->key, PROTO_KEY_BYTES) != 0))
+        return 1;
     wr_u64(wr, lease_id(slot));
     wr_u8(wr, l->mode);
     wr_put(wr, l->key, PROTO_KEY_BYTES);
     wr_i32(wr, o->pid);
     wr_u32(wr, o->uid);
     wr_put(wr, o->uuid, PROTO_UUID_BYTES);
-    wr_str(wr, o->name ? o->name : "", o->name ? strlen(o->name) : 0);
-    wr_str(wr, l->disk ? l->disk : "", l->disk ? strlen(l->disk) : 0);
-    if (wr->bad || wr->len > LIST_PAGE_BYTES) {
-        wr->len = before;
-        wr->bad = 0;
-        return -EMSGSIZE;
-    }
+    wr_cstr(wr, o->name);
+    wr_cstr(wr, l->disk);
     return 0;
 }
 
 static int
-do_list(struct conn *c, const struct proto_req *req, struct proto_wr *wr)
+owner_row(const struct conn *c, const struct proto_req *req, uint32_t slot,
+          struct proto_wr *wr)
 {
-    size_t at_cursor = wr->len, at_count;
+    const struct owner *o = &H.owners[slot];
+
+    (void)req;
+    if (o->pid == 0 || !may_see(c, o))
+        return 1;
+    wr_i32(wr, o->pid);
+    wr_u32(wr, o->uid);
+    wr_put(wr, o->uuid, PROTO_UUID_BYTES);
+    wr_cstr(wr, o->name);
+    wr_u32(wr, o->nleases);
+    return 0;
+}
+
+/*
+ * One page of rows from slot req->cursor on: u64 next cursor (0 when this is
+ * the last page), u16 count, rows.  A page ends where the next row would not
+ * fit, so no reply outgrows a message; the cursor is just a slot number, so
+ * the helper keeps no state between pages.
+ */
+static void
+page(const struct conn *c, const struct proto_req *req, uint32_t nslots, row_fn row,
+     struct proto_wr *wr)
+{
+    size_t at_cursor = wr->len, at_count, before;
     uint64_t slot;
     uint16_t count = 0;
 
     wr_u64(wr, 0);
     at_count = wr->len;
     wr_u16(wr, 0);
-    for (slot = req->cursor; slot < H.nlease_slots; slot++) {
-        const struct lease *l = &H.leases[slot];
-        const struct owner *o;
-
-        if (l->gen == 0)
+    for (slot = req->cursor; slot < nslots; slot++) {
+        before = wr->len;
+        if (row(c, req, (uint32_t)slot, wr) > 0)
             continue;
-        o = &H.owners[l->owner];
-        if (!may_see(c, o) || (req->pid && o->pid != req->pid) ||
-            (req->key && memcmp(req->key, l->key, PROTO_KEY_BYTES) != 0))
-            continue;
-        if (count == UINT16_MAX || list_row(wr, (uint32_t)slot) < 0) {
+        if (count == UINT16_MAX || wr->bad || wr->len > LIST_PAGE_BYTES) {
+            wr->len = before;
+            wr->bad = 0;
             memcpy(wr->buf + at_cursor, &slot, 8); /* the next page starts here */
             break;
         }
         count++;
     }
     memcpy(wr->buf + at_count, &count, 2);
-    return 0;
-}
-
-static int
-do_owners(struct conn *c, const struct proto_req *req, struct proto_wr *wr)
-{
-    size_t at_cursor = wr->len, at_count;
-    uint64_t slot;
-    uint16_t count = 0;
-
-    wr_u64(wr, 0);
-    at_count = wr->len;
-    wr_u16(wr, 0);
-    for (slot = req->cursor; slot < H.nowner_slots; slot++) {
-        const struct owner *o = &H.owners[slot];
-        size_t before = wr->len;
-
-        if (o->pid == 0 || !may_see(c, o))
-            continue;
-        wr_i32(wr, o->pid);
-        wr_u32(wr, o->uid);
-        wr_put(wr, o->uuid, PROTO_UUID_BYTES);
-        wr_str(wr, o->name ? o->name : "", o->name ? strlen(o->name) : 0);
-        wr_u32(wr, o->nleases);
-        if (wr->bad || wr->len > LIST_PAGE_BYTES) {
-            wr->len = before;
-            wr->bad = 0;
-            memcpy(wr->buf + at_cursor, &slot, 8);
-            break;
-        }
-        count++;
-    }
-    memcpy(wr->buf + at_count, &count, 2);
-    return 0;
 }
 
 static void
@@ -934,10 +922,10 @@ dispatch(struct conn *c, const struct proto_req *req, int *fds, size_t nfds, int
             r = do_release(c, req, req->hdr.type == PROTO_RELEASE ? &wr : NULL);
             break;
         case PROTO_LIST:
-            r = do_list(c, req, &wr);
+            page(c, req, H.nlease_slots, lease_row, &wr);
             break;
         case PROTO_OWNERS:
-            r = do_owners(c, req, &wr);
+            page(c, req, H.nowner_slots, owner_row, &wr);
             break;
         case PROTO_STATUS:
             wr_u64(&wr, H.nowners);
@@ -1141,7 +1129,7 @@ rec_owner(struct proto_wr *wr, const struct owner *o, int with_fds)
     wr_i32(wr, with_fds ? o->pidfd : -1);
     wr_u8(wr, o->stored);
     wr_put(wr, o->uuid, PROTO_UUID_BYTES);
-    wr_str(wr, o->name ? o->name : "", o->name ? strlen(o->name) : 0);
+    wr_cstr(wr, o->name);
     rec_end(wr, at);
 }
 
@@ -1159,7 +1147,7 @@ rec_lease(struct proto_wr *wr, uint32_t slot, int with_fds)
     wr_u8(wr, l->stored);
     wr_u8(wr, l->mode);
     wr_put(wr, l->key, PROTO_KEY_BYTES);
-    wr_str(wr, l->disk ? l->disk : "", l->disk ? strlen(l->disk) : 0);
+    wr_cstr(wr, l->disk);
     rec_end(wr, at);
 }
 

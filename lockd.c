@@ -1268,6 +1268,13 @@ wr_str(struct proto_wr *wr, const char *s, size_t len)
     wr_put(wr, s, len);
 }
 
+/* A C string, or NULL for an empty one. */
+static void
+wr_cstr(struct proto_wr *wr, const char *s)
+{
+    wr_str(wr, s ? s : "", s ? strlen(s) : 0);
+}
+
 /* Start a message in wr (whose buffer holds at least PROTO_HDR_SIZE bytes);
  * proto_finish() fills in the length. */
 static void
@@ -1802,7 +1809,7 @@ lockd_conn_register(lockd_conn *conn, int32_t pid, int pidfd, const char *uuid,
     conn_begin(conn, &wr, PROTO_REGISTER, pidfd >= 0);
     wr_i32(&wr, pid);
     wr_put(&wr, u, sizeof(u));
-    wr_str(&wr, name ? name : "", nlen);
+    wr_cstr(&wr, name);
     r = conn_call(conn, &wr, &pidfd, pidfd >= 0, &rd);
     if (r == 0 && rd.left != 0)
         r = -EPROTO;
@@ -1825,13 +1832,12 @@ handoff_chunk(lockd_conn *c, int32_t pid, const lockd_lease *l, const char *cons
     wr_u16(&wr, (uint16_t)count);
     for (i = 0; i < count; i++) {
         const struct lease_ent *e = &l->ent[first + i];
-        const char *disk = names && names[first + i] ? names[first + i] : "";
         uint8_t key[PROTO_KEY_BYTES];
 
         hex_to_key(e->key, key);
         wr_u8(&wr, (uint8_t)e->mode);
         wr_put(&wr, key, sizeof(key));
-        wr_str(&wr, disk, strlen(disk));
+        wr_cstr(&wr, names ? names[first + i] : NULL);
         fds[i] = e->fd;
     }
     r = conn_call(c, &wr, fds, count, &rd);
