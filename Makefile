@@ -51,8 +51,10 @@ all: liblockd.a $(SONAME) lockd.pc $(PROGRAMS) $(LIBVIRT_PLUGIN)
 lockd-helper: lockd-helper.c lockd.c lockd.h
 	$(CC) $(ALL_CFLAGS) $(SYSTEMD_CFLAGS) -o $@ lockd-helper.c $(SYSTEMD_LIBS) $(SODIUM_LIBS) $(LDFLAGS)
 
-lockdctl: lockdctl.c liblockd.a lockd.h
-	$(CC) $(ALL_CFLAGS) -o $@ lockdctl.c liblockd.a $(SODIUM_LIBS) $(LDFLAGS)
+# lockdctl is two files: lockdctl-doctor.c is its `doctor` command.
+lockdctl: lockdctl.c lockdctl-doctor.c lockdctl.h liblockd.a lockd.h
+	$(CC) $(ALL_CFLAGS) -o $@ lockdctl.c lockdctl-doctor.c liblockd.a $(SODIUM_LIBS) \
+		$(LDFLAGS)
 
 lockd.o: lockd.c lockd.h
 	$(CC) $(ALL_CFLAGS) -c -o $@ lockd.c

@@ -1,0 +1,596 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lockdctl-doctor.c: `lockdctl doctor`, which checks a lockspace and the
+ * helper and says what is wrong, in words an admin can act on.
+ *
+ * The checks, in order: the directory; the settings file and key mode; the
+ * filesystem type, and the NFS and CIFS mount options that make locks local to
+ * one host (read from /proc/self/mountinfo); whether OFD locks work there;
+ * whether the helper answers; the fd limits; and the lease files, held, unused
+ * or planted.  It changes nothing.  The rest of lockdctl is in lockdctl.c;
+ * what the two share is in lockdctl.h.  See lockdctl(1).
+ */
+#define _GNU_SOURCE
+#include "lockd.h"
+#include "lockdctl.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+enum { DOC_OK, DOC_NOTE, DOC_WARNING, DOC_ERROR };
+
+struct doctor {
+    const struct opts *o;
+    int worst;
+    int count;
+    int warnings, errors;
+    int fs_network; /* the lockspace is on a filesystem other hosts see */
+};
+
+static void doc_say(struct doctor *doc, int level, const char *check, const char *fmt,
+                    ...) __attribute__((format(printf, 4, 5)));
+
+static void
+doc_say(struct doctor *doc, int level, const char *check, const char *fmt, ...)
+{
+    static const char *const words[] = {"ok", "note", "warning", "error"};
+    char msg[2048];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    doc->worst = level > doc->worst ? level : doc->worst;
+    doc->warnings += level == DOC_WARNING;
+    doc->errors += level == DOC_ERROR;
+    if (doc->o->json) {
+        printf("%s{\"check\":\"%s\",\"level\":\"%s\",\"message\":", doc->count ? "," : "",
+               check, words[level]);
+        json_str(msg);
+        putchar('}');
+    } else
+        printf("%-8s %-10s %s\n", words[level], check, msg);
+    doc->count++;
+}
+
+/* The directory: there, a directory, writable. Returns 0 if the other checks
+ * can look inside it. */
+static int
+doc_directory(struct doctor *doc)
+{
+    const char *dir = doc->o->dir;
+    struct stat st;
+
+    if (stat(dir, &st) < 0) {
+        if (errno == ENOENT)
+            doc_say(
+                doc, DOC_ERROR, "directory",
+                "%s does not exist (lockdctl run or acquire creates it; doctor does not)",
+                dir);
+        else
+            doc_say(doc, DOC_ERROR, "directory", "%s: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        doc_say(doc, DOC_ERROR, "directory", "%s is not a directory", dir);
+        return -1;
+    }
+    if (faccessat(AT_FDCWD, dir, W_OK | X_OK, AT_EACCESS) < 0) {
+        doc_say(doc, DOC_ERROR, "directory",
+                errno == EROFS
+                    ? "%s is on a read-only filesystem: no lease can be created or "
+                      "taken exclusively"
+                    : "%s is not writable for you: no lease can be created",
+                dir);
+        return 0;
+    }
+    if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
+        doc_say(doc, DOC_WARNING, "directory",
+                "%s is writable by everyone: any user can delete or plant leases", dir);
+    else
+        doc_say(doc, DOC_OK, "directory", "%s exists and is writable", dir);
+    return 0;
+}
+
+/* The settings file and key mode.  Returns the read-only handle, or NULL. */
+static lockd_space *
+doc_settings(struct doctor *doc)
+{
+    const struct opts *o = doc->o;
+    lockd_space *space = NULL, *other = NULL;
+    int r = lockd_space_open(o->dir, LOCKD_OPEN_READONLY | o->mode_flag, &space);
+    const char *mode;
+
+    if (r == -EMEDIUMTYPE && lockd_space_open(o->dir, LOCKD_OPEN_READONLY, &other) == 0) {
+        doc_say(doc, DOC_ERROR, "settings",
+                "the lockspace records key mode %s, but --key-mode asked for %s",
+                lockd_space_mode(other) == LOCKD_MODE_CANONICAL ? "canonical"
+                                                                : "verbatim",
+                o->mode_flag == LOCKD_OPEN_CANONICAL ? "canonical" : "verbatim");
+        lockd_space_close(other);
+        return NULL;
+    }
+    if (r == -EPROTO) {
+        doc_say(
+            doc, DOC_ERROR, "settings",
+            "%s/%s is not a settings file this lockdctl understands (newer, or damaged)",
+            o->dir, SETTINGS_NAME);
+        return NULL;
+    }
+    if (r < 0) {
+        doc_say(doc, DOC_ERROR, "settings", "cannot open the lockspace: %s",
+                strerror(-r));
+        return NULL;
+    }
+    mode = lockd_space_mode(space) == LOCKD_MODE_CANONICAL ? "canonical" : "verbatim";
+    if (lockd_space_recorded(space))
+        doc_say(doc, DOC_OK, "settings", "key mode %s, recorded in %s", mode,
+                SETTINGS_NAME);
+    else
+        doc_say(doc, DOC_NOTE, "settings",
+                "no %s yet: the first lease taken will record key mode %s", SETTINGS_NAME,
+                mode);
+    return space;
+}
+
+/* Undo mountinfo's octal escapes (\040 for a space) in place. */
+static void
+unescape(char *s)
+{
+    char *w = s;
+
+    for (; *s; s++) {
+        if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
+            s[3] >= '0' && s[3] <= '7') {
+            *w++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+            s += 3;
+        } else
+            *w++ = *s;
+    }
+    *w = '\0';
+}
+
+/* Whether mount point mp contains path (component-wise), and how long it is. */
+static size_t
+mount_covers(const char *mp, const char *path)
+{
+    size_t n = strlen(mp);
+
+    if (strcmp(mp, "/") == 0)
+        return 1;
+    if (strncmp(mp, path, n) == 0 && (path[n] == '/' || path[n] == '\0'))
+        return n;
+    return 0;
+}
+
+struct mount_info {
+    char fstype[64];
+    char source[512];
+    char options[2048]; /* per-mount and superblock options, comma-joined */
+};
+
+/*
+ * The mount that holds path, from /proc/self/mountinfo (or the test's fake
+ * one): the last entry with the longest mount point containing path, as
+ * findmnt --target picks it.  Returns 0, or -ENOENT if none matched.
+ */
+static int
+mount_find(const char *path, struct mount_info *ret)
+{
+    const char *file = getenv("LOCKD_TEST_MOUNTINFO");
+    char *line = NULL, *f[6], *sep, *save;
+    size_t cap = 0, best = 0;
+    FILE *fp = fopen(file && *file ? file : "/proc/self/mountinfo", "re");
+    int i, found = -ENOENT;
+
+    if (!fp)
+        return -errno;
+    while (getline(&line, &cap, fp) > 0) {
+        size_t n;
+
+        line[strcspn(line, "\n")] = '\0';
+        sep = strstr(line, " - ");
+        if (!sep)
+            continue;
+        *sep = '\0';
+        memset(f, 0, sizeof(f));
+        f[0] = strtok_r(line, " ", &save);
+        for (i = 1; i < 6 && f[i - 1]; i++)
+            f[i] = strtok_r(NULL, " ", &save);
+        if (!f[0] || !f[5])
+            continue;
+        unescape(f[4]);
+        n = mount_covers(f[4], path);
+        if (n == 0 || n < best)
+            continue;
+        best = n;
+        found = 0;
+        snprintf(ret->options, sizeof(ret->options), "%s", f[5]);
+        f[0] = strtok_r(sep + 3, " ", &save);
+        f[1] = f[0] ? strtok_r(NULL, " ", &save) : NULL;
+        f[2] = f[1] ? strtok_r(NULL, " ", &save) : NULL;
+        snprintf(ret->fstype, sizeof(ret->fstype), "%s", f[0] ? f[0] : "?");
+        snprintf(ret->source, sizeof(ret->source), "%s", f[1] ? f[1] : "?");
+        if (f[2])
+            snprintf(ret->options + strlen(ret->options),
+                     sizeof(ret->options) - strlen(ret->options), ",%s", f[2]);
+    }
+    free(line);
+    fclose(fp);
+    return found;
+}
+
+/* Whether the comma-separated list opts has option (or option=..., and then
+ * its value is copied to val). */
+static int
+has_option(const char *opts, const char *option, char *val, size_t size)
+{
+    size_t n = strlen(option);
+    const char *p = opts;
+
+    while (p && *p) {
+        if (strncmp(p, option, n) == 0 && (p[n] == ',' || p[n] == '\0' || p[n] == '=')) {
+            if (val && p[n] == '=')
+                snprintf(val, size, "%.*s", (int)strcspn(p + n + 1, ","), p + n + 1);
+            return 1;
+        }
+        p = strchr(p, ',');
+        p = p ? p + 1 : NULL;
+    }
+    return 0;
+}
+
+static int
+fs_is_network(const char *t)
+{
+    static const char *const net[] = {"nfs",   "nfs4",   "cifs",      "smb3",
+                                      "smbfs", "ceph",   "glusterfs", "fuse.glusterfs",
+                                      "gfs2",  "ocfs2",  "lustre",    "9p",
+                                      "afs",   "beegfs", "gpfs",      NULL};
+    size_t i;
+
+    for (i = 0; net[i]; i++)
+        if (strcmp(t, net[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* Filesystem type, and the NFS and CIFS options that make locks host-local. */
+static void
+doc_filesystem(struct doctor *doc, const lockd_space *space)
+{
+    char real[PATH_MAX], val[64] = "";
+    struct mount_info m;
+    struct statfs sf;
+
+    memset(&m, 0, sizeof(m));
+    if (!realpath(doc->o->dir, real) || mount_find(real, &m) < 0) {
+        if (fstatfs(lockd_space_fd(space), &sf) == 0)
+            doc_say(doc, DOC_NOTE, "filesystem", "type 0x%lx (no mount entry found)",
+                    (unsigned long)sf.f_type);
+        return;
+    }
+    doc->fs_network = fs_is_network(m.fstype);
+    if (strncmp(m.fstype, "nfs", 3) == 0 &&
+        (has_option(m.options, "nolock", NULL, 0) ||
+         (has_option(m.options, "local_lock", val, sizeof(val)) &&
+          (strcmp(val, "posix") == 0 || strcmp(val, "all") == 0))))
+        doc_say(doc, DOC_WARNING, "filesystem",
+                "%s from %s is mounted %s%s: LOCKS ARE LOCAL TO THIS HOST. Other hosts "
+                "do not "
+                "see its leases and can start a guest on a disk this host holds. Remount "
+                "without nolock and with local_lock=none (the default)",
+                m.fstype, m.source, *val ? "local_lock=" : "nolock", val);
+    else if (strcmp(m.fstype, "cifs") == 0 && has_option(m.options, "nobrl", NULL, 0))
+        doc_say(doc, DOC_WARNING, "filesystem",
+                "cifs from %s is mounted nobrl: LOCKS ARE LOCAL TO THIS HOST. Remount "
+                "without nobrl",
+                m.source);
+    else if (doc->fs_network)
+        doc_say(doc, DOC_OK, "filesystem",
+                "%s from %s: locks go to the server, so every host mounting it sees them",
+                m.fstype, m.source);
+    else
+        doc_say(doc, DOC_OK, "filesystem", "%s (local: leases protect this host only)",
+                m.fstype);
+    if (doc->fs_network && lockd_space_mode(space) == LOCKD_MODE_CANONICAL)
+        doc_say(
+            doc, DOC_WARNING, "settings",
+            "key mode canonical on a network filesystem: realpath(3) follows this host's "
+            "symlinks and mounts, so hosts may key one disk differently; use verbatim");
+}
+
+/* The test seam: LOCKD_TEST_LOCK_FAIL=ENOLCK makes the lock test's first
+ * lock call fail with that errno (test-only; see lockdctl(1)). */
+static int
+lock_fail_injected(void)
+{
+    const char *name = getenv("LOCKD_TEST_LOCK_FAIL");
+    int e;
+
+    if (!name || !*name)
+        return 0;
+    for (e = 1; e < 4096; e++) {
+        const char *n = strerrorname_np(e);
+
+        if (n && strcmp(n, name) == 0)
+            return e;
+    }
+    return EINVAL;
+}
+
+/*
+ * Whether OFD locks work on the open files a and b (two descriptions of one
+ * file): a takes a lock of type on byte 0, then b must see it conflict.
+ * Returns 0, or -errno of the call that failed, or -ENOLCK if the lock was
+ * granted but b saw nothing (a filesystem that accepts locks and ignores
+ * them).
+ */
+static int
+lock_pair(int a, int b, short type)
+{
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    struct flock probe = {
+        .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    int e = lock_fail_injected(), r;
+
+    if (e)
+        return -e;
+    if (fcntl(a, F_OFD_SETLK, &fl) < 0)
+        return -errno;
+    r = fcntl(b, F_OFD_GETLK, &probe) < 0 ? -errno : probe.l_type == type ? 0 : -ENOLCK;
+    fl.l_type = F_UNLCK;
+    (void)fcntl(a, F_OFD_SETLK, &fl);
+    return r;
+}
+
+/*
+ * Two descriptions of a scratch file in the lockspace: an O_TMPFILE (which
+ * has no name, so nothing is left behind whatever happens), or where the
+ * filesystem has none (NFS), a ".lockd-doctor.*" file removed right after
+ * (never a key, so nothing mistakes it for a lease).  For a lockspace that
+ * cannot be written, the settings file, locked for reading only.
+ * Returns 0 and both fds, or -errno; *ret_name is set if a file was created.
+ */
+static int
+lock_files(int dirfd, int writable, char *name, size_t size, int *ret_a, int *ret_b)
+{
+    char path[64];
+    int a, b, fl = O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK;
+
+    name[0] = '\0';
+    if (!writable) {
+        a = openat(dirfd, SETTINGS_NAME, O_RDONLY | fl);
+        b = a < 0 ? -1 : openat(dirfd, SETTINGS_NAME, O_RDONLY | fl);
+    } else if ((a = openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600)) >= 0) {
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", a);
+        b = open(path, O_RDWR | O_CLOEXEC);
+    } else {
+        snprintf(name, size, ".lockd-doctor.%ld", (long)getpid());
+        a = openat(dirfd, name, O_RDWR | O_CREAT | O_EXCL | fl, 0600);
+        b = a < 0 ? -1 : openat(dirfd, name, O_RDWR | fl);
+        if (a < 0)
+            name[0] = '\0';
+    }
+    if (a < 0 || b < 0) {
+        int e = -errno;
+
+        if (a >= 0)
+            close(a);
+        return e;
+    }
+    *ret_a = a;
+    *ret_b = b;
+    return 0;
+}
+
+static void
+doc_locks(struct doctor *doc, const lockd_space *space)
+{
+    char name[64];
+    int writable = faccessat(AT_FDCWD, doc->o->dir, W_OK | X_OK, AT_EACCESS) == 0;
+    int a = -1, b = -1, r;
+
+    r = lock_files(lockd_space_fd(space), writable, name, sizeof(name), &a, &b);
+    if (r == -ENOENT && !writable) {
+        doc_say(doc, DOC_NOTE, "locks",
+                "not tested: the lockspace cannot be written and has no settings file to "
+                "test on");
+        return;
+    }
+    if (r == 0)
+        r = lock_pair(a, b, writable ? F_WRLCK : F_RDLCK);
+    if (a >= 0)
+        close(a);
+    if (b >= 0)
+        close(b);
+    if (name[0])
+        (void)unlinkat(lockd_space_fd(space), name, 0);
+    if (r == 0)
+        doc_say(doc, DOC_OK, "locks", "OFD locks work here (tested on %s)",
+                !writable ? "the settings file"
+                : name[0] ? "a scratch file, removed"
+                          : "an unnamed O_TMPFILE");
+    else
+        doc_say(doc, DOC_ERROR, "locks",
+                "OFD locks do not work here: %s (%s): no lease can be taken in this "
+                "lockspace",
+                strerror(-r), strerrorname_np(-r) ? strerrorname_np(-r) : "?");
+}
+
+static void
+doc_helper(struct doctor *doc)
+{
+    const char *path = doc->o->socket;
+    uint64_t owners = 0, leases = 0, stored = 0;
+    lockd_conn *conn = NULL;
+    int r;
+
+    if (!path) {
+        doc_say(doc, DOC_NOTE, "helper",
+                "no helper socket to look for (XDG_RUNTIME_DIR is unset): lockdctl run "
+                "works without one; acquire, release and status need it");
+        return;
+    }
+    if (!socket_present(path)) {
+        doc_say(doc, DOC_NOTE, "helper",
+                "no helper at %s: lockdctl run works without one; acquire, release and "
+                "status need it",
+                path);
+        return;
+    }
+    r = lockd_conn_open(path, &conn);
+    if (r == 0)
+        r = lockd_conn_status(conn, &owners, &leases, &stored);
+    lockd_conn_close(conn);
+    if (r < 0) {
+        doc_say(doc, DOC_ERROR, "helper",
+                "%s exists but no helper answers there: %s (is lockd-helper running? a "
+                "stale socket file?)",
+                path, strerror(-r));
+        return;
+    }
+    doc_say(doc, DOC_OK, "helper",
+            "lockd-helper answers at %s: %" PRIu64 " owners, %" PRIu64 " leases, %" PRIu64
+            " in systemd's fd store",
+            path, owners, leases, stored);
+    if (stored < leases)
+        doc_say(doc, DOC_NOTE, "helper",
+                "%" PRIu64
+                " leases are not in systemd's fd store: they survive a re-exec of "
+                "the helper but not a crash",
+                leases - stored);
+}
+
+/* How many more descriptors this process may open, and the system's use. */
+static void
+doc_fds(struct doctor *doc)
+{
+    unsigned long used = 0, unused = 0, max = 0;
+    struct rlimit rl;
+    FILE *fp;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    fp = fopen("/proc/sys/fs/file-nr", "re");
+    if (fp) {
+        if (fscanf(fp, "%lu %lu %lu", &used, &unused, &max) != 3)
+            max = 0;
+        fclose(fp);
+    }
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 4096)
+        doc_say(doc, DOC_WARNING, "fds",
+                "hard limit of %lu open files: each held lease is one open file, so the "
+                "helper can hold at most about that many",
+                (unsigned long)rl.rlim_max);
+    else if (max > 0 && used > max / 10 * 9)
+        doc_say(doc, DOC_WARNING, "fds", "the system has %lu of %lu open files in use",
+                used, max);
+    else
+        doc_say(doc, DOC_OK, "fds",
+                "open files: soft limit %lu, hard limit %lu (the helper raises its soft "
+                "limit "
+                "to the hard one; each lease it holds is one)",
+                (unsigned long)rl.rlim_cur, (unsigned long)rl.rlim_max);
+}
+
+/* Lease files: held, unused (stale), and anything planted under a key name. */
+static void
+doc_leases(struct doctor *doc, const lockd_space *space)
+{
+    unsigned long held = 0, stale = 0, planted = 0, leftovers = 0;
+    struct dirent *de;
+    int fd = openat(lockd_space_fd(space), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = fd < 0 ? NULL : fdopendir(fd);
+
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        doc_say(doc, DOC_ERROR, "leases", "cannot list the lockspace: %s",
+                strerror(errno));
+        return;
+    }
+    while ((de = readdir(d))) {
+        int s;
+
+        if (strncmp(de->d_name, SETTINGS_NAME ".", sizeof(SETTINGS_NAME)) == 0 ||
+            strncmp(de->d_name, ".lockd-doctor.", 14) == 0)
+            leftovers++;
+        if (!lockd_key_valid(de->d_name))
+            continue;
+        s = lockd_probe(space, de->d_name, NULL);
+        if (s == LOCKD_FREE)
+            stale++;
+        else if (s == LOCKD_SHARED || s == LOCKD_EXCLUSIVE)
+            held++;
+        else if (s == -ELOOP || s == -EISDIR || s == -ENXIO)
+            planted++;
+    }
+    closedir(d);
+    if (planted)
+        doc_say(
+            doc, DOC_ERROR, "leases",
+            "%lu entries named like leases are not regular files (planted symlinks, "
+            "directories or FIFOs): no lease of those disks can be taken; remove them",
+            planted);
+    if (leftovers)
+        doc_say(doc, DOC_NOTE, "leases",
+                "%lu temporary files left by an interrupted lockd (%s.*, "
+                ".lockd-doctor.*) may "
+                "be removed",
+                leftovers, SETTINGS_NAME);
+    doc_say(doc, DOC_OK, "leases", "%lu lease file%s: %lu held, %lu unused%s",
+            held + stale, held + stale == 1 ? "" : "s", held, stale,
+            stale ? " (harmless; lockdctl gc removes them)" : "");
+}
+
+/*
+ * doctor: check the lockspace and the helper and say what is wrong.  It
+ * changes nothing: the lockspace is opened read-only (no settings file is
+ * written, no index created); the lock test uses an unnamed O_TMPFILE, or a
+ * scratch file it removes at once.  Exit 0 only when all is well.
+ */
+int
+cmd_doctor(const struct opts *o, int argc, char **argv)
+{
+    struct doctor doc = {.o = o};
+    lockd_space *space = NULL;
+
+    (void)argv;
+    if (argc > 0)
+        return usage_error("doctor: takes no arguments");
+    if (o->json) {
+        printf("{\"lockspace\":");
+        json_str(o->dir);
+        printf(",\"checks\":[");
+    } else
+        printf("lockspace %s\n", o->dir);
+    if (doc_directory(&doc) == 0 && (space = doc_settings(&doc))) {
+        doc_filesystem(&doc, space);
+        doc_locks(&doc, space);
+        doc_leases(&doc, space);
+    }
+    doc_helper(&doc);
+    doc_fds(&doc);
+    lockd_space_close(space);
+    if (o->json)
+        printf("],\"ok\":%s}\n", doc.worst <= DOC_NOTE ? "true" : "false");
+    else if (doc.worst <= DOC_NOTE)
+        printf("all is well\n");
+    else
+        printf("%d error%s, %d warning%s\n", doc.errors, doc.errors == 1 ? "" : "s",
+               doc.warnings, doc.warnings == 1 ? "" : "s");
+    return doc.worst <= DOC_NOTE ? 0 : EXIT_FAIL;
+}

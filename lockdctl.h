@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lockdctl.h: what the two files of lockdctl share, and nothing more.
+ *
+ * lockdctl.c has the command line and every command but `doctor`, which is
+ * in lockdctl-doctor.c: its checks (mountinfo, the lock test, fd limits) have
+ * nothing to do with taking leases, and they were half of one file.  This
+ * header is internal to the program and is not installed; lockd's interface
+ * is lockd.h.  Everything not declared here stays static in its file.
+ */
+#ifndef LOCKDCTL_H
+#define LOCKDCTL_H
+
+#include <stdint.h>
+
+/* Exit statuses (sysexits.h numbers, spelled out so they read as a contract). */
+#define EXIT_BUSY 75        /* EX_TEMPFAIL: held elsewhere, or the wait ran out */
+#define EXIT_UNAVAILABLE 69 /* EX_UNAVAILABLE: no helper where one is needed */
+#define EXIT_USAGE 64       /* EX_USAGE */
+#define EXIT_FAIL 1
+
+#define SETTINGS_NAME ".lockd-lockspace"
+
+/* Everything the command line can say, after parsing. */
+struct opts {
+    char *dir;          /* lockspace, absolute */
+    uint32_t mode_flag; /* 0, LOCKD_OPEN_VERBATIM or LOCKD_OPEN_CANONICAL */
+    char *socket;       /* helper socket, or NULL if there is none to look for */
+    int json;
+    int resource;
+    int shared;
+    int wait_ms;     /* LOCKD_TRY, LOCKD_FOREVER or ms */
+    char *wait_text; /* as given, for messages */
+    int conflict_code;
+    const char *name;
+    const char *uuid;
+    int32_t pid;
+};
+
+/* In lockdctl.c.  A usage error: the message, a pointer to --help, and
+ * EXIT_USAGE. */
+int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* In lockdctl.c.  s as a JSON string on stdout; NULL as null. */
+void json_str(const char *s);
+
+/* In lockdctl.c.  Whether something exists at the helper's socket path. */
+int socket_present(const char *path);
+
+/* In lockdctl-doctor.c.  The doctor command: 0 when all is well, EXIT_FAIL
+ * when a check warns or fails, EXIT_USAGE for operands. */
+int cmd_doctor(const struct opts *o, int argc, char **argv);
+
+#endif /* LOCKDCTL_H */
