@@ -851,7 +851,7 @@ holder_row(void *userdata, uint64_t lease_id, int mode, const char *key, const c
     struct holder *h = userdata;
 
     (void)lease_id, (void)disk, (void)uid;
-    if (strcmp(key, h->key))
+    if (strcmp(key, h->key) != 0)
         return 0;
     h->mode = mode;
     h->pid = pid;
@@ -946,7 +946,7 @@ res_mode(const struct guest *g, const struct resource *res)
 static int
 guest_acquire(struct guest *g, lockd_conn *conn)
 {
-    lockd_lease **leases = calloc(g->n, sizeof(*leases));
+    lockd_lease **leases = calloc(g->n, sizeof(lockd_lease *));
     uint64_t *ids = calloc(g->n, sizeof(*ids));
     struct held_list held = {0, NULL};
     lockd_space *space = NULL;
@@ -1026,7 +1026,7 @@ guest_release(struct guest *g, lockd_conn *conn)
     for (i = 0; i < held.n; i++) {
         size_t j;
 
-        for (j = 0; j < g->n && strcmp(g->res[j].key, held.v[i].key); j++)
+        for (j = 0; j < g->n && strcmp(g->res[j].key, held.v[i].key) != 0; j++)
             ;
         if (j < g->n)
             ids[n++] = held.v[i].id;
