@@ -77,11 +77,11 @@ lockd.pc: lockd.pc.in lockd.h
 
 # Tests include lockd.c (for the syscall seam and the static functions) or
 # link liblockd.a; either way they are rebuilt when the library changes.
-test/test-%: test/test-%.c test/test.h lockd.c lockd.h
+test/test-%: test/test-%.c test/test.h test/util.h lockd.c lockd.h
 	$(CC) $(ALL_CFLAGS) -o $@ $< lockd.c -lpthread $(SODIUM_LIBS)
 
 # A test file that includes lockd.c itself says so on its first line.
-test/test-fault: test/test-fault.c test/test.h lockd.c lockd.h
+test/test-fault: test/test-fault.c test/test.h test/util.h lockd.c lockd.h
 	$(CC) $(ALL_CFLAGS) -o $@ $< -lpthread $(SODIUM_LIBS)
 
 # The header must compile as C99 and as C++.
@@ -146,10 +146,10 @@ FUZZ_FLAGS  = -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined \
               -fno-sanitize-recover=all -I. $(SODIUM_CFLAGS)
 FUZZERS     = fuzz/fuzz-proto fuzz/fuzz-state
 
-fuzz/fuzz-proto: fuzz/fuzz-proto.c lockd.c lockd.h
+fuzz/fuzz-proto: fuzz/fuzz-proto.c fuzz/fuzz.h lockd.c lockd.h
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ fuzz/fuzz-proto.c $(SODIUM_LIBS)
 
-fuzz/fuzz-state: fuzz/fuzz-state.c lockd-helper.c lockd.c lockd.h
+fuzz/fuzz-state: fuzz/fuzz-state.c fuzz/fuzz.h lockd-helper.c lockd.c lockd.h
 	$(FUZZ_CC) $(FUZZ_FLAGS) $(SYSTEMD_CFLAGS) -o $@ fuzz/fuzz-state.c \
 		$(SYSTEMD_LIBS) $(SODIUM_LIBS)
 

@@ -19,10 +19,7 @@
 #define LOCKD_PROTO_SERVER 1
 #include "../lockd.c"
 
-#include <dirent.h>
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz.h"
 
 #define CHECK(x)                                                                    \
     do {                                                                            \
@@ -215,31 +212,6 @@ seed_corpus(const char *dir)
     seed_write(dir, "owners", 0, &wr);
     proto_begin(&wr, PROTO_STATUS, 6, 0, 0);
     seed_write(dir, "status", 0, &wr);
-}
-
-/* libFuzzer's first argument that is not a flag is the corpus directory. */
-static const char *
-corpus_dir(int argc, char **argv)
-{
-    for (int i = 1; i < argc; i++)
-        if (argv[i][0] != '-')
-            return argv[i];
-    return NULL;
-}
-
-static int
-dir_empty(const char *path)
-{
-    DIR *d = opendir(path);
-    struct dirent *e;
-    int empty = 1;
-
-    if (!d)
-        return 0;
-    while (empty && (e = readdir(d)))
-        empty = e->d_name[0] == '.';
-    closedir(d);
-    return empty;
 }
 
 int

@@ -20,10 +20,7 @@
 #define LOCKD_HELPER_NO_MAIN 1
 #include "../lockd-helper.c"
 
-#include <dirent.h>
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz.h"
 
 #define NAMED 12
 
@@ -89,25 +86,11 @@ seed_corpus(const char *dir)
     reset();
 }
 
-static int
-dir_empty(const char *path)
-{
-    DIR *d = opendir(path);
-    struct dirent *e;
-    int empty = 1;
-
-    if (!d)
-        return 0;
-    while (empty && (e = readdir(d)))
-        empty = e->d_name[0] == '.';
-    closedir(d);
-    return empty;
-}
-
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    (void)argc, (void)argv;
+    const char *dir = corpus_dir(*argc, *argv);
+
     /* The helper logs each refusal; libFuzzer and ASan write to fd 2
      * themselves, so only stdio's stderr is silenced. */
     stderr = fopen("/dev/null", "w");
@@ -118,13 +101,8 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
     H.fdinfo_dir = open("/proc/self/fdinfo", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (H.fdinfo_dir < 0)
         return -1;
-    /* libFuzzer's first argument that is not a flag is the corpus. */
-    for (int i = 1; i < *argc; i++)
-        if ((*argv)[i][0] != '-') {
-            if (dir_empty((*argv)[i]))
-                seed_corpus((*argv)[i]);
-            break;
-        }
+    if (dir && dir_empty(dir))
+        seed_corpus(dir);
     return 0;
 }
 

@@ -33,6 +33,7 @@
  * are cases of their own.
  */
 #include "test.h"
+#include "util.h"
 
 #include <dirent.h>
 #include <stdarg.h>
@@ -406,12 +407,6 @@ struct fix {
     struct fdset fds;           /* the fds before the operation */
     int fds_taken;              /* setup took fds already (release) */
 };
-
-static void
-key_of(const char *name, char *ret_key)
-{
-    ASSERT_OK(lockd_key_resource(name, strlen(name), ret_key));
-}
 
 /* A lockspace directory of its own for run number i. */
 static void

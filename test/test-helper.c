@@ -47,6 +47,7 @@
  *                       settings the helper relies on
  */
 #include "test.h"
+#include "util.h"
 #include "fake-systemd.h"
 
 #include <dirent.h>
@@ -119,22 +120,13 @@ self_children(pid_t *pids, size_t cap)
     return n;
 }
 
+/* A child that is gone from /proc counts as a zombie: nothing to kill. */
 static int
 is_zombie(pid_t pid)
 {
-    char path[64], buf[512], *p;
-    ssize_t n;
-    int fd;
+    char state = proc_state(pid);
 
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 1;
-    n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    buf[n > 0 ? n : 0] = '\0';
-    p = strrchr(buf, ')');
-    return !p || p[1] == '\0' || p[2] == 'Z';
+    return state == 0 || state == 'Z';
 }
 
 /* Kill (by pid) and reap whatever the body left; returns how many of them
@@ -224,14 +216,6 @@ case_wrap(void (*body)(void))
  * Processes
  */
 
-static int
-cmp_int(const void *a, const void *b)
-{
-    int x = *(const int *)a, y = *(const int *)b;
-
-    return x < y ? -1 : x > y;
-}
-
 /*
  * Fork a child that runs fn(arg) with every fd closed except stdio and
  * keep[0..nkeep-1].  The parent (and the fake systemd in it) holds lease
@@ -246,20 +230,12 @@ spawn(int (*fn)(void *), void *arg, const int *keep, size_t nkeep)
     assert(nkeep <= 8);
     if (nkeep > 0)
         memcpy(sorted, keep, nkeep * sizeof(int));
-    qsort(sorted, nkeep, sizeof(int), cmp_int);
+    qsort(sorted, nkeep, sizeof(int), fsd_cmp_int);
     pid = fork();
     if (pid < 0)
         TEST_FAIL("fork: %s", strerror(errno));
     if (pid == 0) {
-        int prev = 2;
-
-        for (size_t i = 0; i < nkeep; i++) {
-            if (sorted[i] > prev + 1)
-                syscall(SYS_close_range, prev + 1, sorted[i] - 1, 0);
-            if (sorted[i] > prev)
-                prev = sorted[i];
-        }
-        syscall(SYS_close_range, prev + 1, ~0U, 0);
+        fsd_close_others(sorted, nkeep);
         _exit(fn(arg));
     }
     return pid;
@@ -402,8 +378,9 @@ root(void *p)
     return p;
 }
 
+/* The lockspace the case's helpers serve, kept reachable (see roots). */
 static lockd_space *
-space_open(void)
+space_open_rooted(void)
 {
     lockd_space *sp = NULL;
 
@@ -864,13 +841,6 @@ read_file(const char *path)
     return buf;
 }
 
-#define ASSERT_CONTAINS(hay, needle)                                                \
-    do {                                                                            \
-        const char *_h = (hay), *_n = (needle);                                     \
-        if (!strstr(_h, _n))                                                        \
-            TEST_FAIL("\"%s\" not found in:\n%s", _n, _h);                          \
-    } while (0)
-
 HELPER_CASE(harness_selfcheck)
 {
     char text[FSD_VIOLATION_SZ], guest_pid[16], *rep;
@@ -956,7 +926,7 @@ HELPER_CASE(harness_selfcheck)
 
 HELPER_CASE(notify_basics)
 {
-    lockd_space *sp = space_open();
+    lockd_space *sp = space_open_rooted();
     struct disks d;
     struct guest g;
     struct fsd *s, *b;
@@ -1028,7 +998,7 @@ static int
 manager_main(void *arg)
 {
     struct manager *m = arg;
-    lockd_space *sp = space_open();
+    lockd_space *sp = space_open_rooted();
     lockd_conn *c = conn_open(m->sock);
     lockd_lease *l;
     char byte;
@@ -1052,7 +1022,7 @@ static int
 contender_main(void *arg)
 {
     struct disks *d = ((struct contender *)arg)->d;
-    lockd_space *sp = space_open();
+    lockd_space *sp = space_open_rooted();
 
     for (size_t i = 0; i < d->n; i++) {
         const char *k = d->key[i];
@@ -1072,7 +1042,7 @@ contender_main(void *arg)
 
 HELPER_CASE(crash_manager)
 {
-    lockd_space *sp = space_open();
+    lockd_space *sp = space_open_rooted();
     int out[2], hold[2];
     struct contender ct;
     struct manager m;
@@ -1142,7 +1112,7 @@ HELPER_CASE(crash_manager)
 
 HELPER_CASE(crash_helper_fdstore)
 {
-    lockd_space *sp = space_open();
+    lockd_space *sp = space_open_rooted();
     uint64_t stored[2];
     struct disks d1, d2;
     struct guest g1, g2;
@@ -1252,7 +1222,7 @@ HELPER_CASE(crash_helper_fdstore)
  */
 HELPER_CASE(crash_helper_store_bound)
 {
-    lockd_space *sp = space_open();
+    lockd_space *sp = space_open_rooted();
     size_t held = 0;
     struct guest g;
     struct disks d;
@@ -1306,7 +1276,7 @@ HELPER_CASE(crash_helper_store_bound)
  * documented, and the restarted helper knows nothing. */
 HELPER_CASE(crash_helper_no_store)
 {
-    lockd_space *sp = space_open();
+    lockd_space *sp = space_open_rooted();
     struct counts k;
     struct guest g;
     struct disks d;
@@ -1377,7 +1347,7 @@ poller_main(void *arg)
 
     if (!fds || read(p->go, &byte, 1) != 1)
         return 2;
-    sp = space_open();
+    sp = space_open_rooted();
     for (int o = 0; o < LOAD_OWNERS; o++)
         for (int i = 0; i < LOAD_PER; i++) {
             load_key(sp, o, i, key);
@@ -1448,7 +1418,7 @@ assert_counts(struct counts k, uint64_t owners, uint64_t leases)
 
 HELPER_CASE(reexec_under_load)
 {
-    lockd_space *sp = space_open();
+    lockd_space *sp = space_open_rooted();
     struct poller *p = shared_alloc(sizeof(*p));
     pid_t owners[LOAD_OWNERS], ppid, hpid;
     char key[LOCKD_KEY_SIZE];
@@ -1602,7 +1572,7 @@ exit_at_once(void *arg)
 
 HELPER_CASE(refusals)
 {
-    lockd_space *sp = space_open();
+    lockd_space *sp = space_open_rooted();
     struct disks held, d;
     struct guest g, g2;
     struct rows rs;
@@ -1677,7 +1647,7 @@ HELPER_CASE(refusals)
  */
 HELPER_CASE(stale_notice)
 {
-    lockd_space *sp = space_open();
+    lockd_space *sp = space_open_rooted();
     uint64_t id1, id2;
     struct guest g, g2;
     struct rows rs;
@@ -1800,7 +1770,7 @@ unpriv_main(void *arg)
 
 HELPER_CASE(credentials)
 {
-    lockd_space *sp = space_open(), *usp = NULL;
+    lockd_space *sp = space_open_rooted(), *usp = NULL;
     struct fsd *closed, *open_;
     struct unpriv u;
     struct guest g, other;
@@ -2258,7 +2228,7 @@ malformed_disconnects(const struct mal *m)
 
 HELPER_CASE(malformed)
 {
-    lockd_space *sp = space_open();
+    lockd_space *sp = space_open_rooted();
     struct guest g;
     struct disks d;
     struct fsd *s;
@@ -2301,7 +2271,7 @@ HELPER_CASE(malformed)
 
 HELPER_CASE(fd_exhaustion)
 {
-    lockd_space *sp = space_open();
+    lockd_space *sp = space_open_rooted();
     struct rlimit rl = {.rlim_cur = 48, .rlim_max = 48};
     char keys[64][LOCKD_KEY_SIZE];
     struct disks one;
@@ -2355,7 +2325,7 @@ HELPER_CASE(fd_exhaustion)
 
 HELPER_CASE(idle_exit_reactivation)
 {
-    lockd_space *sp = space_open();
+    lockd_space *sp = space_open_rooted();
     struct guest g;
     struct disks d;
     struct fsd *s;

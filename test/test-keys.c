@@ -8,6 +8,7 @@
  * that sha256sum and lockd agree with the outside world too.
  */
 #include "test.h"
+#include "util.h"
 
 #include <limits.h>
 
@@ -195,26 +196,11 @@ write_file(const char *path)
     close(fd);
 }
 
-static int
-exists(const char *path)
-{
-    struct stat st;
-
-    return lstat(path, &st) == 0;
-}
-
 static void
 xsymlink(const char *target, const char *path)
 {
     if (symlink(target, path) < 0)
         TEST_FAIL("symlink %s: %s", path, strerror(errno));
-}
-
-static void
-xmkdir(const char *path)
-{
-    if (mkdir(path, 0755) < 0)
-        TEST_FAIL("mkdir %s: %s", path, strerror(errno));
 }
 
 static const char *

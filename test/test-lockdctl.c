@@ -24,6 +24,7 @@
  * LOCKD_TEST_HELPER name other builds to run the same cases against.
  */
 #include "test.h"
+#include "util.h"
 
 #include <dirent.h>
 #include <limits.h>
@@ -34,7 +35,6 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/sysmacros.h>
 #include <sys/un.h>
 
 #include "lockd.h"
@@ -154,13 +154,6 @@ res_free(struct res *res)
         if ((res)->status != (st))                                                       \
             TEST_FAIL("lockdctl %s: status %d, expected %d\nstdout:\n%s\nstderr:\n%s",   \
                       #__VA_ARGS__, (res)->status, (st), (res)->out, (res)->err);        \
-    } while (0)
-
-#define ASSERT_CONTAINS(hay, needle)                                                     \
-    do {                                                                                 \
-        const char *_h = (hay), *_n = (needle);                                          \
-        if (!strstr(_h, _n))                                                             \
-            TEST_FAIL("\"%s\" not found in:\n%s", _n, _h);                               \
     } while (0)
 
 /* The number of lines in s. */
@@ -291,18 +284,12 @@ proc_finish(struct proc *p)
  * The lockspace, seen through the library
  */
 
-static const char *
-ls_dir(void)
-{
-    return test_path("ls");
-}
-
 /* Set up the case's environment: its own lockspace and socket, whatever the
  * caller's LOCKD_DIR or the machine's /run/lockd. */
 static void
 case_env(void)
 {
-    setenv("LOCKD_DIR", ls_dir(), 1);
+    setenv("LOCKD_DIR", space_dir(), 1);
     setenv("LOCKD_SOCKET", test_path("h.sock"), 1);
     unsetenv("LOCKD_TEST_MOUNTINFO");
     unsetenv("LOCKD_TEST_LOCK_FAIL");
@@ -314,14 +301,14 @@ space_ro(void)
 {
     lockd_space *s = NULL;
 
-    ASSERT_OK(lockd_space_open(ls_dir(), LOCKD_OPEN_READONLY, &s));
+    ASSERT_OK(lockd_space_open(space_dir(), LOCKD_OPEN_READONLY, &s));
     return s;
 }
 
 /* The key of a disk as lockdctl should compute it: a relative path is the
  * scratch directory (cwd) joined with it. */
 static void
-key_of(const char *disk, char *key)
+ctl_key(const char *disk, char *key)
 {
     char path[PATH_MAX + 256];
 
@@ -340,8 +327,8 @@ probe(const char *disk)
     lockd_space *s;
     int r;
 
-    key_of(disk, key);
-    r = lockd_space_open(ls_dir(), LOCKD_OPEN_READONLY, &s);
+    ctl_key(disk, key);
+    r = lockd_space_open(space_dir(), LOCKD_OPEN_READONLY, &s);
     if (r == -ENOENT)
         return LOCKD_FREE;
     ASSERT_OK(r);
@@ -355,7 +342,7 @@ probe(const char *disk)
 static int
 lease_files(void)
 {
-    DIR *d = opendir(ls_dir());
+    DIR *d = opendir(space_dir());
     struct dirent *de;
     int n = 0;
 
@@ -371,7 +358,7 @@ lease_files(void)
 static void
 assert_nothing_held(void)
 {
-    DIR *d = opendir(ls_dir());
+    DIR *d = opendir(space_dir());
     struct dirent *de;
     lockd_space *s;
 
@@ -422,7 +409,7 @@ make_lockspace(uint32_t flags)
 {
     lockd_space *s = NULL;
 
-    ASSERT_OK(lockd_space_open(ls_dir(), LOCKD_OPEN_CREATE | flags, &s));
+    ASSERT_OK(lockd_space_open(space_dir(), LOCKD_OPEN_CREATE | flags, &s));
     lockd_space_close(s);
 }
 
@@ -780,7 +767,7 @@ test_key_golden(void)
     /* No lockspace yet: verbatim keys need none, and lockdctl says what it
      * assumed, and creates nothing. */
     ASSERT_CONTAINS(r.err, "assuming verbatim");
-    ASSERT_TRUE(access(ls_dir(), F_OK) < 0);
+    ASSERT_TRUE(access(space_dir(), F_OK) < 0);
     res_free(&r);
     CTL_EXPECT(&r, 0, "key", "--resource", "rbd:pool/guest-disk",
                "iqn.2024-01.org.example:lun0");
@@ -799,7 +786,7 @@ test_key_relative_paths(void)
     make_lockspace(0);
     /* "." and repeated slashes go, ".." stays as written. */
     CTL_EXPECT(&r, 0, "key", "a//./b/../c.img");
-    key_of("a/b/../c.img", want);
+    ctl_key("a/b/../c.img", want);
     snprintf(line, sizeof(line), "%s  %s/a/b/../c.img\n", want, test_scratch);
     ASSERT_STR_EQ(r.out, line);
     ASSERT_STR_EQ(r.err, "");
@@ -856,7 +843,7 @@ test_key_mode_mismatch(void)
     CTL_EXPECT(&r, 1, "--key-mode", "canonical", "key", "/a.img");
     assert_one_line_error(&r, "verbatim");
     ASSERT_CONTAINS(r.err, "canonical");
-    ASSERT_CONTAINS(r.err, ls_dir());
+    ASSERT_CONTAINS(r.err, space_dir());
     res_free(&r);
     CTL_EXPECT(&r, 1, "--key-mode=canonical", "run", "/a.img", "--", "true");
     assert_one_line_error(&r, "canonical");
@@ -871,8 +858,8 @@ test_key_unrecorded_lockspace(void)
     struct res r;
 
     case_env();
-    ASSERT_OK(mkdir(ls_dir(), 0755) < 0 ? -errno : 0);
-    before = dir_listing(ls_dir());
+    ASSERT_OK(mkdir(space_dir(), 0755) < 0 ? -errno : 0);
+    before = dir_listing(space_dir());
     CTL_EXPECT(&r, 0, "--key-mode", "canonical", "key", "/a.img");
     ASSERT_CONTAINS(r.err, "records no key mode yet; assuming canonical");
     res_free(&r);
@@ -880,7 +867,7 @@ test_key_unrecorded_lockspace(void)
     ASSERT_CONTAINS(r.err, "assuming verbatim");
     res_free(&r);
     /* Read-only uses never write the settings. */
-    assert_listing(ls_dir(), before);
+    assert_listing(space_dir(), before);
     free(before);
 }
 
@@ -964,7 +951,7 @@ test_usage_errors(void)
                (char *)NULL);
     usage_case("status: takes no arguments", "status", "x", (char *)NULL);
     /* Nothing was created or held by any of them. */
-    ASSERT_TRUE(access(ls_dir(), F_OK) < 0);
+    ASSERT_TRUE(access(space_dir(), F_OK) < 0);
     /* A usage error while another holds the disk holds nothing either. */
     hold(&p, "a.img", NULL, NULL);
     usage_case("--wait=abc", "run", "--wait=abc", "a.img", "--", "true", (char *)NULL);
@@ -1071,31 +1058,21 @@ test_wait_times_out(void)
     ASSERT_INT_EQ(proc_finish(&p), 0);
 }
 
-/* Whether /proc/locks shows a blocked request ("->") on the lease of disk. */
+/* Whether /proc/locks shows a blocked request ("->") on the lease of disk;
+ * no lease file yet, or no /proc/locks, is no. */
 static int
-lock_waiter_on(const char *disk)
+lock_waiter_on_disk(const char *disk)
 {
-    char key[LOCKD_KEY_SIZE], line[256], path[PATH_MAX + 80];
+    char key[LOCKD_KEY_SIZE], path[PATH_MAX + 80];
     struct stat st;
     FILE *f;
-    int found = 0;
+    int found;
 
-    key_of(disk, key);
-    snprintf(path, sizeof(path), "%s/%s", ls_dir(), key);
+    ctl_key(disk, key);
+    snprintf(path, sizeof(path), "%s/%s", space_dir(), key);
     if (stat(path, &st) < 0 || !(f = fopen("/proc/locks", "re")))
         return 0;
-    while (!found && fgets(line, sizeof(line), f)) {
-        char *tok, *save = NULL;
-        unsigned maj, mnr;
-        unsigned long ino;
-
-        if (!strstr(line, "->"))
-            continue;
-        for (tok = strtok_r(line, " ", &save); tok; tok = strtok_r(NULL, " ", &save))
-            if (sscanf(tok, "%x:%x:%lu", &maj, &mnr, &ino) == 3 &&
-                maj == major(st.st_dev) && mnr == minor(st.st_dev) && ino == st.st_ino)
-                found = 1;
-    }
+    found = locks_blocked_on(f, &st);
     fclose(f);
     return found;
 }
@@ -1110,7 +1087,7 @@ test_wait_succeeds_when_holder_exits(void)
     spawn(&waiter, "run", "--wait", "a.img", "--", "sh", "-c", "echo got; exit 5",
           (char *)NULL);
     /* The kernel says the waiter is blocked on the lease. */
-    ASSERT_TRUE(WAIT_UNTIL(lock_waiter_on("a.img"), 5000));
+    ASSERT_TRUE(WAIT_UNTIL(lock_waiter_on_disk("a.img"), 5000));
     ASSERT_INT_EQ(proc_finish(&holder), 0);
     ASSERT_STR_EQ(proc_line(&waiter), "got");
     ASSERT_INT_EQ(proc_finish(&waiter), 5);
@@ -1175,7 +1152,7 @@ test_who(void)
     res_free(&r);
     CTL_EXPECT(&r, 0, "who", "--json", "a.img", "b.img");
     flat = json_flat(r.out);
-    key_of("a.img", want);
+    ctl_key("a.img", want);
     ASSERT_JSON(flat, ".disks#", "2");
     ASSERT_JSON(flat, ".disks[0].key", want);
     ASSERT_JSON(flat, ".disks[0].state", "exclusive");
@@ -1200,8 +1177,8 @@ test_who_posix_holder(void)
 
     case_env();
     make_lockspace(0);
-    key_of("/v/disk.img", key);
-    snprintf(path, sizeof(path), "%s/%s", ls_dir(), key);
+    ctl_key("/v/disk.img", key);
+    snprintf(path, sizeof(path), "%s/%s", space_dir(), key);
     ASSERT_OK(pipe(pfd));
     pid = fork();
     if (pid == 0) {
@@ -1237,8 +1214,8 @@ make_lease_files(int count)
 
     for (i = 0; i < count; i++) {
         snprintf(name, sizeof(name), "/gc/%d", i);
-        key_of(name, key);
-        snprintf(path, sizeof(path), "%s/%s", ls_dir(), key);
+        ctl_key(name, key);
+        snprintf(path, sizeof(path), "%s/%s", space_dir(), key);
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
         ASSERT_OK(fd < 0 ? -errno : 0);
         close(fd);
@@ -1601,7 +1578,7 @@ doctor(struct doc *d, int st)
     CTL_EXPECT(&j, st, "doctor", "--json");
     d->flat = json_flat(j.out);
     ASSERT_JSON(d->flat, ".ok", st == 0 ? "true" : "false");
-    ASSERT_JSON(d->flat, ".lockspace", ls_dir());
+    ASSERT_JSON(d->flat, ".lockspace", space_dir());
     res_free(&j);
 }
 
@@ -1644,7 +1621,7 @@ test_doctor_good(void)
     make_lockspace(0);
     make_lease_files(3);
     hold(&p, "/gc/1", NULL, NULL);
-    before = dir_listing(ls_dir());
+    before = dir_listing(space_dir());
     doctor(&d, 0);
     ASSERT_TRUE(strncmp(d.r.out, "lockspace ", 10) == 0);
     assert_doc_line(&d, "ok", "directory", "exists and is writable");
@@ -1661,7 +1638,7 @@ test_doctor_good(void)
     ASSERT_TRUE(json_get(d.flat, ".checks[0].message") != NULL);
     doc_free(&d);
     /* It changed nothing: no settings, no index, no scratch file. */
-    assert_listing(ls_dir(), before);
+    assert_listing(space_dir(), before);
     ASSERT_INT_EQ(proc_finish(&p), 0);
     /* With a helper answering. */
     helper = helper_start();
@@ -1682,13 +1659,13 @@ test_doctor_missing_and_unrecorded(void)
     assert_doc_line(&d, "error", "directory", "does not exist");
     ASSERT_CONTAINS(d.r.out, "1 error, 0 warnings");
     doc_free(&d);
-    ASSERT_TRUE(access(ls_dir(), F_OK) < 0);
+    ASSERT_TRUE(access(space_dir(), F_OK) < 0);
     /* An empty directory: no settings yet is fine, and stays so. */
-    ASSERT_OK(mkdir(ls_dir(), 0755) < 0 ? -errno : 0);
+    ASSERT_OK(mkdir(space_dir(), 0755) < 0 ? -errno : 0);
     doctor(&d, 0);
     assert_doc_line(&d, "note", "settings", "no .lockd-lockspace yet");
     doc_free(&d);
-    assert_listing(ls_dir(), ".\n..\n");
+    assert_listing(space_dir(), ".\n..\n");
     /* A settings file lockd does not understand. */
     write_file(test_path("ls/.lockd-lockspace"),
                "lockd-lockspace 99\nkey-mode verbatim\n");
@@ -1709,17 +1686,16 @@ test_doctor_read_only(void)
     ASSERT_OK(unshare(CLONE_NEWNS) < 0 ? -errno : 0);
     /* "none" where the type is ignored: valgrind objects to NULL there. */
     ASSERT_OK(mount("none", "/", "none", MS_REC | MS_PRIVATE, NULL) < 0 ? -errno : 0);
-    ASSERT_OK(mount(ls_dir(), ls_dir(), "none", MS_BIND, NULL) < 0 ? -errno : 0);
-    ASSERT_OK(mount("none", ls_dir(), "none", MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0
-                  ? -errno
-                  : 0);
+    ASSERT_OK(mount(space_dir(), space_dir(), "none", MS_BIND, NULL) < 0 ? -errno : 0);
+    ASSERT_OK(
+        sys(mount("none", space_dir(), "none", MS_REMOUNT | MS_BIND | MS_RDONLY, NULL)));
     doctor(&d, 1);
     assert_doc_line(&d, "error", "directory", "read-only filesystem");
     /* Locks still work there for reading (tested on the settings file). */
     assert_doc_line(&d, "ok", "locks", "the settings file");
     assert_doc_line(&d, "ok", "leases", "1 lease file: 0 held, 1 unused");
     doc_free(&d);
-    ASSERT_OK(umount(ls_dir()) < 0 ? -errno : 0);
+    ASSERT_OK(umount(space_dir()) < 0 ? -errno : 0);
 }
 
 static void
@@ -1736,7 +1712,7 @@ test_doctor_lock_fails(void)
     ASSERT_JSON(d.flat, ".checks[3].check", "locks");
     ASSERT_JSON(d.flat, ".checks[3].level", "error");
     doc_free(&d);
-    assert_listing(ls_dir(), ".\n..\n.lockd-lockspace\n");
+    assert_listing(space_dir(), ".\n..\n.lockd-lockspace\n");
 }
 
 /* A fake mountinfo that puts the lockspace on NFS with options opts. */

@@ -7,6 +7,7 @@
  * the lockspace and the caller's file descriptors.
  */
 #include "test.h"
+#include "util.h"
 
 #include <dirent.h>
 #include <grp.h>
@@ -43,13 +44,6 @@ path_printf(char *buf, size_t size, const char *fmt, ...)
 }
 
 static void
-xmkdir(const char *path)
-{
-    if (mkdir(path, 0755) < 0)
-        TEST_FAIL("mkdir %s: %s", path, strerror(errno));
-}
-
-static void
 write_text(const char *path, const char *text)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -76,37 +70,11 @@ read_text(const char *path, char *buf, size_t size)
 }
 
 static int
-exists(const char *path)
-{
-    struct stat st;
-
-    return lstat(path, &st) == 0;
-}
-
-static int
 is_regular(const char *path)
 {
     struct stat st;
 
     return lstat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-/* Open file descriptors of this process (the directory stream's own fd
- * counts every time, so comparisons are fair). */
-static int
-fd_count(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    struct dirent *de;
-    int n = 0;
-
-    if (!d)
-        TEST_FAIL("opendir /proc/self/fd: %s", strerror(errno));
-    while ((de = readdir(d)))
-        if (de->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n;
 }
 
 /* Names in dir other than "." and "..", counted; each must be one of the
@@ -218,12 +186,6 @@ assert_same_tree(const char *what, const char *before, const char *root)
  * check that a failed call leaves them alone. */
 static char untouched;
 #define UNTOUCHED(type) ((type *)(void *)&untouched)
-
-static void
-key_of(const char *name, char *key)
-{
-    ASSERT_OK(lockd_key_resource(name, strlen(name), key));
-}
 
 /* lockd_space_open that must fail: checks ret_space was not written. */
 static int
@@ -1051,7 +1013,7 @@ static int
 emfile_child(void *arg)
 {
     struct rlimit saved;
-    int base = fd_count(), low = lowest_free_fd(), r, ok_at = -1;
+    int base = count_fds(), low = lowest_free_fd(), r, ok_at = -1;
     lockd_space *s = UNTOUCHED(lockd_space);
 
     (void)arg;
@@ -1073,7 +1035,7 @@ emfile_child(void *arg)
         /* Whatever was taken before the failure was let go. */
         ASSERT_INT_EQ(lockd_probe(bc.space, bc.b, NULL), LOCKD_FREE);
         ASSERT_INT_EQ(lockd_probe(bc.space, bc.c, NULL), LOCKD_FREE);
-        ASSERT_INT_EQ(fd_count(), base);
+        ASSERT_INT_EQ(count_fds(), base);
     }
     /* Two leases need two fds: with one spare the second open failed. */
     if (ok_at < 0)
@@ -1237,8 +1199,8 @@ make_bad_fixtures(void)
 static void
 check_nothing_changed(const struct bad_case *c, const char *tree, int fds)
 {
-    if (fd_count() != fds)
-        TEST_FAIL("%s: %d open fds, %d before", c->name, fd_count(), fds);
+    if (count_fds() != fds)
+        TEST_FAIL("%s: %d open fds, %d before", c->name, count_fds(), fds);
     assert_same_tree(c->name, tree, test_scratch);
     if (probe_with_fresh_handle(bc.dir, bc.a) != LOCKD_EXCLUSIVE)
         TEST_FAIL("%s: lease a is no longer held", c->name);
@@ -1268,7 +1230,7 @@ test_bad_input(void)
     ASSERT_INT_EQ(probe_with_fresh_handle(bc.dir, bc.a), LOCKD_EXCLUSIVE);
 
     tree = snapshot(test_scratch);
-    fds = fd_count();
+    fds = count_fds();
     for (size_t i = 0; i < sizeof(bad_cases) / sizeof(bad_cases[0]); i++) {
         const struct bad_case *c = &bad_cases[i];
         int r = c->call();
@@ -1308,13 +1270,13 @@ test_emfile_creating(void)
     ASSERT_OK(lockd_space_open(test_path("space"), LOCKD_OPEN_CREATE, &s));
     key_of("created while out of fds", key);
     ASSERT_OK(getrlimit(RLIMIT_NOFILE, &saved));
-    base = fd_count();
+    base = count_fds();
     low = lowest_free_fd();
     for (extra = 0; extra <= 4 && r == -EMFILE; extra++) {
         set_nofile((rlim_t)(low + extra));
         r = acquire_one(s, key, LOCKD_EXCLUSIVE, LOCKD_TRY);
         set_nofile(saved.rlim_cur);
-        ASSERT_INT_EQ(fd_count(), base);
+        ASSERT_INT_EQ(count_fds(), base);
         ASSERT_INT_EQ(lockd_probe(s, key, NULL), LOCKD_FREE);
     }
     ASSERT_OK(r);
