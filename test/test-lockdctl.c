@@ -26,6 +26,7 @@
 #include "test.h"
 #include "util.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <limits.h>
 #include <pty.h>
@@ -727,9 +728,13 @@ replace(char *s, const char *from, const char *to)
     size_t len = 0, n = strlen(from);
     FILE *f = open_memstream(&buf, &len);
 
+    /* Whole words only: a pid's digits also occur inside keys. */
     while ((hit = strstr(p, from))) {
+        int word = (hit == s || isspace((unsigned char)hit[-1])) &&
+                   (hit[n] == '\0' || isspace((unsigned char)hit[n]));
+
         fwrite(p, 1, (size_t)(hit - p), f);
-        fputs(to, f);
+        fputs(word ? to : from, f);
         p = hit + n;
     }
     fputs(p, f);
