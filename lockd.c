@@ -684,9 +684,12 @@ lease_open(int dirfd, const char *key, struct stat *ret_st)
 /* The index lock: shared to create lease files, exclusive to delete them.
  * Opened afresh for every use, because an OFD lock belongs to the open file
  * description: sharing one between threads would let one thread's unlock drop
- * another's lock.  Released by closing the returned fd. */
+ * another's lock.  Released by closing the returned fd.  deadline as for
+ * lease_lock_wait(): a try or timed acquire must not wait out a gc. */
+static int lease_lock_wait(int fd, short type, int64_t deadline);
+
 static int
-index_lock(int dirfd, short type)
+index_lock(int dirfd, short type, int64_t deadline)
 {
     int fd, r;
 
@@ -698,7 +701,7 @@ index_lock(int dirfd, short type)
                     O_NOCTTY, 0600);
     if (fd < 0)
         return fd;
-    r = lease_lock(fd, F_OFD_SETLKW, type, NULL);
+    r = lease_lock_wait(fd, type, deadline);
     if (r < 0) {
         safe_close(fd);
         return r;
@@ -713,11 +716,11 @@ index_lock(int dirfd, short type)
  * after the grant sees that and starts over.  The file may already exist by
  * now: O_CREAT without O_EXCL opens it. */
 static int
-lease_create(int dirfd, const char *key, struct stat *ret_st)
+lease_create(int dirfd, const char *key, int64_t deadline, struct stat *ret_st)
 {
     int ifd, fd, r = 0;
 
-    ifd = index_lock(dirfd, F_RDLCK);
+    ifd = index_lock(dirfd, F_RDLCK, deadline);
     if (ifd < 0)
         return ifd;
     fd = open_retry(dirfd, key, LEASE_OPEN_FLAGS | O_CREAT, 0600);
@@ -815,7 +818,7 @@ lease_take(int dirfd, const char *key, int mode, int64_t deadline)
     for (tries = 0; tries < STALE_RETRIES_MAX; tries++) {
         fd = lease_open(dirfd, key, &st);
         if (fd == -ENOENT)
-            fd = lease_create(dirfd, key, &st);
+            fd = lease_create(dirfd, key, deadline, &st);
         if (fd < 0)
             return fd;
         r = lease_lock_wait(fd, type, deadline);
@@ -1024,8 +1027,12 @@ gc_one(int dirfd, const char *key)
     fd = lease_open(dirfd, key, &st);
     if (fd == -ENOENT)
         return 0;
+    /* Not a lease gc may judge (planted, or another user's 0600 file):
+     * leave it, and go on with the rest. */
+    if (fd == -ELOOP || fd == -EISDIR || fd == -ENXIO || fd == -EACCES || fd == -EPERM)
+        return 0;
     if (fd < 0)
-        return fd == -ELOOP || fd == -EISDIR || fd == -ENXIO ? 0 : fd;
+        return fd;
     r = lease_lock(fd, F_OFD_SETLK, F_WRLCK, NULL);
     if (r == -EAGAIN) {
         safe_close(fd);
@@ -1056,7 +1063,7 @@ lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,
         return -EINVAL;
     if (space->readonly)
         return -EBADF;
-    ifd = index_lock(space->dirfd, F_WRLCK);
+    ifd = index_lock(space->dirfd, F_WRLCK, -1);
     if (ifd < 0)
         return ifd;
     lfd = open_retry(space->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
@@ -1141,6 +1148,10 @@ out:
  *             str name, u32 leases }
  *   STATUS    (empty)
  *     reply   u64 owners, u64 leases, u64 stored
+ *   FORGET    as RELEASE, but the helper closes its copies without
+ *             unlocking: a client takes back a hand-over it still holds
+ *             itself (lockd_conn_handoff()'s all-or-nothing)
+ *     reply   u32 released
  *
  * A reply with status < 0 has an empty body.  A peer that sends anything
  * else (a short or oversized message, a bad magic, an unknown type, a body
@@ -1163,6 +1174,7 @@ enum {
     PROTO_LIST = 5,
     PROTO_OWNERS = 6,
     PROTO_STATUS = 7,
+    PROTO_FORGET = 8,
 };
 
 struct proto_hdr {
@@ -1519,12 +1531,12 @@ struct proto_req {
     const uint8_t *uuid;         /* REGISTER */
     const char *name;            /* REGISTER, not NUL-terminated */
     uint16_t name_len;
-    uint16_t count;              /* HANDOFF items, RELEASE/NOTICE ids */
-    struct proto_item items[PROTO_FDS_MAX];
-    const uint8_t *ids;          /* RELEASE/NOTICE: count x u64, unaligned */
+    uint16_t count;              /* HANDOFF items, RELEASE/NOTICE/FORGET ids */
+    const uint8_t *ids;          /* RELEASE/NOTICE/FORGET: count x u64, unaligned */
     const uint8_t *key;          /* LIST: NULL for any, else key_buf */
-    uint8_t key_buf[PROTO_KEY_BYTES]; /* a copy: replies may reuse the buffer */
     uint64_t cursor;             /* LIST, OWNERS */
+    uint8_t key_buf[PROTO_KEY_BYTES]; /* a copy: replies may reuse the buffer */
+    struct proto_item items[PROTO_FDS_MAX]; /* last: not cleared per request */
 };
 
 static uint64_t
@@ -1576,6 +1588,7 @@ decode_body(struct proto_rd *rd, struct proto_req *req)
         break;
     case PROTO_RELEASE:
     case PROTO_NOTICE:
+    case PROTO_FORGET:
         req->pid = rd_i32(rd);
         req->count = rd_u16(rd);
         req->ids = rd_take(rd, (size_t)8 * req->count);
@@ -1641,6 +1654,8 @@ proto_decode_request(const uint8_t *buf, size_t len, size_t nfds, struct proto_r
 
 struct lockd_conn {
     int sock;
+    int broken; /* a reply went missing or made no sense: out of step */
+    int status_reply; /* the last call's error came from the helper itself */
     uint32_t serial;
     uint8_t buf[PROTO_HDR_SIZE + PROTO_BODY_MAX];
 };
@@ -1716,6 +1731,7 @@ lockd_conn_open(const char *path, lockd_conn **ret_conn)
         return r;
     }
     c->sock = r;
+    c->broken = 0;
     c->serial = 0;
     *ret_conn = c;
     return 0;
@@ -1748,8 +1764,8 @@ conn_begin(lockd_conn *c, struct proto_wr *wr, uint16_t type, uint32_t nfds)
  * -EPROTO: the connection is then out of step and should be closed.
  */
 static int
-conn_call(lockd_conn *c, struct proto_wr *wr, const int *fds, size_t nfds,
-          struct proto_rd *ret_body)
+conn_call_once(lockd_conn *c, struct proto_wr *wr, const int *fds, size_t nfds,
+               struct proto_rd *ret_body)
 {
     struct proto_hdr req, rep;
     struct proto_rd body;
@@ -1781,10 +1797,36 @@ conn_call(lockd_conn *c, struct proto_wr *wr, const int *fds, size_t nfds,
         return rep.status < 0 ? -EPROTONOSUPPORT : -EPROTO;
     if (rep.type != req.type || rep.serial != req.serial)
         return -EPROTO;
-    if (rep.status < 0)
-        return rep.status >= -4095 ? rep.status : -EPROTO;
+    if (rep.status < 0) {
+        c->status_reply = rep.status >= -4095;
+        return c->status_reply ? rep.status : -EPROTO;
+    }
     *ret_body = body;
     return 0;
+}
+
+/*
+ * A call whose reply was lost (timeout) or made no sense leaves the
+ * connection out of step: a late reply would be taken for the next
+ * request's.  So the connection is shut down and every later call on it
+ * fails with -ENOTCONN; the caller reconnects.  A helper's own -errno answer
+ * is a clean reply and leaves the connection usable.
+ */
+static int
+conn_call(lockd_conn *c, struct proto_wr *wr, const int *fds, size_t nfds,
+          struct proto_rd *ret_body)
+{
+    int r;
+
+    if (c->broken)
+        return -ENOTCONN;
+    c->status_reply = 0;
+    r = conn_call_once(c, wr, fds, nfds, ret_body);
+    if (r < 0 && !c->status_reply) {
+        c->broken = 1;
+        (void)shutdown(c->sock, SHUT_RDWR);
+    }
+    return r;
 }
 
 static int
@@ -1865,6 +1907,9 @@ handoff_fit(const lockd_lease *l, const char *const *names, size_t first)
     return i - first;
 }
 
+static int release_all(lockd_conn *c, uint16_t type, int32_t pid, size_t n,
+                       const uint64_t *ids);
+
 LOCKD_API int
 lockd_conn_handoff(lockd_conn *conn, int32_t pid, const lockd_lease *lease,
                    const char *const *names, uint64_t *ret_ids)
@@ -1888,9 +1933,11 @@ lockd_conn_handoff(lockd_conn *conn, int32_t pid, const lockd_lease *lease,
             break;
     }
     if (r < 0 && i > 0)
-        /* All or nothing: take back what earlier messages handed over.  The
-         * leases stay held through our own fds. */
-        (void)lockd_conn_release(conn, pid, i, ids);
+        /* All or nothing: take back what earlier messages handed over.  A
+         * release would unlock, and the unlock applies to the open file
+         * description we share with the helper: FORGET makes it only close
+         * its copies, so the leases stay held through ours. */
+        (void)release_all(conn, PROTO_FORGET, pid, i, ids);
     else if (r == 0 && ret_ids)
         memcpy(ret_ids, ids, lease->n * sizeof(*ids));
     free(ids);
@@ -1914,6 +1961,8 @@ release_send(lockd_conn *c, uint16_t type, int32_t pid, size_t n, const uint64_t
         wr_u64(&wr, ids[i]);
     if (type == PROTO_NOTICE) {
         r = proto_finish(&wr);
+        if (r == 0 && c->broken)
+            r = -ENOTCONN;
         return r < 0 ? r : proto_send(c->sock, wr.buf, wr.len, NULL, 0);
     }
     r = conn_call(c, &wr, NULL, 0, &rd);

@@ -309,7 +309,11 @@ LOCKD_API int lockd_gc(lockd_space *space, lockd_progress_fn progress, void *use
  * another protocol version), -ETIMEDOUT (no reply within 30 s), -EPIPE /
  * -ECONNRESET (the helper went away), -EPERM (the credentials rules above),
  * -ESRCH (no such owner, or no such live process), -EMFILE (the helper is
- * out of descriptors), and -EINVAL for bad arguments.
+ * out of descriptors), and -EINVAL for bad arguments.  After -ETIMEDOUT,
+ * -EPROTO or a transport error the connection is out of step with the
+ * helper and is shut down: every later call on it gives -ENOTCONN, and the
+ * caller reconnects.  An error the helper answered (-EPERM, -ESRCH, ...)
+ * leaves the connection usable.
  */
 
 typedef struct lockd_conn lockd_conn;
@@ -353,8 +357,11 @@ LOCKD_API int lockd_conn_register(lockd_conn *conn, int32_t pid, int pidfd, cons
  * lockd_lease_forget() to let the helper be the only holder, or keep them
  * and release with lockd_conn_release_notice().
  * Errors: -EBADFD, -ESRCH (pid is not a registered owner), -EDQUOT (the
- * per-uid lease limit), and the common ones.  On failure the helper holds
- * none of them.
+ * per-uid lease limit), -ENAMETOOLONG (a name over LOCKD_NAME_MAX), and the
+ * common ones.  On failure the helper keeps none of them and lease still
+ * holds every lease (a multi-message hand-over is taken back with a request
+ * that closes the helper's copies without unlocking); if the connection
+ * broke mid-way, the helper may keep copies until their owner exits.
  */
 LOCKD_API int lockd_conn_handoff(lockd_conn *conn, int32_t pid, const lockd_lease *lease,
                                  const char *const *names, uint64_t *ret_ids);
@@ -391,7 +398,8 @@ typedef int (*lockd_list_fn)(void *userdata, uint64_t lease_id, int mode, const 
 /*
  * List the leases the helper holds (those the caller may see), for owner pid
  * only if pid > 0, for the lease key only if key is not NULL.  Calls fn once
- * per lease.  Returns 0, fn's non-zero value, or -errno.
+ * per lease; fn must not use conn (the page it reads from lives in it).
+ * Returns 0, fn's non-zero value, or -errno.
  */
 LOCKD_API int lockd_conn_list(lockd_conn *conn, int32_t pid, const char *key, lockd_list_fn fn,
                               void *userdata);
@@ -400,7 +408,8 @@ LOCKD_API int lockd_conn_list(lockd_conn *conn, int32_t pid, const char *key, lo
 typedef int (*lockd_owner_fn)(void *userdata, int32_t pid, uint32_t uid, const char *uuid,
                               const char *name, uint32_t leases);
 
-/* List the registered owners the caller may see.  As lockd_conn_list(). */
+/* List the registered owners the caller may see.  As lockd_conn_list(),
+ * and likewise fn must not use conn. */
 LOCKD_API int lockd_conn_owners(lockd_conn *conn, lockd_owner_fn fn, void *userdata);
 
 /*
