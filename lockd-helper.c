@@ -56,7 +56,7 @@
  * id is never reused and a stale release notice cannot touch a newer lease.
  */
 struct lease {
-    uint32_t gen;   /* 0: slot free */
+    uint64_t gen;   /* 0: slot free; never reused, never wraps */
     int fd;
     uint32_t owner; /* owner slot */
     uint32_t prev, next; /* the owner's list; free list through next */
@@ -68,7 +68,7 @@ struct lease {
 
 struct owner {
     int32_t pid; /* 0: slot free */
-    uint32_t gen; /* unique, like a lease's: names its pidfd in the fd store */
+    uint64_t gen; /* unique, like a lease's: names its pidfd in the fd store */
     uint32_t uid; /* of the client that registered it */
     int pidfd;
     uint32_t head; /* first lease */
@@ -132,9 +132,13 @@ static struct {
     uint64_t state_start, state_end;
 
     int quit, reexec;
-    /* A decoded request points into `in`, so replies (and state snapshots)
-     * are written to `out`: a reply never overwrites what it answers. */
+    int compact_due; /* the fd store's state log has grown: compact it */
+    int listen_paused; /* out of fds: not accepting until the reserve refills */
+    /* A decoded request points into `in`, so replies are written to `out`:
+     * a reply never overwrites what it answers.  (State snapshots have a
+     * buffer of their own, and are taken between events.) */
     uint8_t in[PROTO_HDR_SIZE + PROTO_BODY_MAX];
+    struct proto_req req; /* the request decoded from `in` */
     uint8_t out[PROTO_HDR_SIZE + PROTO_BODY_MAX];
 } H = {.listen_fd = -1, .epoll_fd = -1, .signal_fd = -1, .fdinfo_dir = -1, .state_fd = -1,
        .probe_fd = -1, .probe_info = -1, .null_fd = -1,
@@ -353,7 +357,7 @@ owner_slot(const struct owner *o)
 static uint64_t
 lease_id(uint32_t slot)
 {
-    return (uint64_t)H.leases[slot].gen << 32 | slot;
+    return (uint64_t)(uint32_t)H.leases[slot].gen << 32 | slot;
 }
 
 /* The lease slot an id names, or NONE if it is not a live lease. */
@@ -363,7 +367,7 @@ lease_by_id(uint64_t id)
     uint32_t slot = (uint32_t)id;
 
     if (slot >= H.nlease_slots || H.leases[slot].gen == 0 ||
-        H.leases[slot].gen != (uint32_t)(id >> 32))
+        (uint32_t)H.leases[slot].gen != (uint32_t)(id >> 32))
         return NONE;
     return slot;
 }
@@ -503,23 +507,31 @@ lease_link(uint32_t slot)
     changed();
 }
 
-/* Release one lease: unlock, close, forget. */
+/* Let go of one lease: unlock (unless the client that handed it over takes
+ * it back, keeping the lock through its own copy), close, forget. */
 static void
-lease_free(uint32_t slot, const char *why)
+lease_free_how(uint32_t slot, const char *why, int unlock)
 {
     struct lease *l = &H.leases[slot];
     struct owner *o = &H.owners[l->owner];
     struct uid_count *u = uid_find(o->uid, 0);
-    char key[LOCKD_KEY_SIZE];
 
-    key_to_hex(l->key, key);
-    log_debug("released lease %llu (%s) of pid %d: %s", (unsigned long long)lease_id(slot),
-              l->disk && *l->disk ? l->disk : key, (int)o->pid, why);
-    /* The state log says "gone" before the store lets go, so a crash in
-     * between leaves a record without an fd, which adoption skips. */
+    if (H.verbose) {
+        char key[LOCKD_KEY_SIZE];
+
+        key_to_hex(l->key, key);
+        log_debug("released lease %llu (%s) of pid %d: %s", (unsigned long long)lease_id(slot),
+                  l->disk && *l->disk ? l->disk : key, (int)o->pid, why);
+    }
+    /* The state log says "gone" before the store lets go; a crash in
+     * between leaves the fd in the store with a FREE record after it, and
+     * adoption releases it (restore_free). */
     state_log_lease(slot, 0);
     store_remove_lease(slot);
-    (void)lease_drop(l->fd);
+    if (unlock)
+        (void)lease_drop(l->fd);
+    else
+        safe_close(l->fd);
     if (l->prev != NONE)
         H.leases[l->prev].next = l->next;
     else
@@ -536,6 +548,12 @@ lease_free(uint32_t slot, const char *why)
     l->next = H.lease_free;
     H.lease_free = slot;
     changed();
+}
+
+static void
+lease_free(uint32_t slot, const char *why)
+{
+    lease_free_how(slot, why, 1);
 }
 
 static void
@@ -586,7 +604,7 @@ owner_new(int32_t pid, uint32_t uid, int pidfd)
         o = &H.owners[old];
     }
     o->pid = pid;
-    o->gen = (uint32_t)H.next_gen++;
+    o->gen = H.next_gen++;
     o->uid = uid;
     o->pidfd = pidfd;
     o->head = NONE;
@@ -691,7 +709,8 @@ do_register(struct conn *c, const struct proto_req *req, int pidfd)
     }
     log_info("owner pid %d (%s) registered by uid %u", (int)o->pid, o->name, c->uid);
     state_log_owner(o, 1);
-    store_push_owner(o);
+    /* Its pidfd goes to the fd store with its first lease, not before: an
+     * owner without leases has nothing to keep across a crash. */
     return 0;
 }
 
@@ -757,7 +776,7 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
 
         (void)lease_slot_alloc(&slot); /* cannot fail: reserved above */
         l = &H.leases[slot];
-        l->gen = (uint32_t)H.next_gen++;
+        l->gen = H.next_gen++;
         l->fd = fds[i];
         l->owner = owner_slot(o);
         l->mode = req->items[i].mode;
@@ -779,7 +798,7 @@ do_release(struct conn *c, const struct proto_req *req, struct proto_wr *wr)
 
     if (!o || !may_see(c, o))
         return -ESRCH;
-    if (req->count == 0) {
+    if (req->count == 0 && req->hdr.type != PROTO_FORGET) {
         n = o->nleases;
         owner_release_all(o, "released by request");
     }
@@ -788,7 +807,10 @@ do_release(struct conn *c, const struct proto_req *req, struct proto_wr *wr)
 
         if (slot == NONE || H.leases[slot].owner != owner_slot(o))
             continue; /* stale, or another owner's: never touched */
-        lease_free(slot, "released by request");
+        if (req->hdr.type == PROTO_FORGET)
+            lease_free_how(slot, "taken back by its client", 0);
+        else
+            lease_free(slot, "released by request");
         n++;
     }
     if (wr)
@@ -893,9 +915,36 @@ static const char *
 type_name(uint16_t type)
 {
     static const char *const names[] = {"?",    "register", "handoff", "release",
-                                        "notice", "list",   "owners",  "status"};
+                                        "notice", "list",   "owners",  "status",
+                                        "forget"};
 
     return type < sizeof(names) / sizeof(names[0]) ? names[type] : "?";
+}
+
+/* STATUS: root sees the totals; anyone else the counts of the owners its
+ * uid registered, like every other listing. */
+static void
+status_counts(const struct conn *c, struct proto_wr *wr)
+{
+    uint64_t owners = 0, leases = 0, stored = 0;
+    uint32_t i, l;
+
+    if (c->uid == 0) {
+        owners = H.nowners;
+        leases = H.nleases;
+        stored = H.store_on ? H.store_leases : 0;
+    }
+    for (i = 0; c->uid != 0 && i < H.nowner_slots; i++) {
+        if (!H.owners[i].pid || !may_see(c, &H.owners[i]))
+            continue;
+        owners++;
+        leases += H.owners[i].nleases;
+        for (l = H.owners[i].head; l != NONE; l = H.leases[l].next)
+            stored += H.leases[l].stored;
+    }
+    wr_u64(wr, owners);
+    wr_u64(wr, leases);
+    wr_u64(wr, stored);
 }
 
 /* Handle one received request; fds are ours to keep or close. */
@@ -919,7 +968,8 @@ dispatch(struct conn *c, const struct proto_req *req, int *fds, size_t nfds, int
             break;
         case PROTO_RELEASE:
         case PROTO_NOTICE:
-            r = do_release(c, req, req->hdr.type == PROTO_RELEASE ? &wr : NULL);
+        case PROTO_FORGET:
+            r = do_release(c, req, req->hdr.type != PROTO_NOTICE ? &wr : NULL);
             break;
         case PROTO_LIST:
             page(c, req, H.nlease_slots, lease_row, &wr);
@@ -928,9 +978,7 @@ dispatch(struct conn *c, const struct proto_req *req, int *fds, size_t nfds, int
             page(c, req, H.nowner_slots, owner_row, &wr);
             break;
         case PROTO_STATUS:
-            wr_u64(&wr, H.nowners);
-            wr_u64(&wr, H.nleases);
-            wr_u64(&wr, H.store_on ? H.store_leases : 0);
+            status_counts(c, &wr);
             break;
         }
     }
@@ -981,6 +1029,19 @@ reserve_free(void)
     }
 }
 
+/* After fds ran out: refill the reserve and, once it is whole, accept
+ * connections again. */
+static void
+reserve_listen_again(void)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = TAG_LISTEN};
+
+    reserve_fill();
+    if (H.listen_paused && H.reserve[RESERVE_FDS - 1] >= 0 &&
+        epoll_ctl(H.epoll_fd, EPOLL_CTL_MOD, H.listen_fd, &ev) == 0)
+        H.listen_paused = 0;
+}
+
 static int
 conn_add(int fd)
 {
@@ -1017,10 +1078,19 @@ on_listen(void)
 {
     int fd = accept4(H.listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
-    if (fd < 0 && (errno == EMFILE || errno == ENFILE)) {
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE) && H.reserve[0] >= 0) {
         log_err("out of file descriptors: %d leases held", (int)H.nleases);
         reserve_free();
         fd = accept4(H.listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    }
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE)) {
+        /* Still none: stop watching the (level-triggered) listening socket
+         * until the reserve can be refilled, or the loop would spin. */
+        struct epoll_event ev = {.events = 0, .data.u64 = TAG_LISTEN};
+
+        if (epoll_ctl(H.epoll_fd, EPOLL_CTL_MOD, H.listen_fd, &ev) == 0)
+            H.listen_paused = 1;
+        return;
     }
     if (fd < 0)
         return;
@@ -1031,25 +1101,20 @@ on_listen(void)
 static void
 on_conn(struct conn *c)
 {
-    struct proto_req *req;
+    struct proto_req *req = &H.req;
     int fds[PROTO_FDS_MAX];
     size_t nfds = 0;
     ssize_t n;
     int r;
 
     n = proto_recv(c->fd, H.in, sizeof(H.in), fds, &nfds, 0);
-    if (n == -EAGAIN || n == -ETIMEDOUT)
+    if (n == -ETIMEDOUT) /* proto_recv's EAGAIN: nothing there after all */
         return;
     if (n <= 0) {
         if (n < 0)
             log_notice("dropped connection of uid %u pid %d: %s", c->uid, (int)c->pid,
                        strerror((int)-n));
         conn_drop(c);
-        return;
-    }
-    req = malloc(sizeof(*req));
-    if (!req) {
-        close_all(fds, nfds == PROTO_FDS_LOST ? 0 : nfds);
         return;
     }
     r = proto_decode_request(H.in, (size_t)n, nfds, req);
@@ -1063,9 +1128,6 @@ on_conn(struct conn *c)
         conn_drop(c);
     } else
         dispatch(c, req, fds, nfds, r);
-    free(req);
-    if (H.reserve[0] < 0)
-        reserve_fill();
 }
 
 /* ------------------------------------------------------------------------
@@ -1074,13 +1136,13 @@ on_conn(struct conn *c)
  * A state is a header and a sequence of records in a memfd:
  *   header  "lockdst\0", u32 version, u32 0, u64 start, u64 end
  *   records u8 type, u16 length, body; between start and end
- *     OWNER   i32 pid, u32 gen, u32 uid, i32 pidfd, u8 flags, uuid, str name
+ *     OWNER   i32 pid, u64 gen, u32 uid, i32 pidfd, u8 flags, uuid, str name
  *     GONE    i32 pid                          an owner removed
- *     LEASE   u32 slot, u32 gen, i32 fd, i32 owner pid, u8 flags, u8 mode,
+ *     LEASE   u32 slot, u64 gen, i32 fd, i32 owner pid, u8 flags, u8 mode,
  *             key, str disk
  *     FREE    u32 slot                         a lease released
  *   flags: bit 0, the fd is in systemd's fd store
- *     LISTEN  i32 fd
+ *     LISTEN  i32 fd, i32 bound (the helper bound the socket path itself)
  *     CONN    i32 fd, u32 uid, i32 pid
  *     GEN     u64 next generation
  * For re-exec the helper writes a snapshot of everything, with fd numbers.
@@ -1124,7 +1186,7 @@ rec_owner(struct proto_wr *wr, const struct owner *o, int with_fds)
 
     rec_begin(wr, ST_OWNER);
     wr_i32(wr, o->pid);
-    wr_u32(wr, o->gen);
+    wr_u64(wr, o->gen);
     wr_u32(wr, o->uid);
     wr_i32(wr, with_fds ? o->pidfd : -1);
     wr_u8(wr, o->stored);
@@ -1141,7 +1203,7 @@ rec_lease(struct proto_wr *wr, uint32_t slot, int with_fds)
 
     rec_begin(wr, ST_LEASE);
     wr_u32(wr, slot);
-    wr_u32(wr, l->gen);
+    wr_u64(wr, l->gen);
     wr_i32(wr, with_fds ? l->fd : -1);
     wr_i32(wr, H.owners[l->owner].pid);
     wr_u8(wr, l->stored);
@@ -1165,7 +1227,8 @@ rec_small(struct proto_wr *wr, uint8_t type, const void *p, size_t n)
 static int64_t
 state_snapshot(int fd, uint64_t offset, int with_fds)
 {
-    struct proto_wr wr = {.buf = H.out, .cap = sizeof(H.out)};
+    static uint8_t buf[PROTO_HDR_SIZE + PROTO_BODY_MAX]; /* never a reply's buffer */
+    struct proto_wr wr = {.buf = buf, .cap = sizeof(buf)};
     uint32_t i;
 
 #define FLUSH_IF(need)                                                              \
@@ -1180,7 +1243,9 @@ state_snapshot(int fd, uint64_t offset, int with_fds)
 
     rec_small(&wr, ST_GEN, &H.next_gen, 8);
     if (with_fds) {
-        rec_small(&wr, ST_LISTEN, &H.listen_fd, 4);
+        int32_t lv[2] = {H.listen_fd, H.bound};
+
+        rec_small(&wr, ST_LISTEN, lv, sizeof(lv));
         for (i = 0; i < CONN_MAX; i++)
             if (H.conns[i].fd >= 0) {
                 int32_t v[3] = {H.conns[i].fd, (int32_t)H.conns[i].uid, H.conns[i].pid};
@@ -1263,7 +1328,7 @@ state_log_lease(uint32_t slot, int add)
     /* Keep the log within a few snapshots' size: compaction writes a fresh
      * snapshot after the log and moves `start` to it in one header write. */
     if (H.state_end - H.state_start > 4 * ((uint64_t)H.nleases * 96 + 65536))
-        state_compact();
+        H.compact_due = 1; /* after this event, when the state is whole again */
 }
 
 static void
@@ -1325,7 +1390,8 @@ static int
 restore_owner(struct proto_rd *rd, struct adopt *a)
 {
     int32_t pid = rd_i32(rd), fd;
-    uint32_t gen = rd_u32(rd), uid = rd_u32(rd);
+    uint64_t gen = rd_u64(rd);
+    uint32_t uid = rd_u32(rd);
     int32_t pidfd = rd_i32(rd);
     uint8_t flags = rd_u8(rd);
     const uint8_t *uuid = rd_take(rd, PROTO_UUID_BYTES);
@@ -1336,7 +1402,7 @@ restore_owner(struct proto_rd *rd, struct adopt *a)
     if (rd->bad || pid <= 0 || gen == 0)
         return -EPROTO;
     if (gen >= H.next_gen)
-        H.next_gen = (uint64_t)gen + 1;
+        H.next_gen = gen + 1;
     o = owner_find(pid);
     if (o) { /* an update of uuid and name */
         memcpy(o->uuid, uuid, PROTO_UUID_BYTES);
@@ -1366,7 +1432,8 @@ restore_owner(struct proto_rd *rd, struct adopt *a)
 static int
 restore_lease(struct proto_rd *rd, struct adopt *a)
 {
-    uint32_t slot = rd_u32(rd), gen = rd_u32(rd);
+    uint32_t slot = rd_u32(rd);
+    uint64_t gen = rd_u64(rd);
     int32_t fd = rd_i32(rd), pid = rd_i32(rd);
     uint8_t flags = rd_u8(rd), mode = rd_u8(rd);
     const uint8_t *key = rd_take(rd, PROTO_KEY_BYTES);
@@ -1378,14 +1445,15 @@ restore_lease(struct proto_rd *rd, struct adopt *a)
     if (rd->bad || gen == 0 || mode > LOCKD_SHARED || slot >= LEASE_SLOTS_MAX || pid <= 0)
         return -EPROTO;
     if (gen >= H.next_gen)
-        H.next_gen = (uint64_t)gen + 1;
+        H.next_gen = gen + 1;
     fd = adopt_fd(a, fd, 'L', gen);
     if (fd < 0)
         return 0; /* not in the store (past its bound): that lease is gone */
     o = owner_find(pid);
     if (!o) {
         /* Never close what might be a held lease (see state_restore). */
-        log_warn("lease %u of pid %d has no owner: kept open, unmanaged", gen, (int)pid);
+        log_warn("lease %llu of pid %d has no owner: kept open, unmanaged",
+                 (unsigned long long)gen, (int)pid);
         return 0;
     }
     if (lease_slot_claim(slot) < 0)
@@ -1444,9 +1512,11 @@ restore_record(uint8_t type, struct proto_rd *rd, struct adopt *a)
         restore_free(rd_u32(rd));
         return 0;
     case ST_LISTEN:
-        v[0] = rd_i32(rd);
-        if (a->reexec && !rd->bad && fcntl(v[0], F_GETFD) >= 0)
+        v[0] = rd_i32(rd), v[1] = rd_i32(rd);
+        if (a->reexec && !rd->bad && fcntl(v[0], F_GETFD) >= 0) {
             H.listen_fd = v[0];
+            H.bound = v[1] != 0; /* so the new image removes the socket at exit */
+        }
         return 0;
     case ST_CONN:
         v[0] = rd_i32(rd), v[1] = rd_i32(rd), v[2] = rd_i32(rd);
@@ -2016,7 +2086,9 @@ loop_timeout_ms(void)
         if (t < 0 || due - now < t)
             t = due > now ? due - now : 0;
     }
-    return t < 0 ? -1 : (int)(t / 1000000 + 1);
+    if (t < 0)
+        return -1;
+    return t / 1000000 + 1 > INT_MAX ? INT_MAX : (int)(t / 1000000 + 1);
 }
 
 static void
@@ -2073,6 +2145,12 @@ run(void)
             on_event(&evs[i]);
         if (H.nconns || H.nleases)
             H.idle_since_ns = mono_ns();
+        if (H.reserve[RESERVE_FDS - 1] < 0 || H.listen_paused)
+            reserve_listen_again();
+        if (H.compact_due && H.state_fd >= 0) {
+            H.compact_due = 0;
+            state_compact();
+        }
         on_timers();
         if (H.reexec) {
             H.reexec = 0;

@@ -1701,6 +1701,105 @@ HELPER_CASE(stale_notice)
     lockd_space_close(sp);
 }
 
+/*
+ * A hand-over too big for one message goes in several, all or nothing.  If
+ * a later message is refused, the earlier ones are taken back without
+ * unlocking: the helper shares the open file descriptions with the manager,
+ * and an unlock there would free the manager's own leases.  Here the 280th
+ * of 300 leases is unlocked behind the library's back, so the second
+ * message is refused.
+ */
+HELPER_CASE(handoff_rollback)
+{
+    enum { N = 300, BAD = 280 };
+    lockd_space *sp = space_open_rooted();
+    static char key[N][LOCKD_KEY_SIZE];
+    const char *keys[N];
+    struct guest g;
+    struct fsd *s;
+    lockd_lease *l;
+    lockd_conn *c;
+    size_t i;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(s);
+    guest_start(&g);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    for (i = 0; i < N; i++) {
+        char name[64];
+
+        snprintf(name, sizeof(name), "/images/big-%zu.qcow2", i);
+        ASSERT_OK(lockd_space_key(sp, name, key[i]));
+        keys[i] = key[i];
+    }
+    ASSERT_OK(lockd_acquire(sp, N, keys, NULL, LOCKD_TRY, &l));
+    set_lock(lockd_lease_fd(l, BAD), F_UNLCK);
+    ASSERT_ERR(lockd_conn_handoff(c, g.pid, l, NULL, NULL), EBADFD);
+    /* The helper keeps nothing, and every lease but the one unlocked is
+     * still held, through our copies alone. */
+    assert_counts(status_on(c), 1, 0);
+    for (i = 0; i < N; i++) {
+        const char *k = lockd_lease_key(l, i);
+
+        ASSERT_INT_EQ(probe(sp, k), i == BAD ? LOCKD_FREE : LOCKD_EXCLUSIVE);
+        if (i % 50 == 0)
+            ASSERT_INT_EQ(proc_fds(s->pid, k), 0);
+    }
+    ASSERT_OK(lockd_lease_release(l));
+    ASSERT_INT_EQ(probe(sp, keys[0]), LOCKD_FREE);
+    lockd_conn_close(c);
+    guest_end(&g);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+
+/*
+ * A reply that makes no sense leaves the connection out of step: the
+ * library shuts it down and every later call fails with -ENOTCONN, instead
+ * of taking the next reply for the wrong request.  A fake helper answers
+ * the first request with garbage and must then see the client hang up, not
+ * send a second request.
+ */
+static int
+garbage_server(void *arg)
+{
+    int lfd = *(int *)arg, fd;
+    static uint8_t buf[65536];
+    ssize_t n;
+
+    fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0 || recv(fd, buf, sizeof(buf), 0) <= 0 || send(fd, "junk", 4, 0) != 4)
+        return 1;
+    /* Anything more from the client is a failure; a hang-up is the pass. */
+    n = recv(fd, buf, sizeof(buf), 0);
+    return n == 0 ? 0 : 2;
+}
+
+HELPER_CASE(client_out_of_step)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    lockd_conn *c = NULL;
+    pid_t pid;
+
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", test_path("junk.sock"));
+    ASSERT_TRUE(lfd >= 0);
+    ASSERT_OK(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno : 0);
+    ASSERT_OK(listen(lfd, 4) < 0 ? -errno : 0);
+    pid = spawn(garbage_server, &lfd, &lfd, 1);
+    ASSERT_OK(lockd_conn_open(sa.sun_path, &c));
+    ASSERT_ERR(lockd_conn_status(c, NULL, NULL, NULL), EPROTO);
+    ASSERT_ERR(lockd_conn_status(c, NULL, NULL, NULL), ENOTCONN);
+    ASSERT_ERR(lockd_conn_release_notice(c, 1, 0, NULL), ENOTCONN);
+    lockd_conn_close(c);
+    ASSERT_INT_EQ(test_wait(pid), 0);
+    close(lfd);
+}
+
 /* ------------------------------------------------------------------------
  * Credentials
  */
@@ -2516,6 +2615,8 @@ main(int argc, char **argv)
     RUN(only, reexec_under_load, 120);
     RUN(only, refusals, 60);
     RUN(only, stale_notice, 60);
+    RUN(only, handoff_rollback, 60);
+    RUN(only, client_out_of_step, 60);
     RUN(only, credentials, 60);
     RUN(only, malformed, 60);
     RUN(only, fd_exhaustion, 60);
