@@ -571,6 +571,8 @@ cmd_doctor(const struct opts *o, int argc, char **argv)
     (void)argv;
     if (argc > 0)
         return usage_error("doctor: takes no arguments");
+    if (no_lockspace(o) != 0)
+        return EXIT_FAIL;
     if (o->json) {
         printf("{\"lockspace\":");
         json_str(o->dir);

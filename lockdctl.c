@@ -187,7 +187,9 @@ disk_path(const char *in, char **ret)
 }
 
 /* The lockspace directory: --dir, else what lockd_space_open(NULL) would use.
- * Spelled out here so that messages can name it even when it is missing. */
+ * Spelled out here so that messages can name it even when it is missing.
+ * With nothing to go by it is NULL, not an error: only the commands that
+ * open a lockspace need one, and they say so (no_lockspace()). */
 static int
 default_dir(char **ret)
 {
@@ -203,26 +205,42 @@ default_dir(char **ret)
         r = asprintf(ret, "%s/lockd/files", state);
     else if (home && *home == '/')
         r = asprintf(ret, "%s/.local/state/lockd/files", home);
-    else
-        return -ENOENT;
+    else {
+        *ret = NULL;
+        return 0;
+    }
     return r < 0 || !*ret ? -ENOMEM : 0;
 }
 
+/* A command about to open a lockspace when none was given or implied:
+ * the message and EXIT_FAIL, else 0. */
+int
+no_lockspace(const struct opts *o)
+{
+    if (o->dir)
+        return 0;
+    errorf("no lockspace: set LOCKD_DIR or HOME, or give --dir");
+    return EXIT_FAIL;
+}
+
 /* The helper's socket: --socket, else the library's default, else NULL (a
- * user without XDG_RUNTIME_DIR has no helper to look for). */
-static char *
-default_socket(void)
+ * user without XDG_RUNTIME_DIR has no helper to look for).  -ENOMEM is an
+ * error, never "no helper": run would go on without one it should use. */
+static int
+default_socket(char **ret)
 {
     const char *env = getenv("LOCKD_SOCKET"), *rt = getenv("XDG_RUNTIME_DIR");
-    char *p = NULL;
 
+    *ret = NULL;
     if (env && *env)
-        return strdup(env);
-    if (geteuid() == 0)
-        return strdup("/run/lockd/helper.sock");
-    if (rt && *rt == '/' && asprintf(&p, "%s/lockd/helper.sock", rt) < 0)
-        return NULL;
-    return p;
+        *ret = strdup(env);
+    else if (geteuid() == 0)
+        *ret = strdup("/run/lockd/helper.sock");
+    else if (!(rt && *rt == '/'))
+        return 0;
+    else if (asprintf(ret, "%s/lockd/helper.sock", rt) < 0)
+        *ret = NULL;
+    return *ret ? 0 : -ENOMEM;
 }
 
 /* Whether something exists at the socket path: DESIGN.md's rule for `run` is
@@ -361,8 +379,11 @@ static int
 space_open(const struct opts *o, uint32_t flags, lockd_space **ret)
 {
     lockd_space *probe = NULL;
-    int r = lockd_space_open(o->dir, flags | o->mode_flag, ret);
+    int r = no_lockspace(o);
 
+    if (r != 0)
+        return r;
+    r = lockd_space_open(o->dir, flags | o->mode_flag, ret);
     if (r == 0)
         return 0;
     if (r == -EMEDIUMTYPE && lockd_space_open(o->dir, LOCKD_OPEN_READONLY, &probe) == 0) {
@@ -684,11 +705,17 @@ take(const struct opts *o, lockd_space *space, lockd_conn *conn, const struct di
     free(modes);
     if (r == 0)
         return 0;
+    /* Without --wait only the grace retry has a timeout: running out of it
+     * is plain busy, not a wait the user asked for. */
+    if (r == -ETIMEDOUT && o->wait_ms == LOCKD_TRY)
+        r = -EAGAIN;
     bad = culprit(space, d, n, o->shared, r);
     if (r == -EAGAIN || r == -ETIMEDOUT) {
         describe_holder(space, conn, d[bad].key, why, sizeof(why));
-        if (r == -ETIMEDOUT)
+        if (r == -ETIMEDOUT && o->wait_text && *o->wait_text)
             errorf("%s: still busy after %s s: %s", d[bad].name, o->wait_text, why);
+        else if (r == -ETIMEDOUT)
+            errorf("%s: still busy after waiting: %s", d[bad].name, why);
         else
             errorf("%s: busy: %s", d[bad].name, why);
         return o->conflict_code;
@@ -757,11 +784,14 @@ cmd_key(const struct opts *o, int argc, char **argv)
     if (argc == 0)
         return usage_error("key: no disk or resource given");
     if (!o->resource) {
-        r = lockd_space_open(o->dir, LOCKD_OPEN_READONLY | o->mode_flag, &space);
+        r = o->dir ? lockd_space_open(o->dir, LOCKD_OPEN_READONLY | o->mode_flag, &space)
+                   : -ENOENT;
         /* A verbatim key is the path's own hash and needs no lockspace, so
          * keys can be computed before one exists; a canonical one, or a
          * broken lockspace, is reported. */
-        if (r == -ENOENT && o->mode_flag != LOCKD_OPEN_CANONICAL)
+        if (r == -ENOENT && o->mode_flag != LOCKD_OPEN_CANONICAL && !o->dir)
+            errorf("note: no lockspace given; assuming verbatim keys");
+        else if (r == -ENOENT && o->mode_flag != LOCKD_OPEN_CANONICAL)
             errorf("note: lockspace %s does not exist; assuming verbatim keys", o->dir);
         else if (r < 0)
             return space_open(o, LOCKD_OPEN_READONLY, &space);
@@ -844,15 +874,16 @@ cmd_run(const struct opts *o, int ndisks, char **disks, char **cmd)
     struct disk *d = NULL;
     int r, ex;
 
+    /* Connect before the lockspace is created, as acquire does: a socket
+     * that is there but does not answer fails run (69) without leaving a
+     * new lockspace behind.  No socket at all means no helper to use. */
+    if (socket_present(o->socket) && (r = conn_open(o, &conn)) != 0)
+        return r;
     r = space_open(o, LOCKD_OPEN_CREATE, &space);
     if (r != 0)
-        return r;
+        goto out;
     r = disks_parse(o, space, ndisks, disks, &d);
     if (r != 0)
-        goto out;
-    /* Connect before taking anything, so that a helper that is not there
-     * costs nothing. */
-    if (socket_present(o->socket) && (r = conn_open(o, &conn)) != 0)
         goto out;
     r = take(o, space, conn, d, (size_t)ndisks, &lease);
     if (r != 0)
@@ -1192,6 +1223,14 @@ who_one(const struct opts *o, const lockd_space *space, lockd_conn *conn,
     int state = lockd_probe(space, d->key, &pid), r = 0;
 
     if (state < 0) {
+        /* Still one object, so that the document stays JSON. */
+        if (o->json) {
+            printf("{\"disk\":");
+            json_str(d->name);
+            printf(",\"key\":\"%s\",\"state\":\"error\",\"error\":", d->key);
+            json_str(lease_reason(state));
+            printf(",\"holders\":[]}");
+        }
         errorf("%s: %s", d->name, lease_reason(state));
         return EXIT_FAIL;
     }
@@ -1523,6 +1562,11 @@ apply_option(struct opts *o, int c, const char *arg)
             return usage_error("--socket: empty path");
         free(o->socket);
         o->socket = strdup(arg);
+        if (!o->socket) {
+            /* Never "no helper": run would go on without the one asked for. */
+            errorf("%s", strerror(ENOMEM));
+            return EXIT_FAIL;
+        }
         return 0;
     case 'J':
         o->json = 1;
@@ -1646,13 +1690,15 @@ main(int argc, char **argv)
         free(o.socket);
         return r < 0 ? 0 : r;
     }
-    if (!o.dir && default_dir(&o.dir) < 0) {
-        errorf("no lockspace: set LOCKD_DIR or HOME, or give --dir");
+    if (!o.dir && (r = default_dir(&o.dir)) < 0)
+        errorf("lockspace directory: %s", strerror(-r));
+    else if (!o.socket && (r = default_socket(&o.socket)) < 0)
+        errorf("helper socket: %s", strerror(-r));
+    if (r < 0) {
+        free(o.dir);
         free(o.socket);
         return EXIT_FAIL;
     }
-    if (!o.socket)
-        o.socket = default_socket();
     r = dispatch(&o, argc - optind, argv + optind);
     free(o.dir);
     free(o.socket);

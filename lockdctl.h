@@ -23,7 +23,7 @@
 
 /* Everything the command line can say, after parsing. */
 struct opts {
-    char *dir;          /* lockspace, absolute */
+    char *dir;          /* lockspace, absolute; NULL if none given or implied */
     uint32_t mode_flag; /* 0, LOCKD_OPEN_VERBATIM or LOCKD_OPEN_CANONICAL */
     char *socket;       /* helper socket, or NULL if there is none to look for */
     int json;
@@ -43,6 +43,10 @@ int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* In lockdctl.c.  s as a JSON string on stdout; NULL as null. */
 void json_str(const char *s);
+
+/* In lockdctl.c.  When o->dir is NULL (no --dir, LOCKD_DIR or HOME): the
+ * message and EXIT_FAIL, for a command about to open a lockspace; else 0. */
+int no_lockspace(const struct opts *o);
 
 /* In lockdctl.c.  Whether something exists at the helper's socket path. */
 int socket_present(const char *path);

@@ -28,6 +28,7 @@
 
 #include <ctype.h>
 #include <dirent.h>
+#include <grp.h>
 #include <limits.h>
 #include <pty.h>
 #include <sched.h>
@@ -101,9 +102,41 @@ child_exec(char *const *argv, int in, int out, int err)
     _exit(121);
 }
 
-/* Run lockdctl with the NULL-terminated argument list ap; wait for it. */
+/* How ctl_how() runs lockdctl, besides as the case's own process does. */
+enum {
+    CTL_PLAIN = 0,
+    CTL_NOBODY = 1, /* no environment at all, and not root (uid 65534 if root) */
+    CTL_NEWPID = 2, /* in a pid namespace of its own: no other process is seen */
+};
+
+/* Child side of ctl_va for CTL_NOBODY and CTL_NEWPID; never returns. */
 static void
-ctl_va(struct res *res, va_list ap)
+ctl_child(char *const *argv, int how, int out, int err)
+{
+    pid_t pid;
+
+    if (how & CTL_NOBODY) {
+        clearenv();
+        if (geteuid() == 0 &&
+            (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0))
+            _exit(122);
+    }
+    if (!(how & CTL_NEWPID))
+        child_exec(argv, -1, out, err);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || unshare(CLONE_NEWPID) < 0)
+        _exit(124);
+    pid = fork();
+    if (pid < 0)
+        _exit(125);
+    if (pid == 0)
+        child_exec(argv, -1, out, err);
+    _exit(test_wait(pid));
+}
+
+/* Run lockdctl with the NULL-terminated argument list ap, as how says;
+ * wait for it. */
+static void
+ctl_how_va(struct res *res, int how, va_list ap)
 {
     static unsigned seq;
     char *argv[64], out[64], err[64];
@@ -122,10 +155,28 @@ ctl_va(struct res *res, va_list ap)
     if (pid < 0)
         TEST_FAIL("fork: %s", strerror(errno));
     if (pid == 0)
-        child_exec(argv, -1, out_file(out), out_file(err));
+        ctl_child(argv, how, out_file(out), out_file(err));
     res->status = test_wait(pid);
     res->out = slurp(out);
     res->err = slurp(err);
+}
+
+static void
+ctl_va(struct res *res, va_list ap)
+{
+    ctl_how_va(res, CTL_PLAIN, ap);
+}
+
+static void ctl_how(struct res *res, int how, ...) __attribute__((sentinel));
+
+static void
+ctl_how(struct res *res, int how, ...)
+{
+    va_list ap;
+
+    va_start(ap, how);
+    ctl_how_va(res, how, ap);
+    va_end(ap);
 }
 
 static void ctl(struct res *res, ...) __attribute__((sentinel));
@@ -1546,7 +1597,9 @@ test_helper_unreachable(void)
     res_free(&r);
     CTL_EXPECT(&r, 69, "release", "--pid", spid);
     res_free(&r);
-    /* who still tells the states, and says the helper did not answer. */
+    /* who still tells the states, and says the helper did not answer (the
+     * refused run created no lockspace for it to look in). */
+    make_lockspace(0);
     CTL_EXPECT(&r, 69, "who", "a.img");
     ASSERT_CONTAINS(r.out, "free");
     ASSERT_CONTAINS(r.err, "Connection refused");
@@ -1562,6 +1615,129 @@ test_helper_unreachable(void)
     CTL_EXPECT(&r, 69, "status");
     res_free(&r);
     assert_nothing_held();
+}
+
+/* A socket path with something there that is no socket: run fails (69)
+ * before it creates the lockspace, so a refused run leaves nothing behind. */
+static void
+test_run_refused_creates_nothing(void)
+{
+    struct res r;
+
+    case_env();
+    write_file(test_path("h.sock"), "");
+    CTL_EXPECT(&r, 69, "run", "a.img", "--", "true");
+    assert_one_line_error(&r, test_path("h.sock"));
+    res_free(&r);
+    ASSERT_TRUE(access(space_dir(), F_OK) < 0);
+}
+
+/* A disk whose probe fails (a directory planted where its lease belongs)
+ * is one object with state "error": the document stays JSON. */
+static void
+test_who_json_probe_fails(void)
+{
+    char key[LOCKD_KEY_SIZE], path[PATH_MAX + LOCKD_KEY_SIZE], *flat;
+    struct res r;
+
+    case_env();
+    make_lockspace(0);
+    ctl_key("b.img", key);
+    snprintf(path, sizeof(path), "%s/%s", space_dir(), key);
+    ASSERT_OK(mkdir(path, 0700) < 0 ? -errno : 0);
+    CTL_EXPECT(&r, 1, "who", "--json", "a.img", "b.img", "c.img");
+    ASSERT_CONTAINS(r.err, "/b.img: a directory is planted");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".disks#", "3");
+    ASSERT_JSON(flat, ".disks[0].state", "free");
+    ASSERT_JSON(flat, ".disks[1].key", key);
+    ASSERT_JSON(flat, ".disks[1].state", "error");
+    ASSERT_CONTAINS(json_get(flat, ".disks[1].error"), "directory is planted");
+    ASSERT_JSON(flat, ".disks[1].holders#", "0");
+    ASSERT_JSON(flat, ".disks[2].state", "free");
+    free(flat);
+    res_free(&r);
+    /* The failing disk first: no stray comma either. */
+    CTL_EXPECT(&r, 1, "who", "--json", "b.img", "a.img");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".disks#", "2");
+    ASSERT_JSON(flat, ".disks[0].state", "error");
+    free(flat);
+    res_free(&r);
+}
+
+/* With no --dir, LOCKD_DIR or HOME (and not root), only the commands that
+ * open a lockspace miss one: the rest run, and usage errors stay 64. */
+static void
+test_no_lockspace_needed(void)
+{
+    char key[LOCKD_KEY_SIZE];
+    struct res r;
+
+    case_env();
+    ctl_how(&r, CTL_NOBODY, "bogus", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 64);
+    assert_one_line_error(&r, "unknown command 'bogus'");
+    res_free(&r);
+    ctl_how(&r, CTL_NOBODY, "key", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 64);
+    res_free(&r);
+    ctl_how(&r, CTL_NOBODY, "key", "--resource", "foo", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 0);
+    ASSERT_OK(lockd_key_resource("foo", 3, key));
+    ASSERT_TRUE(strncmp(r.out, key, LOCKD_KEY_SIZE - 1) == 0);
+    res_free(&r);
+    /* No helper socket to look for either: 69, never "no lockspace". */
+    ctl_how(&r, CTL_NOBODY, "status", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 69);
+    assert_one_line_error(&r, "no helper socket");
+    res_free(&r);
+    ctl_how(&r, CTL_NOBODY, "release", "--pid", "1", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 69);
+    res_free(&r);
+    /* Those that need a lockspace say so. */
+    ctl_how(&r, CTL_NOBODY, "who", "x", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 1);
+    assert_one_line_error(&r, "no lockspace");
+    res_free(&r);
+    ctl_how(&r, CTL_NOBODY, "run", "x", "--", "true", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 1);
+    assert_one_line_error(&r, "no lockspace");
+    res_free(&r);
+    ctl_how(&r, CTL_NOBODY, "doctor", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 1);
+    assert_one_line_error(&r, "no lockspace");
+    res_free(&r);
+}
+
+/*
+ * Without --wait, busy is busy even after the grace retry for a holder that
+ * looks gone: the helper holds a.img for a live owner, which a lockdctl in
+ * a pid namespace of its own cannot see, so it retries for the grace period
+ * and then reports plain busy (never "still busy after (null) s").
+ */
+static void
+test_busy_after_grace_retry(void)
+{
+    pid_t helper, owner;
+    char spid[32];
+    struct res r;
+
+    case_env();
+    helper = helper_start();
+    owner = sleeper();
+    snprintf(spid, sizeof(spid), "%d", (int)owner);
+    CTL_EXPECT(&r, 0, "acquire", "--pid", spid, "--name", "vm1", "a.img");
+    res_free(&r);
+    ctl_how(&r, CTL_NEWPID, "run", "a.img", "--", "true", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 75);
+    assert_one_line_error(&r, "/a.img: busy: held exclusively by vm1");
+    ASSERT_TRUE(strstr(r.err, "(null)") == NULL);
+    res_free(&r);
+    ASSERT_INT_EQ(probe("a.img"), LOCKD_EXCLUSIVE);
+    kill(owner, SIGKILL);
+    test_wait(owner);
+    helper_stop(helper);
 }
 
 /* ------------------------------------------------------------------------
@@ -1867,6 +2043,10 @@ main(int argc, char **argv)
     TEST_RUN(test_acquire_bad_pid);
     TEST_RUN(test_status_golden);
     TEST_RUN(test_helper_unreachable);
+    TEST_RUN(test_run_refused_creates_nothing);
+    TEST_RUN(test_who_json_probe_fails);
+    TEST_RUN(test_no_lockspace_needed);
+    TEST_RUN(test_busy_after_grace_retry);
     TEST_RUN(test_doctor_good);
     TEST_RUN(test_doctor_missing_and_unrecorded);
     TEST_RUN(test_doctor_read_only);
