@@ -31,6 +31,8 @@
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
 
+#include <linux/kcmp.h>
+
 #include <systemd/sd-daemon.h>
 
 #define CONN_MAX        1024
@@ -131,6 +133,7 @@ static struct {
     int state_fd;       /* the store's state memfd, -1 if none */
     uint64_t state_start, state_end;
 
+    pid_t pid; /* ours, for kcmp() */
     int quit, reexec;
     int compact_due; /* the fd store's state log has grown: compact it */
     int listen_paused; /* out of fds: not accepting until the reserve refills */
@@ -735,6 +738,24 @@ check_item(const struct conn *c, const struct proto_req *req, size_t i, int fd)
 }
 
 /*
+ * The lease of o that is the very open file description fd is (kcmp(2)),
+ * or NONE.  A manager that retries a hand-over whose reply it lost sends
+ * the same descriptions again: two lease ids for one description would let
+ * a release of either unlock both, leaving the other listed but not held.
+ */
+static uint32_t
+held_already(const struct owner *o, const uint8_t *key, int fd)
+{
+    uint32_t l;
+
+    for (l = o->head; l != NONE; l = H.leases[l].next)
+        if (memcmp(H.leases[l].key, key, PROTO_KEY_BYTES) == 0 &&
+            syscall(SYS_kcmp, H.pid, H.pid, KCMP_FILE, H.leases[l].fd, fd) == 0)
+            return l;
+    return NONE;
+}
+
+/*
  * HANDOFF: every fd is checked, and every allocation made, before any lease
  * is taken over, so the request is all or nothing without an undo path.
  */
@@ -774,6 +795,13 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
     for (i = 0; i < req->count; i++) {
         struct lease *l;
 
+        slot = held_already(o, req->items[i].key, fds[i]);
+        if (slot != NONE) { /* the same hand-over again: same answer */
+            safe_close(fds[i]);
+            free(disks[i]);
+            wr_u64(wr, lease_id(slot));
+            continue;
+        }
         (void)lease_slot_alloc(&slot); /* cannot fail: reserved above */
         l = &H.leases[slot];
         l->gen = H.next_gen++;
@@ -2336,6 +2364,7 @@ main(int argc, char **argv)
     int i, r, state, reexec;
 
     parse_args(argc, argv);
+    H.pid = getpid();
     for (i = 0; i < CONN_MAX; i++)
         H.conns[i].fd = -1;
     for (i = 0; i < RESERVE_FDS; i++)

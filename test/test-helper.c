@@ -1758,6 +1758,50 @@ HELPER_CASE(handoff_rollback)
 
 
 /*
+ * A manager that lost a hand-over's reply (its connection broke) reconnects
+ * and sends the same lease fds again.  The helper must answer with the same
+ * lease ids and keep one copy: two ids for one open file description would
+ * let a release of either unlock both.
+ */
+HELPER_CASE(handoff_retried)
+{
+    lockd_space *sp = space_open_rooted();
+    uint64_t id1[2], id2[2];
+    struct disks d;
+    struct guest g;
+    struct fsd *s;
+    lockd_lease *l;
+    lockd_conn *c;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(s);
+    guest_start(&g);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    disks_make(&d, sp, "again", 2);
+    ASSERT_OK(lockd_acquire(sp, d.n, d.keys, d.modes, LOCKD_TRY, &l));
+    ASSERT_OK(lockd_conn_handoff(c, g.pid, l, NULL, id1));
+    lockd_conn_close(c);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_handoff(c, g.pid, l, NULL, id2));
+    ASSERT_INT_EQ(id2[0], id1[0]);
+    ASSERT_INT_EQ(id2[1], id1[1]);
+    assert_counts(status_on(c), 1, 2);
+    ASSERT_INT_EQ(proc_fds(s->pid, d.key[0]), 1);
+    lockd_lease_forget(l);
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(lockd_conn_release(c, g.pid, 2, id1), 2);
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_FREE);
+    ASSERT_INT_EQ(probe(sp, d.key[1]), LOCKD_FREE);
+    lockd_conn_close(c);
+    guest_end(&g);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+/*
  * A reply that makes no sense leaves the connection out of step: the
  * library shuts it down and every later call fails with -ENOTCONN, instead
  * of taking the next reply for the wrong request.  A fake helper answers
@@ -2616,6 +2660,7 @@ main(int argc, char **argv)
     RUN(only, refusals, 60);
     RUN(only, stale_notice, 60);
     RUN(only, handoff_rollback, 60);
+    RUN(only, handoff_retried, 60);
     RUN(only, client_out_of_step, 60);
     RUN(only, credentials, 60);
     RUN(only, malformed, 60);
