@@ -235,19 +235,27 @@ lockd_key_valid(const char *key)
     return key[i] == '\0';
 }
 
+/* 32 bytes (a SHA-256, or a key on the wire) as 64 lowercase hex digits. */
+static void
+key_to_hex(const uint8_t *bytes, char *ret_hex)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t i;
+
+    for (i = 0; i < crypto_hash_sha256_BYTES; i++) {
+        ret_hex[2 * i] = hex[bytes[i] >> 4];
+        ret_hex[2 * i + 1] = hex[bytes[i] & 15];
+    }
+    ret_hex[2 * crypto_hash_sha256_BYTES] = '\0';
+}
+
 static void
 sha256_hex(const void *buf, size_t len, char *ret_key)
 {
-    static const char hex[] = "0123456789abcdef";
     unsigned char h[crypto_hash_sha256_BYTES];
-    size_t i;
 
     crypto_hash_sha256(h, buf, len);
-    for (i = 0; i < sizeof(h); i++) {
-        ret_key[2 * i] = hex[h[i] >> 4];
-        ret_key[2 * i + 1] = hex[h[i] & 15];
-    }
-    ret_key[2 * sizeof(h)] = '\0';
+    key_to_hex(h, ret_key);
 }
 
 LOCKD_API int
@@ -1327,19 +1335,6 @@ hex_to_key(const char *hex, uint8_t *ret_bytes)
         lo = lo <= '9' ? lo - '0' : lo - 'a' + 10;
         ret_bytes[i] = (uint8_t)(hi << 4 | lo);
     }
-}
-
-static void
-key_to_hex(const uint8_t *bytes, char *ret_hex)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t i;
-
-    for (i = 0; i < PROTO_KEY_BYTES; i++) {
-        ret_hex[2 * i] = hex[bytes[i] >> 4];
-        ret_hex[2 * i + 1] = hex[bytes[i] & 15];
-    }
-    ret_hex[2 * PROTO_KEY_BYTES] = '\0';
 }
 
 /* uuid text (8-4-4-4-12 hex) to 16 bytes; NULL or "" is all zero. */

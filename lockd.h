@@ -141,8 +141,10 @@ typedef struct lockd_lease lockd_lease;
  * -ENOENT (the directory is missing and LOCKD_OPEN_CREATE was not given),
  * -ENOTDIR (dir, or a parent, is not a directory), -EMEDIUMTYPE (mode
  * mismatch, above), -EPROTO (the settings file is not one lockd understands:
- * a newer format, or garbage), -EROFS/-EACCES (the settings file had to be
- * written and could not be), -ENAMETOOLONG, -ENOMEM, -EMFILE.
+ * a newer format, or garbage; also after three lost races to write it),
+ * -ELOOP (a symlink planted as the settings file), -EROFS/-EACCES (the
+ * settings file had to be written and could not be), -ENAMETOOLONG,
+ * -ENOMEM, -EMFILE.
  * On success *ret_space owns one directory fd (O_CLOEXEC) until
  * lockd_space_close().
  */
@@ -151,18 +153,19 @@ LOCKD_API int lockd_space_open(const char *dir, uint32_t flags, lockd_space **re
 /* Close a lockspace handle.  Leases taken through it stay valid and held. */
 LOCKD_API void lockd_space_close(lockd_space *space);
 
-/* LOCKD_MODE_VERBATIM or LOCKD_MODE_CANONICAL. */
+/* LOCKD_MODE_VERBATIM or LOCKD_MODE_CANONICAL; -EINVAL for NULL. */
 LOCKD_API int lockd_space_mode(const lockd_space *space);
 
 /* 1 if the mode was read from the settings file (or written by this handle),
- * 0 if it is only the mode asked for, because a read-only opener found none. */
+ * 0 if it is only the mode asked for, because a read-only opener found none;
+ * -EINVAL for NULL. */
 LOCKD_API int lockd_space_recorded(const lockd_space *space);
 
 /* The lockspace's directory, as opened (absolute).  Owned by space. */
 LOCKD_API const char *lockd_space_dir(const lockd_space *space);
 
 /* The lockspace's directory fd, for callers that want to fstatfs() it.
- * Owned by space: do not close it. */
+ * Owned by space: do not close it.  -EINVAL for NULL. */
 LOCKD_API int lockd_space_fd(const lockd_space *space);
 
 /* ------------------------------------------------------------------------
@@ -281,7 +284,8 @@ LOCKD_API int lockd_probe(const lockd_space *space, const char *key, int32_t *re
  * whose name is not a key are left alone.  progress, if not NULL, is called
  * every 1024 files with the number looked at so far; a non-zero return stops
  * gc early and is returned.  On success *ret_removed and *ret_kept (each may
- * be NULL) get the number of lease files removed and left (held).
+ * be NULL) get the number of lease files removed and left in place (held,
+ * gone meanwhile, or not gc's to judge: planted, or unreadable to us).
  * Errors: -EROFS, -EACCES, -ENOLCK, -EMFILE, -ENOMEM, -EBADF (space was
  * opened LOCKD_OPEN_READONLY), or the progress callback's value.  Files
  * removed before an error stay removed.
