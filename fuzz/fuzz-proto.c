@@ -64,6 +64,7 @@ encode_body(const struct proto_req *req, uint8_t *buf, size_t cap)
         break;
     case PROTO_RELEASE:
     case PROTO_NOTICE:
+    case PROTO_FORGET:
         wr_i32(&wr, req->pid);
         wr_u16(&wr, req->count);
         for (size_t i = 0; i < req->count; i++)
@@ -91,7 +92,7 @@ check_request(const uint8_t *msg, size_t size, size_t nfds, const struct proto_r
     CHECK(size >= PROTO_HDR_SIZE && req->hdr.len == size - PROTO_HDR_SIZE);
     CHECK(nfds != PROTO_FDS_LOST && req->hdr.nfds == nfds && nfds <= PROTO_FDS_MAX);
     CHECK(req->hdr.version == PROTO_VERSION && req->hdr.status == 0);
-    CHECK(req->hdr.type >= PROTO_REGISTER && req->hdr.type <= PROTO_STATUS);
+    CHECK(req->hdr.type >= PROTO_REGISTER && req->hdr.type <= PROTO_FORGET);
     CHECK((req->hdr.type == PROTO_NOTICE) == (req->hdr.serial == 0));
     if (req->hdr.type != PROTO_LIST && req->hdr.type != PROTO_OWNERS &&
         req->hdr.type != PROTO_STATUS)
@@ -113,7 +114,8 @@ check_request(const uint8_t *msg, size_t size, size_t nfds, const struct proto_r
         }
     } else
         CHECK(nfds == 0);
-    if (req->hdr.type == PROTO_RELEASE || req->hdr.type == PROTO_NOTICE)
+    if (req->hdr.type == PROTO_RELEASE || req->hdr.type == PROTO_NOTICE ||
+        req->hdr.type == PROTO_FORGET)
         (void)inside(msg, size, req->ids, (size_t)8 * req->count);
     if (req->hdr.type == PROTO_LIST) {
         /* The key filter is copied out of the message (replies reuse buffers). */
