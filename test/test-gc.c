@@ -815,12 +815,15 @@ race_finish(struct race *rc, const pid_t *pids, size_t n, const struct race_goal
 static void
 test_gc_race_acquirers(void)
 {
-    lockd_space *space = space_open();
+    /* static: the forked workers exit with a copy of this handle, and it
+     * must stay reachable there for valgrind's leak check. */
+    static lockd_space *space;
     struct race *rc = race_new(8);
     const struct race_goal goal = {.taken = 20000, .removed = 1000, .gc_runs = 1000};
     const struct race_goal floor = {.taken = 1000, .removed = 20, .gc_runs = 20};
     pid_t pids[5];
 
+    space = space_open();
     pids[0] = race_spawn(rc, RACE_GC, 0);
     pids[1] = race_spawn(rc, RACE_LOCKD, 3);
     pids[2] = race_spawn(rc, RACE_LOCKD, 1);
@@ -837,7 +840,9 @@ test_gc_race_acquirers(void)
 static void
 test_gc_race_virtlockd_peers(void)
 {
-    lockd_space *space = space_open();
+    /* static: the forked workers exit with a copy of this handle, and it
+     * must stay reachable there for valgrind's leak check. */
+    static lockd_space *space;
     struct race *rc = race_new(3);
     const struct race_goal goal = {
         .taken = 5000, .removed = 200, .gc_runs = 1000, .posix_taken = 2000};
@@ -845,6 +850,7 @@ test_gc_race_virtlockd_peers(void)
         .taken = 200, .removed = 10, .gc_runs = 20, .posix_taken = 200};
     pid_t pids[5];
 
+    space = space_open();
     pids[0] = race_spawn(rc, RACE_GC, 0);
     pids[1] = race_spawn(rc, RACE_POSIX, 0);
     pids[2] = race_spawn(rc, RACE_POSIX, 0);
