@@ -471,6 +471,10 @@ race_new(int nkeys)
         TEST_FAIL("mmap: %s", strerror(errno));
     memset(rc, 0, sizeof(*rc));
     rc->nkeys = nkeys;
+    /* Create the lockspace before the workers race for it.  No handle is
+     * kept: each worker opens its own, and a forked copy of ours would be
+     * reported lost by valgrind when the worker exits. */
+    lockd_space_close(space_open());
     for (i = 0; i < nkeys; i++) {
         snprintf(disk, sizeof(disk), "/vm/race-%d.img", i);
         key_of(disk, rc->keys[i]);
@@ -815,22 +819,17 @@ race_finish(struct race *rc, const pid_t *pids, size_t n, const struct race_goal
 static void
 test_gc_race_acquirers(void)
 {
-    /* static: the forked workers exit with a copy of this handle, and it
-     * must stay reachable there for valgrind's leak check. */
-    static lockd_space *space;
     struct race *rc = race_new(8);
     const struct race_goal goal = {.taken = 20000, .removed = 1000, .gc_runs = 1000};
     const struct race_goal floor = {.taken = 1000, .removed = 20, .gc_runs = 20};
     pid_t pids[5];
 
-    space = space_open();
     pids[0] = race_spawn(rc, RACE_GC, 0);
     pids[1] = race_spawn(rc, RACE_LOCKD, 3);
     pids[2] = race_spawn(rc, RACE_LOCKD, 1);
     pids[3] = race_spawn(rc, RACE_LOCKD, 1);
     pids[4] = race_spawn(rc, RACE_LOCKD, 1);
     race_finish(rc, pids, 5, &goal, &floor);
-    lockd_space_close(space);
 }
 
 /* Two virtlockd-style peers unlink and re-create lease files under the same
@@ -840,9 +839,6 @@ test_gc_race_acquirers(void)
 static void
 test_gc_race_virtlockd_peers(void)
 {
-    /* static: the forked workers exit with a copy of this handle, and it
-     * must stay reachable there for valgrind's leak check. */
-    static lockd_space *space;
     struct race *rc = race_new(3);
     const struct race_goal goal = {
         .taken = 5000, .removed = 200, .gc_runs = 1000, .posix_taken = 2000};
@@ -850,14 +846,12 @@ test_gc_race_virtlockd_peers(void)
         .taken = 200, .removed = 10, .gc_runs = 20, .posix_taken = 200};
     pid_t pids[5];
 
-    space = space_open();
     pids[0] = race_spawn(rc, RACE_GC, 0);
     pids[1] = race_spawn(rc, RACE_POSIX, 0);
     pids[2] = race_spawn(rc, RACE_POSIX, 0);
     pids[3] = race_spawn(rc, RACE_LOCKD, 2);
     pids[4] = race_spawn(rc, RACE_LOCKD, 1);
     race_finish(rc, pids, 5, &goal, &floor);
-    lockd_space_close(space);
 }
 
 int
