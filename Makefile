@@ -106,10 +106,12 @@ demo: deps
 check-man:
 	@mandoc -T lint -W warning $(MANPAGES)
 
+# test/checkout-0700 builds and runs the same programs again from a copy of
+# the tree below a 0700 directory (a root user's clone in /root is such).
 check: deps
 	@$(MAKE) --no-print-directory check-build
 	@$(MAKE) --no-print-directory check-man
-	@sh test/run $(TESTS)
+	@sh test/run $(TESTS) test/checkout-0700
 
 check-build: all $(TESTS) test/header-c99.o test/header-cxx.o
 

@@ -144,7 +144,12 @@ ctl_how_va(struct res *res, int how, va_list ap)
     size_t n = 0;
     pid_t pid;
 
-    argv[n++] = ctl_path;
+    /* Another uid runs a copy: the checkout may be under a 0700 directory. */
+    argv[n++] = (how & CTL_NOBODY) && geteuid() == 0
+                    ? (char *)(exists(test_path("nobody-lockdctl"))
+                                   ? test_path("nobody-lockdctl")
+                                   : copy_program(ctl_path, "nobody-lockdctl"))
+                    : ctl_path;
     while ((a = va_arg(ap, const char *)) && n < 63)
         argv[n++] = (char *)a;
     argv[n] = NULL;

@@ -8,7 +8,8 @@
  * Include it right after test.h.  Like test.h it holds only static inline
  * functions, so a program that uses a few of them still compiles without
  * unused-function warnings.  It holds:
- *   - small libc wrappers in the tests' convention (>= 0, or -errno);
+ *   - small libc wrappers in the tests' convention (>= 0, or -errno), and a
+ *     copy of a program for a step that runs as another uid;
  *   - the case's lockspace (test_path("ls")) and keys of resource names;
  *   - what /proc says about a process and about waiting lock requests;
  *   - "agents": forked processes (or threads) that run one lease operation
@@ -159,6 +160,36 @@ xmkdir(const char *path)
 {
     if (mkdir(path, 0755) < 0)
         TEST_FAIL("mkdir %s: %s", path, strerror(errno));
+}
+
+/*
+ * A copy of the program at path, named name in the case's scratch
+ * directory, for a step that runs it as another uid: the checkout may sit
+ * under a directory that uid cannot traverse (/root is 0700, and so is
+ * mkdtemp's), so it runs the copy.  The scratch directory is made
+ * traversable (0711) for it.  Returns the copy's path.
+ */
+static inline const char *
+copy_program(const char *path, const char *name)
+{
+    const char *dst = test_path(name);
+    char buf[65536];
+    int in, out;
+    ssize_t n;
+
+    if (chmod(test_scratch, 0711) < 0)
+        TEST_FAIL("chmod %s: %s", test_scratch, strerror(errno));
+    in = open(path, O_RDONLY | O_CLOEXEC);
+    out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+    if (in < 0 || out < 0)
+        TEST_FAIL("copy %s to %s: %s", path, dst, strerror(errno));
+    while ((n = read(in, buf, sizeof(buf))) > 0)
+        if (write_full(out, buf, (size_t)n) < 0)
+            TEST_FAIL("write %s: %s", dst, strerror(errno));
+    if (n < 0 || close(out) < 0)
+        TEST_FAIL("copy %s: %s", path, strerror(errno));
+    close(in);
+    return dst;
 }
 
 /* ------------------------------------------------------------------------
