@@ -2334,11 +2334,13 @@ setup_listen(void)
 
     if (H.listen_fd < 0) {
         if (!H.socket_path) {
-            r = default_socket(&def);
-            if (r < 0) {
+            r = lockd_default_socket(&def);
+            if (r == -EINVAL)
+                log_err("LOCKD_SOCKET is not an absolute path: give --socket");
+            else if (r < 0)
                 log_err("no socket path: set --socket or XDG_RUNTIME_DIR");
+            if (r < 0)
                 return r;
-            }
             H.socket_path = def;
         }
         H.listen_fd = bind_socket(H.socket_path);

@@ -724,31 +724,23 @@ first_of(const struct guest *g, const struct resource *res)
  * The helper
  */
 
-/* The socket path, for messages. */
-static const char *
-socket_name(void)
-{
-    const char *env = getenv("LOCKD_SOCKET");
-
-    if (config.helper_socket)
-        return config.helper_socket;
-    if (env && *env)
-        return env;
-    return geteuid() == 0 ? "/run/lockd/helper.sock"
-                          : "$XDG_RUNTIME_DIR/lockd/helper.sock";
-}
-
 /* Connect to the helper.  Returns 0, or -1 with the reason in why. */
 static int
 helper_connect(const struct guest *g, const char *doing, lockd_conn **ret, char *why,
                size_t len)
 {
     int r = lockd_conn_open(config.helper_socket, ret);
+    char *def = NULL;
 
+    if (r < 0 && !config.helper_socket)
+        (void)lockd_default_socket(&def);
     if (r < 0)
         snprintf(why, len,
                  "%s guest '%s': lockd-helper is unreachable at %s (%s); is it running?",
-                 doing, g->name, socket_name(), strerror(-r));
+                 doing, g->name,
+                 config.helper_socket ? config.helper_socket : def ? def : "the default socket",
+                 strerror(-r));
+    free(def);
     return r < 0 ? -1 : 0;
 }
 

@@ -432,27 +432,74 @@ settings_settle(lockd_space *s, int want, int explicit, int readonly)
  * Opening a lockspace
  */
 
+/* Read a path from the environment variable name: NULL when unset or empty;
+ * a relative path is refused (-EINVAL), since what it names would change
+ * with the caller's working directory.  secure_getenv(): a setuid caller
+ * never takes a lockspace or a socket from its invoker's environment. */
 static int
-default_dir(char **ret)
+env_path(const char *name, const char **ret)
 {
-    const char *env = secure_getenv("LOCKD_DIR"), *state, *home;
-    char *p = NULL;
-    int r;
+    const char *v = secure_getenv(name);
 
-    if (env && *env)
-        p = strdup(env);
-    else if (geteuid() == 0)
-        p = strdup("/var/lib/lockd/files");
-    else if ((state = secure_getenv("XDG_STATE_HOME")) && *state == '/')
-        r = asprintf(&p, "%s/lockd/files", state), p = r < 0 ? NULL : p;
-    else if ((home = secure_getenv("HOME")) && *home == '/')
-        r = asprintf(&p, "%s/.local/state/lockd/files", home), p = r < 0 ? NULL : p;
-    else
-        return -ENOENT;
-    if (!p)
+    *ret = NULL;
+    if (!v || !*v)
+        return 0;
+    if (v[0] != '/')
+        return -EINVAL;
+    if (strlen(v) > LOCKD_NAME_MAX)
+        return -ENAMETOOLONG;
+    *ret = v;
+    return 0;
+}
+
+/* *ret = strdup(prefix + suffix), or -ENOMEM. */
+static int
+dup_join(const char *prefix, const char *suffix, char **ret)
+{
+    char *p;
+
+    if (asprintf(&p, "%s%s", prefix, suffix) < 0)
         return -ENOMEM;
     *ret = p;
     return 0;
+}
+
+LOCKD_API int
+lockd_default_dir(char **ret_dir)
+{
+    const char *v;
+    int r;
+
+    if (!ret_dir)
+        return -EINVAL;
+    r = env_path("LOCKD_DIR", &v);
+    if (r < 0 || v)
+        return r < 0 ? r : dup_join(v, "", ret_dir);
+    if (geteuid() == 0)
+        return dup_join("/var/lib/lockd/files", "", ret_dir);
+    if (env_path("XDG_STATE_HOME", &v) == 0 && v)
+        return dup_join(v, "/lockd/files", ret_dir);
+    if (env_path("HOME", &v) == 0 && v)
+        return dup_join(v, "/.local/state/lockd/files", ret_dir);
+    return -ENOENT;
+}
+
+LOCKD_API int
+lockd_default_socket(char **ret_path)
+{
+    const char *v;
+    int r;
+
+    if (!ret_path)
+        return -EINVAL;
+    r = env_path("LOCKD_SOCKET", &v);
+    if (r < 0 || v)
+        return r < 0 ? r : dup_join(v, "", ret_path);
+    if (geteuid() == 0)
+        return dup_join("/run/lockd/helper.sock", "", ret_path);
+    if (env_path("XDG_RUNTIME_DIR", &v) == 0 && v)
+        return dup_join(v, "/lockd/helper.sock", ret_path);
+    return -ENOENT;
 }
 
 /* mkdir -p, each component created 0755 if missing. */
@@ -514,7 +561,7 @@ lockd_space_open(const char *dir, uint32_t flags, lockd_space **ret_space)
         path = strdup(dir);
         r = path ? 0 : -ENOMEM;
     } else
-        r = default_dir(&path);
+        r = lockd_default_dir(&path);
     if (r < 0)
         goto out;
     s = calloc(1, sizeof(*s));
@@ -1656,27 +1703,6 @@ struct lockd_conn {
 };
 
 static int
-default_socket(char **ret)
-{
-    const char *env = secure_getenv("LOCKD_SOCKET"), *rt;
-    char *p = NULL;
-
-    if (env && *env)
-        p = strdup(env);
-    else if (geteuid() == 0)
-        p = strdup("/run/lockd/helper.sock");
-    else if ((rt = secure_getenv("XDG_RUNTIME_DIR")) && *rt == '/') {
-        if (asprintf(&p, "%s/lockd/helper.sock", rt) < 0)
-            p = NULL;
-    } else
-        return -ENOENT;
-    if (!p)
-        return -ENOMEM;
-    *ret = p;
-    return 0;
-}
-
-static int
 conn_connect(const char *path)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -1713,7 +1739,7 @@ lockd_conn_open(const char *path, lockd_conn **ret_conn)
     if (!ret_conn || (path && path[0] == '\0'))
         return -EINVAL;
     if (!path) {
-        r = default_socket(&def);
+        r = lockd_default_socket(&def);
         if (r < 0)
             return r;
         path = def;

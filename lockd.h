@@ -122,9 +122,20 @@ typedef struct lockd_lease lockd_lease;
 #define LOCKD_MODE_CANONICAL 1 /* realpath(3) of the path: one host only */
 
 /*
- * Open the lockspace in directory dir, or the default one when dir is NULL:
- * $LOCKD_DIR if set, else /var/lib/lockd/files for root and
- * ${XDG_STATE_HOME:-$HOME/.local/state}/lockd/files for other users.
+ * The default lockspace directory, as a string the caller frees: $LOCKD_DIR
+ * if set and not empty, else /var/lib/lockd/files for root and
+ * ${XDG_STATE_HOME:-$HOME/.local/state}/lockd/files for other users (an
+ * XDG_STATE_HOME or HOME that is not absolute is passed over).  The
+ * environment is read with secure_getenv(3).  Nothing is created or checked
+ * on disk.  Errors: -EINVAL (ret_dir NULL, or LOCKD_DIR is set to a relative
+ * path), -ENAMETOOLONG (LOCKD_DIR over LOCKD_NAME_MAX bytes), -ENOENT (not
+ * root and neither XDG_STATE_HOME nor HOME is usable), -ENOMEM.
+ */
+LOCKD_API int lockd_default_dir(char **ret_dir);
+
+/*
+ * Open the lockspace in directory dir, or in lockd_default_dir() when dir is
+ * NULL (whose errors it then returns).
  *
  * The lockspace's settings file (.lockd-lockspace) records its key mode.  If
  * it exists, its mode is used; asking explicitly for the other mode fails with
@@ -326,10 +337,19 @@ typedef struct lockd_conn lockd_conn;
 #define LOCKD_OWNER_NAME_MAX 255
 
 /*
- * Connect to the helper at path, or at the default socket when path is NULL:
- * $LOCKD_SOCKET if set, else /run/lockd/helper.sock for root and
- * $XDG_RUNTIME_DIR/lockd/helper.sock for other users.  A connection may be
- * used by one thread at a time.  *ret_conn owns one socket (SOCK_CLOEXEC).
+ * The default helper socket, as a string the caller frees: $LOCKD_SOCKET if
+ * set and not empty, else /run/lockd/helper.sock for root and
+ * $XDG_RUNTIME_DIR/lockd/helper.sock for other users, read with
+ * secure_getenv(3).  Errors: -EINVAL (ret_path NULL, or LOCKD_SOCKET is
+ * relative), -ENAMETOOLONG, -ENOENT (not root, and XDG_RUNTIME_DIR is unset
+ * or not absolute: such a user has no helper), -ENOMEM.
+ */
+LOCKD_API int lockd_default_socket(char **ret_path);
+
+/*
+ * Connect to the helper at path, or at lockd_default_socket() when path is
+ * NULL (whose errors it then returns).  A connection may be used by one
+ * thread at a time.  *ret_conn owns one socket (SOCK_CLOEXEC).
  */
 LOCKD_API int lockd_conn_open(const char *path, lockd_conn **ret_conn);
 

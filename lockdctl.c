@@ -186,30 +186,32 @@ disk_path(const char *in, char **ret)
     return 0;
 }
 
-/* The lockspace directory: --dir, else what lockd_space_open(NULL) would use.
- * Spelled out here so that messages can name it even when it is missing.
+/*
+ * The lockspace directory or the helper's socket when no option gave it:
+ * the library's default (lockd_default_dir(), lockd_default_socket()),
+ * spelled out here so that messages can name it even when it is missing.
  * With nothing to go by it is NULL, not an error: only the commands that
- * open a lockspace need one, and they say so (no_lockspace()). */
+ * need one say so (no_lockspace(); run goes on without a helper).  A
+ * relative LOCKD_DIR or LOCKD_SOCKET is a usage error: what it names would
+ * change with the working directory.  -ENOMEM is an error, never "none":
+ * run would go on without a helper it should use.
+ */
 static int
-default_dir(char **ret)
+default_path(int (*get)(char **), const char *var, char **ret)
 {
-    const char *env = getenv("LOCKD_DIR"), *state = getenv("XDG_STATE_HOME"),
-               *home = getenv("HOME");
-    int r = 0;
+    int r = get(ret);
 
-    if (env && *env)
-        return disk_path(env, ret);
-    if (geteuid() == 0)
-        *ret = strdup("/var/lib/lockd/files");
-    else if (state && *state == '/')
-        r = asprintf(ret, "%s/lockd/files", state);
-    else if (home && *home == '/')
-        r = asprintf(ret, "%s/.local/state/lockd/files", home);
-    else {
+    if (r == -ENOENT) {
         *ret = NULL;
         return 0;
     }
-    return r < 0 || !*ret ? -ENOMEM : 0;
+    if (r == -EINVAL)
+        return usage_error("%s=%s: not an absolute path", var, getenv(var));
+    if (r < 0) {
+        errorf("%s: %s", var, strerror(-r));
+        return EXIT_FAIL;
+    }
+    return 0;
 }
 
 /* A command about to open a lockspace when none was given or implied:
@@ -221,26 +223,6 @@ no_lockspace(const struct opts *o)
         return 0;
     errorf("no lockspace: set LOCKD_DIR or HOME, or give --dir");
     return EXIT_FAIL;
-}
-
-/* The helper's socket: --socket, else the library's default, else NULL (a
- * user without XDG_RUNTIME_DIR has no helper to look for).  -ENOMEM is an
- * error, never "no helper": run would go on without one it should use. */
-static int
-default_socket(char **ret)
-{
-    const char *env = getenv("LOCKD_SOCKET"), *rt = getenv("XDG_RUNTIME_DIR");
-
-    *ret = NULL;
-    if (env && *env)
-        *ret = strdup(env);
-    else if (geteuid() == 0)
-        *ret = strdup("/run/lockd/helper.sock");
-    else if (!(rt && *rt == '/'))
-        return 0;
-    else if (asprintf(ret, "%s/lockd/helper.sock", rt) < 0)
-        *ret = NULL;
-    return *ret ? 0 : -ENOMEM;
 }
 
 /* Whether something exists at the socket path: DESIGN.md's rule for `run` is
@@ -1690,14 +1672,14 @@ main(int argc, char **argv)
         free(o.socket);
         return r < 0 ? 0 : r;
     }
-    if (!o.dir && (r = default_dir(&o.dir)) < 0)
-        errorf("lockspace directory: %s", strerror(-r));
-    else if (!o.socket && (r = default_socket(&o.socket)) < 0)
-        errorf("helper socket: %s", strerror(-r));
-    if (r < 0) {
+    if (!o.dir)
+        r = default_path(lockd_default_dir, "LOCKD_DIR", &o.dir);
+    if (r == 0 && !o.socket)
+        r = default_path(lockd_default_socket, "LOCKD_SOCKET", &o.socket);
+    if (r != 0) {
         free(o.dir);
         free(o.socket);
-        return EXIT_FAIL;
+        return r;
     }
     r = dispatch(&o, argc - optind, argv + optind);
     free(o.dir);

@@ -859,6 +859,32 @@ test_key_relative_paths(void)
     res_free(&r);
 }
 
+/* LOCKD_DIR and LOCKD_SOCKET name absolute paths: a relative one is a usage
+ * error, before anything is created. */
+static void
+test_relative_env_refused(void)
+{
+    struct res r;
+
+    case_env();
+    setenv("LOCKD_DIR", "rel-space", 1);
+    ctl(&r, "run", "/images/a.qcow2", "--", "true", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 64);
+    assert_one_line_error(&r, "LOCKD_DIR=rel-space: not an absolute path");
+    ASSERT_TRUE(!exists("rel-space"));
+    res_free(&r);
+    case_env();
+    setenv("LOCKD_SOCKET", "h.sock", 1);
+    ctl(&r, "status", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 64);
+    assert_one_line_error(&r, "LOCKD_SOCKET=h.sock: not an absolute path");
+    res_free(&r);
+    /* An option given is used instead. */
+    ctl(&r, "--socket", test_path("h.sock"), "status", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 69);
+    res_free(&r);
+}
+
 static void
 test_key_canonical_new_disk(void)
 {
@@ -2026,6 +2052,7 @@ main(int argc, char **argv)
     }
     TEST_RUN(test_key_golden);
     TEST_RUN(test_key_relative_paths);
+    TEST_RUN(test_relative_env_refused);
     TEST_RUN(test_key_canonical_new_disk);
     TEST_RUN(test_key_mode_mismatch);
     TEST_RUN(test_key_unrecorded_lockspace);

@@ -1426,6 +1426,75 @@ test_default_dir_env(void)
     lockd_space_close(s);
 }
 
+static void become_nobody(void);
+
+/* A user's default socket is under XDG_RUNTIME_DIR, and without a usable
+ * one there is none (-ENOENT), as there is no lockspace without HOME. */
+static int
+user_socket_child(void *arg)
+{
+    char *p = NULL;
+
+    (void)arg;
+    become_nobody();
+    ASSERT_OK(clearenv());
+    ASSERT_ERR(lockd_default_socket(&p), ENOENT);
+    ASSERT_ERR(lockd_default_dir(&p), ENOENT);
+    ASSERT_OK(setenv("XDG_RUNTIME_DIR", "run/user", 1));
+    ASSERT_OK(setenv("HOME", "home", 1));
+    ASSERT_ERR(lockd_default_socket(&p), ENOENT);
+    ASSERT_ERR(lockd_default_dir(&p), ENOENT);
+    ASSERT_OK(setenv("XDG_RUNTIME_DIR", "/run/user/65534", 1));
+    ASSERT_OK(lockd_default_socket(&p));
+    ASSERT_STR_EQ(p, "/run/user/65534/lockd/helper.sock");
+    free(p);
+    return 0;
+}
+
+/* LOCKD_DIR and LOCKD_SOCKET must be absolute: a relative one would name
+ * another place after a chdir(), and the header promises absolute paths.
+ * Refused, with nothing created; the library exports both defaults. */
+static void
+test_default_paths_relative_refused(void)
+{
+    lockd_space *s = NULL;
+    lockd_conn *c = NULL;
+    char *p = NULL;
+
+    ASSERT_OK(setenv("LOCKD_DIR", "rel/space", 1));
+    ASSERT_ERR(lockd_default_dir(&p), EINVAL);
+    ASSERT_ERR(lockd_space_open(NULL, LOCKD_OPEN_CREATE, &s), EINVAL);
+    ASSERT_TRUE(!exists(test_path("rel")));
+    ASSERT_OK(setenv("LOCKD_DIR", "./space", 1));
+    ASSERT_ERR(lockd_space_open(NULL, LOCKD_OPEN_READONLY, &s), EINVAL);
+    ASSERT_OK(setenv("LOCKD_SOCKET", "helper.sock", 1));
+    ASSERT_ERR(lockd_default_socket(&p), EINVAL);
+    ASSERT_ERR(lockd_conn_open(NULL, &c), EINVAL);
+    ASSERT_ERR(lockd_default_dir(NULL), EINVAL);
+    ASSERT_ERR(lockd_default_socket(NULL), EINVAL);
+
+    /* Absolute ones are returned as they are; empty means unset. */
+    ASSERT_OK(setenv("LOCKD_DIR", "/srv/locks", 1));
+    ASSERT_OK(lockd_default_dir(&p));
+    ASSERT_STR_EQ(p, "/srv/locks");
+    free(p);
+    ASSERT_OK(setenv("LOCKD_SOCKET", "/run/x/helper.sock", 1));
+    ASSERT_OK(lockd_default_socket(&p));
+    ASSERT_STR_EQ(p, "/run/x/helper.sock");
+    free(p);
+    if (geteuid() == 0) {
+        ASSERT_OK(setenv("LOCKD_DIR", "", 1));
+        ASSERT_OK(lockd_default_dir(&p));
+        ASSERT_STR_EQ(p, "/var/lib/lockd/files");
+        free(p);
+        ASSERT_OK(unsetenv("LOCKD_SOCKET"));
+        ASSERT_OK(lockd_default_socket(&p));
+        ASSERT_STR_EQ(p, "/run/lockd/helper.sock");
+        free(p);
+        ASSERT_INT_EQ(test_wait(test_fork(user_socket_child, NULL)), 0);
+    }
+}
+
 /* A non-root user's default lockspace, opened as nobody. */
 struct user_env {
     const char *lockd_dir, *xdg, *home, *expect;
@@ -1519,5 +1588,6 @@ main(void)
     TEST_RUN(test_create_parents);
     TEST_RUN(test_default_dir_env);
     TEST_RUN(test_default_dir_user);
+    TEST_RUN(test_default_paths_relative_refused);
     return test_done();
 }
