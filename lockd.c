@@ -149,11 +149,14 @@ struct lease_ent {
     char key[LOCKD_KEY_SIZE];
     int mode;
     int fd;
+    uint32_t given; /* lease_plan(): where the key stood in the caller's keys[] */
 };
 
 struct lockd_lease {
-    size_t n;
-    struct lease_ent ent[]; /* sorted by key */
+    size_t n;         /* distinct keys, in ent[] */
+    size_t given;     /* keys the caller gave lockd_acquire(), duplicates too */
+    uint32_t *slot;   /* slot[i]: the ent[] index of the caller's keys[i] */
+    struct lease_ent ent[]; /* sorted by key; slot[] follows the last one */
 };
 
 LOCKD_API const char *
@@ -901,16 +904,20 @@ ent_cmp(const void *a, const void *b)
     return strcmp(((const struct lease_ent *)a)->key, ((const struct lease_ent *)b)->key);
 }
 
-/* Copy, check, sort and merge the request into a new lease (fds all -1). */
+/* Copy, check, sort and merge the request into a new lease (fds all -1),
+ * remembering where each of the caller's keys went (lockd_lease_index()). */
 static int
 lease_plan(size_t n, const char *const *keys, const int *modes, lockd_lease **ret)
 {
     lockd_lease *l;
     size_t i, j;
 
-    l = calloc(1, sizeof(*l) + n * sizeof(l->ent[0]));
+    /* slot[] follows ent[] in one allocation. */
+    _Static_assert(_Alignof(struct lease_ent) % _Alignof(uint32_t) == 0, "slot alignment");
+    l = calloc(1, sizeof(*l) + n * (sizeof(l->ent[0]) + sizeof(l->slot[0])));
     if (!l)
         return -ENOMEM;
+    l->slot = (uint32_t *)(void *)(l->ent + n);
     for (i = 0; i < n; i++) {
         int m = modes ? modes[i] : LOCKD_EXCLUSIVE;
 
@@ -921,17 +928,21 @@ lease_plan(size_t n, const char *const *keys, const int *modes, lockd_lease **re
         memcpy(l->ent[i].key, keys[i], LOCKD_KEY_SIZE);
         l->ent[i].mode = m;
         l->ent[i].fd = -1;
+        l->ent[i].given = (uint32_t)i;
     }
     qsort(l->ent, n, sizeof(l->ent[0]), ent_cmp);
     for (i = 0, j = 0; i < n; i++) {
         if (j > 0 && strcmp(l->ent[j - 1].key, l->ent[i].key) == 0) {
             if (l->ent[i].mode == LOCKD_EXCLUSIVE)
                 l->ent[j - 1].mode = LOCKD_EXCLUSIVE;
+            l->slot[l->ent[i].given] = (uint32_t)(j - 1);
             continue;
         }
+        l->slot[l->ent[i].given] = (uint32_t)j;
         l->ent[j++] = l->ent[i];
     }
     l->n = j;
+    l->given = n;
     *ret = l;
     return 0;
 }
@@ -1006,6 +1017,12 @@ LOCKD_API size_t
 lockd_lease_count(const lockd_lease *lease)
 {
     return lease ? lease->n : 0;
+}
+
+LOCKD_API int
+lockd_lease_index(const lockd_lease *lease, size_t i)
+{
+    return lease && i < lease->given ? (int)lease->slot[i] : -EINVAL;
 }
 
 LOCKD_API const char *
@@ -1935,21 +1952,30 @@ LOCKD_API int
 lockd_conn_handoff(lockd_conn *conn, int32_t pid, const lockd_lease *lease,
                    const char *const *names, uint64_t *ret_ids)
 {
+    const char **sorted = NULL;
     uint64_t *ids;
     size_t i, k;
     int r = 0;
 
     if (!conn || !lease || check_pid(pid) < 0)
         return -EINVAL;
-    for (i = 0; names && i < lease->n; i++)
+    for (i = 0; names && i < lease->given; i++)
         if (names[i] && strlen(names[i]) > LOCKD_NAME_MAX)
             return -ENAMETOOLONG;
     ids = calloc(lease->n ? lease->n : 1, sizeof(*ids));
-    if (!ids)
+    /* The caller names its keys in its own order; the wire carries them in
+     * the lease's.  A key given twice keeps its first non-NULL name. */
+    sorted = calloc(lease->n ? lease->n : 1, sizeof(*sorted));
+    if (!ids || !sorted) {
+        free(ids), free(sorted);
         return -ENOMEM;
+    }
+    for (i = 0; names && i < lease->given; i++)
+        if (!sorted[lease->slot[i]])
+            sorted[lease->slot[i]] = names[i];
     for (i = 0; i < lease->n; i += k) {
-        k = handoff_fit(lease, names, i);
-        r = handoff_chunk(conn, pid, lease, names, i, k, ids + i);
+        k = handoff_fit(lease, sorted, i);
+        r = handoff_chunk(conn, pid, lease, sorted, i, k, ids + i);
         if (r < 0)
             break;
     }
@@ -1962,6 +1988,7 @@ lockd_conn_handoff(lockd_conn *conn, int32_t pid, const lockd_lease *lease,
     else if (r == 0 && ret_ids)
         memcpy(ret_ids, ids, lease->n * sizeof(*ids));
     free(ids);
+    free(sorted);
     return r;
 }
 

@@ -269,6 +269,11 @@ LOCKD_API void lockd_lease_forget(lockd_lease *lease);
 /* Number of distinct leases held in lease (after de-duplication). */
 LOCKD_API size_t lockd_lease_count(const lockd_lease *lease);
 
+/* Where lockd_acquire()'s keys[i] went: the index, in lockd_lease_key()
+ * order, of its lease (two equal keys share one).  -EINVAL for i out of the
+ * range of the n keys given. */
+LOCKD_API int lockd_lease_index(const lockd_lease *lease, size_t i);
+
 /* The i-th lease (in sorted key order): its key (owned by lease), its mode
  * (LOCKD_EXCLUSIVE or LOCKD_SHARED), its fd (owned by lease: dup or send it,
  * do not close it).  NULL / -EINVAL for i out of range. */
@@ -371,13 +376,15 @@ LOCKD_API int lockd_conn_register(lockd_conn *conn, int32_t pid, int pidfd, cons
 
 /*
  * Hand every lease in lease to the helper, for owner pid.  names, if not
- * NULL, gives a display name per lease (in lockd_lease_key() order: the disk
- * path), NULL entries allowed.  The helper checks that each fd is a regular
+ * NULL, gives a display name (the disk path) per key, in the order of the
+ * keys given to lockd_acquire(): names[i] is the name of keys[i], NULL
+ * entries allowed; a key given twice takes its first non-NULL name.  The helper checks that each fd is a regular
  * file carrying an OFD lock of the lease's mode, and refuses the whole request
  * otherwise (-EBADFD).  Up to 253 leases go in one message and one round trip;
  * a larger lease is sent in several, all or nothing.  On success ret_ids
- * (lockd_lease_count() entries, may be NULL) receives the helper's lease ids,
- * which are never reused.  lease still owns its fds: call
+ * (lockd_lease_count() entries, may be NULL) receives the helper's lease ids
+ * in lockd_lease_key() order (keys[i]'s id is ret_ids[lockd_lease_index(lease,
+ * i)]), which are never reused.  lease still owns its fds: call
  * lockd_lease_forget() to let the helper be the only holder, or keep them
  * and release with lockd_conn_release_notice().
  * Errors: -EBADFD, -ESRCH (pid is not a registered owner), -EDQUOT (the

@@ -720,8 +720,8 @@ hand_over(const struct opts *o, lockd_conn *conn, int32_t pid, int pidfd,
           const char *name, const struct disk *d, size_t n, lockd_lease *lease,
           uint64_t *ret_ids)
 {
-    size_t i, count = lockd_lease_count(lease);
-    const char **names = calloc(count, sizeof(*names));
+    const char **names = calloc(n, sizeof(*names));
+    size_t i;
     int r;
 
     if (!names) {
@@ -729,8 +729,9 @@ hand_over(const struct opts *o, lockd_conn *conn, int32_t pid, int pidfd,
         errorf("%s", strerror(ENOMEM));
         return EXIT_FAIL;
     }
-    for (i = 0; i < count; i++)
-        names[i] = disk_of_key(d, n, lockd_lease_key(lease, i));
+    /* In the order the keys were given to lockd_acquire() (take()). */
+    for (i = 0; i < n; i++)
+        names[i] = d[i].name;
     r = lockd_conn_register(conn, pid, pidfd, o->uuid, name);
     if (r == 0)
         r = lockd_conn_handoff(conn, pid, lease, names, ret_ids);

@@ -329,9 +329,10 @@ disk_cmp(const void *a, const void *b)
 }
 
 /*
- * The n disks of guest g, sorted by key: lockd_acquire() sorts its keys and
- * lockd_conn_handoff() takes the names in that order, so presorting keeps
- * the two lined up.  Returns the total length of the names.
+ * The n disks of guest g, sorted by key, as a manager that keeps its disks
+ * in key order would (the names follow the keys in any order; sorted, the
+ * helper's ids come back in the disks' order too).  Returns the total
+ * length of the names.
  */
 static size_t
 guest_disks(lockd_space *space, unsigned g, size_t n, struct disk *d, const char **keys,

@@ -404,19 +404,10 @@ disks_make(struct disks *d, lockd_space *sp, const char *tag, size_t n)
     }
 }
 
-static size_t
-disks_find(const struct disks *d, const char *key)
-{
-    for (size_t i = 0; i < d->n; i++)
-        if (strcmp(d->key[i], key) == 0)
-            return i;
-    TEST_FAIL("key %s is not one of ours", key);
-}
-
 /*
  * Acquire every disk of d and hand them to the helper for pid, with their
- * paths as names; d->id[] gets the lease ids in d's order (the library
- * answers in key order).  Returns handoff's result; *ret_lease gets our
+ * paths as names in d's order; d->id[] gets the lease ids in d's order (the
+ * library answers in key order: lockd_lease_index() maps them).  Returns handoff's result; *ret_lease gets our
  * copies, or they are forgotten when ret_lease is NULL.
  */
 static int
@@ -430,10 +421,10 @@ hand_over(lockd_conn *c, lockd_space *sp, int32_t pid, struct disks *d, lockd_le
     ASSERT_OK(lockd_acquire(sp, d->n, d->keys, d->modes, LOCKD_TRY, &l));
     ASSERT_INT_EQ(lockd_lease_count(l), d->n);
     for (size_t i = 0; i < d->n; i++)
-        names[i] = d->paths[disks_find(d, lockd_lease_key(l, i))];
+        names[i] = d->paths[i];
     r = lockd_conn_handoff(c, pid, l, names, ids);
     for (size_t i = 0; r == 0 && i < d->n; i++)
-        d->id[disks_find(d, lockd_lease_key(l, i))] = ids[i];
+        d->id[i] = ids[lockd_lease_index(l, i)];
     if (ret_lease)
         *ret_lease = l;
     else
@@ -1802,6 +1793,68 @@ HELPER_CASE(handoff_retried)
 }
 
 /*
+ * lockd_conn_handoff() takes the names in the order the keys were given to
+ * lockd_acquire(), whatever order the keys sort in: each disk is listed
+ * under its own key.  A key given twice is one lease, named by its first
+ * non-NULL name; lockd_lease_index() maps the ids back to the caller's
+ * order.
+ */
+HELPER_CASE(handoff_names_in_callers_order)
+{
+    lockd_space *sp = space_open_rooted();
+    const char *keys[DISKS_MAX + 1], *names[DISKS_MAX + 1];
+    uint64_t ids[DISKS_MAX];
+    struct disks d;
+    struct guest g;
+    struct fsd *s;
+    lockd_lease *l;
+    lockd_conn *c;
+    size_t i, n, ord[DISKS_MAX];
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(s);
+    guest_start(&g);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    disks_make(&d, sp, "order", 6);
+    /* Given in descending key order (ord[]), so that no name could land on
+     * its key by being passed in the lease's (ascending) order. */
+    for (i = 0; i < d.n; i++) {
+        size_t j = i;
+
+        for (; j > 0 && strcmp(d.key[ord[j - 1]], d.key[i]) < 0; j--)
+            ord[j] = ord[j - 1];
+        ord[j] = i;
+    }
+    for (i = 0; i < d.n; i++)
+        keys[i] = d.key[ord[i]], names[i] = d.path[ord[i]];
+    /* The last disk again, named only the second time. */
+    keys[d.n] = keys[d.n - 1];
+    names[d.n] = names[d.n - 1];
+    names[d.n - 1] = NULL;
+    n = d.n + 1;
+    ASSERT_OK(lockd_acquire(sp, n, keys, NULL, LOCKD_TRY, &l));
+    ASSERT_INT_EQ(lockd_lease_count(l), d.n);
+    for (i = 0; i + 1 < d.n; i++)
+        ASSERT_TRUE(strcmp(lockd_lease_key(l, i), lockd_lease_key(l, i + 1)) < 0);
+    ASSERT_INT_EQ(lockd_lease_index(l, d.n), lockd_lease_index(l, d.n - 1));
+    ASSERT_ERR(lockd_lease_index(l, n), EINVAL);
+    for (i = 0; i < n; i++)
+        ASSERT_STR_EQ(lockd_lease_key(l, (size_t)lockd_lease_index(l, i)), keys[i]);
+    ASSERT_OK(lockd_conn_handoff(c, g.pid, l, names, ids));
+    for (i = 0; i < d.n; i++)
+        d.id[ord[i]] = ids[lockd_lease_index(l, i)];
+    lockd_lease_forget(l);
+    assert_listed(c, g.pid, &d);
+    lockd_conn_close(c);
+    guest_end(&g);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+/*
  * A reply that makes no sense leaves the connection out of step: the
  * library shuts it down and every later call fails with -ENOTCONN, instead
  * of taking the next reply for the wrong request.  A fake helper answers
@@ -2661,6 +2714,7 @@ main(int argc, char **argv)
     RUN(only, stale_notice, 60);
     RUN(only, handoff_rollback, 60);
     RUN(only, handoff_retried, 60);
+    RUN(only, handoff_names_in_callers_order, 60);
     RUN(only, client_out_of_step, 60);
     RUN(only, credentials, 60);
     RUN(only, malformed, 60);
