@@ -275,6 +275,8 @@ lease_strerror(int r)
         return "a FIFO, socket or device was planted in the lockspace";
     case -EPROTO:
         return "the lockspace settings file is not one lockd understands";
+    case -EINPROGRESS:
+        return "a gc of the lockspace kept its index locked for too long; try again";
     default:
         return strerror(-r);
     }
@@ -894,19 +896,25 @@ report_busy(const struct guest *g, const struct resource *res, lockd_conn *conn,
  * Take the lease of res here, without waiting, into *ret.  space is the disk
  * lockspace; a <lease> opens its own.  Returns 0 or -1 (reported).
  */
+#define GC_TRIES 10
+
 static int
 res_acquire(const struct guest *g, const struct resource *res, int mode, lockd_conn *conn,
             lockd_space *space, lockd_lease **ret)
 {
     lockd_space *own = NULL;
     const char *key = res->key;
-    int r;
+    int r = 0, tries;
 
     if (res->dir && space_open(g, res->dir, 1, &own) < 0)
         return -1;
     if (own)
         space = own;
-    r = lockd_acquire(space, 1, &key, &mode, LOCKD_TRY, ret);
+    /* -EINPROGRESS: a gc held the index past LOCKD_INDEX_WAIT_MS, which says
+     * nothing about the lease; give it a few more chances before refusing. */
+    for (tries = 0; tries < GC_TRIES; tries++)
+        if ((r = lockd_acquire(space, 1, &key, &mode, LOCKD_TRY, ret)) != -EINPROGRESS)
+            break;
     if (r == -EAGAIN)
         report_busy(g, res, conn, space);
     else if (r < 0)

@@ -124,6 +124,11 @@
 #define SETTINGS_VERSION 1
 #define LEASE_OPEN_FLAGS (O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
 #define BACKOFF_MAX_NS (20 * 1000 * 1000L)
+#define INDEX_BYTE 0 /* of .lockd-index: shared to create leases, exclusive for gc */
+#define INTENT_BYTE 1 /* shared: a creator waits for or holds INDEX_BYTE */
+#define INDEX_BACKOFF_MAX_NS (2 * 1000 * 1000L) /* a gc batch is short */
+#define GC_BATCH_NS (10 * 1000 * 1000L) /* gc holds the index this long at most, */
+#define GC_BATCH_MAX 256                /* or for this many files */
 #define STALE_RETRIES_MAX 1000
 
 /* Run a syscall again while a signal interrupts it (an NFS lockspace can
@@ -198,15 +203,15 @@ open_retry(int dirfd, const char *name, int flags, mode_t mode)
     return fd < 0 ? negerrno() : fd;
 }
 
-/* Set, test or clear the lease byte (byte 0, length 1) of fd's open file
- * description.  cmd is F_OFD_SETLK, F_OFD_SETLKW or F_OFD_GETLK; type F_RDLCK,
- * F_WRLCK or F_UNLCK.  EINTR is retried: lockd installs no signal handlers and
- * a caller's handler interrupting a wait should not turn into an error.  Busy
+/* Set, test or clear byte `byte` (length 1) of fd's open file description.
+ * cmd is F_OFD_SETLK, F_OFD_SETLKW or F_OFD_GETLK; type F_RDLCK, F_WRLCK or
+ * F_UNLCK.  EINTR is retried: lockd installs no signal handlers and a
+ * caller's handler interrupting a wait should not turn into an error.  Busy
  * is -EAGAIN whatever the kernel said (fcntl(2): EACCES or EAGAIN). */
 static int
-lease_lock(int fd, int cmd, short type, struct flock *ret_fl)
+byte_lock(int fd, int cmd, short type, off_t byte, struct flock *ret_fl)
 {
-    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1};
     int r;
 
     do
@@ -217,6 +222,13 @@ lease_lock(int fd, int cmd, short type, struct flock *ret_fl)
     if (ret_fl)
         *ret_fl = fl;
     return 0;
+}
+
+/* The lease byte: byte 0, length 1, what virtlockd locks too. */
+static int
+lease_lock(int fd, int cmd, short type, struct flock *ret_fl)
+{
+    return byte_lock(fd, cmd, type, 0, ret_fl);
 }
 
 static int
@@ -739,32 +751,96 @@ lease_open(int dirfd, const char *key, struct stat *ret_st)
     return fd;
 }
 
-/* The index lock: shared to create lease files, exclusive to delete them.
- * Opened afresh for every use, because an OFD lock belongs to the open file
- * description: sharing one between threads would let one thread's unlock drop
- * another's lock.  Released by closing the returned fd.  deadline as for
- * lease_lock_wait(): a try or timed acquire must not wait out a gc. */
-static int lease_lock_wait(int fd, short type, int64_t deadline);
-
-static int
-index_lock(int dirfd, short type, int64_t deadline)
+/* Deadlines are CLOCK_MONOTONIC times in ns, immune to clock changes. */
+static int64_t
+now_ns(void)
 {
-    int fd, r;
+    struct timespec ts;
 
-    /* No fstat() here, unlike a lease: O_NOFOLLOW refuses a planted
-     * symlink, O_RDWR a directory, and a FIFO or device planted as the index
-     * takes the lock like a file would (or fails it), which harms nothing
-     * but gc's exclusion; this call is on the path of every new lease. */
-    fd = open_retry(dirfd, INDEX_NAME, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK |
-                    O_NOCTTY, 0600);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void
+sleep_ns(int64_t ns)
+{
+    struct timespec ts = {.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
+
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+/*
+ * The index: byte INDEX_BYTE of .lockd-index is locked shared to create a
+ * lease file and exclusive to delete one (gc).  gc holds it for one batch
+ * at a time (GC_BATCH_NS), so no creator waits long even where a lock costs
+ * half a millisecond; but a creator that polls (a try or timed acquire)
+ * would rarely catch the moment between two batches.  So a creator first
+ * takes INTENT_BYTE shared and keeps it until it is done, and gc, before
+ * each batch, waits for INTENT_BYTE exclusively: every creator already
+ * waiting goes first.  gc lets go of INTENT_BYTE as soon as it holds the
+ * index, so creators arriving during a batch queue up behind it.  (A steady
+ * stream of creators can delay gc, never the other way round.)
+ *
+ * The index is opened afresh for every use, because an OFD lock belongs to
+ * the open file description: sharing one between threads would let one
+ * thread's unlock drop another's lock.  No fstat() here, unlike a lease:
+ * O_NOFOLLOW refuses a planted symlink, O_RDWR a directory, and a FIFO or
+ * device planted as the index takes the lock like a file would (or fails
+ * it), which harms nothing but gc's exclusion; this call is on the path of
+ * every new lease.
+ */
+static int
+index_open(int dirfd)
+{
+    return open_retry(dirfd, INDEX_NAME, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW |
+                      O_NONBLOCK | O_NOCTTY, 0600);
+}
+
+static int lock_wait(int fd, short type, off_t byte, int64_t deadline, int64_t backoff_max);
+
+/*
+ * Take the index shared, to create a lease file; release by closing the fd.
+ * deadline as for lock_wait(), except that a try (0) waits for the index up
+ * to LOCKD_INDEX_WAIT_MS and then fails with -EINPROGRESS: the lease itself
+ * may well be free, and -EAGAIN means busy and nothing else.
+ */
+static int
+index_lock_shared(int dirfd, int64_t deadline)
+{
+    int64_t d = deadline == 0 ? now_ns() + (int64_t)LOCKD_INDEX_WAIT_MS * 1000000 : deadline;
+    int fd = index_open(dirfd), r;
+
     if (fd < 0)
         return fd;
-    r = lease_lock_wait(fd, type, deadline);
+    r = lock_wait(fd, F_RDLCK, INTENT_BYTE, d, INDEX_BACKOFF_MAX_NS);
+    if (r == 0)
+        r = lock_wait(fd, F_RDLCK, INDEX_BYTE, d, INDEX_BACKOFF_MAX_NS);
     if (r < 0) {
         safe_close(fd);
-        return r;
+        return r == -ETIMEDOUT && deadline == 0 ? -EINPROGRESS : r;
     }
     return fd;
+}
+
+/* gc: take the index exclusively on fd, after every creator already
+ * waiting for it (above). */
+static int
+index_gc_enter(int fd)
+{
+    int r = byte_lock(fd, F_OFD_SETLKW, F_WRLCK, INTENT_BYTE, NULL);
+
+    if (r < 0)
+        return r;
+    r = byte_lock(fd, F_OFD_SETLKW, F_WRLCK, INDEX_BYTE, NULL);
+    (void)byte_lock(fd, F_OFD_SETLK, F_UNLCK, INTENT_BYTE, NULL);
+    return r;
+}
+
+static void
+index_gc_leave(int fd)
+{
+    (void)byte_lock(fd, F_OFD_SETLK, F_UNLCK, INDEX_BYTE, NULL);
 }
 
 /* Create a lease file under the shared index lock, so that gc (which deletes
@@ -778,7 +854,7 @@ lease_create(int dirfd, const char *key, int64_t deadline, struct stat *ret_st)
 {
     int ifd, fd, r = 0;
 
-    ifd = index_lock(dirfd, F_RDLCK, deadline);
+    ifd = index_lock_shared(dirfd, deadline);
     if (ifd < 0)
         return ifd;
     fd = open_retry(dirfd, key, LEASE_OPEN_FLAGS | O_CREAT, 0600);
@@ -806,50 +882,38 @@ lease_current(int dirfd, const char *key, const struct stat *st)
     return now.st_dev == st->st_dev && now.st_ino == st->st_ino;
 }
 
-/* Deadlines are CLOCK_MONOTONIC times in ns, immune to clock changes. */
-static int64_t
-now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static void
-sleep_ns(int64_t ns)
-{
-    struct timespec ts = {.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
-
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
-
 /*
- * Lock one opened lease file.  deadline is 0 to try once, -1 to wait in the
+ * Lock byte `byte` of fd.  deadline is 0 to try once, -1 to wait in the
  * kernel, else a CLOCK_MONOTONIC time in ns: a timed wait polls F_OFD_SETLK
- * with a backoff doubling from 1 ms to 20 ms, because the kernel offers no
- * timed lock and lockd will not use signals or threads to make one.
+ * with a backoff doubling from 1 ms (or backoff_max, if less) to
+ * backoff_max, because the kernel offers no timed lock and lockd will not
+ * use signals or threads to make one.
  */
 static int
-lease_lock_wait(int fd, short type, int64_t deadline)
+lock_wait(int fd, short type, off_t byte, int64_t deadline, int64_t backoff_max)
 {
-    int64_t backoff = 1000000, left;
+    int64_t backoff = 1000000 < backoff_max ? 1000000 : backoff_max, left;
     int r;
 
     if (deadline < 0)
-        return lease_lock(fd, F_OFD_SETLKW, type, NULL);
+        return byte_lock(fd, F_OFD_SETLKW, type, byte, NULL);
     for (;;) {
-        r = lease_lock(fd, F_OFD_SETLK, type, NULL);
+        r = byte_lock(fd, F_OFD_SETLK, type, byte, NULL);
         if (r != -EAGAIN || deadline == 0)
             return r;
         left = deadline - now_ns();
         if (left <= 0)
             return -ETIMEDOUT;
         sleep_ns(backoff < left ? backoff : left);
-        if (backoff < BACKOFF_MAX_NS)
-            backoff = backoff * 2 < BACKOFF_MAX_NS ? backoff * 2 : BACKOFF_MAX_NS;
+        if (backoff < backoff_max)
+            backoff = backoff * 2 < backoff_max ? backoff * 2 : backoff_max;
     }
+}
+
+static int
+lease_lock_wait(int fd, short type, int64_t deadline)
+{
+    return lock_wait(fd, type, 0, deadline, BACKOFF_MAX_NS);
 }
 
 /* Unlock then close: a close alone frees nothing while another copy of the
@@ -1127,15 +1191,17 @@ lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,
          uint64_t *ret_removed, uint64_t *ret_kept)
 {
     uint64_t seen = 0, removed = 0, kept = 0;
+    int64_t batch_end = 0;
+    unsigned batch = 0;
     struct dirent *de;
     DIR *d = NULL;
-    int ifd = -1, lfd, r = 0;
+    int ifd = -1, lfd, entered = 0, r = 0;
 
     if (!space)
         return -EINVAL;
     if (space->readonly)
         return -EBADF;
-    ifd = index_lock(space->dirfd, F_WRLCK, -1);
+    ifd = index_open(space->dirfd);
     if (ifd < 0)
         return ifd;
     lfd = open_retry(space->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
@@ -1152,6 +1218,19 @@ lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,
     while ((errno = 0, de = readdir(d))) {
         if (!lockd_key_valid(de->d_name))
             continue;
+        /* The index is held for one batch at a time: creators waiting for
+         * it go between two batches (index_gc_enter()). */
+        if (entered && (++batch >= GC_BATCH_MAX || now_ns() >= batch_end)) {
+            index_gc_leave(ifd);
+            entered = 0;
+        }
+        if (!entered) {
+            r = index_gc_enter(ifd);
+            if (r < 0)
+                goto out;
+            entered = 1, batch = 0;
+            batch_end = now_ns() + GC_BATCH_NS;
+        }
         r = gc_one(space->dirfd, de->d_name);
         if (r < 0)
             goto out;

@@ -52,6 +52,9 @@
  *   -EAGAIN       busy: another holder's lease conflicts (the only meaning of
  *                 -EAGAIN here)
  *   -ETIMEDOUT    a wait with a timeout ran out
+ *   -EINPROGRESS  a try found a gc holding the lockspace's index for longer
+ *                 than LOCKD_INDEX_WAIT_MS while it had to create a lease
+ *                 file: the lease may well be free; try again
  *   -ENOLCK       the lockspace's filesystem does not support OFD locks (lockd
  *                 never falls back to classic POSIX locks)
  *   -ELOOP        a symlink was planted in the lockspace where a lease should be
@@ -219,6 +222,11 @@ LOCKD_API int lockd_key_valid(const char *key);
 #define LOCKD_TRY     0  /* fail at once with -EAGAIN if busy */
 #define LOCKD_FOREVER -1 /* wait until granted (F_OFD_SETLKW) */
 
+/* How long a LOCKD_TRY acquire that has to create a lease file waits for a
+ * gc that holds the lockspace's index, in ms, before -EINPROGRESS.  gc holds
+ * the index for one short batch of files at a time. */
+#define LOCKD_INDEX_WAIT_MS 100
+
 /*
  * Take the leases named by keys[0..n-1], all or nothing.  modes is NULL for
  * all exclusive, or gives LOCKD_EXCLUSIVE or LOCKD_SHARED per key.  The keys
@@ -232,13 +240,15 @@ LOCKD_API int lockd_key_valid(const char *key);
  * process (lockd retries EINTR).
  *
  * A missing lease file is created (mode 0600) under a shared lock on the
- * lockspace's index, so a concurrent lockd_gc() cannot remove it in between;
+ * lockspace's index, so a concurrent lockd_gc() cannot remove it in between
+ * (a try waits up to LOCKD_INDEX_WAIT_MS for a gc batch to end, a timed
+ * acquire within its timeout, a wait forever as long as it takes);
  * after each grant lockd checks that the file's name still refers to the inode
  * it locked (gc, or a virtlockd peer, may have unlinked it) and starts over if
  * not.
  *
  * Errors: those listed at the top, notably -EAGAIN (busy, LOCKD_TRY),
- * -ETIMEDOUT, -ENOLCK, -ELOOP/-EISDIR/-ENXIO (something planted), -EROFS,
+ * -ETIMEDOUT, -EINPROGRESS (LOCKD_TRY only: a gc held the index, above), -ENOLCK, -ELOOP/-EISDIR/-ENXIO (something planted), -EROFS,
  * -EMFILE; -EBADF if space was opened LOCKD_OPEN_READONLY; -ESTALE if the
  * lease file was replaced under every one of 1000 grants in a row
  * (something unlinks it as fast as it is locked); -EINVAL for n == 0,
@@ -293,10 +303,12 @@ LOCKD_API int lockd_lease_fd(const lockd_lease *lease, size_t i);
 LOCKD_API int lockd_probe(const lockd_space *space, const char *key, int32_t *ret_pid);
 
 /*
- * Delete the lease files in space that nobody holds.  Takes the lockspace's
- * index exclusively (waiting for creators in flight), then for each lease
- * file takes its exclusive lock without waiting and, if granted and the name
- * still refers to the inode locked, unlinks it.  Held leases and every file
+ * Delete the lease files in space that nobody holds.  Works in batches of
+ * a few milliseconds: for each, it takes the lockspace's index exclusively
+ * (after every creator already waiting for it), then for each lease file
+ * takes its exclusive lock without waiting and, if granted and the name
+ * still refers to the inode locked, unlinks it; then lets the index go, so
+ * that acquires creating new lease files never wait long.  Held leases and every file
  * whose name is not a key are left alone.  progress, if not NULL, is called
  * every 1024 files with the number looked at so far; a non-zero return stops
  * gc early and is returned.  On success *ret_removed and *ret_kept (each may

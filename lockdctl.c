@@ -95,6 +95,8 @@ lease_reason(int r)
         return "name too long";
     case EINVAL:
         return "not a usable path";
+    case EINPROGRESS:
+        return "a gc of the lockspace kept its index locked for too long; try again";
     default:
         return strerror(-r);
     }
@@ -637,6 +639,9 @@ worth_retrying(const lockd_space *space, lockd_conn *conn, const char *key)
     return holders_gone(conn, key) || lockd_probe(space, key, NULL) == LOCKD_FREE;
 }
 
+/* How many times a try that met a long gc batch (-EINPROGRESS) is made. */
+#define GC_TRIES 10
+
 /* How long to give the helper to release the leases of exited owners. */
 #define HELPER_GRACE_MS 2000
 
@@ -673,7 +678,11 @@ take(const struct opts *o, lockd_space *space, lockd_conn *conn, const struct di
         keys[i] = d[i].key;
         modes[i] = o->shared ? LOCKD_SHARED : LOCKD_EXCLUSIVE;
     }
-    r = lockd_acquire(space, n, keys, modes, o->wait_ms, ret);
+    /* -EINPROGRESS: a gc held the index past LOCKD_INDEX_WAIT_MS, which says
+     * nothing about the leases; give it a few more chances. */
+    for (i = 0; i < GC_TRIES; i++)
+        if ((r = lockd_acquire(space, n, keys, modes, o->wait_ms, ret)) != -EINPROGRESS)
+            break;
     while ((r == -EAGAIN || r == -ETIMEDOUT) &&
            worth_retrying(space, conn, d[culprit(space, d, n, o->shared, r)].key)) {
         int64_t now = now_ms();
@@ -701,6 +710,10 @@ take(const struct opts *o, lockd_space *space, lockd_conn *conn, const struct di
         else
             errorf("%s: busy: %s", d[bad].name, why);
         return o->conflict_code;
+    }
+    if (r == -EINPROGRESS) {
+        errorf("%s: cannot take its lease: %s", d[bad].name, lease_reason(r));
+        return EXIT_BUSY;
     }
     if (r == -EROFS || r == -EACCES)
         errorf("%s: cannot take its lease: lockspace %s: %s", d[bad].name, o->dir,

@@ -448,6 +448,7 @@ struct race {
     atomic_int shared[RACE_KEYS_MAX];
     atomic_long taken;       /* lockd leases held and checked */
     atomic_long busy;        /* tries refused */
+    atomic_long gc_waits;    /* tries that met a long gc batch (-EINPROGRESS) */
     atomic_long posix_taken; /* virtlockd-style holds checked */
     atomic_long stale;       /* virtlockd-style locks on a file unlinked meanwhile */
     atomic_long removed;     /* lease files gc removed */
@@ -599,6 +600,10 @@ race_lockd_once(struct worker *w)
         atomic_fetch_add(&rc->busy, 1);
         return;
     }
+    if (r == -EINPROGRESS) { /* not busy: a gc batch outlasted the try's wait */
+        atomic_fetch_add(&rc->gc_waits, 1);
+        return;
+    }
     if (r < 0) {
         race_fail(rc, "acquire: %s", strerror(-r));
         return;
@@ -719,7 +724,59 @@ race_posix_process(struct race *rc)
     close(dirfd);
 }
 
-enum { RACE_GC, RACE_POSIX, RACE_LOCKD };
+/*
+ * A creator: takes leases of its own (no one else ever asks for them), so
+ * the only thing it can meet is gc, which keeps removing them; nearly every
+ * acquire creates the lease file anew.  A busy answer would be a lie: a try
+ * must succeed or say a gc batch outlasted its wait (-EINPROGRESS), and a
+ * timed or endless wait must always succeed.
+ */
+#define CREATOR_KEYS 300
+
+static void
+race_creator_process(struct race *rc, int timeout_ms)
+{
+    lockd_space *space = NULL;
+    char (*keys)[LOCKD_KEY_SIZE] = calloc(CREATOR_KEYS, LOCKD_KEY_SIZE), disk[96];
+    unsigned k = 0;
+    int r;
+
+    if (!keys || (r = lockd_space_open(space_dir(), 0, &space)) < 0) {
+        race_fail(rc, "creator start: %s", keys ? strerror(-r) : "out of memory");
+        free(keys);
+        return;
+    }
+    for (k = 0; k < CREATOR_KEYS; k++) {
+        snprintf(disk, sizeof(disk), "/vm/creator-%d-%u.img", (int)getpid(), k);
+        key_of(disk, keys[k]);
+    }
+    for (k = 0; !atomic_load(&rc->stop); k = (k + 1) % CREATOR_KEYS) {
+        const char *key = keys[k];
+        lockd_lease *lease = NULL;
+
+        r = lockd_acquire(space, 1, &key, NULL, timeout_ms, &lease);
+        if (r == -EINPROGRESS && timeout_ms == LOCKD_TRY) {
+            atomic_fetch_add(&rc->gc_waits, 1);
+            continue;
+        }
+        if (r < 0) {
+            race_fail(rc, "a creator (timeout %d ms) was refused a lease nobody holds: %s",
+                      timeout_ms, strerror(-r));
+            break;
+        }
+        r = same_file(lockd_space_fd(space), key, lockd_lease_fd(lease, 0));
+        if (r < 0)
+            race_fail(rc, "a creator holds a file its name has left: %s", strerror(-r));
+        r = lockd_lease_release(lease);
+        if (r < 0)
+            race_fail(rc, "release: %s", strerror(-r));
+        atomic_fetch_add(&rc->taken, 1);
+    }
+    lockd_space_close(space);
+    free(keys);
+}
+
+enum { RACE_GC, RACE_POSIX, RACE_LOCKD, RACE_CREATOR };
 
 static pid_t
 race_spawn(struct race *rc, int kind, int nthreads)
@@ -736,6 +793,8 @@ race_spawn(struct race *rc, int kind, int nthreads)
         race_gc_process(rc);
     else if (kind == RACE_POSIX)
         race_posix_process(rc);
+    else if (kind == RACE_CREATOR)
+        race_creator_process(rc, nthreads);
     else
         race_lockd_process(rc, nthreads);
     _exit(0);
@@ -758,8 +817,9 @@ static void
 race_report(struct race *rc, char *buf, size_t size)
 {
     snprintf(buf, size,
-             "%ld leases, %ld busy, %ld POSIX holds, %ld stale, %ld gc runs, %ld removed",
-             atomic_load(&rc->taken), atomic_load(&rc->busy),
+             "%ld leases, %ld busy, %ld met a long gc batch, %ld POSIX holds, %ld stale, "
+             "%ld gc runs, %ld removed",
+             atomic_load(&rc->taken), atomic_load(&rc->busy), atomic_load(&rc->gc_waits),
              atomic_load(&rc->posix_taken), atomic_load(&rc->stale),
              atomic_load(&rc->gc_runs), atomic_load(&rc->removed));
 }
@@ -854,6 +914,25 @@ test_gc_race_virtlockd_peers(void)
     race_finish(rc, pids, 5, &goal, &floor);
 }
 
+/* Creators that try, wait with a timeout and wait forever, each on leases
+ * of its own, while two processes run gc in a loop: gc takes the index per
+ * batch and lets waiting creators in between, and no answer says busy. */
+static void
+test_gc_race_creators(void)
+{
+    struct race *rc = race_new(1);
+    const struct race_goal goal = {.taken = 20000, .removed = 10000, .gc_runs = 300};
+    const struct race_goal floor = {.taken = 1000, .removed = 500, .gc_runs = 20};
+    pid_t pids[5];
+
+    pids[0] = race_spawn(rc, RACE_GC, 0);
+    pids[1] = race_spawn(rc, RACE_GC, 0);
+    pids[2] = race_spawn(rc, RACE_CREATOR, LOCKD_TRY);
+    pids[3] = race_spawn(rc, RACE_CREATOR, 5000);
+    pids[4] = race_spawn(rc, RACE_CREATOR, LOCKD_FOREVER);
+    race_finish(rc, pids, 5, &goal, &floor);
+}
+
 int
 main(void)
 {
@@ -866,5 +945,6 @@ main(void)
     TEST_RUN(test_recreated_while_waiting_timed);
     TEST_RUN(test_gc_race_acquirers);
     TEST_RUN(test_gc_race_virtlockd_peers);
+    TEST_RUN(test_gc_race_creators);
     return test_done();
 }
