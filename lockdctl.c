@@ -457,6 +457,51 @@ disk_key(const struct opts *o, const lockd_space *space, const char *arg, struct
     return lockd_space_key(space, d->name, d->key);
 }
 
+/*
+ * What in an absolute path makes it a spelling of its own, or NULL.  In the
+ * verbatim key mode the key is the path's bytes, as in virtlockd, and
+ * libvirt passes a disk's <source file=...> or <source dev=...> to its lock
+ * manager exactly as written (its XML parser folds nothing): "/a//x",
+ * "/a/./x", "//a/x", "/a/x/" and "/b/../a/x" each have a lease apart from
+ * "/a/x", so two guests whose XML spells one disk two ways are not kept
+ * apart.  (A relative path given here was joined without "." and repeated
+ * slashes already; its ".." stays.)
+ */
+static const char *
+odd_spelling(const char *path)
+{
+    const char *p = path, *end;
+
+    for (; *p; p = end) {
+        end = strchr(p + 1, '/');
+        end = end ? end : p + strlen(p);
+        /* p points at a '/', the component runs to end. */
+        if (end == p + 1 && *end)
+            return "a repeated '/'";
+        if (end == p + 1 && p != path) /* "/" alone is the root's one spelling */
+            return "a trailing '/'";
+        if (end - p == 2 && p[1] == '.')
+            return "a '.' component";
+        if (end - p == 3 && p[1] == '.' && p[2] == '.')
+            return "a '..' component";
+    }
+    return NULL;
+}
+
+/* Say so when a disk is spelled in a way that gives it a lease apart from
+ * the same file's plain spelling (verbatim keys only: canonical keys fold
+ * every spelling on this host). */
+static void
+warn_spelling(const lockd_space *space, const struct disk *d)
+{
+    const char *why = odd_spelling(d->name);
+
+    if (why && (!space || lockd_space_mode(space) == LOCKD_MODE_VERBATIM))
+        errorf("warning: %s: spelled with %s; keys are taken from the path as written "
+               "(as libvirt and virtlockd do), so this spelling has a lease of its own",
+               d->name, why);
+}
+
 /* A usage error for an empty disk name: checked before anything is opened,
  * so that bad input creates nothing. */
 static int
@@ -495,6 +540,8 @@ disks_parse(const struct opts *o, const lockd_space *space, int argc, char **arg
             disks_free(d, (size_t)argc);
             return EXIT_FAIL;
         }
+        if (!o->resource)
+            warn_spelling(space, &d[i]);
     }
     *ret = d;
     return 0;

@@ -107,6 +107,10 @@ make_long_path(char *buf, size_t len)
     buf[len] = '\0';
 }
 
+/* `printf %s /var/lib/libvirt/images/a.qcow2 | sha256sum`, once. */
+static const char known_vectors_a_qcow2[] =
+    "8a9ed4672f9e8af6f6077d1e4b861dbd7dc204cd206401d3e55a8476e2a1a203";
+
 /* Paths whose verbatim key is sha256sum of the path itself.  Verbatim means
  * verbatim: repeated slashes, "." and ".." are hashed as written, which is
  * what virtlockd does. */
@@ -131,6 +135,46 @@ test_verbatim_golden(void)
         check_space_key(s, golden_paths[i], golden_paths[i]);
     make_long_path(long_path, 4000);
     check_space_key(s, long_path, long_path);
+    lockd_space_close(s);
+}
+
+/*
+ * Spellings of one disk that libvirt hands its lock manager as written.
+ * libvirt has a path sanitiser (virFileSanitizePath(): repeated slashes
+ * folded except a leading "//", trailing ones dropped), but its domain XML
+ * parser does not apply it to disk sources: virDomainStorageSourceParse()
+ * copies <source file=...> and <source dev=...> verbatim (libvirt 9.0.0,
+ * Debian 12's, and 11.3.0 alike), virDomainLockManagerAddImage() passes
+ * src->path on unchanged, and virtlockd's lock_driver_lockd.c hashes that
+ * string.  So each spelling's key is sha256sum of the spelling itself, and
+ * no two of them share a lease (lockdctl warns of them).
+ */
+static const char *const libvirt_spellings[] = {
+    "/var/lib/libvirt/images/a.qcow2",    /* the plain one */
+    "//var/lib/libvirt/images/a.qcow2",   /* sanitiser would keep: leading // */
+    "///var/lib/libvirt/images/a.qcow2",  /* sanitiser would fold to / */
+    "/var/lib//libvirt/images/a.qcow2",   /* sanitiser would fold */
+    "/var/lib/libvirt/images/a.qcow2/",   /* sanitiser would drop the / */
+    "/var/lib/./libvirt/images/a.qcow2",  /* "." folded by nobody */
+    "/var/lib/../lib/libvirt/images/a.qcow2",
+};
+
+static void
+test_libvirt_spellings(void)
+{
+    const size_t n = sizeof(libvirt_spellings) / sizeof(libvirt_spellings[0]);
+    lockd_space *s = open_space("space", LOCKD_OPEN_CREATE);
+    char keys[sizeof(libvirt_spellings) / sizeof(libvirt_spellings[0])][LOCKD_KEY_SIZE];
+
+    for (size_t i = 0; i < n; i++) {
+        check_space_key(s, libvirt_spellings[i], libvirt_spellings[i]);
+        ASSERT_OK(lockd_space_key(s, libvirt_spellings[i], keys[i]));
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(keys[i], keys[j]) == 0)
+                TEST_FAIL("%s and %s share a key", libvirt_spellings[i],
+                          libvirt_spellings[j]);
+    }
+    ASSERT_STR_EQ(keys[0], known_vectors_a_qcow2);
     lockd_space_close(s);
 }
 
@@ -161,8 +205,7 @@ static const struct {
     const char *name;
     const char *key;
 } known_vectors[] = {
-    { "/var/lib/libvirt/images/a.qcow2",
-      "8a9ed4672f9e8af6f6077d1e4b861dbd7dc204cd206401d3e55a8476e2a1a203" },
+    { "/var/lib/libvirt/images/a.qcow2", known_vectors_a_qcow2 },
     { "/", "8a5edab282632443219e051e4ade2d1d5bbc671c781051bf1437897cbdfea0f1" },
     { "/srv/\xc3\xa9t\xc3\xa9/disque-\xe2\x82\xac.raw",
       "e48116a380cccd2fc9cac8d8a1b2a8444e1834dfba743745e34e1e4d7b4a1296" },
@@ -413,6 +456,7 @@ main(void)
 {
     TEST_RUN(test_verbatim_golden);
     TEST_RUN(test_resource_golden);
+    TEST_RUN(test_libvirt_spellings);
     TEST_RUN(test_known_vectors);
     TEST_RUN(test_canonical_symlinks);
     TEST_RUN(test_canonical_equals_verbatim);

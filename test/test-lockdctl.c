@@ -840,22 +840,78 @@ test_key_golden(void)
 static void
 test_key_relative_paths(void)
 {
-    char want[LOCKD_KEY_SIZE], line[PATH_MAX + 80];
+    char want[LOCKD_KEY_SIZE], line[PATH_MAX + 256];
     struct res r;
 
     case_env();
     make_lockspace(0);
-    /* "." and repeated slashes go, ".." stays as written. */
+    /* "." and repeated slashes go, ".." stays as written (and is warned
+     * of: it makes a lease of its own). */
     CTL_EXPECT(&r, 0, "key", "a//./b/../c.img");
     ctl_key("a/b/../c.img", want);
     snprintf(line, sizeof(line), "%s  %s/a/b/../c.img\n", want, test_scratch);
     ASSERT_STR_EQ(r.out, line);
+    snprintf(line, sizeof(line),
+             "lockdctl: warning: %s/a/b/../c.img: spelled with a '..' component; keys are "
+             "taken from the path as written (as libvirt and virtlockd do), so this "
+             "spelling has a lease of its own\n",
+             test_scratch);
+    ASSERT_STR_EQ(r.err, line);
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "key", "a//./b/c.img");
     ASSERT_STR_EQ(r.err, "");
     res_free(&r);
     /* A path given absolute is hashed exactly as given. */
     CTL_EXPECT(&r, 0, "key", "/x//y/./z");
     ASSERT_OK(lockd_key_resource("/x//y/./z", 9, want));
     ASSERT_TRUE(strncmp(r.out, want, 64) == 0);
+    res_free(&r);
+}
+
+/*
+ * Spellings that libvirt passes on as written and so get leases of their
+ * own (test-keys.c's libvirt_spellings): each is keyed as written and warned
+ * of in one line naming the disk and what is odd in it; the plain spelling
+ * and resource names are not.  The warning does not change the exit status,
+ * and canonical lockspaces, which fold every spelling, get none.
+ */
+static void
+test_spelling_warnings(void)
+{
+    static const struct {
+        const char *path, *why;
+    } odd[] = {
+        {"//images/a.qcow2", "a repeated '/'"},
+        {"/images//a.qcow2", "a repeated '/'"},
+        {"/images/a.qcow2/", "a trailing '/'"},
+        {"/images/./a.qcow2", "a '.' component"},
+        {"/images/../images/a.qcow2", "a '..' component"},
+        {"/images/a.qcow2/.", "a '.' component"},
+    };
+    char want[LOCKD_KEY_SIZE], line[512];
+    struct res r;
+
+    case_env();
+    make_lockspace(0);
+    for (size_t i = 0; i < sizeof(odd) / sizeof(odd[0]); i++) {
+        CTL_EXPECT(&r, 0, "key", odd[i].path);
+        ASSERT_OK(lockd_key_resource(odd[i].path, strlen(odd[i].path), want));
+        ASSERT_TRUE(strncmp(r.out, want, 64) == 0);
+        snprintf(line, sizeof(line), "lockdctl: warning: %s: spelled with %s;", odd[i].path,
+                 odd[i].why);
+        ASSERT_TRUE(strncmp(r.err, line, strlen(line)) == 0);
+        ASSERT_INT_EQ(lines(r.err), 1);
+        res_free(&r);
+    }
+    CTL_EXPECT(&r, 0, "key", "/images/a.qcow2", "/", "/images/.a", "/images/..b");
+    ASSERT_STR_EQ(r.err, "");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "key", "--resource", "//pool/x/");
+    ASSERT_STR_EQ(r.err, "");
+    res_free(&r);
+    /* run warns too, and still takes the lease. */
+    CTL_EXPECT(&r, 0, "run", "/images//b.qcow2", "--", "true");
+    ASSERT_CONTAINS(r.err, "warning: /images//b.qcow2: spelled with a repeated '/'");
     res_free(&r);
 }
 
@@ -2052,6 +2108,7 @@ main(int argc, char **argv)
     }
     TEST_RUN(test_key_golden);
     TEST_RUN(test_key_relative_paths);
+    TEST_RUN(test_spelling_warnings);
     TEST_RUN(test_relative_env_refused);
     TEST_RUN(test_key_canonical_new_disk);
     TEST_RUN(test_key_mode_mismatch);
