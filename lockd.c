@@ -479,42 +479,43 @@ dup_join(const char *prefix, const char *suffix, char **ret)
     return 0;
 }
 
-LOCKD_API int
-lockd_default_dir(char **ret_dir)
+/* The default for one of lockd's paths: $var if set, else for_root when
+ * running as root, else the first (variable, suffix) pair of user[] (NULL
+ * terminated) whose variable holds an absolute path, joined. */
+static int
+default_path(const char *var, const char *for_root, const char *const *user, char **ret)
 {
     const char *v;
     int r;
 
-    if (!ret_dir)
+    if (!ret)
         return -EINVAL;
-    r = env_path("LOCKD_DIR", &v);
+    r = env_path(var, &v);
     if (r < 0 || v)
-        return r < 0 ? r : dup_join(v, "", ret_dir);
+        return r < 0 ? r : dup_join(v, "", ret);
     if (geteuid() == 0)
-        return dup_join("/var/lib/lockd/files", "", ret_dir);
-    if (env_path("XDG_STATE_HOME", &v) == 0 && v)
-        return dup_join(v, "/lockd/files", ret_dir);
-    if (env_path("HOME", &v) == 0 && v)
-        return dup_join(v, "/.local/state/lockd/files", ret_dir);
+        return dup_join(for_root, "", ret);
+    for (; user[0]; user += 2)
+        if (env_path(user[0], &v) == 0 && v)
+            return dup_join(v, user[1], ret);
     return -ENOENT;
+}
+
+LOCKD_API int
+lockd_default_dir(char **ret_dir)
+{
+    static const char *const user[] = {
+        "XDG_STATE_HOME", "/lockd/files", "HOME", "/.local/state/lockd/files", NULL};
+
+    return default_path("LOCKD_DIR", "/var/lib/lockd/files", user, ret_dir);
 }
 
 LOCKD_API int
 lockd_default_socket(char **ret_path)
 {
-    const char *v;
-    int r;
+    static const char *const user[] = {"XDG_RUNTIME_DIR", "/lockd/helper.sock", NULL};
 
-    if (!ret_path)
-        return -EINVAL;
-    r = env_path("LOCKD_SOCKET", &v);
-    if (r < 0 || v)
-        return r < 0 ? r : dup_join(v, "", ret_path);
-    if (geteuid() == 0)
-        return dup_join("/run/lockd/helper.sock", "", ret_path);
-    if (env_path("XDG_RUNTIME_DIR", &v) == 0 && v)
-        return dup_join(v, "/lockd/helper.sock", ret_path);
-    return -ENOENT;
+    return default_path("LOCKD_SOCKET", "/run/lockd/helper.sock", user, ret_path);
 }
 
 /* mkdir -p, each component created 0755 if missing. */
