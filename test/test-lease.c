@@ -192,6 +192,79 @@ test_wait_timeout(void)
     lockd_space_close(space);
 }
 
+/* Lock byte `byte` of .lockd-index through a description of our own, as a
+ * gc batch holds it (byte 0) or as it waits for creators (byte 1). */
+static int
+index_byte(int fd, int cmd, short type, off_t byte)
+{
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1};
+
+    return fcntl(fd, cmd, &fl) < 0 ? -errno : 0;
+}
+
+/* Whether another description holds a lock on byte `byte` of fd's file. */
+static int
+index_byte_taken(int fd, off_t byte)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1};
+
+    ASSERT_OK(sys(fcntl(fd, F_OFD_GETLK, &fl)));
+    return fl.l_type != F_UNLCK;
+}
+
+/*
+ * While a gc batch holds the index, an acquire of an existing lease does not
+ * care; one that must create its lease file waits: a try up to
+ * LOCKD_INDEX_WAIT_MS and then -EINPROGRESS (never -EAGAIN: the lease is
+ * free), a timed one until its timeout, an endless one until the batch ends.
+ * A creator that waits holds byte 1 shared, so gc cannot start its next
+ * batch (it waits for byte 1 exclusively) before the creator is through.
+ */
+static void
+test_index_held_by_gc(void)
+{
+    lockd_space *space = space_open();
+    char old[LOCKD_KEY_SIZE], new[LOCKD_KEY_SIZE];
+    const char *k;
+    struct agent waiter;
+    lockd_lease *l = NULL;
+    int64_t t0;
+    int ifd;
+
+    ASSERT_OK(lockd_space_key(space, "/vm/old.img", old));
+    ASSERT_OK(lockd_space_key(space, "/vm/new.img", new));
+    k = old;
+    ASSERT_OK(lockd_acquire(space, 1, &k, NULL, LOCKD_TRY, &l));
+    ASSERT_OK(lockd_lease_release(l));
+    ifd = openat(lockd_space_fd(space), ".lockd-index", O_RDWR | O_CLOEXEC);
+    ASSERT_OK(sys(ifd));
+    ASSERT_OK(index_byte(ifd, F_OFD_SETLK, F_WRLCK, 0));
+
+    ASSERT_OK(lockd_acquire(space, 1, &k, NULL, LOCKD_TRY, &l));
+    ASSERT_OK(lockd_lease_release(l));
+    k = new;
+    t0 = test_now_ms();
+    ASSERT_ERR(lockd_acquire(space, 1, &k, NULL, LOCKD_TRY, &l), EINPROGRESS);
+    ASSERT_TRUE(test_now_ms() - t0 >= LOCKD_INDEX_WAIT_MS - 1);
+    ASSERT_ERR(lockd_acquire(space, 1, &k, NULL, 150, &l), ETIMEDOUT);
+    ASSERT_INT_EQ(probe_elsewhere(new, NULL), LOCKD_FREE);
+
+    /* A creator waiting in another process holds byte 1 shared ... */
+    agent_start(&waiter, -1);
+    agent_begin(&waiter, OP_ACQUIRE, new, LOCKD_EXCLUSIVE, 60000);
+    ASSERT_TRUE(WAIT_UNTIL(index_byte_taken(ifd, 1), 5000));
+    ASSERT_ERR(index_byte(ifd, F_OFD_SETLK, F_WRLCK, 1), EAGAIN);
+    /* ... so "gc", done with its batch, cannot start the next one until the
+     * creator is through. */
+    ASSERT_OK(index_byte(ifd, F_OFD_SETLK, F_UNLCK, 0));
+    ASSERT_INT_EQ(agent_end(&waiter).r, 0);
+    ASSERT_TRUE(WAIT_UNTIL(index_byte(ifd, F_OFD_SETLK, F_WRLCK, 1) == 0, 5000));
+    ASSERT_INT_EQ(probe_elsewhere(new, NULL), LOCKD_EXCLUSIVE);
+    agent_stop(&waiter);
+    close(ifd);
+    lockd_space_close(space);
+}
+
 /*
  * A waiter gets the lease when the holder lets go: by releasing it (kill 0)
  * or by dying (kill 1).  The case checks the waiter really is waiting before
@@ -721,6 +794,7 @@ main(void)
     TEST_RUN(test_matrix_threads);
     TEST_RUN(test_matrix_handles);
     TEST_RUN(test_wait_timeout);
+    TEST_RUN(test_index_held_by_gc);
     TEST_RUN(test_wait_release_forever);
     TEST_RUN(test_wait_release_timed);
     TEST_RUN(test_wait_holder_killed_forever);

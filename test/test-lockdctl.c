@@ -915,6 +915,41 @@ test_spelling_warnings(void)
     res_free(&r);
 }
 
+/*
+ * A gc batch that holds the lockspace's index for longer than the ten tries
+ * of LOCKD_INDEX_WAIT_MS each that run gives a new lease: 75 and a line that
+ * says so (not "busy", and not --conflict-exit-code's value: the disk is
+ * free).  An existing lease needs no index.
+ */
+static void
+test_run_index_held(void)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    char index[PATH_MAX];
+    struct res r;
+    int fd;
+
+    case_env();
+    make_lockspace(0);
+    CTL_EXPECT(&r, 0, "run", "/images/old.qcow2", "--", "true");
+    res_free(&r);
+    snprintf(index, sizeof(index), "%s/.lockd-index", space_dir());
+    fd = open(index, O_RDWR | O_CLOEXEC);
+    ASSERT_OK(sys(fd));
+    ASSERT_OK(sys(fcntl(fd, F_OFD_SETLK, &fl)));
+    ctl(&r, "run", "--conflict-exit-code", "9", "/images/new.qcow2", "--", "true",
+        (char *)NULL);
+    ASSERT_INT_EQ(r.status, 75);
+    assert_one_line_error(&r, "/images/new.qcow2: cannot take its lease: a gc of the "
+                              "lockspace kept its index locked for too long; try again");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "run", "/images/old.qcow2", "--", "true");
+    res_free(&r);
+    close(fd);
+    CTL_EXPECT(&r, 0, "run", "/images/new.qcow2", "--", "true");
+    res_free(&r);
+}
+
 /* LOCKD_DIR and LOCKD_SOCKET name absolute paths: a relative one is a usage
  * error, before anything is created. */
 static void
@@ -2110,6 +2145,7 @@ main(int argc, char **argv)
     TEST_RUN(test_key_relative_paths);
     TEST_RUN(test_spelling_warnings);
     TEST_RUN(test_relative_env_refused);
+    TEST_RUN(test_run_index_held);
     TEST_RUN(test_key_canonical_new_disk);
     TEST_RUN(test_key_mode_mismatch);
     TEST_RUN(test_key_unrecorded_lockspace);
