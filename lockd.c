@@ -928,6 +928,25 @@ lease_drop(int fd)
     return r;
 }
 
+/*
+ * A try found the lease locked.  That may be gc, which takes each lease's
+ * lock for a moment to see whether anyone holds it, and only while it holds
+ * the index exclusively.  Behind the shared index no gc holds any lease
+ * lock, so a second try there answers for real holders only: -EAGAIN keeps
+ * its one meaning.  (The busy path only: a free lease never comes here.)
+ */
+static int
+lease_lock_past_gc(int dirfd, int fd, short type)
+{
+    int ifd = index_lock_shared(dirfd, 0), r;
+
+    if (ifd < 0)
+        return ifd == -EROFS || ifd == -EACCES ? -EAGAIN : ifd;
+    r = lease_lock(fd, F_OFD_SETLK, type, NULL);
+    safe_close(ifd);
+    return r;
+}
+
 /* Take one lease: returns its locked fd, or -errno with nothing held. */
 static int
 lease_take(int dirfd, const char *key, int mode, int64_t deadline)
@@ -945,6 +964,8 @@ lease_take(int dirfd, const char *key, int mode, int64_t deadline)
         if (fd < 0)
             return fd;
         r = lease_lock_wait(fd, type, deadline);
+        if (r == -EAGAIN)
+            r = lease_lock_past_gc(dirfd, fd, type);
         if (r == 0)
             r = lease_current(dirfd, key, &st);
         if (r == 1)

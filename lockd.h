@@ -242,7 +242,9 @@ LOCKD_API int lockd_key_valid(const char *key);
  * A missing lease file is created (mode 0600) under a shared lock on the
  * lockspace's index, so a concurrent lockd_gc() cannot remove it in between
  * (a try waits up to LOCKD_INDEX_WAIT_MS for a gc batch to end, a timed
- * acquire within its timeout, a wait forever as long as it takes);
+ * acquire within its timeout, a wait forever as long as it takes; a try
+ * that finds a lease locked looks again behind the index too, since gc
+ * locks each lease for a moment to judge it);
  * after each grant lockd checks that the file's name still refers to the inode
  * it locked (gc, or a virtlockd peer, may have unlinked it) and starts over if
  * not.
