@@ -1823,6 +1823,7 @@ bind_socket(const char *path)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     char dir[sizeof(sa.sun_path)], *slash;
+    struct stat st;
     int fd, r;
 
     if (strlen(path) >= sizeof(sa.sun_path))
@@ -1836,6 +1837,10 @@ bind_socket(const char *path)
         if (r < 0)
             return r;
     }
+    /* Only a socket is ever replaced: a typo in --socket must not destroy a
+     * disk image or whatever else lives at the path. */
+    if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode))
+        return -ENOTSOCK;
     /* A socket file nobody answers on is a leftover; a live one is another
      * helper, which we must not steal from. */
     fd = conn_connect(path);
@@ -2344,6 +2349,11 @@ setup_listen(void)
             H.socket_path = def;
         }
         H.listen_fd = bind_socket(H.socket_path);
+        if (H.listen_fd == -ENOTSOCK) {
+            log_err("cannot listen on %s: something other than a socket is there; "
+                    "refusing to replace it", H.socket_path);
+            return H.listen_fd;
+        }
         if (H.listen_fd < 0) {
             log_err("cannot listen on %s: %s", H.socket_path, strerror(-H.listen_fd));
             return H.listen_fd;

@@ -2683,6 +2683,52 @@ HELPER_CASE(systemd_units)
     ASSERT_CONTAINS(text, "\nSocketMode=0600\n");
 }
 
+/*
+ * lockd-helper --socket PATH replaces only a stale socket: a regular file
+ * (a disk image, after a typo), a FIFO or a directory at PATH is refused
+ * with a line naming it, and left as it was.
+ */
+HELPER_CASE(socket_path_not_socket)
+{
+    char helper[PATH_MAX], *log;
+    const char *file = test_path("disk.img"), *fifo = test_path("fifo");
+    const char *paths[] = {file, fifo, test_path("dir")};
+    struct stat st;
+    int fd;
+
+    fsd_helper_source(helper, sizeof(helper));
+    fd = open(file, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    ASSERT_TRUE(fd >= 0 && write(fd, "guest data", 10) == 10);
+    close(fd);
+    ASSERT_OK(sys(mkfifo(fifo, 0600)));
+    ASSERT_OK(sys(mkdir(test_path("dir"), 0755)));
+    for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+        pid_t pid = fork();
+
+        if (pid < 0)
+            TEST_FAIL("fork: %s", strerror(errno));
+        if (pid == 0) {
+            int out = open(test_path("helper.log"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+            if (out < 0 || dup2(out, 2) < 0)
+                _exit(126);
+            unsetenv("LISTEN_FDS"), unsetenv("NOTIFY_SOCKET");
+            execl(helper, helper, "--socket", paths[i], (char *)NULL);
+            _exit(127);
+        }
+        ASSERT_TRUE(test_wait(pid) != 0);
+        log = read_file(test_path("helper.log"));
+        ASSERT_CONTAINS(log, paths[i]);
+        ASSERT_CONTAINS(log, "something other than a socket is there");
+    }
+    ASSERT_OK(sys(stat(file, &st)));
+    ASSERT_TRUE(S_ISREG(st.st_mode) && st.st_size == 10);
+    ASSERT_OK(sys(lstat(fifo, &st)));
+    ASSERT_TRUE(S_ISFIFO(st.st_mode));
+    ASSERT_OK(sys(stat(test_path("dir"), &st)));
+    ASSERT_TRUE(S_ISDIR(st.st_mode));
+}
+
 /* `test-helper NAME` runs only the case NAME. */
 #define RUN(only, fn, sec)                                                          \
     do {                                                                            \
@@ -2721,5 +2767,6 @@ main(int argc, char **argv)
     RUN(only, fd_exhaustion, 60);
     RUN(only, idle_exit_reactivation, 60);
     RUN(only, systemd_units, 60);
+    RUN(only, socket_path_not_socket, 60);
     return test_done();
 }
