@@ -824,6 +824,10 @@ do_release(struct conn *c, const struct proto_req *req, struct proto_wr *wr)
     struct owner *o = owner_find(req->pid);
     uint32_t n = 0, i;
 
+    /* A notice may arrive late, after the same owner was handed new leases:
+     * "all of this owner" would free those.  Notices name lease ids. */
+    if (req->count == 0 && req->hdr.type == PROTO_NOTICE)
+        return -EINVAL;
     if (!o || !may_see(c, o))
         return -ESRCH;
     if (req->count == 0 && req->hdr.type != PROTO_FORGET) {

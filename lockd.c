@@ -1312,7 +1312,8 @@ out:
  *     reply   count x u64 lease id
  *   RELEASE   i32 pid, u16 count, count x u64 lease id   (count 0: all)
  *     reply   u32 released
- *   NOTICE    as RELEASE; serial 0; no reply
+ *   NOTICE    as RELEASE, but count > 0 (a late "all" would free newer
+ *             leases: the helper refuses it and logs so); serial 0; no reply
  *   LIST      i32 pid (0: any), u8 has_key, key, u64 cursor (0: start)
  *     reply   u64 next cursor (0: done), u16 count, count x { u64 lease id,
  *             u8 mode, key, i32 pid, u32 uid, uuid, str name, str disk }
@@ -2149,7 +2150,7 @@ lockd_conn_release(lockd_conn *conn, int32_t pid, size_t n, const uint64_t *ids)
 LOCKD_API int
 lockd_conn_release_notice(lockd_conn *conn, int32_t pid, size_t n, const uint64_t *ids)
 {
-    int r = release_all(conn, PROTO_NOTICE, pid, n, ids);
+    int r = n == 0 ? -EINVAL : release_all(conn, PROTO_NOTICE, pid, n, ids);
 
     return r < 0 ? r : 0;
 }

@@ -424,8 +424,10 @@ LOCKD_API int lockd_conn_release(lockd_conn *conn, int32_t pid, size_t n, const 
  * kept its own copies of the lease fds and has already released them
  * (lockd_lease_release()): the leases are free at that moment, and the
  * notice only lets the helper close its copies.  A notice that arrives late,
- * after the same disk was leased again, names old ids and touches nothing.
- * Errors: only those of sending.
+ * after the same disk was leased again, names old ids and touches nothing;
+ * so a notice must name ids: n == 0 ("all of this owner", which would touch
+ * newer leases) is -EINVAL, and the helper refuses such a notice from an
+ * older client.  Errors: -EINVAL, and those of sending.
  */
 LOCKD_API int lockd_conn_release_notice(lockd_conn *conn, int32_t pid, size_t n,
                                         const uint64_t *ids);

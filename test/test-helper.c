@@ -1680,6 +1680,11 @@ HELPER_CASE(stale_notice)
     free(rs.r);
     ASSERT_INT_EQ(lockd_conn_release(c, g.pid, 1, &id1), 0);
     ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_EXCLUSIVE);
+
+    /* A notice must name ids: "all of this owner", late, would free id2
+     * (notice_all_refused sends one raw). */
+    ASSERT_ERR(lockd_conn_release_notice(c, g.pid, 0, NULL), EINVAL);
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_EXCLUSIVE);
     ASSERT_INT_EQ(lockd_conn_release(c, g.pid, 1, &id2), 1);
     ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_FREE);
     ASSERT_INT_EQ(proc_fds(s->pid, d.key[0]), 0);
@@ -1891,7 +1896,7 @@ HELPER_CASE(client_out_of_step)
     ASSERT_OK(lockd_conn_open(sa.sun_path, &c));
     ASSERT_ERR(lockd_conn_status(c, NULL, NULL, NULL), EPROTO);
     ASSERT_ERR(lockd_conn_status(c, NULL, NULL, NULL), ENOTCONN);
-    ASSERT_ERR(lockd_conn_release_notice(c, 1, 0, NULL), ENOTCONN);
+    ASSERT_ERR(lockd_conn_release_notice(c, 1, 1, &(uint64_t){1}), ENOTCONN);
     lockd_conn_close(c);
     ASSERT_INT_EQ(test_wait(pid), 0);
     close(lfd);
@@ -2729,6 +2734,51 @@ HELPER_CASE(socket_path_not_socket)
     ASSERT_TRUE(S_ISDIR(st.st_mode));
 }
 
+/*
+ * A one-way notice with no ids, "all of this owner", is refused however it
+ * comes: sent late, it would free the leases handed over after it was
+ * written.  The library will not send one; here one is sent raw.
+ */
+HELPER_CASE(notice_all_refused)
+{
+    lockd_space *sp = space_open_rooted();
+    uint8_t msg[RAW_HDR + 6];
+    uint16_t zero = 0;
+    struct disks d;
+    struct guest g;
+    struct fsd *s;
+    lockd_conn *c;
+    int32_t pid, err;
+    int sock;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(s);
+    guest_start(&g);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    disks_make(&d, sp, "all", 2);
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, NULL));
+    pid = g.pid;
+    sock = raw_connect(s->sock);
+    raw_ok(msg, RAW_NOTICE, 0, 0, 6);
+    memcpy(msg + RAW_HDR, &pid, 4);
+    memcpy(msg + RAW_HDR + 4, &zero, 2);
+    ASSERT_OK(raw_send(sock, msg, sizeof(msg), NULL, 0));
+    /* No reply to a notice; the status after it is the first answer. */
+    ASSERT_INT_EQ(raw_settle(sock, 0, &err), 1);
+    ASSERT_INT_EQ(err, 0);
+    close(sock);
+    ASSERT_INT_EQ(disks_probe_count(sp, &d, LOCKD_EXCLUSIVE), 2);
+    assert_listed(c, g.pid, &d);
+    ASSERT_CONTAINS(read_file(s->log), "refused notice from uid 0");
+    lockd_conn_close(c);
+    guest_end(&g);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
 /* `test-helper NAME` runs only the case NAME. */
 #define RUN(only, fn, sec)                                                          \
     do {                                                                            \
@@ -2768,5 +2818,6 @@ main(int argc, char **argv)
     RUN(only, idle_exit_reactivation, 60);
     RUN(only, systemd_units, 60);
     RUN(only, socket_path_not_socket, 60);
+    RUN(only, notice_all_refused, 60);
     return test_done();
 }
