@@ -151,19 +151,36 @@ static struct {
  * Logging: one line each, with the sd-daemon priority prefix journald reads.
  */
 
+/*
+ * Owner names, disk names and paths come from clients: a newline in one
+ * would start a line of the client's choosing ("<0>..." reads as an
+ * emergency to journald).  So every control byte and backslash of the
+ * formatted line is written as \xHH: one event, one line, whatever it names.
+ */
 static void __attribute__((format(printf, 2, 3)))
 log_line(int prio, const char *fmt, ...)
 {
+    static char buf[2 * LOCKD_NAME_MAX + 1024], out[4 * sizeof(buf) + 8];
+    const unsigned char *p;
+    size_t n;
     va_list ap;
 
+    if (prio >= 7 && !H.verbose)
+        return;
     va_start(ap, fmt);
-    if (prio < 7 || H.verbose) {
-        fprintf(stderr, "<%d>", prio);
-        /* NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized): a false positive */
-        vfprintf(stderr, fmt, ap);
-        fputc('\n', stderr);
-    }
+    /* NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized): a false positive */
+    (void)vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
+    n = (size_t)snprintf(out, sizeof(out), "<%d>", prio);
+    for (p = (const unsigned char *)buf; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f || *p == '\\')
+            n += (size_t)snprintf(out + n, sizeof(out) - n, "\\x%02x", *p);
+        else
+            out[n++] = (char)*p;
+    }
+    out[n++] = '\n';
+    /* One write per line: stderr is unbuffered. */
+    (void)fwrite(out, 1, n, stderr);
 }
 
 #define log_err(...)    log_line(3, __VA_ARGS__)

@@ -2779,6 +2779,42 @@ HELPER_CASE(notice_all_refused)
     lockd_space_close(sp);
 }
 
+/*
+ * Names come from clients and go into the log: a newline in an owner's or a
+ * disk's name must not start a line of the client's choosing (a "<0>" line
+ * is an emergency to journald).  Control bytes are written as \xHH.
+ */
+HELPER_CASE(log_escapes_names)
+{
+    lockd_space *sp = space_open_rooted();
+    const char *evil = "guest\n<0>forged emergency\r\\";
+    char *log, *line;
+    struct disks d;
+    struct guest g;
+    struct fsd *s;
+    lockd_conn *c;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(s);
+    guest_start(&g);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, evil));
+    disks_make(&d, sp, "evil", 1);
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, NULL));
+    lockd_conn_close(c);
+    guest_end(&g);
+    ASSERT_TRUE(FSD_WAIT(s, strstr(read_file(s->log), ") gone") != NULL, 5000));
+    log = read_file(s->log);
+    ASSERT_CONTAINS(log, "guest\\x0a<0>forged emergency\\x0d\\x5c");
+    for (line = log; line; line = strchr(line, '\n'), line = line ? line + 1 : NULL)
+        if (*line && (line[0] != '<' || line[1] < '3' || line[1] > '7' || line[2] != '>'))
+            TEST_FAIL("a log line that is not the helper's: %.60s", line);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
 /* `test-helper NAME` runs only the case NAME. */
 #define RUN(only, fn, sec)                                                          \
     do {                                                                            \
@@ -2819,5 +2855,6 @@ main(int argc, char **argv)
     RUN(only, systemd_units, 60);
     RUN(only, socket_path_not_socket, 60);
     RUN(only, notice_all_refused, 60);
+    RUN(only, log_escapes_names, 60);
     return test_done();
 }
