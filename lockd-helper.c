@@ -248,8 +248,12 @@ static int32_t
 pidfd_pid(int pidfd)
 {
     char buf[1024], *p;
+    int r = fdinfo_read(pidfd, buf, sizeof(buf));
 
-    if (fdinfo_read(pidfd, buf, sizeof(buf)) < 0 || !(p = strstr(buf, "\nPid:\t")))
+    /* Out of fds is the helper's trouble, not a bad pidfd: say so. */
+    if (r == -EMFILE || r == -ENFILE)
+        return r;
+    if (r < 0 || !(p = strstr(buf, "\nPid:\t")))
         return -EBADF;
     return (int32_t)strtol(p + 6, NULL, 10);
 }
@@ -700,9 +704,10 @@ do_register(struct conn *c, const struct proto_req *req, int pidfd)
             state_log_owner(o, 1);
         return r;
     }
-    if (pidfd >= 0 && pidfd_pid(pidfd) != req->pid) {
+    if (pidfd >= 0 && (r = pidfd_pid(pidfd)) != req->pid) {
         safe_close(pidfd);
-        return -ESRCH; /* not a pidfd, or another process's */
+        /* not a pidfd, or another process's; or no fd to look with */
+        return r == -EMFILE || r == -ENFILE ? r : -ESRCH;
     }
     if (pidfd < 0)
         pidfd = xpidfd_open(req->pid);

@@ -2520,6 +2520,68 @@ HELPER_CASE(fd_exhaustion)
     lockd_space_close(sp);
 }
 
+/*
+ * Registering when the helper is out of fds, at every headroom from none to
+ * a few: with a pidfd sent along or without, the answer is success or
+ * -EMFILE, never -ESRCH ("no such process") for a live process.
+ */
+HELPER_CASE(register_out_of_fds)
+{
+    lockd_space *sp = space_open_rooted();
+    struct rlimit rl = {.rlim_cur = 48, .rlim_max = 48};
+    struct disks one;
+    struct guest g, g2;
+    struct fsd *s;
+    lockd_conn *c;
+    int r = 0, emfile = 0;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(s);
+    guest_start(&g);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    ASSERT_OK(prlimit(s->pid, RLIMIT_NOFILE, &rl, NULL));
+    for (int i = 0; i < 64 && r == 0; i++) {
+        char tag[16];
+
+        snprintf(tag, sizeof(tag), "fd%d", i);
+        disks_make(&one, sp, tag, 1);
+        r = hand_over(c, sp, g.pid, &one, NULL);
+    }
+    ASSERT_ERR(r, EMFILE);
+    for (int i = 0; i < 8; i++) {
+        struct rows rs;
+
+        /* A new process each time: only a first registration opens or
+         * checks a pidfd. */
+        for (int k = 0; k < 2; k++) {
+            int pidfd;
+
+            guest_start(&g2);
+            pidfd = pidfd_of(g2.pid);
+            r = lockd_conn_register(c, g2.pid, k ? pidfd : -1, NULL, "late");
+            if (r != 0 && r != -EMFILE)
+                TEST_FAIL("register (%s pidfd) with %d leases released: %s",
+                          k ? "with" : "without", i, strerror(-r));
+            emfile += r == -EMFILE;
+            if (pidfd >= 0)
+                close(pidfd);
+            guest_end(&g2);
+        }
+        rs = rows_list(c, g.pid);
+        ASSERT_TRUE(rs.n > 0);
+        ASSERT_INT_EQ(lockd_conn_release(c, g.pid, 1, &rs.r[0].id), 1);
+        free(rs.r);
+    }
+    ASSERT_TRUE(emfile > 0);
+    lockd_conn_close(c);
+    guest_end(&g);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
 /* ------------------------------------------------------------------------
  * Idle exit and socket activation
  */
@@ -2851,6 +2913,7 @@ main(int argc, char **argv)
     RUN(only, credentials, 60);
     RUN(only, malformed, 60);
     RUN(only, fd_exhaustion, 60);
+    RUN(only, register_out_of_fds, 60);
     RUN(only, idle_exit_reactivation, 60);
     RUN(only, systemd_units, 60);
     RUN(only, socket_path_not_socket, 60);
