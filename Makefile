@@ -120,11 +120,26 @@ check-build: all $(TESTS) test/header-c99.o test/header-cxx.o
 test/test-lockdctl test/test-helper: | lockdctl lockd-helper
 test/test-helper: test/fake-systemd.h
 
+# The same tests under ASan+UBSan, with the helper and lockdctl they run
+# built with the sanitizers too (lockd-helper.asan, lockdctl.asan).
 ASAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+ASAN_PROGRAMS = lockd-helper.asan lockdctl.asan
+
+lockd-helper.asan: lockd-helper.c lockd.c lockd.h
+	$(CC) $(ALL_CFLAGS) $(ASAN_FLAGS) $(SYSTEMD_CFLAGS) -o $@ lockd-helper.c $(SYSTEMD_LIBS) \
+		$(SODIUM_LIBS) $(LDFLAGS)
+
+lockdctl.asan: lockdctl.c lockdctl-doctor.c lockdctl.h lockd.c lockd.h
+	$(CC) $(ALL_CFLAGS) $(ASAN_FLAGS) -o $@ lockdctl.c lockdctl-doctor.c lockd.c $(SODIUM_LIBS) \
+		$(LDFLAGS)
+
 check-asan: deps
 	@$(MAKE) --no-print-directory clean-tests
+	@$(MAKE) --no-print-directory lockd-helper lockdctl $(ASAN_PROGRAMS)
 	@$(MAKE) --no-print-directory CFLAGS="$(ASAN_FLAGS)" $(TESTS)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		LOCKD_HELPER_BIN=$(CURDIR)/lockd-helper.asan LOCKD_TEST_HELPER=$(CURDIR)/lockd-helper.asan \
+		LOCKD_TEST_LOCKDCTL=$(CURDIR)/lockdctl.asan \
 		sh test/run $(TESTS); rc=$$?; $(MAKE) --no-print-directory clean-tests; exit $$rc
 
 check-valgrind: deps
@@ -244,6 +259,6 @@ clean-tests:
 	rm -f $(TESTS) $(BENCHES) test/*.o
 
 clean: clean-tests
-	rm -f *.o liblockd.a liblockd.so $(SONAME) lockd.pc $(PROGRAMS) $(FUZZERS) \
+	rm -f *.o liblockd.a liblockd.so $(SONAME) lockd.pc $(PROGRAMS) $(ASAN_PROGRAMS) $(FUZZERS) \
 	      $(LIBVIRT_PLUGIN) $(LIBVIRT_TEST_PROGS) \
 	      fuzz/crash-* fuzz/leak-* fuzz/oom-* fuzz/timeout-*
