@@ -64,6 +64,7 @@ struct lease {
     uint32_t prev, next; /* the owner's list; free list through next */
     uint8_t mode;
     uint8_t stored; /* pushed to systemd's fd store */
+    uint8_t lost;   /* a check found its lock gone (lease_verify()) */
     uint8_t key[PROTO_KEY_BYTES];
     char *disk;
 };
@@ -74,7 +75,7 @@ struct owner {
     uint32_t uid; /* of the client that registered it */
     int pidfd;
     uint32_t head; /* first lease */
-    uint32_t nleases;
+    uint32_t nleases, nlost; /* nlost of the nleases are lost */
     uint8_t stored; /* pidfd pushed to the fd store */
     uint8_t uuid[PROTO_UUID_BYTES];
     char *name;
@@ -110,7 +111,9 @@ static struct {
     struct lease *leases;
     uint32_t lease_cap;    /* slots allocated */
     uint32_t nlease_slots; /* slots initialised: in use or on the free list */
-    uint32_t lease_free, nleases;
+    uint32_t lease_free, nleases, nlost;
+    int64_t check_due_ns; /* when the next sweep starts (sweep_step()) */
+    uint32_t sweep_at;    /* the next slot it checks; NONE: no sweep under way */
     uint32_t owner_hint;   /* the owner found last: requests come in runs */
     uint64_t next_gen;
     struct owner *owners;
@@ -145,7 +148,7 @@ static struct {
     uint8_t out[PROTO_HDR_SIZE + PROTO_BODY_MAX];
 } H = {.listen_fd = -1, .epoll_fd = -1, .signal_fd = -1, .fdinfo_dir = -1, .state_fd = -1,
        .probe_fd = -1, .probe_info = -1, .null_fd = -1,
-       .lease_free = NONE, .next_gen = 1, .socket_mode = 0600};
+       .lease_free = NONE, .sweep_at = NONE, .next_gen = 1, .socket_mode = 0600};
 
 /* ------------------------------------------------------------------------
  * Logging: one line each, with the sd-daemon priority prefix journald reads.
@@ -564,6 +567,8 @@ lease_free_how(uint32_t slot, const char *why, int unlock)
         H.leases[l->next].prev = l->prev;
     o->nleases--;
     H.nleases--;
+    if (l->lost)
+        o->nlost--, H.nlost--;
     if (u && u->leases)
         u->leases--;
     free(l->disk);
@@ -652,6 +657,92 @@ set_name(char **dst, const char *s, size_t len)
     free(*dst);
     *dst = p;
     return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Checking what is held
+ *
+ * The helper never takes a lock, but a lease it holds can stop being held
+ * without it: another copy of the open file description was unlocked (a
+ * manager released its copy after a hand-over it took for failed; a copy
+ * adopted after a crash had been unlocked meanwhile).  So what the helper
+ * reports as held it has checked: every lease when adopted, each row of a
+ * listing as it is written, and all of them every CHECK_PERIOD_NS.  A lease
+ * found not held is lost: listed as LOCKD_LOST, logged at <2> with its owner
+ * and disk, left out of the held counts.  A check never locks or unlocks.
+ */
+#define CHECK_PERIOD_NS (2 * 1000000000LL)
+
+static void
+lease_mark_lost(uint32_t slot)
+{
+    struct lease *l = &H.leases[slot];
+    struct owner *o = &H.owners[l->owner];
+    char key[LOCKD_KEY_SIZE];
+
+    l->lost = 1;
+    o->nlost++, H.nlost++;
+    key_to_hex(l->key, key);
+    log_line(2, "lost lease %s (key %s) of owner pid %d (%s): its lock is gone; the guest "
+             "runs unprotected", l->disk && *l->disk ? l->disk : "-", key, (int)o->pid,
+             o->name ? o->name : "");
+    changed();
+}
+
+/* Check lease slot's lock now (~2 us, fdinfo); returns 1 held, 0 lost.  A
+ * failure to read fdinfo is the helper's own trouble and judges nothing. */
+static int
+lease_verify(uint32_t slot)
+{
+    struct lease *l = &H.leases[slot];
+    int r;
+
+    if (l->lost)
+        return 0;
+    r = fd_has_lease(l->fd, l->mode);
+    probe_release();
+    if (r == 0)
+        lease_mark_lost(slot);
+    return r != 0;
+}
+
+static void
+lease_verify_all(void)
+{
+    uint32_t i;
+
+    for (i = 0; i < H.nlease_slots; i++)
+        if (H.leases[i].gen)
+            (void)lease_verify(i);
+}
+
+/*
+ * The periodic sweep, SWEEP_CHUNK slots at a time (a few ms) between
+ * events, so that 19,000 leases never stall the loop: each sweep starts
+ * CHECK_PERIOD_NS after the last one started.  Returns 1 while a sweep is
+ * under way (the loop then does not sleep).
+ */
+#define SWEEP_CHUNK 512
+
+static int
+sweep_step(void)
+{
+    uint32_t end;
+
+    if (H.sweep_at == NONE) {
+        if (H.nleases == H.nlost || mono_ns() < H.check_due_ns)
+            return 0;
+        H.sweep_at = 0;
+        H.check_due_ns = mono_ns() + CHECK_PERIOD_NS;
+    }
+    end = H.nlease_slots - H.sweep_at > SWEEP_CHUNK ? H.sweep_at + SWEEP_CHUNK
+                                                      : H.nlease_slots;
+    for (; H.sweep_at < end; H.sweep_at++)
+        if (H.leases[H.sweep_at].gen)
+            (void)lease_verify(H.sweep_at);
+    if (H.sweep_at >= H.nlease_slots)
+        H.sweep_at = NONE;
+    return H.sweep_at != NONE;
 }
 
 /* The real uid of pid, from /proc/PID/status. */
@@ -887,8 +978,10 @@ lease_row(const struct conn *c, const struct proto_req *req, uint32_t slot,
     if (l->gen == 0 || !may_see(c, o) || (req->pid && o->pid != req->pid) ||
         (req->key && memcmp(req->key, l->key, PROTO_KEY_BYTES) != 0))
         return 1;
+    /* Listed as held only if it is, now. */
+    (void)lease_verify(slot);
     wr_u64(wr, lease_id(slot));
-    wr_u8(wr, l->mode);
+    wr_u8(wr, l->lost ? LOCKD_LOST : l->mode);
     wr_put(wr, l->key, PROTO_KEY_BYTES);
     wr_i32(wr, o->pid);
     wr_u32(wr, o->uid);
@@ -911,7 +1004,7 @@ owner_row(const struct conn *c, const struct proto_req *req, uint32_t slot,
     wr_u32(wr, o->uid);
     wr_put(wr, o->uuid, PROTO_UUID_BYTES);
     wr_cstr(wr, o->name);
-    wr_u32(wr, o->nleases);
+    wr_u32(wr, o->nleases - o->nlost);
     return 0;
 }
 
@@ -985,14 +1078,14 @@ status_counts(const struct conn *c, struct proto_wr *wr)
 
     if (c->uid == 0) {
         owners = H.nowners;
-        leases = H.nleases;
+        leases = H.nleases - H.nlost;
         stored = H.store_on ? H.store_leases : 0;
     }
     for (i = 0; c->uid != 0 && i < H.nowner_slots; i++) {
         if (!H.owners[i].pid || !may_see(c, &H.owners[i]))
             continue;
         owners++;
-        leases += H.owners[i].nleases;
+        leases += H.owners[i].nleases - H.owners[i].nlost;
         for (l = H.owners[i].head; l != NONE; l = H.leases[l].next)
             stored += H.leases[l].stored;
     }
@@ -1996,6 +2089,13 @@ settle_restored(int from_store)
     for (i = 0; from_store && i < H.nlease_slots; i++)
         if (H.leases[i].gen)
             (void)fcntl(H.leases[i].fd, F_SETFD, 0);
+    /* Adopted fds are checked as a hand-over is: a copy of one may have
+     * been unlocked while the helper was away.  After a crash, before the
+     * first answer; after a re-exec (nothing was away) by a sweep started
+     * at once, so the re-exec gap stays short. */
+    if (from_store)
+        lease_verify_all();
+    H.check_due_ns = 0;
     for (i = 0; i < CONN_MAX; i++)
         if (H.conns[i].fd >= 0)
             (void)set_cloexec(H.conns[i].fd, 1);
@@ -2108,8 +2208,10 @@ status_send(void)
     if (!H.notify)
         return;
     snprintf(msg, sizeof(msg), "STATUS=%u owners, %u leases, %u in fd store%s", H.nowners,
-             H.nleases, H.store_on ? H.store_leases : 0,
+             H.nleases - H.nlost, H.store_on ? H.store_leases : 0,
              H.store_full_logged ? " (full)" : "");
+    if (H.nlost)
+        snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), ", %u LOST", H.nlost);
     (void)sd_notify(0, msg);
 }
 
@@ -2145,6 +2247,13 @@ loop_timeout_ms(void)
         if (t < 0 || due - now < t)
             t = due > now ? due - now : 0;
     }
+    if (H.sweep_at != NONE)
+        t = 0;
+    else if (H.nleases > H.nlost) {
+        due = H.check_due_ns;
+        if (t < 0 || due - now < t)
+            t = due > now ? due - now : 0;
+    }
     if (t < 0)
         return -1;
     return t / 1000000 + 1 > INT_MAX ? INT_MAX : (int)(t / 1000000 + 1);
@@ -2159,6 +2268,7 @@ on_timers(void)
         (void)sd_notify(0, "WATCHDOG=1");
         H.last_watchdog_ns = now;
     }
+    (void)sweep_step();
     /* STATUS at most every 100 ms: a burst of hand-offs is one update. */
     if (H.status_dirty && now >= H.status_due_ns) {
         status_send();

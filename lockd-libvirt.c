@@ -845,7 +845,7 @@ holder_row(void *userdata, uint64_t lease_id, int mode, const char *key, const c
     struct holder *h = userdata;
 
     (void)lease_id, (void)disk, (void)uid;
-    if (strcmp(key, h->key) != 0)
+    if (strcmp(key, h->key) != 0 || mode == LOCKD_LOST)
         return 0;
     h->mode = mode;
     h->pid = pid;
@@ -925,6 +925,25 @@ res_acquire(const struct guest *g, const struct resource *res, int mode, lockd_c
     return r < 0 ? -1 : 0;
 }
 
+/*
+ * Whether the lease of res is locked by someone, as lockd_probe() sees it:
+ * the helper's word that it holds a lease for the guest is not enough to
+ * skip taking it (a copy of its open file description may have been
+ * unlocked); the lock itself must be there too.
+ */
+static int
+res_probe_held(const struct guest *g, const struct resource *res, lockd_space *space)
+{
+    lockd_space *own = NULL;
+    int r;
+
+    if (res->dir && space_open(g, res->dir, 0, &own) < 0)
+        return 0;
+    r = lockd_probe(own ? own : space, res->key, NULL);
+    lockd_space_close(own);
+    return r == LOCKD_EXCLUSIVE || r == LOCKD_SHARED;
+}
+
 /* The mode g needs for the key of res: exclusive if any resource with the
  * same key in the same lockspace asks for it. */
 static int
@@ -964,9 +983,15 @@ guest_acquire(struct guest *g, lockd_conn *conn)
         const struct held *h = held_find(&held, res->key);
         int mode = res_mode(g, res);
 
-        if (first_of(g, res) != i ||
-            (h && (h->mode == LOCKD_EXCLUSIVE || h->mode == mode)))
-            continue; /* a duplicate, or already held: acquiring is idempotent */
+        if (first_of(g, res) != i)
+            continue; /* a duplicate */
+        if (h && h->mode == LOCKD_LOST)
+            /* The helper keeps a lease whose lock is gone: let go of its
+             * record and take the disk anew (or be refused: busy). */
+            (void)lockd_conn_release(conn, g->pid, 1, &h->id);
+        else if (h && (h->mode == LOCKD_EXCLUSIVE || h->mode == mode) &&
+                 res_probe_held(g, res, space))
+            continue; /* already held: acquiring is idempotent */
         if (res_acquire(g, res, mode, conn, space, &leases[i]) < 0)
             goto out;
     }

@@ -217,6 +217,10 @@ LOCKD_API int lockd_key_valid(const char *key);
 #define LOCKD_EXCLUSIVE 0
 #define LOCKD_SHARED    1
 #define LOCKD_FREE      2 /* lockd_probe() only: nobody holds it */
+#define LOCKD_LOST      3 /* lockd_conn_list() only: the helper keeps the lease's
+                           * fd, but a check found its lock gone (another copy of
+                           * it was unlocked, a filesystem lost it): the guest
+                           * runs unprotected */
 
 /* timeout_ms values for lockd_acquire() besides a positive number of ms. */
 #define LOCKD_TRY     0  /* fail at once with -EAGAIN if busy */
@@ -433,9 +437,11 @@ LOCKD_API int lockd_conn_release_notice(lockd_conn *conn, int32_t pid, size_t n,
                                         const uint64_t *ids);
 
 /*
- * One row of a listing: a lease the helper holds, with its owner.  uuid is
- * the 36-character text form ("" if none was given); disk is the display
- * name handed over with the lease ("" if none).  Returning non-zero stops
+ * One row of a listing: a lease the helper holds, with its owner.  mode is
+ * LOCKD_EXCLUSIVE or LOCKD_SHARED for a lease whose lock the helper checked
+ * as it wrote the row, or LOCKD_LOST.  uuid is the 36-character text form
+ * ("" if none was given); disk is the display name handed over with the
+ * lease ("" if none).  Returning non-zero stops
  * the listing, and that value is returned by the listing call.
  */
 typedef int (*lockd_list_fn)(void *userdata, uint64_t lease_id, int mode, const char *key,
@@ -460,7 +466,8 @@ typedef int (*lockd_owner_fn)(void *userdata, int32_t pid, uint32_t uid, const c
 LOCKD_API int lockd_conn_owners(lockd_conn *conn, lockd_owner_fn fn, void *userdata);
 
 /*
- * The helper's counts, over all owners: registered owners, leases held, and
+ * The helper's counts, over all owners: registered owners, leases held (lost
+ * ones are not counted: see LOCKD_LOST), and
  * how many of those leases are also kept in systemd's fd store (so survive a
  * crash of the helper).  Each ret_* may be NULL.
  */

@@ -352,7 +352,10 @@ table_print(const struct table *t)
 static const char *
 mode_word(int mode)
 {
-    return mode == LOCKD_SHARED ? "shared" : mode == LOCKD_FREE ? "free" : "exclusive";
+    return mode == LOCKD_SHARED ? "shared"
+           : mode == LOCKD_FREE ? "free"
+           : mode == LOCKD_LOST ? "LOST"
+                                : "exclusive";
 }
 
 /* ------------------------------------------------------------------------
@@ -576,7 +579,9 @@ holder_row(void *userdata, uint64_t id, int mode, const char *key, const char *d
     struct holders *h = userdata;
     size_t len = strlen(h->text);
 
-    (void)id, (void)mode, (void)key, (void)disk, (void)uid;
+    (void)id, (void)key, (void)disk, (void)uid;
+    if (mode == LOCKD_LOST) /* the helper keeps its record, not its lock */
+        return 0;
     snprintf(h->text + len, sizeof(h->text) - len, "%s%s%s(pid %d%s%s)",
              h->count ? ", " : "", *name ? name : "", *name ? " " : "", (int)pid,
              *uuid ? ", uuid " : "", uuid);
@@ -650,7 +655,9 @@ gone_row(void *userdata, uint64_t id, int mode, const char *key, const char *dis
 {
     struct gone *g = userdata;
 
-    (void)id, (void)mode, (void)key, (void)disk, (void)uid, (void)uuid, (void)name;
+    (void)id, (void)key, (void)disk, (void)uid, (void)uuid, (void)name;
+    if (mode == LOCKD_LOST)
+        return 0;
     if (kill(pid, 0) == 0 || errno == EPERM)
         g->alive++;
     else
@@ -1238,7 +1245,9 @@ who_row(void *userdata, uint64_t id, int mode, const char *key, const char *disk
     struct who_ctx *c = userdata;
     char spid[16];
 
-    (void)mode, (void)key, (void)disk, (void)uid;
+    (void)key, (void)disk, (void)uid;
+    if (mode == LOCKD_LOST) /* a record without its lock holds nothing */
+        return 0;
     if (c->o->json) {
         printf("%s{\"pid\":%d,\"name\":", c->count ? "," : "", (int)pid);
         json_str(or_null(name));

@@ -2877,6 +2877,135 @@ HELPER_CASE(log_escapes_names)
     lockd_space_close(sp);
 }
 
+/* Unlock one copy of a lease's open file description, as a manager that
+ * took a hand-over for failed would release its own copy. */
+static void
+unlock_copy(const lockd_lease *l, const char *key)
+{
+    struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+
+    for (size_t i = 0; i < lockd_lease_count(l); i++)
+        if (strcmp(lockd_lease_key(l, i), key) == 0) {
+            ASSERT_OK(sys(fcntl(lockd_lease_fd(l, i), F_OFD_SETLK, &fl)));
+            return;
+        }
+    TEST_FAIL("key %s not in the lease", key);
+}
+
+static int
+row_mode(const struct rows *rs, uint64_t id)
+{
+    const struct row *r = rows_find_id(rs, id);
+
+    if (!r)
+        TEST_FAIL("lease %llu not listed", (unsigned long long)id);
+    return r->mode;
+}
+
+/*
+ * A lease whose lock is gone (another copy of its open file description
+ * was unlocked) is never reported as held: a listing checks each row as it
+ * writes it (LOCKD_LOST), a sweep every two seconds finds the others, the
+ * counts leave lost leases out, and each is logged at <2> with its owner
+ * and disk.  Releasing it by id drops the record.
+ */
+HELPER_CASE(lost_lease_listed)
+{
+    lockd_space *sp = space_open_rooted();
+    struct disks d;
+    struct guest g;
+    struct rows rs;
+    struct fsd *s;
+    lockd_lease *l;
+    lockd_conn *c;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(s);
+    guest_start(&g);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    disks_make(&d, sp, "lost", 2);
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, &l));
+    assert_counts(status_on(c), 1, 2);
+
+    unlock_copy(l, d.key[0]);
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_FREE);
+    rs = rows_list(c, g.pid);
+    ASSERT_INT_EQ(rs.n, 2);
+    ASSERT_INT_EQ(row_mode(&rs, d.id[0]), LOCKD_LOST);
+    ASSERT_INT_EQ(row_mode(&rs, d.id[1]), LOCKD_EXCLUSIVE);
+    free(rs.r);
+    assert_counts(status_on(c), 1, 1);
+    ASSERT_CONTAINS(read_file(s->log), "<2>lost lease /images/lost-0.qcow2");
+
+    /* Nobody lists the second one: the sweep finds it. */
+    unlock_copy(l, d.key[1]);
+    ASSERT_TRUE(WAIT_UNTIL(status_on(c).leases == 0, 6000));
+    ASSERT_CONTAINS(read_file(s->log), "<2>lost lease /images/lost-1.qcow2");
+    ASSERT_TRUE(FSD_WAIT(s, strstr(s->status, "2 LOST") != NULL, 5000));
+
+    ASSERT_INT_EQ(lockd_conn_release(c, g.pid, 1, &d.id[0]), 1);
+    ASSERT_INT_EQ(lockd_conn_release(c, g.pid, 0, NULL), 1);
+    rs = rows_list(c, g.pid);
+    ASSERT_INT_EQ(rs.n, 0);
+    free(rs.r);
+    lockd_lease_forget(l);
+    lockd_conn_close(c);
+    guest_end(&g);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+/*
+ * Adoption checks every fd as a hand-over does.  The helper put a lease in
+ * systemd's store and was SIGKILLed; meanwhile the manager, which kept its
+ * copy, unlocked it.  The restarted helper must not list that lease as
+ * held (a plugin would skip the disk and a second guest would get it).
+ */
+HELPER_CASE(adopt_checks_locks)
+{
+    lockd_space *sp = space_open_rooted();
+    struct disks d;
+    struct guest g;
+    struct rows rs;
+    struct fsd *s;
+    lockd_lease *l;
+    lockd_conn *c;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 64);
+    fsd_start_ready(s);
+    guest_start(&g);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    disks_make(&d, sp, "adopt", 2);
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, &l));
+    lockd_conn_close(c);
+    ASSERT_TRUE(FSD_WAIT(s, fsd_count_locked(s, "L") == 2, 5000));
+    ASSERT_INT_EQ(fsd_kill(s, SIGKILL), 128 + SIGKILL);
+    unlock_copy(l, d.key[0]);
+    lockd_lease_forget(l);
+    fsd_start_ready(s);
+    c = conn_open(s->sock);
+    rs = rows_list(c, g.pid);
+    ASSERT_INT_EQ(rs.n, 2);
+    ASSERT_INT_EQ(row_mode(&rs, d.id[0]), LOCKD_LOST);
+    ASSERT_INT_EQ(row_mode(&rs, d.id[1]), LOCKD_EXCLUSIVE);
+    free(rs.r);
+    assert_counts(status_on(c), 1, 1);
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_FREE);
+    ASSERT_INT_EQ(probe(sp, d.key[1]), LOCKD_EXCLUSIVE);
+    ASSERT_CONTAINS(read_file(s->log), "<2>lost lease /images/adopt-0.qcow2");
+    lockd_conn_close(c);
+    guest_end(&g);
+    ASSERT_TRUE(WAIT_UNTIL(probe(sp, d.key[1]) == LOCKD_FREE, 5000));
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
 /* `test-helper NAME` runs only the case NAME. */
 #define RUN(only, fn, sec)                                                          \
     do {                                                                            \
@@ -2919,5 +3048,7 @@ main(int argc, char **argv)
     RUN(only, socket_path_not_socket, 60);
     RUN(only, notice_all_refused, 60);
     RUN(only, log_escapes_names, 60);
+    RUN(only, lost_lease_listed, 60);
+    RUN(only, adopt_checks_locks, 60);
     return test_done();
 }
