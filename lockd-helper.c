@@ -514,6 +514,150 @@ changed(void)
     H.status_dirty = 1;
 }
 
+/* ------------------------------------------------------------------------
+ * One open file description, one lease
+ *
+ * Two leases on one open file description would be one lock listed twice:
+ * releasing either unlocks both, and the other stays listed but not held.
+ * So the helper indexes its lease fds by inode and, within an inode, in the
+ * kernel's order of open file descriptions (kcmp(2) KCMP_FILE orders them),
+ * so that finding a description costs a hash lookup and a binary search over
+ * the leases on that one file, never a scan: a hand-over of 253 fds is a few
+ * thousand kcmp() calls at most, whatever the helper holds.
+ */
+struct ofd_group {
+    dev_t dev;
+    ino_t ino;
+    uint32_t n, cap;
+    uint32_t *slots; /* lease slots, in kcmp order of their fds */
+    struct ofd_group *next;
+};
+
+#define OFD_BUCKETS 4096
+static struct ofd_group *ofd_table[OFD_BUCKETS];
+
+/* kcmp order of two of our fds: <0, 0 (the same description), >0. */
+static int
+ofd_cmp(int a, int b)
+{
+    long r = syscall(SYS_kcmp, H.pid, H.pid, KCMP_FILE, a, b);
+
+    return r == 0 ? 0 : r == 1 ? -1 : 1;
+}
+
+static struct ofd_group **
+ofd_bucket(const struct stat *st)
+{
+    return &ofd_table[((uint64_t)st->st_dev * 1000003u ^ (uint64_t)st->st_ino) % OFD_BUCKETS];
+}
+
+static struct ofd_group *
+ofd_group_of(const struct stat *st)
+{
+    struct ofd_group *g;
+
+    for (g = *ofd_bucket(st); g; g = g->next)
+        if (g->dev == st->st_dev && g->ino == st->st_ino)
+            return g;
+    return NULL;
+}
+
+/* Where fd's open file description is in g: 1 and its position, or 0 and
+ * the position it would take. */
+static int
+ofd_locate(const struct ofd_group *g, int fd, uint32_t *ret_pos)
+{
+    uint32_t lo = 0, hi = g ? g->n : 0;
+
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        int c = ofd_cmp(H.leases[g->slots[mid]].fd, fd);
+
+        if (c == 0) {
+            *ret_pos = mid;
+            return 1;
+        }
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *ret_pos = lo;
+    return 0;
+}
+
+/* The lease that fd's open file description already is, or NONE. */
+static uint32_t
+ofd_find(int fd)
+{
+    struct stat st;
+
+    struct ofd_group *g;
+    uint32_t pos;
+
+    if (fstat(fd, &st) < 0)
+        return NONE;
+    g = ofd_group_of(&st);
+    return ofd_locate(g, fd, &pos) ? g->slots[pos] : NONE;
+}
+
+static int
+ofd_insert(uint32_t slot)
+{
+    int fd = H.leases[slot].fd;
+    struct ofd_group *g;
+    struct stat st;
+    uint32_t pos = 0;
+
+    if (fstat(fd, &st) < 0)
+        return negerrno();
+    g = ofd_group_of(&st);
+    if (!g) {
+        g = calloc(1, sizeof(*g));
+        if (!g)
+            return -ENOMEM;
+        g->dev = st.st_dev;
+        g->ino = st.st_ino;
+        g->next = *ofd_bucket(&st);
+        *ofd_bucket(&st) = g;
+    }
+    if (ofd_locate(g, fd, &pos))
+        return 0;
+    if (g->n == g->cap) {
+        uint32_t cap = g->cap ? 2 * g->cap : 1;
+        uint32_t *v = realloc(g->slots, cap * sizeof(*v));
+
+        if (!v)
+            return -ENOMEM;
+        g->slots = v, g->cap = cap;
+    }
+    memmove(g->slots + pos + 1, g->slots + pos, (g->n - pos) * sizeof(*g->slots));
+    g->slots[pos] = slot;
+    g->n++;
+    return 0;
+}
+
+static void
+ofd_remove(uint32_t slot)
+{
+    int fd = H.leases[slot].fd;
+    struct ofd_group *g, **pp;
+    struct stat st;
+    uint32_t pos;
+
+    if (fstat(fd, &st) < 0 || !(g = ofd_group_of(&st)) || !ofd_locate(g, fd, &pos) ||
+        g->slots[pos] != slot)
+        return;
+    memmove(g->slots + pos, g->slots + pos + 1, (g->n - pos - 1) * sizeof(*g->slots));
+    if (--g->n > 0)
+        return;
+    for (pp = ofd_bucket(&st); *pp != g; pp = &(*pp)->next)
+        ;
+    *pp = g->next;
+    free(g->slots);
+    free(g);
+}
+
 /* Link a filled-in lease slot into its owner and the counts. */
 static void
 lease_link(uint32_t slot)
@@ -531,6 +675,8 @@ lease_link(uint32_t slot)
     H.nleases++;
     if (u)
         u->leases++;
+    if (ofd_insert(slot) < 0)
+        log_err("out of memory indexing lease %llu", (unsigned long long)l->gen);
     changed();
 }
 
@@ -555,6 +701,7 @@ lease_free_how(uint32_t slot, const char *why, int unlock)
      * adoption releases it (restore_free). */
     state_log_lease(slot, 0);
     store_remove_lease(slot);
+    ofd_remove(slot);
     if (unlock)
         (void)lease_drop(l->fd);
     else
@@ -850,22 +997,66 @@ check_item(const struct conn *c, const struct proto_req *req, size_t i, int fd)
     return r < 0 ? r : -EBADFD;
 }
 
-/*
- * The lease of o that is the very open file description fd is (kcmp(2)),
- * or NONE.  A manager that retries a hand-over whose reply it lost sends
- * the same descriptions again: two lease ids for one description would let
- * a release of either unlock both, leaving the other listed but not held.
- */
-static uint32_t
-held_already(const struct owner *o, const uint8_t *key, int fd)
-{
-    uint32_t l;
+/* Order of hand-over items by their fds' inode, then open file description
+ * (kcmp), for finding two items that are one description. */
+static const int *ofd_sort_fds;
+static struct stat ofd_sort_st[PROTO_FDS_MAX];
 
-    for (l = o->head; l != NONE; l = H.leases[l].next)
-        if (memcmp(H.leases[l].key, key, PROTO_KEY_BYTES) == 0 &&
-            syscall(SYS_kcmp, H.pid, H.pid, KCMP_FILE, H.leases[l].fd, fd) == 0)
-            return l;
-    return NONE;
+static int
+ofd_item_cmp(const void *pa, const void *pb)
+{
+    uint32_t a = *(const uint32_t *)pa, b = *(const uint32_t *)pb;
+    const struct stat *x = &ofd_sort_st[a], *y = &ofd_sort_st[b];
+
+    if (x->st_dev != y->st_dev)
+        return x->st_dev < y->st_dev ? -1 : 1;
+    if (x->st_ino != y->st_ino)
+        return x->st_ino < y->st_ino ? -1 : 1;
+    return ofd_cmp(ofd_sort_fds[a], ofd_sort_fds[b]);
+}
+
+/*
+ * One open file description is one lease.  An item whose description the
+ * helper already holds is the same hand-over sent again (a manager that lost
+ * the reply retries) only if it is the same owner's lease of the same key
+ * and mode: *again gets that lease, and the request gets its id back.  Any
+ * other reuse (another owner, another key, or two items of one request) is
+ * refused: releasing one would unlock the other.  Returns 0 or -EEXIST.
+ */
+static int
+check_ofds(const struct conn *c, const struct owner *o, const struct proto_req *req,
+           const int *fds, uint32_t *again)
+{
+    uint32_t order[PROTO_FDS_MAX], i;
+    const char *why = NULL;
+
+    for (i = 0; i < req->count && !why; i++) {
+        const struct lease *l;
+
+        again[i] = ofd_find(fds[i]);
+        if (again[i] == NONE)
+            continue;
+        l = &H.leases[again[i]];
+        if (l->owner != owner_slot(o) || l->mode != req->items[i].mode ||
+            memcmp(l->key, req->items[i].key, PROTO_KEY_BYTES) != 0)
+            why = "its open file description is already another lease";
+    }
+    for (i = 0; i < req->count && !why; i++) {
+        order[i] = i;
+        if (fstat(fds[i], &ofd_sort_st[i]) < 0)
+            return negerrno();
+    }
+    if (!why && req->count > 1) {
+        ofd_sort_fds = fds;
+        qsort(order, req->count, sizeof(order[0]), ofd_item_cmp);
+        for (i = 1; i < req->count && !why; i++)
+            if (ofd_item_cmp(&order[i - 1], &order[i]) == 0)
+                why = "two of its items are one open file description";
+    }
+    if (!why)
+        return 0;
+    log_warn("refused a hand-over for pid %d from uid %u: %s", (int)req->pid, c->uid, why);
+    return -EEXIST;
 }
 
 /*
@@ -877,7 +1068,7 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
 {
     struct owner *o = owner_find(req->pid);
     char *disks[PROTO_FDS_MAX];
-    uint32_t limit, i, slot = NONE;
+    uint32_t again[PROTO_FDS_MAX], limit, i, slot = NONE;
     struct uid_count *u;
     int r = 0;
 
@@ -894,6 +1085,8 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
     for (i = 0; i < req->count && r == 0; i++)
         r = check_item(c, req, i, fds[i]);
     probe_release();
+    if (r == 0)
+        r = check_ofds(c, o, req, fds, again);
     if (r < 0)
         return r;
     for (i = 0; i < req->count; i++)
@@ -908,7 +1101,14 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
     for (i = 0; i < req->count; i++) {
         struct lease *l;
 
-        slot = held_already(o, req->items[i].key, fds[i]);
+        slot = again[i];
+        if (slot != NONE && H.leases[slot].lost) {
+            /* check_item() just found its lock: held again, through
+             * another copy of the description. */
+            H.leases[slot].lost = 0;
+            o->nlost--, H.nlost--;
+            changed();
+        }
         if (slot != NONE) { /* the same hand-over again: same answer */
             safe_close(fds[i]);
             free(disks[i]);

@@ -406,8 +406,12 @@ LOCKD_API int lockd_conn_register(lockd_conn *conn, int32_t pid, int pidfd, cons
  * lockd_lease_forget() to let the helper be the only holder, or keep them
  * and release with lockd_conn_release_notice().
  * Errors: -EBADFD, -ESRCH (pid is not a registered owner), -EDQUOT (the
- * per-uid lease limit), -ENAMETOOLONG (a name over LOCKD_NAME_MAX), and the
- * common ones.  On failure the helper keeps none of them and lease still
+ * per-uid lease limit), -ENAMETOOLONG (a name over LOCKD_NAME_MAX), -EEXIST
+ * (an fd is an open file description the helper already holds as another
+ * lease: another owner's, or under another key or mode; one description is
+ * one lease, or releasing one would unlock the other), and the common ones.
+ * Handing over the same lease to the same owner again is harmless and
+ * returns the same ids.  On failure the helper keeps none of them and lease still
  * holds every lease (a multi-message hand-over is taken back with a request
  * that closes the helper's copies without unlocking); if the connection
  * broke mid-way, the helper may keep copies until their owner exits.

@@ -3006,6 +3006,103 @@ HELPER_CASE(adopt_checks_locks)
     lockd_space_close(sp);
 }
 
+/* A raw HANDOFF of n items, each {mode, key (hex), no name}, with fds;
+ * returns the helper's status (raw_settle: an error reply, or a failure of
+ * the case if it was accepted). */
+static int32_t
+raw_handoff(const char *sock_path, int32_t pid, size_t n, const char *const *keys,
+            const int *fds, uint8_t mode)
+{
+    uint8_t b[RAW_HDR + 6 + 35 * 4];
+    size_t at = RAW_HDR + 6;
+    uint16_t count = (uint16_t)n;
+    int32_t err;
+    int sock = raw_connect(sock_path);
+
+    assert(n <= 4);
+    memcpy(b + RAW_HDR, &pid, 4);
+    memcpy(b + RAW_HDR + 4, &count, 2);
+    for (size_t i = 0; i < n; i++, at += 35) {
+        b[at] = mode;
+        for (int k = 0; k < 32; k++)
+            sscanf(keys[i] + 2 * k, "%2hhx", &b[at + 1 + k]);
+        memset(b + at + 33, 0, 2);
+    }
+    raw_ok(b, RAW_HANDOFF, 31, (uint32_t)n, (uint32_t)(at - RAW_HDR));
+    ASSERT_OK(raw_send(sock, b, at, fds, n));
+    ASSERT_INT_EQ(raw_settle(sock, 31, &err), 1);
+    close(sock);
+    return err;
+}
+
+/*
+ * One open file description is one lease: the same description handed to
+ * another owner, or to the same owner under another key, or twice in one
+ * request, is refused (-EEXIST), so that releasing one can never unlock
+ * another that stays listed.  The same owner's same lease again is a retry
+ * and gets its id back.
+ */
+HELPER_CASE(one_ofd_one_lease)
+{
+    lockd_space *sp = space_open_rooted();
+    uint64_t id, id2;
+    struct disks d;
+    struct guest g1, g2;
+    struct rows rs;
+    struct fsd *s;
+    lockd_lease *l, *l2;
+    lockd_conn *c;
+    int fds[2];
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(s);
+    guest_start(&g1);
+    guest_start(&g2);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g1.pid, -1, NULL, "guest-1"));
+    ASSERT_OK(lockd_conn_register(c, g2.pid, -1, NULL, "guest-2"));
+    disks_make(&d, sp, "ofd", 2);
+    ASSERT_OK(lockd_acquire(sp, 1, d.keys, NULL, LOCKD_TRY, &l));
+    ASSERT_OK(lockd_conn_handoff(c, g1.pid, l, NULL, &id));
+    ASSERT_ERR(lockd_conn_handoff(c, g2.pid, l, NULL, NULL), EEXIST);
+    ASSERT_OK(lockd_conn_handoff(c, g1.pid, l, NULL, &id2));
+    ASSERT_INT_EQ(id2, id);
+    /* Under another key, as a forger would send it. */
+    fds[0] = lockd_lease_fd(l, 0);
+    ASSERT_INT_EQ(raw_handoff(s->sock, g1.pid, 1, &d.keys[1], fds, LOCKD_EXCLUSIVE), -EEXIST);
+    /* Twice in one request: a description and a dup of it. */
+    ASSERT_OK(lockd_acquire(sp, 1, &d.keys[1], NULL, LOCKD_TRY, &l2));
+    fds[0] = lockd_lease_fd(l2, 0);
+    fds[1] = dup(fds[0]);
+    ASSERT_OK(sys(fds[1]));
+    {
+        const char *k2[2] = {d.keys[1], d.keys[1]};
+
+        ASSERT_INT_EQ(raw_handoff(s->sock, g2.pid, 2, k2, fds, LOCKD_EXCLUSIVE), -EEXIST);
+    }
+    close(fds[1]);
+    rs = rows_list(c, 0);
+    ASSERT_INT_EQ(rs.n, 1);
+    ASSERT_INT_EQ(rs.r[0].id, id);
+    ASSERT_INT_EQ(rs.r[0].pid, g1.pid);
+    free(rs.r);
+    ASSERT_CONTAINS(read_file(s->log), "already another lease");
+    ASSERT_CONTAINS(read_file(s->log), "two of its items are one open file description");
+    /* l2's description was never taken: ours alone holds it. */
+    ASSERT_INT_EQ(proc_fds(s->pid, d.key[1]), 0);
+    ASSERT_OK(lockd_lease_release(l2));
+    lockd_lease_forget(l);
+    ASSERT_INT_EQ(lockd_conn_release(c, g1.pid, 1, &id), 1);
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_FREE);
+    lockd_conn_close(c);
+    guest_end(&g1);
+    guest_end(&g2);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
 /* `test-helper NAME` runs only the case NAME. */
 #define RUN(only, fn, sec)                                                          \
     do {                                                                            \
@@ -3050,5 +3147,6 @@ main(int argc, char **argv)
     RUN(only, log_escapes_names, 60);
     RUN(only, lost_lease_listed, 60);
     RUN(only, adopt_checks_locks, 60);
+    RUN(only, one_ofd_one_lease, 60);
     return test_done();
 }
