@@ -27,6 +27,7 @@
 #include <stdarg.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
@@ -116,6 +117,7 @@ static struct {
     uint32_t sweep_at;    /* the next slot it checks; NONE: no sweep under way */
     uint32_t owner_hint;   /* the owner found last: requests come in runs */
     uint64_t next_gen;
+    uint64_t id_epoch; /* random at a cold start: see lease_id() */
     struct owner *owners;
     uint32_t nowner_slots, nowners;
     struct conn conns[CONN_MAX];
@@ -381,20 +383,32 @@ owner_slot(const struct owner *o)
     return (uint32_t)(o - H.owners);
 }
 
+/*
+ * A lease id is 44 bits of generation, offset by the epoch, above 20 bits of
+ * slot: the slot finds the lease at once, the generation tells it from any
+ * earlier lease in that slot.  Generations only grow (2^44 of them: at a
+ * million hand-overs a second, half a year without a restart) and are
+ * carried across re-exec and crashes; the epoch is drawn at random at each
+ * cold start, so an id from before a restart that lost the state matches a
+ * new lease with a chance of one in 2^44.
+ */
+#define ID_SLOT_BITS 20
+#define ID_GEN_MASK  ((UINT64_C(1) << (64 - ID_SLOT_BITS)) - 1)
+_Static_assert(LEASE_SLOTS_MAX == 1u << ID_SLOT_BITS, "a slot fits its bits of an id");
+
 static uint64_t
 lease_id(uint32_t slot)
 {
-    return (uint64_t)(uint32_t)H.leases[slot].gen << 32 | slot;
+    return ((H.leases[slot].gen + H.id_epoch) & ID_GEN_MASK) << ID_SLOT_BITS | slot;
 }
 
 /* The lease slot an id names, or NONE if it is not a live lease. */
 static uint32_t
 lease_by_id(uint64_t id)
 {
-    uint32_t slot = (uint32_t)id;
+    uint32_t slot = (uint32_t)(id & ((1u << ID_SLOT_BITS) - 1));
 
-    if (slot >= H.nlease_slots || H.leases[slot].gen == 0 ||
-        (uint32_t)H.leases[slot].gen != (uint32_t)(id >> 32))
+    if (slot >= H.nlease_slots || H.leases[slot].gen == 0 || lease_id(slot) != id)
         return NONE;
     return slot;
 }
@@ -504,7 +518,12 @@ static void store_push_lease(uint32_t slot);
 static void store_remove_lease(uint32_t slot);
 static void store_push_owner(struct owner *o);
 static void store_remove_owner(struct owner *o);
-static void state_log_lease(uint32_t slot, int add);
+/* What state_log_lease() records. */
+#define STATE_LEASE_ADDED     1
+#define STATE_FREE_RELEASED   2 /* unlocked and closed */
+#define STATE_FREE_TAKEN_BACK 3 /* closed: its client keeps the lock */
+
+static void state_log_lease(uint32_t slot, int how);
 static void state_log_owner(const struct owner *o, int add);
 static int store_state_init(void);
 
@@ -698,8 +717,9 @@ lease_free_how(uint32_t slot, const char *why, int unlock)
     }
     /* The state log says "gone" before the store lets go; a crash in
      * between leaves the fd in the store with a FREE record after it, and
-     * adoption releases it (restore_free). */
-    state_log_lease(slot, 0);
+     * adoption finishes the job as it was begun: a release unlocks, a
+     * take-back only closes (restore_free). */
+    state_log_lease(slot, unlock ? STATE_FREE_RELEASED : STATE_FREE_TAKEN_BACK);
     store_remove_lease(slot);
     ofd_remove(slot);
     if (unlock)
@@ -1124,7 +1144,7 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
         l->disk = disks[i];
         memcpy(l->key, req->items[i].key, PROTO_KEY_BYTES);
         lease_link(slot);
-        state_log_lease(slot, 1);
+        state_log_lease(slot, STATE_LEASE_ADDED);
         store_push_lease(slot);
         wr_u64(wr, lease_id(slot));
     }
@@ -1484,14 +1504,22 @@ on_conn(struct conn *c)
  *   header  "lockdst\0", u32 version, u32 0, u64 start, u64 end
  *   records u8 type, u16 length, body; between start and end
  *     OWNER   i32 pid, u64 gen, u32 uid, i32 pidfd, u8 flags, uuid, str name
- *     GONE    i32 pid                          an owner removed
+ *     GONE    i32 pid, u64 gen                 an owner removed
  *     LEASE   u32 slot, u64 gen, i32 fd, i32 owner pid, u8 flags, u8 mode,
- *             key, str disk
- *     FREE    u32 slot                         a lease released
+ *             key, str disk, u64 owner gen
+ *     FREE    u32 slot, u8 unlocked            a lease let go: released
+ *                                              (1), or taken back by its
+ *                                              client, lock kept (0)
  *   flags: bit 0, the fd is in systemd's fd store
  *     LISTEN  i32 fd, i32 bound (the helper bound the socket path itself)
  *     CONN    i32 fd, u32 uid, i32 pid
  *     GEN     u64 next generation
+ *     EPOCH   u64 lease id epoch (lease_id())
+ * A lease names its owner by generation (the pid is only a hint: a pid can
+ * be reused, a generation cannot).  Fields after those a reader knows are
+ * skipped, and so are unknown records: the owner gen, the FREE flag and EPOCH
+ * came after the first release, whose states lack them (a FREE then means
+ * released, a lease's owner is found by pid, and a new epoch is drawn).
  * For re-exec the helper writes a snapshot of everything, with fd numbers.
  * For the fd store it keeps one memfd, appending a record per change and
  * moving `start` past a fresh snapshot when the log has grown; fd numbers
@@ -1507,7 +1535,7 @@ on_conn(struct conn *c)
 #define STATE_HDR     32
 #define STATE_MAX     (256u << 20) /* far beyond 2^20 leases of 4 KiB names */
 
-enum { ST_OWNER = 1, ST_GONE, ST_LEASE, ST_FREE, ST_LISTEN, ST_CONN, ST_GEN };
+enum { ST_OWNER = 1, ST_GONE, ST_LEASE, ST_FREE, ST_LISTEN, ST_CONN, ST_GEN, ST_EPOCH };
 
 static void
 rec_begin(struct proto_wr *wr, uint8_t type)
@@ -1557,6 +1585,7 @@ rec_lease(struct proto_wr *wr, uint32_t slot, int with_fds)
     wr_u8(wr, l->mode);
     wr_put(wr, l->key, PROTO_KEY_BYTES);
     wr_cstr(wr, l->disk);
+    wr_u64(wr, H.owners[l->owner].gen);
     rec_end(wr, at);
 }
 
@@ -1589,6 +1618,7 @@ state_snapshot(int fd, uint64_t offset, int with_fds)
     } while (0)
 
     rec_small(&wr, ST_GEN, &H.next_gen, 8);
+    rec_small(&wr, ST_EPOCH, &H.id_epoch, 8);
     if (with_fds) {
         int32_t lv[2] = {H.listen_fd, H.bound};
 
@@ -1654,23 +1684,35 @@ state_log_owner(const struct owner *o, int add)
         return;
     if (add)
         rec_owner(&wr, o, 0);
-    else
-        rec_small(&wr, ST_GONE, &o->pid, 4);
+    else {
+        size_t at = wr.len;
+
+        rec_begin(&wr, ST_GONE);
+        wr_i32(&wr, o->pid);
+        wr_u64(&wr, o->gen);
+        rec_end(&wr, at);
+    }
     state_append(&wr);
 }
 
 static void
-state_log_lease(uint32_t slot, int add)
+state_log_lease(uint32_t slot, int how)
 {
     uint8_t buf[128 + LOCKD_NAME_MAX];
     struct proto_wr wr = {.buf = buf, .cap = sizeof(buf)};
 
     if (H.state_fd < 0)
         return;
-    if (add)
+    if (how == STATE_LEASE_ADDED)
         rec_lease(&wr, slot, 0);
-    else
-        rec_small(&wr, ST_FREE, &slot, 4);
+    else {
+        size_t at = wr.len;
+
+        rec_begin(&wr, ST_FREE);
+        wr_u32(&wr, slot);
+        wr_u8(&wr, how == STATE_FREE_RELEASED);
+        rec_end(&wr, at);
+    }
     state_append(&wr);
     /* Keep the log within a few snapshots' size: compaction writes a fresh
      * snapshot after the log and moves `start` to it in one header write. */
@@ -1731,6 +1773,22 @@ adopt_fd(struct adopt *a, int fd_in_record, char kind, uint64_t number)
     key.fd = n->fd;
     n->fd = -1; /* claimed */
     return key.fd;
+}
+
+/* The owner of generation gen; pid is where to look first.  A state links
+ * by generation: a pid may have been reused by a later owner. */
+static struct owner *
+owner_of_gen(int32_t pid, uint64_t gen)
+{
+    struct owner *o = owner_find(pid);
+    uint32_t i;
+
+    if (o && o->gen == gen)
+        return o;
+    for (i = 0; i < H.nowner_slots; i++)
+        if (H.owners[i].pid && H.owners[i].gen == gen)
+            return &H.owners[i];
+    return NULL;
 }
 
 static int
@@ -1796,7 +1854,7 @@ restore_lease(struct proto_rd *rd, struct adopt *a)
     fd = adopt_fd(a, fd, 'L', gen);
     if (fd < 0)
         return 0; /* not in the store (past its bound): that lease is gone */
-    o = owner_find(pid);
+    o = rd->left >= 8 ? owner_of_gen(pid, rd_u64(rd)) : owner_find(pid);
     if (!o) {
         /* Never close what might be a held lease (see state_restore). */
         log_warn("lease %llu of pid %d has no owner: kept open, unmanaged",
@@ -1819,14 +1877,19 @@ restore_lease(struct proto_rd *rd, struct adopt *a)
     return 0;
 }
 
-/* Undo the lease records of slot: a FREE record in the log. */
+/* Undo the lease records of slot: a FREE record in the log.  unlocked is
+ * the record's flag: 1 (or absent, in an older state) released, 0 taken
+ * back by its client, who holds the lock through its own copy. */
 static void
-restore_free(uint32_t slot)
+restore_free(uint32_t slot, int unlocked)
 {
     if (slot < H.nlease_slots && H.leases[slot].gen) {
-        /* Its fd was removed from the store before the record was written,
-         * or is still there if we crashed in between: release it. */
-        lease_free(slot, "released before the restart");
+        /* Its fd was removed from the store after the record was written,
+         * or is still there if we crashed in between: finish the job. */
+        if (unlocked)
+            lease_free(slot, "released before the restart");
+        else
+            lease_free_how(slot, "taken back before the restart", 0);
     }
 }
 
@@ -1844,19 +1907,24 @@ restore_record(uint8_t type, struct proto_rd *rd, struct adopt *a)
             H.next_gen = gen;
         return 0;
     }
+    case ST_EPOCH:
+        H.id_epoch = rd_u64(rd) & ID_GEN_MASK;
+        return 0;
     case ST_OWNER:
         return restore_owner(rd, a);
     case ST_GONE:
         v[0] = rd_i32(rd);
         if (v[0] <= 0) /* pid 0 would name a free owner slot */
             return -EPROTO;
-        if ((o = owner_find(v[0])) && !rd->bad)
+        o = rd->left >= 8 ? owner_of_gen(v[0], rd_u64(rd)) : owner_find(v[0]);
+        if (o && !rd->bad)
             owner_free(o, "gone before the restart");
         return 0;
     case ST_LEASE:
         return restore_lease(rd, a);
     case ST_FREE:
-        restore_free(rd_u32(rd));
+        v[0] = (int32_t)rd_u32(rd);
+        restore_free((uint32_t)v[0], rd->left >= 1 ? rd_u8(rd) : 1);
         return 0;
     case ST_LISTEN:
         v[0] = rd_i32(rd), v[1] = rd_i32(rd);
@@ -2735,6 +2803,11 @@ main(int argc, char **argv)
     if (wd && sd_watchdog_enabled(0, &H.watchdog_usec) <= 0)
         H.watchdog_usec = 0;
     reexec = getenv(STATE_ENV) != NULL;
+    /* A cold start draws a new id epoch; a state adopted below brings back
+     * the one its leases' ids were given in. */
+    if (getrandom(&H.id_epoch, sizeof(H.id_epoch), 0) != (ssize_t)sizeof(H.id_epoch))
+        H.id_epoch = (uint64_t)mono_ns() ^ (uint64_t)getpid() << 32;
+    H.id_epoch &= ID_GEN_MASK;
     if (reexec) {
         const char *sfd = getenv("LOCKD_HELPER_STORE_STATE_FD");
 

@@ -3103,6 +3103,145 @@ HELPER_CASE(one_ofd_one_lease)
     lockd_space_close(sp);
 }
 
+/*
+ * Lease ids never repeat across a cold start that lost the state: ids carry
+ * an epoch drawn at each cold start.  A helper without the fd store is
+ * killed while the manager still holds its copy of a lease; a new helper is
+ * handed the same lease in the same slot and gives it another id, and a
+ * notice naming the old id touches nothing.
+ */
+HELPER_CASE(ids_new_after_cold_start)
+{
+    lockd_space *sp = space_open_rooted();
+    uint64_t id1, id2;
+    struct disks d;
+    struct guest g;
+    struct rows rs;
+    struct fsd *s;
+    lockd_lease *l;
+    lockd_conn *c;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(s);
+    guest_start(&g);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    disks_make(&d, sp, "epoch", 1);
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, &l));
+    id1 = d.id[0];
+    lockd_conn_close(c);
+    ASSERT_INT_EQ(fsd_kill(s, SIGKILL), 128 + SIGKILL);
+    fsd_start_ready(s);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    ASSERT_OK(lockd_conn_handoff(c, g.pid, l, NULL, &id2));
+    ASSERT_TRUE(id2 != id1);
+    ASSERT_INT_EQ(id2 & 0xfffff, id1 & 0xfffff); /* the same slot */
+    ASSERT_OK(lockd_conn_release_notice(c, g.pid, 1, &id1));
+    ASSERT_INT_EQ(lockd_conn_release(c, g.pid, 1, &id1), 0);
+    rs = rows_list(c, g.pid);
+    ASSERT_INT_EQ(rs.n, 1);
+    ASSERT_INT_EQ(rs.r[0].id, id2);
+    ASSERT_INT_EQ(rs.r[0].mode, LOCKD_EXCLUSIVE);
+    free(rs.r);
+    ASSERT_INT_EQ(lockd_conn_release(c, g.pid, 1, &id2), 1);
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_FREE);
+    lockd_lease_forget(l);
+    lockd_conn_close(c);
+    guest_end(&g);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+/* Append raw records to the fd store's state memfd (the fake systemd keeps
+ * it; reached through /proc), as the helper would have written them just
+ * before a crash. */
+static void
+state_append_raw(struct fsd *s, const uint8_t *rec, size_t len)
+{
+    char path[64];
+    uint8_t h[32];
+    uint64_t end;
+    int fd = -1;
+
+    fsd_lock(s);
+    for (size_t i = 0; i < s->nslots; i++)
+        if (s->store[i].fd >= 0 && strcmp(s->store[i].name, "state") == 0) {
+            snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)s->harness, s->store[i].fd);
+            fd = open(path, O_RDWR | O_CLOEXEC);
+        }
+    fsd_unlock(s);
+    ASSERT_OK(sys(fd));
+    ASSERT_INT_EQ(pread(fd, h, sizeof(h), 0), (ssize_t)sizeof(h));
+    memcpy(&end, h + 24, 8);
+    ASSERT_INT_EQ(pwrite(fd, rec, len, (off_t)end), (ssize_t)len);
+    end += len;
+    memcpy(h + 24, &end, 8);
+    ASSERT_INT_EQ(pwrite(fd, h, sizeof(h), 0), (ssize_t)sizeof(h));
+    close(fd);
+}
+
+/*
+ * A FREE record says whether the lease was released or taken back by its
+ * client (the rollback of a multi-message hand-over, which keeps the lock
+ * through the client's own copy).  A crash after the record and before the
+ * store let go of the fd must finish each as it was begun: replaying a
+ * take-back as a release would unlock the client's lease.
+ */
+HELPER_CASE(adopt_free_record_kinds)
+{
+    lockd_space *sp = space_open_rooted();
+    uint8_t rec[16];
+    struct disks d;
+    struct guest g;
+    struct rows rs;
+    struct fsd *s;
+    lockd_lease *l;
+    lockd_conn *c;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 64);
+    fsd_start_ready(s);
+    guest_start(&g);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    disks_make(&d, sp, "free", 2);
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, &l));
+    lockd_conn_close(c);
+    ASSERT_TRUE(FSD_WAIT(s, fsd_count_locked(s, "L") == 2 && fsd_has_locked(s, "state"),
+                         5000));
+    ASSERT_INT_EQ(fsd_kill(s, SIGKILL), 128 + SIGKILL);
+    /* FREE: u8 type 4, u16 length 5, u32 slot, u8 unlocked. */
+    for (int i = 0; i < 2; i++) {
+        uint32_t slot = (uint32_t)(d.id[i] & 0xfffff);
+        uint16_t len = 5;
+
+        rec[8 * i] = 4;
+        memcpy(rec + 8 * i + 1, &len, 2);
+        memcpy(rec + 8 * i + 3, &slot, 4);
+        rec[8 * i + 7] = (uint8_t)i; /* disk 0 taken back, disk 1 released */
+    }
+    state_append_raw(s, rec, sizeof(rec));
+    fsd_start_ready(s);
+    c = conn_open(s->sock);
+    rs = rows_list(c, 0);
+    ASSERT_INT_EQ(rs.n, 0);
+    free(rs.r);
+    /* The take-back closed the helper's copy only: ours still holds it. */
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(probe(sp, d.key[1]), LOCKD_FREE);
+    ASSERT_INT_EQ(proc_fds(s->pid, d.key[0]), 0);
+    ASSERT_OK(lockd_lease_release(l));
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_FREE);
+    lockd_conn_close(c);
+    guest_end(&g);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
 /* `test-helper NAME` runs only the case NAME. */
 #define RUN(only, fn, sec)                                                          \
     do {                                                                            \
@@ -3148,5 +3287,7 @@ main(int argc, char **argv)
     RUN(only, lost_lease_listed, 60);
     RUN(only, adopt_checks_locks, 60);
     RUN(only, one_ofd_one_lease, 60);
+    RUN(only, ids_new_after_cold_start, 60);
+    RUN(only, adopt_free_record_kinds, 60);
     return test_done();
 }
