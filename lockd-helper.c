@@ -567,7 +567,9 @@ ofd_cmp(int a, int b)
 static struct ofd_group **
 ofd_bucket(const struct stat *st)
 {
-    return &ofd_table[((uint64_t)st->st_dev * 1000003u ^ (uint64_t)st->st_ino) % OFD_BUCKETS];
+    uint64_t h = (uint64_t)st->st_dev * 1000003u ^ (uint64_t)st->st_ino;
+
+    return &ofd_table[h % OFD_BUCKETS];
 }
 
 static struct ofd_group *
@@ -712,8 +714,9 @@ lease_free_how(uint32_t slot, const char *why, int unlock)
         char key[LOCKD_KEY_SIZE];
 
         key_to_hex(l->key, key);
-        log_debug("released lease %llu (%s) of pid %d: %s", (unsigned long long)lease_id(slot),
-                  l->disk && *l->disk ? l->disk : key, (int)o->pid, why);
+        log_debug("released lease %llu (%s) of pid %d: %s",
+                  (unsigned long long)lease_id(slot), l->disk && *l->disk ? l->disk : key,
+                  (int)o->pid, why);
     }
     /* The state log says "gone" before the store lets go; a crash in
      * between leaves the fd in the store with a FREE record after it, and
@@ -1075,7 +1078,8 @@ check_ofds(const struct conn *c, const struct owner *o, const struct proto_req *
     }
     if (!why)
         return 0;
-    log_warn("refused a hand-over for pid %d from uid %u: %s", (int)req->pid, c->uid, why);
+    log_warn("refused a hand-over for pid %d from uid %u: %s", (int)req->pid, c->uid,
+             why);
     return -EEXIST;
 }
 

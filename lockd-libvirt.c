@@ -740,7 +740,9 @@ helper_connect(const struct guest *g, const char *doing, lockd_conn **ret, char 
         snprintf(why, len,
                  "%s guest '%s': lockd-helper is unreachable at %s (%s); is it running?",
                  doing, g->name,
-                 config.helper_socket ? config.helper_socket : def ? def : "the default socket",
+                 config.helper_socket ? config.helper_socket
+                 : def                ? def
+                                      : "the default socket",
                  strerror(-r));
     free(def);
     return r < 0 ? -1 : 0;

@@ -126,6 +126,7 @@
 #define BACKOFF_MAX_NS (20 * 1000 * 1000L)
 #define INDEX_BYTE 0 /* of .lockd-index: shared to create leases, exclusive for gc */
 #define INTENT_BYTE 1 /* shared: a creator waits for or holds INDEX_BYTE */
+#define GC_BYTE 2 /* exclusive: the one gc running in this lockspace */
 #define INDEX_BACKOFF_MAX_NS (2 * 1000 * 1000L) /* a gc batch is short */
 #define GC_BATCH_NS (10 * 1000 * 1000L) /* gc holds the index this long at most, */
 #define GC_BATCH_MAX 256                /* or for this many files */
@@ -798,7 +799,8 @@ index_open(int dirfd)
                       O_NONBLOCK | O_NOCTTY, 0600);
 }
 
-static int lock_wait(int fd, short type, off_t byte, int64_t deadline, int64_t backoff_max);
+static int lock_wait(int fd, short type, off_t byte, int64_t deadline,
+                     int64_t backoff_max);
 
 /*
  * Take the index shared, to create a lease file; release by closing the fd.
@@ -809,7 +811,7 @@ static int lock_wait(int fd, short type, off_t byte, int64_t deadline, int64_t b
 static int
 index_lock_shared(int dirfd, int64_t deadline)
 {
-    int64_t d = deadline == 0 ? now_ns() + (int64_t)LOCKD_INDEX_WAIT_MS * 1000000 : deadline;
+    int64_t d = deadline ? deadline : now_ns() + (int64_t)LOCKD_INDEX_WAIT_MS * 1000000;
     int fd = index_open(dirfd), r;
 
     if (fd < 0)
@@ -824,18 +826,31 @@ index_lock_shared(int dirfd, int64_t deadline)
     return fd;
 }
 
-/* gc: take the index exclusively on fd, after every creator already
- * waiting for it (above). */
+/*
+ * gc: take the index exclusively on fd, after every creator already waiting
+ * for it (above).  INTENT_BYTE is held only while INDEX_BYTE is free to
+ * take: were gc to wait for INDEX_BYTE with INTENT_BYTE held, anything that
+ * holds INDEX_BYTE for long without INTENT_BYTE (an older lockd creator, a
+ * leaked descriptor) would hold up every new creator behind gc.  So gc
+ * tries, and otherwise lets INTENT_BYTE go and tries again later.
+ */
 static int
 index_gc_enter(int fd)
 {
-    int r = byte_lock(fd, F_OFD_SETLKW, F_WRLCK, INTENT_BYTE, NULL);
+    int64_t backoff = 100000;
+    int r;
 
-    if (r < 0)
-        return r;
-    r = byte_lock(fd, F_OFD_SETLKW, F_WRLCK, INDEX_BYTE, NULL);
-    (void)byte_lock(fd, F_OFD_SETLK, F_UNLCK, INTENT_BYTE, NULL);
-    return r;
+    for (;;) {
+        r = byte_lock(fd, F_OFD_SETLKW, F_WRLCK, INTENT_BYTE, NULL);
+        if (r < 0)
+            return r;
+        r = byte_lock(fd, F_OFD_SETLK, F_WRLCK, INDEX_BYTE, NULL);
+        (void)byte_lock(fd, F_OFD_SETLK, F_UNLCK, INTENT_BYTE, NULL);
+        if (r != -EAGAIN)
+            return r;
+        sleep_ns(backoff);
+        backoff = backoff * 2 < BACKOFF_MAX_NS ? backoff * 2 : BACKOFF_MAX_NS;
+    }
 }
 
 static void
@@ -940,10 +955,13 @@ lease_lock_past_gc(int dirfd, int fd, short type)
 {
     int ifd = index_lock_shared(dirfd, 0), r;
 
-    if (ifd < 0)
-        return ifd == -EROFS || ifd == -EACCES ? -EAGAIN : ifd;
+    /* Whether or not the index could be had (a gc batch that outlasts
+     * LOCKD_INDEX_WAIT_MS, an index we may not open), the lease is asked
+     * once more: gc locks a lease for microseconds, so one still locked
+     * after that is held, and says so. */
     r = lease_lock(fd, F_OFD_SETLK, type, NULL);
-    safe_close(ifd);
+    if (ifd >= 0)
+        safe_close(ifd);
     return r;
 }
 
@@ -999,7 +1017,7 @@ lease_plan(size_t n, const char *const *keys, const int *modes, lockd_lease **re
     size_t i, j;
 
     /* slot[] follows ent[] in one allocation. */
-    _Static_assert(_Alignof(struct lease_ent) % _Alignof(uint32_t) == 0, "slot alignment");
+    _Static_assert(_Alignof(struct lease_ent) % _Alignof(uint32_t) == 0, "slot align");
     l = calloc(1, sizeof(*l) + n * (sizeof(l->ent[0]) + sizeof(l->slot[0])));
     if (!l)
         return -ENOMEM;
@@ -1226,6 +1244,11 @@ lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,
     ifd = index_open(space->dirfd);
     if (ifd < 0)
         return ifd;
+    /* One gc at a time: two would hand INTENT_BYTE back and forth between
+     * their batches and keep polling creators out. */
+    r = byte_lock(ifd, F_OFD_SETLKW, F_WRLCK, GC_BYTE, NULL);
+    if (r < 0)
+        goto out;
     lfd = open_retry(space->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
     if (lfd < 0) {
         r = lfd;
@@ -1260,8 +1283,15 @@ lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,
             removed++;
         else
             kept++;
-        if (++seen % 1024 == 0 && progress && (r = progress(seen, userdata)) != 0)
-            goto out;
+        if (++seen % 1024 == 0 && progress) {
+            /* Never call out with the index held: a callback that stalls
+             * (a terminal held by ^S) would stall every creator. */
+            if (entered)
+                index_gc_leave(ifd);
+            entered = 0;
+            if ((r = progress(seen, userdata)) != 0)
+                goto out;
+        }
     }
     r = errno ? negerrno() : 0;
     if (r == 0) {

@@ -223,7 +223,7 @@ LOCKD_API int lockd_key_valid(const char *key);
                            * runs unprotected */
 
 /* timeout_ms values for lockd_acquire() besides a positive number of ms. */
-#define LOCKD_TRY     0  /* fail at once with -EAGAIN if busy */
+#define LOCKD_TRY     0  /* fail without waiting for a holder (-EAGAIN) */
 #define LOCKD_FOREVER -1 /* wait until granted (F_OFD_SETLKW) */
 
 /* How long a LOCKD_TRY acquire that has to create a lease file waits for a
@@ -238,6 +238,8 @@ LOCKD_API int lockd_key_valid(const char *key);
  * exclusive if either asked for it), so concurrent callers never deadlock.
  *
  * timeout_ms: LOCKD_TRY, LOCKD_FOREVER, or a positive number of milliseconds.
+ * A try never waits for a holder; it may wait for a gc of the lockspace, up
+ * to LOCKD_INDEX_WAIT_MS (below), and twice that at most.
  * A timed wait retries with a capped backoff (at most 20 ms between tries), so
  * it is not fair: a steady stream of short holders can starve it.  A wait
  * forever blocks in the kernel, interrupted only by a signal that kills the
@@ -254,7 +256,8 @@ LOCKD_API int lockd_key_valid(const char *key);
  * not.
  *
  * Errors: those listed at the top, notably -EAGAIN (busy, LOCKD_TRY),
- * -ETIMEDOUT, -EINPROGRESS (LOCKD_TRY only: a gc held the index, above), -ENOLCK, -ELOOP/-EISDIR/-ENXIO (something planted), -EROFS,
+ * -ETIMEDOUT, -EINPROGRESS (LOCKD_TRY only: a gc held the index, above),
+ * -ENOLCK, -ELOOP/-EISDIR/-ENXIO (something planted), -EROFS,
  * -EMFILE; -EBADF if space was opened LOCKD_OPEN_READONLY; -ESTALE if the
  * lease file was replaced under every one of 1000 grants in a row
  * (something unlinks it as fast as it is locked); -EINVAL for n == 0,
@@ -314,7 +317,9 @@ LOCKD_API int lockd_probe(const lockd_space *space, const char *key, int32_t *re
  * (after every creator already waiting for it), then for each lease file
  * takes its exclusive lock without waiting and, if granted and the name
  * still refers to the inode locked, unlinks it; then lets the index go, so
- * that acquires creating new lease files never wait long.  Held leases and every file
+ * that acquires creating new lease files never wait long.  One gc runs in a
+ * lockspace at a time (a second waits for the first), and progress is
+ * called with the index let go.  Held leases and every file
  * whose name is not a key are left alone.  progress, if not NULL, is called
  * every 1024 files with the number looked at so far; a non-zero return stops
  * gc early and is returned.  On success *ret_removed and *ret_kept (each may
@@ -396,10 +401,11 @@ LOCKD_API int lockd_conn_register(lockd_conn *conn, int32_t pid, int pidfd, cons
  * Hand every lease in lease to the helper, for owner pid.  names, if not
  * NULL, gives a display name (the disk path) per key, in the order of the
  * keys given to lockd_acquire(): names[i] is the name of keys[i], NULL
- * entries allowed; a key given twice takes its first non-NULL name.  The helper checks that each fd is a regular
- * file carrying an OFD lock of the lease's mode, and refuses the whole request
- * otherwise (-EBADFD).  Up to 253 leases go in one message and one round trip;
- * a larger lease is sent in several, all or nothing.  On success ret_ids
+ * entries allowed; a key given twice takes its first non-NULL name.  The
+ * helper checks that each fd is a regular file carrying an OFD lock of the
+ * lease's mode, and refuses the whole request otherwise (-EBADFD).  Up to
+ * 253 leases go in one message and one round trip; a larger lease is sent
+ * in several, all or nothing.  On success ret_ids
  * (lockd_lease_count() entries, may be NULL) receives the helper's lease ids
  * in lockd_lease_key() order (keys[i]'s id is ret_ids[lockd_lease_index(lease,
  * i)]), which are never reused.  lease still owns its fds: call

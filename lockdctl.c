@@ -635,7 +635,14 @@ culprit(const lockd_space *space, const struct disk *d, size_t n, int shared, in
 
     for (i = 0; i < n; i++) {
         int s = lockd_probe(space, d[i].key, NULL);
+        struct stat st;
 
+        /* -EINPROGRESS comes from creating a lease file: the first disk
+         * whose file is missing. */
+        if (r == -EINPROGRESS &&
+            fstatat(lockd_space_fd(space), d[i].key, &st, AT_SYMLINK_NOFOLLOW) < 0 &&
+            errno == ENOENT)
+            return i;
         if ((r == -EAGAIN || r == -ETIMEDOUT) &&
             (s == LOCKD_EXCLUSIVE || (s == LOCKD_SHARED && !shared)))
             return i;

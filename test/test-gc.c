@@ -250,7 +250,22 @@ struct progress_log {
     uint64_t done[8];
     int calls;
     int stop_with;
+    int dirfd;      /* > 0: check the index is not held in each call */
+    int index_held; /* calls made with it held */
 };
+
+/* Whether another description could take the index exclusively now. */
+static int
+index_free(int dirfd)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    int fd = openat(dirfd, ".lockd-index", O_RDWR | O_CLOEXEC);
+
+    ASSERT_OK(sys(fd));
+    ASSERT_OK(sys(fcntl(fd, F_OFD_GETLK, &fl)));
+    close(fd);
+    return fl.l_type == F_UNLCK;
+}
 
 static int
 progress_cb(uint64_t done, void *userdata)
@@ -260,6 +275,8 @@ progress_cb(uint64_t done, void *userdata)
     if (log->calls < 8)
         log->done[log->calls] = done;
     log->calls++;
+    /* Called with the index let go: a stalled callback stalls no creator. */
+    log->index_held += log->dirfd > 0 && !index_free(log->dirfd);
     return log->stop_with;
 }
 
@@ -296,13 +313,14 @@ static void
 test_gc_progress(void)
 {
     lockd_space *space = space_open();
-    struct progress_log log = {.stop_with = 0};
+    struct progress_log log = {.stop_with = 0, .dirfd = lockd_space_fd(space)};
     uint64_t removed = 0, kept = 99;
 
     make_lease_files(space, 3000);
     create_file(space, "notes.txt");
     ASSERT_OK(lockd_gc(space, progress_cb, &log, &removed, &kept));
     ASSERT_INT_EQ(log.calls, 2);
+    ASSERT_INT_EQ(log.index_held, 0);
     ASSERT_INT_EQ(log.done[0], 1024);
     ASSERT_INT_EQ(log.done[1], 2048);
     ASSERT_INT_EQ(removed, 3000);

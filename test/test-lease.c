@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include <sys/prctl.h>
+
 #include "lockd.h"
 
 /* ------------------------------------------------------------------------
@@ -261,6 +263,74 @@ test_index_held_by_gc(void)
     ASSERT_TRUE(WAIT_UNTIL(index_byte(ifd, F_OFD_SETLK, F_WRLCK, 1) == 0, 5000));
     ASSERT_INT_EQ(probe_elsewhere(new, NULL), LOCKD_EXCLUSIVE);
     agent_stop(&waiter);
+    close(ifd);
+    lockd_space_close(space);
+}
+
+/* A gc in a process of its own, until done. */
+static int
+gc_child(void *arg)
+{
+    lockd_space *space = NULL;
+
+    (void)arg;
+    /* Not the case's copy of the index (with its lock), and not past the
+     * case: a failed case must not leave a gc waiting forever. */
+    close_all_but(NULL, 0);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() == 1)
+        return 1;
+    if (lockd_space_open(space_dir(), 0, &space) < 0 ||
+        lockd_gc(space, NULL, NULL, NULL, NULL) < 0)
+        return 1;
+    lockd_space_close(space);
+    return 0;
+}
+
+/*
+ * What the index must not do (found by review): something that holds byte 0
+ * shared for long without byte 1 (an older lockd creator, a leaked fd) may
+ * delay gc, but gc waiting behind it must not hold up new creators; and a
+ * busy lease is busy (-EAGAIN, with its holder) even while a gc or an older
+ * lockd's gc holds the index past LOCKD_INDEX_WAIT_MS, never -EINPROGRESS.
+ */
+static void
+test_index_never_hides_busy(void)
+{
+    lockd_space *space = space_open();
+    char held[LOCKD_KEY_SIZE], fresh[LOCKD_KEY_SIZE];
+    struct agent holder;
+    const char *k;
+    lockd_lease *l = NULL;
+    pid_t gc;
+    int ifd;
+
+    ASSERT_OK(lockd_space_key(space, "/vm/held.img", held));
+    ASSERT_OK(lockd_space_key(space, "/vm/fresh.img", fresh));
+    ifd = openat(lockd_space_fd(space), ".lockd-index", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    ASSERT_OK(sys(ifd));
+
+    /* An old creator's shared hold; gc starts and waits behind it. */
+    ASSERT_OK(index_byte(ifd, F_OFD_SETLK, F_RDLCK, 0));
+    k = held; /* a lease file for gc to look at */
+    ASSERT_OK(lockd_acquire(space, 1, &k, NULL, LOCKD_TRY, &l));
+    ASSERT_OK(lockd_lease_release(l));
+    gc = test_fork(gc_child, NULL);
+    ASSERT_TRUE(WAIT_UNTIL(proc_sleeping(gc), 5000));
+    k = fresh;
+    ASSERT_OK(lockd_acquire(space, 1, &k, NULL, LOCKD_TRY, &l));
+    ASSERT_OK(lockd_lease_release(l));
+    ASSERT_OK(index_byte(ifd, F_OFD_SETLK, F_UNLCK, 0));
+    ASSERT_INT_EQ(test_wait(gc), 0);
+
+    /* A held lease while the index is held exclusively, as an older gc
+     * holds it for its whole run: busy, not "gc in progress". */
+    agent_start(&holder, -1);
+    ASSERT_INT_EQ(agent_acquire(&holder, held, LOCKD_EXCLUSIVE, LOCKD_TRY), 0);
+    ASSERT_OK(index_byte(ifd, F_OFD_SETLK, F_WRLCK, 0));
+    k = held;
+    ASSERT_ERR(lockd_acquire(space, 1, &k, NULL, LOCKD_TRY, &l), EAGAIN);
+    ASSERT_OK(index_byte(ifd, F_OFD_SETLK, F_UNLCK, 0));
+    agent_stop(&holder);
     close(ifd);
     lockd_space_close(space);
 }
@@ -795,6 +865,7 @@ main(void)
     TEST_RUN(test_matrix_handles);
     TEST_RUN(test_wait_timeout);
     TEST_RUN(test_index_held_by_gc);
+    TEST_RUN(test_index_never_hides_busy);
     TEST_RUN(test_wait_release_forever);
     TEST_RUN(test_wait_release_timed);
     TEST_RUN(test_wait_holder_killed_forever);
