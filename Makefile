@@ -226,6 +226,20 @@ check-libvirt: deps
 	@$(MAKE) --no-print-directory $(LIBVIRT_PLUGIN) lockd-helper lockdctl $(LIBVIRT_TEST_PROGS)
 	@bash test/check-libvirt
 
+# --- a real systemd 252 as PID 1 (test/check-systemd) --------------------------
+# Root; installs systemd-container and debootstrap when missing and builds a
+# minbase bookworm root file system once (/var/tmp/lockd-systemd-root).
+SYSTEMD_TEST_PROGS = test/systemd/lease-watch
+
+.PHONY: check-systemd
+
+test/systemd/lease-watch: test/systemd/lease-watch.c lockd.c lockd.h
+	$(CC) $(ALL_CFLAGS) -o $@ test/systemd/lease-watch.c lockd.c $(SODIUM_LIBS)
+
+check-systemd: deps
+	@$(MAKE) --no-print-directory lockd-helper lockdctl $(SYSTEMD_TEST_PROGS)
+	@bash test/check-systemd
+
 install: all install-libvirt
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR) \
 		$(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man1 \
@@ -260,5 +274,5 @@ clean-tests:
 
 clean: clean-tests
 	rm -f *.o liblockd.a liblockd.so $(SONAME) lockd.pc $(PROGRAMS) $(ASAN_PROGRAMS) $(FUZZERS) \
-	      $(LIBVIRT_PLUGIN) $(LIBVIRT_TEST_PROGS) \
+	      $(LIBVIRT_PLUGIN) $(LIBVIRT_TEST_PROGS) $(SYSTEMD_TEST_PROGS) \
 	      fuzz/crash-* fuzz/leak-* fuzz/oom-* fuzz/timeout-*
