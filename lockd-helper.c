@@ -31,6 +31,8 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
+#include <spawn.h>
 
 #include <linux/kcmp.h>
 
@@ -50,6 +52,7 @@
 #define TAG_SIGNAL (2ull << 56)
 #define TAG_CONN   (3ull << 56)
 #define TAG_OWNER  (4ull << 56)
+#define TAG_SELFTEST (5ull << 56)
 #define TAG_MASK   (0xffull << 56)
 
 /*
@@ -139,7 +142,10 @@ static struct {
     uint64_t state_start, state_end;
 
     pid_t pid; /* ours, for kcmp() */
-    int quit, reexec;
+    pid_t selftest_pid; /* the successor's --self-test, before a re-exec */
+    int selftest_pidfd; /* -1: none under way */
+    int64_t selftest_due_ns;
+    int quit, reexec, reexec_go; /* asked for; self-test passed */
     int compact_due; /* the fd store's state log has grown: compact it */
     int listen_paused; /* out of fds: not accepting until the reserve refills */
     /* A decoded request points into `in`, so replies are written to `out`:
@@ -149,7 +155,7 @@ static struct {
     struct proto_req req; /* the request decoded from `in` */
     uint8_t out[PROTO_HDR_SIZE + PROTO_BODY_MAX];
 } H = {.listen_fd = -1, .epoll_fd = -1, .signal_fd = -1, .fdinfo_dir = -1, .state_fd = -1,
-       .probe_fd = -1, .probe_info = -1, .null_fd = -1,
+       .probe_fd = -1, .probe_info = -1, .null_fd = -1, .selftest_pidfd = -1,
        .lease_free = NONE, .sweep_at = NONE, .next_gen = 1, .socket_mode = 0600};
 
 /* ------------------------------------------------------------------------
@@ -2385,6 +2391,102 @@ settle_restored(int from_store)
  * a memfd.  No lease is released at any point: the fds never close.  If the
  * exec fails, everything is put back and we carry on.
  */
+/*
+ * Before replacing this image, run the binary at the start-up path in a
+ * child with --self-test: an upgrade that left a binary which cannot start
+ * (a missing library, a truncated file, another architecture) is refused
+ * and logged, and the old image carries on with every lease.  The loop goes
+ * on answering meanwhile: the child's pidfd is one more epoll source, and
+ * the re-exec happens when it has exited 0 (selftest_done()).  The child is
+ * spawned without a copy of the address space and gets no fd but 0-2: no
+ * lease, pidfd or socket.
+ */
+#define SELF_TEST_MS 5000
+
+static void selftest_done(int wait);
+
+static void
+selftest_start(void)
+{
+    char *const argv[] = {H.self_path, (char *)"--self-test", NULL};
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = TAG_SELFTEST};
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    sigset_t none;
+    pid_t pid;
+    int r;
+
+    if (H.selftest_pidfd >= 0)
+        return; /* one is under way: its success re-execs */
+    sigemptyset(&none);
+    posix_spawn_file_actions_init(&fa);
+    posix_spawnattr_init(&attr);
+    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+    r = posix_spawn(&pid, H.self_path, &fa, &attr, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    if (r != 0) {
+        log_err("re-exec refused: cannot run %s --self-test: %s", H.self_path, strerror(r));
+        return;
+    }
+    H.selftest_pid = pid;
+    H.selftest_pidfd = xpidfd_open(pid);
+    H.selftest_due_ns = mono_ns() + (int64_t)SELF_TEST_MS * 1000000;
+    if (H.selftest_pidfd < 0 ||
+        epoll_ctl(H.epoll_fd, EPOLL_CTL_ADD, H.selftest_pidfd, &ev) < 0) {
+        /* Without a pidfd to watch, wait for it here (a few ms). */
+        if (H.selftest_pidfd >= 0)
+            safe_close(H.selftest_pidfd);
+        H.selftest_pidfd = -1;
+        selftest_done(1);
+    }
+}
+
+/* The self-test child exited (or ran out of time, or cannot be watched:
+ * wait for it).  Re-exec if it passed. */
+static void
+selftest_done(int wait)
+{
+    int st = 0;
+    pid_t w = waitpid(H.selftest_pid, &st, wait ? 0 : WNOHANG);
+
+    if (w == 0) { /* out of time */
+        (void)kill(H.selftest_pid, SIGKILL);
+        (void)waitpid(H.selftest_pid, &st, 0);
+        log_err("re-exec refused: %s --self-test did not finish in %d ms; still running "
+                "the old image", H.self_path, SELF_TEST_MS);
+    } else if (w < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        log_err("re-exec refused: %s --self-test %s %d; still running the old image",
+                H.self_path, w > 0 && WIFSIGNALED(st) ? "was killed by signal" : "exited",
+                w < 0 ? -1 : WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+    if (H.selftest_pidfd >= 0) {
+        (void)epoll_ctl(H.epoll_fd, EPOLL_CTL_DEL, H.selftest_pidfd, NULL);
+        safe_close(H.selftest_pidfd);
+    }
+    H.selftest_pidfd = -1;
+    H.selftest_pid = 0;
+    /* At the end of this loop round, when every event is handled. */
+    H.reexec_go = w > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+/* --self-test: what a new image needs before it may take over: fdinfo to
+ * check locks with, a memfd for the state.  Exit 0 if all is there. */
+static int
+self_test(void)
+{
+    int fd = memfd_create("lockd-helper-self-test", MFD_CLOEXEC);
+
+    H.fdinfo_dir = open("/proc/self/fdinfo", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || H.fdinfo_dir < 0 || probe_setup() < 0) {
+        fprintf(stderr, "lockd-helper: self-test failed: %s\n", strerror(errno));
+        return 1;
+    }
+    printf("lockd-helper %s: self-test passed\n", LOCKD_VERSION_STRING);
+    return 0;
+}
+
 static void
 do_reexec(void)
 {
@@ -2493,7 +2595,9 @@ on_signal(void)
     struct signalfd_siginfo si;
 
     while (read(H.signal_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-        if (si.ssi_signo == SIGUSR1)
+        /* SIGHUP is what an init system sends for "reload": re-exec too,
+         * never exit with the leases. */
+        if (si.ssi_signo == SIGUSR1 || si.ssi_signo == SIGHUP)
             H.reexec = 1;
         else
             H.quit = 1;
@@ -2519,6 +2623,11 @@ loop_timeout_ms(void)
         if (t < 0 || due - now < t)
             t = due > now ? due - now : 0;
     }
+    if (H.selftest_pidfd >= 0) {
+        due = H.selftest_due_ns;
+        if (t < 0 || due - now < t)
+            t = due > now ? due - now : 0;
+    }
     if (H.sweep_at != NONE)
         t = 0;
     else if (H.nleases > H.nlost) {
@@ -2541,6 +2650,8 @@ on_timers(void)
         H.last_watchdog_ns = now;
     }
     (void)sweep_step();
+    if (H.selftest_pidfd >= 0 && now >= H.selftest_due_ns)
+        selftest_done(0);
     /* STATUS at most every 100 ms: a burst of hand-offs is one update. */
     if (H.status_dirty && now >= H.status_due_ns) {
         status_send();
@@ -2563,6 +2674,8 @@ on_event(const struct epoll_event *ev)
         on_listen();
     else if (tag == TAG_SIGNAL)
         on_signal();
+    else if (tag == TAG_SELFTEST && H.selftest_pidfd >= 0)
+        selftest_done(0);
     else if (tag == TAG_CONN && idx < CONN_MAX && H.conns[idx].fd >= 0)
         on_conn(&H.conns[idx]);
     else if (tag == TAG_OWNER && idx < H.nowner_slots && H.owners[idx].pid &&
@@ -2595,6 +2708,10 @@ run(void)
         on_timers();
         if (H.reexec) {
             H.reexec = 0;
+            selftest_start();
+        }
+        if (H.reexec_go) {
+            H.reexec_go = 0;
             do_reexec();
         }
     }
@@ -2623,8 +2740,11 @@ usage(FILE *f)
             "  -h, --help              show this help\n"
             "  -V, --version           show the version\n"
             "\n"
-            "Signals: SIGUSR1 re-executes the helper in place without dropping a lease;\n"
-            "SIGTERM exits, releasing every lease it alone holds.\n");
+            "      --self-test         check that this binary can take over, and exit\n"
+            "\n"
+            "Signals: SIGUSR1 and SIGHUP re-execute the helper in place without dropping a\n"
+            "lease, after running the binary with --self-test; SIGTERM exits, and the\n"
+            "leases it alone holds become free unless systemd's fd store keeps them.\n");
 }
 
 static int
@@ -2652,6 +2772,7 @@ parse_args(int argc, char **argv)
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
+        {"self-test", no_argument, NULL, 'T'},
         {NULL, 0, NULL, 0},
     };
     unsigned long v;
@@ -2686,6 +2807,8 @@ parse_args(int argc, char **argv)
         case 'V':
             printf("lockd-helper %s\n", LOCKD_VERSION_STRING);
             exit(0);
+        case 'T':
+            exit(self_test());
         default:
             usage(stderr);
             exit(64);

@@ -3242,6 +3242,73 @@ HELPER_CASE(adopt_free_record_kinds)
     lockd_space_close(sp);
 }
 
+/* Install a script at the helper's start-up path (an upgrade gone wrong). */
+static void
+install_script(struct fsd *s, const char *body)
+{
+    char tmp[PATH_MAX + 8];
+    FILE *f;
+
+    snprintf(tmp, sizeof(tmp), "%s.new", s->bin);
+    f = fopen(tmp, "we");
+    if (!f || fprintf(f, "#!/bin/sh\n%s\n", body) < 0 || fclose(f) != 0 ||
+        chmod(tmp, 0755) < 0 || rename(tmp, s->bin) < 0)
+        TEST_FAIL("install %s: %s", s->bin, strerror(errno));
+}
+
+/*
+ * Re-exec checks the new binary first: SIGUSR1 or SIGHUP with a binary at
+ * the start-up path that cannot start (here a script that fails) is refused
+ * with a log line,
+ * and the old image carries on, leases and all; with a good binary there,
+ * SIGHUP re-execs like SIGUSR1 (it used to exit and drop every lease).
+ */
+HELPER_CASE(reexec_checks_binary)
+{
+    lockd_space *sp = space_open_rooted();
+    struct disks d;
+    struct guest g;
+    struct fsd *s;
+    lockd_conn *c;
+    ino_t old_ino, ino;
+    pid_t hpid;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(s);
+    hpid = s->pid;
+    old_ino = fsd_exe_ino(hpid);
+    guest_start(&g);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    disks_make(&d, sp, "upgrade", 2);
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, NULL));
+
+    install_script(s, "exit 3");
+    ASSERT_OK(kill(hpid, SIGUSR1));
+    ASSERT_TRUE(WAIT_UNTIL(strstr(read_file(s->log), "re-exec refused") != NULL, 10000));
+    ASSERT_CONTAINS(read_file(s->log), "--self-test exited 3; still running the old image");
+    ASSERT_INT_EQ(fsd_exe_ino(hpid), old_ino);
+    assert_listed(c, g.pid, &d);
+    ASSERT_INT_EQ(disks_probe_count(sp, &d, LOCKD_EXCLUSIVE), 2);
+
+    ino = fsd_install(s);
+    ASSERT_OK(kill(hpid, SIGHUP));
+    ASSERT_TRUE(WAIT_UNTIL(fsd_exe_ino(hpid) == ino, 10000));
+    assert_listed(c, g.pid, &d);
+    ASSERT_INT_EQ(disks_probe_count(sp, &d, LOCKD_EXCLUSIVE), 2);
+    fsd_lock(s);
+    ASSERT_INT_EQ(s->pid, hpid);
+    ASSERT_INT_EQ(s->exits, 0);
+    fsd_unlock(s);
+    lockd_conn_close(c);
+    guest_end(&g);
+    ASSERT_TRUE(WAIT_UNTIL(disks_probe_count(sp, &d, LOCKD_FREE) == 2, 5000));
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
 /* `test-helper NAME` runs only the case NAME. */
 #define RUN(only, fn, sec)                                                          \
     do {                                                                            \
@@ -3289,5 +3356,6 @@ main(int argc, char **argv)
     RUN(only, one_ofd_one_lease, 60);
     RUN(only, ids_new_after_cold_start, 60);
     RUN(only, adopt_free_record_kinds, 60);
+    RUN(only, reexec_checks_binary, 60);
     return test_done();
 }
