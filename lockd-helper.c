@@ -40,7 +40,17 @@
 
 #define CONN_MAX        1024
 #define LEASES_PER_UID  65536 /* root */
-#define LEASES_PER_USER 4096  /* any other uid */
+/* Defaults of what one uid other than root may hold (--user-leases,
+ * --user-owners, --user-connections); and what is kept for root alone. */
+#define LEASES_PER_USER 4096
+#define OWNERS_PER_USER 1024
+#define CONNS_PER_USER  64
+#define ROOT_CONNS      64   /* of CONN_MAX, never given to other uids */
+#define ROOT_FDS        1024 /* of RLIMIT_NOFILE, never given to other uids */
+/* Refusals logged per uid: a burst of LOG_BURST lines, then one each
+ * LOG_INTERVAL_NS; the rest are counted and the count logged later. */
+#define LOG_BURST       20
+#define LOG_INTERVAL_NS (100 * 1000000LL)
 #define RESERVE_FDS     8     /* kept open to answer -EMFILE when out of fds */
 #define LIST_PAGE_BYTES (PROTO_BODY_MAX - 4096)
 #define STATE_ENV       "LOCKD_HELPER_STATE_FD"
@@ -92,7 +102,9 @@ struct conn {
 };
 
 struct uid_count {
-    uint32_t uid, leases;
+    uint32_t uid, leases, owners, conns;
+    int64_t log_tat_ns;   /* log_refusal()'s rate limit */
+    uint64_t log_dropped; /* refusals not logged since the last one that was */
 };
 
 static struct {
@@ -102,6 +114,8 @@ static struct {
     int timeout_sec;
     int verbose;
     uint32_t store_max;
+    uint32_t user_leases, user_owners, user_conns; /* caps per uid but root */
+    uint32_t fd_limit; /* RLIMIT_NOFILE, after raising it */
     char *self_path;
     char **argv;
 
@@ -156,7 +170,9 @@ static struct {
     uint8_t out[PROTO_HDR_SIZE + PROTO_BODY_MAX];
 } H = {.listen_fd = -1, .epoll_fd = -1, .signal_fd = -1, .fdinfo_dir = -1, .state_fd = -1,
        .probe_fd = -1, .probe_info = -1, .null_fd = -1, .selftest_pidfd = -1,
-       .lease_free = NONE, .sweep_at = NONE, .next_gen = 1, .socket_mode = 0600};
+       .lease_free = NONE, .sweep_at = NONE, .next_gen = 1, .socket_mode = 0600,
+       .user_leases = LEASES_PER_USER, .user_owners = OWNERS_PER_USER,
+       .user_conns = CONNS_PER_USER, .fd_limit = 1024};
 
 /* ------------------------------------------------------------------------
  * Logging: one line each, with the sd-daemon priority prefix journald reads.
@@ -199,6 +215,43 @@ log_line(int prio, const char *fmt, ...)
 #define log_notice(...) log_line(5, __VA_ARGS__)
 #define log_info(...)   log_line(6, __VA_ARGS__)
 #define log_debug(...)  log_line(7, __VA_ARGS__)
+
+static struct uid_count *uid_find(uint32_t uid, int create);
+
+/*
+ * A refusal of a request from uid, logged at prio: at most LOG_BURST lines
+ * at once and one per LOG_INTERVAL_NS after that, per uid, so that one
+ * client cannot flood the journal (or drown another uid's refusals); the
+ * lines left out are counted, and the count goes with the next one logged.
+ */
+static void __attribute__((format(printf, 3, 4)))
+log_refusal(uint32_t uid, int prio, const char *fmt, ...)
+{
+    static char buf[2 * LOCKD_NAME_MAX + 512];
+    struct uid_count *u = uid_find(uid, 1);
+    int64_t now = now_ns();
+    va_list ap;
+
+    if (u) {
+        if (u->log_tat_ns < now)
+            u->log_tat_ns = now;
+        if (u->log_tat_ns - now > LOG_BURST * LOG_INTERVAL_NS) {
+            u->log_dropped++;
+            return;
+        }
+        u->log_tat_ns += LOG_INTERVAL_NS;
+    }
+    va_start(ap, fmt);
+    /* NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized): a false positive */
+    (void)vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (u && u->log_dropped) {
+        log_line(prio, "%s (and %llu more refusals of uid %u not logged)", buf,
+                 (unsigned long long)u->log_dropped, uid);
+        u->log_dropped = 0;
+    } else
+        log_line(prio, "%s", buf);
+}
 
 /* ------------------------------------------------------------------------
  * Small tools
@@ -357,7 +410,7 @@ uid_find(uint32_t uid, int create)
     if (!u)
         return NULL;
     H.uids = u;
-    H.uids[H.nuids] = (struct uid_count){uid, 0};
+    H.uids[H.nuids] = (struct uid_count){.uid = uid};
     return &H.uids[H.nuids++];
 }
 
@@ -771,6 +824,8 @@ owner_release_all(struct owner *o, const char *why)
 static void
 owner_free(struct owner *o, const char *why)
 {
+    struct uid_count *u;
+
     log_info("owner pid %d (%s) gone: %s", (int)o->pid, o->name ? o->name : "", why);
     owner_release_all(o, why);
     state_log_owner(o, 0);
@@ -780,6 +835,9 @@ owner_free(struct owner *o, const char *why)
         safe_close(o->pidfd);
     }
     free(o->name);
+    u = uid_find(o->uid, 0);
+    if (u && u->owners)
+        u->owners--;
     memset(o, 0, sizeof(*o));
     o->pidfd = -1;
     H.nowners--;
@@ -798,6 +856,7 @@ static struct owner *
 owner_new(int32_t pid, uint32_t uid, int pidfd)
 {
     struct owner *o = owner_find(0);
+    struct uid_count *u;
 
     if (!o) {
         uint32_t old = H.nowner_slots, i;
@@ -814,7 +873,11 @@ owner_new(int32_t pid, uint32_t uid, int pidfd)
     o->pidfd = pidfd;
     o->head = NONE;
     o->nleases = 0;
+    o->nlost = 0;
     H.nowners++;
+    u = uid_find(uid, 1);
+    if (u)
+        u->owners++;
     changed();
     return o;
 }
@@ -945,6 +1008,17 @@ proc_real_uid(int32_t pid, uint32_t *ret)
     return 0;
 }
 
+/* Whether uid may make the helper hold n more fds: every uid but root
+ * leaves ROOT_FDS of the helper's limit alone (beside what the helper needs
+ * itself), so that no user can make root's next hand-over fail. */
+static int
+fds_room(uint32_t uid, uint32_t n)
+{
+    uint64_t used = (uint64_t)H.nleases + H.nowners + H.nconns + 64;
+
+    return uid == 0 || used + n + ROOT_FDS <= H.fd_limit;
+}
+
 /*
  * REGISTER: pidfd is the one sent along, or -1.  The uid check reads
  * /proc/PID/status and then makes sure the pidfd's process is still alive,
@@ -970,6 +1044,14 @@ do_register(struct conn *c, const struct proto_req *req, int pidfd)
         if (r == 0)
             state_log_owner(o, 1);
         return r;
+    }
+    if (c->uid != 0) {
+        struct uid_count *u = uid_find(c->uid, 1);
+
+        if (!u || u->owners >= H.user_owners || !fds_room(c->uid, 1)) {
+            safe_close(pidfd);
+            return !u ? -ENOMEM : -EDQUOT;
+        }
     }
     if (pidfd >= 0 && (r = pidfd_pid(pidfd)) != req->pid) {
         safe_close(pidfd);
@@ -1017,7 +1099,8 @@ check_item(const struct conn *c, const struct proto_req *req, size_t i, int fd)
     if (r == 1)
         return 0;
     key_to_hex(it->key, key);
-    log_warn("refused lease %.*s (%s) for pid %d from uid %u: %s", (int)it->disk_len, it->disk,
+    log_refusal(c->uid, 4, "refused lease %.*s (%s) for pid %d from uid %u: %s",
+             (int)it->disk_len, it->disk,
              key, (int)req->pid, c->uid,
              r < 0 ? strerror(-r)
              : it->mode == LOCKD_SHARED
@@ -1084,7 +1167,8 @@ check_ofds(const struct conn *c, const struct owner *o, const struct proto_req *
     }
     if (!why)
         return 0;
-    log_warn("refused a hand-over for pid %d from uid %u: %s", (int)req->pid, c->uid,
+    log_refusal(c->uid, 4, "refused a hand-over for pid %d from uid %u: %s", (int)req->pid,
+                c->uid,
              why);
     return -EEXIST;
 }
@@ -1107,10 +1191,10 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
     if (!o || !may_see(c, o))
         return -ESRCH;
     u = uid_find(o->uid, 1);
-    limit = o->uid == 0 ? LEASES_PER_UID : LEASES_PER_USER;
+    limit = o->uid == 0 ? LEASES_PER_UID : H.user_leases;
     if (!u)
         return -ENOMEM;
-    if (u->leases + req->count > limit)
+    if (u->leases + req->count > limit || !fds_room(c->uid, req->count))
         return -EDQUOT;
     for (i = 0; i < req->count && r == 0; i++)
         r = check_item(c, req, i, fds[i]);
@@ -1362,7 +1446,8 @@ dispatch(struct conn *c, const struct proto_req *req, int *fds, size_t nfds, int
     for (i = 0; i < nfds; i++)
         safe_close(fds[i]);
     if (r < 0 && r != -EBADFD)
-        log_notice("refused %s from uid %u pid %d: %s", type_name(req->hdr.type), c->uid,
+        log_refusal(c->uid, 5, "refused %s from uid %u pid %d: %s", type_name(req->hdr.type),
+                    c->uid,
                    (int)c->pid, strerror(-r));
     /* A notice is never answered: its sender reads no reply, and one left
      * in the socket would be taken for the answer to its next request. */
@@ -1377,10 +1462,14 @@ dispatch(struct conn *c, const struct proto_req *req, int *fds, size_t nfds, int
 static void
 conn_drop(struct conn *c)
 {
+    struct uid_count *u = uid_find(c->uid, 0);
+
     (void)epoll_ctl(H.epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
     safe_close(c->fd);
     c->fd = -1;
     H.nconns--;
+    if (u && u->conns)
+        u->conns--;
     if (H.nconns == 0 && H.nleases == 0)
         H.idle_since_ns = mono_ns();
 }
@@ -1425,15 +1514,22 @@ conn_add(int fd)
     struct ucred cred;
     socklen_t len = sizeof(cred);
     struct epoll_event ev = {.events = EPOLLIN};
+    struct uid_count *u;
     uint32_t i;
 
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
         return negerrno();
+    u = uid_find(cred.uid, 1);
+    if (!u)
+        return -ENOMEM;
     for (i = 0; i < CONN_MAX && H.conns[i].fd >= 0; i++)
         ;
-    if (i == CONN_MAX) {
-        log_warn("refused connection from uid %u pid %d: %d connections open", cred.uid,
-                 (int)cred.pid, CONN_MAX);
+    /* One uid cannot take every connection: root's room is kept. */
+    if (i == CONN_MAX ||
+        (cred.uid != 0 && (u->conns >= H.user_conns || H.nconns >= CONN_MAX - ROOT_CONNS))) {
+        log_refusal(cred.uid, 4, "refused connection from uid %u pid %d: %u of its own open, "
+                    "%u in all (at most %u per uid, %d kept for root)", cred.uid,
+                    (int)cred.pid, u->conns, H.nconns, H.user_conns, ROOT_CONNS);
         return -EUSERS;
     }
     ev.data.u64 = TAG_CONN | i;
@@ -1441,6 +1537,7 @@ conn_add(int fd)
         return negerrno();
     H.conns[i] = (struct conn){fd, cred.uid, cred.pid};
     H.nconns++;
+    u->conns++;
     return 0;
 }
 
@@ -1489,7 +1586,8 @@ on_conn(struct conn *c)
         return;
     if (n <= 0) {
         if (n < 0)
-            log_notice("dropped connection of uid %u pid %d: %s", c->uid, (int)c->pid,
+            log_refusal(c->uid, 5, "dropped connection of uid %u pid %d: %s", c->uid,
+                        (int)c->pid,
                        strerror((int)-n));
         conn_drop(c);
         return;
@@ -1499,7 +1597,8 @@ on_conn(struct conn *c)
         nfds = 0;
     if (r < 0 && req->hdr.magic != PROTO_MAGIC) {
         /* Not lockd talking: there is nobody to answer. */
-        log_notice("dropped connection of uid %u pid %d: not a lockd message", c->uid,
+        log_refusal(c->uid, 5, "dropped connection of uid %u pid %d: not a lockd message",
+                    c->uid,
                    (int)c->pid);
         close_all(fds, nfds);
         conn_drop(c);
@@ -2736,6 +2835,9 @@ usage(FILE *f)
             "  -t, --timeout SEC       exit after SEC idle seconds with no lease held\n"
             "  -S, --fd-store-max N    keep leases in systemd's fd store, at most N fds\n"
             "                          (match the unit's FileDescriptorStoreMax=)\n"
+            "      --user-leases N     leases one uid other than root may hold (4096)\n"
+            "      --user-owners N     owners one uid other than root may register (1024)\n"
+            "      --user-connections N  connections one uid other than root may open (64)\n"
             "  -v, --verbose           log every lease, not just refusals and owner events\n"
             "  -h, --help              show this help\n"
             "  -V, --version           show the version\n"
@@ -2773,6 +2875,9 @@ parse_args(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {"self-test", no_argument, NULL, 'T'},
+        {"user-leases", required_argument, NULL, 'L'},
+        {"user-owners", required_argument, NULL, 'O'},
+        {"user-connections", required_argument, NULL, 'C'},
         {NULL, 0, NULL, 0},
     };
     unsigned long v;
@@ -2798,6 +2903,14 @@ parse_args(int argc, char **argv)
                 goto bad;
             H.store_max = (uint32_t)v;
             break;
+        case 'L':
+        case 'O':
+        case 'C':
+            if (parse_uint(optarg, 10, 1u << 20, &v) < 0)
+                goto bad;
+            *(c == 'L' ? &H.user_leases : c == 'O' ? &H.user_owners : &H.user_conns) =
+                (uint32_t)v;
+            break;
         case 'v':
             H.verbose = 1;
             break;
@@ -2821,7 +2934,12 @@ parse_args(int argc, char **argv)
     return 0;
 bad:
     fprintf(stderr, "lockd-helper: invalid value '%s' for --%s\n", optarg,
-            c == 'm' ? "socket-mode" : c == 't' ? "timeout" : "fd-store-max");
+            c == 'm'   ? "socket-mode"
+            : c == 't' ? "timeout"
+            : c == 'L' ? "user-leases"
+            : c == 'O' ? "user-owners"
+            : c == 'C' ? "user-connections"
+                       : "fd-store-max");
     exit(64);
 }
 
@@ -2834,6 +2952,8 @@ raise_nofile(void)
         rl.rlim_cur = rl.rlim_max;
         (void)setrlimit(RLIMIT_NOFILE, &rl);
     }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        H.fd_limit = rl.rlim_cur > UINT32_MAX ? UINT32_MAX : (uint32_t)rl.rlim_cur;
 }
 
 static int

@@ -3309,6 +3309,122 @@ HELPER_CASE(reexec_checks_binary)
     lockd_space_close(sp);
 }
 
+/*
+ * Per-uid caps, for a helper whose socket mode lets every user in: one uid
+ * other than root may hold --user-connections connections, --user-owners
+ * owners and --user-leases leases (small here), and its refusals are logged
+ * at most LOG_BURST at once, the rest counted.  Root is never held back by
+ * another user's use.
+ */
+struct caps {
+    const char *sock, *space, *log;
+};
+
+static int
+caps_main(void *arg)
+{
+    const struct caps *k = arg;
+    lockd_conn *c[4], *extra;
+    lockd_space *sp = NULL;
+    struct guest g[3];
+    struct disks d;
+    lockd_lease *l;
+    int r;
+
+    if (setgroups(0, NULL) < 0 || setgid(NOBODY) < 0 || setuid(NOBODY) < 0)
+        TEST_FAIL("dropping privileges: %s", strerror(errno));
+    /* Connections: three, then the fourth is shut at once. */
+    for (int i = 0; i < 3; i++) {
+        c[i] = conn_open(k->sock);
+        (void)status_on(c[i]);
+    }
+    ASSERT_OK(lockd_conn_open(k->sock, &extra));
+    r = lockd_conn_status(extra, NULL, NULL, NULL);
+    ASSERT_TRUE(r == -ECONNRESET || r == -EPIPE || r == -ENOTCONN);
+    lockd_conn_close(extra);
+    /* Owners: two of its own processes, then -EDQUOT. */
+    for (int i = 0; i < 3; i++)
+        guest_start(&g[i]);
+    ASSERT_OK(lockd_conn_register(c[0], g[0].pid, -1, NULL, "u0"));
+    ASSERT_OK(lockd_conn_register(c[0], g[1].pid, -1, NULL, "u1"));
+    ASSERT_ERR(lockd_conn_register(c[0], g[2].pid, -1, NULL, "u2"), EDQUOT);
+    /* Leases: two, then -EDQUOT, nothing taken of the third. */
+    ASSERT_OK(lockd_space_open(k->space, LOCKD_OPEN_CREATE, &sp));
+    disks_make(&d, sp, "cap", 3);
+    ASSERT_OK(lockd_acquire(sp, 2, d.keys, NULL, LOCKD_TRY, &l));
+    ASSERT_OK(lockd_conn_handoff(c[0], g[0].pid, l, NULL, NULL));
+    lockd_lease_forget(l);
+    ASSERT_OK(lockd_acquire(sp, 1, d.keys + 2, NULL, LOCKD_TRY, &l));
+    ASSERT_ERR(lockd_conn_handoff(c[0], g[1].pid, l, NULL, NULL), EDQUOT);
+    ASSERT_OK(lockd_lease_release(l));
+    /* A flood of refusals: each answered, few logged. */
+    for (int i = 0; i < 300; i++)
+        ASSERT_ERR(lockd_conn_release(c[1], 1, 0, NULL), ESRCH);
+    /* Once the rate allows a line again, it says how many were left out. */
+    ASSERT_TRUE(WAIT_UNTIL((lockd_conn_release(c[1], 1, 0, NULL),
+                            strstr(read_file(k->log), "more refusals of uid 65534 not logged")),
+                           5000));
+    for (int i = 0; i < 3; i++)
+        guest_end(&g[i]);
+    for (int i = 0; i < 3; i++)
+        lockd_conn_close(c[i]);
+    lockd_space_close(sp);
+    return 0;
+}
+
+static size_t
+count_lines_with(const char *text, const char *needle)
+{
+    size_t n = 0;
+
+    for (const char *p = text; (p = strstr(p, needle)); p++)
+        n++;
+    return n;
+}
+
+HELPER_CASE(user_caps)
+{
+    struct caps k;
+    struct fsd *s;
+    lockd_conn *rc[8];
+    char *log;
+    size_t refused;
+
+    if (chmod(test_scratch, 0755) < 0 || mkdir(test_path("run"), 0755) < 0 ||
+        mkdir(test_path("uspace"), 0755) < 0 || chown(test_path("uspace"), NOBODY, NOBODY) < 0)
+        TEST_FAIL("setup: %s", strerror(errno));
+    s = fsd_new("run/open", FSD_NOTIFY, 0);
+    fsd_arg(s, "--socket-mode");
+    fsd_arg(s, "0666");
+    fsd_arg(s, "--user-connections");
+    fsd_arg(s, "3");
+    fsd_arg(s, "--user-owners");
+    fsd_arg(s, "2");
+    fsd_arg(s, "--user-leases");
+    fsd_arg(s, "2");
+    fsd_start_ready(s);
+    /* Root is capped by nothing of this. */
+    for (int i = 0; i < 8; i++) {
+        rc[i] = conn_open(s->sock);
+        (void)status_on(rc[i]);
+    }
+    k = (struct caps){s->sock, test_path("uspace"), s->log};
+    ASSERT_INT_EQ(test_wait(spawn(caps_main, &k, NULL, 0)), 0);
+    for (int i = 0; i < 8; i++)
+        assert_counts(status_on(rc[i]), 0, 0);
+    log = read_file(s->log);
+    ASSERT_CONTAINS(log, "refused connection from uid 65534");
+    refused = count_lines_with(log, "refused release from uid 65534");
+    /* The burst, and the few the rate allowed while the test went on. */
+    if (refused < 15 || refused > 80)
+        TEST_FAIL("%zu refusals of ~300 logged", refused);
+    for (int i = 0; i < 8; i++)
+        lockd_conn_close(rc[i]);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+}
+
 /* `test-helper NAME` runs only the case NAME. */
 #define RUN(only, fn, sec)                                                          \
     do {                                                                            \
@@ -3357,5 +3473,6 @@ main(int argc, char **argv)
     RUN(only, ids_new_after_cold_start, 60);
     RUN(only, adopt_free_record_kinds, 60);
     RUN(only, reexec_checks_binary, 60);
+    RUN(only, user_caps, 60);
     return test_done();
 }
