@@ -34,7 +34,7 @@ VERSION  = $(shell sed -n 's/^\#define LOCKD_VERSION_STRING "\(.*\)"/\1/p' lockd
 TESTS    = $(patsubst %.c,%,$(wildcard test/test-*.c))
 BENCHES  = $(patsubst %.c,%,$(wildcard bench/bench-*.c))
 
-MANPAGES = man/lockdctl.1 man/lockd.3 man/lockd-helper.8
+MANPAGES = man/lockdctl.1 man/lockd.3 man/lockd-protocol.7 man/lockd-helper.8
 UNITS    = systemd/lockd-helper.socket systemd/lockd-helper.service
 USERUNITS = systemd/user/lockd-helper.socket systemd/user/lockd-helper.service
 
@@ -243,7 +243,8 @@ check-systemd: deps
 install: all install-libvirt
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR) \
 		$(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man1 \
-		$(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man7 $(DESTDIR)$(MANDIR)/man8 \
+		$(DESTDIR)$(UNITDIR) \
 		$(DESTDIR)$(USERUNITDIR)
 	install -m 0644 lockd.h $(DESTDIR)$(INCLUDEDIR)/lockd.h
 	install -m 0644 liblockd.a $(DESTDIR)$(LIBDIR)/liblockd.a
@@ -254,6 +255,7 @@ install: all install-libvirt
 	install -m 0755 lockd-helper $(DESTDIR)$(SBINDIR)/lockd-helper
 	install -m 0644 man/lockdctl.1 $(DESTDIR)$(MANDIR)/man1/lockdctl.1
 	install -m 0644 man/lockd.3 $(DESTDIR)$(MANDIR)/man3/lockd.3
+	install -m 0644 man/lockd-protocol.7 $(DESTDIR)$(MANDIR)/man7/lockd-protocol.7
 	install -m 0644 man/lockd-helper.8 $(DESTDIR)$(MANDIR)/man8/lockd-helper.8
 	for u in $(UNITS); do sed 's|@SBINDIR@|$(SBINDIR)|g' $$u > \
 		$(DESTDIR)$(UNITDIR)/$${u##*/}; done
@@ -265,7 +267,8 @@ uninstall: uninstall-libvirt
 	      $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/liblockd.so \
 	      $(DESTDIR)$(PKGCONFIGDIR)/lockd.pc $(DESTDIR)$(BINDIR)/lockdctl \
 	      $(DESTDIR)$(SBINDIR)/lockd-helper $(DESTDIR)$(MANDIR)/man1/lockdctl.1 \
-	      $(DESTDIR)$(MANDIR)/man3/lockd.3 $(DESTDIR)$(MANDIR)/man8/lockd-helper.8 \
+	      $(DESTDIR)$(MANDIR)/man3/lockd.3 $(DESTDIR)$(MANDIR)/man7/lockd-protocol.7 \
+	      $(DESTDIR)$(MANDIR)/man8/lockd-helper.8 \
 	      $(addprefix $(DESTDIR)$(UNITDIR)/,$(notdir $(UNITS))) \
 	      $(addprefix $(DESTDIR)$(USERUNITDIR)/,$(notdir $(USERUNITS)))
 

@@ -66,10 +66,11 @@
 #define TAG_MASK   (0xffull << 56)
 
 /*
- * A lease the helper holds: 64 bytes plus its disk name, so 19,000 leases
- * fit in about 1.2 MiB.  Its id is gen << 32 | slot: gen comes from one
- * counter that only grows (and is carried across re-exec and crashes), so an
- * id is never reused and a stale release notice cannot touch a newer lease.
+ * A lease the helper holds: 72 bytes plus its disk name, so 19,000 leases
+ * fit in about 1.4 MiB.  Its id (lease_id()) is its generation, offset by
+ * the epoch, above its slot: gen comes from one counter that only grows (and
+ * is carried across re-exec and crashes), so a stale release notice cannot
+ * touch a newer lease.
  */
 struct lease {
     uint64_t gen;   /* 0: slot free; never reused, never wraps */
@@ -512,8 +513,13 @@ lease_cap_grow(uint32_t need)
     uint32_t n = H.lease_cap ? H.lease_cap : 64;
     void *p;
 
+    /* A slot is 20 bits of a lease id (lease_id()): never more slots. */
+    if (need > LEASE_SLOTS_MAX)
+        return -EMFILE;
     while (n < need)
         n *= 2;
+    if (n > LEASE_SLOTS_MAX)
+        n = LEASE_SLOTS_MAX;
     if (n == H.lease_cap)
         return 0;
     p = realloc(H.leases, (size_t)n * sizeof(*H.leases));
@@ -556,7 +562,7 @@ lease_slot_alloc(uint32_t *ret)
         return 0;
     }
     if (lease_cap_grow(H.nlease_slots + 1) < 0)
-        return -ENOMEM;
+        return -EMFILE;
     *ret = H.nlease_slots;
     lease_hw_extend(H.nlease_slots + 1);
     return 0;

@@ -1313,7 +1313,8 @@ out:
  * This section is the one place the wire format is written down, and the
  * only code that reads or writes it: the client calls below use it, and
  * lockd-helper.c builds this file into itself to parse requests and write
- * replies.  See lockd-helper(8) for the behaviour behind each request.
+ * replies.  lockd-protocol(7) is the reference for people; lockd-helper(8)
+ * says what the helper does with each request.
  *
  * Transport: a SOCK_SEQPACKET UNIX socket, so each message arrives whole or
  * not at all and a peer's disconnect is seen at once.  A message is a header
@@ -1325,7 +1326,9 @@ out:
  *
  *   header (24 bytes)
  *     u32 magic    PROTO_MAGIC
- *     u16 version  PROTO_VERSION; a helper also answers PROTO_VERSION - 1
+ *     u16 version  PROTO_VERSION; any other is answered -EPROTONOSUPPORT
+ *                  (version 1 is the first: a later helper will answer the
+ *                  version before its own too)
  *     u16 type     PROTO_* below
  *     u32 serial   chosen by the client, echoed by the reply; 0 in a notice
  *     i32 status   replies: 0 or -errno; requests: 0
@@ -1354,14 +1357,15 @@ out:
  *     reply   u64 owners, u64 leases, u64 stored
  *   FORGET    as RELEASE, but the helper closes its copies without
  *             unlocking: a client takes back a hand-over it still holds
- *             itself (lockd_conn_handoff()'s all-or-nothing)
+ *             itself (lockd_conn_handoff()'s all-or-nothing); count 0
+ *             forgets nothing
  *     reply   u32 released
  *
  * A reply with status < 0 has an empty body.  A peer that sends anything
  * else (a short or oversized message, a bad magic, an unknown type, a body
  * that does not parse to its exact length) gets -EPROTO, or is dropped.
  */
-#define PROTO_MAGIC     0x31646b6cu /* "lkd1" in memory order */
+#define PROTO_MAGIC     0x31646b6cu /* "lkd1" in memory on a little-endian host */
 #define PROTO_VERSION   1
 #define PROTO_HDR_SIZE  24
 #define PROTO_BODY_MAX  (65536 - PROTO_HDR_SIZE)
