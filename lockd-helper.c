@@ -76,6 +76,8 @@ struct lease {
     uint64_t gen;   /* 0: slot free; never reused, never wraps */
     int fd;
     uint32_t owner; /* owner slot */
+    uint32_t uid;   /* of the client that handed it over: it sees, releases,
+                     * and is counted for this lease (root: all) */
     uint32_t prev, next; /* the owner's list; free list through next */
     uint8_t mode;
     uint8_t stored; /* pushed to systemd's fd store */
@@ -437,6 +439,15 @@ may_see(const struct conn *c, const struct owner *o)
     return c->uid == 0 || c->uid == o->uid;
 }
 
+/* Leases belong to the uid that handed them over, whoever registered the
+ * owner: root may hand a disk to a user's process without that user seeing
+ * or releasing it. */
+static int
+may_see_lease(const struct conn *c, const struct lease *l)
+{
+    return c->uid == 0 || c->uid == l->uid;
+}
+
 static uint32_t
 owner_slot(const struct owner *o)
 {
@@ -750,7 +761,7 @@ lease_link(uint32_t slot)
 {
     struct lease *l = &H.leases[slot];
     struct owner *o = &H.owners[l->owner];
-    struct uid_count *u = uid_find(o->uid, 1);
+    struct uid_count *u = uid_find(l->uid, 1);
 
     l->prev = NONE;
     l->next = o->head;
@@ -773,7 +784,7 @@ lease_free_how(uint32_t slot, const char *why, int unlock)
 {
     struct lease *l = &H.leases[slot];
     struct owner *o = &H.owners[l->owner];
-    struct uid_count *u = uid_find(o->uid, 0);
+    struct uid_count *u = uid_find(l->uid, 0);
 
     if (H.verbose) {
         char key[LOCKD_KEY_SIZE];
@@ -1042,11 +1053,16 @@ do_register(struct conn *c, const struct proto_req *req, int pidfd)
         o = NULL;
     }
     if (o) {
+        static const uint8_t no_uuid[PROTO_UUID_BYTES];
+
         safe_close(pidfd);
         if (!may_see(c, o))
             return -EPERM;
-        memcpy(o->uuid, req->uuid, PROTO_UUID_BYTES);
-        r = set_name(&o->name, req->name, req->name_len);
+        /* Again: only what is given changes (a hot-plug that names no
+         * uuid or name must not erase the guest's identity). */
+        if (memcmp(req->uuid, no_uuid, PROTO_UUID_BYTES) != 0)
+            memcpy(o->uuid, req->uuid, PROTO_UUID_BYTES);
+        r = req->name_len ? set_name(&o->name, req->name, req->name_len) : 0;
         if (r == 0)
             state_log_owner(o, 1);
         return r;
@@ -1156,7 +1172,7 @@ check_ofds(const struct conn *c, const struct owner *o, const struct proto_req *
             continue;
         l = &H.leases[again[i]];
         if (l->owner != owner_slot(o) || l->mode != req->items[i].mode ||
-            memcmp(l->key, req->items[i].key, PROTO_KEY_BYTES) != 0)
+            l->uid != c->uid || memcmp(l->key, req->items[i].key, PROTO_KEY_BYTES) != 0)
             why = "its open file description is already another lease";
     }
     for (i = 0; i < req->count && !why; i++) {
@@ -1196,8 +1212,8 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
      * is level-triggered and releases whatever is handed over meanwhile. */
     if (!o || !may_see(c, o))
         return -ESRCH;
-    u = uid_find(o->uid, 1);
-    limit = o->uid == 0 ? LEASES_PER_UID : H.user_leases;
+    u = uid_find(c->uid, 1);
+    limit = c->uid == 0 ? LEASES_PER_UID : H.user_leases;
     if (!u)
         return -ENOMEM;
     if (u->leases + req->count > limit || !fds_room(c->uid, req->count))
@@ -1240,6 +1256,7 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
         l->gen = H.next_gen++;
         l->fd = fds[i];
         l->owner = owner_slot(o);
+        l->uid = c->uid;
         l->mode = req->items[i].mode;
         l->disk = disks[i];
         memcpy(l->key, req->items[i].key, PROTO_KEY_BYTES);
@@ -1264,14 +1281,22 @@ do_release(struct conn *c, const struct proto_req *req, struct proto_wr *wr)
     if (!o || !may_see(c, o))
         return -ESRCH;
     if (req->count == 0 && req->hdr.type != PROTO_FORGET) {
-        n = o->nleases;
-        owner_release_all(o, "released by request");
+        uint32_t l, next;
+
+        for (l = o->head; l != NONE; l = next) {
+            next = H.leases[l].next;
+            if (may_see_lease(c, &H.leases[l])) {
+                lease_free(l, "released by request");
+                n++;
+            }
+        }
     }
     for (i = 0; i < req->count; i++) {
         uint32_t slot = lease_by_id(proto_req_id(req, i));
 
-        if (slot == NONE || H.leases[slot].owner != owner_slot(o))
-            continue; /* stale, or another owner's: never touched */
+        if (slot == NONE || H.leases[slot].owner != owner_slot(o) ||
+            !may_see_lease(c, &H.leases[slot]))
+            continue; /* stale, another owner's or uid's: never touched */
         if (req->hdr.type == PROTO_FORGET)
             lease_free_how(slot, "taken back by its client", 0);
         else
@@ -1281,6 +1306,19 @@ do_release(struct conn *c, const struct proto_req *req, struct proto_wr *wr)
     if (wr)
         wr_u32(wr, n);
     return 0;
+}
+
+/* The leases of o that c sees and that are held (not lost). */
+static uint32_t
+owner_held_seen(const struct conn *c, const struct owner *o)
+{
+    uint32_t l, n = 0;
+
+    if (c->uid == 0)
+        return o->nleases - o->nlost;
+    for (l = o->head; l != NONE; l = H.leases[l].next)
+        n += may_see_lease(c, &H.leases[l]) && !H.leases[l].lost;
+    return n;
 }
 
 /* A row of a LIST or OWNERS page: writes the row for slot, or returns 1 to
@@ -1295,7 +1333,7 @@ lease_row(const struct conn *c, const struct proto_req *req, uint32_t slot,
     const struct lease *l = &H.leases[slot];
     const struct owner *o = &H.owners[l->owner];
 
-    if (l->gen == 0 || !may_see(c, o) || (req->pid && o->pid != req->pid) ||
+    if (l->gen == 0 || !may_see_lease(c, l) || (req->pid && o->pid != req->pid) ||
         (req->key && memcmp(req->key, l->key, PROTO_KEY_BYTES) != 0))
         return 1;
     /* Listed as held only if it is, now. */
@@ -1304,7 +1342,7 @@ lease_row(const struct conn *c, const struct proto_req *req, uint32_t slot,
     wr_u8(wr, l->lost ? LOCKD_LOST : l->mode);
     wr_put(wr, l->key, PROTO_KEY_BYTES);
     wr_i32(wr, o->pid);
-    wr_u32(wr, o->uid);
+    wr_u32(wr, l->uid);
     wr_put(wr, o->uuid, PROTO_UUID_BYTES);
     wr_cstr(wr, o->name);
     wr_cstr(wr, l->disk);
@@ -1324,7 +1362,7 @@ owner_row(const struct conn *c, const struct proto_req *req, uint32_t slot,
     wr_u32(wr, o->uid);
     wr_put(wr, o->uuid, PROTO_UUID_BYTES);
     wr_cstr(wr, o->name);
-    wr_u32(wr, o->nleases - o->nlost);
+    wr_u32(wr, owner_held_seen(c, o));
     return 0;
 }
 
@@ -1405,9 +1443,9 @@ status_counts(const struct conn *c, struct proto_wr *wr)
         if (!H.owners[i].pid || !may_see(c, &H.owners[i]))
             continue;
         owners++;
-        leases += H.owners[i].nleases - H.owners[i].nlost;
+        leases += owner_held_seen(c, &H.owners[i]);
         for (l = H.owners[i].head; l != NONE; l = H.leases[l].next)
-            stored += H.leases[l].stored;
+            stored += may_see_lease(c, &H.leases[l]) && H.leases[l].stored;
     }
     wr_u64(wr, owners);
     wr_u64(wr, leases);
@@ -1621,7 +1659,7 @@ on_conn(struct conn *c)
  *     OWNER   i32 pid, u64 gen, u32 uid, i32 pidfd, u8 flags, uuid, str name
  *     GONE    i32 pid, u64 gen                 an owner removed
  *     LEASE   u32 slot, u64 gen, i32 fd, i32 owner pid, u8 flags, u8 mode,
- *             key, str disk, u64 owner gen
+ *             key, str disk, u64 owner gen, u32 uid (that handed it over)
  *     FREE    u32 slot, u8 unlocked            a lease let go: released
  *                                              (1), or taken back by its
  *                                              client, lock kept (0)
@@ -1632,8 +1670,8 @@ on_conn(struct conn *c)
  *     EPOCH   u64 lease id epoch (lease_id())
  * A lease names its owner by generation (the pid is only a hint: a pid can
  * be reused, a generation cannot).  Fields after those a reader knows are
- * skipped, and so are unknown records: the owner gen, the FREE flag and EPOCH
- * came after the first release, whose states lack them (a FREE then means
+ * skipped, and so are unknown records: the owner gen, the lease uid, the FREE flag and
+ * EPOCH came after the first release, whose states lack them (a FREE then means
  * released, a lease's owner is found by pid, and a new epoch is drawn).
  * For re-exec the helper writes a snapshot of everything, with fd numbers.
  * For the fd store it keeps one memfd, appending a record per change and
@@ -1701,6 +1739,7 @@ rec_lease(struct proto_wr *wr, uint32_t slot, int with_fds)
     wr_put(wr, l->key, PROTO_KEY_BYTES);
     wr_cstr(wr, l->disk);
     wr_u64(wr, H.owners[l->owner].gen);
+    wr_u32(wr, l->uid);
     rec_end(wr, at);
 }
 
@@ -1961,6 +2000,7 @@ restore_lease(struct proto_rd *rd, struct adopt *a)
     const char *disk = rd_str(rd, LOCKD_NAME_MAX, &dl);
     struct owner *o;
     struct lease *l;
+    uint32_t uid;
 
     if (rd->bad || gen == 0 || mode > LOCKD_SHARED || slot >= LEASE_SLOTS_MAX || pid <= 0)
         return -EPROTO;
@@ -1970,6 +2010,7 @@ restore_lease(struct proto_rd *rd, struct adopt *a)
     if (fd < 0)
         return 0; /* not in the store (past its bound): that lease is gone */
     o = rd->left >= 8 ? owner_of_gen(pid, rd_u64(rd)) : owner_find(pid);
+    uid = rd->left >= 4 ? rd_u32(rd) : o ? o->uid : 0;
     if (!o) {
         /* Never close what might be a held lease (see state_restore). */
         log_warn("lease %llu of pid %d has no owner: kept open, unmanaged",
@@ -1985,6 +2026,7 @@ restore_lease(struct proto_rd *rd, struct adopt *a)
     l->gen = gen;
     l->fd = fd;
     l->owner = owner_slot(o);
+    l->uid = uid;
     l->mode = mode;
     l->stored = a->reexec ? flags & 1 : 1;
     memcpy(l->key, key, PROTO_KEY_BYTES);

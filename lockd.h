@@ -344,8 +344,12 @@ LOCKD_API int lockd_gc(lockd_space *space, lockd_progress_fn progress, void *use
  * by pid; the helper tracks each through a pidfd, so a pid reused after the
  * owner's death never inherits its leases.
  *
- * A non-root caller may register only processes whose real uid is its own and
- * sees and releases only owners its uid registered; root acts on all.
+ * A non-root caller may register only processes whose real uid is its own,
+ * hands leases over only to owners its uid registered, and sees and releases
+ * only the leases its uid handed over: a lease belongs to the uid that handed
+ * it over and counts against that uid's limit, whoever registered its owner
+ * (root may hand a disk over for a user's process; that user neither sees
+ * nor releases it).  Root acts on all.
  *
  * Errors common to these calls: -ECONNREFUSED / -ENOENT (no helper at the
  * socket), -EPROTO (a malformed reply), -EPROTONOSUPPORT (the helper speaks
@@ -449,10 +453,11 @@ LOCKD_API int lockd_conn_release_notice(lockd_conn *conn, int32_t pid, size_t n,
 /*
  * One row of a listing: a lease the helper holds, with its owner.  mode is
  * LOCKD_EXCLUSIVE or LOCKD_SHARED for a lease whose lock the helper checked
- * as it wrote the row, or LOCKD_LOST.  uuid is the 36-character text form
- * ("" if none was given); disk is the display name handed over with the
- * lease ("" if none).  Returning non-zero stops
- * the listing, and that value is returned by the listing call.
+ * as it wrote the row, or LOCKD_LOST.  uid is the uid that handed the lease
+ * over.  uuid is the 36-character text form ("" if none was given); disk is
+ * the display name handed over with the lease ("" if none).  Returning
+ * non-zero stops the listing, and that value is returned by the listing
+ * call.
  */
 typedef int (*lockd_list_fn)(void *userdata, uint64_t lease_id, int mode, const char *key,
                              const char *disk, int32_t pid, uint32_t uid, const char *uuid,

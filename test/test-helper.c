@@ -3425,6 +3425,123 @@ HELPER_CASE(user_caps)
     fsd_fini(s);
 }
 
+/*
+ * Leases belong to the uid that handed them over.  Reproduced before: uid
+ * 65534 registered its own process P, root handed a root disk over for P,
+ * and the owner being 65534's, 65534 saw root's lease and released it while
+ * P ran.  Now 65534 neither sees nor releases root's lease on P, root's
+ * lease is not counted against 65534, and root's registering P again with
+ * no name or uuid keeps P's.
+ */
+struct belong {
+    const char *sock, *space;
+    int32_t guest;
+    uint64_t root_id;
+    int step;
+};
+
+static void
+become_nobody(void)
+{
+    if (setgroups(0, NULL) < 0 || setgid(NOBODY) < 0 || setuid(NOBODY) < 0)
+        TEST_FAIL("dropping privileges: %s", strerror(errno));
+}
+
+static int
+nobody_guest_main(void *arg)
+{
+    become_nobody();
+    return guest_main(arg);
+}
+
+static int
+belong_main(void *arg)
+{
+    const struct belong *b = arg;
+    lockd_space *sp = NULL;
+    struct disks d;
+    struct rows rs;
+    lockd_conn *c;
+
+    become_nobody();
+    c = conn_open(b->sock);
+    if (b->step == 0) {
+        ASSERT_OK(lockd_conn_register(c, b->guest, -1, UUID1, "nobody's guest"));
+        lockd_conn_close(c);
+        return 0;
+    }
+    rs = rows_list(c, b->guest);
+    ASSERT_INT_EQ(rs.n, 0);
+    free(rs.r);
+    assert_counts(status_on(c), 1, 0);
+    ASSERT_INT_EQ(lockd_conn_release(c, b->guest, 1, &b->root_id), 0);
+    ASSERT_INT_EQ(lockd_conn_release(c, b->guest, 0, NULL), 0);
+    /* Its own lease on P: its own to see and release. */
+    ASSERT_OK(lockd_space_open(b->space, LOCKD_OPEN_CREATE, &sp));
+    disks_make(&d, sp, "mine", 1);
+    ASSERT_OK(hand_over(c, sp, b->guest, &d, NULL));
+    rs = rows_list(c, b->guest);
+    ASSERT_INT_EQ(rs.n, 1);
+    ASSERT_INT_EQ(rs.r[0].id, d.id[0]);
+    ASSERT_INT_EQ(rs.r[0].uid, NOBODY);
+    free(rs.r);
+    assert_counts(status_on(c), 1, 1);
+    lockd_space_close(sp);
+    lockd_conn_close(c);
+    return 0;
+}
+
+HELPER_CASE(leases_belong_to_uid)
+{
+    lockd_space *sp = space_open_rooted();
+    struct belong b;
+    struct guest p;
+    struct disks d;
+    struct rows rs;
+    struct fsd *s;
+    lockd_conn *c;
+    int pipefd[2];
+
+    if (chmod(test_scratch, 0755) < 0 || mkdir(test_path("run"), 0755) < 0 ||
+        mkdir(test_path("uspace"), 0755) < 0 || chown(test_path("uspace"), NOBODY, NOBODY) < 0)
+        TEST_FAIL("setup: %s", strerror(errno));
+    s = fsd_new("run/open", FSD_NOTIFY, 0);
+    fsd_arg(s, "--socket-mode");
+    fsd_arg(s, "0666");
+    fsd_start_ready(s);
+    if (pipe2(pipefd, O_CLOEXEC) < 0)
+        TEST_FAIL("pipe: %s", strerror(errno));
+    p.pid = spawn(nobody_guest_main, &pipefd[0], &pipefd[0], 1);
+    close(pipefd[0]);
+    p.wfd = pipefd[1];
+    ASSERT_TRUE(WAIT_UNTIL(proc_sleeping(p.pid), 5000));
+
+    b = (struct belong){s->sock, test_path("uspace"), p.pid, 0, 0};
+    ASSERT_INT_EQ(test_wait(spawn(belong_main, &b, NULL, 0)), 0);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, p.pid, -1, NULL, NULL));
+    disks_make(&d, sp, "roots", 1);
+    ASSERT_OK(hand_over(c, sp, p.pid, &d, NULL));
+    b.root_id = d.id[0];
+    b.step = 1;
+    ASSERT_INT_EQ(test_wait(spawn(belong_main, &b, NULL, 0)), 0);
+
+    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_EXCLUSIVE);
+    rs = rows_list(c, p.pid);
+    ASSERT_INT_EQ(rs.n, 2);
+    ASSERT_INT_EQ(rows_find_id(&rs, d.id[0])->uid, 0);
+    ASSERT_STR_EQ(rs.r[0].name, "nobody's guest");
+    ASSERT_STR_EQ(rs.r[0].uuid, UUID1);
+    free(rs.r);
+    guest_end(&p);
+    ASSERT_TRUE(WAIT_UNTIL(probe(sp, d.key[0]) == LOCKD_FREE, 5000));
+    lockd_conn_close(c);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
 /* `test-helper NAME` runs only the case NAME. */
 #define RUN(only, fn, sec)                                                          \
     do {                                                                            \
@@ -3474,5 +3591,6 @@ main(int argc, char **argv)
     RUN(only, adopt_free_record_kinds, 60);
     RUN(only, reexec_checks_binary, 60);
     RUN(only, user_caps, 60);
+    RUN(only, leases_belong_to_uid, 60);
     return test_done();
 }
