@@ -1421,7 +1421,7 @@ type_name(uint16_t type)
 {
     static const char *const names[] = {"?",    "register", "handoff", "release",
                                         "notice", "list",   "owners",  "status",
-                                        "forget"};
+                                        "forget", "stop"};
 
     return type < sizeof(names) / sizeof(names[0]) ? names[type] : "?";
 }
@@ -1450,6 +1450,34 @@ status_counts(const struct conn *c, struct proto_wr *wr)
     wr_u64(wr, owners);
     wr_u64(wr, leases);
     wr_u64(wr, stored);
+}
+
+/*
+ * STOP: root stops the helper on purpose.  Refused while owners hold leases
+ * unless forced; then every lease is released (unlocked: the guests run
+ * unprotected, and a manager's copy must not keep one alive by accident)
+ * and the loop ends after this reply.  Under systemd the unit refuses
+ * `systemctl stop` (RefuseManualStop=), so this is how it is stopped, and
+ * exiting 0 leaves it stopped (Restart=on-failure).
+ */
+static int
+do_stop(const struct conn *c, const struct proto_req *req)
+{
+    uint32_t i, owners = 0;
+
+    if (c->uid != 0)
+        return -EPERM;
+    for (i = 0; i < H.nowner_slots; i++)
+        owners += H.owners[i].pid && H.owners[i].nleases > 0;
+    if (owners > 0 && !req->force)
+        return -EBUSY;
+    log_warn("stopping on request of uid %u pid %d: %u guests with %u leases lose their "
+             "protection", c->uid, (int)c->pid, owners, H.nleases);
+    for (i = 0; i < H.nowner_slots; i++)
+        if (H.owners[i].pid)
+            owner_free(&H.owners[i], "the helper was stopped on request");
+    H.quit = 1;
+    return 0;
 }
 
 /* Handle one received request; fds are ours to keep or close. */
@@ -1484,6 +1512,9 @@ dispatch(struct conn *c, const struct proto_req *req, int *fds, size_t nfds, int
             break;
         case PROTO_STATUS:
             status_counts(c, &wr);
+            break;
+        case PROTO_STOP:
+            r = do_stop(c, req);
             break;
         }
     }

@@ -1355,6 +1355,10 @@ out:
  *             str name, u32 leases }
  *   STATUS    (empty)
  *     reply   u64 owners, u64 leases, u64 stored
+ *   STOP      u8 force
+ *     reply   (empty); root only (-EPERM); -EBUSY if owners hold leases
+ *             and force is 0.  After the reply the helper releases every
+ *             lease and exits 0.
  *   FORGET    as RELEASE, but the helper closes its copies without
  *             unlocking: a client takes back a hand-over it still holds
  *             itself (lockd_conn_handoff()'s all-or-nothing); count 0
@@ -1383,6 +1387,7 @@ enum {
     PROTO_OWNERS = 6,
     PROTO_STATUS = 7,
     PROTO_FORGET = 8,
+    PROTO_STOP = 9,
 };
 
 struct proto_hdr {
@@ -1730,6 +1735,7 @@ struct proto_req {
     const uint8_t *ids;          /* RELEASE/NOTICE/FORGET: count x u64, unaligned */
     const uint8_t *key;          /* LIST: NULL for any, else key_buf */
     uint64_t cursor;             /* LIST, OWNERS */
+    uint8_t force;               /* STOP */
     uint8_t key_buf[PROTO_KEY_BYTES]; /* a copy: replies may reuse the buffer */
     struct proto_item items[PROTO_FDS_MAX]; /* last: not cleared per request */
 };
@@ -1801,13 +1807,16 @@ decode_body(struct proto_rd *rd, struct proto_req *req)
         break;
     case PROTO_STATUS:
         break;
+    case PROTO_STOP:
+        req->force = rd_u8(rd);
+        break;
     default:
         rd->bad = 1;
     }
     if (req->hdr.type != PROTO_HANDOFF && req->hdr.type != PROTO_REGISTER)
         rd->bad |= req->hdr.nfds != 0;
     if (req->hdr.type != PROTO_LIST && req->hdr.type != PROTO_OWNERS &&
-        req->hdr.type != PROTO_STATUS)
+        req->hdr.type != PROTO_STATUS && req->hdr.type != PROTO_STOP)
         rd->bad |= req->pid <= 0;
 }
 
@@ -2336,3 +2345,21 @@ lockd_conn_status(lockd_conn *conn, uint64_t *ret_owners, uint64_t *ret_leases,
         *ret_stored = stored;
     return 0;
 }
+
+LOCKD_API int
+lockd_conn_stop(lockd_conn *conn, int force)
+{
+    struct proto_wr wr;
+    struct proto_rd rd;
+    int r;
+
+    if (!conn)
+        return -EINVAL;
+    conn_begin(conn, &wr, PROTO_STOP, 0);
+    wr_u8(&wr, force ? 1 : 0);
+    r = conn_call(conn, &wr, NULL, 0, &rd);
+    if (r < 0)
+        return r;
+    return rd.bad || rd.left ? -EPROTO : 0;
+}
+

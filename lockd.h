@@ -489,6 +489,16 @@ LOCKD_API int lockd_conn_owners(lockd_conn *conn, lockd_owner_fn fn, void *userd
 LOCKD_API int lockd_conn_status(lockd_conn *conn, uint64_t *ret_owners, uint64_t *ret_leases,
                                 uint64_t *ret_stored);
 
+/*
+ * Stop the helper on purpose (root only): it releases every lease it holds
+ * and exits.  Refused with -EBUSY while owners hold leases, unless force is
+ * non-zero: then their guests run unprotected.  Call lockd_conn_status()
+ * first to say how many.  Errors: -EBUSY, -EPERM (not root), and the common
+ * ones.  (Under systemd the unit refuses `systemctl stop`, which would free
+ * every lease of every running guest; this is the way to stop it.)
+ */
+LOCKD_API int lockd_conn_stop(lockd_conn *conn, int force);
+
 #ifdef __cplusplus
 }
 #endif

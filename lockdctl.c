@@ -1421,6 +1421,7 @@ print_help(void)
         " lockdctl [options] who DISK...\n"
         " lockdctl [options] gc\n"
         " lockdctl [options] doctor\n"
+        " lockdctl [options] stop-helper [--force]\n"
         "\n"
         "Keep two virtual machines off one disk: leases in a lockspace directory,\n"
         "held as OFD locks, handed to lockd-helper(8) to outlive their manager.\n"
@@ -1434,6 +1435,7 @@ print_help(void)
         " who          free, shared or exclusive, and who holds it, for each disk\n"
         " gc           delete lease files that nobody holds\n"
         " doctor       check the lockspace and the helper; explain what is wrong\n"
+        " stop-helper  stop the helper on purpose (root; --force if guests hold leases)\n"
         "\n"
         "Options:\n"
         " -d, --dir DIR              lockspace directory (default: $LOCKD_DIR, or\n"
@@ -1451,6 +1453,7 @@ print_help(void)
         " -p, --pid PID              the process the leases protect\n"
         " -n, --name NAME            owner name shown by status and who\n"
         " -u, --uuid UUID            owner UUID (a guest's) shown by status and who\n"
+        " -f, --force                stop-helper: even though guests lose their leases\n"
         " -h, --help                 display this help\n"
         " -V, --version              display version\n"
         "\n"
@@ -1467,6 +1470,7 @@ enum {
     OPT_LEASE = 1u << 2,    /* --shared, --exclusive, --wait, --name, --uuid */
     OPT_CONFLICT = 1u << 3, /* --conflict-exit-code */
     OPT_PID = 1u << 4,
+    OPT_FORCE = 1u << 5, /* --force */
 };
 
 static const struct option long_options[] = {
@@ -1484,6 +1488,7 @@ static const struct option long_options[] = {
     {"pid", required_argument, NULL, 'p'},
     {"name", required_argument, NULL, 'n'},
     {"uuid", required_argument, NULL, 'u'},
+    {"force", no_argument, NULL, 'f'},
     {NULL, 0, NULL, 0},
 };
 
@@ -1519,9 +1524,57 @@ option_class(int c)
         return OPT_CONFLICT;
     case 'p':
         return OPT_PID;
+    case 'f':
+        return OPT_FORCE;
     default:
         return OPT_GLOBAL;
     }
+}
+
+/* ------------------------------------------------------------------------
+ * stop-helper
+ */
+
+/*
+ * Stop the helper on purpose.  It holds the leases of running guests, which
+ * lose their protection when it stops: say how many, and do it only when
+ * there are none or --force says so.
+ */
+static int
+cmd_stop_helper(const struct opts *o, int argc, char **argv)
+{
+    uint64_t owners = 0, leases = 0;
+    lockd_conn *conn = NULL;
+    int r;
+
+    (void)argv;
+    if (argc > 0)
+        return usage_error("stop-helper: takes no arguments");
+    r = conn_open(o, &conn);
+    if (r != 0)
+        return r;
+    r = lockd_conn_status(conn, &owners, &leases, NULL);
+    if (r == 0)
+        r = lockd_conn_stop(conn, o->force);
+    lockd_conn_close(conn);
+    if (r == -EBUSY) {
+        errorf("the helper holds %" PRIu64 " lease%s of %" PRIu64 " guest%s: stopping it "
+               "leaves them unprotected; give --force to stop it all the same",
+               leases, leases == 1 ? "" : "s", owners, owners == 1 ? "" : "s");
+        return EXIT_BUSY;
+    }
+    if (r == -EPERM) {
+        errorf("only root may stop the helper");
+        return EXIT_FAIL;
+    }
+    if (r < 0) {
+        helper_error(o->socket, r);
+        return helper_status(r);
+    }
+    printf("lockd-helper stopped: %" PRIu64 " lease%s of %" PRIu64
+           " guest%s released, those guests now run unprotected\n",
+           leases, leases == 1 ? "" : "s", owners, owners == 1 ? "" : "s");
+    return 0;
 }
 
 struct command {
@@ -1540,6 +1593,7 @@ static const struct command commands[] = {
     {"who", cmd_who, OPT_RESOURCE, 0},
     {"gc", cmd_gc, 0, 0},
     {"doctor", cmd_doctor, 0, 0},
+    {"stop-helper", cmd_stop_helper, OPT_FORCE, 0},
     {NULL, NULL, 0, 0},
 };
 
@@ -1663,6 +1717,9 @@ apply_option(struct opts *o, int c, const char *arg)
             return usage_error("--uuid %s: not a UUID (8-4-4-4-12 hex digits)", arg);
         o->uuid = arg;
         return 0;
+    case 'f':
+        o->force = 1;
+        return 0;
     }
     return EXIT_USAGE;
 }
@@ -1682,7 +1739,7 @@ parse_options(struct opts *o, int argc, char **argv, unsigned allowed, const cha
     opterr = 0;
     while (
         (c = getopt_long(argc, argv,
-                         permute ? ":d:k:S:JhVrsxw:E:p:n:u:" : "+:d:k:S:JhVrsxw:E:p:n:u:",
+                         permute ? ":d:k:S:JhVrsxw:E:p:n:u:f" : "+:d:k:S:JhVrsxw:E:p:n:u:f",
                          long_options, NULL)) != -1) {
         if (c == '?' || c == ':') {
             const char *what = argv[optind - 1];

@@ -35,6 +35,7 @@ struct opts {
     const char *name;
     const char *uuid;
     int32_t pid;
+    int force; /* stop-helper --force */
 };
 
 /* In lockdctl.c.  A usage error: the message, a pointer to --help, and

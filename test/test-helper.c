@@ -1928,6 +1928,9 @@ unpriv_main(void *arg)
     /* The directory lets us through; the socket's mode 0600 does not. */
     ASSERT_ERR(lockd_conn_open(u->closed_sock, &c), EACCES);
     c = conn_open(u->open_sock);
+    /* Only root stops the helper. */
+    ASSERT_ERR(lockd_conn_stop(c, 1), EPERM);
+    ASSERT_ERR(lockd_conn_stop(c, 0), EPERM);
 
     /* A root process: not ours to register, whether root registered it
      * or not; root's owner is not ours to see or release either. */
@@ -2742,12 +2745,16 @@ HELPER_CASE(systemd_units)
     ASSERT_CONTAINS(text, "\nLimitNOFILE=");
     ASSERT_CONTAINS(text, "\nOOMScoreAdjust=");
     ASSERT_CONTAINS(text, "\nProtectSystem=strict\n");
+    /* A stop or restart would free every running guest's lease. */
+    ASSERT_CONTAINS(text, "\nRefuseManualStop=yes\n");
+    ASSERT_CONTAINS(text, " machine.slice\n");
     snprintf(src, sizeof(src), "%s/systemd/user/lockd-helper.service", top);
     units_store_matches(src);
     snprintf(src, sizeof(src), "%s/systemd/lockd-helper.socket", top);
     text = read_file(src);
     ASSERT_CONTAINS(text, "\nListenSequentialPacket=/run/lockd/helper.sock\n");
     ASSERT_CONTAINS(text, "\nSocketMode=0600\n");
+    ASSERT_CONTAINS(text, "\nRefuseManualStop=yes\n");
 }
 
 /*

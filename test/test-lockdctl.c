@@ -950,6 +950,47 @@ test_run_index_held(void)
     res_free(&r);
 }
 
+/*
+ * stop-helper: refused while guests hold leases (75, saying how many), done
+ * with --force (every lease released, the helper exits 0), and at once when
+ * nothing is held.
+ */
+static void
+test_stop_helper(void)
+{
+    char spid[16];
+    pid_t helper, owner;
+    struct res r;
+
+    case_env();
+    helper = helper_start();
+    owner = sleeper();
+    snprintf(spid, sizeof(spid), "%d", (int)owner);
+    CTL_EXPECT(&r, 0, "acquire", "--pid", spid, "a.img", "b.img");
+    res_free(&r);
+    ctl(&r, "stop-helper", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 75);
+    assert_one_line_error(&r, "the helper holds 2 leases of 1 guest: stopping it leaves them "
+                              "unprotected; give --force");
+    res_free(&r);
+    ASSERT_INT_EQ(helper_leases(), 2);
+    ASSERT_INT_EQ(probe("a.img"), LOCKD_EXCLUSIVE);
+    CTL_EXPECT(&r, 0, "stop-helper", "--force");
+    ASSERT_STR_EQ(r.out, "lockd-helper stopped: 2 leases of 1 guest released, those guests "
+                         "now run unprotected\n");
+    res_free(&r);
+    ASSERT_INT_EQ(test_wait(helper), 0);
+    ASSERT_INT_EQ(probe("a.img"), LOCKD_FREE);
+    ASSERT_INT_EQ(probe("b.img"), LOCKD_FREE);
+    /* Nothing held: no --force needed. */
+    helper = helper_start();
+    CTL_EXPECT(&r, 0, "stop-helper");
+    res_free(&r);
+    ASSERT_INT_EQ(test_wait(helper), 0);
+    kill(owner, SIGKILL);
+    (void)test_wait(owner);
+}
+
 /* LOCKD_DIR and LOCKD_SOCKET name absolute paths: a relative one is a usage
  * error, before anything is created. */
 static void
@@ -2146,6 +2187,7 @@ main(int argc, char **argv)
     TEST_RUN(test_spelling_warnings);
     TEST_RUN(test_relative_env_refused);
     TEST_RUN(test_run_index_held);
+    TEST_RUN(test_stop_helper);
     TEST_RUN(test_key_canonical_new_disk);
     TEST_RUN(test_key_mode_mismatch);
     TEST_RUN(test_key_unrecorded_lockspace);
