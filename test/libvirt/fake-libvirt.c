@@ -28,6 +28,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -463,6 +464,75 @@ test_leases(void)
     end(g);
 }
 
+/*
+ * Unlock the helper's lease of disk file through a copy of its open file
+ * description (pidfd_getfd(2)), as a manager's own copy was unlocked in the
+ * case that was reproduced: a multi-disk hand-over failed mid-way, the
+ * release of the earlier hand-overs failed, and lockd_lease_release()
+ * unlocked descriptions the helper still listed.  Returns 0 or -1.
+ */
+static int
+unlock_helper_copy(const char *file)
+{
+    struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    char path[256], key[LOCKD_KEY_SIZE], want[512], link[512], fdpath[64];
+    lockd_space *space;
+    int pidfd, fd, n, r = -1;
+
+    snprintf(path, sizeof(path), "%s/%s", dir, file);
+    if (lockd_space_open(space_dir, LOCKD_OPEN_READONLY, &space) < 0)
+        return -1;
+    n = lockd_space_key(space, path, key);
+    lockd_space_close(space);
+    if (n < 0)
+        return -1;
+    snprintf(want, sizeof(want), "%s/%s", space_dir, key);
+    pidfd = (int)syscall(SYS_pidfd_open, helper, 0);
+    for (fd = 3; pidfd >= 0 && fd < 1024 && r < 0; fd++) {
+        snprintf(fdpath, sizeof(fdpath), "/proc/%d/fd/%d", (int)helper, fd);
+        n = (int)readlink(fdpath, link, sizeof(link) - 1);
+        if (n <= 0)
+            continue;
+        link[n] = '\0';
+        if (strcmp(link, want) == 0) {
+            int copy = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+
+            if (copy >= 0 && fcntl(copy, F_OFD_SETLK, &fl) == 0)
+                r = 0;
+            if (copy >= 0)
+                close(copy);
+        }
+    }
+    if (pidfd >= 0)
+        close(pidfd);
+    return r;
+}
+
+/*
+ * The helper's word alone never makes the plugin skip a disk: with the
+ * guest's lease unlocked behind the helper's back, acquiring again (a
+ * resume) takes the disk anew instead of trusting the helper's record, and
+ * a second guest is refused it.
+ */
+static void
+test_lost_lease(void)
+{
+    pid_t g = spawn_guest(), h = spawn_guest();
+
+    use_config("");
+    check(call("g1", g, 0, 0, "lost") == 0 && probe("lost") == LOCKD_EXCLUSIVE,
+          "lost lease: the guest holds its disk");
+    check(unlock_helper_copy("lost") == 0 && probe("lost") == LOCKD_FREE,
+          "lost lease: unlocked through another copy of its description, it is free");
+    check(call("g1", g, 0, 0, "lost") == 0 && probe("lost") == LOCKD_EXCLUSIVE,
+          "lost lease: acquiring again takes the disk anew, not the helper's word");
+    check(call("g2", h, 0, 0, "lost") < 0 && error_has("is held exclusively by 'g1'"),
+          "lost lease: a second guest is refused the disk");
+    end(g);
+    check(wait_probe("lost", LOCKD_FREE), "lost lease: the guest's death frees it");
+    end(h);
+}
+
 static void
 test_refusals(void)
 {
@@ -536,6 +606,7 @@ main(int argc, char **argv)
     start_helper();
     test_lifecycle();
     test_leases();
+    test_lost_lease();
     test_refusals();
     stop_helper();
     drv->drvDeinit();
