@@ -82,6 +82,7 @@ struct lease {
     uint8_t mode;
     uint8_t stored; /* pushed to systemd's fd store */
     uint8_t lost;   /* a check found its lock gone (lease_verify()) */
+    uint64_t ino;   /* its file's inode number, for the OFD index */
     uint8_t key[PROTO_KEY_BYTES];
     char *disk;
 };
@@ -163,6 +164,7 @@ static struct {
     int selftest_pidfd; /* -1: none under way */
     int64_t selftest_due_ns;
     int quit, reexec, reexec_go; /* asked for; self-test passed */
+    int restoring; /* state_restore() is linking leases */
     int compact_due; /* the fd store's state log has grown: compact it */
     int listen_paused; /* out of fds: not accepting until the reserve refills */
     /* A decoded request points into `in`, so replies are written to `out`:
@@ -614,22 +616,30 @@ changed(void)
  *
  * Two leases on one open file description would be one lock listed twice:
  * releasing either unlocks both, and the other stays listed but not held.
- * So the helper indexes its lease fds by inode and, within an inode, in the
- * kernel's order of open file descriptions (kcmp(2) KCMP_FILE orders them),
- * so that finding a description costs a hash lookup and a binary search over
- * the leases on that one file, never a scan: a hand-over of 253 fds is a few
- * thousand kcmp() calls at most, whatever the helper holds.
+ * So the helper indexes its lease fds by inode number, in an open-addressing
+ * table of lease slots (about 8 bytes a lease): nearly every inode has one
+ * lease, found with one kcmp(2).  The leases of one file (a shared disk,
+ * or anything else with that inode number) go in a group kept in the
+ * kernel's order of open file descriptions (kcmp KCMP_FILE orders them), so
+ * a lookup is a binary search there, never a scan: a hand-over of 253 fds
+ * costs a few thousand kcmp() calls at most, whatever the helper holds.
+ * kcmp alone decides whether two fds are one description; the inode number
+ * only says where to look.
  */
+#define OFD_GROUP 0x80000000u /* a table entry naming a group, not a slot */
+
 struct ofd_group {
-    dev_t dev;
-    ino_t ino;
     uint32_t n, cap;
-    uint32_t *slots; /* lease slots, in kcmp order of their fds */
-    struct ofd_group *next;
+    uint32_t *slots; /* lease slots, in kcmp order of their fds; n >= 2 */
 };
 
-#define OFD_BUCKETS 4096
-static struct ofd_group *ofd_table[OFD_BUCKETS];
+static struct {
+    uint32_t *tab; /* NONE, a lease slot, or OFD_GROUP | group index */
+    uint32_t cap, used;
+    struct ofd_group *groups;
+    uint32_t ngroups, *free_groups, nfree;
+    int stale; /* leases were restored without it: ofd_rebuild() first */
+} O;
 
 /* kcmp order of two of our fds: <0, 0 (the same description), >0. */
 static int
@@ -640,31 +650,37 @@ ofd_cmp(int a, int b)
     return r == 0 ? 0 : r == 1 ? -1 : 1;
 }
 
-static struct ofd_group **
-ofd_bucket(const struct stat *st)
+static uint32_t
+ofd_hash(uint64_t ino)
 {
-    uint64_t h = (uint64_t)st->st_dev * 1000003u ^ (uint64_t)st->st_ino;
-
-    return &ofd_table[h % OFD_BUCKETS];
+    return (uint32_t)((ino * UINT64_C(0x9e3779b97f4a7c15)) >> 32) & (O.cap - 1);
 }
 
-static struct ofd_group *
-ofd_group_of(const struct stat *st)
+/* A lease of the inode an entry stands for. */
+static uint32_t
+ofd_rep(uint32_t e)
 {
-    struct ofd_group *g;
-
-    for (g = *ofd_bucket(st); g; g = g->next)
-        if (g->dev == st->st_dev && g->ino == st->st_ino)
-            return g;
-    return NULL;
+    return e & OFD_GROUP ? O.groups[e & ~OFD_GROUP].slots[0] : e;
 }
 
-/* Where fd's open file description is in g: 1 and its position, or 0 and
+/* The table position of inode ino's entry, or of the empty one where it
+ * would go. */
+static uint32_t
+ofd_pos(uint64_t ino)
+{
+    uint32_t i = ofd_hash(ino);
+
+    while (O.tab[i] != NONE && H.leases[ofd_rep(O.tab[i])].ino != ino)
+        i = (i + 1) & (O.cap - 1);
+    return i;
+}
+
+/* Where fd's description is among g's slots: 1 and its position, or 0 and
  * the position it would take. */
 static int
 ofd_locate(const struct ofd_group *g, int fd, uint32_t *ret_pos)
 {
-    uint32_t lo = 0, hi = g ? g->n : 0;
+    uint32_t lo = 0, hi = g->n;
 
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
@@ -683,50 +699,105 @@ ofd_locate(const struct ofd_group *g, int fd, uint32_t *ret_pos)
     return 0;
 }
 
-/* The lease that fd's open file description already is, or NONE. */
+/* The lease that fd (whose inode number is ino) already is, or NONE. */
 static uint32_t
-ofd_find(int fd)
+ofd_find(int fd, uint64_t ino)
 {
-    struct stat st;
+    uint32_t e, pos;
 
-    struct ofd_group *g;
-    uint32_t pos;
-
-    if (fstat(fd, &st) < 0)
+    if (!O.cap || (e = O.tab[ofd_pos(ino)]) == NONE)
         return NONE;
-    g = ofd_group_of(&st);
-    return ofd_locate(g, fd, &pos) ? g->slots[pos] : NONE;
+    if (!(e & OFD_GROUP))
+        return ofd_cmp(H.leases[e].fd, fd) == 0 ? e : NONE;
+    return ofd_locate(&O.groups[e & ~OFD_GROUP], fd, &pos)
+               ? O.groups[e & ~OFD_GROUP].slots[pos]
+               : NONE;
 }
 
 static int
+ofd_grow(void)
+{
+    uint32_t cap = O.cap ? 2 * O.cap : 1024, old = O.cap, i;
+    uint32_t *tab = malloc((size_t)cap * sizeof(*tab)), *prev = O.tab;
+
+    if (!tab)
+        return -ENOMEM;
+    memset(tab, 0xff, (size_t)cap * sizeof(*tab));
+    O.tab = tab, O.cap = cap;
+    for (i = 0; i < old; i++)
+        if (prev[i] != NONE)
+            O.tab[ofd_pos(H.leases[ofd_rep(prev[i])].ino)] = prev[i];
+    free(prev);
+    return 0;
+}
+
+/* A new group of two slots, in kcmp order; returns its entry or NONE. */
+static uint32_t
+ofd_group_new(uint32_t a, uint32_t b)
+{
+    struct ofd_group *g;
+    uint32_t gi;
+
+    if (O.nfree)
+        gi = O.free_groups[--O.nfree];
+    else {
+        struct ofd_group *v = realloc(O.groups, (O.ngroups + 1) * sizeof(*v));
+        uint32_t *f = realloc(O.free_groups, (O.ngroups + 1) * sizeof(*f));
+
+        if (v)
+            O.groups = v;
+        if (f)
+            O.free_groups = f;
+        if (!v || !f)
+            return NONE;
+        gi = O.ngroups++;
+    }
+    g = &O.groups[gi];
+    g->slots = malloc(4 * sizeof(*g->slots));
+    if (!g->slots) {
+        O.free_groups[O.nfree++] = gi;
+        return NONE;
+    }
+    g->n = 2, g->cap = 4;
+    g->slots[0] = ofd_cmp(H.leases[a].fd, H.leases[b].fd) < 0 ? a : b;
+    g->slots[1] = g->slots[0] == a ? b : a;
+    return OFD_GROUP | gi;
+}
+
+/* Index lease slot (its ino filled in). */
+static int
 ofd_insert(uint32_t slot)
 {
-    int fd = H.leases[slot].fd;
+    uint32_t i, e, pos;
     struct ofd_group *g;
-    struct stat st;
-    uint32_t pos = 0;
 
-    if (fstat(fd, &st) < 0)
-        return negerrno();
-    g = ofd_group_of(&st);
-    if (!g) {
-        g = calloc(1, sizeof(*g));
-        if (!g)
-            return -ENOMEM;
-        g->dev = st.st_dev;
-        g->ino = st.st_ino;
-        g->next = *ofd_bucket(&st);
-        *ofd_bucket(&st) = g;
+    if ((O.used + 1) * 2 > O.cap && ofd_grow() < 0)
+        return -ENOMEM;
+    i = ofd_pos(H.leases[slot].ino);
+    e = O.tab[i];
+    if (e == NONE) {
+        O.tab[i] = slot;
+        O.used++;
+        return 0;
     }
-    if (ofd_locate(g, fd, &pos))
+    if (!(e & OFD_GROUP)) {
+        if (ofd_cmp(H.leases[e].fd, H.leases[slot].fd) == 0)
+            return 0; /* a description already indexed */
+        e = ofd_group_new(e, slot);
+        if (e == NONE)
+            return -ENOMEM;
+        O.tab[i] = e;
+        return 0;
+    }
+    g = &O.groups[e & ~OFD_GROUP];
+    if (ofd_locate(g, H.leases[slot].fd, &pos))
         return 0;
     if (g->n == g->cap) {
-        uint32_t cap = g->cap ? 2 * g->cap : 1;
-        uint32_t *v = realloc(g->slots, cap * sizeof(*v));
+        uint32_t *v = realloc(g->slots, 2 * g->cap * sizeof(*v));
 
         if (!v)
             return -ENOMEM;
-        g->slots = v, g->cap = cap;
+        g->slots = v, g->cap *= 2;
     }
     memmove(g->slots + pos + 1, g->slots + pos, (g->n - pos) * sizeof(*g->slots));
     g->slots[pos] = slot;
@@ -734,25 +805,94 @@ ofd_insert(uint32_t slot)
     return 0;
 }
 
+/* Take table position i out, moving later entries of its run back so that
+ * every entry stays reachable from its hash (linear probing). */
+static void
+ofd_delete_at(uint32_t i)
+{
+    uint32_t j = i, h;
+
+    O.tab[i] = NONE;
+    O.used--;
+    for (;;) {
+        j = (j + 1) & (O.cap - 1);
+        if (O.tab[j] == NONE)
+            return;
+        h = ofd_hash(H.leases[ofd_rep(O.tab[j])].ino);
+        /* Move it back if its home is not within (i, j]. */
+        if ((j > i && (h <= i || h > j)) || (j < i && h <= i && h > j)) {
+            O.tab[i] = O.tab[j];
+            O.tab[j] = NONE;
+            i = j;
+        }
+    }
+}
+
 static void
 ofd_remove(uint32_t slot)
 {
-    int fd = H.leases[slot].fd;
-    struct ofd_group *g, **pp;
-    struct stat st;
-    uint32_t pos;
+    uint32_t i, e, pos;
+    struct ofd_group *g;
 
-    if (fstat(fd, &st) < 0 || !(g = ofd_group_of(&st)) || !ofd_locate(g, fd, &pos) ||
-        g->slots[pos] != slot)
+    if (!O.cap || O.stale)
+        return;
+    i = ofd_pos(H.leases[slot].ino);
+    e = O.tab[i];
+    if (e == slot) {
+        ofd_delete_at(i);
+        return;
+    }
+    if (e == NONE || !(e & OFD_GROUP))
+        return;
+    g = &O.groups[e & ~OFD_GROUP];
+    if (!ofd_locate(g, H.leases[slot].fd, &pos) || g->slots[pos] != slot)
         return;
     memmove(g->slots + pos, g->slots + pos + 1, (g->n - pos - 1) * sizeof(*g->slots));
-    if (--g->n > 0)
+    if (--g->n > 1)
         return;
-    for (pp = ofd_bucket(&st); *pp != g; pp = &(*pp)->next)
-        ;
-    *pp = g->next;
+    O.tab[i] = g->slots[0]; /* one left: a plain entry again */
     free(g->slots);
-    free(g);
+    g->slots = NULL;
+    O.free_groups[O.nfree++] = e & ~OFD_GROUP;
+}
+
+/*
+ * A restore (re-exec, fd store) links thousands of leases while no client
+ * is answered, so it leaves the index stale (ofd_insert() per lease would
+ * lengthen the re-exec gap), and the first hand-over after it builds the
+ * index whole.
+ */
+static int
+ofd_rebuild(void)
+{
+    uint32_t i;
+    int r = 0;
+
+    if (!O.stale)
+        return 0;
+    for (i = 0; i < O.cap; i++)
+        if (O.tab[i] != NONE && (O.tab[i] & OFD_GROUP)) {
+            free(O.groups[O.tab[i] & ~OFD_GROUP].slots);
+            O.groups[O.tab[i] & ~OFD_GROUP].slots = NULL;
+            O.free_groups[O.nfree++] = O.tab[i] & ~OFD_GROUP;
+        }
+    if (O.tab)
+        memset(O.tab, 0xff, (size_t)O.cap * sizeof(*O.tab));
+    O.used = 0;
+    O.stale = 0;
+    for (i = 0; i < H.nlease_slots && r == 0; i++) {
+        struct lease *l = &H.leases[i];
+        struct stat st;
+
+        if (!l->gen)
+            continue;
+        if (!l->ino && fstat(l->fd, &st) == 0)
+            l->ino = (uint64_t)st.st_ino;
+        r = ofd_insert(i);
+    }
+    if (r < 0)
+        O.stale = 1;
+    return r;
 }
 
 /* Link a filled-in lease slot into its owner and the counts. */
@@ -772,7 +912,9 @@ lease_link(uint32_t slot)
     H.nleases++;
     if (u)
         u->leases++;
-    if (ofd_insert(slot) < 0)
+    if (H.restoring)
+        O.stale = 1;
+    else if (ofd_insert(slot) < 0)
         log_err("out of memory indexing lease %llu", (unsigned long long)l->gen);
     changed();
 }
@@ -1164,21 +1306,23 @@ check_ofds(const struct conn *c, const struct owner *o, const struct proto_req *
     uint32_t order[PROTO_FDS_MAX], i;
     const char *why = NULL;
 
+    if (ofd_rebuild() < 0)
+        return -ENOMEM;
+    for (i = 0; i < req->count; i++) {
+        order[i] = i;
+        if (fstat(fds[i], &ofd_sort_st[i]) < 0)
+            return negerrno();
+    }
     for (i = 0; i < req->count && !why; i++) {
         const struct lease *l;
 
-        again[i] = ofd_find(fds[i]);
+        again[i] = ofd_find(fds[i], (uint64_t)ofd_sort_st[i].st_ino);
         if (again[i] == NONE)
             continue;
         l = &H.leases[again[i]];
         if (l->owner != owner_slot(o) || l->mode != req->items[i].mode ||
             l->uid != c->uid || memcmp(l->key, req->items[i].key, PROTO_KEY_BYTES) != 0)
             why = "its open file description is already another lease";
-    }
-    for (i = 0; i < req->count && !why; i++) {
-        order[i] = i;
-        if (fstat(fds[i], &ofd_sort_st[i]) < 0)
-            return negerrno();
     }
     if (!why && req->count > 1) {
         ofd_sort_fds = fds;
@@ -1190,8 +1334,7 @@ check_ofds(const struct conn *c, const struct owner *o, const struct proto_req *
     if (!why)
         return 0;
     log_refusal(c->uid, 4, "refused a hand-over for pid %d from uid %u: %s", (int)req->pid,
-                c->uid,
-             why);
+                c->uid, why);
     return -EEXIST;
 }
 
@@ -1257,6 +1400,7 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
         l->fd = fds[i];
         l->owner = owner_slot(o);
         l->uid = c->uid;
+        l->ino = (uint64_t)ofd_sort_st[i].st_ino; /* check_ofds() took it */
         l->mode = req->items[i].mode;
         l->disk = disks[i];
         memcpy(l->key, req->items[i].key, PROTO_KEY_BYTES);
@@ -1690,7 +1834,8 @@ on_conn(struct conn *c)
  *     OWNER   i32 pid, u64 gen, u32 uid, i32 pidfd, u8 flags, uuid, str name
  *     GONE    i32 pid, u64 gen                 an owner removed
  *     LEASE   u32 slot, u64 gen, i32 fd, i32 owner pid, u8 flags, u8 mode,
- *             key, str disk, u64 owner gen, u32 uid (that handed it over)
+ *             key, str disk, u64 owner gen, u32 uid (that handed it over),
+ *             u64 inode number (for the OFD index)
  *     FREE    u32 slot, u8 unlocked            a lease let go: released
  *                                              (1), or taken back by its
  *                                              client, lock kept (0)
@@ -1771,6 +1916,7 @@ rec_lease(struct proto_wr *wr, uint32_t slot, int with_fds)
     wr_cstr(wr, l->disk);
     wr_u64(wr, H.owners[l->owner].gen);
     wr_u32(wr, l->uid);
+    wr_u64(wr, l->ino);
     rec_end(wr, at);
 }
 
@@ -2031,6 +2177,7 @@ restore_lease(struct proto_rd *rd, struct adopt *a)
     const char *disk = rd_str(rd, LOCKD_NAME_MAX, &dl);
     struct owner *o;
     struct lease *l;
+    uint64_t ino;
     uint32_t uid;
 
     if (rd->bad || gen == 0 || mode > LOCKD_SHARED || slot >= LEASE_SLOTS_MAX || pid <= 0)
@@ -2042,6 +2189,7 @@ restore_lease(struct proto_rd *rd, struct adopt *a)
         return 0; /* not in the store (past its bound): that lease is gone */
     o = rd->left >= 8 ? owner_of_gen(pid, rd_u64(rd)) : owner_find(pid);
     uid = rd->left >= 4 ? rd_u32(rd) : o ? o->uid : 0;
+    ino = rd->left >= 8 ? rd_u64(rd) : 0; /* 0: lease_link() looks */
     if (!o) {
         /* Never close what might be a held lease (see state_restore). */
         log_warn("lease %llu of pid %d has no owner: kept open, unmanaged",
@@ -2058,6 +2206,7 @@ restore_lease(struct proto_rd *rd, struct adopt *a)
     l->fd = fd;
     l->owner = owner_slot(o);
     l->uid = uid;
+    l->ino = ino;
     l->mode = mode;
     l->stored = a->reexec ? flags & 1 : 1;
     memcpy(l->key, key, PROTO_KEY_BYTES);
@@ -2166,6 +2315,7 @@ state_restore(int fd, struct adopt *a)
             return -EPROTO;
         }
     }
+    H.restoring = 1;
     for (off = 0; off < end - start && r >= 0;) {
         uint16_t len;
         struct proto_rd rd;
@@ -2181,6 +2331,7 @@ state_restore(int fd, struct adopt *a)
         r = restore_record(buf[off], &rd, a);
         off += 3 + (uint64_t)len;
     }
+    H.restoring = 0;
     if (r >= 0 && off != end - start)
         r = -EPROTO;
     free(buf);
