@@ -2804,31 +2804,61 @@ HELPER_CASE(socket_path_not_socket)
 }
 
 /*
+ * How most cases of this wave start: a helper under the fake systemd (with
+ * a store of store_max fds, 0 for none), one guest registered as "guest",
+ * and n disks tagged tag handed over for it (our copies of the leases in
+ * *ret_lease, or forgotten if ret_lease is NULL); and how they end.
+ */
+struct one {
+    lockd_space *sp;
+    struct fsd *s;
+    struct guest g;
+    struct disks d;
+    lockd_conn *c;
+};
+
+static void
+one_start(struct one *t, unsigned store_max, const char *tag, size_t n, lockd_lease **ret_lease)
+{
+    t->sp = space_open_rooted();
+    t->s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, store_max);
+    fsd_start_ready(t->s);
+    guest_start(&t->g);
+    t->c = conn_open(t->s->sock);
+    ASSERT_OK(lockd_conn_register(t->c, t->g.pid, -1, NULL, "guest"));
+    disks_make(&t->d, t->sp, tag, n);
+    ASSERT_OK(hand_over(t->c, t->sp, t->g.pid, &t->d, ret_lease));
+}
+
+/* The guest exits (its leases are freed) and the helper stops cleanly. */
+static void
+one_end(struct one *t)
+{
+    lockd_conn_close(t->c);
+    guest_end(&t->g);
+    ASSERT_TRUE(WAIT_UNTIL(disks_probe_count(t->sp, &t->d, LOCKD_FREE) == t->d.n, 5000));
+    ASSERT_INT_EQ(fsd_stop(t->s), 0);
+    FSD_ASSERT_CLEAN(t->s);
+    fsd_fini(t->s);
+    lockd_space_close(t->sp);
+}
+
+/*
  * A one-way notice with no ids, "all of this owner", is refused however it
  * comes: sent late, it would free the leases handed over after it was
  * written.  The library will not send one; here one is sent raw.
  */
 HELPER_CASE(notice_all_refused)
 {
-    lockd_space *sp = space_open_rooted();
     uint8_t msg[RAW_HDR + 6];
     uint16_t zero = 0;
-    struct disks d;
-    struct guest g;
-    struct fsd *s;
-    lockd_conn *c;
+    struct one t;
     int32_t pid, err;
     int sock;
 
-    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
-    fsd_start_ready(s);
-    guest_start(&g);
-    c = conn_open(s->sock);
-    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
-    disks_make(&d, sp, "all", 2);
-    ASSERT_OK(hand_over(c, sp, g.pid, &d, NULL));
-    pid = g.pid;
-    sock = raw_connect(s->sock);
+    one_start(&t, 0, "all", 2, NULL);
+    pid = t.g.pid;
+    sock = raw_connect(t.s->sock);
     raw_ok(msg, RAW_NOTICE, 0, 0, 6);
     memcpy(msg + RAW_HDR, &pid, 4);
     memcpy(msg + RAW_HDR + 4, &zero, 2);
@@ -2837,15 +2867,10 @@ HELPER_CASE(notice_all_refused)
     ASSERT_INT_EQ(raw_settle(sock, 0, &err), 1);
     ASSERT_INT_EQ(err, 0);
     close(sock);
-    ASSERT_INT_EQ(disks_probe_count(sp, &d, LOCKD_EXCLUSIVE), 2);
-    assert_listed(c, g.pid, &d);
-    ASSERT_CONTAINS(read_file(s->log), "refused notice from uid 0");
-    lockd_conn_close(c);
-    guest_end(&g);
-    ASSERT_INT_EQ(fsd_stop(s), 0);
-    FSD_ASSERT_CLEAN(s);
-    fsd_fini(s);
-    lockd_space_close(sp);
+    ASSERT_INT_EQ(disks_probe_count(t.sp, &t.d, LOCKD_EXCLUSIVE), 2);
+    assert_listed(t.c, t.g.pid, &t.d);
+    ASSERT_CONTAINS(read_file(t.s->log), "refused notice from uid 0");
+    one_end(&t);
 }
 
 /*
@@ -2918,51 +2943,36 @@ row_mode(const struct rows *rs, uint64_t id)
  */
 HELPER_CASE(lost_lease_listed)
 {
-    lockd_space *sp = space_open_rooted();
-    struct disks d;
-    struct guest g;
     struct rows rs;
-    struct fsd *s;
+    struct one t;
     lockd_lease *l;
-    lockd_conn *c;
 
-    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
-    fsd_start_ready(s);
-    guest_start(&g);
-    c = conn_open(s->sock);
-    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
-    disks_make(&d, sp, "lost", 2);
-    ASSERT_OK(hand_over(c, sp, g.pid, &d, &l));
-    assert_counts(status_on(c), 1, 2);
+    one_start(&t, 0, "lost", 2, &l);
+    assert_counts(status_on(t.c), 1, 2);
 
-    unlock_copy(l, d.key[0]);
-    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_FREE);
-    rs = rows_list(c, g.pid);
+    unlock_copy(l, t.d.key[0]);
+    ASSERT_INT_EQ(probe(t.sp, t.d.key[0]), LOCKD_FREE);
+    rs = rows_list(t.c, t.g.pid);
     ASSERT_INT_EQ(rs.n, 2);
-    ASSERT_INT_EQ(row_mode(&rs, d.id[0]), LOCKD_LOST);
-    ASSERT_INT_EQ(row_mode(&rs, d.id[1]), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(row_mode(&rs, t.d.id[0]), LOCKD_LOST);
+    ASSERT_INT_EQ(row_mode(&rs, t.d.id[1]), LOCKD_EXCLUSIVE);
     free(rs.r);
-    assert_counts(status_on(c), 1, 1);
-    ASSERT_CONTAINS(read_file(s->log), "<2>lost lease /images/lost-0.qcow2");
+    assert_counts(status_on(t.c), 1, 1);
+    ASSERT_CONTAINS(read_file(t.s->log), "<2>lost lease /images/lost-0.qcow2");
 
     /* Nobody lists the second one: the sweep finds it. */
-    unlock_copy(l, d.key[1]);
-    ASSERT_TRUE(WAIT_UNTIL(status_on(c).leases == 0, 6000));
-    ASSERT_CONTAINS(read_file(s->log), "<2>lost lease /images/lost-1.qcow2");
-    ASSERT_TRUE(FSD_WAIT(s, strstr(s->status, "2 LOST") != NULL, 5000));
+    unlock_copy(l, t.d.key[1]);
+    ASSERT_TRUE(WAIT_UNTIL(status_on(t.c).leases == 0, 6000));
+    ASSERT_CONTAINS(read_file(t.s->log), "<2>lost lease /images/lost-1.qcow2");
+    ASSERT_TRUE(FSD_WAIT(t.s, strstr(t.s->status, "2 LOST") != NULL, 5000));
 
-    ASSERT_INT_EQ(lockd_conn_release(c, g.pid, 1, &d.id[0]), 1);
-    ASSERT_INT_EQ(lockd_conn_release(c, g.pid, 0, NULL), 1);
-    rs = rows_list(c, g.pid);
+    ASSERT_INT_EQ(lockd_conn_release(t.c, t.g.pid, 1, &t.d.id[0]), 1);
+    ASSERT_INT_EQ(lockd_conn_release(t.c, t.g.pid, 0, NULL), 1);
+    rs = rows_list(t.c, t.g.pid);
     ASSERT_INT_EQ(rs.n, 0);
     free(rs.r);
     lockd_lease_forget(l);
-    lockd_conn_close(c);
-    guest_end(&g);
-    ASSERT_INT_EQ(fsd_stop(s), 0);
-    FSD_ASSERT_CLEAN(s);
-    fsd_fini(s);
-    lockd_space_close(sp);
+    one_end(&t);
 }
 
 /*
@@ -2973,44 +2983,28 @@ HELPER_CASE(lost_lease_listed)
  */
 HELPER_CASE(adopt_checks_locks)
 {
-    lockd_space *sp = space_open_rooted();
-    struct disks d;
-    struct guest g;
     struct rows rs;
-    struct fsd *s;
+    struct one t;
     lockd_lease *l;
-    lockd_conn *c;
 
-    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 64);
-    fsd_start_ready(s);
-    guest_start(&g);
-    c = conn_open(s->sock);
-    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
-    disks_make(&d, sp, "adopt", 2);
-    ASSERT_OK(hand_over(c, sp, g.pid, &d, &l));
-    lockd_conn_close(c);
-    ASSERT_TRUE(FSD_WAIT(s, fsd_count_locked(s, "L") == 2, 5000));
-    ASSERT_INT_EQ(fsd_kill(s, SIGKILL), 128 + SIGKILL);
-    unlock_copy(l, d.key[0]);
+    one_start(&t, 64, "adopt", 2, &l);
+    ASSERT_TRUE(FSD_WAIT(t.s, fsd_count_locked(t.s, "L") == 2, 5000));
+    ASSERT_INT_EQ(fsd_kill(t.s, SIGKILL), 128 + SIGKILL);
+    unlock_copy(l, t.d.key[0]);
     lockd_lease_forget(l);
-    fsd_start_ready(s);
-    c = conn_open(s->sock);
-    rs = rows_list(c, g.pid);
+    fsd_start_ready(t.s);
+    lockd_conn_close(t.c);
+    t.c = conn_open(t.s->sock);
+    rs = rows_list(t.c, t.g.pid);
     ASSERT_INT_EQ(rs.n, 2);
-    ASSERT_INT_EQ(row_mode(&rs, d.id[0]), LOCKD_LOST);
-    ASSERT_INT_EQ(row_mode(&rs, d.id[1]), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(row_mode(&rs, t.d.id[0]), LOCKD_LOST);
+    ASSERT_INT_EQ(row_mode(&rs, t.d.id[1]), LOCKD_EXCLUSIVE);
     free(rs.r);
-    assert_counts(status_on(c), 1, 1);
-    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_FREE);
-    ASSERT_INT_EQ(probe(sp, d.key[1]), LOCKD_EXCLUSIVE);
-    ASSERT_CONTAINS(read_file(s->log), "<2>lost lease /images/adopt-0.qcow2");
-    lockd_conn_close(c);
-    guest_end(&g);
-    ASSERT_TRUE(WAIT_UNTIL(probe(sp, d.key[1]) == LOCKD_FREE, 5000));
-    ASSERT_INT_EQ(fsd_stop(s), 0);
-    FSD_ASSERT_CLEAN(s);
-    fsd_fini(s);
-    lockd_space_close(sp);
+    assert_counts(status_on(t.c), 1, 1);
+    ASSERT_INT_EQ(probe(t.sp, t.d.key[0]), LOCKD_FREE);
+    ASSERT_INT_EQ(probe(t.sp, t.d.key[1]), LOCKD_EXCLUSIVE);
+    ASSERT_CONTAINS(read_file(t.s->log), "<2>lost lease /images/adopt-0.qcow2");
+    one_end(&t);
 }
 
 /* A raw HANDOFF of n items, each {mode, key (hex), no name}, with fds;
@@ -3199,29 +3193,18 @@ state_append_raw(struct fsd *s, const uint8_t *rec, size_t len)
  */
 HELPER_CASE(adopt_free_record_kinds)
 {
-    lockd_space *sp = space_open_rooted();
     uint8_t rec[16];
-    struct disks d;
-    struct guest g;
     struct rows rs;
-    struct fsd *s;
+    struct one t;
     lockd_lease *l;
-    lockd_conn *c;
 
-    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 64);
-    fsd_start_ready(s);
-    guest_start(&g);
-    c = conn_open(s->sock);
-    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
-    disks_make(&d, sp, "free", 2);
-    ASSERT_OK(hand_over(c, sp, g.pid, &d, &l));
-    lockd_conn_close(c);
-    ASSERT_TRUE(FSD_WAIT(s, fsd_count_locked(s, "L") == 2 && fsd_has_locked(s, "state"),
+    one_start(&t, 64, "free", 2, &l);
+    ASSERT_TRUE(FSD_WAIT(t.s, fsd_count_locked(t.s, "L") == 2 && fsd_has_locked(t.s, "state"),
                          5000));
-    ASSERT_INT_EQ(fsd_kill(s, SIGKILL), 128 + SIGKILL);
+    ASSERT_INT_EQ(fsd_kill(t.s, SIGKILL), 128 + SIGKILL);
     /* FREE: u8 type 4, u16 length 5, u32 slot, u8 unlocked. */
     for (int i = 0; i < 2; i++) {
-        uint32_t slot = (uint32_t)(d.id[i] & 0xfffff);
+        uint32_t slot = (uint32_t)(t.d.id[i] & 0xfffff);
         uint16_t len = 5;
 
         rec[8 * i] = 4;
@@ -3229,24 +3212,19 @@ HELPER_CASE(adopt_free_record_kinds)
         memcpy(rec + 8 * i + 3, &slot, 4);
         rec[8 * i + 7] = (uint8_t)i; /* disk 0 taken back, disk 1 released */
     }
-    state_append_raw(s, rec, sizeof(rec));
-    fsd_start_ready(s);
-    c = conn_open(s->sock);
-    rs = rows_list(c, 0);
+    state_append_raw(t.s, rec, sizeof(rec));
+    fsd_start_ready(t.s);
+    lockd_conn_close(t.c);
+    t.c = conn_open(t.s->sock);
+    rs = rows_list(t.c, 0);
     ASSERT_INT_EQ(rs.n, 0);
     free(rs.r);
     /* The take-back closed the helper's copy only: ours still holds it. */
-    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_EXCLUSIVE);
-    ASSERT_INT_EQ(probe(sp, d.key[1]), LOCKD_FREE);
-    ASSERT_INT_EQ(proc_fds(s->pid, d.key[0]), 0);
+    ASSERT_INT_EQ(probe(t.sp, t.d.key[0]), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(probe(t.sp, t.d.key[1]), LOCKD_FREE);
+    ASSERT_INT_EQ(proc_fds(t.s->pid, t.d.key[0]), 0);
     ASSERT_OK(lockd_lease_release(l));
-    ASSERT_INT_EQ(probe(sp, d.key[0]), LOCKD_FREE);
-    lockd_conn_close(c);
-    guest_end(&g);
-    ASSERT_INT_EQ(fsd_stop(s), 0);
-    FSD_ASSERT_CLEAN(s);
-    fsd_fini(s);
-    lockd_space_close(sp);
+    one_end(&t);
 }
 
 /* Install a script at the helper's start-up path (an upgrade gone wrong). */
@@ -3272,48 +3250,32 @@ install_script(struct fsd *s, const char *body)
  */
 HELPER_CASE(reexec_checks_binary)
 {
-    lockd_space *sp = space_open_rooted();
-    struct disks d;
-    struct guest g;
-    struct fsd *s;
-    lockd_conn *c;
     ino_t old_ino, ino;
+    struct one t;
     pid_t hpid;
 
-    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
-    fsd_start_ready(s);
-    hpid = s->pid;
+    one_start(&t, 0, "upgrade", 2, NULL);
+    hpid = t.s->pid;
     old_ino = fsd_exe_ino(hpid);
-    guest_start(&g);
-    c = conn_open(s->sock);
-    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
-    disks_make(&d, sp, "upgrade", 2);
-    ASSERT_OK(hand_over(c, sp, g.pid, &d, NULL));
 
-    install_script(s, "exit 3");
+    install_script(t.s, "exit 3");
     ASSERT_OK(kill(hpid, SIGUSR1));
-    ASSERT_TRUE(WAIT_UNTIL(strstr(read_file(s->log), "re-exec refused") != NULL, 10000));
-    ASSERT_CONTAINS(read_file(s->log), "--self-test exited 3; still running the old image");
+    ASSERT_TRUE(WAIT_UNTIL(strstr(read_file(t.s->log), "re-exec refused") != NULL, 10000));
+    ASSERT_CONTAINS(read_file(t.s->log), "--self-test exited 3; still running the old image");
     ASSERT_INT_EQ(fsd_exe_ino(hpid), old_ino);
-    assert_listed(c, g.pid, &d);
-    ASSERT_INT_EQ(disks_probe_count(sp, &d, LOCKD_EXCLUSIVE), 2);
+    assert_listed(t.c, t.g.pid, &t.d);
+    ASSERT_INT_EQ(disks_probe_count(t.sp, &t.d, LOCKD_EXCLUSIVE), 2);
 
-    ino = fsd_install(s);
+    ino = fsd_install(t.s);
     ASSERT_OK(kill(hpid, SIGHUP));
     ASSERT_TRUE(WAIT_UNTIL(fsd_exe_ino(hpid) == ino, 10000));
-    assert_listed(c, g.pid, &d);
-    ASSERT_INT_EQ(disks_probe_count(sp, &d, LOCKD_EXCLUSIVE), 2);
-    fsd_lock(s);
-    ASSERT_INT_EQ(s->pid, hpid);
-    ASSERT_INT_EQ(s->exits, 0);
-    fsd_unlock(s);
-    lockd_conn_close(c);
-    guest_end(&g);
-    ASSERT_TRUE(WAIT_UNTIL(disks_probe_count(sp, &d, LOCKD_FREE) == 2, 5000));
-    ASSERT_INT_EQ(fsd_stop(s), 0);
-    FSD_ASSERT_CLEAN(s);
-    fsd_fini(s);
-    lockd_space_close(sp);
+    assert_listed(t.c, t.g.pid, &t.d);
+    ASSERT_INT_EQ(disks_probe_count(t.sp, &t.d, LOCKD_EXCLUSIVE), 2);
+    fsd_lock(t.s);
+    ASSERT_INT_EQ(t.s->pid, hpid);
+    ASSERT_INT_EQ(t.s->exits, 0);
+    fsd_unlock(t.s);
+    one_end(&t);
 }
 
 /*
