@@ -52,6 +52,7 @@
 #define LOG_BURST       20
 #define LOG_INTERVAL_NS (100 * 1000000LL)
 #define RESERVE_FDS     8     /* kept open to answer -EMFILE when out of fds */
+#define EXIT_KEEP       75    /* exited on SIGTERM with leases in the fd store */
 #define LIST_PAGE_BYTES (PROTO_BODY_MAX - 4096)
 #define STATE_ENV       "LOCKD_HELPER_STATE_FD"
 #define NONE            UINT32_MAX
@@ -164,6 +165,7 @@ static struct {
     int selftest_pidfd; /* -1: none under way */
     int64_t selftest_due_ns;
     int quit, reexec, reexec_go; /* asked for; self-test passed */
+    int quit_signal; /* SIGTERM or SIGINT, not a STOP request or --timeout */
     int restoring; /* state_restore() is linking leases */
     int compact_due; /* the fd store's state log has grown: compact it */
     int listen_paused; /* out of fds: not accepting until the reserve refills */
@@ -2929,7 +2931,7 @@ on_signal(void)
         if (si.ssi_signo == SIGUSR1 || si.ssi_signo == SIGHUP)
             H.reexec = 1;
         else
-            H.quit = 1;
+            H.quit = H.quit_signal = 1;
     }
 }
 
@@ -3310,6 +3312,17 @@ main(int argc, char **argv)
     r = run();
     if (H.bound && H.socket_path)
         (void)unlink(H.socket_path);
+    /* SIGTERM outside a stop (a `systemctl kill`, an OOM-style cleanup):
+     * the leases are in systemd's store, and a clean exit would have it
+     * empty the store and free them.  EXIT_KEEP makes the unit restart the
+     * helper (RestartForceExitStatus=), which takes them back; during a
+     * stop job (host shutdown) systemd restarts nothing (SuccessExitStatus=
+     * keeps the unit from reading as failed). */
+    if (r >= 0 && H.quit_signal && H.store_on && H.nleases > 0) {
+        log_notice("exiting on a signal with %u leases in systemd's fd store: status %d, "
+                   "for a restart that takes them back", H.nleases, EXIT_KEEP);
+        return EXIT_KEEP;
+    }
     return r < 0 ? 1 : 0;
 }
 #endif

@@ -3578,6 +3578,45 @@ HELPER_CASE(ofd_index_after_reexec)
     lockd_space_close(sp);
 }
 
+/*
+ * SIGTERM and SIGINT outside a stop: with the leases in systemd's store the
+ * helper exits 75, which the unit restarts (RestartForceExitStatus=) and the
+ * store is kept for: every lease is adopted again, never free.  Without a
+ * store there is nothing to keep them: it exits 0 and they are free.
+ */
+HELPER_CASE(sigterm_with_store)
+{
+    struct watch *w;
+    struct one t;
+    pid_t wpid;
+
+    one_start(&t, 64, "term", 2, NULL);
+    ASSERT_TRUE(FSD_WAIT(t.s, fsd_count_locked(t.s, "L") == 2, 5000));
+    w = watch_start(&t.d, 0, t.d.n, &wpid);
+    watch_rounds(w, 2);
+    ASSERT_INT_EQ(fsd_kill(t.s, SIGTERM), 75);
+    watch_rounds(w, 2);
+    fsd_start_ready(t.s);
+    ASSERT_INT_EQ(fsd_kill(t.s, SIGINT), 75);
+    fsd_start_ready(t.s);
+    watch_rounds(w, 2);
+    watch_stop(w, wpid);
+    lockd_conn_close(t.c);
+    t.c = conn_open(t.s->sock);
+    assert_listed(t.c, t.g.pid, &t.d);
+    ASSERT_CONTAINS(read_file(t.s->log), "exiting on a signal with 2 leases");
+    one_end(&t);
+
+    /* No store: the signal ends it all. */
+    one_start(&t, 0, "term-nostore", 1, NULL);
+    ASSERT_INT_EQ(fsd_kill(t.s, SIGTERM), 0);
+    ASSERT_INT_EQ(probe(t.sp, t.d.key[0]), LOCKD_FREE);
+    fsd_start_ready(t.s);
+    lockd_conn_close(t.c);
+    t.c = conn_open(t.s->sock);
+    one_end(&t);
+}
+
 /* `test-helper NAME` runs only the case NAME. */
 #define RUN(only, fn, sec)                                                          \
     do {                                                                            \
@@ -3629,5 +3668,6 @@ main(int argc, char **argv)
     RUN(only, user_caps, 60);
     RUN(only, leases_belong_to_uid, 60);
     RUN(only, ofd_index_after_reexec, 60);
+    RUN(only, sigterm_with_store, 60);
     return test_done();
 }
