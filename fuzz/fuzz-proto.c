@@ -75,6 +75,9 @@ encode_body(const struct proto_req *req, uint8_t *buf, size_t cap)
         break;
     case PROTO_STATUS:
         break;
+    case PROTO_STOP:
+        wr_u8(&wr, req->force);
+        break;
     default:
         CHECK(0);
     }
@@ -92,10 +95,10 @@ check_request(const uint8_t *msg, size_t size, size_t nfds, const struct proto_r
     CHECK(size >= PROTO_HDR_SIZE && req->hdr.len == size - PROTO_HDR_SIZE);
     CHECK(nfds != PROTO_FDS_LOST && req->hdr.nfds == nfds && nfds <= PROTO_FDS_MAX);
     CHECK(req->hdr.version == PROTO_VERSION && req->hdr.status == 0);
-    CHECK(req->hdr.type >= PROTO_REGISTER && req->hdr.type <= PROTO_FORGET);
+    CHECK(req->hdr.type >= PROTO_REGISTER && req->hdr.type <= PROTO_STOP);
     CHECK((req->hdr.type == PROTO_NOTICE) == (req->hdr.serial == 0));
     if (req->hdr.type != PROTO_LIST && req->hdr.type != PROTO_OWNERS &&
-        req->hdr.type != PROTO_STATUS)
+        req->hdr.type != PROTO_STATUS && req->hdr.type != PROTO_STOP)
         CHECK(req->pid > 0);
     if (req->hdr.type == PROTO_REGISTER) {
         CHECK(nfds <= 1 && req->name_len <= LOCKD_OWNER_NAME_MAX);
