@@ -1705,8 +1705,14 @@ proto_recv(int sock, void *buf, size_t cap, int *ret_fds, size_t *ret_nfds, int 
         memcpy(ret_fds + nfds, CMSG_DATA(c), sizeof(int) * k);
         nfds += k;
     }
-    if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+    /* An empty message (or the end of the stream) is never a lockd message:
+     * the fds it carried must not stay open for nobody (found by
+     * fuzz-dispatch: each empty message with fds leaked them in the helper,
+     * a lease's among them). */
+    if ((mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || n == 0) {
         close_all(ret_fds, nfds);
+        nfds = 0;
+    }
     if (mh.msg_flags & MSG_TRUNC)
         return -EMSGSIZE;
     *ret_nfds = (mh.msg_flags & MSG_CTRUNC) ? PROTO_FDS_LOST : nfds;

@@ -2361,6 +2361,9 @@ malformed_fds(const struct mal *m)
     raw_ok(b, RAW_HANDOFF, 25, FSD_FDS_MAX, (uint32_t)n);
     mal_with_pipes(m, "handoff of 253 pipes", b, RAW_HDR + n, FSD_FDS_MAX, EXPECT_ERR,
                    -EBADFD);
+    /* An empty message is a hang-up: the fds it carried are closed all the
+     * same (fuzz-dispatch found them kept open). */
+    mal_with_pipes(m, "an empty message with 2 fds", b, 0, 2, HUP_OR_EPROTO, 0);
 }
 
 static void
