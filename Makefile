@@ -161,13 +161,17 @@ FUZZ_CC    ?= clang
 FUZZ_TIME  ?= 20
 FUZZ_FLAGS  = -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined \
               -fno-sanitize-recover=all -I. $(SODIUM_CFLAGS)
-FUZZERS     = fuzz/fuzz-proto fuzz/fuzz-state
+FUZZERS     = fuzz/fuzz-proto fuzz/fuzz-state fuzz/fuzz-dispatch
 
 fuzz/fuzz-proto: fuzz/fuzz-proto.c fuzz/fuzz.h lockd.c lockd.h
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ fuzz/fuzz-proto.c $(SODIUM_LIBS)
 
 fuzz/fuzz-state: fuzz/fuzz-state.c fuzz/fuzz.h lockd-helper.c lockd.c lockd.h
 	$(FUZZ_CC) $(FUZZ_FLAGS) $(SYSTEMD_CFLAGS) -o $@ fuzz/fuzz-state.c \
+		$(SYSTEMD_LIBS) $(SODIUM_LIBS)
+
+fuzz/fuzz-dispatch: fuzz/fuzz-dispatch.c fuzz/fuzz.h lockd-helper.c lockd.c lockd.h
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(SYSTEMD_CFLAGS) -o $@ fuzz/fuzz-dispatch.c \
 		$(SYSTEMD_LIBS) $(SODIUM_LIBS)
 
 fuzz-build: $(FUZZERS)
