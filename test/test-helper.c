@@ -3620,6 +3620,112 @@ HELPER_CASE(sigterm_with_store)
     one_end(&t);
 }
 
+/* Every row of a listing, for comparing listings field by field. */
+static void
+rows_sorted(lockd_conn *c, struct rows *rs)
+{
+    *rs = rows_list(c, 0);
+    for (size_t i = 1; i < rs->n; i++)
+        for (size_t j = i; j > 0 && rs->r[j - 1].id > rs->r[j].id; j--) {
+            struct row t = rs->r[j];
+
+            rs->r[j] = rs->r[j - 1], rs->r[j - 1] = t;
+        }
+}
+
+static void
+assert_same_rows(const struct rows *a, const struct rows *b, const char *when)
+{
+    if (a->n != b->n)
+        TEST_FAIL("%s: %zu rows, %zu before", when, b->n, a->n);
+    for (size_t i = 0; i < a->n; i++) {
+        const struct row *x = &a->r[i], *y = &b->r[i];
+
+        if (x->id != y->id || x->mode != y->mode || x->pid != y->pid || x->uid != y->uid ||
+            strcmp(x->key, y->key) || strcmp(x->disk, y->disk) || strcmp(x->uuid, y->uuid) ||
+            strcmp(x->name, y->name))
+            TEST_FAIL("%s: row %zu (id %llu, %s) is not what it was", when, i,
+                      (unsigned long long)x->id, x->disk);
+    }
+}
+
+/*
+ * One run through everything that carries state: the fd store, a re-exec,
+ * a hand-over after it, a crash, and a cold restart's adoption.  Each lease
+ * keeps its id, mode (exclusive and shared), key, disk, owner pid, uid,
+ * uuid and name, compared field by field; ids handed out after a re-exec
+ * and after a crash never repeat an earlier one.
+ */
+HELPER_CASE(state_through_everything)
+{
+    lockd_space *sp = space_open_rooted();
+    struct rows before, after;
+    struct disks d1, d2, d3, d4;
+    struct guest g1, g2;
+    struct fsd *s;
+    lockd_conn *c;
+    ino_t ino;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 64);
+    fsd_start_ready(s);
+    guest_start(&g1);
+    guest_start(&g2);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g1.pid, pidfd_of(g1.pid), UUID1, "guest-1"));
+    ASSERT_OK(lockd_conn_register(c, g2.pid, -1, NULL, "guest two"));
+    disks_make(&d1, sp, "every-a", 3);
+    d1.modes[1] = LOCKD_SHARED;
+    disks_make(&d2, sp, "every-b", 1);
+    ASSERT_OK(hand_over(c, sp, g1.pid, &d1, NULL));
+    ASSERT_OK(hand_over(c, sp, g2.pid, &d2, NULL));
+    ASSERT_TRUE(FSD_WAIT(s, fsd_count_locked(s, "L") == 4, 5000));
+    rows_sorted(c, &before);
+
+    ino = fsd_install(s);
+    ASSERT_OK(kill(s->pid, SIGUSR1));
+    ASSERT_TRUE(WAIT_UNTIL(fsd_exe_ino(s->pid) == ino, 10000));
+    rows_sorted(c, &after);
+    assert_same_rows(&before, &after, "after a re-exec");
+    free(after.r);
+
+    /* A hand-over after the re-exec: new ids, none like an earlier one. */
+    disks_make(&d3, sp, "every-c", 1);
+    ASSERT_OK(hand_over(c, sp, g2.pid, &d3, NULL));
+    for (size_t i = 0; i < before.n; i++)
+        ASSERT_TRUE(before.r[i].id != d3.id[0]);
+    free(before.r);
+    rows_sorted(c, &before);
+    ASSERT_INT_EQ(before.n, 5);
+
+    /* A crash: adopted from the store, the same rows. */
+    ASSERT_TRUE(FSD_WAIT(s, fsd_count_locked(s, "L") == 5, 5000));
+    lockd_conn_close(c);
+    ASSERT_INT_EQ(fsd_kill(s, SIGKILL), 128 + SIGKILL);
+    fsd_start_ready(s);
+    c = conn_open(s->sock);
+    rows_sorted(c, &after);
+    assert_same_rows(&before, &after, "after a crash");
+    free(after.r);
+    disks_make(&d4, sp, "every-d", 1);
+    ASSERT_OK(hand_over(c, sp, g1.pid, &d4, NULL));
+    for (size_t i = 0; i < before.n; i++)
+        ASSERT_TRUE(before.r[i].id != d4.id[0]);
+    ASSERT_INT_EQ(probe(sp, d1.key[1]), LOCKD_SHARED);
+    ASSERT_INT_EQ(probe(sp, d1.key[0]), LOCKD_EXCLUSIVE);
+    free(before.r);
+    lockd_conn_close(c);
+    guest_end(&g1);
+    guest_end(&g2);
+    ASSERT_TRUE(WAIT_UNTIL(disks_probe_count(sp, &d1, LOCKD_FREE) == 3 &&
+                               probe(sp, d3.key[0]) == LOCKD_FREE &&
+                               probe(sp, d4.key[0]) == LOCKD_FREE,
+                           5000));
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
 /* `test-helper NAME` runs only the case NAME. */
 #define RUN(only, fn, sec)                                                          \
     do {                                                                            \
@@ -3672,5 +3778,6 @@ main(int argc, char **argv)
     RUN(only, leases_belong_to_uid, 60);
     RUN(only, ofd_index_after_reexec, 60);
     RUN(only, sigterm_with_store, 60);
+    RUN(only, state_through_everything, 60);
     return test_done();
 }
