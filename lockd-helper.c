@@ -2154,8 +2154,11 @@ restore_owner(struct proto_rd *rd, struct adopt *a)
         fd = -EBADF;
     }
     if (fd < 0) {
-        log_warn("owner pid %d: its pidfd was not handed back; its leases stay held, "
-                 "unmanaged", (int)pid);
+        /* Not in the store: an owner that had no lease yet (its pidfd goes
+         * there with its first), or one that left before the crash (its
+         * GONE record follows).  A lease whose fd comes back without an
+         * owner is what matters, and restore_lease() says so. */
+        log_debug("owner pid %d: no pidfd handed back", (int)pid);
         return 0;
     }
     o = owner_new(pid, uid, fd);
