@@ -1667,6 +1667,25 @@ proto_send(int sock, const void *buf, size_t len, const int *fds, size_t nfds)
  * still answer the request with -EMFILE.  cloexec is MSG_CMSG_CLOEXEC or 0:
  * the helper keeps lease fds across its re-exec, so it receives them without.
  */
+/*
+ * A received fd is the sender's choice, and closing some blocks: a TCP
+ * socket with SO_LINGER set and data it cannot send holds close() until
+ * the linger time runs out (found by attack: one message froze the
+ * helper's only thread, and with it every guest's release).  Lingering is
+ * turned off on every socket received, so that a close never waits.
+ */
+static void
+fds_defuse(const int *fds, size_t n)
+{
+    static const struct linger off = {0, 0};
+    struct stat st;
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if (fstat(fds[i], &st) == 0 && S_ISSOCK(st.st_mode))
+            (void)setsockopt(fds[i], SOL_SOCKET, SO_LINGER, &off, sizeof(off));
+}
+
 static ssize_t
 proto_recv(int sock, void *buf, size_t cap, int *ret_fds, size_t *ret_nfds, int cloexec)
 {
@@ -1698,6 +1717,7 @@ proto_recv(int sock, void *buf, size_t cap, int *ret_fds, size_t *ret_nfds, int 
             int extra[PROTO_FDS_MAX];
 
             memcpy(extra, CMSG_DATA(c), sizeof(int) * k);
+            fds_defuse(extra, k);
             close_all(extra, k);
             mh.msg_flags |= MSG_CTRUNC;
             continue;
@@ -1705,6 +1725,7 @@ proto_recv(int sock, void *buf, size_t cap, int *ret_fds, size_t *ret_nfds, int 
         memcpy(ret_fds + nfds, CMSG_DATA(c), sizeof(int) * k);
         nfds += k;
     }
+    fds_defuse(ret_fds, nfds);
     /* An empty message (or the end of the stream) is never a lockd message:
      * the fds it carried must not stay open for nobody (found by
      * fuzz-dispatch: each empty message with fds leaked them in the helper,

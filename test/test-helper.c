@@ -53,6 +53,7 @@
 #include <dirent.h>
 #include <glob.h>
 #include <grp.h>
+#include <netinet/in.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -3726,6 +3727,55 @@ HELPER_CASE(state_through_everything)
     lockd_space_close(sp);
 }
 
+/*
+ * An fd whose close blocks must not freeze the helper (found by attack): a
+ * TCP socket to a listener that never accepts, its send buffer full and
+ * SO_LINGER set, sent along with a request the helper refuses, while the
+ * helper is stopped so that its close is the last one.  The helper still
+ * answers at once, and a guest's exit still frees its lease.
+ */
+HELPER_CASE(lingering_socket_sent)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct linger lg = {1, 600};
+    socklen_t alen = sizeof(a);
+    static char junk[65536];
+    uint8_t msg[RAW_HDR];
+    int lfd, tfd, sock;
+    struct one t;
+
+    one_start(&t, 0, "linger", 1, NULL);
+    lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_OK(sys(lfd));
+    ASSERT_OK(sys(bind(lfd, (struct sockaddr *)&a, sizeof(a))));
+    ASSERT_OK(sys(listen(lfd, 1)));
+    ASSERT_OK(sys(getsockname(lfd, (struct sockaddr *)&a, &alen)));
+    tfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    ASSERT_OK(sys(tfd));
+    ASSERT_TRUE(connect(tfd, (struct sockaddr *)&a, sizeof(a)) == 0 || errno == EINPROGRESS);
+    ASSERT_TRUE(WAIT_UNTIL(send(tfd, junk, 1, MSG_NOSIGNAL) == 1, 5000));
+    while (send(tfd, junk, sizeof(junk), MSG_NOSIGNAL) > 0)
+        ;
+    ASSERT_OK(sys(setsockopt(tfd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))));
+
+    sock = raw_connect(t.s->sock);
+    ASSERT_OK(kill(t.s->pid, SIGSTOP));
+    raw_ok(msg, RAW_STATUS, 42, 1, 0); /* a status announcing 1 fd: refused */
+    ASSERT_OK(raw_send(sock, msg, sizeof(msg), &tfd, 1));
+    close(tfd); /* the helper's copy is now the last */
+    ASSERT_OK(kill(t.s->pid, SIGCONT));
+    {
+        int64_t t0 = test_now_ms();
+
+        assert_counts(status_at(t.s->sock), 1, 1);
+        if (test_now_ms() - t0 > 10000)
+            TEST_FAIL("the helper took %lld ms to answer", (long long)(test_now_ms() - t0));
+    }
+    close(sock);
+    close(lfd);
+    one_end(&t);
+}
+
 /* `test-helper NAME` runs only the case NAME. */
 #define RUN(only, fn, sec)                                                          \
     do {                                                                            \
@@ -3779,5 +3829,6 @@ main(int argc, char **argv)
     RUN(only, ofd_index_after_reexec, 60);
     RUN(only, sigterm_with_store, 60);
     RUN(only, state_through_everything, 60);
+    RUN(only, lingering_socket_sent, 60);
     return test_done();
 }
