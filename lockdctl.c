@@ -283,6 +283,17 @@ struct table {
     char **cells;
 };
 
+/* Names come from whoever handed a lease over: no control byte of theirs
+ * reaches the terminal (a newline would print a fake row, an escape
+ * sequence rewrite the screen).  JSON output escapes them instead. */
+static void
+scrub(char *s)
+{
+    for (; s && *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            *s = '?';
+}
+
 static int
 table_add(struct table *t, ...)
 {
@@ -302,7 +313,10 @@ table_add(struct table *t, ...)
     for (i = 0; i < t->ncols; i++) {
         const char *s = va_arg(ap, const char *);
 
-        t->cells[t->nrows * t->ncols + i] = strdup(s && *s ? s : "-");
+        char *cell = strdup(s && *s ? s : "-");
+
+        scrub(cell);
+        t->cells[t->nrows * t->ncols + i] = cell;
     }
     va_end(ap);
     for (i = 0; i < t->ncols; i++)
@@ -585,6 +599,7 @@ holder_row(void *userdata, uint64_t id, int mode, const char *key, const char *d
     snprintf(h->text + len, sizeof(h->text) - len, "%s%s%s(pid %d%s%s)",
              h->count ? ", " : "", *name ? name : "", *name ? " " : "", (int)pid,
              *uuid ? ", uuid " : "", uuid);
+    scrub(h->text + len);
     h->count++;
     return 0;
 }

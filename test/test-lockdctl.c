@@ -991,6 +991,31 @@ test_stop_helper(void)
     (void)test_wait(owner);
 }
 
+/* Names come from whoever handed a lease over: status shows a control byte
+ * of theirs as '?', so a newline cannot print a fake row (found by attack). */
+static void
+test_status_scrubs_names(void)
+{
+    char spid[16];
+    pid_t helper, owner;
+    struct res r;
+
+    case_env();
+    helper = helper_start();
+    owner = sleeper();
+    snprintf(spid, sizeof(spid), "%d", (int)owner);
+    CTL_EXPECT(&r, 0, "acquire", "--pid", spid, "--name", "vm\n66666 fake\x1b[2J", "a.img");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "status");
+    ASSERT_CONTAINS(r.out, "vm?66666 fake?[2J");
+    ASSERT_TRUE(!strchr(r.out, '\x1b'));
+    ASSERT_INT_EQ(lines(r.out), 3); /* the header, one row, the summary */
+    res_free(&r);
+    kill(owner, SIGKILL);
+    (void)test_wait(owner);
+    helper_stop(helper);
+}
+
 /* LOCKD_DIR and LOCKD_SOCKET name absolute paths: a relative one is a usage
  * error, before anything is created. */
 static void
@@ -2188,6 +2213,7 @@ main(int argc, char **argv)
     TEST_RUN(test_relative_env_refused);
     TEST_RUN(test_run_index_held);
     TEST_RUN(test_stop_helper);
+    TEST_RUN(test_status_scrubs_names);
     TEST_RUN(test_key_canonical_new_disk);
     TEST_RUN(test_key_mode_mismatch);
     TEST_RUN(test_key_unrecorded_lockspace);
