@@ -1093,21 +1093,20 @@ lease_mark_lost(uint32_t slot)
     changed();
 }
 
-/* Check lease slot's lock now (~2 us, fdinfo); returns 1 held, 0 lost.  A
- * failure to read fdinfo is the helper's own trouble and judges nothing. */
-static int
+/* Check lease slot's lock now (~2 us, fdinfo); mark it lost if it is gone.
+ * A failure to read fdinfo is the helper's own trouble and judges nothing. */
+static void
 lease_verify(uint32_t slot)
 {
     struct lease *l = &H.leases[slot];
     int r;
 
     if (l->lost)
-        return 0;
+        return;
     r = fd_has_lease(l->fd, l->mode);
     probe_release();
     if (r == 0)
         lease_mark_lost(slot);
-    return r != 0;
 }
 
 static void
@@ -1117,25 +1116,25 @@ lease_verify_all(void)
 
     for (i = 0; i < H.nlease_slots; i++)
         if (H.leases[i].gen)
-            (void)lease_verify(i);
+            lease_verify(i);
 }
 
 /*
  * The periodic sweep, SWEEP_CHUNK slots at a time (a few ms) between
  * events, so that 19,000 leases never stall the loop: each sweep starts
- * CHECK_PERIOD_NS after the last one started.  Returns 1 while a sweep is
- * under way (the loop then does not sleep).
+ * CHECK_PERIOD_NS after the last one started.  While one is under way
+ * (sweep_at is not NONE) the loop does not sleep.
  */
 #define SWEEP_CHUNK 512
 
-static int
+static void
 sweep_step(void)
 {
     uint32_t end;
 
     if (H.sweep_at == NONE) {
         if (H.nleases == H.nlost || mono_ns() < H.check_due_ns)
-            return 0;
+            return;
         H.sweep_at = 0;
         H.check_due_ns = mono_ns() + CHECK_PERIOD_NS;
     }
@@ -1143,10 +1142,9 @@ sweep_step(void)
                                                       : H.nlease_slots;
     for (; H.sweep_at < end; H.sweep_at++)
         if (H.leases[H.sweep_at].gen)
-            (void)lease_verify(H.sweep_at);
+            lease_verify(H.sweep_at);
     if (H.sweep_at >= H.nlease_slots)
         H.sweep_at = NONE;
-    return H.sweep_at != NONE;
 }
 
 /* The real uid of pid, from /proc/PID/status. */
@@ -1487,7 +1485,7 @@ lease_row(const struct conn *c, const struct proto_req *req, uint32_t slot,
         (req->key && memcmp(req->key, l->key, PROTO_KEY_BYTES) != 0))
         return 1;
     /* Listed as held only if it is, now. */
-    (void)lease_verify(slot);
+    lease_verify(slot);
     wr_u64(wr, lease_id(slot));
     wr_u8(wr, l->lost ? LOCKD_LOST : l->mode);
     wr_put(wr, l->key, PROTO_KEY_BYTES);
@@ -2987,7 +2985,7 @@ on_timers(void)
         (void)sd_notify(0, "WATCHDOG=1");
         H.last_watchdog_ns = now;
     }
-    (void)sweep_step();
+    sweep_step();
     if (H.selftest_pidfd >= 0 && now >= H.selftest_due_ns)
         selftest_done(0);
     /* STATUS at most every 100 ms: a burst of hand-offs is one update. */
