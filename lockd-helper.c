@@ -26,6 +26,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/resource.h>
@@ -35,6 +36,7 @@
 #include <spawn.h>
 
 #include <linux/kcmp.h>
+#include <linux/sockios.h>
 
 #include <systemd/sd-daemon.h>
 
@@ -81,8 +83,9 @@ struct lease {
                      * and is counted for this lease (root: all) */
     uint32_t prev, next; /* the owner's list; free list through next */
     uint8_t mode;
-    uint8_t stored; /* pushed to systemd's fd store */
+    uint8_t named;  /* in systemd's fd store under its own name (older releases) */
     uint8_t lost;   /* a check found its lock gone (lease_verify()) */
+    uint32_t stash_seq; /* the fd stash's message that holds a copy; 0: none */
     uint64_t ino;   /* its file's inode number, for the OFD index */
     uint8_t key[PROTO_KEY_BYTES];
     char *disk;
@@ -95,7 +98,8 @@ struct owner {
     int pidfd;
     uint32_t head; /* first lease */
     uint32_t nleases, nlost; /* nlost of the nleases are lost */
-    uint8_t stored; /* pidfd pushed to the fd store */
+    uint8_t named; /* pidfd in the fd store under its own name (older releases) */
+    uint32_t stash_seq; /* as a lease's */
     uint8_t uuid[PROTO_UUID_BYTES];
     char *name;
 };
@@ -118,7 +122,8 @@ static struct {
     mode_t socket_mode;
     int timeout_sec;
     int verbose;
-    uint32_t store_max;
+    uint32_t store_max;        /* the unit's FileDescriptorStoreMax= */
+    uint32_t store_leases_max; /* how many leases the stash may cover */
     uint32_t user_leases, user_owners, user_conns; /* caps per uid but root */
     uint32_t fd_limit; /* RLIMIT_NOFILE, after raising it */
     char *self_path;
@@ -154,9 +159,19 @@ static struct {
     int status_dirty;
     int store_on; /* fd store in use */
     int store_full_logged;
-    uint32_t store_fds; /* fds we keep in the store */
-    uint32_t store_leases; /* of which lease fds */
-    size_t store_names; /* bytes of LISTEN_FDNAMES they would take */
+    uint32_t store_leases; /* leases in the stash */
+    int stash_tx, stash_rx; /* the stash: see "systemd's fd store" */
+    uint64_t stash_name;    /* stored as "S<stash_name>" */
+    int stash_sndbuf;
+    struct stash_msg *stash_msgs; /* a ring: the queued messages, in order */
+    uint32_t stash_cap, stash_head, stash_count, stash_next_seq;
+    uint32_t stash_live, stash_dead; /* entries, over all queued messages */
+    int stash_due, stash_urgent;     /* compact: soon; before the next answer */
+    struct {
+        uint64_t name;
+        int fd;
+    } old_stash[8]; /* adopted or a previous image's: removed once replaced */
+    uint32_t nold_stash;
     int state_fd;       /* the store's state memfd, -1 if none */
     uint64_t state_start, state_end;
 
@@ -177,6 +192,7 @@ static struct {
     uint8_t out[PROTO_HDR_SIZE + PROTO_BODY_MAX];
 } H = {.listen_fd = -1, .epoll_fd = -1, .signal_fd = -1, .fdinfo_dir = -1, .state_fd = -1,
        .probe_fd = -1, .probe_info = -1, .null_fd = -1, .selftest_pidfd = -1,
+       .stash_tx = -1, .stash_rx = -1, .stash_next_seq = 1, .store_leases_max = UINT32_MAX,
        .lease_free = NONE, .sweep_at = NONE, .next_gen = 1, .socket_mode = 0600,
        .user_leases = LEASES_PER_USER, .user_owners = OWNERS_PER_USER,
        .user_conns = CONNS_PER_USER, .fd_limit = 1024};
@@ -596,7 +612,9 @@ lease_slot_claim(uint32_t slot)
 }
 
 static void store_push_lease(uint32_t slot);
-static void store_remove_lease(uint32_t slot);
+static void store_remove_lease(uint32_t slot, int unlocked);
+static void store_remove_named(int named, char kind, uint64_t gen);
+static void stash_settle(void);
 static void store_push_owner(struct owner *o);
 static void store_remove_owner(struct owner *o);
 /* What state_log_lease() records. */
@@ -944,7 +962,7 @@ lease_free_how(uint32_t slot, const char *why, int unlock)
      * adoption finishes the job as it was begun: a release unlocks, a
      * take-back only closes (restore_free). */
     state_log_lease(slot, unlock ? STATE_FREE_RELEASED : STATE_FREE_TAKEN_BACK);
-    store_remove_lease(slot);
+    store_remove_lease(slot, unlock);
     ofd_remove(slot);
     if (unlock)
         (void)lease_drop(l->fd);
@@ -1557,6 +1575,7 @@ reply(struct conn *c, const struct proto_hdr *req, int status, struct proto_wr *
         proto_begin(wr, req->type, req->serial, status, 0);
     } else
         memcpy(wr->buf + 12, &status, sizeof(status));
+    stash_settle(); /* a taken-back lease's copy leaves the stash first */
     r = proto_finish(wr);
     if (r == 0)
         r = proto_send(c->fd, wr->buf, wr->len, NULL, 0);
@@ -1593,7 +1612,7 @@ status_counts(const struct conn *c, struct proto_wr *wr)
         owners++;
         leases += owner_held_seen(c, &H.owners[i]);
         for (l = H.owners[i].head; l != NONE; l = H.leases[l].next)
-            stored += may_see_lease(c, &H.leases[l]) && H.leases[l].stored;
+            stored += may_see_lease(c, &H.leases[l]) && H.leases[l].stash_seq;
     }
     wr_u64(wr, owners);
     wr_u64(wr, leases);
@@ -1897,7 +1916,7 @@ rec_owner(struct proto_wr *wr, const struct owner *o, int with_fds)
     wr_u64(wr, o->gen);
     wr_u32(wr, o->uid);
     wr_i32(wr, with_fds ? o->pidfd : -1);
-    wr_u8(wr, o->stored);
+    wr_u8(wr, o->named);
     wr_put(wr, o->uuid, PROTO_UUID_BYTES);
     wr_cstr(wr, o->name);
     rec_end(wr, at);
@@ -1914,7 +1933,7 @@ rec_lease(struct proto_wr *wr, uint32_t slot, int with_fds)
     wr_u64(wr, l->gen);
     wr_i32(wr, with_fds ? l->fd : -1);
     wr_i32(wr, H.owners[l->owner].pid);
-    wr_u8(wr, l->stored);
+    wr_u8(wr, l->named);
     wr_u8(wr, l->mode);
     wr_put(wr, l->key, PROTO_KEY_BYTES);
     wr_cstr(wr, l->disk);
@@ -2072,9 +2091,11 @@ state_compact(void)
 }
 
 /* Where restored records say an fd lives: a number (re-exec), or a name in
- * what systemd handed back (fd store), looked up in a sorted index. */
+ * what systemd handed back (the stash's entries, or an fd stored under its
+ * own name by an older release), looked up in a sorted index. */
 struct named_fd {
     char kind;
+    uint8_t by_name; /* stored under its own name, not in a stash */
     uint64_t number;
     int fd;
 };
@@ -2082,7 +2103,7 @@ struct named_fd {
 struct adopt {
     int reexec;
     struct named_fd *named;
-    size_t nnamed;
+    size_t nnamed, cap;
 };
 
 static int
@@ -2096,16 +2117,57 @@ named_cmp(const void *a, const void *b)
 }
 
 static int
-adopt_fd(struct adopt *a, int fd_in_record, char kind, uint64_t number)
+named_add(struct adopt *a, char kind, uint64_t number, int fd, int by_name)
 {
-    struct named_fd key = {kind, number, -1}, *n;
+    if (a->nnamed == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 256;
+        struct named_fd *n = realloc(a->named, cap * sizeof(*n));
 
+        if (!n)
+            return -ENOMEM;
+        a->named = n;
+        a->cap = cap;
+    }
+    a->named[a->nnamed++] = (struct named_fd){kind, (uint8_t)by_name, number, fd};
+    return 0;
+}
+
+/* Sort the index; a copy of an entry (two stashes after a crash in the
+ * middle of a switch) is closed: every copy is the same open file
+ * description, so the one kept holds its lock. */
+static void
+named_sort(struct adopt *a)
+{
+    size_t i, k = 0;
+
+    if (a->nnamed == 0)
+        return;
+    qsort(a->named, a->nnamed, sizeof(*a->named), named_cmp);
+    for (i = 1; i < a->nnamed; i++) {
+        if (named_cmp(&a->named[i], &a->named[k]) == 0) {
+            a->named[k].by_name |= a->named[i].by_name;
+            safe_close(a->named[i].fd);
+        } else
+            a->named[++k] = a->named[i];
+    }
+    a->nnamed = k + 1;
+}
+
+/* The fd a record names; *by_name says whether it was stored under its
+ * own name (which must leave the store once it is stashed). */
+static int
+adopt_fd(struct adopt *a, int fd_in_record, char kind, uint64_t number, uint8_t *by_name)
+{
+    struct named_fd key = {kind, 0, number, -1}, *n;
+
+    *by_name = 0;
     if (a->reexec) /* our own previous image wrote it: no check per fd */
         return fd_in_record >= 3 ? fd_in_record : -EBADF;
     n = a->named ? bsearch(&key, a->named, a->nnamed, sizeof(key), named_cmp) : NULL;
     if (!n || n->fd < 0)
         return -ENOENT;
     key.fd = n->fd;
+    *by_name = n->by_name;
     n->fd = -1; /* claimed */
     return key.fd;
 }
@@ -2138,6 +2200,7 @@ restore_owner(struct proto_rd *rd, struct adopt *a)
     uint16_t nl;
     const char *name = rd_str(rd, LOCKD_OWNER_NAME_MAX, &nl);
     struct owner *o;
+    uint8_t by_name;
 
     if (rd->bad || pid <= 0 || gen == 0)
         return -EPROTO;
@@ -2148,7 +2211,7 @@ restore_owner(struct proto_rd *rd, struct adopt *a)
         memcpy(o->uuid, uuid, PROTO_UUID_BYTES);
         return set_name(&o->name, name, nl);
     }
-    fd = adopt_fd(a, pidfd, 'P', gen);
+    fd = adopt_fd(a, pidfd, 'P', gen, &by_name);
     /* A pidfd whose process has been reaped shows "Pid: -1": that owner is
      * adopted all the same, and settle_restored() releases its leases. */
     if (fd >= 0 && pidfd_pid(fd) != pid && pidfd_pid(fd) != -1) {
@@ -2167,7 +2230,7 @@ restore_owner(struct proto_rd *rd, struct adopt *a)
     if (!o)
         return -ENOMEM;
     o->gen = gen;
-    o->stored = a->reexec ? flags & 1 : 1;
+    o->named = a->reexec ? flags & 1 : by_name;
     memcpy(o->uuid, uuid, PROTO_UUID_BYTES);
     return set_name(&o->name, name, nl);
 }
@@ -2186,12 +2249,13 @@ restore_lease(struct proto_rd *rd, struct adopt *a)
     struct lease *l;
     uint64_t ino;
     uint32_t uid;
+    uint8_t by_name;
 
     if (rd->bad || gen == 0 || mode > LOCKD_SHARED || slot >= LEASE_SLOTS_MAX || pid <= 0)
         return -EPROTO;
     if (gen >= H.next_gen)
         H.next_gen = gen + 1;
-    fd = adopt_fd(a, fd, 'L', gen);
+    fd = adopt_fd(a, fd, 'L', gen, &by_name);
     if (fd < 0)
         return 0; /* not in the store (past its bound): that lease is gone */
     o = rd->left >= 8 ? owner_of_gen(pid, rd_u64(rd)) : owner_find(pid);
@@ -2215,7 +2279,7 @@ restore_lease(struct proto_rd *rd, struct adopt *a)
     l->uid = uid;
     l->ino = ino;
     l->mode = mode;
-    l->stored = a->reexec ? flags & 1 : 1;
+    l->named = a->reexec ? flags & 1 : by_name;
     memcpy(l->key, key, PROTO_KEY_BYTES);
     lease_link(slot);
     return 0;
@@ -2356,76 +2420,301 @@ state_parse_for_fuzz(int fd)
 }
 
 /* ------------------------------------------------------------------------
- * systemd's fd store
+ * systemd's fd store: the state memfd and one stash
  *
- * systemd 252's rules, which the helper keeps: at most 253 fds per message;
- * FDNAME at most 255 characters, no ':'; stored fds polled and dropped on
- * hang-up unless FDPOLL=0 (a pidfd hangs up when its process is reaped); and
- * on restart all names come back in one LISTEN_FDNAMES variable, and an
- * environment string over 128 KiB makes execve() fail.  So the names budget
- * bounds how many leases the store covers; past it the helper stops pushing
- * and says so: those leases survive a re-exec but not a crash.
+ * One stored fd per lease does not scale in systemd 252 (measured: PID 1
+ * compares each pushed fd with every stored one, 225 s of its CPU for 19,000;
+ * a restart at 19,000 fails on its own fd limit and the store is emptied).
+ * So the store holds two fds whatever the lease count: "state", the memfd
+ * the records go to, and "S<n>", the receiving end of a socketpair whose
+ * queue holds every lease fd and owner pidfd.  The helper sends them there
+ * with SCM_RIGHTS and never receives them: the kernel keeps an fd in a
+ * queued message open, and the queue lives as long as the store holds the
+ * socket.  A message's bytes name its fds, 9 bytes each: a kind ('L' lease,
+ * 'P' pidfd) and the generation the state's records know it by.
+ *
+ * A message cannot be taken out of the middle of a queue.  A lease let go
+ * is unlocked first (lease_drop()), so its queued copy holds nothing, and
+ * stash_compact() rotates the queue now and then: the live entries of a
+ * window of messages at the head are sent again to the tail, at most 253 in
+ * one message, and only then is the window received and dropped.  So each
+ * stashed fd is queued at all times, and the queue never holds more than
+ * its live fds and one window (queued fds count against the sender's
+ * RLIMIT_NOFILE unless it has CAP_SYS_RESOURCE, which the unit does not
+ * grant).  A lease taken back by its client (not unlocked) is rotated out
+ * before the answer: the client's close must free its lock.
+ *
+ * After a crash the new helper peeks the old queue (SO_PEEK_OFF, so that it
+ * stays whole), adopts, and builds a fresh stash before it lets the old one
+ * go.  A re-exec builds a fresh one too and removes the old by name.
  */
-#define STORE_NAMES_BUDGET (128 * 1024 - sizeof("LISTEN_FDNAMES=") - 512)
+#define STASH_BATCH 253 /* SCM_MAX_FD */
+#define STASH_ENTRY 9
+#define STASH_DEAD_SLACK 1024
 
-/* Bytes a stored fd's name takes in LISTEN_FDNAMES, with its ':'. */
-static size_t
-store_name_len(uint64_t number)
+struct stash_msg {
+    uint32_t seq;
+    uint16_t n, live;
+};
+
+static struct stash_msg *
+stash_msg(uint32_t seq)
 {
-    char name[24];
+    uint32_t first;
 
-    return (size_t)snprintf(name, sizeof(name), "L%llu", (unsigned long long)number) + 1;
+    if (!seq || H.stash_count == 0)
+        return NULL;
+    first = H.stash_msgs[H.stash_head].seq;
+    if (seq - first >= H.stash_count)
+        return NULL;
+    return &H.stash_msgs[(H.stash_head + (seq - first)) % H.stash_cap];
 }
 
+/* Room for one more message's record, before it is sent. */
 static int
-store_push(int fd, char kind, uint64_t number)
+stash_ring_room(void)
 {
-    char msg[64];
-    size_t len = store_name_len(number);
+    struct stash_msg *m;
+    uint32_t cap, i;
 
-    if (H.store_fds + 1 > H.store_max || H.store_names + len > STORE_NAMES_BUDGET) {
-        if (!H.store_full_logged)
-            log_warn("fd store full (%u fds): further leases survive a re-exec but not a "
-                     "crash of the helper",
-                     H.store_fds);
-        H.store_full_logged = 1;
-        changed();
-        return -ENOSPC;
-    }
-    snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%c%llu\nFDPOLL=0", kind,
-             (unsigned long long)number);
-    if (sd_pid_notify_with_fds(0, 0, msg, &fd, 1) <= 0)
-        return -EIO;
-    H.store_fds++;
-    H.store_names += len;
+    if (H.stash_count < H.stash_cap)
+        return 0;
+    cap = H.stash_cap ? H.stash_cap * 2 : 256;
+    m = malloc((size_t)cap * sizeof(*m));
+    if (!m)
+        return -ENOMEM;
+    for (i = 0; i < H.stash_count; i++)
+        m[i] = H.stash_msgs[(H.stash_head + i) % H.stash_cap];
+    free(H.stash_msgs);
+    H.stash_msgs = m;
+    H.stash_cap = cap;
+    H.stash_head = 0;
     return 0;
 }
 
-static void
-store_remove(char kind, uint64_t number)
+/* Send n fds with their names to the stash's tail: its sequence number, or
+ * -errno (-EAGAIN: the socket's buffer is full). */
+static int64_t
+stash_send(const char *kinds, const uint64_t *gens, const int *fds, size_t n)
 {
-    char msg[64];
+    uint8_t data[STASH_BATCH * STASH_ENTRY];
+    union {
+        char buf[CMSG_SPACE(STASH_BATCH * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct iovec iov = {data, n * STASH_ENTRY};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                       .msg_controllen = CMSG_SPACE(n * sizeof(int))};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    struct stash_msg *rec;
+    size_t i;
 
-    snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%c%llu", kind,
-             (unsigned long long)number);
-    (void)sd_notify(0, msg);
-    H.store_fds--;
-    H.store_names -= store_name_len(number);
+    if (n == 0 || n > STASH_BATCH || stash_ring_room() < 0)
+        return -ENOMEM;
+    for (i = 0; i < n; i++) {
+        data[i * STASH_ENTRY] = (uint8_t)kinds[i];
+        memcpy(data + i * STASH_ENTRY + 1, &gens[i], 8);
+    }
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(n * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, n * sizeof(int));
+    if (sendmsg(H.stash_tx, &m, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+        return negerrno();
+    rec = &H.stash_msgs[(H.stash_head + H.stash_count) % H.stash_cap];
+    *rec = (struct stash_msg){H.stash_next_seq, (uint16_t)n, (uint16_t)n};
+    H.stash_count++;
+    H.stash_live += (uint32_t)n;
+    H.stash_next_seq++;
+    if (H.stash_next_seq == 0) /* 0 means "not stashed" */
+        H.stash_next_seq = 1;
+    return rec->seq;
+}
+
+/* Receive and drop the message at the head, fds and all: without a
+ * control buffer the kernel closes them without installing them. */
+static int
+stash_drop_head(void)
+{
+    uint8_t data[STASH_BATCH * STASH_ENTRY];
+    struct stash_msg *h = &H.stash_msgs[H.stash_head];
+
+    if (recv(H.stash_rx, data, sizeof(data), MSG_DONTWAIT) < 0)
+        return negerrno();
+    H.stash_dead -= (uint32_t)(h->n - h->live);
+    H.stash_live -= h->live;
+    H.stash_head = (H.stash_head + 1) % H.stash_cap;
+    H.stash_count--;
+    return 0;
+}
+
+/* The owners and leases stashed in messages [first, last) are sent again
+ * in one message; first..last hold at most STASH_BATCH live entries. */
+static int
+stash_resend(uint32_t first, uint32_t last, uint32_t live)
+{
+    char kinds[STASH_BATCH];
+    uint64_t gens[STASH_BATCH];
+    int fds[STASH_BATCH];
+    uint32_t *where[STASH_BATCH];
+    size_t n = 0, k;
+    int64_t seq;
+    uint32_t i;
+
+    for (i = 0; i < H.nowner_slots && n < live; i++) {
+        struct owner *o = &H.owners[i];
+
+        if (o->pid && o->stash_seq && o->stash_seq - first < last - first) {
+            kinds[n] = 'P', gens[n] = o->gen, fds[n] = o->pidfd;
+            where[n++] = &o->stash_seq;
+        }
+    }
+    for (i = 0; i < H.nlease_slots && n < live; i++) {
+        struct lease *l = &H.leases[i];
+
+        if (l->gen && l->stash_seq && l->stash_seq - first < last - first) {
+            kinds[n] = 'L', gens[n] = l->gen, fds[n] = l->fd;
+            where[n++] = &l->stash_seq;
+        }
+    }
+    if (n != live)
+        log_err("fd stash: %u entries counted live, %zu found", live, n);
+    if (n == 0)
+        return 0;
+    /* The old window's count goes when it is dropped; the new one counts
+     * these from now: live entries are counted twice for a moment. */
+    seq = stash_send(kinds, gens, fds, n);
+    if (seq < 0)
+        return (int)seq;
+    for (k = 0; k < n; k++) {
+        struct stash_msg *m = stash_msg(*where[k]);
+
+        if (m) {
+            m->live--;
+            H.stash_live--;
+        }
+        *where[k] = (uint32_t)seq;
+    }
+    return 0;
+}
+
+/*
+ * Rotate the whole queue once, window by window: what is dead goes, what
+ * lives comes back at the tail in full messages.  A failure leaves the rest
+ * as it was: every live entry is still queued at least once.
+ */
+static void
+stash_compact(void)
+{
+    uint32_t end = H.stash_next_seq;
+
+    H.stash_due = H.stash_urgent = 0;
+    while (H.stash_count > 0 && H.stash_msgs[H.stash_head].seq != end) {
+        uint32_t first = H.stash_msgs[H.stash_head].seq, last = first, live = 0, i;
+        struct stash_msg *m;
+        int r;
+
+        while (last != end && (m = stash_msg(last)) && live + m->live <= STASH_BATCH) {
+            live += m->live;
+            last++;
+        }
+        r = live > 0 ? stash_resend(first, last, live) : 0;
+        if (r < 0) {
+            log_err("fd stash: cannot rotate: %s", strerror(-r));
+            return;
+        }
+        for (i = first; i != last; i++)
+            if (stash_drop_head() < 0) {
+                log_err("fd stash: cannot drop a rotated message: %s", strerror(errno));
+                return;
+            }
+    }
+}
+
+/* Before a push: a buffer three-quarters full is compacted first (at most
+ * 553 single-fd messages fit in Linux's default 416 KiB, about 24,000 fds
+ * in full ones). */
+static void
+stash_make_room(void)
+{
+    int used = 0;
+
+    if (ioctl(H.stash_tx, SIOCOUTQ, &used) == 0 && used > H.stash_sndbuf / 4 * 3)
+        stash_compact();
+}
+
+static int
+stash_full(void)
+{
+    if (!H.store_full_logged)
+        log_warn("fd store full (%u leases): further leases survive a re-exec but not a "
+                 "crash of the helper",
+                 H.store_leases);
+    H.store_full_logged = 1;
+    changed();
+    return -ENOSPC;
+}
+
+static int
+stash_put(char kind, uint64_t gen, int fd, uint32_t *seq)
+{
+    int64_t r;
+
+    if (!H.store_on || H.stash_tx < 0 || *seq)
+        return 0;
+    if (kind == 'L' && H.store_leases >= H.store_leases_max)
+        return stash_full();
+    stash_make_room();
+    r = stash_send(&kind, &gen, &fd, 1);
+    if (r == -EAGAIN || r == -ETOOMANYREFS || r == -ENOBUFS)
+        return stash_full();
+    if (r < 0) {
+        log_err("fd stash: %s", strerror((int)-r));
+        return (int)r;
+    }
+    *seq = (uint32_t)r;
+    return 0;
+}
+
+/* An entry goes dead; urgent: its fd's lock is not released, so its queued
+ * copy must go before the client is answered (stash_settle()). */
+static void
+stash_forget(uint32_t *seq, int urgent)
+{
+    struct stash_msg *m = stash_msg(*seq);
+
+    *seq = 0;
+    if (!m)
+        return;
+    m->live--;
+    H.stash_live--;
+    H.stash_dead++;
+    if (urgent)
+        H.stash_urgent = 1;
+    if (H.stash_dead > H.stash_live + STASH_DEAD_SLACK)
+        H.stash_due = 1;
+}
+
+/* Before an answer and after each event. */
+static void
+stash_settle(void)
+{
+    if (H.stash_urgent || H.stash_due)
+        stash_compact();
 }
 
 static void
 store_push_owner(struct owner *o)
 {
-    if (H.store_on && !o->stored && store_push(o->pidfd, 'P', o->gen) == 0)
-        o->stored = 1;
+    (void)stash_put('P', o->gen, o->pidfd, &o->stash_seq);
 }
 
 static void
 store_remove_owner(struct owner *o)
 {
-    if (H.store_on && o->stored)
-        store_remove('P', o->gen);
-    o->stored = 0;
+    stash_forget(&o->stash_seq, 0);
+    store_remove_named(o->named, 'P', o->gen);
+    o->named = 0;
 }
 
 static void
@@ -2434,48 +2723,126 @@ store_push_lease(uint32_t slot)
     struct lease *l = &H.leases[slot];
     struct owner *o = &H.owners[l->owner];
 
-    if (!H.store_on)
+    if (!H.store_on || l->stash_seq)
         return;
+    /* The pidfd first: a lease adopted without its owner is not managed. */
     store_push_owner(o);
-    if (o->stored && store_push(l->fd, 'L', l->gen) == 0) {
-        l->stored = 1;
+    if (o->stash_seq && stash_put('L', l->gen, l->fd, &l->stash_seq) == 0 && l->stash_seq) {
         H.store_leases++;
         changed();
     }
 }
 
 static void
-store_remove_lease(uint32_t slot)
+store_remove_lease(uint32_t slot, int unlocked)
 {
     struct lease *l = &H.leases[slot];
 
-    if (H.store_on && l->stored) {
-        store_remove('L', l->gen);
+    if (l->stash_seq) {
         H.store_leases--;
         changed();
     }
-    l->stored = 0;
+    stash_forget(&l->stash_seq, !unlocked);
+    store_remove_named(l->named, 'L', l->gen);
+    l->named = 0;
 }
 
-/* Count what is in the store after a restore; the state memfd is one. */
+/* A lease or pidfd stored under its own name by an older release (one
+ * stored fd each): removed once it is stashed or let go. */
 static void
-store_recount(void)
+store_remove_named(int named, char kind, uint64_t gen)
 {
-    uint32_t i;
+    char msg[64];
 
-    H.store_fds = 1;
-    H.store_leases = 0;
-    H.store_names = sizeof("state");
-    for (i = 0; i < H.nowner_slots; i++)
-        if (H.owners[i].pid && H.owners[i].stored) {
-            H.store_fds++;
-            H.store_names += store_name_len(H.owners[i].gen);
+    if (!named || !H.store_on)
+        return;
+    snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%c%llu", kind, (unsigned long long)gen);
+    (void)sd_notify(0, msg);
+}
+
+/*
+ * A new stash: a socketpair whose receiving end goes to the store as
+ * "S<n>" (n unique), filled with every owner and lease in full messages.
+ * Only then is the old one (adopted, or a previous image's) removed.
+ */
+static int
+stash_create(void)
+{
+    int sp[2], v = 16 << 20;
+    socklen_t len = sizeof(v);
+    char msg[64];
+
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0)
+        return negerrno();
+    /* As large as net.core.wmem_max allows; the kernel doubles it. */
+    (void)setsockopt(sp[0], SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
+    if (getsockopt(sp[0], SOL_SOCKET, SO_SNDBUF, &v, &len) < 0)
+        v = 212992;
+    (void)shutdown(sp[1], SHUT_WR);
+    H.stash_name = H.next_gen++;
+    snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=S%llu\nFDPOLL=0",
+             (unsigned long long)H.stash_name);
+    if (sd_pid_notify_with_fds(0, 0, msg, &sp[1], 1) <= 0) {
+        safe_close(sp[0]);
+        safe_close(sp[1]);
+        return -EIO;
+    }
+    H.stash_tx = sp[0];
+    H.stash_rx = sp[1];
+    H.stash_sndbuf = v;
+    return 0;
+}
+
+/* Everything not yet stashed, in full messages. */
+static void
+stash_fill(void)
+{
+    char kinds[STASH_BATCH];
+    uint64_t gens[STASH_BATCH];
+    int fds[STASH_BATCH];
+    uint32_t *where[STASH_BATCH], i, pass;
+    size_t n = 0, k;
+    int64_t seq;
+
+    for (pass = 0; pass < 2; pass++) {
+        uint32_t nslots = pass == 0 ? H.nowner_slots : H.nlease_slots;
+
+        for (i = 0; i <= nslots; i++) {
+            if (i < nslots && pass == 0) {
+                struct owner *o = &H.owners[i];
+
+                if (o->pid && !o->stash_seq && o->nleases) {
+                    kinds[n] = 'P', gens[n] = o->gen, fds[n] = o->pidfd;
+                    where[n++] = &o->stash_seq;
+                }
+            } else if (i < nslots) {
+                struct lease *l = &H.leases[i];
+
+                if (l->gen && !l->stash_seq && H.owners[l->owner].stash_seq &&
+                    H.store_leases + n < H.store_leases_max) {
+                    kinds[n] = 'L', gens[n] = l->gen, fds[n] = l->fd;
+                    where[n++] = &l->stash_seq;
+                }
+            }
+            if (n == STASH_BATCH || (i == nslots && n > 0)) {
+                seq = stash_send(kinds, gens, fds, n);
+                if (seq < 0) {
+                    (void)stash_full();
+                    return;
+                }
+                for (k = 0; k < n; k++) {
+                    *where[k] = (uint32_t)seq;
+                    if (kinds[k] == 'L')
+                        H.store_leases++;
+                }
+                n = 0;
+            }
         }
+    }
     for (i = 0; i < H.nlease_slots; i++)
-        if (H.leases[i].gen && H.leases[i].stored) {
-            H.store_fds++;
-            H.store_leases++;
-            H.store_names += store_name_len(H.leases[i].gen);
+        if (H.leases[i].gen && !H.leases[i].stash_seq) {
+            (void)stash_full();
+            break;
         }
 }
 
@@ -2497,11 +2864,14 @@ state_fd_adopt(int fd)
 /*
  * Start using the store: its state memfd is the one adopted, if any (after a
  * crash or re-exec), with a fresh snapshot appended, or a new one pushed.
- * Then every lease not yet in the store goes in, as far as the bound allows.
+ * Then a new stash gets every owner and lease, as far as its bound allows,
+ * and only then do the old stashes and any fd an older release stored under
+ * its own name leave the store.
  */
 static void
 store_start(int adopted_state)
 {
+    char msg[64];
     uint32_t i;
 
     if (adopted_state >= 0 && state_fd_adopt(adopted_state) == 0)
@@ -2511,10 +2881,30 @@ store_start(int adopted_state)
         H.store_on = 0;
         return;
     }
-    store_recount();
+    if (stash_create() < 0) {
+        log_err("cannot create the fd stash: the store is not used, leases survive a "
+                "re-exec but not a crash");
+        H.store_on = 0;
+        return;
+    }
+    stash_fill();
+    for (i = 0; i < H.nold_stash; i++) {
+        snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=S%llu",
+                 (unsigned long long)H.old_stash[i].name);
+        (void)sd_notify(0, msg);
+        safe_close(H.old_stash[i].fd);
+    }
+    H.nold_stash = 0;
+    for (i = 0; i < H.nowner_slots; i++)
+        if (H.owners[i].pid && H.owners[i].named && H.owners[i].stash_seq) {
+            store_remove_named(1, 'P', H.owners[i].gen);
+            H.owners[i].named = 0;
+        }
     for (i = 0; i < H.nlease_slots; i++)
-        if (H.leases[i].gen && !H.leases[i].stored)
-            store_push_lease(i);
+        if (H.leases[i].gen && H.leases[i].named && H.leases[i].stash_seq) {
+            store_remove_named(1, 'L', H.leases[i].gen);
+            H.leases[i].named = 0;
+        }
 }
 
 /* Create the store's state memfd, write a snapshot, push it. */
@@ -2596,60 +2986,127 @@ bind_socket(const char *path)
     return fd;
 }
 
-/* Parse a stored fd's name, "L123" or "P45", into the index. */
-static int
-named_parse(const char *name, int fd, struct named_fd *ret)
+/* A stored fd's name: "L123" or "P45" (stored under its own name by an
+ * older release), "S67" (a stash), or 0 if it is none of these. */
+static char
+named_parse(const char *name, uint64_t *ret)
 {
     char *end;
 
-    if ((name[0] != 'L' && name[0] != 'P') || name[1] < '0' || name[1] > '9')
+    if ((name[0] != 'L' && name[0] != 'P' && name[0] != 'S') || name[1] < '0' ||
+        name[1] > '9')
         return 0;
-    ret->kind = name[0];
-    ret->number = strtoull(name + 1, &end, 10);
-    ret->fd = fd;
-    return *end == '\0';
+    *ret = strtoull(name + 1, &end, 10);
+    return *end == '\0' ? name[0] : 0;
+}
+
+/* Index a stash's entries without emptying it: successive peeks walk the
+ * queue (SO_PEEK_OFF), so that it stays whole until a new one replaces it.
+ * Returns how many fds it gave. */
+static int
+stash_peek_all(int fd, struct adopt *a)
+{
+    int off = 0, got = 0;
+
+    if (setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof(off)) < 0)
+        return negerrno();
+    for (;;) {
+        uint8_t data[STASH_BATCH * STASH_ENTRY + 1];
+        union {
+            char buf[CMSG_SPACE(STASH_BATCH * sizeof(int))];
+            struct cmsghdr align;
+        } u;
+        struct iovec iov = {data, sizeof(data)};
+        struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                           .msg_controllen = sizeof(u.buf)};
+        struct cmsghdr *c;
+        size_t nfds = 0, i;
+        int fds[STASH_BATCH];
+        ssize_t n = recvmsg(fd, &m, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+
+        if (n == 0 || (n < 0 && errno == EAGAIN))
+            return got; /* the end; 0: its writer is gone */
+        if (n < 0)
+            return negerrno();
+        for (c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+                nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                memcpy(fds, CMSG_DATA(c), nfds * sizeof(int));
+            }
+        if ((size_t)n != nfds * STASH_ENTRY || (m.msg_flags & (MSG_CTRUNC | MSG_TRUNC)))
+            log_warn("fd stash: a message of %zd bytes with %zu fds: its fds are kept open, "
+                     "not managed",
+                     n, nfds);
+        else
+            for (i = 0; i < nfds; i++) {
+                uint64_t gen;
+
+                memcpy(&gen, data + i * STASH_ENTRY + 1, 8);
+                if (named_add(a, (char)data[i * STASH_ENTRY], gen, fds[i], 0) < 0)
+                    return -ENOMEM; /* what is not indexed stays open */
+            }
+        got += (int)nfds;
+    }
 }
 
 /*
  * Take what systemd passed: the listening socket and, after a restart, what
- * the fd store kept: the state memfd ("state"), lease fds and owner pidfds.
- * Returns the state memfd (the caller keeps using it), -1 if there was none.
- * Every stored fd the state does not claim is left open: it may be a lease.
+ * the fd store kept: the state memfd ("state") and the stash, whose queue
+ * holds the lease fds and owner pidfds (or, from an older release, each of
+ * them under its own name).  Returns the state memfd (the caller keeps
+ * using it), -1 if there was none.  Every fd the state does not claim is
+ * left open, and so is a stash that had one: it may be a lease.
  */
 static int
 adopt_listen_fds(void)
 {
     struct adopt a = {.reexec = 0};
     char **names = NULL;
-    int n, i, state = -1, r;
+    int n, i, state = -1, r, unclaimed = 0;
 
     n = sd_listen_fds_with_names(1, &names);
     if (n <= 0)
         return -1;
-    a.named = calloc((size_t)n, sizeof(*a.named));
     for (i = 0; i < n; i++) {
         int fd = SD_LISTEN_FDS_START + i;
         const char *name = names && names[i] ? names[i] : "";
+        uint64_t number;
+        char kind;
 
         if (H.listen_fd < 0 && is_listening_seqpacket(fd))
             H.listen_fd = fd;
         else if (strcmp(name, "state") == 0 && state < 0)
             state = fd;
-        else if (a.named && named_parse(name, fd, &a.named[a.nnamed]))
-            a.nnamed++;
-        else
+        else if ((kind = named_parse(name, &number)) == 'S' &&
+                 H.nold_stash < sizeof(H.old_stash) / sizeof(H.old_stash[0])) {
+            r = stash_peek_all(fd, &a);
+            if (r < 0)
+                log_err("cannot read the fd stash %s: %s; it is kept", name, strerror(-r));
+            else {
+                H.old_stash[H.nold_stash].name = number;
+                H.old_stash[H.nold_stash++].fd = fd;
+            }
+        } else if (kind == 'L' || kind == 'P') {
+            if (named_add(&a, kind, number, fd, 1) < 0)
+                log_warn("passed fd %d (%s) not indexed: kept open", fd, name);
+        } else
             log_warn("passed fd %d (%s) not understood: kept open", fd, name);
     }
-    if (a.named)
-        qsort(a.named, a.nnamed, sizeof(*a.named), named_cmp);
+    named_sort(&a);
     if (state >= 0 && (r = state_restore(state, &a)) < 0)
         log_err("cannot read the fd store's state (%s): every stored fd is kept open, so no "
                 "lease is lost, but they are not managed",
                 strerror(-r));
-    for (i = 0; a.named && (size_t)i < a.nnamed; i++)
-        if (a.named[i].fd >= 0)
+    for (i = 0; (size_t)i < a.nnamed; i++)
+        if (a.named[i].fd >= 0) {
             log_warn("stored fd %c%llu has no record: kept open", a.named[i].kind,
                      (unsigned long long)a.named[i].number);
+            unclaimed += !a.named[i].by_name;
+        }
+    if (unclaimed) {
+        log_warn("%d stashed fds have no record: the old stash stays in the store", unclaimed);
+        H.nold_stash = 0;
+    }
     for (i = 0; names && i < n; i++)
         free(names[i]);
     free(names);
@@ -2857,12 +3314,17 @@ do_reexec(void)
         snprintf(num, sizeof(num), "%d", H.state_fd);
         setenv("LOCKD_HELPER_STORE_STATE_FD", num, 1);
     }
+    if (H.stash_tx >= 0) { /* the new image replaces it and removes this one */
+        snprintf(num, sizeof(num), "%llu", (unsigned long long)H.stash_name);
+        setenv("LOCKD_HELPER_OLD_STASH", num, 1);
+    }
     log_notice("re-exec %s: %u owners, %u leases", H.self_path, H.nowners, H.nleases);
     fflush(stderr);
     execv(H.self_path, H.argv);
     log_err("re-exec %s failed: %s; carrying on", H.self_path, strerror(errno));
     unsetenv(STATE_ENV);
     unsetenv("LOCKD_HELPER_STORE_STATE_FD");
+    unsetenv("LOCKD_HELPER_OLD_STASH");
     safe_close(fd);
     for (i = 0; i < H.nowner_slots; i++)
         if (H.owners[i].pid)
@@ -3041,6 +3503,7 @@ run(void)
             H.compact_due = 0;
             state_compact();
         }
+        stash_settle();
         on_timers();
         if (H.reexec) {
             H.reexec = 0;
@@ -3070,8 +3533,10 @@ usage(FILE *f)
             "                          $XDG_RUNTIME_DIR/lockd/helper.sock for others)\n"
             "  -m, --socket-mode MODE  permissions of a socket it binds (octal, default 0600)\n"
             "  -t, --timeout SEC       exit after SEC idle seconds with no lease held\n"
-            "  -S, --fd-store-max N    keep leases in systemd's fd store, at most N fds\n"
-            "                          (match the unit's FileDescriptorStoreMax=)\n"
+            "  -S, --fd-store-max N    keep leases in systemd's fd store (N: the unit's\n"
+            "                          FileDescriptorStoreMax=; the helper stores 2 fds\n"
+            "                          whatever the lease count, and needs N >= 3)\n"
+            "      --store-leases N    cover at most N leases there (default: all that fit)\n"
             "      --user-leases N     leases one uid other than root may hold (4096)\n"
             "      --user-owners N     owners one uid other than root may register (1024)\n"
             "      --user-connections N  connections one uid other than root may open (64)\n"
@@ -3115,6 +3580,7 @@ parse_args(int argc, char **argv)
         {"user-leases", required_argument, NULL, 'L'},
         {"user-owners", required_argument, NULL, 'O'},
         {"user-connections", required_argument, NULL, 'C'},
+        {"store-leases", required_argument, NULL, 'B'},
         {NULL, 0, NULL, 0},
     };
     unsigned long v;
@@ -3139,6 +3605,11 @@ parse_args(int argc, char **argv)
             if (parse_uint(optarg, 10, 1u << 20, &v) < 0)
                 goto bad;
             H.store_max = (uint32_t)v;
+            break;
+        case 'B':
+            if (parse_uint(optarg, 10, UINT32_MAX, &v) < 0)
+                goto bad;
+            H.store_leases_max = (uint32_t)v;
             break;
         case 'L':
         case 'O':
@@ -3175,6 +3646,7 @@ bad:
             : c == 't' ? "timeout"
             : c == 'L' ? "user-leases"
             : c == 'O' ? "user-owners"
+            : c == 'B' ? "store-leases"
             : c == 'C' ? "user-connections"
                        : "fd-store-max");
     exit(64);
@@ -3282,7 +3754,9 @@ main(int argc, char **argv)
         return 1;
     }
     H.notify = getenv("NOTIFY_SOCKET") != NULL;
-    H.store_on = H.notify && H.store_max > 0;
+    /* The store keeps the state, the stash and, for a moment, the stash
+     * that replaces it. */
+    H.store_on = H.notify && H.store_max >= 3;
     wd = getenv("WATCHDOG_USEC");
     if (wd && sd_watchdog_enabled(0, &H.watchdog_usec) <= 0)
         H.watchdog_usec = 0;
@@ -3294,11 +3768,18 @@ main(int argc, char **argv)
     H.id_epoch &= ID_GEN_MASK;
     if (reexec) {
         const char *sfd = getenv("LOCKD_HELPER_STORE_STATE_FD");
+        const char *old = getenv("LOCKD_HELPER_OLD_STASH");
 
         (void)adopt_reexec_state();
         /* The store's state memfd stays the same one across re-exec. */
         state = sfd ? atoi(sfd) : -1;
         unsetenv("LOCKD_HELPER_STORE_STATE_FD");
+        if (old) {
+            H.old_stash[0].name = strtoull(old, NULL, 10);
+            H.old_stash[0].fd = -1;
+            H.nold_stash = 1;
+            unsetenv("LOCKD_HELPER_OLD_STASH");
+        }
     } else
         state = adopt_listen_fds();
     settle_restored(!reexec);

@@ -102,7 +102,7 @@
 #define FSD_REACTIVATE 0x4u /* start the helper when a client connects to a stopped one */
 
 /* Commands from the test to its fake systemd. */
-enum { FSD_CMD_START = 1, FSD_CMD_CLEAR, FSD_CMD_QUIT };
+enum { FSD_CMD_START = 1, FSD_CMD_CLEAR, FSD_CMD_QUIT, FSD_CMD_STASH_L, FSD_CMD_STASH_P };
 
 struct fsd_stored {
     int fd;      /* in the fake systemd's process; -1: removed (a hole) */
@@ -411,6 +411,63 @@ fsd_count_locked(const struct fsd *s, const char *prefix)
         if (s->store[i].fd >= 0 && strncmp(s->store[i].name, prefix, len) == 0)
             n++;
     return n;
+}
+
+/*
+ * lockd-helper's stash (a stored socket named "S<n>", whose queue holds its
+ * lease fds and pidfds, 9 bytes of name each): how many distinct entries of
+ * kind ('L' or 'P') the queues of all stored stashes hold, live or not yet
+ * rotated out.  Peeks with SO_PEEK_OFF, as the helper does after a crash,
+ * and leaves each queue as it was.  In the fake systemd, under lock: tests
+ * call fsd_stash_count().
+ */
+static inline size_t
+fsd_stash_count_here(const struct fsd *s, char kind)
+{
+    uint64_t seen[4096];
+    size_t nseen = 0;
+
+    for (size_t i = 0; i < s->nslots; i++) {
+        int off = 0, fd = s->store[i].fd;
+
+        if (fd < 0 || s->store[i].name[0] != 'S')
+            continue;
+        if (setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof(off)) < 0)
+            TEST_FAIL("SO_PEEK_OFF on a stash: %s", strerror(errno));
+        for (;;) {
+            uint8_t data[253 * 9 + 1];
+            union {
+                char buf[CMSG_SPACE(253 * sizeof(int))];
+                struct cmsghdr align;
+            } u;
+            struct iovec iov = {data, sizeof(data)};
+            struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                               .msg_controllen = sizeof(u.buf)};
+            ssize_t n = recvmsg(fd, &m, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+
+            if (n <= 0)
+                break;
+            for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
+                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+                    for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); k++)
+                        close(((int *)CMSG_DATA(c))[k]);
+            for (ssize_t e = 0; e + 9 <= n; e += 9) {
+                uint64_t gen;
+                size_t k;
+
+                if (data[e] != (uint8_t)kind)
+                    continue;
+                memcpy(&gen, data + e + 1, 8);
+                for (k = 0; k < nseen && seen[k] != gen; k++)
+                    ;
+                if (k == nseen && nseen < sizeof(seen) / sizeof(seen[0]))
+                    seen[nseen++] = gen;
+            }
+        }
+        off = -1;
+        (void)setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof(off));
+    }
+    return nseen;
 }
 
 static inline int
@@ -934,6 +991,8 @@ fsd_command_locked(struct fsd *s)
     s->cmd_result = 0;
     if (s->cmd == FSD_CMD_START)
         s->cmd_result = fsd_spawn_locked(s);
+    else if (s->cmd == FSD_CMD_STASH_L || s->cmd == FSD_CMD_STASH_P)
+        s->cmd_result = (int)fsd_stash_count_here(s, s->cmd == FSD_CMD_STASH_L ? 'L' : 'P');
     else if (s->cmd == FSD_CMD_CLEAR)
         fsd_store_clear_locked(s);
     s->cmd_done = s->cmd_seq;
@@ -1162,6 +1221,13 @@ fsd_command(struct fsd *s, unsigned cmd)
     r = s->cmd_result;
     fsd_unlock(s);
     return r;
+}
+
+/* fsd_stash_count_here(), from a test: not under lock. */
+static inline size_t
+fsd_stash_count(struct fsd *s, char kind)
+{
+    return (size_t)fsd_command(s, kind == 'L' ? FSD_CMD_STASH_L : FSD_CMD_STASH_P);
 }
 
 /* Start (or restart) the helper: 0 or -errno, see fsd_spawn_locked(). */

@@ -27,9 +27,11 @@
  *                       throughout, adopted with the same ids, released when
  *                       the owner exits; an owner that died meanwhile is
  *                       released after adoption
- *   crash_helper_store_bound  past FileDescriptorStoreMax: what is stored
- *                       survives a crash, the rest is free, as documented
+ *   crash_helper_store_bound  past --store-leases: what is stored survives a
+ *                       crash, the rest is free, as documented
  *   crash_helper_no_store  without the store a helper crash frees its leases
+ *   stash_rotation      1,800 single hand-overs and 1,400 releases: the
+ *                       stash rotates, a crash adopts exactly the live 400
  *   reexec_under_load   19,000 leases, 500 owners, 3 SIGUSR1 re-execs of an
  *                       upgraded binary while a poller tries every lease
  *   refusals            unlocked fd, shared lock announced exclusive, FIFO,
@@ -1128,10 +1130,11 @@ HELPER_CASE(crash_helper_fdstore)
     ASSERT_OK(hand_over(c, sp, g2.pid, &d2, NULL));
     lockd_conn_close(c);
 
-    /* Every lease fd and pidfd is in the store, and the state. */
-    ASSERT_TRUE(FSD_WAIT(s, fsd_count_locked(s, "L") == 5 &&
-                                 fsd_count_locked(s, "P") == 2 &&
-                                 fsd_has_locked(s, "state"), 5000));
+    /* Every lease fd and pidfd is in the stash; the store holds two fds,
+     * the stash and the state, whatever the lease count. */
+    ASSERT_TRUE(WAIT_UNTIL(fsd_stash_count(s, 'L') == 5 && fsd_stash_count(s, 'P') == 2, 5000));
+    ASSERT_TRUE(FSD_WAIT(s, fsd_count_locked(s, "S") == 1 && fsd_has_locked(s, "state") &&
+                                 s->nstore == 2, 5000));
     /* lockd_conn_status()'s stored counts leases (lockd.h), not the state
      * memfd and pidfds; checked at the end, after the crash behaviour. */
     stored[0] = status_at(s->sock).stored;
@@ -1160,15 +1163,18 @@ HELPER_CASE(crash_helper_fdstore)
     ASSERT_STR_EQ(rs.r[0].uuid, UUID1);
     ASSERT_STR_EQ(rs.r[0].name, "guest-1");
     free(rs.r);
-    ASSERT_TRUE(FSD_WAIT(s, fsd_count_locked(s, "L") == 3 &&
-                                 fsd_count_locked(s, "P") == 1, 5000));
+    /* A new stash with what was adopted; the old one is gone. */
+    ASSERT_TRUE(WAIT_UNTIL(fsd_stash_count(s, 'L') == 3 && fsd_stash_count(s, 'P') == 1, 5000));
+    ASSERT_TRUE(FSD_WAIT(s, s->nstore == 2, 5000));
     stored[1] = status_at(s->sock).stored;
 
-    /* A release by id takes its fd out of the store; a repeat is a no-op. */
+    /* A release by id takes its fd out of the store's count (its copy in
+     * the stash is unlocked, and goes at the next rotation); a repeat is a
+     * no-op. */
     ASSERT_INT_EQ(lockd_conn_release(c, g1.pid, 1, &d1.id[0]), 1);
     ASSERT_INT_EQ(probe(sp, d1.key[0]), LOCKD_FREE);
     ASSERT_INT_EQ(lockd_conn_release(c, g1.pid, 1, &d1.id[0]), 0);
-    ASSERT_TRUE(FSD_WAIT(s, fsd_count_locked(s, "L") == 2, 5000));
+    ASSERT_INT_EQ(status_on(c).stored, 2);
     lockd_conn_close(c);
 
     /* A second crash adopts the state as it was updated since. */
@@ -1187,8 +1193,7 @@ HELPER_CASE(crash_helper_fdstore)
     /* The owner exits: released, and out of the store. */
     guest_end(&g1);
     ASSERT_TRUE(WAIT_UNTIL(disks_probe_count(sp, &d1, LOCKD_FREE) == 3, 3000));
-    ASSERT_TRUE(FSD_WAIT(s, fsd_count_locked(s, "L") == 0 &&
-                                 fsd_count_locked(s, "P") == 0, 5000));
+    ASSERT_INT_EQ(status_at(s->sock).stored, 0);
     fsd_lock(s);
     ASSERT_INT_EQ(s->drops, 0); /* every pidfd was pushed with FDPOLL=0 */
     /* Nothing pushed twice, nothing removed that was not stored: the
@@ -1208,9 +1213,9 @@ HELPER_CASE(crash_helper_fdstore)
 }
 
 /*
- * FileDescriptorStoreMax=8 with one owner: the state memfd, the pidfd and 6
- * of its 10 leases fit.  The helper says the store is full; after a crash
- * exactly the stored 6 are held (and listed), the other 4 are free.
+ * --store-leases 6 with one owner and 10 leases: 6 are stashed.  The helper
+ * says the store is full; after a crash exactly the stored 6 are held (and
+ * listed), the other 4 are free.
  */
 HELPER_CASE(crash_helper_store_bound)
 {
@@ -1223,6 +1228,8 @@ HELPER_CASE(crash_helper_store_bound)
     lockd_conn *c;
 
     s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 8);
+    fsd_arg(s, "--store-leases");
+    fsd_arg(s, "6");
     fsd_start_ready(s);
     guest_start(&g);
     disks_make(&d, sp, "bound", 10);
@@ -1231,10 +1238,10 @@ HELPER_CASE(crash_helper_store_bound)
     ASSERT_OK(hand_over(c, sp, g.pid, &d, NULL));
     ASSERT_TRUE(FSD_WAIT(s, strstr(s->status, "10 leases") != NULL, 5000));
     fsd_lock(s);
-    ASSERT_INT_EQ(s->nstore, 8);
-    ASSERT_INT_EQ(fsd_count_locked(s, "L"), 6);
+    ASSERT_INT_EQ(s->nstore, 2);
     ASSERT_CONTAINS(s->status, "full");
     fsd_unlock(s);
+    ASSERT_INT_EQ(fsd_stash_count(s, 'L'), 6);
     ASSERT_INT_EQ(status_on(c).stored, 6);
     ASSERT_INT_EQ(status_on(c).leases, 10);
     ASSERT_CONTAINS(read_file(s->log), "store full");
@@ -1258,6 +1265,77 @@ HELPER_CASE(crash_helper_store_bound)
     lockd_conn_close(c);
     guest_end(&g);
     ASSERT_TRUE(WAIT_UNTIL(disks_probe_count(sp, &d, LOCKD_FREE) == 10, 3000));
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+/*
+ * The stash under churn: 1,500 leases handed over one message each, 1,400
+ * of them released one by one (the queue rotates: dead entries go, live ones
+ * move to the tail), 300 more handed over.  A crash then adopts exactly the
+ * 400 live leases from the queue, every released disk stays free, and the
+ * new stash holds the 400 and nothing else.
+ */
+HELPER_CASE(stash_rotation)
+{
+    enum { FIRST = 1500, GONE = 1400, MORE = 300, N = FIRST + MORE };
+    lockd_space *sp = space_open_rooted();
+    static char key[N][LOCKD_KEY_SIZE];
+    static uint64_t id[N];
+    size_t i, listed = 0;
+    struct guest g;
+    struct rows rs;
+    struct fsd *s;
+    lockd_conn *c;
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 8);
+    fsd_start_ready(s);
+    guest_start(&g);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    for (i = 0; i < N; i++) {
+        const char *k = key[i];
+        char name[64];
+        lockd_lease *l;
+
+        snprintf(name, sizeof(name), "/images/churn-%zu.qcow2", i);
+        ASSERT_OK(lockd_space_key(sp, name, key[i]));
+        ASSERT_OK(lockd_acquire(sp, 1, &k, NULL, LOCKD_TRY, &l));
+        ASSERT_OK(lockd_conn_handoff(c, g.pid, l, NULL, &id[i]));
+        lockd_lease_forget(l);
+        if (i + 1 == FIRST)
+            for (size_t k2 = 0; k2 < GONE; k2++)
+                ASSERT_INT_EQ(lockd_conn_release(c, g.pid, 1, &id[k2]), 1);
+    }
+    ASSERT_INT_EQ(status_on(c).stored, N - GONE);
+    /* Rotated: far fewer entries queued than were ever sent. */
+    ASSERT_TRUE(fsd_stash_count(s, 'L') < FIRST);
+    lockd_conn_close(c);
+
+    ASSERT_INT_EQ(fsd_kill(s, SIGKILL), 128 + SIGKILL);
+    fsd_start_ready(s);
+    c = conn_open(s->sock);
+    rs = rows_list(c, g.pid);
+    ASSERT_INT_EQ(rs.n, N - GONE);
+    for (i = 0; i < N; i++) {
+        int on = rows_find_id(&rs, id[i]) != NULL;
+
+        ASSERT_INT_EQ(on, i >= GONE);
+        if (i % 20 == 0 || i == GONE - 1 || i == GONE)
+            ASSERT_INT_EQ(probe(sp, key[i]), on ? LOCKD_EXCLUSIVE : LOCKD_FREE);
+        listed += on;
+    }
+    free(rs.r);
+    ASSERT_INT_EQ(listed, N - GONE);
+    ASSERT_INT_EQ(fsd_stash_count(s, 'L'), N - GONE);
+    fsd_lock(s);
+    ASSERT_INT_EQ(s->nstore, 2);
+    fsd_unlock(s);
+    lockd_conn_close(c);
+    guest_end(&g);
+    ASSERT_TRUE(WAIT_UNTIL(probe(sp, key[N - 1]) == LOCKD_FREE, 3000));
     ASSERT_INT_EQ(fsd_stop(s), 0);
     FSD_ASSERT_CLEAN(s);
     fsd_fini(s);
@@ -1706,7 +1784,8 @@ HELPER_CASE(stale_notice)
  * of 300 leases is unlocked behind the library's back, so the second
  * message is refused.
  */
-HELPER_CASE(handoff_rollback)
+static void
+rollback_run(unsigned store_max)
 {
     enum { N = 300, BAD = 280 };
     lockd_space *sp = space_open_rooted();
@@ -1718,7 +1797,7 @@ HELPER_CASE(handoff_rollback)
     lockd_conn *c;
     size_t i;
 
-    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, store_max);
     fsd_start_ready(s);
     guest_start(&g);
     c = conn_open(s->sock);
@@ -1743,14 +1822,35 @@ HELPER_CASE(handoff_rollback)
         if (i % 50 == 0)
             ASSERT_INT_EQ(proc_fds(s->pid, k), 0);
     }
-    ASSERT_OK(lockd_lease_release(l));
-    ASSERT_INT_EQ(probe(sp, keys[0]), LOCKD_FREE);
+    if (store_max) {
+        /* The first message's 253 fds went to the stash; taken back, they
+         * left it before the answer: our close alone frees them. */
+        lockd_lease_forget(l);
+        for (i = 0; i < N; i += 7)
+            ASSERT_INT_EQ(probe(sp, keys[i]), LOCKD_FREE);
+        ASSERT_INT_EQ(fsd_stash_count(s, 'L'), 0);
+    } else {
+        ASSERT_OK(lockd_lease_release(l));
+        ASSERT_INT_EQ(probe(sp, keys[0]), LOCKD_FREE);
+    }
     lockd_conn_close(c);
     guest_end(&g);
     ASSERT_INT_EQ(fsd_stop(s), 0);
     FSD_ASSERT_CLEAN(s);
     fsd_fini(s);
     lockd_space_close(sp);
+}
+
+HELPER_CASE(handoff_rollback)
+{
+    rollback_run(0);
+}
+
+/* The same with the fd store: a lease taken back leaves the stash before
+ * the answer, or its queued copy would keep the lock after our close. */
+HELPER_CASE(handoff_rollback_stash)
+{
+    rollback_run(8);
 }
 
 
@@ -2702,7 +2802,7 @@ unit_number(const char *text, const char *key)
 }
 
 /* The store the unit allows and the one the helper is told must match, or
- * systemd closes what the helper believes stored. */
+ * systemd closes what the helper believes stored; the helper needs 3. */
 static void
 units_store_matches(const char *path)
 {
@@ -2712,7 +2812,7 @@ units_store_matches(const char *path)
     arg = unit_number(svc, "--fd-store-max ");
     if (arg < 0)
         arg = unit_number(svc, "--fd-store-max=");
-    if (max <= 0 || arg != max)
+    if (max < 3 || arg != max)
         TEST_FAIL("%s: FileDescriptorStoreMax=%ld but --fd-store-max %ld", path, max, arg);
     free(svc);
 }
@@ -2992,7 +3092,7 @@ HELPER_CASE(adopt_checks_locks)
     lockd_lease *l;
 
     one_start(&t, 64, "adopt", 2, &l);
-    ASSERT_TRUE(FSD_WAIT(t.s, fsd_count_locked(t.s, "L") == 2, 5000));
+    ASSERT_TRUE(WAIT_UNTIL(fsd_stash_count(t.s, 'L') == 2, 5000));
     ASSERT_INT_EQ(fsd_kill(t.s, SIGKILL), 128 + SIGKILL);
     unlock_copy(l, t.d.key[0]);
     lockd_lease_forget(l);
@@ -3203,8 +3303,8 @@ HELPER_CASE(adopt_free_record_kinds)
     lockd_lease *l;
 
     one_start(&t, 64, "free", 2, &l);
-    ASSERT_TRUE(FSD_WAIT(t.s, fsd_count_locked(t.s, "L") == 2 && fsd_has_locked(t.s, "state"),
-                         5000));
+    ASSERT_TRUE(WAIT_UNTIL(fsd_stash_count(t.s, 'L') == 2, 5000));
+    ASSERT_TRUE(FSD_WAIT(t.s, fsd_has_locked(t.s, "state"), 5000));
     ASSERT_INT_EQ(fsd_kill(t.s, SIGKILL), 128 + SIGKILL);
     /* FREE: u8 type 4, u16 length 5, u32 slot, u8 unlocked. */
     for (int i = 0; i < 2; i++) {
@@ -3595,7 +3695,7 @@ HELPER_CASE(sigterm_with_store)
     pid_t wpid;
 
     one_start(&t, 64, "term", 2, NULL);
-    ASSERT_TRUE(FSD_WAIT(t.s, fsd_count_locked(t.s, "L") == 2, 5000));
+    ASSERT_TRUE(WAIT_UNTIL(fsd_stash_count(t.s, 'L') == 2, 5000));
     w = watch_start(&t.d, 0, t.d.n, &wpid);
     watch_rounds(w, 2);
     ASSERT_INT_EQ(fsd_kill(t.s, SIGTERM), 75);
@@ -3679,7 +3779,7 @@ HELPER_CASE(state_through_everything)
     disks_make(&d2, sp, "every-b", 1);
     ASSERT_OK(hand_over(c, sp, g1.pid, &d1, NULL));
     ASSERT_OK(hand_over(c, sp, g2.pid, &d2, NULL));
-    ASSERT_TRUE(FSD_WAIT(s, fsd_count_locked(s, "L") == 4, 5000));
+    ASSERT_TRUE(WAIT_UNTIL(fsd_stash_count(s, 'L') == 4, 5000));
     rows_sorted(c, &before);
 
     ino = fsd_install(s);
@@ -3699,7 +3799,7 @@ HELPER_CASE(state_through_everything)
     ASSERT_INT_EQ(before.n, 5);
 
     /* A crash: adopted from the store, the same rows. */
-    ASSERT_TRUE(FSD_WAIT(s, fsd_count_locked(s, "L") == 5, 5000));
+    ASSERT_TRUE(WAIT_UNTIL(fsd_stash_count(s, 'L') == 5, 5000));
     lockd_conn_close(c);
     ASSERT_INT_EQ(fsd_kill(s, SIGKILL), 128 + SIGKILL);
     fsd_start_ready(s);
@@ -3802,10 +3902,12 @@ main(int argc, char **argv)
     RUN(only, crash_helper_fdstore, 60);
     RUN(only, crash_helper_store_bound, 60);
     RUN(only, crash_helper_no_store, 60);
+    RUN(only, stash_rotation, 120);
     RUN(only, reexec_under_load, 120);
     RUN(only, refusals, 60);
     RUN(only, stale_notice, 60);
     RUN(only, handoff_rollback, 60);
+    RUN(only, handoff_rollback_stash, 60);
     RUN(only, handoff_retried, 60);
     RUN(only, handoff_names_in_callers_order, 60);
     RUN(only, client_out_of_step, 60);
