@@ -55,7 +55,7 @@ seed_corpus(const char *dir)
 
     if (fd < 0 || pidfd < 0 || !(o = owner_new(1, 0, pidfd)))
         abort();
-    o->stored = 1;
+    o->named = 1;
     (void)set_name(&o->name, "guest", 5);
     for (int i = 0; i < 2; i++) {
         struct lease *l;
@@ -67,7 +67,7 @@ seed_corpus(const char *dir)
         l->fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         l->owner = owner_slot(o);
         l->mode = (uint8_t)i;
-        l->stored = 1;
+        l->named = 1;
         l->disk = strdup("/images/a.qcow2");
         memset(l->key, 0x11 * (i + 1), PROTO_KEY_BYTES);
         lease_link(slot);
