@@ -118,7 +118,11 @@ check-build: all $(TESTS) test/header-c99.o test/header-cxx.o
 # Tests that run the programs build them first (order-only, so that
 # check-asan's flags do not rebuild them with sanitizers).
 test/test-lockdctl test/test-helper: | lockdctl lockd-helper
-test/test-helper: test/fake-systemd.h
+test/test-helper: test/fake-systemd.h test/stallfs.h | test/stallfs
+
+# A FUSE filesystem that hangs on demand (libfuse3), for hung_filesystem.
+test/stallfs: test/stallfs.c
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(shell pkg-config --cflags --libs fuse3) -lpthread $(LDFLAGS)
 
 # The same tests under ASan+UBSan, with the helper and lockdctl they run
 # built with the sanitizers too (lockd-helper.asan, lockdctl.asan).
@@ -277,7 +281,7 @@ uninstall: uninstall-libvirt
 	      $(addprefix $(DESTDIR)$(USERUNITDIR)/,$(notdir $(USERUNITS)))
 
 clean-tests:
-	rm -f $(TESTS) $(BENCHES) test/*.o
+	rm -f $(TESTS) $(BENCHES) test/*.o test/stallfs
 
 clean: clean-tests
 	rm -f *.o liblockd.a liblockd.so $(SONAME) lockd.pc $(PROGRAMS) $(ASAN_PROGRAMS) $(FUZZERS) \
