@@ -48,8 +48,14 @@ all: liblockd.a $(SONAME) lockd.pc $(PROGRAMS) $(LIBVIRT_PLUGIN)
 
 # The helper builds lockd.c into itself: the wire codec is written once, in
 # lockd.c, and stays static there (DESIGN.md, "Protocol rules").
-lockd-helper: lockd-helper.c lockd.c lockd.h
-	$(CC) $(ALL_CFLAGS) $(SYSTEMD_CFLAGS) -o $@ lockd-helper.c $(SYSTEMD_LIBS) $(SODIUM_LIBS) $(LDFLAGS)
+# lockd-helper-fs.c: its worker threads for calls that can block on a
+# filesystem.
+HELPER_SRC = lockd-helper.c lockd-helper-fs.c
+HELPER_DEPS = $(HELPER_SRC) lockd-helper-fs.h lockd.c lockd.h
+
+lockd-helper: $(HELPER_DEPS)
+	$(CC) $(ALL_CFLAGS) $(SYSTEMD_CFLAGS) -o $@ $(HELPER_SRC) -lpthread $(SYSTEMD_LIBS) \
+		$(SODIUM_LIBS) $(LDFLAGS)
 
 # lockdctl is two files: lockdctl-doctor.c is its `doctor` command.
 lockdctl: lockdctl.c lockdctl-doctor.c lockdctl.h liblockd.a lockd.h
@@ -129,8 +135,8 @@ test/stallfs: test/stallfs.c
 ASAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 ASAN_PROGRAMS = lockd-helper.asan lockdctl.asan
 
-lockd-helper.asan: lockd-helper.c lockd.c lockd.h
-	$(CC) $(ALL_CFLAGS) $(ASAN_FLAGS) $(SYSTEMD_CFLAGS) -o $@ lockd-helper.c $(SYSTEMD_LIBS) \
+lockd-helper.asan: $(HELPER_DEPS)
+	$(CC) $(ALL_CFLAGS) $(ASAN_FLAGS) $(SYSTEMD_CFLAGS) -o $@ $(HELPER_SRC) -lpthread $(SYSTEMD_LIBS) \
 		$(SODIUM_LIBS) $(LDFLAGS)
 
 lockdctl.asan: lockdctl.c lockdctl-doctor.c lockdctl.h lockd.c lockd.h
@@ -170,12 +176,12 @@ FUZZERS     = fuzz/fuzz-proto fuzz/fuzz-state fuzz/fuzz-dispatch
 fuzz/fuzz-proto: fuzz/fuzz-proto.c fuzz/fuzz.h lockd.c lockd.h
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ fuzz/fuzz-proto.c $(SODIUM_LIBS)
 
-fuzz/fuzz-state: fuzz/fuzz-state.c fuzz/fuzz.h lockd-helper.c lockd.c lockd.h
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(SYSTEMD_CFLAGS) -o $@ fuzz/fuzz-state.c \
+fuzz/fuzz-state: fuzz/fuzz-state.c fuzz/fuzz.h $(HELPER_DEPS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(SYSTEMD_CFLAGS) -o $@ fuzz/fuzz-state.c lockd-helper-fs.c -lpthread \
 		$(SYSTEMD_LIBS) $(SODIUM_LIBS)
 
-fuzz/fuzz-dispatch: fuzz/fuzz-dispatch.c fuzz/fuzz.h lockd-helper.c lockd.c lockd.h
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(SYSTEMD_CFLAGS) -o $@ fuzz/fuzz-dispatch.c \
+fuzz/fuzz-dispatch: fuzz/fuzz-dispatch.c fuzz/fuzz.h $(HELPER_DEPS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(SYSTEMD_CFLAGS) -o $@ fuzz/fuzz-dispatch.c lockd-helper-fs.c -lpthread \
 		$(SYSTEMD_LIBS) $(SODIUM_LIBS)
 
 fuzz-build: $(FUZZERS)

@@ -19,7 +19,10 @@
  * lockd.c is built into this file: the wire codec lives there, once.
  */
 #define LOCKD_PROTO_SERVER 1
+static void fd_dispose(int fd, int unlock);
+#define LOCKD_RECEIVED_CLOSE(fd) fd_dispose((fd), 0)
 #include "lockd.c" /* NOLINT(bugprone-suspicious-include): built in, on purpose */
+#include "lockd-helper-fs.h"
 
 #include <getopt.h>
 #include <poll.h>
@@ -157,6 +160,10 @@ static struct {
     uint64_t watchdog_usec;
     int64_t last_watchdog_ns, status_due_ns, idle_since_ns;
     int status_dirty;
+    int fs_watch;      /* an fd is still queued for its filesystem: fs_check() */
+    int64_t reexec_retry_ns; /* a re-exec waits for those queues to empty */
+    int64_t fs_check_ns;
+    int nstuck;        /* filesystems fs_check() found stuck */
     int store_on; /* fd store in use */
     int store_full_logged;
     uint32_t store_leases; /* leases in the stash */
@@ -358,26 +365,37 @@ pidfd_pid(int pidfd)
  * fd P when the file is read, not when it was opened.
  * probe_release() then puts /dev/null back on P: the helper keeps no stray
  * copy of any fd (one of a refused fd would keep its lock alive after its
- * manager died; one of a released lease would keep its file open).
+ * manager died; one of a released lease would keep its file open).  That
+ * close of the copy is why only a file on a local filesystem is checked so:
+ * on FUSE or NFS it would wait for the server (lockd-helper-fs.h).
  */
 static int
 fd_has_lease(int fd, int mode)
 {
     char buf[4096], *line;
     const char *want = mode == LOCKD_SHARED ? " READ " : " WRITE ";
-    struct stat st;
+    struct statx stx;
     ssize_t n;
 
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+    if (fsw_statx(fd, &stx) < 0 || !S_ISREG(stx.stx_mode))
         return 0;
-    if (dup3(fd, H.probe_fd, O_CLOEXEC) < 0)
-        return negerrno();
-    do
-        n = pread(H.probe_info, buf, sizeof(buf) - 1, 0);
-    while (n < 0 && errno == EINTR);
-    if (n < 0)
-        return negerrno(); /* not the client's fault */
-    buf[n] = '\0';
+    if (!fsw_close_is_local(&stx)) {
+        /* FUSE and NFS flush on every close, of a copy too: its own entry
+         * is read, and nothing of it is closed on the loop. */
+        int r = fdinfo_read(fd, buf, sizeof(buf));
+
+        if (r < 0)
+            return r;
+    } else {
+        if (dup3(fd, H.probe_fd, O_CLOEXEC) < 0)
+            return negerrno();
+        do
+            n = pread(H.probe_info, buf, sizeof(buf) - 1, 0);
+        while (n < 0 && errno == EINTR);
+        if (n < 0)
+            return negerrno(); /* not the client's fault */
+        buf[n] = '\0';
+    }
     for (line = strstr(buf, "lock:\t"); line; line = strstr(line + 1, "lock:\t")) {
         char *end = strchr(line, '\n');
         size_t len = end ? (size_t)(end - line) : strlen(line);
@@ -903,12 +921,12 @@ ofd_rebuild(void)
     O.stale = 0;
     for (i = 0; i < H.nlease_slots && r == 0; i++) {
         struct lease *l = &H.leases[i];
-        struct stat st;
+        struct statx stx;
 
         if (!l->gen)
             continue;
-        if (!l->ino && fstat(l->fd, &st) == 0)
-            l->ino = (uint64_t)st.st_ino;
+        if (!l->ino && fsw_statx(l->fd, &stx) == 0)
+            l->ino = stx.stx_ino;
         r = ofd_insert(i);
     }
     if (r < 0)
@@ -964,10 +982,7 @@ lease_free_how(uint32_t slot, const char *why, int unlock)
     state_log_lease(slot, unlock ? STATE_FREE_RELEASED : STATE_FREE_TAKEN_BACK);
     store_remove_lease(slot, unlock);
     ofd_remove(slot);
-    if (unlock)
-        (void)lease_drop(l->fd);
-    else
-        safe_close(l->fd);
+    fd_dispose(l->fd, unlock);
     if (l->prev != NONE)
         H.leases[l->prev].next = l->next;
     else
@@ -1298,18 +1313,20 @@ check_item(const struct conn *c, const struct proto_req *req, size_t i, int fd)
 /* Order of hand-over items by their fds' inode, then open file description
  * (kcmp), for finding two items that are one description. */
 static const int *ofd_sort_fds;
-static struct stat ofd_sort_st[PROTO_FDS_MAX];
+static struct statx ofd_sort_st[PROTO_FDS_MAX];
 
 static int
 ofd_item_cmp(const void *pa, const void *pb)
 {
     uint32_t a = *(const uint32_t *)pa, b = *(const uint32_t *)pb;
-    const struct stat *x = &ofd_sort_st[a], *y = &ofd_sort_st[b];
+    const struct statx *x = &ofd_sort_st[a], *y = &ofd_sort_st[b];
 
-    if (x->st_dev != y->st_dev)
-        return x->st_dev < y->st_dev ? -1 : 1;
-    if (x->st_ino != y->st_ino)
-        return x->st_ino < y->st_ino ? -1 : 1;
+    if (x->stx_dev_major != y->stx_dev_major)
+        return x->stx_dev_major < y->stx_dev_major ? -1 : 1;
+    if (x->stx_dev_minor != y->stx_dev_minor)
+        return x->stx_dev_minor < y->stx_dev_minor ? -1 : 1;
+    if (x->stx_ino != y->stx_ino)
+        return x->stx_ino < y->stx_ino ? -1 : 1;
     return ofd_cmp(ofd_sort_fds[a], ofd_sort_fds[b]);
 }
 
@@ -1332,13 +1349,15 @@ check_ofds(const struct conn *c, const struct owner *o, const struct proto_req *
         return -ENOMEM;
     for (i = 0; i < req->count; i++) {
         order[i] = i;
-        if (fstat(fds[i], &ofd_sort_st[i]) < 0)
-            return negerrno();
+        int r = fsw_statx(fds[i], &ofd_sort_st[i]);
+
+        if (r < 0)
+            return r;
     }
     for (i = 0; i < req->count && !why; i++) {
         const struct lease *l;
 
-        again[i] = ofd_find(fds[i], (uint64_t)ofd_sort_st[i].st_ino);
+        again[i] = ofd_find(fds[i], ofd_sort_st[i].stx_ino);
         if (again[i] == NONE)
             continue;
         l = &H.leases[again[i]];
@@ -1411,7 +1430,7 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
             changed();
         }
         if (slot != NONE) { /* the same hand-over again: same answer */
-            safe_close(fds[i]);
+            fd_dispose(fds[i], 0);
             free(disks[i]);
             wr_u64(wr, lease_id(slot));
             continue;
@@ -1422,7 +1441,7 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
         l->fd = fds[i];
         l->owner = owner_slot(o);
         l->uid = c->uid;
-        l->ino = (uint64_t)ofd_sort_st[i].st_ino; /* check_ofds() took it */
+        l->ino = ofd_sort_st[i].stx_ino; /* check_ofds() took it */
         l->mode = req->items[i].mode;
         l->disk = disks[i];
         memcpy(l->key, req->items[i].key, PROTO_KEY_BYTES);
@@ -1588,7 +1607,7 @@ type_name(uint16_t type)
 {
     static const char *const names[] = {"?",    "register", "handoff", "release",
                                         "notice", "list",   "owners",  "status",
-                                        "forget", "stop"};
+                                        "forget", "stop",   "stuck"};
 
     return type < sizeof(names) / sizeof(names[0]) ? names[type] : "?";
 }
@@ -1683,10 +1702,18 @@ dispatch(struct conn *c, const struct proto_req *req, int *fds, size_t nfds, int
         case PROTO_STOP:
             r = do_stop(c, req);
             break;
+        case PROTO_STUCK: {
+            char text[PROTO_STUCK_TEXT_MAX];
+            int n = fsw_stuck(text, sizeof(text));
+
+            wr_u16(&wr, (uint16_t)n);
+            wr_cstr(&wr, text);
+            break;
+        }
         }
     }
     for (i = 0; i < nfds; i++)
-        safe_close(fds[i]);
+        fd_dispose(fds[i], 0); /* a client's fd: its close may block */
     if (r < 0 && r != -EBADFD)
         log_refusal(c->uid, 5, "refused %s from uid %u pid %d: %s", type_name(req->hdr.type),
                     c->uid,
@@ -2434,7 +2461,7 @@ state_parse_for_fuzz(int fd)
  * 'P' pidfd) and the generation the state's records know it by.
  *
  * A message cannot be taken out of the middle of a queue.  A lease let go
- * is unlocked first (lease_drop()), so its queued copy holds nothing, and
+ * is unlocked first (fsw_dispose()), so its queued copy holds nothing, and
  * stash_compact() rotates the queue now and then: the live entries of a
  * window of messages at the head are sent again to the tail, at most 253 in
  * one message, and only then is the window received and dropped.  So each
@@ -3288,6 +3315,15 @@ do_reexec(void)
     uint32_t i;
     int fd;
 
+    /* An fd still queued for its filesystem would be inherited by the new
+     * image, which knows nothing of it (a lease fd has no FD_CLOEXEC), and
+     * execve() waits for a worker stuck in close(2). */
+    if (!fsw_idle(FSW_WAIT_MS)) {
+        log_warn("re-exec postponed: a filesystem has closes and unlocks waiting (lockdctl "
+                 "status names it); trying again in 1 s");
+        H.reexec_retry_ns = mono_ns() + 1000000000;
+        return;
+    }
     fd = memfd_create("lockd-helper-reexec", 0);
     if (fd < 0) {
         log_err("re-exec: memfd_create: %s", strerror(errno));
@@ -3371,10 +3407,44 @@ find_self(const char *argv0)
  * The loop
  */
 
+/*
+ * Let go of an fd (unlocking it first if unlock) off the loop when its
+ * filesystem may block: lockd-helper-fs.h.  One still queued is watched:
+ * fs_check() says when its filesystem is stuck, and when it answers again.
+ */
+static void
+fd_dispose(int fd, int unlock)
+{
+    if (!fsw_dispose(fd, unlock) && !H.fs_watch) {
+        H.fs_watch = 1;
+        H.fs_check_ns = mono_ns() + (int64_t)FSW_WAIT_MS * 2000000;
+    }
+}
+
+static void
+fs_check(void)
+{
+    char text[2048];
+    int n = fsw_stuck(text, sizeof(text));
+
+    if (n > H.nstuck)
+        log_err("filesystem not answering, closes and unlocks wait (leases on it are freed "
+                "when it answers): %.*s",
+                (int)strcspn(text, "\n"), text);
+    else if (n < H.nstuck)
+        log_notice("%d filesystem%s stuck (was %d)", n, n == 1 ? "" : "s", H.nstuck);
+    if (n != H.nstuck)
+        changed();
+    H.nstuck = n;
+    if (n == 0 && fsw_idle(0))
+        H.fs_watch = 0;
+    H.fs_check_ns = mono_ns() + 250000000;
+}
+
 static void
 status_send(void)
 {
-    char msg[160];
+    char msg[512];
 
     H.status_dirty = 0;
     if (!H.notify)
@@ -3384,6 +3454,13 @@ status_send(void)
              H.store_full_logged ? " (full)" : "");
     if (H.nlost)
         snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), ", %u LOST", H.nlost);
+    if (H.nstuck) {
+        char text[256];
+
+        (void)fsw_stuck(text, sizeof(text));
+        snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), ", stuck: %.*s",
+                 (int)strcspn(text, " \n"), text);
+    }
     (void)sd_notify(0, msg);
 }
 
@@ -3426,6 +3503,16 @@ loop_timeout_ms(void)
         if (t < 0 || due - now < t)
             t = due > now ? due - now : 0;
     }
+    if (H.reexec_retry_ns) {
+        due = H.reexec_retry_ns;
+        if (t < 0 || due - now < t)
+            t = due > now ? due - now : 0;
+    }
+    if (H.fs_watch) {
+        due = H.fs_check_ns;
+        if (t < 0 || due - now < t)
+            t = due > now ? due - now : 0;
+    }
     if (H.sweep_at != NONE)
         t = 0;
     else if (H.nleases > H.nlost) {
@@ -3448,6 +3535,12 @@ on_timers(void)
         H.last_watchdog_ns = now;
     }
     sweep_step();
+    if (H.fs_watch && now >= H.fs_check_ns)
+        fs_check();
+    if (H.reexec_retry_ns && now >= H.reexec_retry_ns) {
+        H.reexec_retry_ns = 0;
+        H.reexec_go = 1;
+    }
     if (H.selftest_pidfd >= 0 && now >= H.selftest_due_ns)
         selftest_done(0);
     /* STATUS at most every 100 ms: a burst of hand-offs is one update. */
@@ -3455,7 +3548,7 @@ on_timers(void)
         status_send();
         H.status_due_ns = now + 100000000;
     }
-    if (H.timeout_sec > 0 && H.nleases == 0 && H.nconns == 0 &&
+    if (H.timeout_sec > 0 && H.nleases == 0 && H.nconns == 0 && !H.fs_watch &&
         now - H.idle_since_ns >= (int64_t)H.timeout_sec * 1000000000) {
         log_info("idle for %d s: exiting", H.timeout_sec);
         H.quit = 1;

@@ -1388,7 +1388,11 @@ enum {
     PROTO_STATUS = 7,
     PROTO_FORGET = 8,
     PROTO_STOP = 9,
+    PROTO_STUCK = 10,
 };
+
+/* The most text a STUCK reply carries. */
+#define PROTO_STUCK_TEXT_MAX 8192
 
 struct proto_hdr {
     uint32_t magic;
@@ -1622,6 +1626,22 @@ close_all(const int *fds, size_t n)
         safe_close(fds[i]);
 }
 
+/* Close fds a peer sent that are not kept.  The helper defines
+ * LOCKD_RECEIVED_CLOSE before including this file: a peer's fd may live on
+ * a filesystem whose close(2) blocks (lockd-helper-fs.h). */
+#ifndef LOCKD_RECEIVED_CLOSE
+#define LOCKD_RECEIVED_CLOSE(fd) safe_close(fd)
+#endif
+
+static void
+received_close_all(const int *fds, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        LOCKD_RECEIVED_CLOSE(fds[i]);
+}
+
 /*
  * Send one message with fds.  MSG_NOSIGNAL: a helper that went away is
  * -EPIPE, not a SIGPIPE that kills the manager.
@@ -1678,12 +1698,12 @@ static void
 fds_defuse(const int *fds, size_t n)
 {
     static const struct linger off = {0, 0};
-    struct stat st;
     size_t i;
 
+    /* Any fd: a non-socket answers ENOTSOCK without its filesystem being
+     * asked (an fstat(2) would wait for a stalled FUSE daemon). */
     for (i = 0; i < n; i++)
-        if (fstat(fds[i], &st) == 0 && S_ISSOCK(st.st_mode))
-            (void)setsockopt(fds[i], SOL_SOCKET, SO_LINGER, &off, sizeof(off));
+        (void)setsockopt(fds[i], SOL_SOCKET, SO_LINGER, &off, sizeof(off));
 }
 
 static ssize_t
@@ -1718,7 +1738,7 @@ proto_recv(int sock, void *buf, size_t cap, int *ret_fds, size_t *ret_nfds, int 
 
             memcpy(extra, CMSG_DATA(c), sizeof(int) * k);
             fds_defuse(extra, k);
-            close_all(extra, k);
+            received_close_all(extra, k);
             mh.msg_flags |= MSG_CTRUNC;
             continue;
         }
@@ -1731,7 +1751,7 @@ proto_recv(int sock, void *buf, size_t cap, int *ret_fds, size_t *ret_nfds, int 
      * fuzz-dispatch: each empty message with fds leaked them in the helper,
      * a lease's among them). */
     if ((mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || n == 0) {
-        close_all(ret_fds, nfds);
+        received_close_all(ret_fds, nfds);
         nfds = 0;
     }
     if (mh.msg_flags & MSG_TRUNC)
@@ -1833,6 +1853,7 @@ decode_body(struct proto_rd *rd, struct proto_req *req)
         req->cursor = rd_u64(rd);
         break;
     case PROTO_STATUS:
+    case PROTO_STUCK:
         break;
     case PROTO_STOP:
         req->force = rd_u8(rd);
@@ -1843,7 +1864,8 @@ decode_body(struct proto_rd *rd, struct proto_req *req)
     if (req->hdr.type != PROTO_HANDOFF && req->hdr.type != PROTO_REGISTER)
         rd->bad |= req->hdr.nfds != 0;
     if (req->hdr.type != PROTO_LIST && req->hdr.type != PROTO_OWNERS &&
-        req->hdr.type != PROTO_STATUS && req->hdr.type != PROTO_STOP)
+        req->hdr.type != PROTO_STATUS && req->hdr.type != PROTO_STOP &&
+        req->hdr.type != PROTO_STUCK)
         rd->bad |= req->pid <= 0;
 }
 
@@ -2371,6 +2393,34 @@ lockd_conn_status(lockd_conn *conn, uint64_t *ret_owners, uint64_t *ret_leases,
     if (ret_stored)
         *ret_stored = stored;
     return 0;
+}
+
+LOCKD_API int
+lockd_conn_stuck(lockd_conn *conn, char *buf, size_t size)
+{
+    struct proto_wr wr;
+    struct proto_rd rd;
+    const char *text;
+    uint16_t count, len;
+    int r;
+
+    if (!conn || (!buf && size))
+        return -EINVAL;
+    conn_begin(conn, &wr, PROTO_STUCK, 0);
+    r = conn_call(conn, &wr, NULL, 0, &rd);
+    if (r < 0)
+        return r;
+    count = rd_u16(&rd);
+    text = rd_str(&rd, PROTO_STUCK_TEXT_MAX, &len);
+    if (rd.bad || rd.left)
+        return -EPROTO;
+    if (size) {
+        size_t n = len < size - 1 ? len : size - 1;
+
+        memcpy(buf, text, n);
+        buf[n] = '\0';
+    }
+    return count;
 }
 
 LOCKD_API int

@@ -490,6 +490,17 @@ LOCKD_API int lockd_conn_status(lockd_conn *conn, uint64_t *ret_owners, uint64_t
                                 uint64_t *ret_stored);
 
 /*
+ * Filesystems on which the helper waits for a close or an unlock longer
+ * than it waits in its loop (FSW_WAIT_MS, 50 ms): a hard-mounted NFS server
+ * that stopped answering, a FUSE daemon that stalls.  The helper goes on
+ * answering meanwhile; a lease on such a filesystem is freed when it comes
+ * back (late, never early).  buf gets one line each, "<mount point> (dev
+ * M:N): stuck for S s, N waiting", NUL-terminated and cut to size.  Returns
+ * how many (0: none), or -errno.
+ */
+LOCKD_API int lockd_conn_stuck(lockd_conn *conn, char *buf, size_t size);
+
+/*
  * Stop the helper on purpose (root only): it releases every lease it holds
  * and exits.  Refused with -EBUSY while owners hold leases, unless force is
  * non-zero: then their guests run unprotected.  Call lockd_conn_status()

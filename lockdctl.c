@@ -1213,8 +1213,9 @@ cmd_status(const struct opts *o, int argc, char **argv)
 {
     struct status_ctx c = {.o = o, .t = {.ncols = 6}};
     uint64_t owners = 0, leases = 0, stored = 0;
+    char stuck[8192], *line, *end;
     lockd_conn *conn = NULL;
-    int r;
+    int r, nstuck;
 
     (void)argv;
     if (argc > 0)
@@ -1231,14 +1232,36 @@ cmd_status(const struct opts *o, int argc, char **argv)
         r = table_add(&c.t, "PID", "NAME", "UUID", "MODE", "DISK", "KEY");
     if (r == 0)
         r = lockd_conn_list(conn, 0, NULL, status_row, &c);
-    if (r == 0 && o->json)
+    /* A filesystem the helper waits on (a hung NFS server, a stalled FUSE
+     * daemon): its leases are freed when it answers. */
+    nstuck = r == 0 ? lockd_conn_stuck(conn, stuck, sizeof(stuck)) : 0;
+    if (nstuck < 0)
+        stuck[0] = '\0';
+    if (r == 0 && o->json) {
+        printf("],\"stuck\":[");
+        for (line = stuck; *line; line = end + 1) {
+            end = strchr(line, '\n');
+            if (!end)
+                break;
+            *end = '\0';
+            printf("%s", line == stuck ? "" : ",");
+            json_str(line);
+        }
         printf("]}\n");
-    else if (r == 0) {
+    } else if (r == 0) {
         if (c.rows > 0)
             table_print(&c.t);
         printf("%" PRIu64 " owner%s, %" PRIu64 " lease%s held, %" PRIu64
                " in systemd's fd store\n",
                owners, owners == 1 ? "" : "s", leases, leases == 1 ? "" : "s", stored);
+        for (line = stuck; *line; line = end + 1) {
+            end = strchr(line, '\n');
+            if (!end)
+                break;
+            *end = '\0';
+            scrub(line);
+            printf("stuck filesystem: %s\n", line);
+        }
     } else {
         helper_error(o->socket, r);
         r = helper_status(r);

@@ -32,6 +32,8 @@
  *   crash_helper_no_store  without the store a helper crash frees its leases
  *   stash_rotation      1,800 single hand-overs and 1,400 releases: the
  *                       stash rotates, a crash adopts exactly the live 400
+ *   hung_filesystem     a FUSE lockspace stalls: hand-overs, releases and
+ *                       STATUS go on, the stuck mount is named
  *   reexec_under_load   19,000 leases, 500 owners, 3 SIGUSR1 re-execs of an
  *                       upgraded binary while a poller tries every lease
  *   refusals            unlocked fd, shared lock announced exclusive, FIFO,
@@ -51,6 +53,7 @@
 #include "test.h"
 #include "util.h"
 #include "fake-systemd.h"
+#include "stallfs.h"
 
 #include <dirent.h>
 #include <glob.h>
@@ -1339,6 +1342,171 @@ HELPER_CASE(stash_rotation)
     ASSERT_INT_EQ(fsd_stop(s), 0);
     FSD_ASSERT_CLEAN(s);
     fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+/*
+ * A filesystem that hangs must not freeze the helper.  A lockspace on
+ * test/stallfs (FUSE, stalled on demand) and one on the scratch directory;
+ * guest 1 holds a lease on each.  The FUSE daemon stalls; then:
+ *  - a lease on the stalled filesystem acquired before is handed over (its
+ *    checks never ask the filesystem: statx AT_STATX_DONT_SYNC, fdinfo);
+ *  - guest 1 exits: its lease on the normal lockspace is freed while the
+ *    helper's close of the other waits in FUSE FLUSH;
+ *  - a second client's hand-over on the normal lockspace completes;
+ *  - STATUS, lockdctl status and systemd's STATUS= name the stuck mount;
+ * and when the daemon answers again the waiting close completes and the
+ * stuck filesystem is no longer named.  The order of events is asserted,
+ * never a time.
+ */
+static void assert_counts(struct counts k, uint64_t owners, uint64_t leases);
+
+/*
+ * A process that runs one shell command for the case and sends back what
+ * it printed.  Started before the case opens files on a filesystem that
+ * will stall: an exec from the case itself would close its O_CLOEXEC copies
+ * of them, and each such close waits in FUSE FLUSH.
+ */
+struct runner {
+    pid_t pid;
+    int cmd_w, out_r;
+};
+
+static int
+runner_main(void *arg)
+{
+    const int *fd = arg;
+    char cmd[PATH_MAX * 2], out[8192];
+    ssize_t n = read(fd[0], cmd, sizeof(cmd) - 1);
+    FILE *p;
+    size_t k;
+
+    if (n <= 0)
+        return 1;
+    cmd[n] = '\0';
+    p = popen(cmd, "r");
+    if (!p)
+        return 1;
+    k = fread(out, 1, sizeof(out), p);
+    if (pclose(p) != 0 || write(fd[1], out, k) != (ssize_t)k)
+        return 1;
+    return 0;
+}
+
+static void
+runner_start(struct runner *r)
+{
+    int in[2], out[2], fds[2];
+
+    if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0)
+        TEST_FAIL("pipe: %s", strerror(errno));
+    fds[0] = in[0];
+    fds[1] = out[1];
+    r->pid = spawn(runner_main, fds, fds, 2);
+    close(in[0]);
+    close(out[1]);
+    r->cmd_w = in[1];
+    r->out_r = out[0];
+}
+
+/* What cmd printed; the runner exits after it. */
+static const char *
+runner_run(struct runner *r, const char *cmd)
+{
+    static char out[8192];
+    size_t len = 0;
+    ssize_t n;
+
+    if (write(r->cmd_w, cmd, strlen(cmd)) != (ssize_t)strlen(cmd))
+        TEST_FAIL("runner: %s", strerror(errno));
+    close(r->cmd_w);
+    while (len < sizeof(out) - 1 && (n = read(r->out_r, out + len, sizeof(out) - 1 - len)) > 0)
+        len += (size_t)n;
+    out[len] = '\0';
+    close(r->out_r);
+    ASSERT_INT_EQ(test_wait(r->pid), 0);
+    return out;
+}
+
+HELPER_CASE(hung_filesystem)
+{
+    char top[PATH_MAX - 64], prog[PATH_MAX], backing[PATH_MAX], mnt[PATH_MAX], ctl[PATH_MAX];
+    char fuse_space[PATH_MAX + 8], reply[256], stuck[1024], cmd[PATH_MAX * 2];
+    lockd_space *sp = space_open_rooted(), *fsp = NULL;
+    struct disks d1, d2, d3, d4;
+    struct guest g1, g2;
+    struct runner run;
+    lockd_lease *late;
+    struct fsd *s;
+    lockd_conn *c;
+    pid_t fs;
+
+    fsd_top(top, sizeof(top));
+    snprintf(prog, sizeof(prog), "%s/test/stallfs", top);
+    if (access(prog, X_OK) < 0)
+        TEST_FAIL("%s: %s (make test/stallfs)", prog, strerror(errno));
+    snprintf(backing, sizeof(backing), "%s", test_path("backing"));
+    snprintf(mnt, sizeof(mnt), "%s", test_path("mnt"));
+    snprintf(ctl, sizeof(ctl), "%s", test_path("stallfs.sock"));
+    ASSERT_OK(mkdir(backing, 0700) < 0 ? -errno : 0);
+    ASSERT_OK(mkdir(mnt, 0700) < 0 ? -errno : 0);
+    runner_start(&run);
+    fs = stallfs_start(prog, backing, mnt, ctl);
+    if (fs < 0)
+        TEST_FAIL("cannot start %s", prog);
+    snprintf(fuse_space, sizeof(fuse_space), "%s/space", mnt);
+    ASSERT_OK(lockd_space_open(fuse_space, LOCKD_OPEN_CREATE, &fsp));
+
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(s);
+    guest_start(&g1);
+    guest_start(&g2);
+    disks_make(&d1, fsp, "hung", 1);
+    disks_make(&d2, sp, "fine", 1);
+    disks_make(&d3, fsp, "late", 1);
+    disks_make(&d4, sp, "other", 1);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g1.pid, -1, NULL, "guest-1"));
+    ASSERT_OK(lockd_conn_register(c, g2.pid, -1, NULL, "guest-2"));
+    ASSERT_OK(hand_over(c, fsp, g1.pid, &d1, NULL));
+    ASSERT_OK(hand_over(c, sp, g1.pid, &d2, NULL));
+    ASSERT_OK(lockd_acquire(fsp, 1, d3.keys, NULL, LOCKD_TRY, &late));
+    ASSERT_INT_EQ(probe(fsp, d1.key[0]), LOCKD_EXCLUSIVE);
+
+    /* Ends by itself after 30 s: a case that fails while stalled would
+     * otherwise hang in its own exit, whose closes flush. */
+    ASSERT_OK(stallfs_cmd(ctl, "stall 30", reply, sizeof(reply)));
+    ASSERT_OK(lockd_conn_handoff(c, g2.pid, late, NULL, &d3.id[0]));
+    guest_kill(&g1);
+    ASSERT_OK(stallfs_cmd(ctl, "wait flush", reply, sizeof(reply)));
+    ASSERT_STR_EQ(reply, "ok");
+    /* The helper's close of d1 waits in FLUSH; the rest goes on. */
+    ASSERT_TRUE(WAIT_UNTIL(probe(sp, d2.key[0]) == LOCKD_FREE, 5000));
+    ASSERT_OK(hand_over(c, sp, g2.pid, &d4, NULL));
+    ASSERT_INT_EQ(probe(sp, d4.key[0]), LOCKD_EXCLUSIVE);
+    ASSERT_TRUE(WAIT_UNTIL(lockd_conn_stuck(c, stuck, sizeof(stuck)) == 1, 5000));
+    ASSERT_CONTAINS(stuck, mnt);
+    ASSERT_CONTAINS(stuck, "1 waiting");
+    snprintf(cmd, sizeof(cmd), "LOCKD_SOCKET=%s %s/lockdctl status", s->sock, top);
+    ASSERT_CONTAINS(runner_run(&run, cmd), "stuck filesystem: ");
+    ASSERT_TRUE(FSD_WAIT(s, strstr(s->status, "stuck: ") != NULL, 5000));
+    assert_counts(status_on(c), 1, 2);
+
+    ASSERT_OK(stallfs_cmd(ctl, "go", reply, sizeof(reply)));
+    ASSERT_TRUE(WAIT_UNTIL(lockd_conn_stuck(c, stuck, sizeof(stuck)) == 0, 5000));
+    ASSERT_CONTAINS(read_file(s->log), "filesystem not answering");
+    ASSERT_INT_EQ(probe(fsp, d1.key[0]), LOCKD_FREE);
+    lockd_lease_forget(late);
+    ASSERT_INT_EQ(probe(fsp, d3.key[0]), LOCKD_EXCLUSIVE);
+    guest_end(&g2);
+    ASSERT_TRUE(WAIT_UNTIL(probe(fsp, d3.key[0]) == LOCKD_FREE, 5000));
+    ASSERT_INT_EQ(probe(sp, d4.key[0]), LOCKD_FREE);
+    lockd_conn_close(c);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(fsp);
+    ASSERT_INT_EQ(stallfs_stop(fs, ctl, mnt), 0);
     lockd_space_close(sp);
 }
 
@@ -3903,6 +4071,7 @@ main(int argc, char **argv)
     RUN(only, crash_helper_store_bound, 60);
     RUN(only, crash_helper_no_store, 60);
     RUN(only, stash_rotation, 120);
+    RUN(only, hung_filesystem, 60);
     RUN(only, reexec_under_load, 120);
     RUN(only, refusals, 60);
     RUN(only, stale_notice, 60);

@@ -1,0 +1,338 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lockd-helper-fs: one worker thread per filesystem for the calls that can
+ * block on it.  See lockd-helper-fs.h.
+ */
+#define _GNU_SOURCE
+#include "lockd-helper-fs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sysmacros.h>
+#include <time.h>
+#include <unistd.h>
+
+struct job {
+    int fd;
+    int unlock;
+};
+
+struct worker {
+    dev_t dev;
+    pthread_mutex_t mu;
+    pthread_cond_t work, done;
+    struct job *jobs; /* a ring */
+    uint32_t head, count, cap;
+    uint64_t queued, finished; /* jobs ever queued, ever finished */
+    int64_t busy_since_ns;     /* when the job under way began; 0: none */
+    char where[256];           /* its mount point, for fsw_stuck() */
+};
+
+static struct worker *workers[FSW_MAX];
+static unsigned nworkers;
+
+static int64_t
+now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int
+fsw_statx(int fd, struct statx *ret)
+{
+    return statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, ret) < 0
+               ? -errno
+               : 0;
+}
+
+/* The only calls here that may wait for a server.  The unlock covers the
+ * whole file: a lease's lock is byte 0, and nothing else of it is ours. */
+static void
+unlock_close(int fd, int unlock)
+{
+    if (unlock) {
+        struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
+
+        (void)fcntl(fd, F_OFD_SETLK, &fl);
+    }
+    (void)close(fd);
+}
+
+static void *
+worker_main(void *arg)
+{
+    struct worker *w = arg;
+
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        struct job j;
+
+        while (w->count == 0)
+            pthread_cond_wait(&w->work, &w->mu);
+        j = w->jobs[w->head];
+        w->head = (w->head + 1) % w->cap;
+        w->count--;
+        w->busy_since_ns = now_ns();
+        pthread_mutex_unlock(&w->mu);
+        unlock_close(j.fd, j.unlock);
+        pthread_mutex_lock(&w->mu);
+        w->busy_since_ns = 0;
+        w->finished++;
+        pthread_cond_broadcast(&w->done);
+    }
+    return NULL;
+}
+
+/* The mount point and type of dev, from /proc/self/mountinfo (which the
+ * kernel writes from what it has: no filesystem is asked). */
+static void
+mount_info(dev_t dev, char *buf, size_t size, char *type, size_t tsize)
+{
+    char line[4096], want[32];
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+
+    snprintf(buf, size, "?");
+    snprintf(type, tsize, "?");
+    if (!f)
+        return;
+    snprintf(want, sizeof(want), "%u:%u", major(dev), minor(dev));
+    while (fgets(line, sizeof(line), f)) {
+        char *field[5], *p = line, *out;
+        int k;
+
+        for (k = 0; k < 5 && p; k++) {
+            field[k] = p;
+            p = strchr(p, ' ');
+            if (p)
+                *p++ = '\0';
+        }
+        if (k < 5 || strcmp(field[2], want) != 0)
+            continue;
+        /* The type follows the optional fields' " - ". */
+        if (p && (p = strstr(p, " - ")))
+            snprintf(type, tsize, "%.*s", (int)strcspn(p + 3, " \n"), p + 3);
+        /* Undo the \ooo escapes of spaces and the like. */
+        for (p = field[4], out = buf; *p && out < buf + size - 1; out++) {
+            if (p[0] == '\\' && p[1] >= '0' && p[1] <= '3' && p[2] && p[3]) {
+                *out = (char)((p[1] - '0') << 6 | (p[2] - '0') << 3 | (p[3] - '0'));
+                p += 4;
+            } else
+                *out = *p++;
+        }
+        *out = '\0';
+        break;
+    }
+    fclose(f);
+}
+
+static struct worker *
+worker_new(dev_t dev)
+{
+    struct worker *w = calloc(1, sizeof(*w));
+    pthread_condattr_t ca;
+    pthread_attr_t attr;
+    sigset_t all, old;
+    pthread_t t;
+    int r;
+
+    if (!w)
+        return NULL;
+    w->dev = dev;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->work, &ca);
+    pthread_cond_init(&w->done, &ca);
+    pthread_condattr_destroy(&ca);
+    {
+        char type[64];
+
+        mount_info(dev, w->where, sizeof(w->where), type, sizeof(type));
+    }
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 64 * 1024);
+    /* Signals are the loop's (its signalfd): none may land in a worker. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    r = pthread_create(&t, &attr, worker_main, w);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (r != 0) {
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+int
+fsw_close_is_local(const struct statx *stx)
+{
+    static const char *const local[] = {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs"};
+    static struct {
+        dev_t dev;
+        int local;
+    } cache[32];
+    static unsigned ncache;
+    dev_t dev = makedev(stx->stx_dev_major, stx->stx_dev_minor);
+    char where[256], type[64];
+    unsigned i;
+    int yes = 0;
+
+    for (i = 0; i < ncache && i < 32; i++)
+        if (cache[i].dev == dev)
+            return cache[i].local;
+    mount_info(dev, where, sizeof(where), type, sizeof(type));
+    for (i = 0; i < sizeof(local) / sizeof(local[0]); i++)
+        yes |= strcmp(type, local[i]) == 0;
+    cache[ncache % 32].dev = dev;
+    cache[ncache % 32].local = yes;
+    ncache++;
+    return yes;
+}
+
+static struct worker *
+worker_get(dev_t dev)
+{
+    unsigned i;
+
+    for (i = 0; i < nworkers; i++)
+        if (workers[i]->dev == dev)
+            return workers[i];
+    if (nworkers == FSW_MAX || !(workers[nworkers] = worker_new(dev)))
+        return NULL;
+    return workers[nworkers++];
+}
+
+/* Queue a job; under w->mu.  The ring grows: it holds open fds, so the fd
+ * limit bounds it. */
+static int
+push_locked(struct worker *w, int fd, int unlock)
+{
+    if (w->count == w->cap) {
+        uint32_t cap = w->cap ? w->cap * 2 : 64, i;
+        struct job *jobs = malloc(cap * sizeof(*jobs));
+
+        if (!jobs)
+            return -ENOMEM;
+        for (i = 0; i < w->count; i++)
+            jobs[i] = w->jobs[(w->head + i) % w->cap];
+        free(w->jobs);
+        w->jobs = jobs;
+        w->cap = cap;
+        w->head = 0;
+    }
+    w->jobs[(w->head + w->count) % w->cap] = (struct job){fd, unlock};
+    w->count++;
+    w->queued++;
+    pthread_cond_signal(&w->work);
+    return 0;
+}
+
+static int
+stuck_locked(const struct worker *w, int64_t now)
+{
+    return w->busy_since_ns && now - w->busy_since_ns > (int64_t)FSW_WAIT_MS * 1000000;
+}
+
+static void
+deadline_after(struct timespec *ts, int ms)
+{
+    int64_t t = now_ns() + (int64_t)ms * 1000000;
+
+    ts->tv_sec = t / 1000000000;
+    ts->tv_nsec = t % 1000000000;
+}
+
+int
+fsw_dispose(int fd, int unlock)
+{
+    struct statx stx;
+    struct worker *w;
+    struct timespec until;
+    uint64_t mine;
+    int done;
+
+    if (fd < 0)
+        return 1;
+    /* A local file's close and unlock never wait: done here, at once. */
+    if (fsw_statx(fd, &stx) < 0 || !S_ISREG(stx.stx_mode) || fsw_close_is_local(&stx) ||
+        !(w = worker_get(makedev(stx.stx_dev_major, stx.stx_dev_minor)))) {
+        unlock_close(fd, unlock);
+        return 1;
+    }
+    pthread_mutex_lock(&w->mu);
+    if (push_locked(w, fd, unlock) < 0) {
+        pthread_mutex_unlock(&w->mu);
+        unlock_close(fd, unlock);
+        return 1;
+    }
+    mine = w->queued;
+    /* Waited for unless the filesystem is stuck already: the answer then
+     * reflects it (a release frees at once; a refused fd is not kept). */
+    if (!stuck_locked(w, now_ns())) {
+        deadline_after(&until, FSW_WAIT_MS);
+        while (w->finished < mine && pthread_cond_timedwait(&w->done, &w->mu, &until) == 0)
+            ;
+    }
+    done = w->finished >= mine;
+    pthread_mutex_unlock(&w->mu);
+    return done;
+}
+
+int
+fsw_idle(int wait_ms)
+{
+    struct timespec until;
+    unsigned i;
+    int idle = 1;
+
+    deadline_after(&until, wait_ms);
+    for (i = 0; i < nworkers; i++) {
+        struct worker *w = workers[i];
+
+        pthread_mutex_lock(&w->mu);
+        while (w->finished < w->queued && pthread_cond_timedwait(&w->done, &w->mu, &until) == 0)
+            ;
+        idle &= w->finished == w->queued;
+        pthread_mutex_unlock(&w->mu);
+    }
+    return idle;
+}
+
+int
+fsw_stuck(char *buf, size_t size)
+{
+    int64_t now = now_ns();
+    size_t len = 0;
+    unsigned i;
+    int n = 0;
+
+    if (size)
+        buf[0] = '\0';
+    for (i = 0; i < nworkers; i++) {
+        struct worker *w = workers[i];
+
+        pthread_mutex_lock(&w->mu);
+        if (stuck_locked(w, now)) {
+            int k = snprintf(buf + len, size - len, "%s (dev %u:%u): stuck for %.1f s, %llu waiting\n",
+                             w->where, major(w->dev), minor(w->dev),
+                             (double)(now - w->busy_since_ns) / 1e9,
+                             (unsigned long long)(w->queued - w->finished));
+
+            if (k > 0 && (size_t)k < size - len)
+                len += (size_t)k;
+            n++;
+        }
+        pthread_mutex_unlock(&w->mu);
+    }
+    return n;
+}

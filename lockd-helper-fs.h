@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lockd-helper-fs: the calls of lockd-helper that can block on a lease's
+ * filesystem, made off its loop.
+ *
+ * Closing an fd can wait for its filesystem: FUSE sends FLUSH on every
+ * close(2), NFS sends CLOSE, and an unlock on a filesystem whose locks live
+ * on a server (NFS, a FUSE daemon that implements locks) waits for that
+ * server.  A hard-mounted NFS server that stops answering, or a FUSE daemon
+ * that stalls, would freeze every client of every lockspace if the helper's
+ * one loop made those calls.  So each filesystem (st_dev) gets a worker
+ * thread with a queue, and the loop hands it the fd.
+ *
+ * The loop waits for each, up to FSW_WAIT_MS, so that its answer reflects
+ * it (a released lease is free, a refused fd is not kept); past that the
+ * filesystem counts as stuck, the loop goes on without waiting for it again
+ * until it has caught up, and fsw_stuck() names it.  The lease stays locked
+ * meanwhile, which is the safe side: it is freed late, never early.  A file
+ * on a local filesystem (fsw_close_is_local()) is closed on the loop.
+ *
+ * Everything else the helper asks of an fd never reaches the filesystem:
+ * statx(2) with AT_STATX_DONT_SYNC reads the inode the kernel has, and
+ * /proc/self/fdinfo the kernel's lock list (measured with a FUSE daemon
+ * stalled on purpose: neither waits, fstat(2) does).
+ *
+ * Only lockd-helper's loop thread calls these.
+ */
+#ifndef LOCKD_HELPER_FS_H
+#define LOCKD_HELPER_FS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#define FSW_WAIT_MS 50 /* how long a release waits for its unlock */
+#define FSW_MAX     64 /* workers; past that an fd is closed on the loop */
+
+/* statx(2) of fd that never waits for its filesystem: type, inode, device. */
+int fsw_statx(int fd, struct statx *ret);
+
+/*
+ * Whether a close(2) of a file on this filesystem never waits for anything:
+ * a local one whose files have no flush (ext2/3/4, xfs, btrfs, tmpfs, f2fs).
+ * FUSE and NFS flush on every close, even of a dup, so the helper reads
+ * such an fd's /proc/self/fdinfo entry without making a copy to close.
+ */
+int fsw_close_is_local(const struct statx *stx);
+
+/*
+ * Let go of fd, which is the caller's no more: with unlock non-zero, first
+ * F_UNLCK its OFD lock, then close it.  A regular file on a filesystem that
+ * may block (not fsw_close_is_local()) goes to that filesystem's worker and
+ * is waited for, at most FSW_WAIT_MS, unless the filesystem is stuck
+ * already; anything else is done here.  Returns 1 if it is done, 0 if it is
+ * still queued.
+ */
+int fsw_dispose(int fd, int unlock);
+
+/* Whether every queue is empty; waits up to wait_ms for it. */
+int fsw_idle(int wait_ms);
+
+/*
+ * Filesystems whose worker has been busy with one fd for longer than
+ * FSW_WAIT_MS: one line each, "<mount point> (dev M:N): stuck for S s, N
+ * waiting", written to buf (always NUL-terminated).  Returns how many.
+ */
+int fsw_stuck(char *buf, size_t size);
+
+#endif /* LOCKD_HELPER_FS_H */
