@@ -49,9 +49,9 @@ all: liblockd.a $(SONAME) lockd.pc $(PROGRAMS) $(LIBVIRT_PLUGIN)
 # The helper builds lockd.c into itself: the wire codec is written once, in
 # lockd.c, and stays static there (DESIGN.md, "Protocol rules").
 # lockd-helper-fs.c: its worker threads for calls that can block on a
-# filesystem.
-HELPER_SRC = lockd-helper.c lockd-helper-fs.c
-HELPER_DEPS = $(HELPER_SRC) lockd-helper-fs.h lockd.c lockd.h
+# filesystem.  lockd-keeper.c: --keeper, its fd store without systemd.
+HELPER_SRC = lockd-helper.c lockd-helper-fs.c lockd-keeper.c
+HELPER_DEPS = $(HELPER_SRC) lockd-helper-fs.h lockd-keeper.h lockd.c lockd.h
 
 lockd-helper: $(HELPER_DEPS)
 	$(CC) $(ALL_CFLAGS) $(SYSTEMD_CFLAGS) -o $@ $(HELPER_SRC) -lpthread $(SYSTEMD_LIBS) \

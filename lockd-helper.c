@@ -43,6 +43,8 @@ static void fd_dispose(int fd, int unlock);
 
 #include <systemd/sd-daemon.h>
 
+#include "lockd-keeper.h"
+
 #define CONN_MAX        1024
 #define LEASES_PER_UID  65536 /* root */
 /* Defaults of what one uid other than root may hold (--user-leases,
@@ -131,6 +133,7 @@ static struct {
     uint32_t fd_limit; /* RLIMIT_NOFILE, after raising it */
     char *self_path;
     char **argv;
+    uint8_t *keeper_args; /* argv[i] was --keeper: the keeper's child runs without */
 
     /* fds */
     int listen_fd, epoll_fd, signal_fd, fdinfo_dir;
@@ -3630,6 +3633,9 @@ usage(FILE *f)
             "                          FileDescriptorStoreMax=; the helper stores 2 fds\n"
             "                          whatever the lease count, and needs N >= 3)\n"
             "      --store-leases N    cover at most N leases there (default: all that fit)\n"
+            "      --keeper            without systemd: run as a keeper process that restarts\n"
+            "                          the helper after a crash and holds its stored fds, so\n"
+            "                          no lease is lost (lockd-helper(8))\n"
             "      --user-leases N     leases one uid other than root may hold (4096)\n"
             "      --user-owners N     owners one uid other than root may register (1024)\n"
             "      --user-connections N  connections one uid other than root may open (64)\n"
@@ -3674,6 +3680,7 @@ parse_args(int argc, char **argv)
         {"user-owners", required_argument, NULL, 'O'},
         {"user-connections", required_argument, NULL, 'C'},
         {"store-leases", required_argument, NULL, 'B'},
+        {"keeper", no_argument, NULL, 'K'},
         {NULL, 0, NULL, 0},
     };
     unsigned long v;
@@ -3711,6 +3718,17 @@ parse_args(int argc, char **argv)
                 goto bad;
             *(c == 'L' ? &H.user_leases : c == 'O' ? &H.user_owners : &H.user_conns) =
                 (uint32_t)v;
+            break;
+        case 'K':
+            /* No argument is ever permuted (any non-option is refused
+             * below), so this is the one just read, however abbreviated. */
+            if (!H.keeper_args)
+                H.keeper_args = calloc((size_t)argc, 1);
+            if (!H.keeper_args) {
+                fprintf(stderr, "lockd-helper: out of memory\n");
+                exit(1);
+            }
+            H.keeper_args[optind - 1] = 1;
             break;
         case 'v':
             H.verbose = 1;
@@ -3783,34 +3801,42 @@ setup_loop(void)
     return 0;
 }
 
+/* Bind --socket, or the default path: the listening fd, or -errno
+ * (logged). */
+static int
+listen_bind(void)
+{
+    char *def = NULL;
+    int r, fd;
+
+    if (!H.socket_path) {
+        r = lockd_default_socket(&def);
+        if (r == -EINVAL)
+            log_err("LOCKD_SOCKET is not an absolute path: give --socket");
+        else if (r < 0)
+            log_err("no socket path: set --socket or XDG_RUNTIME_DIR");
+        if (r < 0)
+            return r;
+        H.socket_path = def;
+    }
+    fd = bind_socket(H.socket_path);
+    if (fd == -ENOTSOCK)
+        log_err("cannot listen on %s: something other than a socket is there; "
+                "refusing to replace it", H.socket_path);
+    else if (fd < 0)
+        log_err("cannot listen on %s: %s", H.socket_path, strerror(-fd));
+    return fd;
+}
+
 static int
 setup_listen(void)
 {
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = TAG_LISTEN};
-    char *def = NULL;
-    int r;
 
     if (H.listen_fd < 0) {
-        if (!H.socket_path) {
-            r = lockd_default_socket(&def);
-            if (r == -EINVAL)
-                log_err("LOCKD_SOCKET is not an absolute path: give --socket");
-            else if (r < 0)
-                log_err("no socket path: set --socket or XDG_RUNTIME_DIR");
-            if (r < 0)
-                return r;
-            H.socket_path = def;
-        }
-        H.listen_fd = bind_socket(H.socket_path);
-        if (H.listen_fd == -ENOTSOCK) {
-            log_err("cannot listen on %s: something other than a socket is there; "
-                    "refusing to replace it", H.socket_path);
+        H.listen_fd = listen_bind();
+        if (H.listen_fd < 0)
             return H.listen_fd;
-        }
-        if (H.listen_fd < 0) {
-            log_err("cannot listen on %s: %s", H.socket_path, strerror(-H.listen_fd));
-            return H.listen_fd;
-        }
     }
     (void)set_cloexec(H.listen_fd, 1);
     /* Non-blocking, so a connection that goes away before accept() cannot
@@ -3822,6 +3848,41 @@ setup_listen(void)
 }
 
 #ifndef LOCKD_HELPER_NO_MAIN
+/*
+ * --keeper: bind the socket here, then become the keeper (lockd-keeper.h),
+ * which runs this binary without --keeper as its child and owns the socket
+ * file.  Under systemd the fd store does the same job, and two keepers of
+ * one helper would fight: refused.
+ */
+static int
+keeper_main(int argc, char **argv)
+{
+    char **child;
+    int fd, i, n = 0, r;
+
+    if (getenv("NOTIFY_SOCKET") || getenv("LISTEN_FDS")) {
+        fprintf(stderr, "lockd-helper: --keeper is for running without systemd; "
+                        "systemd's fd store does this job\n");
+        return 64;
+    }
+    if (!H.self_path || H.self_path[0] != '/') {
+        log_err("cannot find my own path (%s): --keeper cannot start the helper", argv[0]);
+        return 1;
+    }
+    child = calloc((size_t)argc + 1, sizeof(*child));
+    if (!child) {
+        log_err("start-up failed: %s", strerror(ENOMEM));
+        return 1;
+    }
+    for (i = 0; i < argc; i++)
+        if (!H.keeper_args[i])
+            child[n++] = argv[i];
+    fd = listen_bind();
+    r = fd < 0 ? fd : keeper_run(fd, H.socket_path, H.self_path, child);
+    free(child);
+    return r < 0 ? 1 : 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -3829,13 +3890,15 @@ main(int argc, char **argv)
     int i, r, state, reexec;
 
     parse_args(argc, argv);
+    H.argv = argv;
+    H.self_path = find_self(argv[0]);
+    if (H.keeper_args)
+        return keeper_main(argc, argv);
     H.pid = getpid();
     for (i = 0; i < CONN_MAX; i++)
         H.conns[i].fd = -1;
     for (i = 0; i < RESERVE_FDS; i++)
         H.reserve[i] = -1;
-    H.argv = argv;
-    H.self_path = find_self(argv[0]);
     if (!H.self_path)
         log_warn("cannot find my own path (%s): SIGUSR1 re-exec disabled", argv[0]);
     raise_nofile();

@@ -34,6 +34,8 @@
  *                       stash rotates, a crash adopts exactly the live 400
  *   hung_filesystem     a FUSE lockspace stalls: hand-overs, releases and
  *                       STATUS go on, the stuck mount is named
+ *   keeper_crash        without systemd, --keeper: a helper SIGKILL and a
+ *                       SIGTERM keep every lease, stop-helper stops both
  *   reexec_under_load   19,000 leases, 500 owners, 3 SIGUSR1 re-execs of an
  *                       upgraded binary while a poller tries every lease
  *   refusals            unlocked fd, shared lock announced exclusive, FIFO,
@@ -1507,6 +1509,114 @@ HELPER_CASE(hung_filesystem)
     fsd_fini(s);
     lockd_space_close(fsp);
     ASSERT_INT_EQ(stallfs_stop(fs, ctl, mnt), 0);
+    lockd_space_close(sp);
+}
+
+/* Run lockd-helper --keeper on sock, its log in the scratch directory. */
+struct keeper_args {
+    char bin[PATH_MAX], sock[PATH_MAX], log[PATH_MAX];
+};
+
+static int
+keeper_exec(void *arg)
+{
+    const struct keeper_args *k = arg;
+    int fd = open(k->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+
+    if (fd < 0 || dup2(fd, 2) < 0)
+        return 127;
+    execl(k->bin, k->bin, "--keeper", "--socket", k->sock, (char *)NULL);
+    return 127;
+}
+
+/* The helper the keeper runs now: its only child, once it answers. */
+static pid_t
+keeper_child(pid_t keeper, const char *sock, pid_t not)
+{
+    char path[64], buf[64];
+    pid_t child = 0;
+    lockd_conn *c = NULL;
+    int fd;
+    ssize_t n;
+
+    snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)keeper, (int)keeper);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    child = (pid_t)atoi(buf);
+    if (child == not || lockd_conn_open(sock, &c) < 0)
+        return 0;
+    lockd_conn_close(c);
+    return child;
+}
+
+/*
+ * Without systemd, lockd-helper --keeper: the keeper holds the listening
+ * socket and what the helper stores (its state and stash), and restarts it.
+ * A SIGKILL of the helper and a SIGTERM to the keeper keep every lease (a
+ * poller never wins), ids and names come back, an exiting guest is
+ * released, and lockdctl stop-helper stops both, removing the socket.
+ */
+HELPER_CASE(keeper_crash)
+{
+    lockd_space *sp = space_open_rooted();
+    char top[PATH_MAX - 64];
+    struct keeper_args *k = root(calloc(1, sizeof(*k)));
+    pid_t keeper, helper, wpid;
+    struct disks d;
+    struct guest g;
+    struct watch *w;
+    struct rows rs;
+    lockd_conn *c;
+
+    fsd_top(top, sizeof(top));
+    snprintf(k->bin, sizeof(k->bin), "%s/lockd-helper", top);
+    snprintf(k->sock, sizeof(k->sock), "%s", test_path("keeper.sock"));
+    snprintf(k->log, sizeof(k->log), "%s", test_path("keeper.log"));
+    keeper = spawn(keeper_exec, k, NULL, 0);
+    ASSERT_TRUE(WAIT_UNTIL((helper = keeper_child(keeper, k->sock, 0)) > 0, 10000));
+    guest_start(&g);
+    disks_make(&d, sp, "kept", 3);
+    d.modes[2] = LOCKD_SHARED;
+    c = conn_open(k->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, NULL));
+    ASSERT_INT_EQ(status_on(c).stored, 3);
+    lockd_conn_close(c);
+
+    w = watch_start(&d, 0, d.n, &wpid);
+    watch_rounds(w, 2);
+    ASSERT_INT_EQ(kill(helper, SIGKILL), 0);
+    ASSERT_TRUE(WAIT_UNTIL((helper = keeper_child(keeper, k->sock, helper)) > 0, 10000));
+    watch_rounds(w, 2);
+    c = conn_open(k->sock);
+    assert_listed(c, g.pid, &d);
+    lockd_conn_close(c);
+
+    /* SIGTERM to the keeper: passed on; the helper exits 75 with its
+     * leases stored and is started again. */
+    ASSERT_INT_EQ(kill(keeper, SIGTERM), 0);
+    ASSERT_TRUE(WAIT_UNTIL((helper = keeper_child(keeper, k->sock, helper)) > 0, 10000));
+    watch_rounds(w, 2);
+    watch_stop(w, wpid);
+    c = conn_open(k->sock);
+    rs = rows_list(c, g.pid);
+    ASSERT_INT_EQ(rs.n, 3);
+    free(rs.r);
+
+    guest_end(&g);
+    ASSERT_TRUE(WAIT_UNTIL(disks_probe_count(sp, &d, LOCKD_FREE) == 3, 5000));
+    ASSERT_OK(lockd_conn_stop(c, 0));
+    lockd_conn_close(c);
+    ASSERT_INT_EQ(test_wait(keeper), 0);
+    ASSERT_TRUE(access(k->sock, F_OK) < 0 && errno == ENOENT);
+    ASSERT_CONTAINS(read_file(k->log), "killed by signal 9: restarting it");
+    ASSERT_CONTAINS(read_file(k->log), "exited with status 75: restarting it");
     lockd_space_close(sp);
 }
 
@@ -4072,6 +4182,7 @@ main(int argc, char **argv)
     RUN(only, crash_helper_no_store, 60);
     RUN(only, stash_rotation, 120);
     RUN(only, hung_filesystem, 60);
+    RUN(only, keeper_crash, 60);
     RUN(only, reexec_under_load, 120);
     RUN(only, refusals, 60);
     RUN(only, stale_notice, 60);
