@@ -3130,8 +3130,12 @@ HELPER_CASE(systemd_units)
     /* A stop or restart would free every running guest's lease. */
     ASSERT_CONTAINS(text, "\nRefuseManualStop=yes\n");
     ASSERT_CONTAINS(text, " machine.slice\n");
+    /* Past a start limit systemd marks the unit failed and empties the
+     * store: no limit. */
+    ASSERT_CONTAINS(text, "\nStartLimitIntervalSec=0\n");
     snprintf(src, sizeof(src), "%s/systemd/user/lockd-helper.service", top);
     units_store_matches(src);
+    ASSERT_CONTAINS(read_file(src), "\nStartLimitIntervalSec=0\n");
     snprintf(src, sizeof(src), "%s/systemd/lockd-helper.socket", top);
     text = read_file(src);
     ASSERT_CONTAINS(text, "\nListenSequentialPacket=/run/lockd/helper.sock\n");
