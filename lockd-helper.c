@@ -34,6 +34,7 @@ static void fd_dispose(int fd, int unlock);
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <spawn.h>
@@ -92,6 +93,7 @@ struct lease {
     uint8_t lost;   /* a check found its lock gone (lease_verify()) */
     uint32_t stash_seq; /* the fd stash's message that holds a copy; 0: none */
     uint64_t ino;   /* its file's inode number, for the OFD index */
+    uint64_t space_dev, space_ino; /* its lockspace directory (struct conn) */
     uint8_t key[PROTO_KEY_BYTES];
     char *disk;
 };
@@ -113,7 +115,16 @@ struct conn {
     int fd; /* -1: slot free */
     uint32_t uid;
     int32_t pid;
+    /* The lockspace it showed (SPACE): each fd it hands over must be the
+     * file of its key in that directory.  NULL: none shown. */
+    char *space_path;
+    uint64_t space_dev, space_ino;
 };
+
+/* A lease's space_dev when its connection showed no lockspace: it matches
+ * no lockspace a listing asks for.  (0: restored from an older state, which
+ * did not record one: it matches every lockspace.) */
+#define SPACE_NONE UINT64_MAX
 
 struct uid_count {
     uint32_t uid, leases, owners, conns;
@@ -1292,6 +1303,48 @@ do_register(struct conn *c, const struct proto_req *req, int pidfd)
     return 0;
 }
 
+/* The name of fd as the kernel has it (d_path: no filesystem is asked). */
+static int
+fd_path(int fd, char *buf, size_t size)
+{
+    char link[32];
+    ssize_t n;
+
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    n = readlink(link, buf, size - 1);
+    if (n < 0)
+        return negerrno();
+    if ((size_t)n == size - 1)
+        return -ENAMETOOLONG;
+    buf[n] = '\0';
+    return 0;
+}
+
+/*
+ * Whether fd is the lease file of key in the lockspace c showed: same
+ * filesystem as that directory, and named <dir>/<key> now (a memfd, a file
+ * of that name elsewhere, or one unlinked since is not).  Without a shown
+ * lockspace there is nothing to compare with, and the lease is listed under
+ * none (SPACE_NONE).
+ */
+static int
+in_space(const struct conn *c, int fd, const char *key)
+{
+    char path[PATH_MAX];
+    struct statx stx;
+    size_t len;
+
+    if (!c->space_path)
+        return 1;
+    if (fsw_statx(fd, &stx) < 0 || makedev(stx.stx_dev_major, stx.stx_dev_minor) != c->space_dev ||
+        fd_path(fd, path, sizeof(path)) < 0)
+        return 0;
+    len = strlen(c->space_path);
+    return strncmp(path, c->space_path, len) == 0 &&
+           (len == 1 ? path[1] != '/' : path[len] == '/') &&
+           strcmp(path + len + (len > 1), key) == 0;
+}
+
 /* Refuse a hand-over whose fd is not what it claims; returns 0 or -errno. */
 static int
 check_item(const struct conn *c, const struct proto_req *req, size_t i, int fd)
@@ -1300,9 +1353,15 @@ check_item(const struct conn *c, const struct proto_req *req, size_t i, int fd)
     char key[LOCKD_KEY_SIZE];
     int r = fd_has_lease(fd, it->mode);
 
-    if (r == 1)
-        return 0;
     key_to_hex(it->key, key);
+    if (r == 1 && in_space(c, fd, key))
+        return 0;
+    if (r == 1) {
+        log_refusal(c->uid, 4, "refused lease %.*s (%s) for pid %d from uid %u: fd is not "
+                    "the file of that key in the lockspace %s",
+                    (int)it->disk_len, it->disk, key, (int)req->pid, c->uid, c->space_path);
+        return -EBADFD;
+    }
     log_refusal(c->uid, 4, "refused lease %.*s (%s) for pid %d from uid %u: %s",
              (int)it->disk_len, it->disk,
              key, (int)req->pid, c->uid,
@@ -1445,6 +1504,8 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
         l->owner = owner_slot(o);
         l->uid = c->uid;
         l->ino = ofd_sort_st[i].stx_ino; /* check_ofds() took it */
+        l->space_dev = c->space_path ? c->space_dev : SPACE_NONE;
+        l->space_ino = c->space_path ? c->space_ino : 0;
         l->mode = req->items[i].mode;
         l->disk = disks[i];
         memcpy(l->key, req->items[i].key, PROTO_KEY_BYTES);
@@ -1453,6 +1514,35 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
         store_push_lease(slot);
         wr_u64(wr, lease_id(slot));
     }
+    return 0;
+}
+
+/*
+ * SPACE: the client shows the lockspace directory its hand-overs come from
+ * (lockd_conn_handoff() does, once per connection and lockspace).  Its
+ * identity and name are kept; the fd is not.
+ */
+static int
+do_space(struct conn *c, int fd)
+{
+    char path[PATH_MAX], *copy;
+    struct statx stx;
+    int r;
+
+    if (fd < 0 || fsw_statx(fd, &stx) < 0 || !S_ISDIR(stx.stx_mode))
+        return -ENOTDIR;
+    r = fd_path(fd, path, sizeof(path));
+    if (r < 0)
+        return r;
+    if (path[0] != '/' || strstr(path, " (deleted)"))
+        return -ENOENT;
+    copy = strdup(path);
+    if (!copy)
+        return -ENOMEM;
+    free(c->space_path);
+    c->space_path = copy;
+    c->space_dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    c->space_ino = stx.stx_ino;
     return 0;
 }
 
@@ -1523,6 +1613,13 @@ lease_row(const struct conn *c, const struct proto_req *req, uint32_t slot,
 
     if (l->gen == 0 || !may_see_lease(c, l) || (req->pid && o->pid != req->pid) ||
         (req->key && memcmp(req->key, l->key, PROTO_KEY_BYTES) != 0))
+        return 1;
+    /* A key is a disk in one lockspace: asked for the holders of a key by
+     * a connection that showed its lockspace, a lease of that key in another
+     * directory (or handed over without a lockspace) is another disk's.  (A
+     * listing by owner shows all of the owner's, whichever lockspace.) */
+    if (req->key && c->space_path && l->space_dev != 0 &&
+        (l->space_dev != c->space_dev || l->space_ino != c->space_ino))
         return 1;
     /* Listed as held only if it is, now. */
     lease_verify(slot);
@@ -1610,7 +1707,7 @@ type_name(uint16_t type)
 {
     static const char *const names[] = {"?",    "register", "handoff", "release",
                                         "notice", "list",   "owners",  "status",
-                                        "forget", "stop",   "stuck"};
+                                        "forget", "stop",   "stuck",  "space"};
 
     return type < sizeof(names) / sizeof(names[0]) ? names[type] : "?";
 }
@@ -1705,6 +1802,9 @@ dispatch(struct conn *c, const struct proto_req *req, int *fds, size_t nfds, int
         case PROTO_STOP:
             r = do_stop(c, req);
             break;
+        case PROTO_SPACE:
+            r = do_space(c, nfds ? fds[0] : -1);
+            break;
         case PROTO_STUCK: {
             char text[PROTO_STUCK_TEXT_MAX];
             int n = fsw_stuck(text, sizeof(text));
@@ -1739,6 +1839,8 @@ conn_drop(struct conn *c)
     (void)epoll_ctl(H.epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
     safe_close(c->fd);
     c->fd = -1;
+    free(c->space_path);
+    c->space_path = NULL;
     H.nconns--;
     if (u && u->conns)
         u->conns--;
@@ -1807,10 +1909,10 @@ conn_add(int fd)
     ev.data.u64 = TAG_CONN | i;
     if (epoll_ctl(H.epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0)
         return negerrno();
-    H.conns[i] = (struct conn){fd, cred.uid, cred.pid};
+    H.conns[i] = (struct conn){fd, cred.uid, cred.pid, NULL, 0, 0};
     H.nconns++;
     u->conns++;
-    return 0;
+    return (int)i;
 }
 
 /*
@@ -1970,6 +2072,8 @@ rec_lease(struct proto_wr *wr, uint32_t slot, int with_fds)
     wr_u64(wr, H.owners[l->owner].gen);
     wr_u32(wr, l->uid);
     wr_u64(wr, l->ino);
+    wr_u64(wr, l->space_dev);
+    wr_u64(wr, l->space_ino);
     rec_end(wr, at);
 }
 
@@ -2009,10 +2113,20 @@ state_snapshot(int fd, uint64_t offset, int with_fds)
         rec_small(&wr, ST_LISTEN, lv, sizeof(lv));
         for (i = 0; i < CONN_MAX; i++)
             if (H.conns[i].fd >= 0) {
-                int32_t v[3] = {H.conns[i].fd, (int32_t)H.conns[i].uid, H.conns[i].pid};
+                const struct conn *c = &H.conns[i];
+                size_t at = wr.len;
 
-                FLUSH_IF(32);
-                rec_small(&wr, ST_CONN, v, sizeof(v));
+                FLUSH_IF(64 + PATH_MAX);
+                rec_begin(&wr, ST_CONN);
+                wr_i32(&wr, c->fd);
+                wr_i32(&wr, (int32_t)c->uid);
+                wr_i32(&wr, c->pid);
+                if (c->space_path) {
+                    wr_u64(&wr, c->space_dev);
+                    wr_u64(&wr, c->space_ino);
+                    wr_cstr(&wr, c->space_path);
+                }
+                rec_end(&wr, at);
             }
     }
     for (i = 0; i < H.nowner_slots; i++)
@@ -2277,7 +2391,7 @@ restore_lease(struct proto_rd *rd, struct adopt *a)
     const char *disk = rd_str(rd, LOCKD_NAME_MAX, &dl);
     struct owner *o;
     struct lease *l;
-    uint64_t ino;
+    uint64_t ino, space_dev, space_ino;
     uint32_t uid;
     uint8_t by_name;
 
@@ -2291,6 +2405,11 @@ restore_lease(struct proto_rd *rd, struct adopt *a)
     o = rd->left >= 8 ? owner_of_gen(pid, rd_u64(rd)) : owner_find(pid);
     uid = rd->left >= 4 ? rd_u32(rd) : o ? o->uid : 0;
     ino = rd->left >= 8 ? rd_u64(rd) : 0; /* 0: lease_link() looks */
+    space_dev = space_ino = 0; /* not recorded by an older release */
+    if (rd->left >= 16) {
+        space_dev = rd_u64(rd);
+        space_ino = rd_u64(rd);
+    }
     if (!o) {
         /* Never close what might be a held lease (see state_restore). */
         log_warn("lease %llu of pid %d has no owner: kept open, unmanaged",
@@ -2308,6 +2427,8 @@ restore_lease(struct proto_rd *rd, struct adopt *a)
     l->owner = owner_slot(o);
     l->uid = uid;
     l->ino = ino;
+    l->space_dev = space_dev;
+    l->space_ino = space_ino;
     l->mode = mode;
     l->named = a->reexec ? flags & 1 : by_name;
     memcpy(l->key, key, PROTO_KEY_BYTES);
@@ -2373,9 +2494,22 @@ restore_record(uint8_t type, struct proto_rd *rd, struct adopt *a)
         return 0;
     case ST_CONN:
         v[0] = rd_i32(rd), v[1] = rd_i32(rd), v[2] = rd_i32(rd);
-        if (a->reexec && !rd->bad && fcntl(v[0], F_GETFD) >= 0 &&
-            conn_add(v[0]) < 0)
-            safe_close(v[0]);
+        if (a->reexec && !rd->bad && fcntl(v[0], F_GETFD) >= 0) {
+            int k = conn_add(v[0]);
+
+            if (k < 0)
+                safe_close(v[0]);
+            else if (rd->left >= 18) { /* the lockspace it showed */
+                uint64_t dev = rd_u64(rd), ino = rd_u64(rd);
+                uint16_t len;
+                const char *p = rd_str(rd, PATH_MAX, &len);
+
+                if (!rd->bad && len > 0 && (H.conns[k].space_path = strndup(p, len))) {
+                    H.conns[k].space_dev = dev;
+                    H.conns[k].space_ino = ino;
+                }
+            }
+        }
         return 0;
     default:
         return 0; /* a record a newer release added: skip it */

@@ -60,6 +60,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/un.h>
 #include <time.h>
@@ -159,6 +160,7 @@ struct lease_ent {
 };
 
 struct lockd_lease {
+    int dirfd;        /* a copy of its lockspace's: lockd_conn_handoff() binds it */
     size_t n;         /* distinct keys, in ent[] */
     size_t given;     /* keys the caller gave lockd_acquire(), duplicates too */
     uint32_t *slot;   /* slot[i]: the ent[] index of the caller's keys[i] */
@@ -1022,6 +1024,7 @@ lease_plan(size_t n, const char *const *keys, const int *modes, lockd_lease **re
     if (!l)
         return -ENOMEM;
     l->slot = (uint32_t *)(void *)(l->ent + n);
+    l->dirfd = -1;
     for (i = 0; i < n; i++) {
         int m = modes ? modes[i] : LOCKD_EXCLUSIVE;
 
@@ -1067,6 +1070,16 @@ lockd_acquire(lockd_space *space, size_t n, const char *const *keys, const int *
     r = lease_plan(n, keys, modes, &l);
     if (r < 0)
         return r;
+    /* The helper checks each handed-over fd against its lockspace, which
+     * it is shown once per connection (lockd_conn_handoff()). */
+    do
+        l->dirfd = LOCKD_SYS_FCNTL(space->dirfd, F_DUPFD_CLOEXEC, 3);
+    while (l->dirfd < 0 && errno == EINTR);
+    if (l->dirfd < 0) {
+        r = negerrno();
+        free(l);
+        return r;
+    }
     deadline = timeout_ms == LOCKD_FOREVER ? -1
                : timeout_ms == LOCKD_TRY   ? 0
                                            : now_ns() + (int64_t)timeout_ms * 1000000;
@@ -1101,6 +1114,7 @@ lockd_lease_release(lockd_lease *lease)
         if (q < 0 && r == 0)
             r = q;
     }
+    safe_close(lease->dirfd);
     free(lease);
     return r;
 }
@@ -1114,6 +1128,7 @@ lockd_lease_forget(lockd_lease *lease)
         return;
     for (i = 0; i < lease->n; i++)
         safe_close(lease->ent[i].fd);
+    safe_close(lease->dirfd);
     free(lease);
 }
 
@@ -1389,6 +1404,7 @@ enum {
     PROTO_FORGET = 8,
     PROTO_STOP = 9,
     PROTO_STUCK = 10,
+    PROTO_SPACE = 11,
 };
 
 /* The most text a STUCK reply carries. */
@@ -1854,6 +1870,7 @@ decode_body(struct proto_rd *rd, struct proto_req *req)
         break;
     case PROTO_STATUS:
     case PROTO_STUCK:
+    case PROTO_SPACE:
         break;
     case PROTO_STOP:
         req->force = rd_u8(rd);
@@ -1861,11 +1878,13 @@ decode_body(struct proto_rd *rd, struct proto_req *req)
     default:
         rd->bad = 1;
     }
-    if (req->hdr.type != PROTO_HANDOFF && req->hdr.type != PROTO_REGISTER)
+    if (req->hdr.type == PROTO_SPACE)
+        rd->bad |= req->hdr.nfds != 1;
+    else if (req->hdr.type != PROTO_HANDOFF && req->hdr.type != PROTO_REGISTER)
         rd->bad |= req->hdr.nfds != 0;
     if (req->hdr.type != PROTO_LIST && req->hdr.type != PROTO_OWNERS &&
         req->hdr.type != PROTO_STATUS && req->hdr.type != PROTO_STOP &&
-        req->hdr.type != PROTO_STUCK)
+        req->hdr.type != PROTO_STUCK && req->hdr.type != PROTO_SPACE)
         rd->bad |= req->pid <= 0;
 }
 
@@ -1907,6 +1926,9 @@ proto_decode_request(const uint8_t *buf, size_t len, size_t nfds, struct proto_r
 
 struct lockd_conn {
     int sock;
+    int bound; /* showed the helper a lockspace (PROTO_SPACE): the one below */
+    dev_t bound_dev;
+    ino_t bound_ino;
     int broken; /* a reply went missing or made no sense: out of step */
     int status_reply; /* the last call's error came from the helper itself */
     uint32_t serial;
@@ -2142,6 +2164,46 @@ handoff_fit(const lockd_lease *l, const char *const *names, size_t first)
 static int release_all(lockd_conn *c, uint16_t type, int32_t pid, size_t n,
                        const uint64_t *ids);
 
+/* Show the helper the lockspace directory dirfd, unless this connection
+ * showed it last: each fd handed over is checked against it. */
+static int
+conn_bind(lockd_conn *conn, int dirfd)
+{
+    struct proto_wr wr;
+    struct proto_rd rd;
+    struct statx stx;
+    dev_t dev;
+    int r;
+
+    /* What the kernel has of the inode: a hung lockspace filesystem (FUSE,
+     * NFS) is not asked, so a hand-over does not wait for it here. */
+    if (dirfd < 0 ||
+        statx(dirfd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, &stx) < 0 ||
+        !S_ISDIR(stx.stx_mode))
+        return 0; /* none to show */
+    dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    if (conn->bound && conn->bound_dev == dev && conn->bound_ino == stx.stx_ino)
+        return 0;
+    conn_begin(conn, &wr, PROTO_SPACE, 1);
+    r = conn_call(conn, &wr, &dirfd, 1, &rd);
+    if (r < 0)
+        return r;
+    if (rd.bad || rd.left)
+        return -EPROTO;
+    conn->bound = 1;
+    conn->bound_dev = dev;
+    conn->bound_ino = stx.stx_ino;
+    return 0;
+}
+
+LOCKD_API int
+lockd_conn_bind(lockd_conn *conn, const lockd_space *space)
+{
+    if (!conn || !space)
+        return -EINVAL;
+    return conn_bind(conn, space->dirfd);
+}
+
 LOCKD_API int
 lockd_conn_handoff(lockd_conn *conn, int32_t pid, const lockd_lease *lease,
                    const char *const *names, uint64_t *ret_ids)
@@ -2153,6 +2215,9 @@ lockd_conn_handoff(lockd_conn *conn, int32_t pid, const lockd_lease *lease,
 
     if (!conn || !lease || check_pid(pid) < 0)
         return -EINVAL;
+    r = conn_bind(conn, lease->dirfd);
+    if (r < 0)
+        return r;
     for (i = 0; names && i < lease->given; i++)
         if (names[i] && strlen(names[i]) > LOCKD_NAME_MAX)
             return -ENAMETOOLONG;

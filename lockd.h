@@ -263,7 +263,9 @@ LOCKD_API int lockd_key_valid(const char *key);
  * (something unlinks it as fast as it is locked); -EINVAL for n == 0,
  * n > LOCKD_ACQUIRE_MAX, an invalid key or mode or timeout.  On failure
  * nothing is held.  On success *ret_lease owns one O_CLOEXEC fd per distinct
- * key until lockd_lease_release() or
+ * key, and one more, a copy of the lockspace's directory fd (so that
+ * lockd_conn_handoff() can show the helper the lockspace, and the lease may
+ * outlive its lockspace handle), until lockd_lease_release() or
  * lockd_lease_forget().
  */
 #define LOCKD_ACQUIRE_MAX 4096
@@ -488,6 +490,18 @@ LOCKD_API int lockd_conn_owners(lockd_conn *conn, lockd_owner_fn fn, void *userd
  */
 LOCKD_API int lockd_conn_status(lockd_conn *conn, uint64_t *ret_owners, uint64_t *ret_leases,
                                 uint64_t *ret_stored);
+
+/*
+ * Show the helper the lockspace this connection works in.  From then on a
+ * listing of a key's holders (lockd_conn_list() with key) gives only the
+ * leases of that key in this lockspace: a file of the same key in another
+ * directory is another disk.
+ * lockd_conn_handoff() does this by itself (and the helper checks that each
+ * fd handed over is the file of its key in the lockspace it was acquired
+ * in); call it before listing the holders of a key.  Errors: -ENOTDIR, and
+ * the common ones.
+ */
+LOCKD_API int lockd_conn_bind(lockd_conn *conn, const lockd_space *space);
 
 /*
  * Filesystems on which the helper waits for a close or an unlock longer

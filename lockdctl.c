@@ -619,7 +619,7 @@ describe_holder(const lockd_space *space, lockd_conn *conn, const char *key, cha
     const char *how = state == LOCKD_SHARED ? "shared" : "exclusively";
 
     h.text[0] = '\0';
-    if (conn)
+    if (conn && lockd_conn_bind(conn, space) == 0)
         (void)lockd_conn_list(conn, 0, key, holder_row, &h);
     if (state == LOCKD_FREE && h.count == 0) {
         snprintf(buf, size, "it was released meanwhile; try again");
@@ -1338,6 +1338,8 @@ who_one(const struct opts *o, const lockd_space *space, lockd_conn *conn,
         printf(",\"key\":\"%s\",\"state\":\"%s\",\"holders\":[", d->key, c.state);
     }
     if (conn && state != LOCKD_FREE)
+        r = lockd_conn_bind(conn, space);
+    if (conn && state != LOCKD_FREE && r == 0)
         r = lockd_conn_list(conn, 0, d->key, who_row, &c);
     if (r < 0)
         helper_error(o->socket, r);

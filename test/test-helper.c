@@ -42,6 +42,8 @@
  *                       one bad fd among good ones, bad pids and pidfds
  *   stale_notice        a late one-way release notice never touches a newer
  *                       lease of the same disk
+ *   handoff_in_its_space  an fd must be its key's file in the lockspace the
+ *                       connection showed; listings keep to that lockspace
  *   credentials         uid 65534 against root's owners and a 0600 socket
  *   malformed           raw protocol garbage, fd count lies, disconnects,
  *                       1,100 connections: the helper stays up, nothing held
@@ -2133,6 +2135,97 @@ HELPER_CASE(handoff_rollback_stash)
 
 
 /*
+ * A handed-over fd is checked against (lockspace, key): the connection
+ * shows its lockspace (lockd_conn_handoff() does), and each fd must be the
+ * file named by its key in that directory.  Refused: the file of the same
+ * key in another lockspace, and a locked memfd, each put in place of our
+ * copy of a real lease.  A lease of that key acquired in the other
+ * lockspace is accepted (it is a disk there), and a listing by a
+ * connection bound to the first lockspace, and lockdctl who, never name it.
+ */
+static int
+count_row(void *userdata, uint64_t id, int mode, const char *key, const char *disk,
+          int32_t pid, uint32_t uid, const char *uuid, const char *name)
+{
+    (void)id, (void)mode, (void)key, (void)disk, (void)pid, (void)uid, (void)uuid, (void)name;
+    ++*(int *)userdata;
+    return 0;
+}
+
+HELPER_CASE(handoff_in_its_space)
+{
+    lockd_space *sp = space_open_rooted(), *other = NULL;
+    char top[PATH_MAX - 64], cmd[PATH_MAX * 3], key[LOCKD_KEY_SIZE];
+    const char *keys[1] = {key};
+    lockd_lease *real, *forged;
+    lockd_conn *c, *c2;
+    struct runner run;
+    const char *out;
+    struct rows rs;
+    int n = 0;
+    struct guest g;
+    struct fsd *s;
+    int mfd;
+
+    fsd_top(top, sizeof(top));
+    ASSERT_OK(lockd_space_open(test_path("other"), LOCKD_OPEN_CREATE, &other));
+    ASSERT_OK(lockd_space_key(sp, "/images/forged.qcow2", key));
+    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(s);
+    guest_start(&g);
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+
+    /* The file of the key in the other lockspace, in place of ours. */
+    ASSERT_OK(lockd_acquire(other, 1, keys, NULL, LOCKD_TRY, &forged));
+    ASSERT_OK(lockd_acquire(sp, 1, keys, NULL, LOCKD_TRY, &real));
+    ASSERT_OK(dup2(lockd_lease_fd(forged, 0), lockd_lease_fd(real, 0)) < 0 ? -errno : 0);
+    ASSERT_ERR(lockd_conn_handoff(c, g.pid, real, NULL, NULL), EBADFD);
+    /* A locked memfd in its place. */
+    mfd = memfd_create("lease", MFD_CLOEXEC);
+    ASSERT_TRUE(mfd >= 0 && ftruncate(mfd, 1) == 0);
+    set_lock(mfd, F_WRLCK);
+    ASSERT_OK(dup2(mfd, lockd_lease_fd(real, 0)) < 0 ? -errno : 0);
+    close(mfd);
+    ASSERT_ERR(lockd_conn_handoff(c, g.pid, real, NULL, NULL), EBADFD);
+    lockd_lease_forget(real);
+    assert_counts(status_on(c), 1, 0);
+    ASSERT_CONTAINS(read_file(s->log), "not the file of that key in the lockspace");
+
+    /* A lease of that key in the other lockspace: a disk there. */
+    ASSERT_OK(lockd_conn_handoff(c, g.pid, forged, NULL, NULL));
+    lockd_lease_forget(forged);
+    assert_counts(status_on(c), 1, 1);
+    rs = rows_list(c, g.pid); /* c showed the other lockspace last */
+    ASSERT_INT_EQ(rs.n, 1);
+    free(rs.r);
+    c2 = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_bind(c2, sp));
+    ASSERT_INT_EQ(lockd_conn_list(c2, 0, key, count_row, &n), 0);
+    ASSERT_INT_EQ(n, 0);
+    ASSERT_OK(lockd_conn_bind(c2, other));
+    ASSERT_INT_EQ(lockd_conn_list(c2, 0, key, count_row, &n), 0);
+    ASSERT_INT_EQ(n, 1);
+    lockd_conn_close(c2);
+    ASSERT_INT_EQ(probe(sp, key), LOCKD_FREE);
+    snprintf(cmd, sizeof(cmd), "LOCKD_SOCKET=%s LOCKD_DIR=%s %s/lockdctl who "
+             "/images/forged.qcow2 2>&1", s->sock, test_path("space"), top);
+    runner_start(&run);
+    out = runner_run(&run, cmd);
+    if (strstr(out, "guest") || !strstr(out, "free"))
+        TEST_FAIL("lockdctl who names a holder in another lockspace:\n%s", out);
+
+    lockd_conn_close(c);
+    guest_end(&g);
+    ASSERT_TRUE(WAIT_UNTIL(probe(other, key) == LOCKD_FREE, 5000));
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(other);
+    lockd_space_close(sp);
+}
+
+/*
  * A manager that lost a hand-over's reply (its connection broke) reconnects
  * and sends the same lease fds again.  The helper must answer with the same
  * lease ids and keep one copy: two ids for one open file description would
@@ -4193,6 +4286,7 @@ main(int argc, char **argv)
     RUN(only, handoff_rollback, 60);
     RUN(only, handoff_rollback_stash, 60);
     RUN(only, handoff_retried, 60);
+    RUN(only, handoff_in_its_space, 60);
     RUN(only, handoff_names_in_callers_order, 60);
     RUN(only, client_out_of_step, 60);
     RUN(only, credentials, 60);
