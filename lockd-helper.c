@@ -2753,8 +2753,9 @@ stash_resend(uint32_t first, uint32_t last, uint32_t live)
     for (k = 0; k < n; k++) {
         struct stash_msg *m = stash_msg(*where[k]);
 
-        if (m) {
+        if (m) { /* moved, not dead: out of the old message's counts */
             m->live--;
+            m->n--;
             H.stash_live--;
         }
         *where[k] = (uint32_t)seq;
@@ -2957,6 +2958,115 @@ stash_create(void)
     return 0;
 }
 
+/* An owner's or lease's entry, found by generation (stash_migrate()). */
+struct genref {
+    char kind;
+    uint64_t gen;
+    int fd;
+    uint32_t *seq;
+};
+
+static int
+genref_cmp(const void *a, const void *b)
+{
+    const struct genref *x = a, *y = b;
+
+    if (x->kind != y->kind)
+        return x->kind < y->kind ? -1 : 1;
+    return x->gen < y->gen ? -1 : x->gen > y->gen;
+}
+
+static struct genref *
+genref_index(size_t *ret_n)
+{
+    struct genref *v = malloc(((size_t)H.nowners + H.nleases + 1) * sizeof(*v));
+    size_t n = 0;
+    uint32_t i;
+
+    if (!v)
+        return NULL;
+    for (i = 0; i < H.nowner_slots; i++)
+        if (H.owners[i].pid)
+            v[n++] = (struct genref){'P', H.owners[i].gen, H.owners[i].pidfd,
+                                     &H.owners[i].stash_seq};
+    for (i = 0; i < H.nlease_slots; i++)
+        if (H.leases[i].gen)
+            v[n++] = (struct genref){'L', H.leases[i].gen, H.leases[i].fd,
+                                     &H.leases[i].stash_seq};
+    qsort(v, n, sizeof(*v), genref_cmp);
+    *ret_n = n;
+    return v;
+}
+
+/*
+ * Move what an old stash (adopted after a crash, or a previous image's)
+ * holds into the new one, a message at a time: its live entries are sent
+ * again from the helper's own fds, and only then is the message dropped.
+ * So each is queued at every instant, and at most one message's worth
+ * twice: queued fds count against RLIMIT_NOFILE, and two whole stashes of
+ * 19,000 would not fit under the unit's 20,000.  An entry no owner or lease
+ * claims is dropped (the state is authoritative: its lease was unlocked
+ * when let go, or taken back by a client that holds its own copy).
+ * Returns 0 once rx is empty, -errno if a message could not be moved (rx
+ * then stays in the store).
+ */
+static int
+stash_migrate(int rx)
+{
+    size_t nref, k;
+    struct genref *ref = genref_index(&nref);
+    int off = -1, r = 0;
+
+    if (!ref)
+        return -ENOMEM;
+    /* Peek the head each time, without its fds: we have our own. */
+    (void)setsockopt(rx, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof(off));
+    for (;;) {
+        uint8_t data[STASH_BATCH * STASH_ENTRY + 1];
+        char kinds[STASH_BATCH];
+        uint64_t gens[STASH_BATCH];
+        int fds[STASH_BATCH];
+        uint32_t *where[STASH_BATCH];
+        size_t n = 0;
+        int64_t seq;
+        ssize_t len = recv(rx, data, sizeof(data), MSG_PEEK | MSG_DONTWAIT);
+
+        if (len == 0 || (len < 0 && errno == EAGAIN))
+            break;
+        if (len < 0) {
+            r = negerrno();
+            break;
+        }
+        for (k = 0; k + STASH_ENTRY <= (size_t)len && n < STASH_BATCH; k += STASH_ENTRY) {
+            struct genref key = {(char)data[k], 0, -1, NULL}, *g;
+
+            memcpy(&key.gen, data + k + 1, 8);
+            g = bsearch(&key, ref, nref, sizeof(*ref), genref_cmp);
+            if (!g || *g->seq)
+                continue; /* dead, or moved already */
+            kinds[n] = g->kind, gens[n] = g->gen, fds[n] = g->fd;
+            where[n++] = g->seq;
+        }
+        if (n > 0) {
+            seq = stash_send(kinds, gens, fds, n);
+            if (seq < 0) {
+                r = (int)seq;
+                break;
+            }
+            for (k = 0; k < n; k++) {
+                *where[k] = (uint32_t)seq;
+                H.store_leases += kinds[k] == 'L';
+            }
+        }
+        if (recv(rx, data, sizeof(data), MSG_DONTWAIT) < 0) { /* drop it, fds and all */
+            r = negerrno();
+            break;
+        }
+    }
+    free(ref);
+    return r;
+}
+
 /* Everything not yet stashed, in full messages. */
 static void
 stash_fill(void)
@@ -3051,14 +3161,24 @@ store_start(int adopted_state)
         H.store_on = 0;
         return;
     }
-    stash_fill();
+    /* The old stashes' entries first, each moved before it is dropped;
+     * then whatever is in none (an older build's named fds, a lease past
+     * the bound before). */
     for (i = 0; i < H.nold_stash; i++) {
+        int r = H.old_stash[i].fd >= 0 ? stash_migrate(H.old_stash[i].fd) : 0;
+
+        if (r < 0) {
+            log_err("fd stash S%llu: cannot move its leases (%s): it stays in the store",
+                    (unsigned long long)H.old_stash[i].name, strerror(-r));
+            continue;
+        }
         snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=S%llu",
                  (unsigned long long)H.old_stash[i].name);
         (void)sd_notify(0, msg);
         safe_close(H.old_stash[i].fd);
     }
     H.nold_stash = 0;
+    stash_fill();
     for (i = 0; i < H.nowner_slots; i++)
         if (H.owners[i].pid && H.owners[i].named && H.owners[i].stash_seq) {
             store_remove_named(1, 'P', H.owners[i].gen);
@@ -3218,8 +3338,8 @@ stash_peek_all(int fd, struct adopt *a)
  * the fd store kept: the state memfd ("state") and the stash, whose queue
  * holds the lease fds and owner pidfds (or, from an older release, each of
  * them under its own name).  Returns the state memfd (the caller keeps
- * using it), -1 if there was none.  Every fd the state does not claim is
- * left open, and so is a stash that had one: it may be a lease.
+ * using it), -1 if there was none.  If the state cannot be read, every fd is
+ * left open and every stash in the store: each may be a lease.
  */
 static int
 adopt_listen_fds(void)
@@ -3257,18 +3377,29 @@ adopt_listen_fds(void)
             log_warn("passed fd %d (%s) not understood: kept open", fd, name);
     }
     named_sort(&a);
-    if (state >= 0 && (r = state_restore(state, &a)) < 0)
+    r = state >= 0 ? state_restore(state, &a) : -ENOENT;
+    if (state >= 0 && r < 0)
         log_err("cannot read the fd store's state (%s): every stored fd is kept open, so no "
                 "lease is lost, but they are not managed",
                 strerror(-r));
-    for (i = 0; (size_t)i < a.nnamed; i++)
-        if (a.named[i].fd >= 0) {
-            log_warn("stored fd %c%llu has no record: kept open", a.named[i].kind,
-                     (unsigned long long)a.named[i].number);
-            unclaimed += !a.named[i].by_name;
+    for (i = 0; (size_t)i < a.nnamed; i++) {
+        if (a.named[i].fd < 0)
+            continue;
+        if (r >= 0 && !a.named[i].by_name) {
+            /* A queued copy of a lease let go before the restart (its
+             * records compacted away): unlocked then, or taken back by a
+             * client that holds its own copy.  The state says so. */
+            fd_dispose(a.named[i].fd, 0);
+            unclaimed++;
+            continue;
         }
-    if (unclaimed) {
-        log_warn("%d stashed fds have no record: the old stash stays in the store", unclaimed);
+        log_warn("stored fd %c%llu has no record: kept open", a.named[i].kind,
+                 (unsigned long long)a.named[i].number);
+    }
+    if (unclaimed)
+        log_info("%d stashed fds of leases let go before the restart: closed", unclaimed);
+    if (r < 0 && H.nold_stash) {
+        log_warn("the fd stash stays in the store, unmanaged, since the state is unreadable");
         H.nold_stash = 0;
     }
     for (i = 0; names && i < n; i++)
@@ -3487,9 +3618,14 @@ do_reexec(void)
         snprintf(num, sizeof(num), "%d", H.state_fd);
         setenv("LOCKD_HELPER_STORE_STATE_FD", num, 1);
     }
-    if (H.stash_tx >= 0) { /* the new image replaces it and removes this one */
-        snprintf(num, sizeof(num), "%llu", (unsigned long long)H.stash_name);
-        setenv("LOCKD_HELPER_OLD_STASH", num, 1);
+    if (H.stash_rx >= 0) {
+        char old[48];
+
+        /* The new image moves its entries to a stash of its own, a message
+         * at a time (stash_migrate()), and removes it from the store. */
+        (void)set_cloexec(H.stash_rx, 0);
+        snprintf(old, sizeof(old), "%llu:%d", (unsigned long long)H.stash_name, H.stash_rx);
+        setenv("LOCKD_HELPER_OLD_STASH", old, 1);
     }
     log_notice("re-exec %s: %u owners, %u leases", H.self_path, H.nowners, H.nleases);
     fflush(stderr);
@@ -3498,6 +3634,8 @@ do_reexec(void)
     unsetenv(STATE_ENV);
     unsetenv("LOCKD_HELPER_STORE_STATE_FD");
     unsetenv("LOCKD_HELPER_OLD_STASH");
+    if (H.stash_rx >= 0)
+        (void)set_cloexec(H.stash_rx, 1);
     safe_close(fd);
     for (i = 0; i < H.nowner_slots; i++)
         if (H.owners[i].pid)
@@ -4065,8 +4203,14 @@ main(int argc, char **argv)
         state = sfd ? atoi(sfd) : -1;
         unsetenv("LOCKD_HELPER_STORE_STATE_FD");
         if (old) {
-            H.old_stash[0].name = strtoull(old, NULL, 10);
-            H.old_stash[0].fd = -1;
+            char *colon;
+
+            H.old_stash[0].name = strtoull(old, &colon, 10);
+            H.old_stash[0].fd = *colon == ':' ? atoi(colon + 1) : -1;
+            if (H.old_stash[0].fd < 3 || fcntl(H.old_stash[0].fd, F_GETFD) < 0)
+                H.old_stash[0].fd = -1;
+            else
+                (void)set_cloexec(H.old_stash[0].fd, 1);
             H.nold_stash = 1;
             unsetenv("LOCKD_HELPER_OLD_STASH");
         }
