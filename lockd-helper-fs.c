@@ -48,7 +48,8 @@ now_ns(void)
 int
 fsw_statx(int fd, struct statx *ret)
 {
-    return statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, ret) < 0
+    return statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC,
+                 STATX_TYPE | STATX_INO | STATX_MNT_ID, ret) < 0
                ? -errno
                : 0;
 }
@@ -177,23 +178,28 @@ int
 fsw_close_is_local(const struct statx *stx)
 {
     static const char *const local[] = {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs"};
+    /* By device and mount: an anonymous device number (tmpfs, FUSE) comes
+     * back for the next such mount once one is unmounted. */
     static struct {
         dev_t dev;
+        uint64_t mnt;
         int local;
     } cache[32];
     static unsigned ncache;
     dev_t dev = makedev(stx->stx_dev_major, stx->stx_dev_minor);
+    uint64_t mnt = stx->stx_mask & STATX_MNT_ID ? stx->stx_mnt_id : 0;
     char where[256], type[64];
     unsigned i;
     int yes = 0;
 
-    for (i = 0; i < ncache && i < 32; i++)
-        if (cache[i].dev == dev)
+    for (i = 0; mnt && i < ncache && i < 32; i++)
+        if (cache[i].dev == dev && cache[i].mnt == mnt)
             return cache[i].local;
     mount_info(dev, where, sizeof(where), type, sizeof(type));
     for (i = 0; i < sizeof(local) / sizeof(local[0]); i++)
         yes |= strcmp(type, local[i]) == 0;
     cache[ncache % 32].dev = dev;
+    cache[ncache % 32].mnt = mnt;
     cache[ncache % 32].local = yes;
     ncache++;
     return yes;

@@ -118,7 +118,7 @@ struct conn {
     /* The lockspace it showed (SPACE): each fd it hands over must be the
      * file of its key in that directory.  NULL: none shown. */
     char *space_path;
-    uint64_t space_dev, space_ino;
+    uint64_t space_dev, space_ino, space_mnt;
 };
 
 /* A lease's space_dev when its connection showed no lockspace: it matches
@@ -1336,7 +1336,10 @@ in_space(const struct conn *c, int fd, const char *key)
 
     if (!c->space_path)
         return 1;
+    /* The same mount too: a file bind-mounted over <dir>/<key> (from the
+     * same filesystem) has the right name but is not the lockspace's. */
     if (fsw_statx(fd, &stx) < 0 || makedev(stx.stx_dev_major, stx.stx_dev_minor) != c->space_dev ||
+        (c->space_mnt && (!(stx.stx_mask & STATX_MNT_ID) || stx.stx_mnt_id != c->space_mnt)) ||
         fd_path(fd, path, sizeof(path)) < 0)
         return 0;
     len = strlen(c->space_path);
@@ -1543,6 +1546,7 @@ do_space(struct conn *c, int fd)
     c->space_path = copy;
     c->space_dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
     c->space_ino = stx.stx_ino;
+    c->space_mnt = stx.stx_mask & STATX_MNT_ID ? stx.stx_mnt_id : 0;
     return 0;
 }
 
@@ -1909,7 +1913,7 @@ conn_add(int fd)
     ev.data.u64 = TAG_CONN | i;
     if (epoll_ctl(H.epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0)
         return negerrno();
-    H.conns[i] = (struct conn){fd, cred.uid, cred.pid, NULL, 0, 0};
+    H.conns[i] = (struct conn){fd, cred.uid, cred.pid, NULL, 0, 0, 0};
     H.nconns++;
     u->conns++;
     return (int)i;
@@ -2125,6 +2129,7 @@ state_snapshot(int fd, uint64_t offset, int with_fds)
                     wr_u64(&wr, c->space_dev);
                     wr_u64(&wr, c->space_ino);
                     wr_cstr(&wr, c->space_path);
+                    wr_u64(&wr, c->space_mnt);
                 }
                 rec_end(&wr, at);
             }
@@ -2507,6 +2512,7 @@ restore_record(uint8_t type, struct proto_rd *rd, struct adopt *a)
                 if (!rd->bad && len > 0 && (H.conns[k].space_path = strndup(p, len))) {
                     H.conns[k].space_dev = dev;
                     H.conns[k].space_ino = ino;
+                    H.conns[k].space_mnt = rd->left >= 8 ? rd_u64(rd) : 0;
                 }
             }
         }

@@ -1929,6 +1929,7 @@ struct lockd_conn {
     int bound; /* showed the helper a lockspace (PROTO_SPACE): the one below */
     dev_t bound_dev;
     ino_t bound_ino;
+    uint64_t bound_mnt; /* the mount it was seen through: a bind mount is another */
     int broken; /* a reply went missing or made no sense: out of step */
     int status_reply; /* the last call's error came from the helper itself */
     uint32_t serial;
@@ -2178,11 +2179,13 @@ conn_bind(lockd_conn *conn, int dirfd)
     /* What the kernel has of the inode: a hung lockspace filesystem (FUSE,
      * NFS) is not asked, so a hand-over does not wait for it here. */
     if (dirfd < 0 ||
-        statx(dirfd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, &stx) < 0 ||
+        statx(dirfd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC,
+              STATX_TYPE | STATX_INO | STATX_MNT_ID, &stx) < 0 ||
         !S_ISDIR(stx.stx_mode))
         return 0; /* none to show */
     dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
-    if (conn->bound && conn->bound_dev == dev && conn->bound_ino == stx.stx_ino)
+    if (conn->bound && conn->bound_dev == dev && conn->bound_ino == stx.stx_ino &&
+        conn->bound_mnt == stx.stx_mnt_id)
         return 0;
     conn_begin(conn, &wr, PROTO_SPACE, 1);
     r = conn_call(conn, &wr, &dirfd, 1, &rd);
@@ -2193,6 +2196,7 @@ conn_bind(lockd_conn *conn, int dirfd)
     conn->bound = 1;
     conn->bound_dev = dev;
     conn->bound_ino = stx.stx_ino;
+    conn->bound_mnt = stx.stx_mnt_id;
     return 0;
 }
 

@@ -66,6 +66,7 @@
 #include <grp.h>
 #include <netinet/in.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 
@@ -2228,7 +2229,9 @@ HELPER_CASE(handoff_in_its_space)
     lockd_space *sp = space_open_rooted(), *other = NULL;
     char top[PATH_MAX - 64], cmd[PATH_MAX * 3], key[LOCKD_KEY_SIZE];
     const char *keys[1] = {key};
+    lockd_space *via = NULL;
     lockd_lease *real, *forged;
+    uint64_t vid = 0;
     lockd_conn *c, *c2;
     struct runner run;
     const char *out;
@@ -2262,6 +2265,18 @@ HELPER_CASE(handoff_in_its_space)
     lockd_lease_forget(real);
     assert_counts(status_on(c), 1, 0);
     ASSERT_CONTAINS(read_file(s->log), "not the file of that key in the lockspace");
+
+    /* The same lockspace through a bind mount is another path: the
+     * connection shows it again, and the hand-over is accepted. */
+    ASSERT_OK(mkdir(test_path("via"), 0700) < 0 ? -errno : 0);
+    ASSERT_OK(mount(test_path("space"), test_path("via"), NULL, MS_BIND, NULL) < 0 ? -errno : 0);
+    ASSERT_OK(lockd_space_open(test_path("via"), 0, &via));
+    ASSERT_OK(lockd_acquire(via, 1, keys, NULL, LOCKD_TRY, &real));
+    ASSERT_OK(lockd_conn_handoff(c, g.pid, real, NULL, &vid));
+    lockd_lease_forget(real);
+    ASSERT_INT_EQ(lockd_conn_release(c, g.pid, 1, &vid), 1);
+    lockd_space_close(via);
+    ASSERT_OK(umount2(test_path("via"), MNT_DETACH) < 0 ? -errno : 0);
 
     /* A lease of that key in the other lockspace: a disk there. */
     ASSERT_OK(lockd_conn_handoff(c, g.pid, forged, NULL, NULL));
