@@ -846,11 +846,11 @@ ofd_insert(uint32_t slot)
     if (ofd_locate(g, H.leases[slot].fd, &pos))
         return 0;
     if (g->n == g->cap) {
-        uint32_t *v = realloc(g->slots, 2 * g->cap * sizeof(*v));
+        uint32_t *v = realloc(g->slots, (g->cap ? 2 * g->cap : 4) * sizeof(*v));
 
         if (!v)
             return -ENOMEM;
-        g->slots = v, g->cap *= 2;
+        g->slots = v, g->cap = g->cap ? 2 * g->cap : 4;
     }
     memmove(g->slots + pos + 1, g->slots + pos, (g->n - pos) * sizeof(*g->slots));
     g->slots[pos] = slot;
@@ -2653,7 +2653,7 @@ stash_ring_room(void)
     m = malloc((size_t)cap * sizeof(*m));
     if (!m)
         return -ENOMEM;
-    for (i = 0; i < H.stash_count; i++)
+    for (i = 0; H.stash_cap && i < H.stash_count; i++)
         m[i] = H.stash_msgs[(H.stash_head + i) % H.stash_cap];
     free(H.stash_msgs);
     H.stash_msgs = m;

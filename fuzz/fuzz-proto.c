@@ -74,6 +74,8 @@ encode_body(const struct proto_req *req, uint8_t *buf, size_t cap)
         wr_u64(&wr, req->cursor);
         break;
     case PROTO_STATUS:
+    case PROTO_STUCK:
+    case PROTO_SPACE:
         break;
     case PROTO_STOP:
         wr_u8(&wr, req->force);
@@ -95,10 +97,11 @@ check_request(const uint8_t *msg, size_t size, size_t nfds, const struct proto_r
     CHECK(size >= PROTO_HDR_SIZE && req->hdr.len == size - PROTO_HDR_SIZE);
     CHECK(nfds != PROTO_FDS_LOST && req->hdr.nfds == nfds && nfds <= PROTO_FDS_MAX);
     CHECK(req->hdr.version == PROTO_VERSION && req->hdr.status == 0);
-    CHECK(req->hdr.type >= PROTO_REGISTER && req->hdr.type <= PROTO_STOP);
+    CHECK(req->hdr.type >= PROTO_REGISTER && req->hdr.type <= PROTO_SPACE);
     CHECK((req->hdr.type == PROTO_NOTICE) == (req->hdr.serial == 0));
     if (req->hdr.type != PROTO_LIST && req->hdr.type != PROTO_OWNERS &&
-        req->hdr.type != PROTO_STATUS && req->hdr.type != PROTO_STOP)
+        req->hdr.type != PROTO_STATUS && req->hdr.type != PROTO_STOP &&
+        req->hdr.type != PROTO_STUCK && req->hdr.type != PROTO_SPACE)
         CHECK(req->pid > 0);
     if (req->hdr.type == PROTO_REGISTER) {
         CHECK(nfds <= 1 && req->name_len <= LOCKD_OWNER_NAME_MAX);
@@ -115,7 +118,9 @@ check_request(const uint8_t *msg, size_t size, size_t nfds, const struct proto_r
             (void)inside(msg, size, it->key, PROTO_KEY_BYTES);
             (void)inside(msg, size, it->disk, it->disk_len);
         }
-    } else
+    } else if (req->hdr.type == PROTO_SPACE)
+        CHECK(nfds == 1);
+    else
         CHECK(nfds == 0);
     if (req->hdr.type == PROTO_RELEASE || req->hdr.type == PROTO_NOTICE ||
         req->hdr.type == PROTO_FORGET)
@@ -217,6 +222,10 @@ seed_corpus(const char *dir)
     seed_write(dir, "owners", 0, &wr);
     proto_begin(&wr, PROTO_STATUS, 6, 0, 0);
     seed_write(dir, "status", 0, &wr);
+    proto_begin(&wr, PROTO_STUCK, 7, 0, 0);
+    seed_write(dir, "stuck", 0, &wr);
+    proto_begin(&wr, PROTO_SPACE, 8, 0, 1);
+    seed_write(dir, "space", 1, &wr);
 }
 
 int

@@ -714,7 +714,7 @@ static void *
 conn_main(void *arg)
 {
     int fd = (int)(intptr_t)arg;
-    char buf[CMD_MAX], reply[REPLY_MAX];
+    char buf[CMD_MAX] = "", reply[REPLY_MAX];
     size_t len = 0, used;
     bool quit = false;
 
