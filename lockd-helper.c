@@ -1321,9 +1321,9 @@ fd_path(int fd, char *buf, size_t size)
 }
 
 /*
- * Whether fd is the lease file of key in the lockspace c showed: same
- * filesystem as that directory, and named <dir>/<key> now (a memfd, a file
- * of that name elsewhere, or one unlinked since is not).  Without a shown
+ * Whether fd is the lease file of key in the lockspace c showed: on that
+ * directory's mount, and named <dir>/<key> now (a memfd, a file of that
+ * name elsewhere, or one unlinked since is not).  Without a shown
  * lockspace there is nothing to compare with, and the lease is listed under
  * none (SPACE_NONE).
  */
@@ -1336,11 +1336,15 @@ in_space(const struct conn *c, int fd, const char *key)
 
     if (!c->space_path)
         return 1;
-    /* The same mount too: a file bind-mounted over <dir>/<key> (from the
-     * same filesystem) has the right name but is not the lockspace's. */
-    if (fsw_statx(fd, &stx) < 0 || makedev(stx.stx_dev_major, stx.stx_dev_minor) != c->space_dev ||
-        (c->space_mnt && (!(stx.stx_mask & STATX_MNT_ID) || stx.stx_mnt_id != c->space_mnt)) ||
-        fd_path(fd, path, sizeof(path)) < 0)
+    /* On the lockspace's mount: a file bind-mounted over <dir>/<key> has
+     * the right name but is not the lockspace's.  (Not by device: on
+     * overlayfs a file shows its layer's device, its directory the
+     * overlay's; the device only where the kernel gives no mount id.) */
+    if (fsw_statx(fd, &stx) < 0 || fd_path(fd, path, sizeof(path)) < 0)
+        return 0;
+    if ((c->space_mnt && (stx.stx_mask & STATX_MNT_ID))
+            ? stx.stx_mnt_id != c->space_mnt
+            : makedev(stx.stx_dev_major, stx.stx_dev_minor) != c->space_dev)
         return 0;
     len = strlen(c->space_path);
     return strncmp(path, c->space_path, len) == 0 &&
@@ -1360,9 +1364,14 @@ check_item(const struct conn *c, const struct proto_req *req, size_t i, int fd)
     if (r == 1 && in_space(c, fd, key))
         return 0;
     if (r == 1) {
+        char path[PATH_MAX];
+
+        if (fd_path(fd, path, sizeof(path)) < 0)
+            snprintf(path, sizeof(path), "?");
         log_refusal(c->uid, 4, "refused lease %.*s (%s) for pid %d from uid %u: fd is not "
-                    "the file of that key in the lockspace %s",
-                    (int)it->disk_len, it->disk, key, (int)req->pid, c->uid, c->space_path);
+                    "the file of that key in the lockspace %s, but %s",
+                    (int)it->disk_len, it->disk, key, (int)req->pid, c->uid, c->space_path,
+                    path);
         return -EBADFD;
     }
     log_refusal(c->uid, 4, "refused lease %.*s (%s) for pid %d from uid %u: %s",
