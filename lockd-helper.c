@@ -75,8 +75,8 @@ static void fd_dispose(int fd, int unlock);
 #define TAG_MASK   (0xffull << 56)
 
 /*
- * A lease the helper holds: 72 bytes plus its disk name, so 19,000 leases
- * fit in about 1.4 MiB.  Its id (lease_id()) is its generation, offset by
+ * A lease the helper holds: 88 bytes plus its disk name, so 19,000 leases
+ * fit in about 1.7 MiB.  Its id (lease_id()) is its generation, offset by
  * the epoch, above its slot: gen comes from one counter that only grows (and
  * is carried across re-exec and crashes), so a stale release notice cannot
  * touch a newer lease.
@@ -92,8 +92,8 @@ struct lease {
     uint8_t named;  /* in systemd's fd store under its own name (older releases) */
     uint8_t lost;   /* a check found its lock gone (lease_verify()) */
     uint32_t stash_seq; /* the fd stash's message that holds a copy; 0: none */
+    uint32_t space; /* its lockspace directory: space_intern(), or SPACE_* */
     uint64_t ino;   /* its file's inode number, for the OFD index */
-    uint64_t space_dev, space_ino; /* its lockspace directory (struct conn) */
     uint8_t key[PROTO_KEY_BYTES];
     char *disk;
 };
@@ -121,10 +121,11 @@ struct conn {
     uint64_t space_dev, space_ino, space_mnt;
 };
 
-/* A lease's space_dev when its connection showed no lockspace: it matches
- * no lockspace a listing asks for.  (0: restored from an older state, which
- * did not record one: it matches every lockspace.) */
-#define SPACE_NONE UINT64_MAX
+/* A lease's space when its connection showed no lockspace: it matches no
+ * lockspace a listing asks for.  SPACE_ANY: restored from an older state,
+ * which did not record one: it matches every lockspace. */
+#define SPACE_ANY  0
+#define SPACE_NONE UINT32_MAX
 
 struct uid_count {
     uint32_t uid, leases, owners, conns;
@@ -168,6 +169,10 @@ static struct {
     uint32_t nconns;
     struct uid_count *uids;
     uint32_t nuids;
+    struct {
+        uint64_t dev, ino;
+    } *spaces; /* the lockspaces leases were handed over in; see space_intern() */
+    uint32_t nspaces;
 
     /* systemd */
     int notify; /* NOTIFY_SOCKET is set */
@@ -1453,6 +1458,28 @@ check_ofds(const struct conn *c, const struct owner *o, const struct proto_req *
     return -EEXIST;
 }
 
+/* The number (from 1) of the lockspace (dev, ino): a lease keeps 4 bytes,
+ * not 16, and there are few lockspaces.  SPACE_ANY if out of memory. */
+static uint32_t
+space_intern(uint64_t dev, uint64_t ino)
+{
+    void *v;
+    uint32_t i;
+
+    for (i = 0; i < H.nspaces; i++)
+        if (H.spaces[i].dev == dev && H.spaces[i].ino == ino)
+            return i + 1;
+    if (H.nspaces + 1 >= SPACE_NONE)
+        return SPACE_ANY;
+    v = realloc(H.spaces, (H.nspaces + 1) * sizeof(*H.spaces));
+    if (!v)
+        return SPACE_ANY;
+    H.spaces = v;
+    H.spaces[H.nspaces].dev = dev;
+    H.spaces[H.nspaces].ino = ino;
+    return ++H.nspaces;
+}
+
 /*
  * HANDOFF: every fd is checked, and every allocation made, before any lease
  * is taken over, so the request is all or nothing without an undo path.
@@ -1462,7 +1489,7 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
 {
     struct owner *o = owner_find(req->pid);
     char *disks[PROTO_FDS_MAX];
-    uint32_t again[PROTO_FDS_MAX], limit, i, slot = NONE;
+    uint32_t again[PROTO_FDS_MAX], limit, i, slot = NONE, space;
     struct uid_count *u;
     int r = 0;
 
@@ -1476,6 +1503,9 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
         return -ENOMEM;
     if (u->leases + req->count > limit || !fds_room(c->uid, req->count))
         return -EDQUOT;
+    space = c->space_path ? space_intern(c->space_dev, c->space_ino) : SPACE_NONE;
+    if (space == SPACE_ANY)
+        return -ENOMEM;
     for (i = 0; i < req->count && r == 0; i++)
         r = check_item(c, req, i, fds[i]);
     probe_release();
@@ -1516,8 +1546,7 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
         l->owner = owner_slot(o);
         l->uid = c->uid;
         l->ino = ofd_sort_st[i].stx_ino; /* check_ofds() took it */
-        l->space_dev = c->space_path ? c->space_dev : SPACE_NONE;
-        l->space_ino = c->space_path ? c->space_ino : 0;
+        l->space = space;
         l->mode = req->items[i].mode;
         l->disk = disks[i];
         memcpy(l->key, req->items[i].key, PROTO_KEY_BYTES);
@@ -1631,8 +1660,9 @@ lease_row(const struct conn *c, const struct proto_req *req, uint32_t slot,
      * a connection that showed its lockspace, a lease of that key in another
      * directory (or handed over without a lockspace) is another disk's.  (A
      * listing by owner shows all of the owner's, whichever lockspace.) */
-    if (req->key && c->space_path && l->space_dev != 0 &&
-        (l->space_dev != c->space_dev || l->space_ino != c->space_ino))
+    if (req->key && c->space_path && l->space != SPACE_ANY &&
+        (l->space == SPACE_NONE || H.spaces[l->space - 1].dev != c->space_dev ||
+         H.spaces[l->space - 1].ino != c->space_ino))
         return 1;
     /* Listed as held only if it is, now. */
     lease_verify(slot);
@@ -2085,8 +2115,11 @@ rec_lease(struct proto_wr *wr, uint32_t slot, int with_fds)
     wr_u64(wr, H.owners[l->owner].gen);
     wr_u32(wr, l->uid);
     wr_u64(wr, l->ino);
-    wr_u64(wr, l->space_dev);
-    wr_u64(wr, l->space_ino);
+    /* A lockspace's identity: (0, 0) none recorded, (~0, 0) none shown. */
+    wr_u64(wr, l->space == SPACE_NONE  ? UINT64_MAX
+               : l->space == SPACE_ANY ? 0
+                                       : H.spaces[l->space - 1].dev);
+    wr_u64(wr, l->space == SPACE_NONE || l->space == SPACE_ANY ? 0 : H.spaces[l->space - 1].ino);
     rec_end(wr, at);
 }
 
@@ -2441,8 +2474,9 @@ restore_lease(struct proto_rd *rd, struct adopt *a)
     l->owner = owner_slot(o);
     l->uid = uid;
     l->ino = ino;
-    l->space_dev = space_dev;
-    l->space_ino = space_ino;
+    l->space = space_dev == 0            ? SPACE_ANY
+               : space_dev == UINT64_MAX ? SPACE_NONE
+                                         : space_intern(space_dev, space_ino);
     l->mode = mode;
     l->named = a->reexec ? flags & 1 : by_name;
     memcpy(l->key, key, PROTO_KEY_BYTES);
