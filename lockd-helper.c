@@ -389,16 +389,21 @@ pidfd_pid(int pidfd)
  * on FUSE or NFS it would wait for the server (lockd-helper-fs.h).
  */
 static int
-fd_has_lease(int fd, int mode)
+fd_has_lease(int fd, int mode, const struct statx *stx)
 {
     char buf[4096], *line;
     const char *want = mode == LOCKD_SHARED ? " READ " : " WRITE ";
-    struct statx stx;
+    struct statx own;
     ssize_t n;
 
-    if (fsw_statx(fd, &stx) < 0 || !S_ISREG(stx.stx_mode))
+    if (!stx) { /* the caller has none taken */
+        if (fsw_statx(fd, &own) < 0)
+            return 0;
+        stx = &own;
+    }
+    if (!S_ISREG(stx->stx_mode))
         return 0;
-    if (!fsw_close_is_local(&stx)) {
+    if (!fsw_close_is_local(stx)) {
         /* FUSE and NFS flush on every close, of a copy too: its own entry
          * is read, and nothing of it is closed on the loop. */
         int r = fdinfo_read(fd, buf, sizeof(buf));
@@ -1155,7 +1160,7 @@ lease_verify(uint32_t slot)
 
     if (l->lost)
         return;
-    r = fd_has_lease(l->fd, l->mode);
+    r = fd_has_lease(l->fd, l->mode, NULL);
     probe_release();
     if (r == 0)
         lease_mark_lost(slot);
@@ -1333,10 +1338,9 @@ fd_path(int fd, char *buf, size_t size)
  * none (SPACE_NONE).
  */
 static int
-in_space(const struct conn *c, int fd, const char *key)
+in_space(const struct conn *c, int fd, const char *key, const struct statx *stx)
 {
     char path[PATH_MAX];
-    struct statx stx;
     size_t len;
 
     if (!c->space_path)
@@ -1345,11 +1349,11 @@ in_space(const struct conn *c, int fd, const char *key)
      * the right name but is not the lockspace's.  (Not by device: on
      * overlayfs a file shows its layer's device, its directory the
      * overlay's; the device only where the kernel gives no mount id.) */
-    if (fsw_statx(fd, &stx) < 0 || fd_path(fd, path, sizeof(path)) < 0)
+    if ((c->space_mnt && (stx->stx_mask & STATX_MNT_ID))
+            ? stx->stx_mnt_id != c->space_mnt
+            : makedev(stx->stx_dev_major, stx->stx_dev_minor) != c->space_dev)
         return 0;
-    if ((c->space_mnt && (stx.stx_mask & STATX_MNT_ID))
-            ? stx.stx_mnt_id != c->space_mnt
-            : makedev(stx.stx_dev_major, stx.stx_dev_minor) != c->space_dev)
+    if (fd_path(fd, path, sizeof(path)) < 0)
         return 0;
     len = strlen(c->space_path);
     return strncmp(path, c->space_path, len) == 0 &&
@@ -1357,16 +1361,21 @@ in_space(const struct conn *c, int fd, const char *key)
            strcmp(path + len + (len > 1), key) == 0;
 }
 
+/* Each hand-over item's statx, taken once by check_item(); check_ofds()
+ * orders the items by it (with ofd_sort_fds). */
+static struct statx ofd_sort_st[PROTO_FDS_MAX];
+
 /* Refuse a hand-over whose fd is not what it claims; returns 0 or -errno. */
 static int
 check_item(const struct conn *c, const struct proto_req *req, size_t i, int fd)
 {
     const struct proto_item *it = &req->items[i];
+    struct statx *stx = &ofd_sort_st[i];
     char key[LOCKD_KEY_SIZE];
-    int r = fd_has_lease(fd, it->mode);
+    int r = fsw_statx(fd, stx) < 0 ? 0 : fd_has_lease(fd, it->mode, stx);
 
     key_to_hex(it->key, key);
-    if (r == 1 && in_space(c, fd, key))
+    if (r == 1 && in_space(c, fd, key, stx))
         return 0;
     if (r == 1) {
         char path[PATH_MAX];
@@ -1392,7 +1401,6 @@ check_item(const struct conn *c, const struct proto_req *req, size_t i, int fd)
 /* Order of hand-over items by their fds' inode, then open file description
  * (kcmp), for finding two items that are one description. */
 static const int *ofd_sort_fds;
-static struct statx ofd_sort_st[PROTO_FDS_MAX];
 
 static int
 ofd_item_cmp(const void *pa, const void *pb)
@@ -1426,13 +1434,8 @@ check_ofds(const struct conn *c, const struct owner *o, const struct proto_req *
 
     if (ofd_rebuild() < 0)
         return -ENOMEM;
-    for (i = 0; i < req->count; i++) {
-        order[i] = i;
-        int r = fsw_statx(fds[i], &ofd_sort_st[i]);
-
-        if (r < 0)
-            return r;
-    }
+    for (i = 0; i < req->count; i++)
+        order[i] = i; /* check_item() took each statx */
     for (i = 0; i < req->count && !why; i++) {
         const struct lease *l;
 
@@ -1545,7 +1548,7 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
         l->fd = fds[i];
         l->owner = owner_slot(o);
         l->uid = c->uid;
-        l->ino = ofd_sort_st[i].stx_ino; /* check_ofds() took it */
+        l->ino = ofd_sort_st[i].stx_ino; /* check_item() took it */
         l->space = space;
         l->mode = req->items[i].mode;
         l->disk = disks[i];
