@@ -1288,6 +1288,28 @@ HELPER_CASE(crash_helper_store_bound)
  * 400 live leases from the queue, every released disk stays free, and the
  * new stash holds the 400 and nothing else.
  */
+/*
+ * Hand over keys[from..to) for pid one message each (the stash's worst
+ * case), named /images/<tag>-<i>.qcow2: key[i] gets each key, id[i] its
+ * lease id; our copies are forgotten.
+ */
+static void
+hand_over_singles(lockd_conn *c, lockd_space *sp, int32_t pid, const char *tag, size_t from,
+                  size_t to, char (*key)[LOCKD_KEY_SIZE], uint64_t *id)
+{
+    for (size_t i = from; i < to; i++) {
+        const char *k = key[i];
+        char name[64];
+        lockd_lease *l;
+
+        snprintf(name, sizeof(name), "/images/%s-%zu.qcow2", tag, i);
+        ASSERT_OK(lockd_space_key(sp, name, key[i]));
+        ASSERT_OK(lockd_acquire(sp, 1, &k, NULL, LOCKD_TRY, &l));
+        ASSERT_OK(lockd_conn_handoff(c, pid, l, NULL, &id[i]));
+        lockd_lease_forget(l);
+    }
+}
+
 HELPER_CASE(stash_rotation)
 {
     enum { FIRST = 1500, GONE = 1400, MORE = 300, N = FIRST + MORE };
@@ -1305,20 +1327,10 @@ HELPER_CASE(stash_rotation)
     guest_start(&g);
     c = conn_open(s->sock);
     ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
-    for (i = 0; i < N; i++) {
-        const char *k = key[i];
-        char name[64];
-        lockd_lease *l;
-
-        snprintf(name, sizeof(name), "/images/churn-%zu.qcow2", i);
-        ASSERT_OK(lockd_space_key(sp, name, key[i]));
-        ASSERT_OK(lockd_acquire(sp, 1, &k, NULL, LOCKD_TRY, &l));
-        ASSERT_OK(lockd_conn_handoff(c, g.pid, l, NULL, &id[i]));
-        lockd_lease_forget(l);
-        if (i + 1 == FIRST)
-            for (size_t k2 = 0; k2 < GONE; k2++)
-                ASSERT_INT_EQ(lockd_conn_release(c, g.pid, 1, &id[k2]), 1);
-    }
+    hand_over_singles(c, sp, g.pid, "churn", 0, FIRST, key, id);
+    for (i = 0; i < GONE; i++)
+        ASSERT_INT_EQ(lockd_conn_release(c, g.pid, 1, &id[i]), 1);
+    hand_over_singles(c, sp, g.pid, "churn", FIRST, N, key, id);
     ASSERT_INT_EQ(status_on(c).stored, N - GONE);
     /* Rotated: far fewer entries queued than were ever sent. */
     ASSERT_TRUE(fsd_stash_count(s, 'L') < FIRST);
@@ -1538,23 +1550,13 @@ keeper_exec(void *arg)
 static pid_t
 keeper_child(pid_t keeper, const char *sock, pid_t not)
 {
-    char path[64], buf[64];
-    pid_t child = 0;
+    char path[64];
+    pid_t child;
     lockd_conn *c = NULL;
-    int fd;
-    ssize_t n;
 
     snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)keeper, (int)keeper);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
-    child = (pid_t)atoi(buf);
-    if (child == not || lockd_conn_open(sock, &c) < 0)
+    child = (pid_t)atoi(read_file(path)); /* the keeper must not be gone */
+    if (child == 0 || child == not || lockd_conn_open(sock, &c) < 0)
         return 0;
     lockd_conn_close(c);
     return child;
@@ -1655,17 +1657,7 @@ HELPER_CASE(stash_inflight_bound)
     guest_start(&g);
     c = conn_open(s->sock);
     ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
-    for (i = 0; i < N; i++) {
-        const char *k = key[i];
-        char name[64];
-        lockd_lease *l;
-
-        snprintf(name, sizeof(name), "/images/bound-%zu.qcow2", i);
-        ASSERT_OK(lockd_space_key(sp, name, key[i]));
-        ASSERT_OK(lockd_acquire(sp, 1, &k, NULL, LOCKD_TRY, &l));
-        ASSERT_OK(lockd_conn_handoff(c, g.pid, l, NULL, &id[i]));
-        lockd_lease_forget(l);
-    }
+    hand_over_singles(c, sp, g.pid, "bound", 0, N, key, id);
     ASSERT_INT_EQ(status_on(c).stored, N);
     lockd_conn_close(c);
 
