@@ -175,21 +175,28 @@ guest_spawn(void)
     return pid;
 }
 
+/* A small /proc file into buf, NUL-terminated. */
+static void
+proc_read(const char *path, char *buf, size_t size)
+{
+    ssize_t n;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    BENCH_SYS(fd);
+    n = read(fd, buf, size - 1);
+    close(fd);
+    BENCH_SYS(n);
+    buf[n] = '\0';
+}
+
 /* The first number after "field" in /proc/PID/status, or -1. */
 static long long
 proc_status_field(pid_t pid, const char *field)
 {
     char path[64], buf[8192], *p;
-    ssize_t n;
-    int fd;
 
     snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    BENCH_SYS(fd);
-    n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    BENCH_SYS(n);
-    buf[n] = '\0';
+    proc_read(path, buf, sizeof(buf));
     p = strstr(buf, field);
     return p ? strtoll(p + strlen(field), NULL, 10) : -1;
 }
@@ -1496,22 +1503,49 @@ big_deaths(struct big *b)
                       detail, 0, 10);
 }
 
+/* A fresh lockspace space-<name> and helper helper-<name> (under --keeper
+ * if keeper), connected; no owner yet. */
+static void
+big_open(struct big *b, const char *name, int keeper)
+{
+    char helper[32];
+
+    memset(b, 0, sizeof(*b));
+    b->disks = calloc(BIG_LEASES, sizeof(struct disk));
+    if (!b->disks)
+        BENCH_DIE("out of memory");
+    b->h.keeper = keeper;
+    BENCH_OK(lockd_space_open(bench_path("space-%s", name), LOCKD_OPEN_CREATE, &b->space));
+    snprintf(helper, sizeof(helper), "helper-%s", name);
+    helper_start(&b->h, helper);
+    connect_helper(&b->h, &b->conn);
+}
+
+/* The owners still alive end, and the lockspace is closed (the helper and
+ * the connection are the caller's to end). */
+static void
+big_close(struct big *b)
+{
+    unsigned o;
+
+    for (o = 0; o < BIG_OWNERS; o++)
+        if (b->owners[o])
+            end_child(b->owners[o], SIGKILL);
+    lockd_space_close(b->space);
+    free(b->disks);
+}
+
 /* Figure 4, on a fresh helper and lockspace; returns the goals missed. */
 static int
 bench_big(void)
 {
-    struct big b = {.disks = calloc(BIG_LEASES, sizeof(struct disk))};
+    struct big b;
     long long rss0, anon0;
     double fill_ns;
     char label[96];
     int missed = 0;
-    unsigned o;
 
-    if (!b.disks)
-        BENCH_DIE("out of memory");
-    BENCH_OK(lockd_space_open(bench_path("space-big"), LOCKD_OPEN_CREATE, &b.space));
-    helper_start(&b.h, "helper-big");
-    connect_helper(&b.h, &b.conn);
+    big_open(&b, "big", 0);
     big_warm_up(&b);
     rss0 = proc_status_field(b.h.pid, "\nVmRSS:");
     anon0 = proc_status_field(b.h.pid, "\nRssAnon:");
@@ -1525,11 +1559,7 @@ bench_big(void)
     missed += !big_deaths(&b);
     lockd_conn_close(b.conn);
     helper_stop(&b.h);
-    for (o = 0; o < BIG_OWNERS; o++)
-        if (b.owners[o])
-            end_child(b.owners[o], SIGKILL);
-    lockd_space_close(b.space);
-    free(b.disks);
+    big_close(&b);
     return missed;
 }
 
@@ -1538,15 +1568,9 @@ static pid_t
 keeper_child(pid_t keeper)
 {
     char path[64], buf[64];
-    int fd;
-    ssize_t n;
 
     snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)keeper, (int)keeper);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    BENCH_SYS(fd);
-    n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    buf[n > 0 ? n : 0] = '\0';
+    proc_read(path, buf, sizeof(buf));
     return (pid_t)atoi(buf);
 }
 
@@ -1556,15 +1580,9 @@ cpu_ms(pid_t pid)
 {
     char path[64], buf[1024], *p;
     unsigned long long ut = 0, st = 0;
-    ssize_t n;
-    int fd;
 
     snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    BENCH_SYS(fd);
-    n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    buf[n > 0 ? n : 0] = '\0';
+    proc_read(path, buf, sizeof(buf));
     p = strrchr(buf, ')');
     /* After the name: state, then fields 4..13; utime and stime are 14, 15. */
     if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
@@ -1577,20 +1595,15 @@ cpu_ms(pid_t pid)
 static int
 bench_crash(void)
 {
-    struct big b = {.disks = calloc(BIG_LEASES, sizeof(struct disk)), .h = {.keeper = 1}};
     uint64_t leases = 0, stored = 0;
     int64_t t0, deadline;
     lockd_conn *conn;
     pid_t child, again;
     char detail[128];
     int missed = 0;
-    unsigned o;
+    struct big b;
 
-    if (!b.disks)
-        BENCH_DIE("out of memory");
-    BENCH_OK(lockd_space_open(bench_path("space-crash"), LOCKD_OPEN_CREATE, &b.space));
-    helper_start(&b.h, "helper-crash");
-    connect_helper(&b.h, &b.conn);
+    big_open(&b, "crash", 1);
     (void)big_fill(&b);
     BENCH_OK(lockd_conn_status(b.conn, NULL, &leases, &stored));
     snprintf(detail, sizeof(detail), "of %llu, in a store of 2 fds",
@@ -1627,11 +1640,7 @@ bench_crash(void)
     BENCH_OK(lockd_conn_stop(b.conn, 1));
     lockd_conn_close(b.conn);
     reap(b.h.pid);
-    for (o = 0; o < BIG_OWNERS; o++)
-        if (b.owners[o])
-            end_child(b.owners[o], SIGKILL);
-    lockd_space_close(b.space);
-    free(b.disks);
+    big_close(&b);
     return missed;
 }
 
