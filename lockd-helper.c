@@ -2731,6 +2731,8 @@ stash_send(const char *kinds, const uint64_t *gens, const int *fds, size_t n)
         data[i * STASH_ENTRY] = (uint8_t)kinds[i];
         memcpy(data + i * STASH_ENTRY + 1, &gens[i], 8);
     }
+    /* An odd count leaves 4 bytes of padding the kernel copies in. */
+    memset(u.buf, 0, m.msg_controllen);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
     c->cmsg_len = CMSG_LEN(n * sizeof(int));
