@@ -295,15 +295,29 @@ fsd_install(struct fsd *s)
     return fsd_copy_file(src, s->bin);
 }
 
-/* The inode /proc/pid/exe refers to, 0 if the process is gone. */
+/* The inode of the program pid runs, 0 if the process is gone.  Under
+ * valgrind /proc/pid/exe is valgrind's tool, and the program is the file
+ * mapped first (the tool is loaded high, the program at its usual place). */
 static inline ino_t
 fsd_exe_ino(pid_t pid)
 {
-    char path[64];
+    char path[64], line[512];
+    unsigned long long ino = 0;
     struct stat st;
+    FILE *f;
 
-    snprintf(path, sizeof(path), "/proc/%d/exe", (int)pid);
-    return stat(path, &st) == 0 ? st.st_ino : 0;
+    if (!getenv("LOCKD_TEST_VALGRIND")) {
+        snprintf(path, sizeof(path), "/proc/%d/exe", (int)pid);
+        return stat(path, &st) == 0 ? st.st_ino : 0;
+    }
+    snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+    if (!(f = fopen(path, "re")))
+        return 0;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "%*s %*s %*s %*s %llu", &ino) == 1 && ino != 0)
+            break;
+    fclose(f);
+    return (ino_t)ino;
 }
 
 /* A robust mutex: if the other side died holding it, say so. */
@@ -821,11 +835,13 @@ fsd_build_env(struct fsd *s, const char *const *names, size_t n, char **ret_pidv
 static inline char **
 fsd_build_argv(struct fsd *s, char *store_max)
 {
-    char **argv = calloc((size_t)s->nargs + 8, sizeof(*argv));
-    int k = 0;
+    static char wrap[1024];
+    char **argv = calloc((size_t)s->nargs + 8 + 32, sizeof(*argv));
+    int k;
 
     if (!argv)
         TEST_FAIL("out of memory");
+    k = (int)test_wrapper(wrap, sizeof(wrap), argv, 32);
     argv[k++] = s->bin;
     for (int i = 0; i < s->nargs; i++)
         argv[k++] = s->args[i];
@@ -1335,6 +1351,7 @@ fsd_violations_take(struct fsd *s, char *buf, size_t cap)
             TEST_FAIL("%u systemd rule violation(s):\n%s", (s)->violations,          \
                       (s)->violation);                                              \
         fsd_unlock(s);                                                              \
+        test_no_valgrind_report((s)->log);                                          \
     } while (0)
 
 #endif

@@ -1532,6 +1532,7 @@ HELPER_CASE(hung_filesystem)
 /* Run lockd-helper --keeper on sock, its log in the scratch directory. */
 struct keeper_args {
     char bin[PATH_MAX], sock[PATH_MAX], log[PATH_MAX];
+    char **argv; /* bin --keeper --socket sock, as the tests run a helper */
 };
 
 static int
@@ -1542,7 +1543,7 @@ keeper_exec(void *arg)
 
     if (fd < 0 || dup2(fd, 2) < 0)
         return 127;
-    execl(k->bin, k->bin, "--keeper", "--socket", k->sock, (char *)NULL);
+    execv(k->argv[0], k->argv);
     return 127;
 }
 
@@ -1572,7 +1573,6 @@ keeper_child(pid_t keeper, const char *sock, pid_t not)
 HELPER_CASE(keeper_crash)
 {
     lockd_space *sp = space_open_rooted();
-    char top[PATH_MAX - 64];
     struct keeper_args *k = root(calloc(1, sizeof(*k)));
     pid_t keeper, helper, wpid;
     struct disks d;
@@ -1581,10 +1581,10 @@ HELPER_CASE(keeper_crash)
     struct rows rs;
     lockd_conn *c;
 
-    fsd_top(top, sizeof(top));
-    snprintf(k->bin, sizeof(k->bin), "%s/lockd-helper", top);
+    fsd_helper_source(k->bin, sizeof(k->bin));
     snprintf(k->sock, sizeof(k->sock), "%s", test_path("keeper.sock"));
     snprintf(k->log, sizeof(k->log), "%s", test_path("keeper.log"));
+    k->argv = test_wrapped((char *[]){k->bin, "--keeper", "--socket", k->sock, NULL});
     keeper = spawn(keeper_exec, k, NULL, 0);
     ASSERT_TRUE(WAIT_UNTIL((helper = keeper_child(keeper, k->sock, 0)) > 0, 10000));
     guest_start(&g);
@@ -1624,6 +1624,7 @@ HELPER_CASE(keeper_crash)
     ASSERT_TRUE(access(k->sock, F_OK) < 0 && errno == ENOENT);
     ASSERT_CONTAINS(read_file(k->log), "killed by signal 9: restarting it");
     ASSERT_CONTAINS(read_file(k->log), "exited with status 75: restarting it");
+    test_no_valgrind_report(k->log);
     lockd_space_close(sp);
 }
 
@@ -3334,6 +3335,7 @@ HELPER_CASE(socket_path_not_socket)
     ASSERT_OK(sys(mkfifo(fifo, 0600)));
     ASSERT_OK(sys(mkdir(test_path("dir"), 0755)));
     for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+        char **argv = test_wrapped((char *[]){helper, "--socket", (char *)paths[i], NULL});
         pid_t pid = fork();
 
         if (pid < 0)
@@ -3344,7 +3346,7 @@ HELPER_CASE(socket_path_not_socket)
             if (out < 0 || dup2(out, 2) < 0)
                 _exit(126);
             unsetenv("LISTEN_FDS"), unsetenv("NOTIFY_SOCKET");
-            execl(helper, helper, "--socket", paths[i], (char *)NULL);
+            execv(argv[0], argv);
             _exit(127);
         }
         ASSERT_TRUE(test_wait(pid) != 0);
@@ -4357,7 +4359,15 @@ main(int argc, char **argv)
     RUN(only, crash_helper_no_store, 60);
     RUN(only, stash_rotation, 120);
     RUN(only, stash_inflight_bound, 120);
-    RUN(only, hung_filesystem, 60);
+    /* valgrind runs one thread at a time, and a thread in a system call it
+     * does not know to block (close(), here in FUSE's FLUSH) keeps the turn:
+     * every thread of the helper then waits for the stall, which is
+     * valgrind's limit, not the helper's.  The case runs in check and
+     * check-asan. */
+    if (!getenv("LOCKD_TEST_VALGRIND"))
+        RUN(only, hung_filesystem, 60);
+    else if (!only || strcmp(only, "hung_filesystem") == 0)
+        printf("# hung_filesystem: not under valgrind (its threads take turns)\n");
     RUN(only, keeper_crash, 60);
     RUN(only, reexec_under_load, 120);
     RUN(only, refusals, 60);

@@ -499,6 +499,7 @@ static pid_t
 helper_start(void)
 {
     char *argv[] = {helper_path, "--socket", (char *)test_path("h.sock"), NULL};
+    char **wrapped = test_wrapped(argv);
     pid_t pid;
 
     if (access(helper_path, X_OK) < 0)
@@ -508,8 +509,8 @@ helper_start(void)
     if (pid < 0)
         TEST_FAIL("fork: %s", strerror(errno));
     if (pid == 0)
-        child_exec(argv, -1, -1, out_file("helper.log"));
-    if (!WAIT_UNTIL(helper_answers(test_path("h.sock")), 5000))
+        child_exec(wrapped, -1, -1, out_file("helper.log"));
+    if (!WAIT_UNTIL(helper_answers(test_path("h.sock")), 20000))
         TEST_FAIL("lockd-helper did not start: %s", slurp("helper.log"));
     return pid;
 }

@@ -114,6 +114,65 @@ test_now_ms(void)
         _ok;                                                                        \
     })
 
+/*
+ * `make check-valgrind` runs each helper the tests start under valgrind:
+ * $LOCKD_TEST_VALGRIND holds the words put before the helper's argv (split
+ * at spaces).  They are kept in buf; returns their count, 0 when unset.
+ */
+static inline size_t
+test_wrapper(char *buf, size_t bufcap, char **words, size_t cap)
+{
+    const char *env = getenv("LOCKD_TEST_VALGRIND");
+    char *save = NULL, *w;
+    size_t n = 0;
+
+    if (!env || !*env)
+        return 0;
+    if ((size_t)snprintf(buf, bufcap, "%s", env) >= bufcap)
+        TEST_FAIL("LOCKD_TEST_VALGRIND is too long");
+    for (w = strtok_r(buf, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
+        if (n == cap)
+            TEST_FAIL("LOCKD_TEST_VALGRIND has more than %zu words", cap);
+        words[n++] = w;
+    }
+    return n;
+}
+
+/* argv with $LOCKD_TEST_VALGRIND's words in front, in one static array: for
+ * a child to exec (built before the fork). */
+static inline char **
+test_wrapped(char *const *argv)
+{
+    static char buf[1024], *out[64];
+    size_t n = test_wrapper(buf, sizeof(buf), out, 32), i;
+
+    for (i = 0; argv[i]; i++) {
+        if (n + i + 1 >= sizeof(out) / sizeof(out[0]))
+            TEST_FAIL("too many arguments");
+        out[n + i] = argv[i];
+    }
+    out[n + i] = NULL;
+    return out;
+}
+
+/* Under check-valgrind, fail if the log at path holds a report of
+ * valgrind's ("==PID== ..."): a helper that a test restarts or kills never
+ * gets to exit 99 for it. */
+static inline void
+test_no_valgrind_report(const char *path)
+{
+    char line[512];
+    FILE *f;
+    int n;
+
+    if (!getenv("LOCKD_TEST_VALGRIND") || !(f = fopen(path, "re")))
+        return;
+    while (fgets(line, sizeof(line), f))
+        if ((n = 0, sscanf(line, "==%*u==%n", &n)) >= 0 && n > 0 && line[n] == ' ')
+            TEST_FAIL("valgrind reported, in %s:\n%s", path, line);
+    fclose(f);
+}
+
 /* Fork a child that runs fn(arg) and exits with its return value. */
 static inline pid_t
 test_fork(int (*fn)(void *), void *arg)
