@@ -150,6 +150,12 @@ struct lockd_space {
     int recorded; /* mode read from, or written to, the settings file */
     int readonly; /* LOCKD_OPEN_READONLY: no lease is taken or removed */
     char *dir;
+    /* The handle's and each lease's (atomic): the last one out closes. */
+    unsigned refs;
+    /* The directory's identity, taken at open, for conn_bind(); has_id 0
+     * if the kernel gave none. */
+    int has_id;
+    uint64_t dev, ino, mnt;
 };
 
 struct lease_ent {
@@ -160,7 +166,7 @@ struct lease_ent {
 };
 
 struct lockd_lease {
-    int dirfd;        /* a copy of its lockspace's: lockd_conn_handoff() binds it */
+    lockd_space *space; /* a reference: lockd_conn_handoff() binds its directory */
     size_t n;         /* distinct keys, in ent[] */
     size_t given;     /* keys the caller gave lockd_acquire(), duplicates too */
     uint32_t *slot;   /* slot[i]: the ent[] index of the caller's keys[i] */
@@ -557,6 +563,24 @@ open_dir(const char *dir, int create)
     return fd;
 }
 
+/* Record the directory's identity once, for conn_bind(): what the kernel
+ * has of the inode, so that a hung lockspace filesystem (FUSE, NFS) is not
+ * asked. */
+static void
+space_identify(lockd_space *s)
+{
+    struct statx stx;
+
+    if (statx(s->dirfd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC,
+              STATX_TYPE | STATX_INO | STATX_MNT_ID, &stx) < 0 ||
+        !S_ISDIR(stx.stx_mode))
+        return;
+    s->has_id = 1;
+    s->dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    s->ino = stx.stx_ino;
+    s->mnt = stx.stx_mask & STATX_MNT_ID ? stx.stx_mnt_id : 0;
+}
+
 LOCKD_API int
 lockd_space_open(const char *dir, uint32_t flags, lockd_space **ret_space)
 {
@@ -588,6 +612,7 @@ lockd_space_open(const char *dir, uint32_t flags, lockd_space **ret_space)
         r = -ENOMEM;
         goto out;
     }
+    s->refs = 1;
     s->dir = path;
     path = NULL;
     s->dirfd = open_dir(s->dir, !!(flags & LOCKD_OPEN_CREATE));
@@ -595,6 +620,7 @@ lockd_space_open(const char *dir, uint32_t flags, lockd_space **ret_space)
         r = s->dirfd;
         goto out;
     }
+    space_identify(s);
     s->readonly = !!(flags & LOCKD_OPEN_READONLY);
     want = (flags & LOCKD_OPEN_CANONICAL) ? LOCKD_MODE_CANONICAL : LOCKD_MODE_VERBATIM;
     r = settings_settle(s, want, !!(flags & (LOCKD_OPEN_VERBATIM | LOCKD_OPEN_CANONICAL)),
@@ -609,15 +635,22 @@ out:
     return r;
 }
 
-LOCKD_API void
-lockd_space_close(lockd_space *space)
+/* Drop one reference to space; the last closes its directory. */
+static void
+space_unref(lockd_space *space)
 {
-    if (!space)
+    if (!space || __atomic_sub_fetch(&space->refs, 1, __ATOMIC_ACQ_REL) != 0)
         return;
     if (space->dirfd >= 0)
         safe_close(space->dirfd);
     free(space->dir);
     free(space);
+}
+
+LOCKD_API void
+lockd_space_close(lockd_space *space)
+{
+    space_unref(space);
 }
 
 LOCKD_API int
@@ -1024,7 +1057,6 @@ lease_plan(size_t n, const char *const *keys, const int *modes, lockd_lease **re
     if (!l)
         return -ENOMEM;
     l->slot = (uint32_t *)(void *)(l->ent + n);
-    l->dirfd = -1;
     for (i = 0; i < n; i++) {
         int m = modes ? modes[i] : LOCKD_EXCLUSIVE;
 
@@ -1071,15 +1103,10 @@ lockd_acquire(lockd_space *space, size_t n, const char *const *keys, const int *
     if (r < 0)
         return r;
     /* The helper checks each handed-over fd against its lockspace, which
-     * it is shown once per connection (lockd_conn_handoff()). */
-    do
-        l->dirfd = LOCKD_SYS_FCNTL(space->dirfd, F_DUPFD_CLOEXEC, 3);
-    while (l->dirfd < 0 && errno == EINTR);
-    if (l->dirfd < 0) {
-        r = negerrno();
-        free(l);
-        return r;
-    }
+     * it is shown once per connection (lockd_conn_handoff()); the lease
+     * may outlive the caller's handle. */
+    l->space = space;
+    __atomic_add_fetch(&space->refs, 1, __ATOMIC_RELAXED);
     deadline = timeout_ms == LOCKD_FOREVER ? -1
                : timeout_ms == LOCKD_TRY   ? 0
                                            : now_ns() + (int64_t)timeout_ms * 1000000;
@@ -1114,7 +1141,7 @@ lockd_lease_release(lockd_lease *lease)
         if (q < 0 && r == 0)
             r = q;
     }
-    safe_close(lease->dirfd);
+    space_unref(lease->space);
     free(lease);
     return r;
 }
@@ -1128,7 +1155,7 @@ lockd_lease_forget(lockd_lease *lease)
         return;
     for (i = 0; i < lease->n; i++)
         safe_close(lease->ent[i].fd);
-    safe_close(lease->dirfd);
+    space_unref(lease->space);
     free(lease);
 }
 
@@ -2165,27 +2192,20 @@ handoff_fit(const lockd_lease *l, const char *const *names, size_t first)
 static int release_all(lockd_conn *c, uint16_t type, int32_t pid, size_t n,
                        const uint64_t *ids);
 
-/* Show the helper the lockspace directory dirfd, unless this connection
- * showed it last: each fd handed over is checked against it. */
+/* Show the helper the lockspace's directory, unless this connection
+ * showed it last: each fd handed over is checked against it.  A directory
+ * whose identity is unknown is shown every time. */
 static int
-conn_bind(lockd_conn *conn, int dirfd)
+conn_bind(lockd_conn *conn, const lockd_space *space)
 {
     struct proto_wr wr;
     struct proto_rd rd;
-    struct statx stx;
-    dev_t dev;
-    int r;
+    int r, dirfd = space ? space->dirfd : -1;
 
-    /* What the kernel has of the inode: a hung lockspace filesystem (FUSE,
-     * NFS) is not asked, so a hand-over does not wait for it here. */
-    if (dirfd < 0 ||
-        statx(dirfd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC,
-              STATX_TYPE | STATX_INO | STATX_MNT_ID, &stx) < 0 ||
-        !S_ISDIR(stx.stx_mode))
+    if (dirfd < 0)
         return 0; /* none to show */
-    dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
-    if (conn->bound && conn->bound_dev == dev && conn->bound_ino == stx.stx_ino &&
-        conn->bound_mnt == stx.stx_mnt_id)
+    if (space->has_id && conn->bound && conn->bound_dev == space->dev &&
+        conn->bound_ino == space->ino && conn->bound_mnt == space->mnt)
         return 0;
     conn_begin(conn, &wr, PROTO_SPACE, 1);
     r = conn_call(conn, &wr, &dirfd, 1, &rd);
@@ -2193,10 +2213,10 @@ conn_bind(lockd_conn *conn, int dirfd)
         return r;
     if (rd.bad || rd.left)
         return -EPROTO;
-    conn->bound = 1;
-    conn->bound_dev = dev;
-    conn->bound_ino = stx.stx_ino;
-    conn->bound_mnt = stx.stx_mnt_id;
+    conn->bound = space->has_id;
+    conn->bound_dev = space->dev;
+    conn->bound_ino = space->ino;
+    conn->bound_mnt = space->mnt;
     return 0;
 }
 
@@ -2205,7 +2225,7 @@ lockd_conn_bind(lockd_conn *conn, const lockd_space *space)
 {
     if (!conn || !space)
         return -EINVAL;
-    return conn_bind(conn, space->dirfd);
+    return conn_bind(conn, space);
 }
 
 LOCKD_API int
@@ -2219,7 +2239,7 @@ lockd_conn_handoff(lockd_conn *conn, int32_t pid, const lockd_lease *lease,
 
     if (!conn || !lease || check_pid(pid) < 0)
         return -EINVAL;
-    r = conn_bind(conn, lease->dirfd);
+    r = conn_bind(conn, lease->space);
     if (r < 0)
         return r;
     for (i = 0; names && i < lease->given; i++)

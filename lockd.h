@@ -69,7 +69,8 @@
  * Threads
  * =======
  * A lockd_space may be used by several threads at once; it holds no mutable
- * state after lockd_space_open() except as noted.  A lockd_lease belongs to one
+ * state after lockd_space_open() but an atomic count of the leases taken
+ * through it.  A lockd_lease belongs to one
  * thread at a time.  Leases exclude each other whoever holds them: two threads,
  * or two lockspace handles of one process, contend like two processes do.  The
  * library installs no signal handlers and starts no threads; a wait is done
@@ -160,11 +161,12 @@ LOCKD_API int lockd_default_dir(char **ret_dir);
  * settings file had to be written and could not be), -ENAMETOOLONG,
  * -ENOMEM, -EMFILE.
  * On success *ret_space owns one directory fd (O_CLOEXEC) until
- * lockd_space_close().
+ * lockd_space_close() and the end of the last lease taken through it.
  */
 LOCKD_API int lockd_space_open(const char *dir, uint32_t flags, lockd_space **ret_space);
 
-/* Close a lockspace handle.  Leases taken through it stay valid and held. */
+/* Close a lockspace handle.  Leases taken through it stay valid and held,
+ * and keep its directory fd open until the last of them ends. */
 LOCKD_API void lockd_space_close(lockd_space *space);
 
 /* LOCKD_MODE_VERBATIM or LOCKD_MODE_CANONICAL; -EINVAL for NULL. */
@@ -263,10 +265,10 @@ LOCKD_API int lockd_key_valid(const char *key);
  * (something unlinks it as fast as it is locked); -EINVAL for n == 0,
  * n > LOCKD_ACQUIRE_MAX, an invalid key or mode or timeout.  On failure
  * nothing is held.  On success *ret_lease owns one O_CLOEXEC fd per distinct
- * key, and one more, a copy of the lockspace's directory fd (so that
- * lockd_conn_handoff() can show the helper the lockspace, and the lease may
- * outlive its lockspace handle), until lockd_lease_release() or
- * lockd_lease_forget().
+ * key, and a reference to space (so that lockd_conn_handoff() can show the
+ * helper the lockspace): the lease may outlive lockd_space_close(), which
+ * then leaves the directory's fd open until the last lease of that handle
+ * is released or forgotten.
  */
 #define LOCKD_ACQUIRE_MAX 4096
 LOCKD_API int lockd_acquire(lockd_space *space, size_t n, const char *const *keys,

@@ -1026,7 +1026,7 @@ fake_lease(const struct item *it, size_t n)
     if (!l)
         FAIL("calloc");
     l->slot = (uint32_t *)(void *)(l->ent + n);
-    l->dirfd = -1; /* no lockspace: the helper skips the directory check */
+    l->space = NULL; /* no lockspace: the helper skips the directory check */
     l->n = l->given = n;
     for (size_t i = 0; i < n; i++) {
         memcpy(l->ent[i].key, it[i].key, LOCKD_KEY_SIZE);

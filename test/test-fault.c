@@ -876,10 +876,8 @@ handed_out(const struct fix *f, const struct op *op, int *fds)
         fds[0] = lockd_space_fd(f->space);
         return 1;
     }
-    for (i = 0; i < n && i < KEYS_MAX - 1; i++)
+    for (i = 0; i < n && i < KEYS_MAX; i++)
         fds[i] = lockd_lease_fd(f->lease, i);
-    if (f->lease) /* the copy of its lockspace's directory */
-        fds[i++] = f->lease->dirfd;
     return (int)i;
 }
 

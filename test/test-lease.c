@@ -525,8 +525,8 @@ dedup_case(lockd_space *space, const char *key, int m1, int m2, int expect)
     ASSERT_STR_EQ(lockd_lease_key(lease, 0), key);
     ASSERT_TRUE(lockd_lease_fd(lease, 0) >= 0);
     ASSERT_INT_EQ(lockd_lease_fd(lease, 1), -EINVAL);
-    /* One lease fd, and the lease's copy of its lockspace's directory. */
-    ASSERT_INT_EQ(count_fds(), fds + 2);
+    /* One lease fd: the lease shares its lockspace's directory fd. */
+    ASSERT_INT_EQ(count_fds(), fds + 1);
     ASSERT_INT_EQ(probe_elsewhere(key, NULL), expect);
     ASSERT_OK(lockd_lease_release(lease));
     ASSERT_INT_EQ(count_fds(), fds);
@@ -604,6 +604,34 @@ test_release_frees(void)
     ASSERT_INT_EQ(lockd_lease_release(NULL), 0);
     lockd_lease_forget(NULL);
     lockd_space_close(space);
+}
+
+/* Leases outlive the handle they were taken through: closing it keeps the
+ * directory fd they share open until the last of them ends, released or
+ * forgotten. */
+static void
+test_lease_outlives_space(void)
+{
+    char k1[LOCKD_KEY_SIZE], k2[LOCKD_KEY_SIZE];
+    lockd_lease *a = NULL, *b = NULL;
+    int fds = count_fds();
+    lockd_space *space = space_open();
+
+    key_of("/vm/outlive-1.img", k1);
+    key_of("/vm/outlive-2.img", k2);
+    ASSERT_OK(acquire1(space, k1, LOCKD_EXCLUSIVE, LOCKD_TRY, &a));
+    ASSERT_OK(acquire1(space, k2, LOCKD_SHARED, LOCKD_TRY, &b));
+    ASSERT_INT_EQ(count_fds(), fds + 3);
+    lockd_space_close(space);
+    ASSERT_INT_EQ(count_fds(), fds + 3);
+    ASSERT_INT_EQ(probe_elsewhere(k1, NULL), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(lockd_lease_release(a), 0);
+    ASSERT_INT_EQ(count_fds(), fds + 2);
+    ASSERT_INT_EQ(probe_elsewhere(k1, NULL), LOCKD_FREE);
+    ASSERT_INT_EQ(probe_elsewhere(k2, NULL), LOCKD_SHARED);
+    lockd_lease_forget(b);
+    ASSERT_INT_EQ(count_fds(), fds);
+    ASSERT_INT_EQ(probe_elsewhere(k2, NULL), LOCKD_FREE);
 }
 
 /* Forget with no other copy of the fd: closing the last one frees it. */
@@ -877,6 +905,7 @@ main(void)
     TEST_RUN(test_keys_sorted);
     TEST_RUN(test_release_frees);
     TEST_RUN(test_forget_last_copy_frees);
+    TEST_RUN(test_lease_outlives_space);
     TEST_RUN(test_forget_child_copy_holds);
     TEST_RUN(test_posix_write_lock_excludes_lockd);
     TEST_RUN(test_lockd_excludes_posix_locks);
