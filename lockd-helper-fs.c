@@ -56,8 +56,8 @@ fsw_statx(int fd, struct statx *ret)
 
 /* The only calls here that may wait for a server.  The unlock covers the
  * whole file: a lease's lock is byte 0, and nothing else of it is ours. */
-static void
-unlock_close(int fd, int unlock)
+void
+fsw_close_local(int fd, int unlock)
 {
     if (unlock) {
         struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
@@ -83,7 +83,7 @@ worker_main(void *arg)
         w->count--;
         w->busy_since_ns = now_ns();
         pthread_mutex_unlock(&w->mu);
-        unlock_close(j.fd, j.unlock);
+        fsw_close_local(j.fd, j.unlock);
         pthread_mutex_lock(&w->mu);
         w->busy_since_ns = 0;
         w->finished++;
@@ -272,13 +272,13 @@ fsw_dispose(int fd, int unlock)
     /* A local file's close and unlock never wait: done here, at once. */
     if (fsw_statx(fd, &stx) < 0 || !S_ISREG(stx.stx_mode) || fsw_close_is_local(&stx) ||
         !(w = worker_get(makedev(stx.stx_dev_major, stx.stx_dev_minor)))) {
-        unlock_close(fd, unlock);
+        fsw_close_local(fd, unlock);
         return 1;
     }
     pthread_mutex_lock(&w->mu);
     if (push_locked(w, fd, unlock) < 0) {
         pthread_mutex_unlock(&w->mu);
-        unlock_close(fd, unlock);
+        fsw_close_local(fd, unlock);
         return 1;
     }
     mine = w->queued;

@@ -56,6 +56,10 @@ int fsw_close_is_local(const struct statx *stx);
  */
 int fsw_dispose(int fd, int unlock);
 
+/* The same for an fd known to be a regular file on a filesystem of which
+ * fsw_close_is_local() said yes (its statx taken earlier): done here. */
+void fsw_close_local(int fd, int unlock);
+
 /* Whether every queue is empty; waits up to wait_ms for it. */
 int fsw_idle(int wait_ms);
 

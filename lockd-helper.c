@@ -91,6 +91,8 @@ struct lease {
     uint8_t mode;
     uint8_t named;  /* in systemd's fd store under its own name (older releases) */
     uint8_t lost;   /* a check found its lock gone (lease_verify()) */
+    uint8_t local;  /* seen at its hand-over on a filesystem whose close never
+                     * waits (fsw_close_is_local()): closed on the loop */
     uint32_t stash_seq; /* the fd stash's message that holds a copy; 0: none */
     uint32_t space; /* its lockspace directory: space_intern(), or SPACE_* */
     uint64_t ino;   /* its file's inode number, for the OFD index */
@@ -1006,7 +1008,10 @@ lease_free_how(uint32_t slot, const char *why, int unlock)
     state_log_lease(slot, unlock ? STATE_FREE_RELEASED : STATE_FREE_TAKEN_BACK);
     store_remove_lease(slot, unlock);
     ofd_remove(slot);
-    fd_dispose(l->fd, unlock);
+    if (l->local)
+        fsw_close_local(l->fd, unlock); /* the statx of fd_dispose() spared */
+    else
+        fd_dispose(l->fd, unlock);
     if (l->prev != NONE)
         H.leases[l->prev].next = l->next;
     else
@@ -1549,6 +1554,7 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
         l->owner = owner_slot(o);
         l->uid = c->uid;
         l->ino = ofd_sort_st[i].stx_ino; /* check_item() took it */
+        l->local = (uint8_t)fsw_close_is_local(&ofd_sort_st[i]);
         l->space = space;
         l->mode = req->items[i].mode;
         l->disk = disks[i];
