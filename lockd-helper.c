@@ -121,6 +121,9 @@ struct conn {
      * file of its key in that directory.  NULL: none shown. */
     char *space_path;
     uint64_t space_dev, space_ino, space_mnt;
+    /* That directory, kept when its filesystem is local (fsw_close_is_local():
+     * a lookup there never waits for a server), else -1. */
+    int space_fd;
 };
 
 /* A lease's space when its connection showed no lockspace: it matches no
@@ -1358,6 +1361,18 @@ in_space(const struct conn *c, int fd, const char *key, const struct statx *stx)
             ? stx->stx_mnt_id != c->space_mnt
             : makedev(stx->stx_dev_major, stx->stx_dev_minor) != c->space_dev)
         return 0;
+    /* On a local filesystem the file at <dir>/<key>, looked up from the
+     * directory itself, must be fd's inode: half the cost of reading fd's
+     * name from /proc (2.1 against 3.9 us here).  A hard link elsewhere
+     * of that file passes, as it should: it is the same file and lock. */
+    if (c->space_fd >= 0) {
+        struct statx at;
+
+        return statx(c->space_fd, key, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC,
+                     STATX_TYPE | STATX_INO, &at) == 0 &&
+               S_ISREG(at.stx_mode) && at.stx_ino == stx->stx_ino &&
+               at.stx_dev_major == stx->stx_dev_major && at.stx_dev_minor == stx->stx_dev_minor;
+    }
     if (fd_path(fd, path, sizeof(path)) < 0)
         return 0;
     len = strlen(c->space_path);
@@ -1594,6 +1609,9 @@ do_space(struct conn *c, int fd)
     c->space_dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
     c->space_ino = stx.stx_ino;
     c->space_mnt = stx.stx_mask & STATX_MNT_ID ? stx.stx_mnt_id : 0;
+    safe_close(c->space_fd);
+    /* Without it (out of fds, or not local) in_space() reads names. */
+    c->space_fd = fsw_close_is_local(&stx) ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
     return 0;
 }
 
@@ -1893,6 +1911,8 @@ conn_drop(struct conn *c)
     c->fd = -1;
     free(c->space_path);
     c->space_path = NULL;
+    safe_close(c->space_fd);
+    c->space_fd = -1;
     H.nconns--;
     if (u && u->conns)
         u->conns--;
@@ -1961,7 +1981,7 @@ conn_add(int fd)
     ev.data.u64 = TAG_CONN | i;
     if (epoll_ctl(H.epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0)
         return negerrno();
-    H.conns[i] = (struct conn){fd, cred.uid, cred.pid, NULL, 0, 0, 0};
+    H.conns[i] = (struct conn){.fd = fd, .uid = cred.uid, .pid = cred.pid, .space_fd = -1};
     H.nconns++;
     u->conns++;
     return (int)i;

@@ -2232,6 +2232,7 @@ HELPER_CASE(handoff_in_its_space)
     int n = 0;
     struct guest g;
     struct fsd *s;
+    ino_t ino;
     int mfd;
 
     fsd_top(top, sizeof(top));
@@ -2258,6 +2259,20 @@ HELPER_CASE(handoff_in_its_space)
     lockd_lease_forget(real);
     assert_counts(status_on(c), 1, 0);
     ASSERT_CONTAINS(read_file(s->log), "not the file of that key in the lockspace");
+
+    /* A re-exec keeps the connection's lockspace by its path, not its
+     * directory fd: the name is read from /proc instead of looked up, and
+     * the same forgery is refused that way too. */
+    ino = fsd_install(s);
+    ASSERT_OK(kill(s->pid, SIGUSR1));
+    ASSERT_TRUE(WAIT_UNTIL(fsd_exe_ino(s->pid) == ino, 10000));
+    assert_counts(status_on(c), 1, 0);
+    ASSERT_OK(lockd_acquire(sp, 1, keys, NULL, LOCKD_TRY, &real));
+    ASSERT_OK(dup2(lockd_lease_fd(forged, 0), lockd_lease_fd(real, 0)) < 0 ? -errno : 0);
+    ASSERT_ERR(lockd_conn_handoff(c, g.pid, real, NULL, NULL), EBADFD);
+    lockd_lease_forget(real);
+    out = strstr(read_file(s->log), "not the file of that key in the lockspace");
+    ASSERT_TRUE(out && strstr(out + 1, "not the file of that key in the lockspace"));
 
     /* The same lockspace through a bind mount is another path: the
      * connection shows it again, and the hand-over is accepted. */
