@@ -16,6 +16,10 @@
  *             Goal: at most 1.5 times the floor, with both processes on one
  *             CPU and on two (struct placement says why both).  The CPU time
  *             of each side is printed too: that is where the ratio comes from.
+ *   checks    the helper's checks of each handed-over fd (statx, lock in
+ *             fdinfo, name in its lockspace), made here on the same kind of
+ *             fd.  Goal: the name check, new with the lockspace binding, at
+ *             most 5% of the pair on one CPU.
  *   16 disks  one lockd_acquire() of 16 keys and one hand-off, against 16
  *             single pairs.  That it is one round trip is counted, not
  *             inferred: this program's sendmsg() and recvmsg() are interposed
@@ -46,6 +50,7 @@
  */
 #include "bench.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -501,6 +506,7 @@ struct pair_ctx {
     char floor_key[LOCKD_KEY_SIZE];
     int echo; /* the floor: socket to the echo process */
     pid_t echo_pid;
+    double pair_same_cpu; /* the pair's median on one CPU, ns */
 };
 
 static void
@@ -753,7 +759,104 @@ bench_pair(struct pair_ctx *c)
     place(c, &unpinned);
     for (i = 0; i < n; i++)
         met &= print_placement(&pl[i], fl[i], pr[i]);
+    c->pair_same_cpu = cost_median(pr[0], BENCH_ROUNDS).wall;
     return met;
+}
+
+/*
+ * What the helper's checks of a handed-over fd cost (lockd-helper.c,
+ * check_item()), in three parts: the statx every check reads (type, inode
+ * for the index of open file descriptions, mount), the lock check (dup3
+ * onto the reserved fd, pread of its fdinfo, dup3 of /dev/null back) and
+ * the name check that came with the lockspace binding (the inode at
+ * <dir>/<key>, looked up from the connection's lockspace directory on a
+ * local filesystem).  The same calls on the same kind of fd, made here,
+ * where each can be timed alone.
+ */
+struct verify_cost {
+    double statx, lock, name;
+};
+
+static struct verify_cost
+verify_round(int dfd, const char *key, size_t ops)
+{
+    char name[32], buf[4096];
+    int fd = openat(dfd, key, LEASE_FLAGS), null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    struct verify_cost v;
+    int probe, info;
+    size_t i, found = 0;
+    int64_t t0, t1, t2, t3;
+
+    if (fd < 0 || null < 0)
+        BENCH_DIE("verify: %s", strerror(errno));
+    ofd_lock(fd, F_WRLCK);
+    BENCH_SYS(probe = fcntl(null, F_DUPFD_CLOEXEC, 3));
+    snprintf(name, sizeof(name), "/proc/self/fdinfo/%d", probe);
+    BENCH_SYS(info = open(name, O_RDONLY | O_CLOEXEC));
+    t0 = bench_now_ns();
+    for (i = 0; i < ops; i++) {
+        struct statx stx;
+
+        BENCH_SYS(statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC,
+                        STATX_TYPE | STATX_INO | STATX_MNT_ID, &stx));
+        found += S_ISREG(stx.stx_mode);
+    }
+    t1 = bench_now_ns();
+    for (i = 0; i < ops; i++) {
+        ssize_t n;
+
+        BENCH_SYS(dup3(fd, probe, O_CLOEXEC));
+        BENCH_SYS(n = pread(info, buf, sizeof(buf) - 1, 0));
+        buf[n] = '\0';
+        found += strstr(buf, " OFDLCK ") && strstr(buf, " WRITE ");
+        BENCH_SYS(dup3(null, probe, O_CLOEXEC));
+    }
+    t2 = bench_now_ns();
+    for (i = 0; i < ops; i++) {
+        struct statx stx;
+
+        BENCH_SYS(statx(dfd, key, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC,
+                        STATX_TYPE | STATX_INO, &stx));
+        found += S_ISREG(stx.stx_mode);
+    }
+    t3 = bench_now_ns();
+    if (found != 3 * ops)
+        BENCH_DIE("verify: the file, its lock or its name was not seen");
+    ofd_lock(fd, F_UNLCK);
+    close(info), close(probe), close(null), close(fd);
+    v.statx = (double)(t1 - t0) / (double)ops;
+    v.lock = (double)(t2 - t1) / (double)ops;
+    v.name = (double)(t3 - t2) / (double)ops;
+    return v;
+}
+
+/* Each part's share of a pair on one CPU (where the pair is shortest and
+ * the share largest).  Goal: what section 1 added costs at most 5%. */
+static int
+bench_verify(struct pair_ctx *c)
+{
+    double st[BENCH_ROUNDS], lk[BENCH_ROUNDS], nm[BENCH_ROUNDS], pair = c->pair_same_cpu;
+    double s, l, n;
+    int r;
+
+    pin(0, 0);
+    for (r = 0; r < BENCH_ROUNDS; r++) {
+        struct verify_cost v = verify_round(c->dfd, c->floor_key, PAIR_OPS);
+
+        st[r] = v.statx, lk[r] = v.lock, nm[r] = v.name;
+    }
+    place(c, &unpinned);
+    s = bench_median(st, BENCH_ROUNDS);
+    l = bench_median(lk, BENCH_ROUNDS);
+    n = bench_median(nm, BENCH_ROUNDS);
+    printf("%-*s %10.0f ns/op  %5.1f%% of the pair, same CPU (no goal)\n", BENCH_LABEL_WIDTH,
+           "  the helper's checks per fd: statx", s, 100 * s / pair);
+    printf("%-*s %10.0f ns/op  %5.1f%% (no goal: the hand-over check before)\n",
+           BENCH_LABEL_WIDTH, "  lock held (fdinfo through a reserved fd)", l, 100 * l / pair);
+    printf("%-*s %10.0f ns/op  %5.1f%%  goal <= 5%%  %s\n", BENCH_LABEL_WIDTH,
+           "  name in its lockspace (new: statx of <dir>/<key>)", n, 100 * n / pair,
+           n / pair <= 0.05 ? "met" : "MISSED");
+    return n / pair <= 0.05;
 }
 
 /* ------------------------------------------------------------------------
@@ -1697,6 +1800,7 @@ main(int argc, char **argv)
     c.echo_pid = echo_spawn(&c.echo);
 
     missed += !bench_pair(&c);
+    missed += !bench_verify(&c);
     missed += !bench_guest16(&c);
     missed += !bench_clients(h.pid, h.sock, bench_path("space"));
 
