@@ -60,6 +60,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/un.h>
@@ -156,6 +157,9 @@ struct lockd_space {
      * if the kernel gave none. */
     int has_id;
     uint64_t dev, ino, mnt;
+    /* Not a filesystem known to be local: lease_current() asks the file
+     * itself, past the client's caches. */
+    int remote;
 };
 
 struct lease_ent {
@@ -563,13 +567,30 @@ open_dir(const char *dir, int create)
     return fd;
 }
 
+/* Whether fs_type (statfs(2)'s f_type) is a filesystem of this machine
+ * only, whose lookups cannot be stale: ext2/3/4, xfs, btrfs, tmpfs, f2fs. */
+static int
+fs_is_local(long fs_type)
+{
+    static const unsigned long local[] = {0xEF53, 0x58465342, 0x9123683E, 0x01021994,
+                                          0xF2F52010};
+
+    for (size_t i = 0; i < sizeof(local) / sizeof(local[0]); i++)
+        if ((unsigned long)fs_type == local[i])
+            return 1;
+    return 0;
+}
+
 /* Record the directory's identity once, for conn_bind(): what the kernel
  * has of the inode, so that a hung lockspace filesystem (FUSE, NFS) is not
- * asked. */
+ * asked.  And whether its filesystem is local. */
 static void
 space_identify(lockd_space *s)
 {
+    struct statfs sfs;
     struct statx stx;
+
+    s->remote = fstatfs(s->dirfd, &sfs) < 0 || !fs_is_local((long)sfs.f_type);
 
     if (statx(s->dirfd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC,
               STATX_TYPE | STATX_INO | STATX_MNT_ID, &stx) < 0 ||
@@ -921,15 +942,39 @@ lease_create(int dirfd, const char *key, int64_t deadline, struct stat *ret_st)
     return fd;
 }
 
-/* Whether key in dirfd still names the inode st describes.  -ENOENT and a
- * different inode both mean "stale": the caller starts over. */
+/*
+ * Whether key in dirfd still names the inode st describes, which fd has
+ * open and locked.  1: current; 0: stale, the caller starts over (the name
+ * is gone or names another inode, or the file has no name left).
+ *
+ * On a network filesystem the lookup of the name is answered from this
+ * client's cache of names for a while (a second on GlusterFS's FUSE
+ * client, whatever its entry-timeout), which another host's unlink does not
+ * reach: found on GlusterFS, gc on one host racing acquires on another, both
+ * hosts ran with the lease at once.  There the file itself is asked first,
+ * its attributes fetched from the server: one with no link left, or one the
+ * server no longer knows (ESTALE), was unlinked, and its lock guards
+ * nothing.  lockd never links a lease file twice, so a file that still has
+ * its link is the one its name refers to.  (GlusterFS answers that fetch
+ * from its own client-side cache unless the volume has
+ * performance.stat-prefetch off: lockd-helper(8), "Shared storage".)
+ */
 static int
-lease_current(int dirfd, const char *key, const struct stat *st)
+lease_current(int dirfd, const char *key, int fd, const struct stat *st, int remote)
 {
     struct stat now;
 
+    if (remote) {
+        struct statx stx;
+
+        if (RETRY_EINTR(statx(fd, "", AT_EMPTY_PATH | AT_STATX_FORCE_SYNC, STATX_NLINK,
+                              &stx)) < 0)
+            return errno == ESTALE ? 0 : negerrno();
+        if (stx.stx_nlink == 0)
+            return 0;
+    }
     if (RETRY_EINTR(LOCKD_SYS_FSTATAT(dirfd, key, &now, AT_SYMLINK_NOFOLLOW)) < 0)
-        return errno == ENOENT ? 0 : negerrno();
+        return errno == ENOENT || errno == ESTALE ? 0 : negerrno();
     return now.st_dev == st->st_dev && now.st_ino == st->st_ino;
 }
 
@@ -1002,7 +1047,7 @@ lease_lock_past_gc(int dirfd, int fd, short type)
 
 /* Take one lease: returns its locked fd, or -errno with nothing held. */
 static int
-lease_take(int dirfd, const char *key, int mode, int64_t deadline)
+lease_take(int dirfd, int remote, const char *key, int mode, int64_t deadline)
 {
     short type = mode == LOCKD_SHARED ? F_RDLCK : F_WRLCK;
     struct stat st;
@@ -1014,20 +1059,23 @@ lease_take(int dirfd, const char *key, int mode, int64_t deadline)
         fd = lease_open(dirfd, key, &st);
         if (fd == -ENOENT)
             fd = lease_create(dirfd, key, deadline, &st);
+        if (fd == -ESTALE)
+            continue; /* a cached name of a file its server lost */
         if (fd < 0)
             return fd;
         r = lease_lock_wait(fd, type, deadline);
         if (r == -EAGAIN)
             r = lease_lock_past_gc(dirfd, fd, type);
         if (r == 0)
-            r = lease_current(dirfd, key, &st);
+            r = lease_current(dirfd, key, fd, &st, remote);
         if (r == 1)
             return fd;
         /* Not granted (r < 0), or granted on an inode that gc or a
-         * virtlockd peer unlinked meanwhile (r == 0): let go and, in the
-         * latter case, start over on whatever the name refers to now. */
+         * virtlockd peer unlinked meanwhile (r == 0, or a server that no
+         * longer knows it: ESTALE): let go and start over on whatever the
+         * name refers to now. */
         (void)lease_drop(fd);
-        if (r < 0)
+        if (r < 0 && r != -ESTALE)
             return r;
     }
     return -ESTALE;
@@ -1113,7 +1161,7 @@ lockd_acquire(lockd_space *space, size_t n, const char *const *keys, const int *
     /* In sorted order: OFD locks have no deadlock detection, and two callers
      * taking overlapping sets in one order can never wait on each other. */
     for (i = 0; i < l->n; i++) {
-        r = lease_take(space->dirfd, l->ent[i].key, l->ent[i].mode, deadline);
+        r = lease_take(space->dirfd, space->remote, l->ent[i].key, l->ent[i].mode, deadline);
         if (r < 0)
             break;
         l->ent[i].fd = r;
@@ -1237,13 +1285,13 @@ lockd_probe(const lockd_space *space, const char *key, int32_t *ret_pid)
 /* Remove the lease file key if nobody holds it and its name still refers to
  * the inode we locked.  Returns 1 removed, 0 held (or gone), -errno. */
 static int
-gc_one(int dirfd, const char *key)
+gc_one(int dirfd, int remote, const char *key)
 {
     struct stat st;
     int fd, r;
 
     fd = lease_open(dirfd, key, &st);
-    if (fd == -ENOENT)
+    if (fd == -ENOENT || fd == -ESTALE)
         return 0;
     /* Not a lease gc may judge (planted, or another user's 0600 file):
      * leave it, and go on with the rest. */
@@ -1257,7 +1305,9 @@ gc_one(int dirfd, const char *key)
         return 0;
     }
     if (r == 0)
-        r = lease_current(dirfd, key, &st);
+        r = lease_current(dirfd, key, fd, &st, remote);
+    if (r == -ESTALE)
+        r = 0; /* unlinked on another host meanwhile */
     /* lockd creators wait for our exclusive index lock, so none can re-link
      * the name to a new inode between this check and the unlink.  A virtlockd
      * peer takes no index lock; only one that itself holds a lock on an
@@ -1318,7 +1368,7 @@ lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,
             entered = 1, batch = 0;
             batch_end = now_ns() + GC_BATCH_NS;
         }
-        r = gc_one(space->dirfd, de->d_name);
+        r = gc_one(space->dirfd, space->remote, de->d_name);
         if (r < 0)
             goto out;
         if (r == 1)
