@@ -262,6 +262,19 @@ check-systemd: deps
 	@$(MAKE) --no-print-directory lockd-helper lockdctl $(SYSTEMD_TEST_PROGS)
 	@bash test/check-systemd
 
+# Two hosts sharing a lockspace on a real GlusterFS volume: a server and two
+# FUSE clients, each in a network namespace of its own (root; installs
+# glusterfs-server and glusterfs-client when missing).
+.PHONY: check-cluster
+CLUSTER_TEST_PROGS = test/cluster/lkhold
+
+test/cluster/lkhold: test/cluster/lkhold.c
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LDFLAGS)
+
+check-cluster: deps
+	@$(MAKE) --no-print-directory lockd-helper lockdctl $(CLUSTER_TEST_PROGS)
+	@bash test/check-cluster
+
 install: all install-libvirt
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR) \
 		$(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man1 \
@@ -299,5 +312,5 @@ clean-tests:
 
 clean: clean-tests
 	rm -f *.o liblockd.a liblockd.so $(SONAME) lockd.pc $(PROGRAMS) $(ASAN_PROGRAMS) $(FUZZERS) \
-	      $(LIBVIRT_PLUGIN) $(LIBVIRT_TEST_PROGS) $(SYSTEMD_TEST_PROGS) \
+	      $(LIBVIRT_PLUGIN) $(LIBVIRT_TEST_PROGS) $(SYSTEMD_TEST_PROGS) $(CLUSTER_TEST_PROGS) \
 	      fuzz/crash-* fuzz/leak-* fuzz/oom-* fuzz/timeout-*
