@@ -599,7 +599,7 @@ space_identify(lockd_space *s)
     s->has_id = 1;
     s->dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
     s->ino = stx.stx_ino;
-    s->mnt = stx.stx_mask & STATX_MNT_ID ? stx.stx_mnt_id : 0;
+    s->mnt = (stx.stx_mask & STATX_MNT_ID) ? stx.stx_mnt_id : 0;
 }
 
 LOCKD_API int
