@@ -266,10 +266,13 @@ check-systemd: deps
 # FUSE clients, each in a network namespace of its own (root; installs
 # glusterfs-server and glusterfs-client when missing).
 .PHONY: check-cluster
-CLUSTER_TEST_PROGS = test/cluster/lkhold
+CLUSTER_TEST_PROGS = test/cluster/lkhold test/cluster/handoff-check
 
 test/cluster/lkhold: test/cluster/lkhold.c
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LDFLAGS)
+
+test/cluster/handoff-check: test/cluster/handoff-check.c lockd.c lockd.h
+	$(CC) $(ALL_CFLAGS) -o $@ test/cluster/handoff-check.c lockd.c $(SODIUM_LIBS) $(LDFLAGS)
 
 check-cluster: deps
 	@$(MAKE) --no-print-directory lockd-helper lockdctl $(CLUSTER_TEST_PROGS)

@@ -20,6 +20,9 @@
 struct job {
     int fd;
     int unlock;
+    short check;     /* 0: dispose of fd; else fsw_prove_lock() of 1 + the type
+                      * (F_RDLCK is 0) */
+    uint64_t ticket; /* a check's: which answer is its */
 };
 
 struct worker {
@@ -31,6 +34,10 @@ struct worker {
     uint64_t queued, finished; /* jobs ever queued, ever finished */
     int64_t busy_since_ns;     /* when the job under way began; 0: none */
     char where[256];           /* its mount point, for fsw_stuck() */
+    /* The last check's answer: the loop waits for one check at a time, and
+     * one it gave up on answers under its own ticket, which nobody reads. */
+    uint64_t check_ticket;
+    int check_result;
 };
 
 static struct worker *workers[FSW_MAX];
@@ -67,6 +74,46 @@ fsw_close_local(int fd, int unlock)
     (void)close(fd);
 }
 
+/*
+ * Whether fd, on a FUSE filesystem that sends its locks to its server
+ * (which then leaves no record in /proc/self/fdinfo), holds a lock of type
+ * on byte 0.  The server answers F_OFD_GETLK with a lock of another owner
+ * (an open file description is an owner), never with the asker's own: so
+ * asked through fd it says whether anybody else holds a conflicting lock,
+ * and asked through a second open file description of the same file
+ * whether anybody holds one at all.  Exclusive: nobody else, and somebody,
+ * so fd itself.  Shared: nobody writes, and somebody reads; when others
+ * read too the read lock seen may be theirs, so a shared lease beside other
+ * readers is not pinned to fd (lockd-helper(8), "Shared storage").  fd is
+ * asked before and after, so a holder that came and went between the two
+ * queries is not taken for fd.  Nothing is ever locked or unlocked.
+ * 1, 0, or -errno.  fd is the worker's own copy; the caller closes it.
+ */
+static int
+prove_lock(int fd, short type)
+{
+    struct flock mine = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_len = 1};
+    struct flock again = mine, any = mine;
+    char path[40];
+    int other, r;
+
+    if (fcntl(fd, F_OFD_GETLK, &mine) < 0)
+        return -errno;
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    other = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (other < 0)
+        return -errno;
+    r = fcntl(other, F_OFD_GETLK, &any) < 0 ? -errno : 0;
+    (void)close(other);
+    if (r < 0)
+        return r;
+    if (fcntl(fd, F_OFD_GETLK, &again) < 0)
+        return -errno;
+    if (type == F_WRLCK)
+        return mine.l_type == F_UNLCK && again.l_type == F_UNLCK && any.l_type == F_WRLCK;
+    return mine.l_type != F_WRLCK && again.l_type != F_WRLCK && any.l_type == F_RDLCK;
+}
+
 static void *
 worker_main(void *arg)
 {
@@ -83,8 +130,17 @@ worker_main(void *arg)
         w->count--;
         w->busy_since_ns = now_ns();
         pthread_mutex_unlock(&w->mu);
-        fsw_close_local(j.fd, j.unlock);
-        pthread_mutex_lock(&w->mu);
+        if (j.check) {
+            int r = prove_lock(j.fd, (short)(j.check - 1));
+
+            (void)close(j.fd);
+            pthread_mutex_lock(&w->mu);
+            w->check_ticket = j.ticket;
+            w->check_result = r;
+        } else {
+            fsw_close_local(j.fd, j.unlock);
+            pthread_mutex_lock(&w->mu);
+        }
         w->busy_since_ns = 0;
         w->finished++;
         pthread_cond_broadcast(&w->done);
@@ -174,8 +230,12 @@ worker_new(dev_t dev)
     return w;
 }
 
-int
-fsw_close_is_local(const struct statx *stx)
+/* What the helper needs to know of a filesystem: FS_LOCAL (a close never
+ * waits: ext2/3/4, xfs, btrfs, tmpfs, f2fs) and FS_FUSE bits. */
+enum { FS_LOCAL = 1, FS_FUSE = 2 };
+
+static int
+fs_kind(const struct statx *stx)
 {
     static const char *const local[] = {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs"};
     /* By device and mount: an anonymous device number (tmpfs, FUSE) comes
@@ -183,26 +243,41 @@ fsw_close_is_local(const struct statx *stx)
     static struct {
         dev_t dev;
         uint64_t mnt;
-        int local;
+        int kind;
     } cache[32];
     static unsigned ncache;
     dev_t dev = makedev(stx->stx_dev_major, stx->stx_dev_minor);
-    uint64_t mnt = stx->stx_mask & STATX_MNT_ID ? stx->stx_mnt_id : 0;
+    uint64_t mnt = (stx->stx_mask & STATX_MNT_ID) ? stx->stx_mnt_id : 0;
     char where[256], type[64];
     unsigned i;
-    int yes = 0;
+    int kind = 0;
 
     for (i = 0; mnt && i < ncache && i < 32; i++)
         if (cache[i].dev == dev && cache[i].mnt == mnt)
-            return cache[i].local;
+            return cache[i].kind;
     mount_info(dev, where, sizeof(where), type, sizeof(type));
     for (i = 0; i < sizeof(local) / sizeof(local[0]); i++)
-        yes |= strcmp(type, local[i]) == 0;
+        if (strcmp(type, local[i]) == 0)
+            kind |= FS_LOCAL;
+    if (strcmp(type, "fuse") == 0 || strncmp(type, "fuse.", 5) == 0)
+        kind |= FS_FUSE;
     cache[ncache % 32].dev = dev;
     cache[ncache % 32].mnt = mnt;
-    cache[ncache % 32].local = yes;
+    cache[ncache % 32].kind = kind;
     ncache++;
-    return yes;
+    return kind;
+}
+
+int
+fsw_close_is_local(const struct statx *stx)
+{
+    return !!(fs_kind(stx) & FS_LOCAL);
+}
+
+int
+fsw_is_fuse(const struct statx *stx)
+{
+    return !!(fs_kind(stx) & FS_FUSE);
 }
 
 static struct worker *
@@ -236,7 +311,7 @@ push_locked(struct worker *w, int fd, int unlock)
         w->cap = cap;
         w->head = 0;
     }
-    w->jobs[(w->head + w->count) % w->cap] = (struct job){fd, unlock};
+    w->jobs[(w->head + w->count) % w->cap] = (struct job){.fd = fd, .unlock = unlock};
     w->count++;
     w->queued++;
     pthread_cond_signal(&w->work);
@@ -292,6 +367,43 @@ fsw_dispose(int fd, int unlock)
     done = w->finished >= mine;
     pthread_mutex_unlock(&w->mu);
     return done;
+}
+
+int
+fsw_prove_lock(int fd, const struct statx *stx, short type, int wait_ms)
+{
+    struct timespec until;
+    struct worker *w = worker_get(makedev(stx->stx_dev_major, stx->stx_dev_minor));
+    uint64_t mine;
+    int copy, r;
+
+    if (!w)
+        return -ENOMEM;
+    pthread_mutex_lock(&w->mu);
+    r = stuck_locked(w, now_ns());
+    pthread_mutex_unlock(&w->mu);
+    if (r)
+        return -ETIMEDOUT; /* its server does not answer: no new question */
+    /* The worker's own copy: the loop may close fd (a refusal) while a
+     * check it gave up on still runs.  A dup never waits for the server. */
+    copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (copy < 0)
+        return -errno;
+    pthread_mutex_lock(&w->mu);
+    if (push_locked(w, copy, 0) < 0) {
+        pthread_mutex_unlock(&w->mu);
+        (void)close(copy); /* out of memory: the one close left on the loop */
+        return -ENOMEM;
+    }
+    mine = w->queued;
+    w->jobs[(w->head + w->count - 1) % w->cap].check = (short)(type + 1);
+    w->jobs[(w->head + w->count - 1) % w->cap].ticket = mine;
+    deadline_after(&until, wait_ms);
+    while (w->finished < mine && pthread_cond_timedwait(&w->done, &w->mu, &until) == 0)
+        ;
+    r = w->finished >= mine && w->check_ticket == mine ? w->check_result : -ETIMEDOUT;
+    pthread_mutex_unlock(&w->mu);
+    return r;
 }
 
 int

@@ -60,6 +60,18 @@ int fsw_dispose(int fd, int unlock);
  * fsw_close_is_local() said yes (its statx taken earlier): done here. */
 void fsw_close_local(int fd, int unlock);
 
+/*
+ * Whether fd (a regular file on a FUSE filesystem; stx its statx) holds an
+ * OFD lock of type (F_RDLCK or F_WRLCK) on byte 0, asked of the filesystem's
+ * server by its worker, never locking anything (lockd-helper-fs.c,
+ * prove_lock()): 1, 0, or -errno; -ETIMEDOUT if no answer came within
+ * wait_ms, or the filesystem is stuck already.
+ */
+int fsw_prove_lock(int fd, const struct statx *stx, short type, int wait_ms);
+
+/* Whether stx's filesystem is FUSE (its type "fuse" or "fuse.*"). */
+int fsw_is_fuse(const struct statx *stx);
+
 /* Whether every queue is empty; waits up to wait_ms for it. */
 int fsw_idle(int wait_ms);
 

@@ -377,6 +377,27 @@ pidfd_pid(int pidfd)
     return (int32_t)strtol(p + 6, NULL, 10);
 }
 
+/* Whether a /proc/self/fdinfo text lists an OFD lock with want (" READ "
+ * or " WRITE ") on byte 0, length 1. */
+static int
+fdinfo_has_lock(const char *buf, const char *want)
+{
+    const char *line;
+
+    for (line = strstr(buf, "lock:\t"); line; line = strstr(line + 1, "lock:\t")) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+
+        if (memmem(line, len, " OFDLCK ", 8) && memmem(line, len, want, strlen(want)) &&
+            len > 4 && memcmp(line + len - 4, " 0 0", 4) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* How long a hand-over waits for a FUSE server to answer for its lock. */
+#define PROVE_WAIT_MS 1000
+
 /*
  * Whether fd carries an OFD lock on byte 0, length 1, of mode: the kernel
  * lists the locks of each open file description in its fdinfo (fs/locks.c,
@@ -392,13 +413,17 @@ pidfd_pid(int pidfd)
  * manager died; one of a released lease would keep its file open).  That
  * close of the copy is why only a file on a local filesystem is checked so:
  * on FUSE or NFS it would wait for the server (lockd-helper-fs.h).
+ *
+ * prove: on a FUSE filesystem whose server keeps the locks (no record in
+ * fdinfo), ask the server (a hand-over, an adoption); else such a lease
+ * stands as proven at its hand-over (the periodic check).
  */
 static int
-fd_has_lease(int fd, int mode, const struct statx *stx)
+fd_has_lease(int fd, int mode, const struct statx *stx, int prove)
 {
-    char buf[4096], *line;
     const char *want = mode == LOCKD_SHARED ? " READ " : " WRITE ";
     struct statx own;
+    char buf[4096];
     ssize_t n;
 
     if (!stx) { /* the caller has none taken */
@@ -415,6 +440,18 @@ fd_has_lease(int fd, int mode, const struct statx *stx)
 
         if (r < 0)
             return r;
+        /* A FUSE filesystem that implements locks sends them to its
+         * server and the kernel keeps no record (GlusterFS): ask the
+         * server, off the loop (fsw_prove_lock()).  That is for a
+         * hand-over and an adoption; a periodic check of such a lease
+         * would ask the server for every lease every period, which is the
+         * lock-loss watch's job (lockd-helper(8), "Shared storage"): here
+         * it stands as proven at hand-over. */
+        if (!fdinfo_has_lock(buf, want) && fsw_is_fuse(stx))
+            return prove ? fsw_prove_lock(fd, stx, mode == LOCKD_SHARED ? F_RDLCK : F_WRLCK,
+                                          PROVE_WAIT_MS)
+                         : 1;
+        return fdinfo_has_lock(buf, want);
     } else {
         if (dup3(fd, H.probe_fd, O_CLOEXEC) < 0)
             return negerrno();
@@ -425,15 +462,7 @@ fd_has_lease(int fd, int mode, const struct statx *stx)
             return negerrno(); /* not the client's fault */
         buf[n] = '\0';
     }
-    for (line = strstr(buf, "lock:\t"); line; line = strstr(line + 1, "lock:\t")) {
-        char *end = strchr(line, '\n');
-        size_t len = end ? (size_t)(end - line) : strlen(line);
-
-        if (memmem(line, len, " OFDLCK ", 8) && memmem(line, len, want, strlen(want)) &&
-            len > 4 && memcmp(line + len - 4, " 0 0", 4) == 0)
-            return 1;
-    }
-    return 0;
+    return fdinfo_has_lock(buf, want);
 }
 
 static void
@@ -1161,19 +1190,20 @@ lease_mark_lost(uint32_t slot)
 /* Check lease slot's lock now (~2 us, fdinfo); mark it lost if it is gone.
  * A failure to read fdinfo is the helper's own trouble and judges nothing. */
 static void
-lease_verify(uint32_t slot)
+lease_verify(uint32_t slot, int prove)
 {
     struct lease *l = &H.leases[slot];
     int r;
 
     if (l->lost)
         return;
-    r = fd_has_lease(l->fd, l->mode, NULL);
+    r = fd_has_lease(l->fd, l->mode, NULL, prove);
     probe_release();
     if (r == 0)
         lease_mark_lost(slot);
 }
 
+/* After a crash: every adopted lease, as a hand-over is checked. */
 static void
 lease_verify_all(void)
 {
@@ -1181,7 +1211,7 @@ lease_verify_all(void)
 
     for (i = 0; i < H.nlease_slots; i++)
         if (H.leases[i].gen)
-            lease_verify(i);
+            lease_verify(i, 1);
 }
 
 /*
@@ -1207,7 +1237,7 @@ sweep_step(void)
                                                       : H.nlease_slots;
     for (; H.sweep_at < end; H.sweep_at++)
         if (H.leases[H.sweep_at].gen)
-            lease_verify(H.sweep_at);
+            lease_verify(H.sweep_at, 0);
     if (H.sweep_at >= H.nlease_slots)
         H.sweep_at = NONE;
 }
@@ -1392,7 +1422,7 @@ check_item(const struct conn *c, const struct proto_req *req, size_t i, int fd)
     const struct proto_item *it = &req->items[i];
     struct statx *stx = &ofd_sort_st[i];
     char key[LOCKD_KEY_SIZE];
-    int r = fsw_statx(fd, stx) < 0 ? 0 : fd_has_lease(fd, it->mode, stx);
+    int r = fsw_statx(fd, stx) < 0 ? 0 : fd_has_lease(fd, it->mode, stx, 1);
 
     key_to_hex(it->key, key);
     if (r == 1 && in_space(c, fd, key, stx))
@@ -1692,7 +1722,7 @@ lease_row(const struct conn *c, const struct proto_req *req, uint32_t slot,
          H.spaces[l->space - 1].ino != c->space_ino))
         return 1;
     /* Listed as held only if it is, now. */
-    lease_verify(slot);
+    lease_verify(slot, 0);
     wr_u64(wr, lease_id(slot));
     wr_u8(wr, l->lost ? LOCKD_LOST : l->mode);
     wr_put(wr, l->key, PROTO_KEY_BYTES);
