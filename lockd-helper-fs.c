@@ -84,34 +84,38 @@ fsw_close_local(int fd, int unlock)
  * whether anybody holds one at all.  Exclusive: nobody else, and somebody,
  * so fd itself.  Shared: nobody writes, and somebody reads; when others
  * read too the read lock seen may be theirs, so a shared lease beside other
- * readers is not pinned to fd (lockd-helper(8), "Shared storage").  fd is
- * asked before and after, so a holder that came and went between the two
- * queries is not taken for fd.  Nothing is ever locked or unlocked.
+ * readers is not pinned to fd (lockd-helper(8), "Shared storage").  The
+ * two are asked in turn twice (fd, other, fd, other), and all four answers
+ * must agree: a holder that came and went between two queries (gc on
+ * another host takes a free lease's lock for microseconds) is not taken
+ * for fd.  Nothing is ever locked or unlocked.
  * 1, 0, or -errno.  fd is the worker's own copy; the caller closes it.
  */
 static int
 prove_lock(int fd, short type)
 {
-    struct flock mine = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_len = 1};
-    struct flock again = mine, any = mine;
+    const struct flock ask = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_len = 1};
+    struct flock mine[2], any[2];
     char path[40];
-    int other, r;
+    int other, r = 0, i;
 
-    if (fcntl(fd, F_OFD_GETLK, &mine) < 0)
-        return -errno;
     snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
     other = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (other < 0)
         return -errno;
-    r = fcntl(other, F_OFD_GETLK, &any) < 0 ? -errno : 0;
+    for (i = 0; i < 2 && r == 0; i++) {
+        mine[i] = any[i] = ask;
+        if (fcntl(fd, F_OFD_GETLK, &mine[i]) < 0 || fcntl(other, F_OFD_GETLK, &any[i]) < 0)
+            r = -errno;
+    }
     (void)close(other);
     if (r < 0)
         return r;
-    if (fcntl(fd, F_OFD_GETLK, &again) < 0)
-        return -errno;
-    if (type == F_WRLCK)
-        return mine.l_type == F_UNLCK && again.l_type == F_UNLCK && any.l_type == F_WRLCK;
-    return mine.l_type != F_WRLCK && again.l_type != F_WRLCK && any.l_type == F_RDLCK;
+    for (i = 0; i < 2; i++)
+        if (type == F_WRLCK ? mine[i].l_type != F_UNLCK || any[i].l_type != F_WRLCK
+                            : mine[i].l_type == F_WRLCK || any[i].l_type != F_RDLCK)
+            return 0;
+    return 1;
 }
 
 static void *

@@ -91,8 +91,10 @@ struct lease {
     uint8_t mode;
     uint8_t named;  /* in systemd's fd store under its own name (older releases) */
     uint8_t lost;   /* a check found its lock gone (lease_verify()) */
-    uint8_t local;  /* seen at its hand-over on a filesystem whose close never
-                     * waits (fsw_close_is_local()): closed on the loop */
+    uint8_t local : 1;  /* seen at its hand-over on a filesystem whose close
+                         * never waits (fsw_close_is_local()): closed on the loop */
+    uint8_t asked : 1;  /* its lock was proven by asking a FUSE server
+                         * (fd_has_lease() PROVE_ASK), not read in fdinfo */
     uint32_t stash_seq; /* the fd stash's message that holds a copy; 0: none */
     uint32_t space; /* its lockspace directory: space_intern(), or SPACE_* */
     uint64_t ino;   /* its file's inode number, for the OFD index */
@@ -414,12 +416,18 @@ fdinfo_has_lock(const char *buf, const char *want)
  * close of the copy is why only a file on a local filesystem is checked so:
  * on FUSE or NFS it would wait for the server (lockd-helper-fs.h).
  *
- * prove: on a FUSE filesystem whose server keeps the locks (no record in
- * fdinfo), ask the server (a hand-over, an adoption); else such a lease
- * stands as proven at its hand-over (the periodic check).
+ * On a FUSE filesystem whose server keeps the locks there is no record in
+ * fdinfo: how: PROVE_ASK asks the server (a hand-over, an adoption) and
+ * answers 2 if it says held; PROVE_ASKED takes a lease that was proven so
+ * as held (the periodic check: asking every server for every lease every
+ * period is the lock-loss watch's job); PROVE_FDINFO believes fdinfo alone
+ * (a lease whose lock fdinfo showed: a FUSE filesystem that keeps its locks
+ * in the kernel).
  */
+enum { PROVE_FDINFO, PROVE_ASKED, PROVE_ASK };
+
 static int
-fd_has_lease(int fd, int mode, const struct statx *stx, int prove)
+fd_has_lease(int fd, int mode, const struct statx *stx, int how)
 {
     const char *want = mode == LOCKD_SHARED ? " READ " : " WRITE ";
     struct statx own;
@@ -441,17 +449,16 @@ fd_has_lease(int fd, int mode, const struct statx *stx, int prove)
         if (r < 0)
             return r;
         /* A FUSE filesystem that implements locks sends them to its
-         * server and the kernel keeps no record (GlusterFS): ask the
-         * server, off the loop (fsw_prove_lock()).  That is for a
-         * hand-over and an adoption; a periodic check of such a lease
-         * would ask the server for every lease every period, which is the
-         * lock-loss watch's job (lockd-helper(8), "Shared storage"): here
-         * it stands as proven at hand-over. */
-        if (!fdinfo_has_lock(buf, want) && fsw_is_fuse(stx))
-            return prove ? fsw_prove_lock(fd, stx, mode == LOCKD_SHARED ? F_RDLCK : F_WRLCK,
-                                          PROVE_WAIT_MS)
-                         : 1;
-        return fdinfo_has_lock(buf, want);
+         * server and the kernel keeps no record (GlusterFS): the server is
+         * asked, off the loop (fsw_prove_lock()). */
+        if (fdinfo_has_lock(buf, want))
+            return 1;
+        if (how == PROVE_FDINFO || !fsw_is_fuse(stx))
+            return 0;
+        if (how == PROVE_ASKED)
+            return 1;
+        r = fsw_prove_lock(fd, stx, mode == LOCKD_SHARED ? F_RDLCK : F_WRLCK, PROVE_WAIT_MS);
+        return r == 1 ? 2 : r;
     } else {
         if (dup3(fd, H.probe_fd, O_CLOEXEC) < 0)
             return negerrno();
@@ -1190,17 +1197,20 @@ lease_mark_lost(uint32_t slot)
 /* Check lease slot's lock now (~2 us, fdinfo); mark it lost if it is gone.
  * A failure to read fdinfo is the helper's own trouble and judges nothing. */
 static void
-lease_verify(uint32_t slot, int prove)
+lease_verify(uint32_t slot, int ask)
 {
     struct lease *l = &H.leases[slot];
     int r;
 
     if (l->lost)
         return;
-    r = fd_has_lease(l->fd, l->mode, NULL, prove);
+    r = fd_has_lease(l->fd, l->mode, NULL,
+                     ask ? PROVE_ASK : l->asked ? PROVE_ASKED : PROVE_FDINFO);
     probe_release();
     if (r == 0)
         lease_mark_lost(slot);
+    else if (ask && r > 0)
+        l->asked = r == 2;
 }
 
 /* After a crash: every adopted lease, as a hand-over is checked. */
@@ -1412,8 +1422,10 @@ in_space(const struct conn *c, int fd, const char *key, const struct statx *stx)
 }
 
 /* Each hand-over item's statx, taken once by check_item(); check_ofds()
- * orders the items by it (with ofd_sort_fds). */
+ * orders the items by it (with ofd_sort_fds).  And whether its lock was
+ * proven by asking its FUSE server. */
 static struct statx ofd_sort_st[PROTO_FDS_MAX];
+static uint8_t item_asked[PROTO_FDS_MAX];
 
 /* Refuse a hand-over whose fd is not what it claims; returns 0 or -errno. */
 static int
@@ -1422,8 +1434,11 @@ check_item(const struct conn *c, const struct proto_req *req, size_t i, int fd)
     const struct proto_item *it = &req->items[i];
     struct statx *stx = &ofd_sort_st[i];
     char key[LOCKD_KEY_SIZE];
-    int r = fsw_statx(fd, stx) < 0 ? 0 : fd_has_lease(fd, it->mode, stx, 1);
+    int r = fsw_statx(fd, stx) < 0 ? 0 : fd_has_lease(fd, it->mode, stx, PROVE_ASK);
 
+    item_asked[i] = r == 2;
+    if (r == 2)
+        r = 1;
     key_to_hex(it->key, key);
     if (r == 1 && in_space(c, fd, key, stx))
         return 0;
@@ -1599,7 +1614,8 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
         l->owner = owner_slot(o);
         l->uid = c->uid;
         l->ino = ofd_sort_st[i].stx_ino; /* check_item() took it */
-        l->local = (uint8_t)fsw_close_is_local(&ofd_sort_st[i]);
+        l->local = fsw_close_is_local(&ofd_sort_st[i]) != 0;
+        l->asked = item_asked[i];
         l->space = space;
         l->mode = req->items[i].mode;
         l->disk = disks[i];
@@ -1615,7 +1631,8 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
 /*
  * SPACE: the client shows the lockspace directory its hand-overs come from
  * (lockd_conn_handoff() does, once per connection and lockspace).  Its
- * identity and name are kept; the fd is not.
+ * identity and name are kept, and on a local filesystem the fd too (for
+ * in_space()).
  */
 static int
 do_space(struct conn *c, int fd)
@@ -2096,7 +2113,9 @@ on_conn(struct conn *c)
  *     FREE    u32 slot, u8 unlocked            a lease let go: released
  *                                              (1), or taken back by its
  *                                              client, lock kept (0)
- *   flags: bit 0, the fd is in systemd's fd store
+ *   flags: bit 0, the fd is in systemd's fd store (under its own name, an
+ *   older release's way); LEASE bit 1, its lock was proven by asking its
+ *   FUSE server (struct lease's asked)
  *     LISTEN  i32 fd, i32 bound (the helper bound the socket path itself)
  *     CONN    i32 fd, u32 uid, i32 pid
  *     GEN     u64 next generation
@@ -2167,7 +2186,7 @@ rec_lease(struct proto_wr *wr, uint32_t slot, int with_fds)
     wr_u64(wr, l->gen);
     wr_i32(wr, with_fds ? l->fd : -1);
     wr_i32(wr, H.owners[l->owner].pid);
-    wr_u8(wr, l->named);
+    wr_u8(wr, (uint8_t)(l->named | l->asked << 1));
     wr_u8(wr, l->mode);
     wr_put(wr, l->key, PROTO_KEY_BYTES);
     wr_cstr(wr, l->disk);
@@ -2538,6 +2557,7 @@ restore_lease(struct proto_rd *rd, struct adopt *a)
                                          : space_intern(space_dev, space_ino);
     l->mode = mode;
     l->named = a->reexec ? flags & 1 : by_name;
+    l->asked = (flags >> 1) & 1; /* after a crash lease_verify_all() asks again */
     memcpy(l->key, key, PROTO_KEY_BYTES);
     lease_link(slot);
     return 0;
