@@ -1054,8 +1054,13 @@ lease_take(int dirfd, int remote, const char *key, int mode, int64_t deadline)
     int fd, r, tries;
 
     /* Bounded, so that a bug or a hostile peer that keeps replacing the file
-     * turns into an error instead of a spin. */
+     * turns into an error instead of a spin.  On a network filesystem the
+     * name may keep pointing at the old file until this client's cache of
+     * names expires (a second on GlusterFS): after the first few, each
+     * try waits a little longer, up to 10 ms, so the bound outlasts it. */
     for (tries = 0; tries < STALE_RETRIES_MAX; tries++) {
+        if (remote && tries > 4)
+            sleep_ns((int64_t)(tries < 10 ? tries : 10) * 1000000);
         fd = lease_open(dirfd, key, &st);
         if (fd == -ENOENT)
             fd = lease_create(dirfd, key, deadline, &st);
