@@ -21,6 +21,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -38,7 +39,9 @@ hold_elsewhere(const char *lkhold, const char *path)
         return -1;
     pid = fork();
     if (pid == 0) {
-        if (dup2(p[1], 1) < 0)
+        /* Dies with us, even if we are killed: it is in none of the test's
+         * namespaces, where its cleanup looks. */
+        if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() == 1 || dup2(p[1], 1) < 0)
             _exit(127);
         execl(lkhold, lkhold, "ofd", "w", path, (char *)NULL);
         _exit(127);
