@@ -267,11 +267,29 @@ fs_is_network(const char *t)
     return 0;
 }
 
-/* Filesystem type, and the NFS and CIFS options that make locks host-local. */
+/* The cluster stack OCFS2 runs on ("o2cb", "pcmk", ...), or "" if unknown.
+ * LOCKD_TEST_OCFS2_STACK names another file to read (test-only). */
+static void
+ocfs2_stack(char *buf, size_t size)
+{
+    const char *path = getenv("LOCKD_TEST_OCFS2_STACK");
+    FILE *f = fopen(path && *path ? path : "/sys/fs/ocfs2/cluster_stack", "re");
+
+    buf[0] = '\0';
+    if (!f)
+        return;
+    if (!fgets(buf, (int)size, f))
+        buf[0] = '\0';
+    buf[strcspn(buf, "\n")] = '\0';
+    fclose(f);
+}
+
+/* Filesystem type, and the NFS, CIFS and OCFS2 settings that make locks
+ * host-local; what a GlusterFS volume needs, which no client can see. */
 static void
 doc_filesystem(struct doctor *doc, const lockd_space *space)
 {
-    char real[PATH_MAX], val[64] = "";
+    char real[PATH_MAX], val[64] = "", stack[32] = "";
     struct mount_info m;
     struct statfs sf;
 
@@ -283,6 +301,8 @@ doc_filesystem(struct doctor *doc, const lockd_space *space)
         return;
     }
     doc->fs_network = fs_is_network(m.fstype);
+    if (strcmp(m.fstype, "ocfs2") == 0)
+        ocfs2_stack(stack, sizeof(stack));
     if (strncmp(m.fstype, "nfs", 3) == 0 &&
         (has_option(m.options, "nolock", NULL, 0) ||
          (has_option(m.options, "local_lock", val, sizeof(val)) &&
@@ -298,6 +318,20 @@ doc_filesystem(struct doctor *doc, const lockd_space *space)
                 "cifs from %s is mounted nobrl: LOCKS ARE LOCAL TO THIS HOST. Remount "
                 "without nobrl",
                 m.source);
+    else if (strcmp(m.fstype, "ocfs2") == 0 &&
+             (has_option(m.options, "localflocks", NULL, 0) || strcmp(stack, "o2cb") == 0 ||
+              !*stack))
+        /* OCFS2 sends fcntl locks to other nodes only through a userspace
+         * cluster stack's dlm (pcmk, cman); o2cb keeps them on the node. */
+        doc_say(doc, DOC_WARNING, "filesystem",
+                "ocfs2 from %s %s: LOCKS ARE LOCAL TO THIS HOST. Other hosts do not see "
+                "its leases; use a userspace cluster stack (pcmk, with dlm), without "
+                "localflocks",
+                m.source,
+                has_option(m.options, "localflocks", NULL, 0) ? "is mounted localflocks"
+                : *stack ? "runs the o2cb cluster stack"
+                       : "runs a cluster stack this host cannot name (no "
+                         "/sys/fs/ocfs2/cluster_stack)");
     else if (doc->fs_network)
         doc_say(doc, DOC_OK, "filesystem",
                 "%s from %s: locks go to the server, so every host mounting it sees them",
@@ -305,6 +339,17 @@ doc_filesystem(struct doctor *doc, const lockd_space *space)
     else
         doc_say(doc, DOC_OK, "filesystem", "%s (local: leases protect this host only)",
                 m.fstype);
+    if (strcmp(m.fstype, "fuse.glusterfs") == 0 || strcmp(m.fstype, "glusterfs") == 0)
+        doc_say(doc, DOC_NOTE, "filesystem",
+                "GlusterFS volume %s: a client cannot see its options. A lockspace volume "
+                "needs client.strict-locks on (else a reconnect silently drops locks) and "
+                "performance.stat-prefetch off (else a host may lock a lease file another "
+                "host removed), and client timeouts shorter than the server's "
+                "(network.ping-timeout and client.tcp-user-timeout below "
+                "server.tcp-user-timeout): no lock manager can stop a guest that lost its "
+                "lock before another host is granted it otherwise. Check on a server: "
+                "gluster volume get VOLUME all | grep -E 'strict-locks|stat-prefetch|timeout'",
+                m.source);
     if (doc->fs_network && lockd_space_mode(space) == LOCKD_MODE_CANONICAL)
         doc_say(
             doc, DOC_WARNING, "settings",

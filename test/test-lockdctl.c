@@ -2128,6 +2128,61 @@ test_doctor_nfs(void)
     doc_free(&d);
 }
 
+/* A fake mountinfo that puts the lockspace on a filesystem of type with
+ * source and options opts. */
+static void
+fake_mount(const char *type, const char *source, const char *opts)
+{
+    char text[8192];
+
+    snprintf(text, sizeof(text),
+             "21 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+             "40 21 0:50 / %s rw,relatime shared:7 - %s %s %s\n",
+             test_scratch, type, source, opts);
+    write_file(test_path("mountinfo"), text);
+    setenv("LOCKD_TEST_MOUNTINFO", test_path("mountinfo"), 1);
+}
+
+/* OCFS2 keeps fcntl locks on the node with the o2cb stack or localflocks;
+ * GlusterFS's needs cannot be seen from a client, so doctor says them. */
+static void
+test_doctor_cluster_filesystems(void)
+{
+    struct doc d;
+
+    case_env();
+    make_lockspace(0);
+    write_file(test_path("stack"), "o2cb\n");
+    setenv("LOCKD_TEST_OCFS2_STACK", test_path("stack"), 1);
+    fake_mount("ocfs2", "/dev/sdb1", "rw,heartbeat=local");
+    doctor(&d, 1);
+    assert_doc_line(&d, "warning", "filesystem", "runs the o2cb cluster stack");
+    assert_doc_line(&d, "warning", "filesystem", "LOCKS ARE LOCAL TO THIS HOST");
+    doc_free(&d);
+    write_file(test_path("stack"), "pcmk\n");
+    doctor(&d, 0);
+    assert_doc_line(&d, "ok", "filesystem", "ocfs2 from /dev/sdb1");
+    doc_free(&d);
+    fake_mount("ocfs2", "/dev/sdb1", "rw,localflocks");
+    doctor(&d, 1);
+    assert_doc_line(&d, "warning", "filesystem", "is mounted localflocks");
+    doc_free(&d);
+    setenv("LOCKD_TEST_OCFS2_STACK", test_path("no-such-file"), 1);
+    fake_mount("ocfs2", "/dev/sdb1", "rw");
+    doctor(&d, 1);
+    assert_doc_line(&d, "warning", "filesystem", "cannot name");
+    doc_free(&d);
+    unsetenv("LOCKD_TEST_OCFS2_STACK");
+
+    fake_mount("fuse.glusterfs", "gl1:/vmspace", "rw,user_id=0,group_id=0");
+    doctor(&d, 0);
+    assert_doc_line(&d, "ok", "filesystem", "locks go to the server");
+    assert_doc_line(&d, "note", "filesystem", "GlusterFS volume gl1:/vmspace");
+    assert_doc_line(&d, "note", "filesystem", "client.strict-locks on");
+    assert_doc_line(&d, "note", "filesystem", "performance.stat-prefetch off");
+    doc_free(&d);
+}
+
 static void
 test_doctor_canonical_on_nfs(void)
 {
@@ -2247,6 +2302,7 @@ main(int argc, char **argv)
     TEST_RUN(test_doctor_lock_fails);
     TEST_RUN(test_doctor_nfs);
     TEST_RUN(test_doctor_canonical_on_nfs);
+    TEST_RUN(test_doctor_cluster_filesystems);
     TEST_RUN(test_doctor_helper_refuses);
     return test_done();
 }
