@@ -185,11 +185,11 @@ fuzz/fuzz-proto: fuzz/fuzz-proto.c fuzz/fuzz.h lockd.c lockd.h
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ fuzz/fuzz-proto.c $(SODIUM_LIBS)
 
 fuzz/fuzz-state: fuzz/fuzz-state.c fuzz/fuzz.h $(HELPER_DEPS)
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(SYSTEMD_CFLAGS) -o $@ fuzz/fuzz-state.c lockd-helper-fs.c -lpthread \
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(SYSTEMD_CFLAGS) -o $@ fuzz/fuzz-state.c lockd-helper-fs.c lockd-keeper.c -lpthread \
 		$(SYSTEMD_LIBS) $(SODIUM_LIBS)
 
 fuzz/fuzz-dispatch: fuzz/fuzz-dispatch.c fuzz/fuzz.h $(HELPER_DEPS)
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(SYSTEMD_CFLAGS) -o $@ fuzz/fuzz-dispatch.c lockd-helper-fs.c -lpthread \
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(SYSTEMD_CFLAGS) -o $@ fuzz/fuzz-dispatch.c lockd-helper-fs.c lockd-keeper.c -lpthread \
 		$(SYSTEMD_LIBS) $(SODIUM_LIBS)
 
 fuzz-build: $(FUZZERS)

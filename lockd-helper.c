@@ -244,7 +244,6 @@ static void __attribute__((format(printf, 2, 3)))
 log_line(int prio, const char *fmt, ...)
 {
     static char buf[2 * LOCKD_NAME_MAX + 1024], out[4 * sizeof(buf) + 8];
-    const unsigned char *p;
     size_t n;
     va_list ap;
 
@@ -255,12 +254,7 @@ log_line(int prio, const char *fmt, ...)
     (void)vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
     n = (size_t)snprintf(out, sizeof(out), "<%d>", prio);
-    for (p = (const unsigned char *)buf; *p; p++) {
-        if (*p < 0x20 || *p == 0x7f || *p == '\\')
-            n += (size_t)snprintf(out + n, sizeof(out) - n, "\\x%02x", *p);
-        else
-            out[n++] = (char)*p;
-    }
+    n = log_escape(out, sizeof(out), n, buf);
     out[n++] = '\n';
     /* One write per line: stderr is unbuffered. */
     (void)fwrite(out, 1, n, stderr);

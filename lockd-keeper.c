@@ -84,6 +84,20 @@ static struct {
  * Small tools
  */
 
+size_t
+log_escape(char *out, size_t size, size_t n, const char *text)
+{
+    const unsigned char *p;
+
+    for (p = (const unsigned char *)text; *p && n + 5 < size; p++) {
+        if (*p < 0x20 || *p == 0x7f || *p == '\\')
+            n += (size_t)snprintf(out + n, size - n, "\\x%02x", *p);
+        else
+            out[n++] = (char)*p;
+    }
+    return n;
+}
+
 /*
  * One line each, with the sd-daemon priority prefix.  Fd names come from
  * the helper, which is trusted, but a control byte in one would still split
@@ -93,7 +107,6 @@ static void __attribute__((format(printf, 2, 3)))
 log_line(int prio, const char *fmt, ...)
 {
     char buf[1024], out[4 * sizeof(buf) + 32];
-    const unsigned char *p;
     size_t n;
     va_list ap;
 
@@ -101,12 +114,7 @@ log_line(int prio, const char *fmt, ...)
     (void)vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
     n = (size_t)snprintf(out, sizeof(out), "<%d>lockd-keeper: ", prio);
-    for (p = (const unsigned char *)buf; *p; p++) {
-        if (*p < 0x20 || *p == 0x7f || *p == '\\')
-            n += (size_t)snprintf(out + n, sizeof(out) - n, "\\x%02x", *p);
-        else
-            out[n++] = (char)*p;
-    }
+    n = log_escape(out, sizeof(out), n, buf);
     out[n++] = '\n';
     /* One write per line (stderr is unbuffered), so that the helper's lines
      * never cut into ours. */

@@ -133,6 +133,8 @@
 #ifndef LOCKD_KEEPER_H
 #define LOCKD_KEEPER_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -140,6 +142,16 @@ extern "C" {
 /* Run as the keeper of a lockd-helper: never returns until the helper exits 0. */
 int keeper_run(int listen_fd, const char *socket_path, const char *helper_path,
                char **helper_argv);
+
+/*
+ * Append text to the log line out[0..n) of size bytes, every control byte
+ * and backslash written as \xHH, so that nothing it names can split the
+ * line or forge another; returns the new length.  It stops short of the
+ * last 5 bytes, which leaves room for the caller's newline: a size of
+ * 4 * strlen(text) + n + 2 never truncates.  The keeper's log and the
+ * helper's (lockd-helper.c, log_line()) both write through it.
+ */
+size_t log_escape(char *out, size_t size, size_t n, const char *text);
 
 #ifdef __cplusplus
 }
