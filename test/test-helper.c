@@ -474,6 +474,23 @@ conn_open(const char *sock)
     return root(c);
 }
 
+/*
+ * The start of many cases: a helper under the fake systemd (activated,
+ * notifying, with an fd store of store_max), a guest, and a connection
+ * that registered it as "guest".
+ */
+static struct fsd *
+helper_with_guest(unsigned store_max, struct guest *g, lockd_conn **ret_c)
+{
+    struct fsd *s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, store_max);
+
+    fsd_start_ready(s);
+    guest_start(g);
+    *ret_c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(*ret_c, g->pid, -1, NULL, "guest"));
+    return s;
+}
+
 struct counts {
     uint64_t owners, leases, stored;
 };
@@ -1322,11 +1339,7 @@ HELPER_CASE(stash_rotation)
     struct fsd *s;
     lockd_conn *c;
 
-    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 8);
-    fsd_start_ready(s);
-    guest_start(&g);
-    c = conn_open(s->sock);
-    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    s = helper_with_guest(8, &g, &c);
     hand_over_singles(c, sp, g.pid, "churn", 0, FIRST, key, id);
     for (i = 0; i < GONE; i++)
         ASSERT_INT_EQ(lockd_conn_release(c, g.pid, 1, &id[i]), 1);
@@ -1653,11 +1666,7 @@ HELPER_CASE(stash_inflight_bound)
     ASSERT_OK(prctl(PR_CAPBSET_DROP, 24 /* CAP_SYS_RESOURCE */, 0, 0, 0));
     ASSERT_OK(prctl(PR_CAPBSET_DROP, 21 /* CAP_SYS_ADMIN */, 0, 0, 0));
     ASSERT_OK(setrlimit(RLIMIT_NOFILE, &rl));
-    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 8);
-    fsd_start_ready(s);
-    guest_start(&g);
-    c = conn_open(s->sock);
-    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    s = helper_with_guest(8, &g, &c);
     hand_over_singles(c, sp, g.pid, "bound", 0, N, key, id);
     ASSERT_INT_EQ(status_on(c).stored, N);
     lockd_conn_close(c);
@@ -2142,11 +2151,7 @@ rollback_run(unsigned store_max)
     lockd_conn *c;
     size_t i;
 
-    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, store_max);
-    fsd_start_ready(s);
-    guest_start(&g);
-    c = conn_open(s->sock);
-    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    s = helper_with_guest(store_max, &g, &c);
     for (i = 0; i < N; i++) {
         char name[64];
 
@@ -2238,11 +2243,7 @@ HELPER_CASE(handoff_in_its_space)
     fsd_top(top, sizeof(top));
     ASSERT_OK(lockd_space_open(test_path("other"), LOCKD_OPEN_CREATE, &other));
     ASSERT_OK(lockd_space_key(sp, "/images/forged.qcow2", key));
-    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
-    fsd_start_ready(s);
-    guest_start(&g);
-    c = conn_open(s->sock);
-    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    s = helper_with_guest(0, &g, &c);
 
     /* The file of the key in the other lockspace, in place of ours. */
     ASSERT_OK(lockd_acquire(other, 1, keys, NULL, LOCKD_TRY, &forged));
@@ -2335,11 +2336,7 @@ HELPER_CASE(handoff_retried)
     lockd_lease *l;
     lockd_conn *c;
 
-    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
-    fsd_start_ready(s);
-    guest_start(&g);
-    c = conn_open(s->sock);
-    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    s = helper_with_guest(0, &g, &c);
     disks_make(&d, sp, "again", 2);
     ASSERT_OK(lockd_acquire(sp, d.n, d.keys, d.modes, LOCKD_TRY, &l));
     ASSERT_OK(lockd_conn_handoff(c, g.pid, l, NULL, id1));
@@ -2382,11 +2379,7 @@ HELPER_CASE(handoff_names_in_callers_order)
     lockd_conn *c;
     size_t i, n, ord[DISKS_MAX];
 
-    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
-    fsd_start_ready(s);
-    guest_start(&g);
-    c = conn_open(s->sock);
-    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    s = helper_with_guest(0, &g, &c);
     disks_make(&d, sp, "order", 6);
     /* Given in descending key order (ord[]), so that no name could land on
      * its key by being passed in the lease's (ascending) order. */
@@ -3053,11 +3046,7 @@ HELPER_CASE(fd_exhaustion)
     struct fsd *s;
     lockd_conn *c;
 
-    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
-    fsd_start_ready(s);
-    guest_start(&g);
-    c = conn_open(s->sock);
-    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    s = helper_with_guest(0, &g, &c);
     ASSERT_OK(prlimit(s->pid, RLIMIT_NOFILE, &rl, NULL));
     for (int i = 0; i < 64; i++) {
         char tag[16];
@@ -3107,11 +3096,7 @@ HELPER_CASE(register_out_of_fds)
     lockd_conn *c;
     int r = 0, emfile = 0;
 
-    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
-    fsd_start_ready(s);
-    guest_start(&g);
-    c = conn_open(s->sock);
-    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    s = helper_with_guest(0, &g, &c);
     ASSERT_OK(prlimit(s->pid, RLIMIT_NOFILE, &rl, NULL));
     for (int i = 0; i < 64 && r == 0; i++) {
         char tag[16];
@@ -3696,11 +3681,7 @@ HELPER_CASE(ids_new_after_cold_start)
     lockd_lease *l;
     lockd_conn *c;
 
-    s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
-    fsd_start_ready(s);
-    guest_start(&g);
-    c = conn_open(s->sock);
-    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "guest"));
+    s = helper_with_guest(0, &g, &c);
     disks_make(&d, sp, "epoch", 1);
     ASSERT_OK(hand_over(c, sp, g.pid, &d, &l));
     id1 = d.id[0];
