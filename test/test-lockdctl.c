@@ -2085,19 +2085,27 @@ test_doctor_lock_fails(void)
     assert_listing(space_dir(), ".\n..\n.lockd-lockspace\n");
 }
 
-/* A fake mountinfo that puts the lockspace on NFS with options opts. */
+/* A fake mountinfo that puts the lockspace on a filesystem of type, from
+ * source, with options opts (and another mount beside it). */
 static void
-fake_nfs(const char *opts)
+fake_mount(const char *type, const char *source, const char *opts)
 {
     char text[8192];
 
     snprintf(text, sizeof(text),
              "21 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
-             "40 21 0:50 /export %s rw,relatime shared:7 - nfs filer:/export %s\n"
+             "40 21 0:50 /export %s rw,relatime shared:7 - %s %s %s\n"
              "41 40 0:51 / /elsewhere rw - tmpfs tmpfs rw\n",
-             test_scratch, opts);
+             test_scratch, type, source, opts);
     write_file(test_path("mountinfo"), text);
     setenv("LOCKD_TEST_MOUNTINFO", test_path("mountinfo"), 1);
+}
+
+/* The lockspace on NFS with options opts. */
+static void
+fake_nfs(const char *opts)
+{
+    fake_mount("nfs", "filer:/export", opts);
 }
 
 static void
@@ -2126,21 +2134,6 @@ test_doctor_nfs(void)
     doctor(&d, 0);
     assert_doc_line(&d, "ok", "filesystem", "nfs from filer:/export");
     doc_free(&d);
-}
-
-/* A fake mountinfo that puts the lockspace on a filesystem of type with
- * source and options opts. */
-static void
-fake_mount(const char *type, const char *source, const char *opts)
-{
-    char text[8192];
-
-    snprintf(text, sizeof(text),
-             "21 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
-             "40 21 0:50 / %s rw,relatime shared:7 - %s %s %s\n",
-             test_scratch, type, source, opts);
-    write_file(test_path("mountinfo"), text);
-    setenv("LOCKD_TEST_MOUNTINFO", test_path("mountinfo"), 1);
 }
 
 /* OCFS2 keeps fcntl locks on the node with the o2cb stack or localflocks;
