@@ -57,9 +57,11 @@ lockd-helper: $(HELPER_DEPS)
 	$(CC) $(ALL_CFLAGS) $(SYSTEMD_CFLAGS) -o $@ $(HELPER_SRC) -lpthread $(SYSTEMD_LIBS) \
 		$(SODIUM_LIBS) $(LDFLAGS)
 
-# lockdctl is two files: lockdctl-doctor.c is its `doctor` command.
-lockdctl: lockdctl.c lockdctl-doctor.c lockdctl.h liblockd.a lockd.h
-	$(CC) $(ALL_CFLAGS) -o $@ lockdctl.c lockdctl-doctor.c liblockd.a $(SODIUM_LIBS) \
+# lockdctl is three files: lockdctl-doctor.c is its `doctor` command,
+# lockdctl-watch.c the lease watcher `run` leaves behind without a helper.
+LOCKDCTL_SRC = lockdctl.c lockdctl-doctor.c lockdctl-watch.c
+lockdctl: $(LOCKDCTL_SRC) lockdctl.h liblockd.a lockd.h
+	$(CC) $(ALL_CFLAGS) -o $@ $(LOCKDCTL_SRC) liblockd.a -lpthread $(SODIUM_LIBS) \
 		$(LDFLAGS)
 
 lockd.o: lockd.c lockd.h
@@ -139,8 +141,8 @@ lockd-helper.asan: $(HELPER_DEPS)
 	$(CC) $(ALL_CFLAGS) $(ASAN_FLAGS) $(SYSTEMD_CFLAGS) -o $@ $(HELPER_SRC) -lpthread $(SYSTEMD_LIBS) \
 		$(SODIUM_LIBS) $(LDFLAGS)
 
-lockdctl.asan: lockdctl.c lockdctl-doctor.c lockdctl.h lockd.c lockd.h
-	$(CC) $(ALL_CFLAGS) $(ASAN_FLAGS) -o $@ lockdctl.c lockdctl-doctor.c lockd.c $(SODIUM_LIBS) \
+lockdctl.asan: $(LOCKDCTL_SRC) lockdctl.h lockd.c lockd.h
+	$(CC) $(ALL_CFLAGS) $(ASAN_FLAGS) -o $@ $(LOCKDCTL_SRC) lockd.c -lpthread $(SODIUM_LIBS) \
 		$(LDFLAGS)
 
 check-asan: deps

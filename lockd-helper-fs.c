@@ -13,9 +13,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
+
+/* fsw_watch()'s job: n fds to check, answered one by one. */
+struct watch {
+    int how;
+    uint32_t batch;
+    size_t n;
+    int *fds;
+    short *types;
+    uint64_t *tags;
+};
 
 struct job {
     int fd;
@@ -23,6 +34,7 @@ struct job {
     short check;     /* 0: dispose of fd; else fsw_prove_lock() of 1 + the type
                       * (F_RDLCK is 0) */
     uint64_t ticket; /* a check's: which answer is its */
+    struct watch *watch; /* not NULL: a watch job (fd unused) */
 };
 
 struct worker {
@@ -42,6 +54,14 @@ struct worker {
 
 static struct worker *workers[FSW_MAX];
 static unsigned nworkers;
+
+/* The watch's answers, from every worker to the loop. */
+static struct {
+    pthread_mutex_t mu;
+    struct fsw_answer *ring;
+    size_t head, count, cap;
+    int efd;
+} answers = {.mu = PTHREAD_MUTEX_INITIALIZER, .efd = -1};
 
 static int64_t
 now_ns(void)
@@ -88,11 +108,13 @@ fsw_close_local(int fd, int unlock)
  * two are asked in turn twice (fd, other, fd, other), and all four answers
  * must agree: a holder that came and went between two queries (gc on
  * another host takes a free lease's lock for microseconds) is not taken
- * for fd.  Nothing is ever locked or unlocked.
- * 1, 0, or -errno.  fd is the worker's own copy; the caller closes it.
+ * for fd.  The watch asks once (rounds 1): a lock it proved before is
+ * checked for being gone, not proven again.  Nothing is ever locked or
+ * unlocked.  1, 0, or -errno.  fd is the worker's own copy; the caller
+ * closes it.
  */
 static int
-prove_lock(int fd, short type)
+prove_lock(int fd, short type, int rounds)
 {
     const struct flock ask = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_len = 1};
     struct flock mine[2], any[2];
@@ -103,7 +125,7 @@ prove_lock(int fd, short type)
     other = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (other < 0)
         return -errno;
-    for (i = 0; i < 2 && r == 0; i++) {
+    for (i = 0; i < rounds && r == 0; i++) {
         mine[i] = any[i] = ask;
         if (fcntl(fd, F_OFD_GETLK, &mine[i]) < 0 || fcntl(other, F_OFD_GETLK, &any[i]) < 0)
             r = -errno;
@@ -111,11 +133,94 @@ prove_lock(int fd, short type)
     (void)close(other);
     if (r < 0)
         return r;
-    for (i = 0; i < 2; i++)
+    for (i = 0; i < rounds; i++)
         if (type == F_WRLCK ? mine[i].l_type != F_UNLCK || any[i].l_type != F_WRLCK
                             : mine[i].l_type == F_WRLCK || any[i].l_type != F_RDLCK)
             return 0;
     return 1;
+}
+
+/*
+ * An NFS lease fd that fdinfo shows locked: F_OFD_GETLK asks the server
+ * for a conflicting lock (another host's), and a re-assert of the lock
+ * this description holds reaches the server with the lock's state, which a
+ * client that lost it (lease expired, server restarted past its grace)
+ * answers with an error.  Not proven on a real NFS server here (no kernel
+ * NFS client on the test machine): lockd-helper(8), "Shared storage".
+ */
+static int
+watch_nfs(int fd, short type)
+{
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_len = 1};
+
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+        return -errno;
+    if (fl.l_type != F_UNLCK)
+        return 0;
+    fl = (struct flock){.l_type = type, .l_whence = SEEK_SET, .l_len = 1};
+    if (fcntl(fd, F_OFD_SETLK, &fl) < 0)
+        return errno == EAGAIN ? 0 : -errno;
+    return 1;
+}
+
+/* Queue one answer for the loop; a full ring grows, and out of memory the
+ * answer is dropped (the loop's deadline then counts the check as not
+ * answered: the safe side). */
+static void
+answer_put(uint64_t tag, int result)
+{
+    uint64_t one = 1;
+
+    pthread_mutex_lock(&answers.mu);
+    if (answers.count == answers.cap) {
+        size_t cap = answers.cap ? answers.cap * 2 : 256, i;
+        struct fsw_answer *ring = malloc(cap * sizeof(*ring));
+
+        if (!ring) {
+            pthread_mutex_unlock(&answers.mu);
+            return;
+        }
+        for (i = 0; i < answers.count; i++)
+            ring[i] = answers.ring[(answers.head + i) % answers.cap];
+        free(answers.ring);
+        answers.ring = ring;
+        answers.cap = cap;
+        answers.head = 0;
+    }
+    answers.ring[(answers.head + answers.count) % answers.cap] =
+        (struct fsw_answer){.tag = tag, .result = result};
+    answers.count++;
+    pthread_mutex_unlock(&answers.mu);
+    if (answers.efd >= 0)
+        (void)write(answers.efd, &one, sizeof(one));
+}
+
+/* Each fd's check counts as one job for fsw_stuck(): a batch is not a
+ * stall because it is long. */
+static void
+watch_run(struct worker *wk, struct watch *w)
+{
+    size_t i;
+
+    for (i = 0; i < w->n; i++) {
+        int r;
+
+        if (i > 0) {
+            pthread_mutex_lock(&wk->mu);
+            wk->busy_since_ns = now_ns();
+            pthread_mutex_unlock(&wk->mu);
+        }
+        r = w->how == FSW_WATCH_NFS ? watch_nfs(w->fds[i], w->types[i])
+                                        : prove_lock(w->fds[i], w->types[i], 1);
+
+        (void)close(w->fds[i]);
+        answer_put(w->tags[i], r);
+    }
+    answer_put(0, (int)w->batch);
+    free(w->fds);
+    free(w->types);
+    free(w->tags);
+    free(w);
 }
 
 static void *
@@ -134,8 +239,11 @@ worker_main(void *arg)
         w->count--;
         w->busy_since_ns = now_ns();
         pthread_mutex_unlock(&w->mu);
-        if (j.check) {
-            int r = prove_lock(j.fd, (short)(j.check - 1));
+        if (j.watch) {
+            watch_run(w, j.watch);
+            pthread_mutex_lock(&w->mu);
+        } else if (j.check) {
+            int r = prove_lock(j.fd, (short)(j.check - 1), 2);
 
             (void)close(j.fd);
             pthread_mutex_lock(&w->mu);
@@ -235,8 +343,8 @@ worker_new(dev_t dev)
 }
 
 /* What the helper needs to know of a filesystem: FS_LOCAL (a close never
- * waits: ext2/3/4, xfs, btrfs, tmpfs, f2fs) and FS_FUSE bits. */
-enum { FS_LOCAL = 1, FS_FUSE = 2 };
+ * waits: ext2/3/4, xfs, btrfs, tmpfs, f2fs), FS_FUSE and FS_NFS bits. */
+enum { FS_LOCAL = 1, FS_FUSE = 2, FS_NFS = 4 };
 
 static int
 fs_kind(const struct statx *stx)
@@ -265,6 +373,8 @@ fs_kind(const struct statx *stx)
             kind |= FS_LOCAL;
     if (strcmp(type, "fuse") == 0 || strncmp(type, "fuse.", 5) == 0)
         kind |= FS_FUSE;
+    if (strcmp(type, "nfs") == 0 || strcmp(type, "nfs4") == 0)
+        kind |= FS_NFS;
     cache[ncache % 32].dev = dev;
     cache[ncache % 32].mnt = mnt;
     cache[ncache % 32].kind = kind;
@@ -282,6 +392,12 @@ int
 fsw_is_fuse(const struct statx *stx)
 {
     return !!(fs_kind(stx) & FS_FUSE);
+}
+
+int
+fsw_is_nfs(const struct statx *stx)
+{
+    return !!(fs_kind(stx) & FS_NFS);
 }
 
 static struct worker *
@@ -408,6 +524,77 @@ fsw_prove_lock(int fd, const struct statx *stx, short type, int wait_ms)
     r = w->finished >= mine && w->check_ticket == mine ? w->check_result : -ETIMEDOUT;
     pthread_mutex_unlock(&w->mu);
     return r;
+}
+
+int
+fsw_watch(dev_t dev, int how, uint32_t batch, const int *fds, const short *types,
+          const uint64_t *tags, size_t n)
+{
+    struct worker *w = worker_get(dev);
+    struct watch *job = calloc(1, sizeof(*job));
+    size_t i;
+    int r = -ENOMEM;
+
+    if (w && job && (job->fds = malloc(n * sizeof(int))) &&
+        (job->types = malloc(n * sizeof(short))) && (job->tags = malloc(n * sizeof(uint64_t)))) {
+        job->how = how;
+        job->batch = batch;
+        job->n = n;
+        memcpy(job->fds, fds, n * sizeof(int));
+        memcpy(job->types, types, n * sizeof(short));
+        memcpy(job->tags, tags, n * sizeof(uint64_t));
+        pthread_mutex_lock(&w->mu);
+        r = push_locked(w, -1, 0);
+        if (r == 0)
+            w->jobs[(w->head + w->count - 1) % w->cap].watch = job;
+        pthread_mutex_unlock(&w->mu);
+        if (r == 0)
+            return 0;
+    }
+    if (job) {
+        free(job->fds);
+        free(job->types);
+        free(job->tags);
+        free(job);
+    }
+    /* Each is a copy of a held lease: closed, never unlocked. */
+    for (i = 0; i < n; i++)
+        (void)fsw_dispose(fds[i], 0);
+    return r;
+}
+
+int
+fsw_answer_fd(void)
+{
+    if (answers.efd < 0)
+        answers.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return answers.efd < 0 ? -errno : answers.efd;
+}
+
+size_t
+fsw_answers(struct fsw_answer *out, size_t max)
+{
+    uint64_t v;
+    size_t n = 0;
+
+    if (answers.efd >= 0)
+        (void)read(answers.efd, &v, sizeof(v));
+    size_t left;
+
+    pthread_mutex_lock(&answers.mu);
+    while (n < max && answers.count) {
+        out[n++] = answers.ring[answers.head];
+        answers.head = (answers.head + 1) % answers.cap;
+        answers.count--;
+    }
+    left = answers.count;
+    pthread_mutex_unlock(&answers.mu);
+    /* Answers left over: readable again, for the next turn of the loop. */
+    if (left && answers.efd >= 0) {
+        v = 1;
+        (void)write(answers.efd, &v, sizeof(v));
+    }
+    return n;
 }
 
 int

@@ -72,6 +72,43 @@ int fsw_prove_lock(int fd, const struct statx *stx, short type, int wait_ms);
 /* Whether stx's filesystem is FUSE (its type "fuse" or "fuse.*"). */
 int fsw_is_fuse(const struct statx *stx);
 
+/* Whether stx's filesystem is NFS (its type "nfs" or "nfs4"). */
+int fsw_is_nfs(const struct statx *stx);
+
+/*
+ * The lock-loss watch: checks of held leases through their filesystem,
+ * queued on its worker and answered later, so the loop never waits for a
+ * server.  fsw_watch() queues one job that checks each of the n fds (the
+ * caller's copies: the worker closes them) for a lock of types[i] (F_RDLCK
+ * or F_WRLCK) on byte 0, the way how says:
+ *   FSW_WATCH_FUSE  F_OFD_GETLK through the fd (another holder's
+ *                   conflicting lock, or an error: lost) and through a
+ *                   second open file description of the file (nobody's
+ *                   lock at all: lost); never locks anything
+ *   FSW_WATCH_NFS   F_OFD_GETLK through the fd, then F_OFD_SETLK of the
+ *                   same type through it: a re-assert of a lock fdinfo
+ *                   shows held, which an NFS client that lost the lock's
+ *                   state answers with an error (EIO)
+ * The job goes to dev's worker.  Each fd's answer, and then one with tag 0
+ * and result batch (the job is done), are queued for fsw_answers(); fsw_answer_fd() becomes readable.
+ * Returns 0, or -errno (the copies are closed).
+ */
+enum { FSW_WATCH_FUSE = 1, FSW_WATCH_NFS = 2 };
+
+struct fsw_answer {
+    uint64_t tag; /* the caller's, per fd; 0: the end of job `result` */
+    int result;   /* 1 held, 0 not held, -errno */
+};
+
+int fsw_watch(dev_t dev, int how, uint32_t batch, const int *fds, const short *types,
+              const uint64_t *tags, size_t n);
+
+/* An eventfd, readable while answers wait; -errno if it cannot be made. */
+int fsw_answer_fd(void);
+
+/* Take up to max answers, in the order they came; returns how many. */
+size_t fsw_answers(struct fsw_answer *out, size_t max);
+
 /* Whether every queue is empty; waits up to wait_ms for it. */
 int fsw_idle(int wait_ms);
 

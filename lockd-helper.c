@@ -25,7 +25,9 @@ static void fd_dispose(int fd, int unlock);
 #include "lockd-helper-fs.h"
 
 #include <getopt.h>
+#include <grp.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <sys/epoll.h>
@@ -72,6 +74,8 @@ static void fd_dispose(int fd, int unlock);
 #define TAG_CONN   (3ull << 56)
 #define TAG_OWNER  (4ull << 56)
 #define TAG_SELFTEST (5ull << 56)
+#define TAG_WATCH  (6ull << 56)
+#define TAG_HOOK   (7ull << 56)
 #define TAG_MASK   (0xffull << 56)
 
 /*
@@ -89,8 +93,9 @@ struct lease {
                      * and is counted for this lease (root: all) */
     uint32_t prev, next; /* the owner's list; free list through next */
     uint8_t mode;
-    uint8_t named;  /* in systemd's fd store under its own name (older releases) */
-    uint8_t lost;   /* a check found its lock gone (lease_verify()) */
+    uint8_t rdev;   /* watched through its filesystem: H.rdevs[rdev - 1]; 0: not */
+    uint8_t named : 1;  /* in systemd's fd store under its own name (older releases) */
+    uint8_t lost : 1;   /* a check found its lock gone (lease_mark_lost()) */
     uint8_t local : 1;  /* seen at its hand-over on a filesystem whose close
                          * never waits (fsw_close_is_local()): closed on the loop */
     uint8_t asked : 1;  /* its lock was proven by asking a FUSE server
@@ -110,9 +115,14 @@ struct owner {
     uint32_t head; /* first lease */
     uint32_t nleases, nlost; /* nlost of the nleases are lost */
     uint8_t named; /* pidfd in the fd store under its own name (older releases) */
+    uint8_t on_loss; /* LOCKD_ON_LOSS_*: what owner_act() does */
+    uint8_t acted;   /* it did it: once per owner */
+    int64_t act_due_ns; /* a loss found in fdinfo: act then if still lost; 0: none */
     uint32_t stash_seq; /* as a lease's */
+    uint32_t hook_uid;  /* who registered the hook: it runs as that uid */
     uint8_t uuid[PROTO_UUID_BYTES];
     char *name;
+    char *hook; /* LOCKD_ON_LOSS_EXEC's command */
 };
 
 struct conn {
@@ -133,6 +143,29 @@ struct conn {
  * which did not record one: it matches every lockspace. */
 #define SPACE_ANY  0
 #define SPACE_NONE UINT32_MAX
+
+/* A filesystem whose leases the watch checks through it (lease_watch()). */
+struct rdev {
+    uint64_t dev;
+    uint32_t nleases;   /* watched leases on it: held, not lost */
+    uint32_t cursor;    /* the lease slot the next batch starts from */
+    uint32_t full_left; /* a full pass under way (a loss was found): leases to go */
+    uint32_t batch;     /* the batch it waits for; 0: none */
+    int64_t queued_ns, due_ns;
+    uint8_t how;        /* FSW_WATCH_* */
+    uint8_t overdue;    /* that batch is past the deadline: its leases are lost */
+};
+
+/* A hook running (owner_act()): killed at due_ns. */
+struct hook {
+    pid_t pid;
+    int pidfd;
+    int64_t due_ns;
+    int32_t owner_pid;
+};
+
+#define RDEV_MAX  64
+#define HOOKS_MAX 64
 
 struct uid_count {
     uint32_t uid, leases, owners, conns;
@@ -166,6 +199,14 @@ static struct {
     uint32_t nlease_slots; /* slots initialised: in use or on the free list */
     uint32_t lease_free, nleases, nlost;
     int64_t check_due_ns; /* when the next sweep starts (sweep_step()) */
+    int64_t check_period_ns, check_timeout_ns, hook_timeout_ns; /* --check-*, --hook-timeout */
+    struct rdev rdevs[RDEV_MAX];
+    uint32_t nrdevs, watch_batches;
+    int64_t watch_due_ns; /* the next watch_step() that has something to do */
+    int answer_fd;        /* fsw_answer_fd() */
+    struct hook hooks[HOOKS_MAX];
+    uint32_t nhooks;
+    uint32_t nact_due; /* owners whose act_due_ns is set */
     uint32_t sweep_at;    /* the next slot it checks; NONE: no sweep under way */
     uint32_t owner_hint;   /* the owner found last: requests come in runs */
     uint64_t next_gen;
@@ -226,6 +267,8 @@ static struct {
 } H = {.listen_fd = -1, .epoll_fd = -1, .signal_fd = -1, .fdinfo_dir = -1, .state_fd = -1,
        .probe_fd = -1, .probe_info = -1, .null_fd = -1, .selftest_pidfd = -1,
        .stash_tx = -1, .stash_rx = -1, .stash_next_seq = 1, .store_leases_max = UINT32_MAX,
+       .check_period_ns = 1000000000LL, .check_timeout_ns = 5000000000LL,
+       .hook_timeout_ns = 30000000000LL, .answer_fd = -1,
        .lease_free = NONE, .sweep_at = NONE, .next_gen = 1, .socket_mode = 0600,
        .user_leases = LEASES_PER_USER, .user_owners = OWNERS_PER_USER,
        .user_conns = CONNS_PER_USER, .fd_limit = 1024};
@@ -371,24 +414,6 @@ pidfd_pid(int pidfd)
     if (r < 0 || !(p = strstr(buf, "\nPid:\t")))
         return -EBADF;
     return (int32_t)strtol(p + 6, NULL, 10);
-}
-
-/* Whether a /proc/self/fdinfo text lists an OFD lock with want (" READ "
- * or " WRITE ") on byte 0, length 1. */
-static int
-fdinfo_has_lock(const char *buf, const char *want)
-{
-    const char *line;
-
-    for (line = strstr(buf, "lock:\t"); line; line = strstr(line + 1, "lock:\t")) {
-        const char *end = strchr(line, '\n');
-        size_t len = end ? (size_t)(end - line) : strlen(line);
-
-        if (memmem(line, len, " OFDLCK ", 8) && memmem(line, len, want, strlen(want)) &&
-            len > 4 && memcmp(line + len - 4, " 0 0", 4) == 0)
-            return 1;
-    }
-    return 0;
 }
 
 /* How long a hand-over waits for a FUSE server to answer for its lock. */
@@ -689,6 +714,8 @@ lease_slot_claim(uint32_t slot)
 }
 
 static void store_push_lease(uint32_t slot);
+static void lease_watch(uint32_t slot);
+static void lease_unwatch(struct lease *l);
 static void store_remove_lease(uint32_t slot, int unlocked);
 static void store_remove_named(int named, char kind, uint64_t gen);
 static void stash_settle(void);
@@ -1014,6 +1041,7 @@ lease_link(uint32_t slot)
         O.stale = 1;
     else if (ofd_insert(slot) < 0)
         log_err("out of memory indexing lease %llu", (unsigned long long)l->gen);
+    lease_watch(slot);
     changed();
 }
 
@@ -1055,6 +1083,7 @@ lease_free_how(uint32_t slot, const char *why, int unlock)
     H.nleases--;
     if (l->lost)
         o->nlost--, H.nlost--;
+    lease_unwatch(l);
     if (u && u->leases)
         u->leases--;
     free(l->disk);
@@ -1092,6 +1121,9 @@ owner_free(struct owner *o, const char *why)
         safe_close(o->pidfd);
     }
     free(o->name);
+    free(o->hook);
+    if (o->act_due_ns)
+        H.nact_due--;
     u = uid_find(o->uid, 0);
     if (u && u->owners)
         u->owners--;
@@ -1127,6 +1159,7 @@ owner_new(int32_t pid, uint32_t uid, int pidfd)
     o->pid = pid;
     o->gen = H.next_gen++;
     o->uid = uid;
+    o->hook_uid = uid;
     o->pidfd = pidfd;
     o->head = NONE;
     o->nleases = 0;
@@ -1161,31 +1194,266 @@ set_name(char **dst, const char *s, size_t len)
  * The helper never takes a lock, but a lease it holds can stop being held
  * without it: another copy of the open file description was unlocked (a
  * manager released its copy after a hand-over it took for failed; a copy
- * adopted after a crash had been unlocked meanwhile).  So what the helper
- * reports as held it has checked: every lease when adopted, each row of a
- * listing as it is written, and all of them every CHECK_PERIOD_NS.  A lease
- * found not held is lost: listed as LOCKD_LOST, logged at <2> with its owner
- * and disk, left out of the held counts.  A check never locks or unlocks.
+ * adopted after a crash had been unlocked meanwhile), or a network
+ * filesystem's client lost its server and the server gave the lock up.  So
+ * what the helper reports as held it has checked: every lease when adopted,
+ * each row of a listing as it is written, all of them in fdinfo every
+ * 2 x --check-period (sweep_step()), and those whose lock lives on a
+ * server through their filesystem (lease_watch(), watch_step()).  A lease
+ * found not held is lost: listed as LOCKD_LOST, logged at <2> with its
+ * owner, disk and errno, left out of the held counts, and its owner's
+ * action runs (owner_act()).  A check never locks or unlocks (the one
+ * exception, NFS's re-assert of a lock fdinfo shows held, is in
+ * lockd-helper-fs.c), and a lost lease is never taken again.
  */
-#define CHECK_PERIOD_NS (2 * 1000000000LL)
+
+static void owner_act(struct owner *o, uint32_t slot, int err, char *what, size_t size);
+
+/*
+ * A lock missing from fdinfo was let go through another copy of its
+ * description: by a process the lease was given to.  That is how a manager
+ * that kept its copies releases (lockd_conn_release_notice(): unlock, then
+ * the notice), so the notice may simply not be here yet; and on a local
+ * filesystem nothing else takes a lock away.  So such a loss is acted on
+ * one --check-period later, if the lease is still lost and not released
+ * by then (act_due()).  A loss found through the filesystem is acted on at
+ * once: there the guest is writing a disk another host may be granted.
+ */
+#define ACT_NOW (-1)
+
+/* Why a lease is lost, for its log line: err is 0 (no lock found), or the
+ * -errno its filesystem answered, or -ETIMEDOUT (no answer in time). */
+static void
+loss_reason(int err, char *buf, size_t size)
+{
+    if (err == 0)
+        snprintf(buf, size, "its lock is gone");
+    else if (err == -ETIMEDOUT)
+        snprintf(buf, size, "its filesystem did not answer a check within %lld ms (ETIMEDOUT)",
+                 (long long)(H.check_timeout_ns / 1000000));
+    else
+        snprintf(buf, size, "its filesystem says %s (%s)",
+                 strerrorname_np(-err) ? strerrorname_np(-err) : "?", strerror(-err));
+}
 
 static void
-lease_mark_lost(uint32_t slot)
+lease_mark_lost(uint32_t slot, int err)
 {
     struct lease *l = &H.leases[slot];
     struct owner *o = &H.owners[l->owner];
-    char key[LOCKD_KEY_SIZE];
+    char key[LOCKD_KEY_SIZE], why[160], what[160];
 
     l->lost = 1;
+    lease_unwatch(l);
     o->nlost++, H.nlost++;
     key_to_hex(l->key, key);
+    loss_reason(err, why, sizeof(why));
+    if (err == 0 && !o->acted) {
+        if (!o->act_due_ns) {
+            o->act_due_ns = mono_ns() + H.check_period_ns;
+            H.nact_due++;
+        }
+        snprintf(what, sizeof(what), "its on-loss action follows in %lld ms unless it is released",
+                 (long long)(H.check_period_ns / 1000000));
+    } else
+        owner_act(o, slot, err, what, sizeof(what));
     /* Rate-limited per uid like a refusal: a client can make its own
      * leases lost as fast as it likes (found by attack: 130,000 lines of
      * priority 2 in 5 s). */
-    log_refusal(l->uid, 2, "lost lease %s (key %s) of owner pid %d (%s): its lock is gone; "
-                "the guest runs unprotected", l->disk && *l->disk ? l->disk : "-", key,
-                (int)o->pid, o->name ? o->name : "");
+    log_refusal(l->uid, 2, "lost lease %s (key %s) of owner pid %d (%s): %s; %s",
+                l->disk && *l->disk ? l->disk : "-", key, (int)o->pid, o->name ? o->name : "",
+                why, what);
     changed();
+}
+
+/* ---- The watch: leases whose lock lives on a server ----
+ *
+ * A FUSE filesystem that sends locks to its server (GlusterFS) and NFS keep
+ * the lock there, so fdinfo cannot see it go.  Each such filesystem (an
+ * rdev) gets, every --check-period, one batch of its leases checked by its
+ * worker (fsw_watch()): at least one lease, and enough that every lease is
+ * checked within WATCH_SWEEP_NS.  One lease per period is enough to notice
+ * a client that lost its server: GlusterFS then fails every call on every
+ * lock fd of that client (ENOTCONN, then EBADFD), and a loss found starts a
+ * full pass over the filesystem's leases at once, batch after batch.  A
+ * batch not answered within --check-timeout is a loss signal for every
+ * lease on that filesystem: its server cannot show that any is held.
+ */
+#define WATCH_BATCH    16
+#define WATCH_SWEEP_NS (60 * 1000000000LL)
+
+static void
+lease_unwatch(struct lease *l)
+{
+    if (l->rdev) {
+        H.rdevs[l->rdev - 1].nleases--;
+        l->rdev = 0;
+    }
+}
+
+/* Start watching lease slot if its lock lives on a server: a FUSE lease
+ * proven by asking (asked), or an NFS one. */
+static void
+lease_watch(uint32_t slot)
+{
+    struct lease *l = &H.leases[slot];
+    struct statx stx;
+    uint64_t dev;
+    uint32_t i;
+    int how;
+
+    if (l->rdev || l->lost || l->local || fsw_statx(l->fd, &stx) < 0)
+        return;
+    how = l->asked ? FSW_WATCH_FUSE : fsw_is_nfs(&stx) ? FSW_WATCH_NFS : 0;
+    if (!how)
+        return;
+    dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    for (i = 0; i < H.nrdevs && H.rdevs[i].dev != dev; i++)
+        ;
+    if (i == H.nrdevs) {
+        if (H.nrdevs == RDEV_MAX) {
+            log_err("lease %llu not watched: more than %d network filesystems",
+                    (unsigned long long)l->gen, RDEV_MAX);
+            return;
+        }
+        H.rdevs[i] = (struct rdev){.dev = dev, .how = (uint8_t)how};
+        H.nrdevs++;
+    }
+    H.rdevs[i].nleases++;
+    l->rdev = (uint8_t)(i + 1);
+    if (H.watch_due_ns > mono_ns() + H.check_period_ns)
+        H.watch_due_ns = mono_ns() + H.check_period_ns;
+}
+
+/* Every lease of rdev k is lost: its batch is past the deadline. */
+static void
+rdev_overdue(uint32_t k)
+{
+    uint32_t i;
+
+    log_err("network filesystem (dev %u:%u) did not answer a lock check within %lld ms: "
+            "its %u leases count as lost",
+            major(H.rdevs[k].dev), minor(H.rdevs[k].dev),
+            (long long)(H.check_timeout_ns / 1000000), H.rdevs[k].nleases);
+    for (i = 0; i < H.nlease_slots && H.rdevs[k].nleases; i++)
+        if (H.leases[i].gen && H.leases[i].rdev == k + 1)
+            lease_mark_lost(i, -ETIMEDOUT);
+}
+
+/* Queue rdev k's next batch; returns how many leases it holds. */
+static uint32_t
+rdev_batch(struct rdev *r, uint32_t k, int64_t now)
+{
+    int fds[WATCH_BATCH];
+    short types[WATCH_BATCH];
+    uint64_t tags[WATCH_BATCH];
+    uint32_t want, n = 0, seen;
+
+    if (r->full_left)
+        want = r->full_left;
+    else /* this period's share of a sweep */
+        want = (uint32_t)(((uint64_t)r->nleases * (uint64_t)H.check_period_ns +
+                           WATCH_SWEEP_NS - 1) / WATCH_SWEEP_NS);
+    if (want > WATCH_BATCH)
+        want = WATCH_BATCH;
+    if (want == 0)
+        want = 1;
+    for (seen = 0; n < want && seen < H.nlease_slots; seen++, r->cursor++) {
+        const struct lease *l;
+
+        if (r->cursor >= H.nlease_slots)
+            r->cursor = 0;
+        l = &H.leases[r->cursor];
+        if (!l->gen || l->rdev != k + 1)
+            continue;
+        /* The worker's own copy: the loop may release the lease meanwhile.
+         * Out of fds, the rest waits for the next period. */
+        fds[n] = fcntl(l->fd, F_DUPFD_CLOEXEC, 3);
+        if (fds[n] < 0)
+            break;
+        types[n] = l->mode == LOCKD_SHARED ? F_RDLCK : F_WRLCK;
+        tags[n++] = lease_id(r->cursor);
+    }
+    if (r->full_left)
+        r->full_left = n >= r->full_left ? 0 : r->full_left - n;
+    if (n == 0)
+        return 0;
+    if (++H.watch_batches == 0)
+        H.watch_batches = 1;
+    if (fsw_watch((dev_t)r->dev, r->how, H.watch_batches, fds, types, tags, n) < 0)
+        return 0;
+    r->batch = H.watch_batches;
+    r->queued_ns = now;
+    r->overdue = 0;
+    return n;
+}
+
+static void
+watch_step(void)
+{
+    int64_t now = mono_ns(), due = INT64_MAX;
+    uint32_t k;
+
+    if (now < H.watch_due_ns)
+        return;
+    for (k = 0; k < H.nrdevs; k++) {
+        struct rdev *r = &H.rdevs[k];
+
+        if (r->batch) {
+            int64_t late = r->queued_ns + H.check_timeout_ns;
+
+            if (now >= late && !r->overdue) {
+                r->overdue = 1;
+                rdev_overdue(k);
+            } else if (!r->overdue && late < due)
+                due = late;
+            continue;
+        }
+        if (!r->nleases)
+            continue;
+        if (r->full_left || now >= r->due_ns) {
+            if (!r->full_left)
+                r->due_ns = now + H.check_period_ns;
+            if (rdev_batch(r, k, now) > 0 && r->queued_ns + H.check_timeout_ns < due)
+                due = r->queued_ns + H.check_timeout_ns;
+        }
+        if (!r->batch && r->due_ns < due)
+            due = r->due_ns;
+    }
+    H.watch_due_ns = due;
+}
+
+/* The watch's answers (TAG_WATCH). */
+static void
+on_watch(void)
+{
+    struct fsw_answer a[256];
+    size_t n, i;
+
+    while ((n = fsw_answers(a, sizeof(a) / sizeof(a[0]))) > 0)
+        for (i = 0; i < n; i++) {
+            uint32_t slot, k;
+
+            if (a[i].tag == 0) { /* batch a[i].result is done */
+                for (k = 0; k < H.nrdevs; k++)
+                    if (H.rdevs[k].batch == (uint32_t)a[i].result)
+                        H.rdevs[k].batch = 0, H.rdevs[k].overdue = 0;
+                continue;
+            }
+            slot = lease_by_id(a[i].tag);
+            if (slot == NONE || H.leases[slot].lost || a[i].result == 1)
+                continue;
+            /* The helper's own trouble judges nothing. */
+            if (a[i].result == -ENOMEM || a[i].result == -EMFILE || a[i].result == -ENFILE ||
+                a[i].result == -EINTR)
+                continue;
+            k = H.leases[slot].rdev;
+            lease_mark_lost(slot, a[i].result);
+            if (k) /* look at every other lease on that filesystem, now */
+                H.rdevs[k - 1].full_left = H.rdevs[k - 1].nleases;
+        }
+    H.watch_due_ns = 0;
+    watch_step();
 }
 
 /* Check lease slot's lock now (~2 us, fdinfo); mark it lost if it is gone.
@@ -1202,9 +1470,12 @@ lease_verify(uint32_t slot, int ask)
                      ask ? PROVE_ASK : l->asked ? PROVE_ASKED : PROVE_FDINFO);
     probe_release();
     if (r == 0)
-        lease_mark_lost(slot);
-    else if (ask && r > 0)
+        lease_mark_lost(slot, 0);
+    else if (ask && r > 0 && l->asked != (r == 2)) {
+        lease_unwatch(l);
         l->asked = r == 2;
+        lease_watch(slot);
+    }
 }
 
 /* After a crash: every adopted lease, as a hand-over is checked. */
@@ -1219,9 +1490,9 @@ lease_verify_all(void)
 }
 
 /*
- * The periodic sweep, SWEEP_CHUNK slots at a time (a few ms) between
+ * The fdinfo sweep, SWEEP_CHUNK slots at a time (a few ms) between
  * events, so that 19,000 leases never stall the loop: each sweep starts
- * CHECK_PERIOD_NS after the last one started.  While one is under way
+ * 2 x --check-period after the last one started.  While one is under way
  * (sweep_at is not NONE) the loop does not sleep.
  */
 #define SWEEP_CHUNK 512
@@ -1235,7 +1506,7 @@ sweep_step(void)
         if (H.nleases == H.nlost || mono_ns() < H.check_due_ns)
             return;
         H.sweep_at = 0;
-        H.check_due_ns = mono_ns() + CHECK_PERIOD_NS;
+        H.check_due_ns = mono_ns() + 2 * H.check_period_ns;
     }
     end = H.nlease_slots - H.sweep_at > SWEEP_CHUNK ? H.sweep_at + SWEEP_CHUNK
                                                       : H.nlease_slots;
@@ -1244,6 +1515,191 @@ sweep_step(void)
             lease_verify(H.sweep_at, 0);
     if (H.sweep_at >= H.nlease_slots)
         H.sweep_at = NONE;
+}
+
+/* ---- What happens to an owner whose lease is lost ---- */
+
+static int
+pidfd_signal(int pidfd, int sig)
+{
+    return syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) < 0 ? negerrno() : 0;
+}
+
+/*
+ * Run o's hook for lease slot, asynchronously: forked, as the uid that
+ * registered it (never root for another uid), with fds 0-2 only (the
+ * child closes every other before exec: a hook never holds a lease), the
+ * signal mask and SIGPIPE reset, and the owner, disk, key and error in its
+ * environment.  Killed at --hook-timeout.  Returns its pid or -errno.
+ */
+static int
+hook_start(const struct owner *o, const struct lease *l, int err)
+{
+    char env[7][LOCKD_NAME_MAX + 64], key[LOCKD_KEY_SIZE], uuid[40], pwbuf[4096];
+    char *envp[8], *argv[] = {(char *)"sh", (char *)"-c", o->hook, NULL};
+    struct passwd pw, *pwp = NULL;
+    struct epoll_event ev = {.events = EPOLLIN};
+    sigset_t none;
+    uint32_t i;
+    gid_t gid;
+    pid_t pid;
+    int pidfd;
+
+    if (H.nhooks == HOOKS_MAX)
+        return -EAGAIN;
+    if (getpwuid_r(o->hook_uid, &pw, pwbuf, sizeof(pwbuf), &pwp) != 0 || !pwp)
+        return -ENOENT; /* no group to run it with */
+    gid = pw.pw_gid;
+    key_to_hex(l->key, key);
+    uuid_format(o->uuid, uuid);
+    snprintf(env[0], sizeof(env[0]), "LOCKD_OWNER_PID=%d", (int)o->pid);
+    snprintf(env[1], sizeof(env[1]), "LOCKD_OWNER_NAME=%s", o->name ? o->name : "");
+    snprintf(env[2], sizeof(env[2]), "LOCKD_OWNER_UUID=%s", uuid);
+    snprintf(env[3], sizeof(env[3]), "LOCKD_DISK=%s", l->disk ? l->disk : "");
+    snprintf(env[4], sizeof(env[4]), "LOCKD_KEY=%s", key);
+    snprintf(env[5], sizeof(env[5]), "LOCKD_ERROR=%s",
+             err == 0 ? "ENOLCK" : strerrorname_np(-err) ? strerrorname_np(-err) : "EIO");
+    snprintf(env[6], sizeof(env[6]), "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for (i = 0; i < 7; i++)
+        envp[i] = env[i];
+    envp[7] = NULL;
+    sigemptyset(&none);
+    fflush(stderr);
+    pid = fork();
+    if (pid < 0)
+        return negerrno();
+    if (pid == 0) {
+        /* Only async-signal-safe calls: the helper has threads. */
+        (void)syscall(SYS_close_range, 3u, ~0u, 0u);
+        (void)sigprocmask(SIG_SETMASK, &none, NULL);
+        (void)signal(SIGPIPE, SIG_DFL);
+        if (geteuid() != o->hook_uid &&
+            (setgroups(1, &gid) < 0 || setresgid(gid, gid, gid) < 0 ||
+             setresuid(o->hook_uid, o->hook_uid, o->hook_uid) < 0))
+            _exit(126);
+        if (chdir("/") < 0)
+            _exit(126);
+        execve("/bin/sh", argv, envp);
+        _exit(127);
+    }
+    pidfd = xpidfd_open(pid);
+    if (pidfd < 0) {
+        /* Not watched, so not killed at its deadline; reaped by a later
+         * hook's waitpid(-1) at worst. */
+        return pid;
+    }
+    ev.data.u64 = TAG_HOOK | (uint32_t)pid;
+    (void)epoll_ctl(H.epoll_fd, EPOLL_CTL_ADD, pidfd, &ev);
+    H.hooks[H.nhooks++] =
+        (struct hook){.pid = pid, .pidfd = pidfd, .due_ns = mono_ns() + H.hook_timeout_ns,
+                      .owner_pid = o->pid};
+    return pid;
+}
+
+/* A hook ended (TAG_HOOK): reap it, log how. */
+static void
+hook_done(pid_t pid)
+{
+    uint32_t i;
+    int st;
+
+    for (i = 0; i < H.nhooks && H.hooks[i].pid != pid; i++)
+        ;
+    if (i == H.nhooks || waitpid(pid, &st, WNOHANG) != pid)
+        return;
+    if (WIFEXITED(st))
+        log_notice("on-loss hook of owner pid %d (pid %d) exited %d", (int)H.hooks[i].owner_pid,
+                   (int)pid, WEXITSTATUS(st));
+    else
+        log_warn("on-loss hook of owner pid %d (pid %d) killed by signal %d",
+                 (int)H.hooks[i].owner_pid, (int)pid, WTERMSIG(st));
+    (void)epoll_ctl(H.epoll_fd, EPOLL_CTL_DEL, H.hooks[i].pidfd, NULL);
+    safe_close(H.hooks[i].pidfd);
+    H.hooks[i] = H.hooks[--H.nhooks];
+}
+
+/* Hooks past --hook-timeout are killed (and reaped by hook_done()). */
+static void
+hooks_check(int64_t now)
+{
+    uint32_t i;
+
+    for (i = 0; i < H.nhooks; i++)
+        if (H.hooks[i].due_ns && now >= H.hooks[i].due_ns) {
+            log_warn("on-loss hook of owner pid %d (pid %d) still runs after %lld s: killed",
+                     (int)H.hooks[i].owner_pid, (int)H.hooks[i].pid,
+                     (long long)(H.hook_timeout_ns / 1000000000));
+            (void)pidfd_signal(H.hooks[i].pidfd, SIGKILL);
+            H.hooks[i].due_ns = 0;
+        }
+}
+
+/* The owners whose fdinfo-found loss has waited its period: those with a
+ * lease still lost get their action now. */
+static void
+act_due(int64_t now)
+{
+    uint32_t i, slot;
+
+    for (i = 0; i < H.nowner_slots && H.nact_due; i++) {
+        struct owner *o = &H.owners[i];
+        char what[160];
+
+        if (!o->pid || !o->act_due_ns || now < o->act_due_ns)
+            continue;
+        o->act_due_ns = 0;
+        H.nact_due--;
+        for (slot = o->head; slot != NONE && !H.leases[slot].lost; slot = H.leases[slot].next)
+            ;
+        if (slot == NONE || o->acted)
+            continue; /* released meanwhile: nothing was lost */
+        owner_act(o, slot, 0, what, sizeof(what));
+        log_refusal(H.leases[slot].uid, 2, "owner pid %d (%s): lease %s still lost: %s",
+                    (int)o->pid, o->name ? o->name : "",
+                    H.leases[slot].disk && *H.leases[slot].disk ? H.leases[slot].disk : "-", what);
+    }
+}
+
+/* What lease slot's loss does to its owner o (once per owner); what it did
+ * goes to what, for the loss's log line. */
+static void
+owner_act(struct owner *o, uint32_t slot, int err, char *what, size_t size)
+{
+    static const char *const names[] = {"kill", "stop", "report", "exec"};
+    int r;
+
+    if (o->acted) {
+        snprintf(what, size, "on-loss action %s done already",
+                 names[o->on_loss <= LOCKD_ON_LOSS_EXEC ? o->on_loss : 0]);
+        return;
+    }
+    o->acted = 1;
+    switch (o->on_loss) {
+    case LOCKD_ON_LOSS_STOP:
+        r = pidfd_signal(o->pidfd, SIGSTOP);
+        if (r < 0)
+            snprintf(what, size, "could not stop it: %s", strerror(-r));
+        else
+            snprintf(what, size, "stopped it (SIGSTOP; kill -CONT %d resumes it)", (int)o->pid);
+        break;
+    case LOCKD_ON_LOSS_REPORT:
+        snprintf(what, size, "the guest runs unprotected (on-loss action: report)");
+        break;
+    case LOCKD_ON_LOSS_EXEC:
+        r = hook_start(o, &H.leases[slot], err);
+        if (r < 0)
+            snprintf(what, size, "could not start its on-loss hook: %s", strerror(-r));
+        else
+            snprintf(what, size, "started its on-loss hook (pid %d, as uid %u)", r, o->hook_uid);
+        break;
+    default:
+        r = pidfd_signal(o->pidfd, SIGKILL);
+        if (r < 0)
+            snprintf(what, size, "could not kill it: %s", strerror(-r));
+        else
+            snprintf(what, size, "killed it (SIGKILL)");
+    }
+    state_log_owner(o, 1);
 }
 
 /* The real uid of pid, from /proc/PID/status. */
@@ -1281,6 +1737,24 @@ fds_room(uint32_t uid, uint32_t n)
     return uid == 0 || used + n + ROOT_FDS <= H.fd_limit;
 }
 
+/* REGISTER's action on loss, if it names one: the hook runs as the uid that
+ * gave it. */
+static int
+set_on_loss(const struct conn *c, struct owner *o, const struct proto_req *req)
+{
+    char *hook = NULL;
+
+    if (!req->has_on_loss)
+        return 0;
+    if (req->command_len && !(hook = strndup(req->command, req->command_len)))
+        return -ENOMEM;
+    free(o->hook);
+    o->hook = hook;
+    o->on_loss = req->on_loss;
+    o->hook_uid = c->uid;
+    return 0;
+}
+
 /*
  * REGISTER: pidfd is the one sent along, or -1.  The uid check reads
  * /proc/PID/status and then makes sure the pidfd's process is still alive,
@@ -1308,6 +1782,8 @@ do_register(struct conn *c, const struct proto_req *req, int pidfd)
         if (memcmp(req->uuid, no_uuid, PROTO_UUID_BYTES) != 0)
             memcpy(o->uuid, req->uuid, PROTO_UUID_BYTES);
         r = req->name_len ? set_name(&o->name, req->name, req->name_len) : 0;
+        if (r == 0)
+            r = set_on_loss(c, o, req);
         if (r == 0)
             state_log_owner(o, 1);
         return r;
@@ -1342,6 +1818,8 @@ do_register(struct conn *c, const struct proto_req *req, int pidfd)
     }
     memcpy(o->uuid, req->uuid, PROTO_UUID_BYTES);
     r = set_name(&o->name, req->name, req->name_len);
+    if (r == 0)
+        r = set_on_loss(c, o, req);
     if (r == 0)
         r = owner_watch(o);
     if (r < 0) {
@@ -2166,6 +2644,10 @@ rec_owner(struct proto_wr *wr, const struct owner *o, int with_fds)
     wr_u8(wr, o->named);
     wr_put(wr, o->uuid, PROTO_UUID_BYTES);
     wr_cstr(wr, o->name);
+    wr_u8(wr, o->on_loss);
+    wr_u8(wr, o->acted);
+    wr_u32(wr, o->hook_uid);
+    wr_cstr(wr, o->hook);
     rec_end(wr, at);
 }
 
@@ -2464,15 +2946,26 @@ restore_owner(struct proto_rd *rd, struct adopt *a)
     const char *name = rd_str(rd, LOCKD_OWNER_NAME_MAX, &nl);
     struct owner *o;
     uint8_t by_name;
+    struct proto_req act = {.has_on_loss = 0};
+    struct conn by = {.uid = uid};
+    uint8_t acted = 0;
 
-    if (rd->bad || pid <= 0 || gen == 0)
+    if (rd->left >= 8) { /* the action on loss (not in an older state) */
+        act.has_on_loss = 1;
+        act.on_loss = rd_u8(rd);
+        acted = rd_u8(rd);
+        by.uid = rd_u32(rd);
+        act.command = rd_str(rd, LOCKD_COMMAND_MAX, &act.command_len);
+    }
+    if (rd->bad || pid <= 0 || gen == 0 || act.on_loss > LOCKD_ON_LOSS_EXEC)
         return -EPROTO;
     if (gen >= H.next_gen)
         H.next_gen = gen + 1;
     o = owner_find(pid);
-    if (o) { /* an update of uuid and name */
+    if (o) { /* an update of uuid, name and action */
         memcpy(o->uuid, uuid, PROTO_UUID_BYTES);
-        return set_name(&o->name, name, nl);
+        o->acted |= acted;
+        return set_name(&o->name, name, nl) < 0 ? -ENOMEM : set_on_loss(&by, o, &act);
     }
     fd = adopt_fd(a, pidfd, 'P', gen, &by_name);
     /* A pidfd whose process has been reaped shows "Pid: -1": that owner is
@@ -2494,8 +2987,9 @@ restore_owner(struct proto_rd *rd, struct adopt *a)
         return -ENOMEM;
     o->gen = gen;
     o->named = a->reexec ? flags & 1 : by_name;
+    o->acted = acted;
     memcpy(o->uuid, uuid, PROTO_UUID_BYTES);
-    return set_name(&o->name, name, nl);
+    return set_name(&o->name, name, nl) < 0 ? -ENOMEM : set_on_loss(&by, o, &act);
 }
 
 static int
@@ -3716,6 +4210,14 @@ do_reexec(void)
         H.reexec_retry_ns = mono_ns() + 1000000000;
         return;
     }
+    /* A running hook would be a child the new image does not know: never
+     * reaped, never killed at its deadline. */
+    if (H.nhooks) {
+        log_warn("re-exec postponed: %u on-loss hook%s still running; trying again in 1 s",
+                 H.nhooks, H.nhooks == 1 ? "" : "s");
+        H.reexec_retry_ns = mono_ns() + 1000000000;
+        return;
+    }
     fd = memfd_create("lockd-helper-reexec", 0);
     if (fd < 0) {
         log_err("re-exec: memfd_create: %s", strerror(errno));
@@ -3912,6 +4414,21 @@ loop_timeout_ms(void)
         if (t < 0 || due - now < t)
             t = due > now ? due - now : 0;
     }
+    if (H.nrdevs) {
+        due = H.watch_due_ns;
+        if (t < 0 || due - now < t)
+            t = due > now ? due - now : 0;
+    }
+    for (uint32_t i = 0; i < H.nhooks; i++) {
+        due = H.hooks[i].due_ns;
+        if (due && (t < 0 || due - now < t))
+            t = due > now ? due - now : 0;
+    }
+    for (uint32_t i = 0; H.nact_due && i < H.nowner_slots; i++) {
+        due = H.owners[i].pid ? H.owners[i].act_due_ns : 0;
+        if (due && (t < 0 || due - now < t))
+            t = due > now ? due - now : 0;
+    }
     if (H.sweep_at != NONE)
         t = 0;
     else if (H.nleases > H.nlost) {
@@ -3934,6 +4451,11 @@ on_timers(void)
         H.last_watchdog_ns = now;
     }
     sweep_step();
+    watch_step();
+    if (H.nhooks)
+        hooks_check(now);
+    if (H.nact_due)
+        act_due(now);
     if (H.fs_watch && now >= H.fs_check_ns)
         fs_check();
     if (H.reexec_retry_ns && now >= H.reexec_retry_ns) {
@@ -3966,6 +4488,10 @@ on_event(const struct epoll_event *ev)
         on_signal();
     else if (tag == TAG_SELFTEST && H.selftest_pidfd >= 0)
         selftest_done(0);
+    else if (tag == TAG_WATCH)
+        on_watch();
+    else if (tag == TAG_HOOK)
+        hook_done((pid_t)idx);
     else if (tag == TAG_CONN && idx < CONN_MAX && H.conns[idx].fd >= 0)
         on_conn(&H.conns[idx]);
     else if (tag == TAG_OWNER && idx < H.nowner_slots && H.owners[idx].pid &&
@@ -4035,6 +4561,12 @@ usage(FILE *f)
             "      --user-leases N     leases one uid other than root may hold (4096)\n"
             "      --user-owners N     owners one uid other than root may register (1024)\n"
             "      --user-connections N  connections one uid other than root may open (64)\n"
+            "      --check-period MS   check leases on network filesystems through the\n"
+            "                          filesystem every MS ms (1000); the local sweep runs\n"
+            "                          every 2 x MS\n"
+            "      --check-timeout MS  a check not answered within MS ms (5000) counts as\n"
+            "                          the loss of every lease on that filesystem\n"
+            "      --hook-timeout SEC  kill an on-loss hook still running after SEC s (30)\n"
             "  -v, --verbose           log every lease, not just refusals and owner events\n"
             "  -h, --help              show this help\n"
             "  -V, --version           show the version\n"
@@ -4077,6 +4609,9 @@ parse_args(int argc, char **argv)
         {"user-connections", required_argument, NULL, 'C'},
         {"store-leases", required_argument, NULL, 'B'},
         {"keeper", no_argument, NULL, 'K'},
+        {"check-period", required_argument, NULL, 'P'},
+        {"check-timeout", required_argument, NULL, 'D'},
+        {"hook-timeout", required_argument, NULL, 'H'},
         {NULL, 0, NULL, 0},
     };
     unsigned long v;
@@ -4114,6 +4649,17 @@ parse_args(int argc, char **argv)
                 goto bad;
             *(c == 'L' ? &H.user_leases : c == 'O' ? &H.user_owners : &H.user_conns) =
                 (uint32_t)v;
+            break;
+        case 'P':
+        case 'D':
+            if (parse_uint(optarg, 10, 3600 * 1000, &v) < 0 || v < 10)
+                goto bad;
+            *(c == 'P' ? &H.check_period_ns : &H.check_timeout_ns) = (int64_t)v * 1000000;
+            break;
+        case 'H':
+            if (parse_uint(optarg, 10, 86400, &v) < 0 || v < 1)
+                goto bad;
+            H.hook_timeout_ns = (int64_t)v * 1000000000;
             break;
         case 'K':
             /* No argument is ever permuted (any non-option is refused
@@ -4155,6 +4701,9 @@ bad:
             : c == 'O' ? "user-owners"
             : c == 'B' ? "store-leases"
             : c == 'C' ? "user-connections"
+            : c == 'P' ? "check-period"
+            : c == 'D' ? "check-timeout"
+            : c == 'H' ? "hook-timeout"
                        : "fd-store-max");
     exit(64);
 }
@@ -4193,6 +4742,12 @@ setup_loop(void)
         return negerrno();
     ev.data.u64 = TAG_SIGNAL;
     if (epoll_ctl(H.epoll_fd, EPOLL_CTL_ADD, H.signal_fd, &ev) < 0)
+        return negerrno();
+    H.answer_fd = fsw_answer_fd();
+    if (H.answer_fd < 0)
+        return H.answer_fd;
+    ev.data.u64 = TAG_WATCH;
+    if (epoll_ctl(H.epoll_fd, EPOLL_CTL_ADD, H.answer_fd, &ev) < 0)
         return negerrno();
     return 0;
 }

@@ -1242,6 +1242,113 @@ lockd_lease_fd(const lockd_lease *lease, size_t i)
     return lease && i < lease->n ? lease->ent[i].fd : -EINVAL;
 }
 
+/* Whether a /proc/self/fdinfo text lists an OFD lock with want (" READ "
+ * or " WRITE ") on byte 0, length 1 (fs/locks.c, lock_get_status: "lock:\t1:
+ * OFDLCK ADVISORY  WRITE -1 fe:00:12 0 0").  lockd-helper uses it too. */
+static int
+fdinfo_has_lock(const char *buf, const char *want)
+{
+    const char *line;
+
+    for (line = strstr(buf, "lock:\t"); line; line = strstr(line + 1, "lock:\t")) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+
+        if (memmem(line, len, " OFDLCK ", 8) && memmem(line, len, want, strlen(want)) &&
+            len > 4 && memcmp(line + len - 4, " 0 0", 4) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* F_OFD_GETLK of byte 0 through fd, asking for type: the type of a
+ * conflicting lock of another description (F_UNLCK: none), or -errno. */
+static int
+getlk(int fd, short type)
+{
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_len = 1};
+
+    return fcntl(fd, F_OFD_GETLK, &fl) < 0 ? -errno : fl.l_type;
+}
+
+LOCKD_API int
+lockd_check_fd(int fd, int mode)
+{
+    const char *want = mode == LOCKD_SHARED ? " READ " : " WRITE ";
+    char path[40], buf[4096];
+    struct statfs sfs;
+    ssize_t n;
+    int f, other, r;
+
+    if (fd < 0 || (mode != LOCKD_EXCLUSIVE && mode != LOCKD_SHARED))
+        return -EINVAL;
+    snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+    f = open(path, O_RDONLY | O_CLOEXEC);
+    if (f < 0)
+        return errno == ENOENT ? -EBADF : -errno;
+    do
+        n = read(f, buf, sizeof(buf) - 1);
+    while (n < 0 && errno == EINTR);
+    r = n < 0 ? -errno : 0;
+    close(f);
+    if (r < 0)
+        return r;
+    buf[n] = '\0';
+    if (fstatfs(fd, &sfs) < 0)
+        return -errno;
+    if (fs_is_local((long)sfs.f_type))
+        return fdinfo_has_lock(buf, want) ? 0 : -ENOLCK;
+    if ((unsigned long)sfs.f_type == 0x6969) { /* NFS */
+        if (!fdinfo_has_lock(buf, want))
+            return -ENOLCK;
+        /* The server, for another host's lock; then a re-assert of the lock
+         * this description holds, which a client that lost the lock's
+         * state answers with an error. */
+        r = getlk(fd, mode == LOCKD_SHARED ? F_RDLCK : F_WRLCK);
+        if (r < 0 || r != F_UNLCK)
+            return r < 0 ? r : -EBUSY;
+        {
+            struct flock fl = {.l_type = mode == LOCKD_SHARED ? F_RDLCK : F_WRLCK,
+                               .l_whence = SEEK_SET, .l_len = 1};
+
+            if (fcntl(fd, F_OFD_SETLK, &fl) < 0)
+                return errno == EAGAIN ? -EBUSY : -errno;
+        }
+        return 0;
+    }
+    if (fdinfo_has_lock(buf, want))
+        return 0; /* a filesystem whose locks the kernel keeps */
+    if ((unsigned long)sfs.f_type != 0x65735546) /* not FUSE: no record, no lock */
+        return -ENOLCK;
+    /* A FUSE server keeps the lock (GlusterFS).  It never names the asker's
+     * own lock: through fd it names another holder's, and through a second
+     * open file description of the file anybody's. */
+    r = getlk(fd, F_WRLCK);
+    if (r < 0)
+        return r;
+    if (r == F_WRLCK || (mode == LOCKD_EXCLUSIVE && r != F_UNLCK))
+        return -EBUSY;
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    other = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (other < 0)
+        return -errno;
+    r = getlk(other, F_WRLCK);
+    close(other);
+    if (r < 0)
+        return r;
+    if (r == F_UNLCK)
+        return -ENOLCK;
+    return (r == F_WRLCK) == (mode == LOCKD_EXCLUSIVE) ? 0 : -EBUSY;
+}
+
+LOCKD_API int
+lockd_lease_check(const lockd_lease *lease, size_t i)
+{
+    if (!lease || i >= lease->n)
+        return -EINVAL;
+    return lockd_check_fd(lease->ent[i].fd, lease->ent[i].mode);
+}
+
 /*
  * F_OFD_GETLK asks "could this description take a write lock?" and names a
  * conflicting lock if not.  Our own fresh description conflicts with every
@@ -1435,8 +1542,12 @@ out:
  *   Strings are u16 length + bytes, no NUL, no NUL inside.  Keys travel as
  *   32 raw bytes.  A uuid is 16 raw bytes (all zero: none).
  *
- *   REGISTER  i32 pid, uuid, str name          nfds 0, or 1: a pidfd of pid
- *     reply   (empty)
+ *   REGISTER  i32 pid, uuid, str name [, u8 on_loss, str command]
+ *                                              nfds 0, or 1: a pidfd of pid
+ *     reply   (empty).  The tail is the action on lock loss
+ *             (LOCKD_ON_LOSS_*; command not empty exactly for EXEC); a
+ *             REGISTER without it leaves the action as it was (a new
+ *             owner's: KILL)
  *   HANDOFF   i32 pid, u16 count, count x { u8 mode, key, str disk }
  *                                              nfds == count, fd i = lease i
  *     reply   count x u64 lease id
@@ -1876,6 +1987,9 @@ struct proto_req {
     const uint8_t *uuid;         /* REGISTER */
     const char *name;            /* REGISTER, not NUL-terminated */
     uint16_t name_len;
+    uint8_t has_on_loss, on_loss; /* REGISTER's optional tail */
+    const char *command;          /* its hook, not NUL-terminated */
+    uint16_t command_len;
     uint16_t count;              /* HANDOFF items, RELEASE/NOTICE/FORGET ids */
     const uint8_t *ids;          /* RELEASE/NOTICE/FORGET: count x u64, unaligned */
     const uint8_t *key;          /* LIST: NULL for any, else key_buf */
@@ -1928,6 +2042,13 @@ decode_body(struct proto_rd *rd, struct proto_req *req)
         req->uuid = rd_take(rd, PROTO_UUID_BYTES);
         req->name = rd_str(rd, LOCKD_OWNER_NAME_MAX, &req->name_len);
         rd->bad |= req->hdr.nfds > 1;
+        if (rd->left > 0 && !rd->bad) { /* the on-loss action */
+            req->has_on_loss = 1;
+            req->on_loss = rd_u8(rd);
+            req->command = rd_str(rd, LOCKD_COMMAND_MAX, &req->command_len);
+            rd->bad |= req->on_loss > LOCKD_ON_LOSS_EXEC ||
+                       (req->on_loss == LOCKD_ON_LOSS_EXEC) != (req->command_len > 0);
+        }
         break;
     case PROTO_HANDOFF:
         decode_handoff(rd, req);
@@ -2176,19 +2297,34 @@ LOCKD_API int
 lockd_conn_register(lockd_conn *conn, int32_t pid, int pidfd, const char *uuid,
                     const char *name)
 {
+    return lockd_conn_register_on_loss(conn, pid, pidfd, uuid, name, -1, NULL);
+}
+
+LOCKD_API int
+lockd_conn_register_on_loss(lockd_conn *conn, int32_t pid, int pidfd, const char *uuid,
+                            const char *name, int on_loss, const char *command)
+{
     uint8_t u[PROTO_UUID_BYTES];
     struct proto_wr wr;
     struct proto_rd rd;
-    size_t nlen = name ? strlen(name) : 0;
+    size_t nlen = name ? strlen(name) : 0, clen = command ? strlen(command) : 0;
     int r;
 
     if (!conn || check_pid(pid) < 0 || pidfd < -1 || nlen > LOCKD_OWNER_NAME_MAX ||
-        uuid_parse(uuid, u) < 0)
+        uuid_parse(uuid, u) < 0 || on_loss < -1 || on_loss > LOCKD_ON_LOSS_EXEC ||
+        (on_loss == LOCKD_ON_LOSS_EXEC) != (clen > 0) || clen > LOCKD_COMMAND_MAX)
         return -EINVAL;
     conn_begin(conn, &wr, PROTO_REGISTER, pidfd >= 0);
     wr_i32(&wr, pid);
     wr_put(&wr, u, sizeof(u));
     wr_cstr(&wr, name);
+    /* The action is a tail a helper of the first release does not know
+     * (it answers -EPROTO, so a choice is never silently dropped): sent
+     * only when one is chosen. */
+    if (on_loss >= 0) {
+        wr_u8(&wr, (uint8_t)on_loss);
+        wr_cstr(&wr, command);
+    }
     r = conn_call(conn, &wr, &pidfd, pidfd >= 0, &rd);
     if (r == 0 && rd.left != 0)
         r = -EPROTO;

@@ -305,6 +305,32 @@ LOCKD_API int lockd_lease_mode(const lockd_lease *lease, size_t i);
 LOCKD_API int lockd_lease_fd(const lockd_lease *lease, size_t i);
 
 /*
+ * Whether lease i (in lockd_lease_key() order), which the caller holds,
+ * still holds its lock: for a manager without the helper, which should
+ * call it periodically on a network filesystem, where a client that loses
+ * its server loses its locks without anyone letting go.  Never takes a
+ * lock (but on NFS re-asserts the one fd holds).  Returns 0 if held, or
+ * why not:
+ *   -ENOLCK   the lock is gone (unlocked through another copy of the
+ *             description; on a FUSE filesystem: nobody holds it at all)
+ *   -EBUSY    another holder has a conflicting lock (another host was
+ *             granted the disk)
+ *   -EBADFD, -ENOTCONN, -EIO, -ESTALE, ...  the filesystem's own answer:
+ *             its client lost the server or the lock's state (GlusterFS:
+ *             ENOTCONN when the connection drops, EBADFD after)
+ * -EINVAL for i out of range.  It waits as long as the filesystem does
+ * (a FUSE or NFS server that stopped answering): call it from a thread
+ * with a deadline, and count a check that does not answer in time as lost.
+ * On FUSE it opens and closes a second description of the lease file,
+ * which drops this process's POSIX locks on that file (lockd takes none).
+ */
+LOCKD_API int lockd_lease_check(const lockd_lease *lease, size_t i);
+
+/* The same for an fd that carries a lease of mode (LOCKD_EXCLUSIVE or
+ * LOCKD_SHARED): a copy of a lease fd this process got some other way. */
+LOCKD_API int lockd_check_fd(int fd, int mode);
+
+/*
  * Whether the lease key is held, without taking it: returns LOCKD_FREE,
  * LOCKD_SHARED or LOCKD_EXCLUSIVE.  A missing lease file is LOCKD_FREE.  If
  * ret_pid is not NULL it receives the holder's pid where the kernel knows it
@@ -372,6 +398,7 @@ typedef struct lockd_conn lockd_conn;
 /* Longest owner name, in bytes. */
 #define LOCKD_OWNER_NAME_MAX 255
 
+
 /*
  * The default helper socket, as a string the caller frees: $LOCKD_SOCKET if
  * set and not empty, else /run/lockd/helper.sock for root and
@@ -404,6 +431,35 @@ LOCKD_API void lockd_conn_close(lockd_conn *conn);
  */
 LOCKD_API int lockd_conn_register(lockd_conn *conn, int32_t pid, int pidfd, const char *uuid,
                                   const char *name);
+
+/*
+ * What the helper does to an owner when one of its leases is found lost
+ * (lockd-helper(8), "Lock loss"): the owner's guest would otherwise write a
+ * disk that another host may now be granted.
+ */
+#define LOCKD_ON_LOSS_KILL   0 /* SIGKILL through its pidfd (the default, as sanlock's) */
+#define LOCKD_ON_LOSS_STOP   1 /* SIGSTOP: it freezes and can be resumed (SIGCONT) */
+#define LOCKD_ON_LOSS_REPORT 2 /* only mark the lease lost and log it */
+#define LOCKD_ON_LOSS_EXEC   3 /* run command (/bin/sh -c) as the registering uid, with
+                                * LOCKD_OWNER_PID, LOCKD_OWNER_NAME, LOCKD_OWNER_UUID,
+                                * LOCKD_DISK, LOCKD_KEY, LOCKD_ERROR in its environment;
+                                * the owner is left running */
+
+/* Longest on-loss command, in bytes. */
+#define LOCKD_COMMAND_MAX 4096
+
+/*
+ * lockd_conn_register(), choosing the action on lock loss: on_loss is one
+ * of LOCKD_ON_LOSS_*, or -1 to leave it as it is (LOCKD_ON_LOSS_KILL for a
+ * new owner); command is the hook of LOCKD_ON_LOSS_EXEC (not empty, at most
+ * LOCKD_COMMAND_MAX bytes) and NULL for the others.  The action runs once
+ * per owner, at its first lost lease.  Errors: as lockd_conn_register(),
+ * and -EPROTO from a helper too old to know actions (the choice is never
+ * dropped silently).
+ */
+LOCKD_API int lockd_conn_register_on_loss(lockd_conn *conn, int32_t pid, int pidfd,
+                                          const char *uuid, const char *name, int on_loss,
+                                          const char *command);
 
 /*
  * Hand every lease in lease to the helper, for owner pid.  names, if not

@@ -821,7 +821,7 @@ hand_over(const struct opts *o, lockd_conn *conn, int32_t pid, int pidfd,
     /* In the order the keys were given to lockd_acquire() (take()). */
     for (i = 0; i < n; i++)
         names[i] = d[i].name;
-    r = lockd_conn_register(conn, pid, pidfd, o->uuid, name);
+    r = lockd_conn_register_on_loss(conn, pid, pidfd, o->uuid, name, o->on_loss, o->on_loss_cmd);
     if (r == 0)
         r = lockd_conn_handoff(conn, pid, lease, names, ret_ids);
     free(names);
@@ -966,6 +966,18 @@ cmd_run(const struct opts *o, int ndisks, char **disks, char **cmd)
         errorf("%s: cannot pass its lease to %s: %s", d[0].name, cmd[0], strerror(-r));
         lockd_lease_release(lease);
         r = EXIT_FAIL;
+    } else {
+        const char **names = calloc((size_t)ndisks, sizeof(*names));
+        int i;
+
+        for (i = 0; names && i < ndisks; i++)
+            names[i] = d[i].name;
+        r = names ? run_watch_start(o, lease, names, (size_t)ndisks, cmd[0]) : -ENOMEM;
+        free(names);
+        /* CMD still holds its leases; only their loss would go unseen. */
+        if (r < 0)
+            errorf("%s: lease loss not watched: %s", d[0].name, strerror(-r));
+        r = 0;
     }
     if (r != 0)
         goto out;
@@ -1453,9 +1465,9 @@ print_help(void)
         "Usage:\n"
         " lockdctl [options] key [--resource] NAME...\n"
         " lockdctl [options] run [--shared] [--wait[=SEC]] [-E N] [--name N] [--uuid U]\n"
-        "                        DISK... -- CMD [ARG...]\n"
+        "                        [--on-loss=ACTION] DISK... -- CMD [ARG...]\n"
         " lockdctl [options] acquire --pid PID [--shared] [--wait[=SEC]] [--name N]\n"
-        "                            [--uuid U] DISK...\n"
+        "                            [--uuid U] [--on-loss=ACTION] DISK...\n"
         " lockdctl [options] release --pid PID [DISK...]\n"
         " lockdctl [options] status\n"
         " lockdctl [options] who DISK...\n"
@@ -1493,6 +1505,8 @@ print_help(void)
         " -p, --pid PID              the process the leases protect\n"
         " -n, --name NAME            owner name shown by status and who\n"
         " -u, --uuid UUID            owner UUID (a guest's) shown by status and who\n"
+        "     --on-loss=ACTION       if a lease is lost (its filesystem lost the lock):\n"
+        "                              kill (default), stop, report, or exec:CMD\n"
         " -f, --force                stop-helper: even though guests lose their leases\n"
         " -h, --help                 display this help\n"
         " -V, --version              display version\n"
@@ -1507,7 +1521,7 @@ print_help(void)
 enum {
     OPT_GLOBAL = 1u << 0,
     OPT_RESOURCE = 1u << 1,
-    OPT_LEASE = 1u << 2,    /* --shared, --exclusive, --wait, --name, --uuid */
+    OPT_LEASE = 1u << 2,    /* --shared, --exclusive, --wait, --name, --uuid, --on-loss */
     OPT_CONFLICT = 1u << 3, /* --conflict-exit-code */
     OPT_PID = 1u << 4,
     OPT_FORCE = 1u << 5, /* --force */
@@ -1529,6 +1543,7 @@ static const struct option long_options[] = {
     {"name", required_argument, NULL, 'n'},
     {"uuid", required_argument, NULL, 'u'},
     {"force", no_argument, NULL, 'f'},
+    {"on-loss", required_argument, NULL, 'L'},
     {NULL, 0, NULL, 0},
 };
 
@@ -1559,6 +1574,7 @@ option_class(int c)
     case 'W':
     case 'n':
     case 'u':
+    case 'L':
         return OPT_LEASE;
     case 'E':
         return OPT_CONFLICT;
@@ -1760,6 +1776,20 @@ apply_option(struct opts *o, int c, const char *arg)
     case 'f':
         o->force = 1;
         return 0;
+    case 'L':
+        o->on_loss_cmd = NULL;
+        if (strcmp(arg, "kill") == 0)
+            o->on_loss = LOCKD_ON_LOSS_KILL;
+        else if (strcmp(arg, "stop") == 0)
+            o->on_loss = LOCKD_ON_LOSS_STOP;
+        else if (strcmp(arg, "report") == 0)
+            o->on_loss = LOCKD_ON_LOSS_REPORT;
+        else if (strncmp(arg, "exec:", 5) == 0 && arg[5] && strlen(arg + 5) <= LOCKD_COMMAND_MAX) {
+            o->on_loss = LOCKD_ON_LOSS_EXEC;
+            o->on_loss_cmd = arg + 5;
+        } else
+            return usage_error("--on-loss=%s: must be kill, stop, report or exec:COMMAND", arg);
+        return 0;
     }
     return EXIT_USAGE;
 }
@@ -1837,7 +1867,7 @@ dispatch(struct opts *o, int argc, char **argv)
 int
 main(int argc, char **argv)
 {
-    struct opts o = {.wait_ms = LOCKD_TRY, .conflict_code = EXIT_BUSY};
+    struct opts o = {.wait_ms = LOCKD_TRY, .conflict_code = EXIT_BUSY, .on_loss = -1};
     int r;
 
     r = parse_options(&o, argc, argv, 0, NULL, 0);

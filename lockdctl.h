@@ -11,6 +11,7 @@
 #ifndef LOCKDCTL_H
 #define LOCKDCTL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* Exit statuses (sysexits.h numbers, spelled out so they read as a contract). */
@@ -36,6 +37,8 @@ struct opts {
     const char *uuid;
     int32_t pid;
     int force; /* stop-helper --force */
+    int on_loss;            /* LOCKD_ON_LOSS_*, or -1: not given (the helper's default) */
+    const char *on_loss_cmd; /* exec:CMD's CMD */
 };
 
 /* In lockdctl.c.  A usage error: the message, a pointer to --help, and
@@ -51,6 +54,15 @@ int no_lockspace(const struct opts *o);
 
 /* In lockdctl.c.  Whether something exists at the helper's socket path. */
 int socket_present(const char *path);
+
+/* In lockdctl-watch.c.  Leave a watcher behind for `run` without a helper:
+ * a process that checks lease (which CMD, this process after its exec,
+ * inherits) every second and does o->on_loss to this process at the first
+ * loss.  names[0..nnames) are the disks in the order given to
+ * lockd_acquire().  Returns 0 or -errno (no watcher). */
+struct lockd_lease;
+int run_watch_start(const struct opts *o, const struct lockd_lease *lease,
+                    const char *const *names, size_t nnames, const char *cmd);
 
 /* In lockdctl-doctor.c.  The doctor command: 0 when all is well, EXIT_FAIL
  * when a check warns or fails, EXIT_USAGE for operands. */

@@ -3507,6 +3507,8 @@ HELPER_CASE(lost_lease_listed)
     lockd_lease *l;
 
     one_start(&t, 0, "lost", 2, &l);
+    ASSERT_OK(lockd_conn_register_on_loss(t.c, t.g.pid, -1, NULL, NULL, LOCKD_ON_LOSS_REPORT,
+                                          NULL));
     assert_counts(status_on(t.c), 1, 2);
 
     unlock_copy(l, t.d.key[0]);
@@ -3535,6 +3537,181 @@ HELPER_CASE(lost_lease_listed)
 }
 
 /*
+ * What a lost lease does to its guest, chosen at registration: kill (the
+ * default) SIGKILLs it, stop SIGSTOPs it (SIGCONT resumes it), exec runs a
+ * hook with the owner, disk, key and error in its environment and no fd
+ * but 0-2, and leaves the guest running.  Each once per owner, logged on
+ * the loss's line.  A bad action is refused and changes nothing.
+ */
+static size_t count_lines_with(const char *text, const char *needle);
+static void become_nobody(void);
+
+HELPER_CASE(loss_actions)
+{
+    char cmd[512], *text;
+    struct guest g[3];
+    struct disks d[3];
+    struct rows rs;
+    lockd_lease *l[3];
+    lockd_space *sp = space_open_rooted();
+    struct fsd *s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    lockd_conn *c;
+    int i;
+
+    fsd_start_ready(s);
+    c = conn_open(s->sock);
+    snprintf(cmd, sizeof(cmd), "ls /proc/self/fd > %s; (env; id -u) > %s.tmp && mv %s.tmp %s",
+             test_path("hook.fds"), test_path("hook.env"), test_path("hook.env"),
+             test_path("hook.env"));
+    for (i = 0; i < 3; i++) {
+        static const char *const tags[] = {"kill", "stop", "exec"};
+
+        guest_start(&g[i]);
+        ASSERT_OK(lockd_conn_register(c, g[i].pid, -1, UUID1, tags[i]));
+        disks_make(&d[i], sp, tags[i], 2);
+        ASSERT_OK(hand_over(c, sp, g[i].pid, &d[i], &l[i]));
+    }
+    /* Re-registering without an action keeps the one chosen. */
+    ASSERT_OK(lockd_conn_register_on_loss(c, g[1].pid, -1, NULL, NULL, LOCKD_ON_LOSS_STOP, NULL));
+    ASSERT_OK(lockd_conn_register(c, g[1].pid, -1, NULL, NULL));
+    ASSERT_OK(lockd_conn_register_on_loss(c, g[2].pid, -1, NULL, NULL, LOCKD_ON_LOSS_EXEC, cmd));
+    ASSERT_INT_EQ(lockd_conn_register_on_loss(c, g[2].pid, -1, NULL, NULL, LOCKD_ON_LOSS_EXEC, ""),
+                  -EINVAL);
+    ASSERT_INT_EQ(lockd_conn_register_on_loss(c, g[2].pid, -1, NULL, NULL, LOCKD_ON_LOSS_KILL,
+                                              "true"),
+                  -EINVAL);
+    ASSERT_INT_EQ(lockd_conn_register_on_loss(c, g[2].pid, -1, NULL, NULL, 4, NULL), -EINVAL);
+
+    for (i = 0; i < 3; i++) {
+        unlock_copy(l[i], d[i].key[0]);
+        unlock_copy(l[i], d[i].key[1]);
+        rs = rows_list(c, g[i].pid); /* a listing checks each row */
+        free(rs.r);
+    }
+    ASSERT_INT_EQ(test_wait(g[0].pid), 128 + SIGKILL);
+    close(g[0].wfd);
+    ASSERT_TRUE(WAIT_UNTIL(proc_state(g[1].pid) == 'T', 5000));
+    ASSERT_TRUE(WAIT_UNTIL(access(test_path("hook.env"), F_OK) == 0, 10000));
+    ASSERT_CONTAINS(read_file(test_path("hook.env")), "\n0\n"); /* run as root, who registered */
+    text = read_file(s->log);
+    /* Found in fdinfo: a copy was unlocked, which is how a manager that
+     * kept copies releases before its notice comes; so the action waits a
+     * --check-period for a release that never comes here. */
+    ASSERT_CONTAINS(text, "<2>lost lease /images/kill-0.qcow2");
+    ASSERT_CONTAINS(text, "(kill): its lock is gone; its on-loss action follows in 1000 ms");
+    ASSERT_CONTAINS(text, "<2>owner pid ");
+    ASSERT_CONTAINS(text, "(kill): lease /images/kill-");
+    ASSERT_CONTAINS(text, ".qcow2 still lost: killed it (SIGKILL)");
+    ASSERT_CONTAINS(text, ".qcow2 still lost: stopped it (SIGSTOP");
+    ASSERT_CONTAINS(text, ".qcow2 still lost: started its on-loss hook (pid");
+    ASSERT_INT_EQ(count_lines_with(text, "still lost: stopped it"), 1);
+    ASSERT_INT_EQ(count_lines_with(text, "started its on-loss hook"), 1);
+    /* The hook: fds 0-2 only (3 is ls's own directory), its facts. */
+    ASSERT_STR_EQ(read_file(test_path("hook.fds")), "0\n1\n2\n3\n");
+    text = read_file(test_path("hook.env"));
+    {
+        char want[128];
+
+        snprintf(want, sizeof(want), "LOCKD_OWNER_PID=%d\n", (int)g[2].pid);
+        ASSERT_CONTAINS(text, want);
+        /* Of the lost lease the action was for: one of the two. */
+        snprintf(want, sizeof(want), "LOCKD_KEY=%s\n", d[2].key[0]);
+        if (!strstr(text, want))
+            snprintf(want, sizeof(want), "LOCKD_KEY=%s\n", d[2].key[1]);
+        ASSERT_CONTAINS(text, want);
+    }
+    ASSERT_CONTAINS(text, "LOCKD_OWNER_NAME=exec\n");
+    ASSERT_CONTAINS(text, "LOCKD_OWNER_UUID=" UUID1 "\n");
+    ASSERT_CONTAINS(text, "LOCKD_DISK=/images/exec-");
+    ASSERT_CONTAINS(text, "LOCKD_ERROR=ENOLCK\n");
+    ASSERT_TRUE(WAIT_UNTIL(strstr(read_file(s->log), "exited 0"), 5000));
+    ASSERT_INT_EQ(proc_state(g[2].pid), 'S'); /* exec leaves the guest running */
+
+    ASSERT_OK(sys(kill(g[1].pid, SIGCONT)));
+    ASSERT_TRUE(WAIT_UNTIL(proc_state(g[1].pid) == 'S', 5000));
+    for (i = 1; i < 3; i++) {
+        guest_end(&g[i]);
+        lockd_lease_release(l[i]);
+    }
+    lockd_lease_forget(l[0]);
+    lockd_conn_close(c);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+/*
+ * A hook runs as the uid that registered it: here 65534, whose own guest
+ * lost its own lease; and a hook still running at --hook-timeout is
+ * killed.
+ */
+struct hook_by {
+    const char *sock, *space, *out;
+};
+
+static int
+hook_by_nobody_main(void *arg)
+{
+    const struct hook_by *h = arg;
+    lockd_space *sp = NULL;
+    struct disks d;
+    struct guest g;
+    struct rows rs;
+    lockd_lease *l;
+    lockd_conn *c;
+    char cmd[512];
+
+    become_nobody();
+    guest_start(&g);
+    c = conn_open(h->sock);
+    snprintf(cmd, sizeof(cmd), "id -u > %s.tmp && mv %s.tmp %s; exec sleep 100", h->out,
+             h->out, h->out);
+    ASSERT_OK(lockd_conn_register_on_loss(c, g.pid, -1, NULL, "nobody's", LOCKD_ON_LOSS_EXEC,
+                                          cmd));
+    ASSERT_OK(lockd_space_open(h->space, LOCKD_OPEN_CREATE, &sp));
+    disks_make(&d, sp, "mine", 1);
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, &l));
+    unlock_copy(l, d.key[0]);
+    rs = rows_list(c, g.pid);
+    ASSERT_INT_EQ(rs.r[0].mode, LOCKD_LOST);
+    free(rs.r);
+    ASSERT_TRUE(WAIT_UNTIL(access(h->out, F_OK) == 0, 10000));
+    guest_end(&g);
+    lockd_lease_forget(l);
+    lockd_space_close(sp);
+    lockd_conn_close(c);
+    return 0;
+}
+
+HELPER_CASE(hook_as_registering_uid)
+{
+    struct hook_by h;
+    struct fsd *s;
+
+    if (chmod(test_scratch, 0755) < 0 || mkdir(test_path("run"), 0755) < 0 ||
+        mkdir(test_path("uspace"), 0755) < 0 || chown(test_path("uspace"), NOBODY, NOBODY) < 0)
+        TEST_FAIL("setup: %s", strerror(errno));
+    s = fsd_new("run/open", FSD_NOTIFY, 0);
+    fsd_arg(s, "--socket-mode");
+    fsd_arg(s, "0666");
+    fsd_arg(s, "--hook-timeout");
+    fsd_arg(s, "1");
+    fsd_start_ready(s);
+    h = (struct hook_by){s->sock, test_path("uspace"), test_path("uspace/uid")};
+    ASSERT_INT_EQ(test_wait(spawn(hook_by_nobody_main, &h, NULL, 0)), 0);
+    ASSERT_STR_EQ(read_file(h.out), "65534\n");
+    ASSERT_TRUE(FSD_WAIT(s, strstr(read_file(s->log), "still runs after 1 s: killed") &&
+                                strstr(read_file(s->log), "killed by signal 9"),
+                         10000));
+    ASSERT_CONTAINS(read_file(s->log), "started its on-loss hook (pid");
+    ASSERT_CONTAINS(read_file(s->log), "as uid 65534)");
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+}
+
+/*
  * Adoption checks every fd as a hand-over does.  The helper put a lease in
  * systemd's store and was SIGKILLed; meanwhile the manager, which kept its
  * copy, unlocked it.  The restarted helper must not list that lease as
@@ -3547,6 +3724,9 @@ HELPER_CASE(adopt_checks_locks)
     lockd_lease *l;
 
     one_start(&t, 64, "adopt", 2, &l);
+    /* The action is in the state too: the restarted helper only reports. */
+    ASSERT_OK(lockd_conn_register_on_loss(t.c, t.g.pid, -1, NULL, NULL, LOCKD_ON_LOSS_REPORT,
+                                          NULL));
     ASSERT_TRUE(WAIT_UNTIL(fsd_stash_count(t.s, 'L') == 2, 5000));
     ASSERT_INT_EQ(fsd_kill(t.s, SIGKILL), 128 + SIGKILL);
     unlock_copy(l, t.d.key[0]);
@@ -4385,6 +4565,8 @@ main(int argc, char **argv)
     RUN(only, log_escapes_names, 60);
     RUN(only, lost_lease_listed, 60);
     RUN(only, adopt_checks_locks, 60);
+    RUN(only, loss_actions, 60);
+    RUN(only, hook_as_registering_uid, 60);
     RUN(only, one_ofd_one_lease, 60);
     RUN(only, ids_new_after_cold_start, 60);
     RUN(only, adopt_free_record_kinds, 60);

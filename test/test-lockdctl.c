@@ -37,6 +37,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 
 #include "lockd.h"
@@ -1208,6 +1209,85 @@ test_usage_errors(void)
  * run without a helper
  */
 
+/* Unlock, through a copy taken from pid, the lease of disk that pid holds:
+ * its lock is gone, as a network filesystem's client loses it. */
+static void
+unlock_in(pid_t pid, const char *disk)
+{
+    struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_len = 1};
+    char key[LOCKD_KEY_SIZE], want[PATH_MAX + 80], link[64], target[PATH_MAX];
+    int pidfd, fd, copy, found = 0;
+    ssize_t n;
+
+    ctl_key(disk, key);
+    snprintf(want, sizeof(want), "%s/%s", space_dir(), key);
+    pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    ASSERT_TRUE(pidfd >= 0);
+    for (fd = 0; fd < 1024 && !found; fd++) {
+        snprintf(link, sizeof(link), "/proc/%d/fd/%d", (int)pid, fd);
+        n = readlink(link, target, sizeof(target) - 1);
+        if (n < 0)
+            continue;
+        target[n] = '\0';
+        if (strcmp(target, want) != 0)
+            continue;
+        copy = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+        ASSERT_TRUE(copy >= 0);
+        ASSERT_OK(sys(fcntl(copy, F_OFD_SETLK, &fl)));
+        close(copy);
+        found = 1;
+    }
+    close(pidfd);
+    if (!found)
+        TEST_FAIL("pid %d holds no fd of %s", (int)pid, want);
+}
+
+/*
+ * run without a helper leaves a watcher behind, which checks CMD's leases
+ * every second and at a loss does --on-loss: kill (the default), stop,
+ * report, exec:CMD; one line on stderr names the disk and why.  It holds
+ * no copy of a lease between checks, so a lease is free the moment CMD
+ * exits (test_run_holds_while_cmd_runs runs back to back).
+ */
+static void
+test_run_watcher_acts(void)
+{
+    struct proc p;
+    char want[PATH_MAX + 256], hook[PATH_MAX + 128], *e;
+
+    case_env();
+    hold(&p, "a.img", NULL, NULL);
+    unlock_in(p.pid, "a.img");
+    ASSERT_INT_EQ(test_wait(p.pid), 128 + SIGKILL);
+    close(p.in);
+    close(p.out);
+    snprintf(want, sizeof(want), "lockdctl: %s/a.img: lease lost: its lock is gone; killing sh (pid %d)\n",
+             test_scratch, (int)p.pid);
+    ASSERT_STR_EQ(slurp(p.err), want);
+
+    hold(&p, "b.img", "--on-loss=stop", NULL);
+    unlock_in(p.pid, "b.img");
+    ASSERT_TRUE(WAIT_UNTIL(proc_state(p.pid) == 'T', 5000));
+    ASSERT_CONTAINS(slurp(p.err), "b.img: lease lost: its lock is gone; stopping sh");
+    ASSERT_OK(sys(kill(p.pid, SIGCONT)));
+    ASSERT_INT_EQ(proc_finish(&p), 0);
+
+    hold(&p, "c.img", "--on-loss=report", NULL);
+    unlock_in(p.pid, "c.img");
+    ASSERT_TRUE(WAIT_UNTIL((e = slurp(p.err)) && strstr(e, "runs on unprotected"), 5000));
+    ASSERT_INT_EQ(proc_finish(&p), 0);
+
+    snprintf(hook, sizeof(hook), "--on-loss=exec:echo \"$LOCKD_DISK $LOCKD_ERROR $LOCKD_OWNER_PID\" > %s.tmp && mv %s.tmp %s",
+             test_path("hook.out"), test_path("hook.out"), test_path("hook.out"));
+    hold(&p, "d.img", hook, NULL);
+    unlock_in(p.pid, "d.img");
+    ASSERT_TRUE(WAIT_UNTIL(access(test_path("hook.out"), F_OK) == 0, 5000));
+    snprintf(want, sizeof(want), "%s/d.img ENOLCK %d\n", test_scratch, (int)p.pid);
+    ASSERT_STR_EQ(slurp(test_path("hook.out")), want);
+    ASSERT_INT_EQ(proc_finish(&p), 0);
+    assert_nothing_held();
+}
+
 static void
 test_run_returns_cmd_status(void)
 {
@@ -2270,6 +2350,7 @@ main(int argc, char **argv)
     TEST_RUN(test_usage_errors);
     TEST_RUN(test_run_returns_cmd_status);
     TEST_RUN(test_run_holds_while_cmd_runs);
+    TEST_RUN(test_run_watcher_acts);
     TEST_RUN(test_run_shared);
     TEST_RUN(test_wait_times_out);
     TEST_RUN(test_wait_succeeds_when_holder_exits);

@@ -1,0 +1,337 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lockdctl-watch.c: the lease watcher of `lockdctl run` without a helper.
+ *
+ * Without a helper, CMD (this process, after the exec) holds its leases by
+ * inheriting their fds, and nobody looks at them again: on a network
+ * filesystem a client that loses its server loses the locks, and another
+ * host may be granted the disk while CMD writes it.  So run leaves a
+ * watcher behind, a process of its own (forked twice: CMD never sees it as
+ * a child), which checks every lease each WATCH_PERIOD_MS with
+ * lockd_check_fd() and, at the first loss, does what --on-loss says to CMD.
+ *
+ * The watcher keeps no copy of a lease fd between checks: a copy would keep
+ * the lease held after CMD exits, and a script that runs two commands on
+ * one disk in a row would find it busy.  Each check takes a copy from CMD
+ * (pidfd_getfd(2)), checks it and closes it; a check that does not answer
+ * within WATCH_DEADLINE_MS (a server that stopped answering) counts as a
+ * loss.  It ends when CMD does, or after it acted.
+ */
+#define _GNU_SOURCE
+#include "lockdctl.h"
+#include "lockd.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define WATCH_PERIOD_MS   1000
+#define WATCH_DEADLINE_MS 5000
+#define HOOK_DEADLINE_MS  30000
+
+struct watched {
+    int fd; /* its number in CMD */
+    int mode;
+    uint64_t dev, ino;
+    const char *name;
+    char key[LOCKD_KEY_SIZE];
+};
+
+/* One check, on a thread of its own: the loop waits for it with a deadline
+ * and leaves it behind if it hangs (the process exits soon after). */
+struct check {
+    pthread_mutex_t mu;
+    pthread_cond_t done_cv;
+    int fd, mode, result, done;
+};
+
+static void *
+check_main(void *arg)
+{
+    struct check *c = arg;
+    int r = lockd_check_fd(c->fd, c->mode);
+
+    close(c->fd);
+    pthread_mutex_lock(&c->mu);
+    c->result = r;
+    c->done = 1;
+    pthread_cond_signal(&c->done_cv);
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+/* lockd_check_fd() of copy (closed in any case), or -ETIMEDOUT. */
+static int
+check_with_deadline(int copy, int mode)
+{
+    struct check *c = calloc(1, sizeof(*c));
+    struct timespec until;
+    pthread_condattr_t ca;
+    pthread_t t;
+    int r;
+
+    if (!c) {
+        close(copy);
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->done_cv, &ca);
+    c->fd = copy;
+    c->mode = mode;
+    if (pthread_create(&t, NULL, check_main, c) != 0) {
+        close(copy);
+        free(c);
+        return -EAGAIN;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += WATCH_DEADLINE_MS / 1000;
+    pthread_mutex_lock(&c->mu);
+    while (!c->done && pthread_cond_timedwait(&c->done_cv, &c->mu, &until) == 0)
+        ;
+    r = c->done ? c->result : -ETIMEDOUT;
+    pthread_mutex_unlock(&c->mu);
+    if (r == -ETIMEDOUT)
+        pthread_detach(t); /* still in the filesystem: c stays its */
+    else {
+        pthread_join(t, NULL);
+        free(c);
+    }
+    return r;
+}
+
+/* The file's identity as the kernel has it: a network filesystem's server is
+ * not asked (fstat(2) on a FUSE file may wait for it, and fail when the
+ * client lost it, which is no sign that CMD let the lease go). */
+static int
+identify(int fd, uint64_t *ret_dev, uint64_t *ret_ino)
+{
+    struct statx stx;
+
+    if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_INO, &stx) < 0)
+        return -errno;
+    *ret_dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    *ret_ino = stx.stx_ino;
+    return 0;
+}
+
+static void
+say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void
+say(const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    int n;
+
+    n = snprintf(buf, sizeof(buf), "lockdctl: ");
+    va_start(ap, fmt);
+    n += vsnprintf(buf + n, sizeof(buf) - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    if (n > (int)sizeof(buf) - 2)
+        n = (int)sizeof(buf) - 2;
+    buf[n++] = '\n';
+    (void)!write(STDERR_FILENO, buf, (size_t)n);
+}
+
+/* exec:CMD, as ourselves, with the facts in its environment; waited for up
+ * to HOOK_DEADLINE_MS, then killed. */
+static void
+run_hook(const char *hook, pid_t owner, const char *name, const char *uuid,
+         const struct watched *w, int err)
+{
+    const char *e = strerrorname_np(-err);
+    char pidtext[16];
+    pid_t pid;
+    int st, i;
+
+    snprintf(pidtext, sizeof(pidtext), "%d", (int)owner);
+    pid = fork();
+    if (pid < 0) {
+        say("%s: cannot run the on-loss hook: %s", w->name, strerror(errno));
+        return;
+    }
+    if (pid == 0) {
+        setenv("LOCKD_OWNER_PID", pidtext, 1);
+        setenv("LOCKD_OWNER_NAME", name ? name : "", 1);
+        setenv("LOCKD_OWNER_UUID", uuid ? uuid : "", 1);
+        setenv("LOCKD_DISK", w->name, 1);
+        setenv("LOCKD_KEY", w->key, 1);
+        setenv("LOCKD_ERROR", e ? e : "EIO", 1);
+        execl("/bin/sh", "sh", "-c", hook, (char *)NULL);
+        _exit(127);
+    }
+    for (i = 0; i < HOOK_DEADLINE_MS / 10; i++) {
+        struct timespec ts = {0, 10 * 1000000};
+
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            return;
+        nanosleep(&ts, NULL);
+    }
+    say("%s: the on-loss hook still runs after %d s: killed", w->name, HOOK_DEADLINE_MS / 1000);
+    kill(pid, SIGKILL);
+    (void)waitpid(pid, &st, 0);
+}
+
+/* What --on-loss says, once. */
+static void
+act(const struct opts *o, int pidfd, pid_t owner, const char *cmd, const struct watched *w,
+    int err)
+{
+    const char *why = err == -ENOLCK   ? "its lock is gone"
+                      : err == -EBUSY ? "another holder has it"
+                                      : NULL;
+    char buf[160];
+
+    if (!why) {
+        snprintf(buf, sizeof(buf), "its filesystem says %s (%s)",
+                 strerrorname_np(-err) ? strerrorname_np(-err) : "?", strerror(-err));
+        why = buf;
+    }
+    switch (o->on_loss) {
+    case LOCKD_ON_LOSS_STOP:
+        say("%s: lease lost: %s; stopping %s (pid %d; kill -CONT %d resumes it)", w->name, why,
+            cmd, (int)owner, (int)owner);
+        (void)syscall(SYS_pidfd_send_signal, pidfd, SIGSTOP, NULL, 0);
+        break;
+    case LOCKD_ON_LOSS_REPORT:
+        say("%s: lease lost: %s; %s (pid %d) runs on unprotected", w->name, why, cmd,
+            (int)owner);
+        break;
+    case LOCKD_ON_LOSS_EXEC:
+        say("%s: lease lost: %s; running the on-loss hook", w->name, why);
+        run_hook(o->on_loss_cmd, owner, o->name ? o->name : cmd, o->uuid, w, err);
+        break;
+    default:
+        say("%s: lease lost: %s; killing %s (pid %d)", w->name, why, cmd, (int)owner);
+        (void)syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+    }
+}
+
+static void
+watch_loop(const struct opts *o, int pidfd, pid_t owner, const char *cmd, struct watched *w,
+           size_t n)
+{
+    size_t live = n, i;
+
+    while (live > 0) {
+        struct pollfd p = {.fd = pidfd, .events = POLLIN};
+
+        if (poll(&p, 1, WATCH_PERIOD_MS) != 0)
+            return; /* CMD exited (or the pidfd failed: nothing to watch) */
+        for (i = 0; i < n; i++) {
+            uint64_t dev, ino;
+            int copy, r;
+
+            if (w[i].fd < 0)
+                continue;
+            copy = (int)syscall(SYS_pidfd_getfd, pidfd, w[i].fd, 0);
+            if (copy < 0 && errno == ESRCH)
+                return;
+            /* CMD closed that fd or put another file there (its children
+             * may hold the lease now): not ours to judge any longer. */
+            if (copy < 0 || identify(copy, &dev, &ino) < 0 || dev != w[i].dev ||
+                ino != w[i].ino) {
+                if (copy < 0 && errno == EPERM)
+                    say("%s: cannot watch its lease: %s does not allow it (EPERM)", w[i].name,
+                        cmd);
+                if (copy >= 0)
+                    close(copy);
+                w[i].fd = -1;
+                live--;
+                continue;
+            }
+            r = check_with_deadline(copy, w[i].mode);
+            if (r == 0 || r == -ENOMEM || r == -EMFILE || r == -ENFILE || r == -EAGAIN)
+                continue;
+            /* CMD may have exited while the check ran: then nothing was lost. */
+            p.revents = 0;
+            if (poll(&p, 1, 0) != 0)
+                return;
+            act(o, pidfd, owner, cmd, &w[i], r);
+            return;
+        }
+    }
+}
+
+int
+run_watch_start(const struct opts *o, const lockd_lease *lease, const char *const *names,
+                size_t nnames, const char *cmd)
+{
+    size_t n = lockd_lease_count(lease), i;
+    struct watched *w = calloc(n ? n : 1, sizeof(*w));
+    pid_t owner = getpid(), pid;
+    int pidfd, st;
+
+    if (!w)
+        return -ENOMEM;
+    for (i = 0; i < n; i++) {
+        int k, r;
+
+        w[i].fd = lockd_lease_fd(lease, i);
+        w[i].mode = lockd_lease_mode(lease, i);
+        r = identify(w[i].fd, &w[i].dev, &w[i].ino);
+        if (r < 0) {
+            free(w);
+            return r;
+        }
+        snprintf(w[i].key, sizeof(w[i].key), "%s", lockd_lease_key(lease, i));
+        w[i].name = w[i].key;
+        for (k = 0; (size_t)k < nnames; k++) /* the name of its first key */
+            if (lockd_lease_index(lease, (size_t)k) == (int)i && names[k]) {
+                w[i].name = names[k];
+                break;
+            }
+    }
+    pidfd = (int)syscall(SYS_pidfd_open, owner, 0);
+    if (pidfd < 0) {
+        free(w);
+        return -errno;
+    }
+    pid = fork();
+    if (pid < 0) {
+        close(pidfd);
+        free(w);
+        return -errno;
+    }
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+        if (fork() != 0)
+            _exit(0);
+        /* The watcher: stdin and stdout let go (a pipe CMD writes to ends
+         * when CMD does), stderr kept for its one message, and every other
+         * fd closed, lease fds included: closing a copy never unlocks. */
+        if (null >= 0) {
+            dup2(null, STDIN_FILENO);
+            dup2(null, STDOUT_FILENO);
+        }
+        if (pidfd > 3)
+            (void)syscall(SYS_close_range, 3u, (unsigned)pidfd - 1, 0u);
+        (void)syscall(SYS_close_range, (unsigned)pidfd + 1, ~0u, 0u);
+        prctl(PR_SET_NAME, "lockdctl-watch");
+        signal(SIGINT, SIG_IGN); /* a ^C for CMD is not ours */
+        watch_loop(o, pidfd, owner, cmd, w, n);
+        _exit(0);
+    }
+    close(pidfd);
+    free(w);
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    return 0;
+}
