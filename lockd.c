@@ -50,6 +50,7 @@
 #include "lockd.h"
 
 #include <assert.h>
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -167,6 +168,10 @@ struct lease_ent {
     int mode;
     int fd;
     uint32_t given; /* lease_plan(): where the key stood in the caller's keys[] */
+    /* Its holder record (exclusive only): holder_write(). */
+    uint64_t epoch, gen;
+    int64_t since;
+    size_t len;
 };
 
 struct lockd_lease {
@@ -1087,6 +1092,242 @@ lease_take(int dirfd, int remote, const char *key, int mode, int64_t deadline)
 }
 
 /* ------------------------------------------------------------------------
+ * Holder records
+ *
+ * After an exclusive grant lockd writes who holds the disk into the lease
+ * file, so that another host can name the holder: a few "key=value" lines
+ * under a "lockd-holder 1" line, each value with its control bytes and
+ * backslashes written as \xHH, the whole at most HOLDER_MAX bytes.  The
+ * lock stays on byte 0, length 1 (virtlockd never reads a lease file's
+ * contents, and locks only that byte).  Shared holders write nothing: a
+ * shared lease is one of several, and `who` counts them from the lock.
+ */
+#define HOLDER_MAGIC "lockd-holder 1\n"
+#define HOLDER_MAX   4096
+
+/* This machine's name and /etc/machine-id, read once. */
+static void
+holder_host(char *host, size_t hsize, char *mid, size_t msize)
+{
+    static char h[256], m[33];
+    static int done;
+
+    if (!done) {
+        int fd = open("/etc/machine-id", O_RDONLY | O_CLOEXEC);
+        ssize_t n = fd >= 0 ? read(fd, m, sizeof(m) - 1) : -1;
+
+        m[n > 0 ? (size_t)n : 0] = '\0';
+        m[strcspn(m, "\n")] = '\0';
+        if (fd >= 0)
+            close(fd);
+        if (gethostname(h, sizeof(h) - 1) < 0)
+            h[0] = '\0';
+        done = 1;
+    }
+    snprintf(host, hsize, "%s", h);
+    snprintf(mid, msize, "%s", m);
+}
+
+/* Append "key=value\n", the value escaped and cut to max bytes of it. */
+static size_t
+holder_put(char *buf, size_t at, const char *key, const char *value, size_t max)
+{
+    size_t i;
+
+    at += (size_t)snprintf(buf + at, HOLDER_MAX - at, "%s=", key);
+    for (i = 0; value && value[i] && i < max && at + 5 < HOLDER_MAX; i++) {
+        unsigned char c = (unsigned char)value[i];
+
+        if (c < 0x20 || c == 0x7f || c == '\\')
+            at += (size_t)snprintf(buf + at, HOLDER_MAX - at, "\\x%02x", c);
+        else
+            buf[at++] = (char)c;
+    }
+    buf[at++] = '\n';
+    return at;
+}
+
+/* Parse a record; -ENODATA if buf is not one. */
+static int
+holder_parse(char *buf, size_t len, lockd_holder_info *ret)
+{
+    char *line, *next;
+
+    memset(ret, 0, sizeof(*ret));
+    buf[len] = '\0';
+    if (strncmp(buf, HOLDER_MAGIC, strlen(HOLDER_MAGIC)) != 0)
+        return -ENODATA;
+    for (line = buf + strlen(HOLDER_MAGIC); *line; line = next) {
+        char *eq = strchr(line, '='), *v, *out, *dst = NULL;
+        size_t size = 0;
+
+        next = strchr(line, '\n');
+        if (!next)
+            break; /* a record cut short: its last line is not trusted */
+        *next++ = '\0';
+        if (!eq)
+            continue;
+        *eq = '\0';
+        v = eq + 1;
+        if (strcmp(line, "host") == 0)
+            dst = ret->host, size = sizeof(ret->host);
+        else if (strcmp(line, "machine-id") == 0)
+            dst = ret->machine_id, size = sizeof(ret->machine_id);
+        else if (strcmp(line, "owner") == 0)
+            dst = ret->owner, size = sizeof(ret->owner);
+        else if (strcmp(line, "uuid") == 0)
+            dst = ret->uuid, size = sizeof(ret->uuid);
+        else if (strcmp(line, "version") == 0)
+            dst = ret->version, size = sizeof(ret->version);
+        else if (strcmp(line, "resource") == 0)
+            dst = ret->resource, size = sizeof(ret->resource);
+        else if (strcmp(line, "pid") == 0)
+            ret->pid = (int32_t)strtol(v, NULL, 10);
+        else if (strcmp(line, "since") == 0)
+            ret->since = strtoll(v, NULL, 10);
+        else if (strcmp(line, "epoch") == 0)
+            ret->epoch = strtoull(v, NULL, 16);
+        else if (strcmp(line, "generation") == 0)
+            ret->generation = strtoull(v, NULL, 10);
+        if (!dst)
+            continue; /* a field of a later release, or a number */
+        /* Undo the escapes; control bytes stay escaped for display. */
+        for (out = dst; *v && out < dst + size - 1; v++) {
+            unsigned c = 0;
+
+            if (v[0] == '\\' && v[1] == 'x' && isxdigit((unsigned char)v[2]) &&
+                isxdigit((unsigned char)v[3]) && sscanf(v + 2, "%2x", &c) == 1 && c >= 0x20 &&
+                c != 0x7f) {
+                *out++ = (char)c;
+                v += 3;
+            } else
+                *out++ = *v;
+        }
+        *out = '\0';
+    }
+    return 0;
+}
+
+/* Read fd's record from offset 0; -ENODATA if none.  *ret_len: the bytes
+ * there (a record is never longer than HOLDER_MAX). */
+static int
+holder_read_fd(int fd, lockd_holder_info *ret, size_t *ret_len)
+{
+    char buf[HOLDER_MAX + 1];
+    ssize_t n;
+
+    do
+        n = pread(fd, buf, HOLDER_MAX, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+    *ret_len = (size_t)n;
+    return holder_parse(buf, (size_t)n, ret);
+}
+
+/*
+ * Write e's record (e just granted exclusively, or re-described): its
+ * generation one past the file's (kept with e, so that a re-description
+ * keeps it), a random epoch when the file has none.  A failure is not the
+ * acquire's: the record only names the holder.
+ */
+static void
+holder_write(struct lease_ent *e, int bump, const char *owner, const char *uuid, int32_t pid,
+             const char *resource)
+{
+    char buf[HOLDER_MAX], host[256], mid[33], num[32];
+    size_t at = 0;
+    ssize_t n;
+
+    if (bump) {
+        lockd_holder_info *old = malloc(sizeof(*old));
+
+        if (old && holder_read_fd(e->fd, old, &e->len) == 0 && old->epoch) {
+            e->epoch = old->epoch;
+            e->gen = old->generation + 1;
+        } else {
+            randombytes_buf(&e->epoch, sizeof(e->epoch));
+            e->gen = 1;
+        }
+        free(old);
+        e->since = (int64_t)time(NULL);
+    }
+    holder_host(host, sizeof(host), mid, sizeof(mid));
+    memcpy(buf, HOLDER_MAGIC, strlen(HOLDER_MAGIC));
+    at = strlen(HOLDER_MAGIC);
+    at = holder_put(buf, at, "host", host, 255);
+    at = holder_put(buf, at, "machine-id", mid, 32);
+    at = holder_put(buf, at, "owner", owner, LOCKD_OWNER_NAME_MAX);
+    at = holder_put(buf, at, "uuid", uuid, 36);
+    snprintf(num, sizeof(num), "%d", (int)pid);
+    at = holder_put(buf, at, "pid", num, sizeof(num));
+    snprintf(num, sizeof(num), "%lld", (long long)e->since);
+    at = holder_put(buf, at, "since", num, sizeof(num));
+    at = holder_put(buf, at, "version", LOCKD_VERSION_STRING, 31);
+    snprintf(num, sizeof(num), "%016llx", (unsigned long long)e->epoch);
+    at = holder_put(buf, at, "epoch", num, sizeof(num));
+    snprintf(num, sizeof(num), "%llu", (unsigned long long)e->gen);
+    at = holder_put(buf, at, "generation", num, sizeof(num));
+    at = holder_put(buf, at, "resource", resource, LOCKD_HOLDER_NAME_MAX);
+    do
+        n = pwrite(e->fd, buf, at, 0);
+    while (n < 0 && errno == EINTR);
+    /* A longer record before this one: its tail must not read as ours. */
+    if (n == (ssize_t)at && e->len > at)
+        (void)ftruncate(e->fd, (off_t)at);
+    if (n == (ssize_t)at)
+        e->len = at;
+}
+
+LOCKD_API int
+lockd_lease_set_holder(lockd_lease *lease, const char *owner, const char *uuid, int32_t pid,
+                       const char *const *names)
+{
+    size_t i;
+
+    if (!lease || pid < 0 || (owner && strlen(owner) > LOCKD_OWNER_NAME_MAX) ||
+        (uuid && *uuid && strlen(uuid) != 36))
+        return -EINVAL;
+    for (i = 0; i < lease->n; i++) {
+        struct lease_ent *e = &lease->ent[i];
+        const char *name = NULL;
+        size_t k;
+
+        if (e->mode != LOCKD_EXCLUSIVE || e->fd < 0)
+            continue;
+        for (k = 0; names && k < lease->given && !name; k++)
+            if (lease->slot[k] == i)
+                name = names[k];
+        holder_write(e, 0, owner, uuid, pid, name);
+    }
+    return 0;
+}
+
+LOCKD_API int
+lockd_holder(const lockd_space *space, const char *key, lockd_holder_info *ret)
+{
+    char buf[HOLDER_MAX + 1];
+    ssize_t n;
+    int fd, r;
+
+    if (!space || !ret || !lockd_key_valid(key))
+        return -EINVAL;
+    fd = open_retry(space->dirfd, key, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY,
+                    0);
+    if (fd < 0)
+        return fd;
+    /* Past this client's page cache: another host wrote it.  (A fresh
+     * open revalidates on NFS and FUSE; dropping the cache is for the rest.) */
+    (void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    do
+        n = pread(fd, buf, HOLDER_MAX, 0);
+    while (n < 0 && errno == EINTR);
+    r = n < 0 ? -errno : holder_parse(buf, (size_t)n, ret);
+    close(fd);
+    return r;
+}
+
+/* ------------------------------------------------------------------------
  * Leases: the public calls
  */
 
@@ -1175,6 +1416,9 @@ lockd_acquire(lockd_space *space, size_t n, const char *const *keys, const int *
         (void)lockd_lease_release(l);
         return r;
     }
+    for (i = 0; i < l->n; i++)
+        if (l->ent[i].mode == LOCKD_EXCLUSIVE)
+            holder_write(&l->ent[i], 1, NULL, NULL, (int32_t)getpid(), NULL);
     *ret_lease = l;
     return 0;
 }

@@ -331,6 +331,57 @@ LOCKD_API int lockd_lease_check(const lockd_lease *lease, size_t i);
 LOCKD_API int lockd_check_fd(int fd, int mode);
 
 /*
+ * Holder records.  After each exclusive grant lockd_acquire() writes a small
+ * record into the lease file (the lock stays on byte 0, length 1, so
+ * virtlockd peers are unaffected): this host's name and machine-id, the
+ * acquiring pid, the time, lockd's version, and a generation that each
+ * exclusive grant of that file increments, under an epoch drawn at random
+ * when the file got its first record (a lease file deleted and created
+ * again starts a new epoch: compare both).  lockd_lease_set_holder() adds
+ * the owner's name, uuid and pid and the disk's name.  Shared leases write
+ * none.  A record names the last lockd holder: it holds the disk only while
+ * the lease is held, so read lockd_probe() first (`lockdctl who` shows a
+ * record only on an exclusively held disk).
+ */
+#define LOCKD_HOLDER_NAME_MAX 512 /* bytes of the disk's name kept in a record */
+
+/* Longest owner name, in bytes. */
+#define LOCKD_OWNER_NAME_MAX 255
+
+typedef struct lockd_holder_info {
+    char host[256];
+    char machine_id[33];
+    char owner[4 * LOCKD_OWNER_NAME_MAX + 1]; /* control bytes stay \xHH escaped */
+    char uuid[37];
+    int32_t pid;
+    int64_t since; /* seconds since the epoch */
+    char version[32];
+    uint64_t epoch;      /* random, per lease file */
+    uint64_t generation; /* exclusive grants of it, from 1 */
+    char resource[4 * LOCKD_HOLDER_NAME_MAX + 1];
+} lockd_holder_info;
+
+/*
+ * Name the holder in the records of lease's exclusive leases: owner (at
+ * most LOCKD_OWNER_NAME_MAX bytes) and uuid (36 characters) may be NULL;
+ * pid the guest's; names, if not NULL, the disks' names in the order of the
+ * keys given to lockd_acquire() (as lockd_conn_handoff() takes them), cut
+ * to LOCKD_HOLDER_NAME_MAX bytes.  The generation stays the grant's.  A
+ * record that cannot be written is not an error (it only names the
+ * holder).  Errors: -EINVAL.
+ */
+LOCKD_API int lockd_lease_set_holder(lockd_lease *lease, const char *owner, const char *uuid,
+                                     int32_t pid, const char *const *names);
+
+/*
+ * Read the holder record of lease key in space, taking no lock, past this
+ * client's page cache.  Errors: -ENOENT (no lease file), -ENODATA (no
+ * record: never held exclusively by lockd, or only by an older release or
+ * by virtlockd), -EINVAL, and those of open(2) and read(2).
+ */
+LOCKD_API int lockd_holder(const lockd_space *space, const char *key, lockd_holder_info *ret);
+
+/*
  * Whether the lease key is held, without taking it: returns LOCKD_FREE,
  * LOCKD_SHARED or LOCKD_EXCLUSIVE.  A missing lease file is LOCKD_FREE.  If
  * ret_pid is not NULL it receives the holder's pid where the kernel knows it
@@ -394,9 +445,6 @@ LOCKD_API int lockd_gc(lockd_space *space, lockd_progress_fn progress, void *use
  */
 
 typedef struct lockd_conn lockd_conn;
-
-/* Longest owner name, in bytes. */
-#define LOCKD_OWNER_NAME_MAX 255
 
 
 /*

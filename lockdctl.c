@@ -604,9 +604,44 @@ holder_row(void *userdata, uint64_t id, int mode, const char *key, const char *d
     return 0;
 }
 
+/* "14:02:07" today, else "2026-12-06 14:02:07", local time. */
+static void
+since_text(int64_t t, char *buf, size_t size)
+{
+    time_t when = (time_t)t, now = time(NULL);
+    struct tm a, b;
+
+    localtime_r(&when, &a);
+    localtime_r(&now, &b);
+    strftime(buf, size, a.tm_yday == b.tm_yday && a.tm_year == b.tm_year ? "%H:%M:%S"
+                                                                          : "%Y-%m-%d %H:%M:%S",
+             &a);
+}
+
+/* The holder record of key, for a message: "web1 (uuid U, pid 4242) on host
+ * hv2 since 10:42:07".  -ENODATA or another error if there is none. */
+static int
+record_text(const lockd_space *space, const char *key, char *buf, size_t size)
+{
+    lockd_holder_info hi;
+    char since[32];
+    int r = lockd_holder(space, key, &hi);
+
+    if (r < 0)
+        return r;
+    since_text(hi.since, since, sizeof(since));
+    /* Cut to size if it must be: a message, not a record. */
+    r = snprintf(buf, size, "%s%s(%s%s%spid %d) on host %s since %s", hi.owner,
+                 *hi.owner ? " " : "", *hi.uuid ? "uuid " : "", hi.uuid, *hi.uuid ? ", " : "",
+                 (int)hi.pid, *hi.host ? hi.host : "?", since);
+    scrub(buf);
+    return r < 0 ? -EINVAL : 0;
+}
+
 /*
  * Describe who holds key, for a busy message: "held exclusively by guest-a
- * (pid 12)".  conn may be NULL (no helper); the kernel then knows a pid only
+ * (pid 12)", or from the lease's holder record "held exclusively by web1
+ * (uuid ..., pid 4242) on host hv2 since 10:42:07".  conn may be NULL (no helper); the kernel then knows a pid only
  * for a classic POSIX lock (virtlockd's).
  */
 static void
@@ -627,6 +662,9 @@ describe_holder(const lockd_space *space, lockd_conn *conn, const char *key, cha
     }
     if (h.count > 0)
         snprintf(buf, size, "held %s by %s", how, h.text);
+    else if (state == LOCKD_EXCLUSIVE && pid <= 0 && record_text(space, key, h.text,
+                                                                   sizeof(h.text)) == 0)
+        snprintf(buf, size, "held exclusively by %s", h.text);
     else if (pid > 0)
         snprintf(buf, size,
                  "held %s by pid %d (a classic POSIX lock, as virtlockd takes)", how,
@@ -821,6 +859,7 @@ hand_over(const struct opts *o, lockd_conn *conn, int32_t pid, int pidfd,
     /* In the order the keys were given to lockd_acquire() (take()). */
     for (i = 0; i < n; i++)
         names[i] = d[i].name;
+    (void)lockd_lease_set_holder(lease, name, o->uuid, pid, names);
     r = lockd_conn_register_on_loss(conn, pid, pidfd, o->uuid, name, o->on_loss, o->on_loss_cmd);
     if (r == 0)
         r = lockd_conn_handoff(conn, pid, lease, names, ret_ids);
@@ -972,6 +1011,8 @@ cmd_run(const struct opts *o, int ndisks, char **disks, char **cmd)
 
         for (i = 0; names && i < ndisks; i++)
             names[i] = d[i].name;
+        if (names)
+            (void)lockd_lease_set_holder(lease, owner, o->uuid, getpid(), names);
         r = names ? run_watch_start(o, lease, names, (size_t)ndisks, cmd[0]) : -ENOMEM;
         free(names);
         /* CMD still holds its leases; only their loss would go unseen. */
@@ -1292,6 +1333,7 @@ struct who_ctx {
     struct table *t;
     const char *disk;
     const char *state;
+    const char *host; /* this one: the helper's holders are here */
     size_t count;
 };
 
@@ -1310,27 +1352,57 @@ who_row(void *userdata, uint64_t id, int mode, const char *key, const char *disk
         json_str(or_null(name));
         fputs(",\"uuid\":", stdout);
         json_str(or_null(uuid));
-        printf(",\"id\":%" PRIu64 "}", id);
+        printf(",\"id\":%" PRIu64 ",\"host\":", id);
+        json_str(c->host);
+        putchar('}');
     } else {
         snprintf(spid, sizeof(spid), "%d", (int)pid);
-        if (table_add(c->t, c->disk, c->state, spid, name, uuid) < 0)
+        if (table_add(c->t, c->disk, c->state, spid, name, uuid, c->host) < 0)
             return -ENOMEM;
     }
     c->count++;
     return 0;
 }
 
+/* A holder record as JSON. */
+static void
+record_json(const lockd_holder_info *hi)
+{
+    printf("{\"host\":");
+    json_str(hi->host);
+    printf(",\"machine_id\":");
+    json_str(hi->machine_id);
+    printf(",\"owner\":");
+    json_str(or_null(hi->owner));
+    printf(",\"uuid\":");
+    json_str(or_null(hi->uuid));
+    printf(",\"pid\":%d,\"since\":%lld,\"version\":", (int)hi->pid, (long long)hi->since);
+    json_str(hi->version);
+    printf(",\"epoch\":\"%016llx\",\"generation\":%llu,\"resource\":",
+           (unsigned long long)hi->epoch, (unsigned long long)hi->generation);
+    json_str(or_null(hi->resource));
+    putchar('}');
+}
+
 /* One disk of `who`: its state from the lockspace, its holders from the
- * helper where it knows them, else the pid the kernel knows (POSIX locks). */
+ * helper where it knows them, else from the lease's holder record (another
+ * host's, or a holder without the helper), else the pid the kernel knows
+ * (POSIX locks).  A record is read only for a disk held exclusively, and
+ * not when a POSIX lock holds it (virtlockd writes no record: one there is
+ * an earlier holder's). */
 static int
 who_one(const struct opts *o, const lockd_space *space, lockd_conn *conn,
         const struct disk *d, struct table *t)
 {
-    struct who_ctx c = {.o = o, .t = t, .disk = d->name};
+    static char host[256];
+    struct who_ctx c = {.o = o, .t = t, .disk = d->name, .host = host};
+    lockd_holder_info hi;
     int32_t pid = 0;
     char spid[16];
-    int state = lockd_probe(space, d->key, &pid), r = 0;
+    int state = lockd_probe(space, d->key, &pid), r = 0, rec;
 
+    if (!host[0] && gethostname(host, sizeof(host) - 1) < 0)
+        host[0] = '\0';
     if (state < 0) {
         /* Still one object, so that the document stays JSON. */
         if (o->json) {
@@ -1338,7 +1410,7 @@ who_one(const struct opts *o, const lockd_space *space, lockd_conn *conn,
             json_str(d->name);
             printf(",\"key\":\"%s\",\"state\":\"error\",\"error\":", d->key);
             json_str(lease_reason(state));
-            printf(",\"holders\":[]}");
+            printf(",\"holders\":[],\"record\":null}");
         }
         errorf("%s: %s", d->name, lease_reason(state));
         return EXIT_FAIL;
@@ -1355,21 +1427,40 @@ who_one(const struct opts *o, const lockd_space *space, lockd_conn *conn,
         r = lockd_conn_list(conn, 0, d->key, who_row, &c);
     if (r < 0)
         helper_error(o->socket, r);
-    if (c.count == 0 && pid > 0 && o->json)
-        printf("{\"pid\":%d,\"name\":null,\"uuid\":null,\"id\":null}", (int)pid);
-    else if (c.count == 0 && !o->json) {
+    rec = state == LOCKD_EXCLUSIVE && pid <= 0 && lockd_holder(space, d->key, &hi) == 0;
+    if (c.count == 0 && rec && o->json) {
+        printf("{\"pid\":%d,\"name\":", (int)hi.pid);
+        json_str(or_null(hi.owner));
+        printf(",\"uuid\":");
+        json_str(or_null(hi.uuid));
+        printf(",\"id\":null,\"host\":");
+        json_str(hi.host);
+        putchar('}');
+    } else if (c.count == 0 && pid > 0 && o->json)
+        printf("{\"pid\":%d,\"name\":null,\"uuid\":null,\"id\":null,\"host\":null}",
+               (int)pid);
+    else if (c.count == 0 && rec) {
+        snprintf(spid, sizeof(spid), "%d", (int)hi.pid);
+        table_add(t, d->name, c.state, spid, hi.owner, hi.uuid, hi.host);
+    } else if (c.count == 0 && !o->json) {
         snprintf(spid, sizeof(spid), "%d", (int)pid);
-        table_add(t, d->name, c.state, pid > 0 ? spid : "", "", "");
+        table_add(t, d->name, c.state, pid > 0 ? spid : "", "", "", pid > 0 ? host : "");
     }
-    if (o->json)
-        printf("]}");
+    if (o->json) {
+        printf("],\"record\":");
+        if (rec)
+            record_json(&hi);
+        else
+            printf("null");
+        putchar('}');
+    }
     return r < 0 ? helper_status(r) : 0;
 }
 
 static int
 cmd_who(const struct opts *o, int argc, char **argv)
 {
-    struct table t = {.ncols = 5};
+    struct table t = {.ncols = 6};
     lockd_space *space = NULL;
     lockd_conn *conn = NULL;
     struct disk *d = NULL;
@@ -1391,7 +1482,7 @@ cmd_who(const struct opts *o, int argc, char **argv)
         errorf("note: holders are not named");
         worst = helper_status(r);
     }
-    table_add(&t, "DISK", "STATE", "PID", "NAME", "UUID");
+    table_add(&t, "DISK", "STATE", "PID", "NAME", "UUID", "HOST");
     if (o->json)
         printf("{\"disks\":[");
     for (i = 0; i < argc; i++) {

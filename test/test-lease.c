@@ -844,16 +844,25 @@ test_ofd_forget_keeps_other_copy(void)
  */
 
 static void
-check_lease_file(lockd_space *space, const char *key, int fd)
+check_lease_file(lockd_space *space, const char *key, int fd, int record)
 {
     struct stat st, byname;
     int flags = fcntl(fd, F_GETFD);
+    lockd_holder_info hi;
 
     ASSERT_OK(sys(flags));
     ASSERT_TRUE(flags & FD_CLOEXEC);
     ASSERT_OK(sys(fstat(fd, &st)));
     ASSERT_TRUE(S_ISREG(st.st_mode));
-    ASSERT_INT_EQ(st.st_size, 0);
+    /* Empty, as virtlockd makes them, until held exclusively: then the
+     * holder record (test_holder_records). */
+    if (record) {
+        ASSERT_OK(lockd_holder(space, key, &hi));
+        ASSERT_TRUE(st.st_size > 0 && st.st_size < 4096);
+    } else {
+        ASSERT_ERR(lockd_holder(space, key, &hi), ENODATA);
+        ASSERT_INT_EQ(st.st_size, 0);
+    }
     ASSERT_INT_EQ(st.st_mode & 07777, 0600);
     ASSERT_INT_EQ(st.st_uid, geteuid());
     ASSERT_OK(sys(fstatat(lockd_space_fd(space), key, &byname, AT_SYMLINK_NOFOLLOW)));
@@ -876,13 +885,93 @@ test_lease_fd_and_file(void)
     three_keys(keys);
     ASSERT_OK(lockd_acquire(space, 3, k, modes, LOCKD_TRY, &lease));
     for (i = 0; i < 3; i++)
-        check_lease_file(space, keys[i], lockd_lease_fd(lease, i));
+        check_lease_file(space, keys[i], lockd_lease_fd(lease, i), i != 1);
     ASSERT_OK(lockd_lease_release(lease));
     /* Existing files are reused as they are, and still fine. */
     ASSERT_OK(lockd_acquire(space, 3, k, NULL, LOCKD_TRY, &lease));
     for (i = 0; i < 3; i++)
-        check_lease_file(space, keys[i], lockd_lease_fd(lease, i));
+        check_lease_file(space, keys[i], lockd_lease_fd(lease, i), 1);
     ASSERT_OK(lockd_lease_release(lease));
+    lockd_space_close(space);
+}
+
+/*
+ * Holder records: each exclusive grant writes one (host, machine-id, pid,
+ * since, version, epoch, generation), lockd_lease_set_holder() names the
+ * owner and the disk without a new generation, the generation counts
+ * exclusive grants of one file under one epoch, a shared grant writes
+ * nothing, a file made again starts a new epoch, and what a client wrote
+ * is escaped and bounded.
+ */
+static void
+test_holder_records(void)
+{
+    lockd_space *space = space_open();
+    char key[LOCKD_KEY_SIZE], host[256], longname[2000], evil[] = "web\n<0>1\\";
+    const char *k[] = {key}, *names[] = {longname};
+    const int shared[] = {LOCKD_SHARED};
+    lockd_lease *lease = NULL;
+    lockd_holder_info hi, first;
+    struct stat st;
+    uint64_t epoch;
+
+    key_of("/vm/record.img", key);
+    ASSERT_ERR(lockd_holder(space, key, &hi), ENOENT);
+    ASSERT_OK(sys(gethostname(host, sizeof(host))));
+    ASSERT_OK(lockd_acquire(space, 1, k, NULL, LOCKD_TRY, &lease));
+    ASSERT_OK(lockd_holder(space, key, &first));
+    ASSERT_STR_EQ(first.host, host);
+    ASSERT_INT_EQ(strlen(first.machine_id), 32);
+    ASSERT_INT_EQ(first.pid, getpid());
+    ASSERT_STR_EQ(first.owner, "");
+    ASSERT_STR_EQ(first.version, lockd_version());
+    ASSERT_INT_EQ(first.generation, 1);
+    ASSERT_TRUE(first.epoch != 0);
+    ASSERT_TRUE(first.since > time(NULL) - 60 && first.since <= time(NULL));
+
+    memset(longname, 'n', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    ASSERT_OK(lockd_lease_set_holder(lease, evil, "6f1c2d3e-0000-4000-8000-00000000abcd", 4242,
+                                     names));
+    ASSERT_OK(lockd_holder(space, key, &hi));
+    ASSERT_STR_EQ(hi.owner, "web\\x0a<0>1\\"); /* the newline stays escaped */
+    ASSERT_STR_EQ(hi.uuid, "6f1c2d3e-0000-4000-8000-00000000abcd");
+    ASSERT_INT_EQ(hi.pid, 4242);
+    ASSERT_INT_EQ(strlen(hi.resource), LOCKD_HOLDER_NAME_MAX);
+    ASSERT_INT_EQ(hi.generation, 1);
+    ASSERT_INT_EQ(hi.epoch, first.epoch);
+    ASSERT_INT_EQ(lockd_lease_set_holder(lease, NULL, "not-a-uuid", 1, NULL), -EINVAL);
+    ASSERT_OK(lockd_lease_release(lease));
+    /* Free again: the record stays, and names its last holder. */
+    ASSERT_OK(lockd_holder(space, key, &hi));
+    ASSERT_INT_EQ(hi.pid, 4242);
+
+    /* The next exclusive grant: the next generation, a record of its own,
+     * and no tail of the longer one before it. */
+    ASSERT_OK(lockd_acquire(space, 1, k, NULL, LOCKD_TRY, &lease));
+    ASSERT_OK(lockd_holder(space, key, &hi));
+    ASSERT_INT_EQ(hi.generation, 2);
+    ASSERT_INT_EQ(hi.epoch, first.epoch);
+    ASSERT_STR_EQ(hi.owner, "");
+    ASSERT_STR_EQ(hi.resource, "");
+    ASSERT_OK(sys(fstat(lockd_lease_fd(lease, 0), &st)));
+    ASSERT_TRUE(st.st_size < 400);
+    ASSERT_OK(lockd_lease_release(lease));
+    /* A shared grant writes nothing. */
+    ASSERT_OK(lockd_acquire(space, 1, k, shared, LOCKD_TRY, &lease));
+    ASSERT_OK(lockd_lease_release(lease));
+    ASSERT_OK(lockd_holder(space, key, &hi));
+    ASSERT_INT_EQ(hi.generation, 2);
+    /* A file made again (gc removed it) starts a new epoch. */
+    epoch = hi.epoch;
+    ASSERT_OK(lockd_gc(space, NULL, NULL, NULL, NULL));
+    ASSERT_ERR(lockd_holder(space, key, &hi), ENOENT);
+    ASSERT_OK(lockd_acquire(space, 1, k, NULL, LOCKD_TRY, &lease));
+    ASSERT_OK(lockd_holder(space, key, &hi));
+    ASSERT_INT_EQ(hi.generation, 1);
+    ASSERT_TRUE(hi.epoch != epoch);
+    ASSERT_OK(lockd_lease_release(lease));
+    ASSERT_ERR(lockd_holder(space, "nokey", &hi), EINVAL);
     lockd_space_close(space);
 }
 
@@ -913,5 +1002,6 @@ main(void)
     TEST_RUN(test_ofd_release_frees_other_copy);
     TEST_RUN(test_ofd_forget_keeps_other_copy);
     TEST_RUN(test_lease_fd_and_file);
+    TEST_RUN(test_holder_records);
     return test_done();
 }

@@ -1462,16 +1462,25 @@ test_resource(void)
 static void
 test_who(void)
 {
-    char want[LOCKD_KEY_SIZE], *flat;
+    char want[LOCKD_KEY_SIZE], host[256], spid[16], line[512], *flat;
     struct proc p;
     struct res r;
 
     case_env();
     make_lockspace(0);
-    hold(&p, "a.img", NULL, NULL);
+    ASSERT_OK(sys(gethostname(host, sizeof(host))));
+    spawn(&p, "run", "-n", "web1", "-u", "6f1c2d3e-0000-4000-8000-00000000abcd", "a.img", "--",
+          HOLD_CMD(0), (char *)NULL);
+    ASSERT_STR_EQ(proc_line(&p), "ready");
+    snprintf(spid, sizeof(spid), "%d", (int)p.pid);
+    /* No helper: the holder is named by the lease's holder record. */
     CTL_EXPECT(&r, 0, "who", "a.img", "b.img");
     ASSERT_TRUE(strncmp(r.out, "DISK ", 5) == 0);
-    ASSERT_CONTAINS(r.out, "/a.img  exclusive");
+    ASSERT_CONTAINS(r.out, "  HOST\n");
+    snprintf(line, sizeof(line),
+             "/a.img  exclusive  %s  web1  6f1c2d3e-0000-4000-8000-00000000abcd  %s\n", spid,
+             host);
+    ASSERT_CONTAINS(r.out, line);
     ASSERT_CONTAINS(r.out, "/b.img  free");
     ASSERT_INT_EQ(lines(r.out), 3);
     res_free(&r);
@@ -1481,12 +1490,36 @@ test_who(void)
     ASSERT_JSON(flat, ".disks#", "2");
     ASSERT_JSON(flat, ".disks[0].key", want);
     ASSERT_JSON(flat, ".disks[0].state", "exclusive");
-    ASSERT_JSON(flat, ".disks[0].holders#", "0");
+    ASSERT_JSON(flat, ".disks[0].holders#", "1");
+    ASSERT_JSON(flat, ".disks[0].holders[0].name", "web1");
+    ASSERT_JSON(flat, ".disks[0].holders[0].pid", spid);
+    ASSERT_JSON(flat, ".disks[0].holders[0].host", host);
+    ASSERT_JSON(flat, ".disks[0].record.owner", "web1");
+    ASSERT_JSON(flat, ".disks[0].record.host", host);
+    ASSERT_JSON(flat, ".disks[0].record.generation", "1");
+    ASSERT_TRUE(strstr(json_get(flat, ".disks[0].record.resource"), "/a.img") != NULL);
     ASSERT_JSON(flat, ".disks[1].state", "free");
+    ASSERT_JSON(flat, ".disks[1].record", "null");
     ASSERT_TRUE(strstr(json_get(flat, ".disks[1].disk"), "/b.img") != NULL);
     free(flat);
     res_free(&r);
+    /* The busy message names it too. */
+    CTL_EXPECT(&r, 75, "run", "a.img", "--", "true");
+    snprintf(line, sizeof(line),
+             "busy: held exclusively by web1 (uuid 6f1c2d3e-0000-4000-8000-00000000abcd, pid %s) "
+             "on host %s since ",
+             spid, host);
+    ASSERT_CONTAINS(r.err, line);
+    res_free(&r);
     ASSERT_INT_EQ(proc_finish(&p), 0);
+    /* A record whose lease is free names nobody. */
+    CTL_EXPECT(&r, 0, "--json", "who", "a.img");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".disks[0].state", "free");
+    ASSERT_JSON(flat, ".disks[0].holders#", "0");
+    ASSERT_JSON(flat, ".disks[0].record", "null");
+    free(flat);
+    res_free(&r);
 }
 
 /* A classic POSIX lock (virtlockd's) has a pid, and who names it. */

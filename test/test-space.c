@@ -232,15 +232,22 @@ acquire_one(lockd_space *s, const char *key, int mode, int timeout_ms)
 }
 
 static int
-acquire_two(lockd_space *s, const char *k1, const char *k2, int timeout_ms)
+acquire_two_mode(lockd_space *s, const char *k1, const char *k2, int timeout_ms, int mode)
 {
     const char *keys[] = { k1, k2 };
+    const int modes[] = { mode, mode };
     lockd_lease *l = NULL;
-    int r = lockd_acquire(s, 2, keys, NULL, timeout_ms, &l);
+    int r = lockd_acquire(s, 2, keys, modes, timeout_ms, &l);
 
     if (r == 0)
         lockd_lease_release(l);
     return r;
+}
+
+static int
+acquire_two(lockd_space *s, const char *k1, const char *k2, int timeout_ms)
+{
+    return acquire_two_mode(s, k1, k2, timeout_ms, LOCKD_EXCLUSIVE);
 }
 
 /* Create lease files for the keys, then let them go: they exist, unheld. */
@@ -1025,8 +1032,10 @@ emfile_child(void *arg)
     ASSERT_ERR(r, EMFILE);
     ASSERT_TRUE(s == UNTOUCHED(lockd_space));
     for (int extra = 0; extra <= 4 && ok_at < 0; extra++) {
+        /* Shared: an exclusive grant writes its holder record, a change
+         * to the tree that test_bad_input's check forbids. */
         set_nofile((rlim_t)(low + extra));
-        r = acquire_two(bc.space, bc.b, bc.c, LOCKD_TRY);
+        r = acquire_two_mode(bc.space, bc.b, bc.c, LOCKD_TRY, LOCKD_SHARED);
         set_nofile(saved.rlim_cur);
         if (r == 0)
             ok_at = extra;
