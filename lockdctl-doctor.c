@@ -475,8 +475,75 @@ doc_locks(struct doctor *doc, const lockd_space *space)
                 strerror(-r), strerrorname_np(-r) ? strerrorname_np(-r) : "?");
 }
 
+/*
+ * The helper's own verification, on this lockspace: a probe lease of a
+ * reserved resource name ("lockd-doctor probe HOST PID", never a disk's),
+ * taken exclusively, handed to the helper for this process (on-loss
+ * action: report, so the probe can never be acted on), released and its
+ * file removed.  A filesystem where the helper cannot prove a lock is held
+ * (a FUSE filesystem whose server keeps the locks, before lockd asked it)
+ * refuses it, and every real hand-over would be refused too.  Needs a
+ * lockspace whose settings file exists (doctor writes none) and that this
+ * user may create files in.
+ */
 static void
-doc_helper(struct doctor *doc)
+doc_helper_probe(struct doctor *doc, const lockd_space *ro, lockd_conn *conn)
+{
+    char host[256] = "", res[320], key[LOCKD_KEY_SIZE];
+    const char *keys[] = {key};
+    lockd_space *space = NULL;
+    lockd_lease *lease = NULL;
+    int r;
+
+    if (!lockd_space_recorded(ro)) {
+        doc_say(doc, DOC_NOTE, "helper",
+                "the helper's lease check was not tried: the lockspace has no settings file "
+                "yet, and doctor writes none (the first lockdctl run or acquire does)");
+        return;
+    }
+    (void)gethostname(host, sizeof(host) - 1);
+    snprintf(res, sizeof(res), "lockd-doctor probe %s %ld", host, (long)getpid());
+    r = lockd_key_resource(res, strlen(res), key);
+    if (r == 0)
+        r = lockd_space_open(doc->o->dir, doc->o->mode_flag, &space);
+    if (r == 0)
+        r = lockd_acquire(space, 1, keys, NULL, LOCKD_TRY, &lease);
+    if (r < 0) {
+        doc_say(doc, r == -EACCES || r == -EROFS || r == -EPERM ? DOC_NOTE : DOC_WARNING,
+                "helper",
+                "the helper's lease check was not tried: cannot create a probe lease in %s: "
+                "%s%s",
+                doc->o->dir, strerror(-r),
+                r == -EACCES || r == -EPERM
+                    ? " (a lockspace of another user: run doctor as its owner)"
+                    : "");
+        lockd_space_close(space);
+        return;
+    }
+    r = lockd_conn_register_on_loss(conn, (int32_t)getpid(), -1, NULL, "lockdctl doctor",
+                                    LOCKD_ON_LOSS_REPORT, NULL);
+    if (r == 0)
+        r = lockd_conn_handoff(conn, (int32_t)getpid(), lease, NULL, NULL);
+    if (r == 0)
+        (void)lockd_conn_release(conn, (int32_t)getpid(), 0, NULL);
+    (void)lockd_lease_release(lease);
+    (void)unlinkat(lockd_space_fd(space), key, 0);
+    lockd_space_close(space);
+    if (r == 0)
+        doc_say(doc, DOC_OK, "helper",
+                "the helper verified a probe lease here: it can hold leases on this "
+                "filesystem");
+    else if (r == -EBADFD)
+        doc_say(doc, DOC_ERROR, "helper",
+                "the helper refused a probe lease as not locked: it cannot verify locks on "
+                "this filesystem, and would refuse every lease handed to it here");
+    else
+        doc_say(doc, DOC_WARNING, "helper", "the helper's lease check failed: %s",
+                strerror(-r));
+}
+
+static void
+doc_helper(struct doctor *doc, const lockd_space *space)
 {
     const char *path = doc->o->socket;
     uint64_t owners = 0, leases = 0, stored = 0;
@@ -499,8 +566,8 @@ doc_helper(struct doctor *doc)
     r = lockd_conn_open(path, &conn);
     if (r == 0)
         r = lockd_conn_status(conn, &owners, &leases, &stored);
-    lockd_conn_close(conn);
     if (r < 0) {
+        lockd_conn_close(conn);
         doc_say(doc, DOC_ERROR, "helper",
                 "%s exists but no helper answers there: %s (is lockd-helper running? a "
                 "stale socket file?)",
@@ -511,6 +578,9 @@ doc_helper(struct doctor *doc)
             "lockd-helper answers at %s: %" PRIu64 " owners, %" PRIu64 " leases, %" PRIu64
             " in systemd's fd store",
             path, owners, leases, stored);
+    if (space)
+        doc_helper_probe(doc, space, conn);
+    lockd_conn_close(conn);
     if (stored < leases)
         doc_say(doc, DOC_NOTE, "helper",
                 "%" PRIu64
@@ -629,7 +699,7 @@ cmd_doctor(const struct opts *o, int argc, char **argv)
         doc_locks(&doc, space);
         doc_leases(&doc, space);
     }
-    doc_helper(&doc);
+    doc_helper(&doc, space);
     doc_fds(&doc);
     lockd_space_close(space);
     if (o->json)

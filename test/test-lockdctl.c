@@ -2123,11 +2123,24 @@ test_doctor_good(void)
     /* It changed nothing: no settings, no index, no scratch file. */
     assert_listing(space_dir(), before);
     ASSERT_INT_EQ(proc_finish(&p), 0);
-    /* With a helper answering. */
+    /* With a helper answering: it verifies a probe lease here, whose file
+     * is removed again (taking it made the lockspace's index, as any first
+     * lease does). */
     helper = helper_start();
     doctor(&d, 0);
     assert_doc_line(&d, "ok", "helper", "lockd-helper answers at");
+    assert_doc_line(&d, "ok", "helper", "the helper verified a probe lease here");
     doc_free(&d);
+    ASSERT_OK(sys(unlink(test_path("ls/.lockd-index"))));
+    assert_listing(space_dir(), before);
+    /* A lockspace this user cannot create files in: said plainly. */
+    ASSERT_OK(sys(chmod(space_dir(), 0555)));
+    if (geteuid() != 0) {
+        doctor(&d, 0);
+        assert_doc_line(&d, "note", "helper", "cannot create a probe lease");
+        doc_free(&d);
+    }
+    ASSERT_OK(sys(chmod(space_dir(), 0755)));
     helper_stop(helper);
     free(before);
 }
