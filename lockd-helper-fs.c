@@ -35,6 +35,8 @@ struct job {
                       * (F_RDLCK is 0) */
     uint64_t ticket; /* a check's: which answer is its */
     struct watch *watch; /* not NULL: a watch job (fd unused) */
+    char *name;          /* not NULL: fsw_name_is() of it (fd unused) */
+    uint64_t ino;        /* ... against this inode of the worker's device */
 };
 
 struct worker {
@@ -242,6 +244,17 @@ worker_main(void *arg)
         if (j.watch) {
             watch_run(w, j.watch);
             pthread_mutex_lock(&w->mu);
+        } else if (j.name) {
+            struct statx at;
+            int r = statx(AT_FDCWD, j.name, AT_SYMLINK_NOFOLLOW, STATX_TYPE | STATX_INO, &at) < 0
+                        ? (errno == ENOENT ? 0 : -errno)
+                        : S_ISREG(at.stx_mode) && at.stx_ino == j.ino &&
+                              makedev(at.stx_dev_major, at.stx_dev_minor) == w->dev;
+
+            free(j.name);
+            pthread_mutex_lock(&w->mu);
+            w->check_ticket = j.ticket;
+            w->check_result = r;
         } else if (j.check) {
             int r = prove_lock(j.fd, (short)(j.check - 1), 2);
 
@@ -595,6 +608,38 @@ fsw_answers(struct fsw_answer *out, size_t max)
         (void)write(answers.efd, &v, sizeof(v));
     }
     return n;
+}
+
+int
+fsw_name_is(const struct statx *stx, const char *path, int wait_ms)
+{
+    struct timespec until;
+    struct worker *w = worker_get(makedev(stx->stx_dev_major, stx->stx_dev_minor));
+    char *name = strdup(path);
+    uint64_t mine;
+    int r;
+
+    if (!w || !name) {
+        free(name);
+        return -ENOMEM;
+    }
+    pthread_mutex_lock(&w->mu);
+    if (stuck_locked(w, now_ns()) || push_locked(w, -1, 0) < 0) {
+        r = stuck_locked(w, now_ns()) ? -ETIMEDOUT : -ENOMEM;
+        pthread_mutex_unlock(&w->mu);
+        free(name);
+        return r;
+    }
+    mine = w->queued;
+    w->jobs[(w->head + w->count - 1) % w->cap].name = name;
+    w->jobs[(w->head + w->count - 1) % w->cap].ino = stx->stx_ino;
+    w->jobs[(w->head + w->count - 1) % w->cap].ticket = mine;
+    deadline_after(&until, wait_ms);
+    while (w->finished < mine && pthread_cond_timedwait(&w->done, &w->mu, &until) == 0)
+        ;
+    r = w->finished >= mine && w->check_ticket == mine ? w->check_result : -ETIMEDOUT;
+    pthread_mutex_unlock(&w->mu);
+    return r;
 }
 
 int

@@ -1888,9 +1888,26 @@ in_space(const struct conn *c, int fd, const char *key, const struct statx *stx)
     if (fd_path(fd, path, sizeof(path)) < 0)
         return 0;
     len = strlen(c->space_path);
-    return strncmp(path, c->space_path, len) == 0 &&
-           (len == 1 ? path[1] != '/' : path[len] == '/') &&
-           strcmp(path + len + (len > 1), key) == 0;
+    if (strncmp(path, c->space_path, len) != 0 ||
+        (len == 1 ? path[1] == '/' : path[len] != '/'))
+        return 0;
+    if (strcmp(path + len + (len > 1), key) == 0)
+        return 1;
+    /* The kernel's name of a FUSE file can read "<name> (deleted)" when it
+     * is not: a lookup through another dentry (two processes creating one
+     * lease file at once, found on GlusterFS) makes the kernel drop the
+     * first one.  The name is then looked up, by the worker, since the
+     * server may be asked. */
+    {
+        static const char del[] = " (deleted)";
+        size_t klen = strlen(key), at = len + (len > 1);
+
+        if (!fsw_is_fuse(stx) || strlen(path + at) != klen + sizeof(del) - 1 ||
+            strncmp(path + at, key, klen) != 0 || strcmp(path + at + klen, del) != 0)
+            return 0;
+        path[at + klen] = '\0';
+        return fsw_name_is(stx, path, PROVE_WAIT_MS) == 1;
+    }
 }
 
 /* Each hand-over item's statx, taken once by check_item(); check_ofds()
