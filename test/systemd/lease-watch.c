@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * lease-watch: probe the leases of some disks from a process that holds
- * nothing (lockd_probe(), F_OFD_GETLK), for test/check-systemd.
+ * nothing (lockd_probe(), F_OFD_GETLK), and lose one on purpose, for
+ * test/check-systemd.
  *
  * usage: lease-watch held DIR DISK...
  *            probe every disk in a tight loop until SIGTERM or SIGINT;
@@ -11,6 +12,12 @@
  *        lease-watch free SEC DIR DISK...
  *            wait until every disk is free, at most SEC seconds;
  *            exit status 0 all free, 1 timed out, 2 error.
+ *        lease-watch lose PID NAME DIR DISK
+ *            take DISK's lease and hand it to the helper (at the default
+ *            socket) for process PID, registered as NAME, keeping a copy;
+ *            then unlock the copy: the helper's fd is left without its
+ *            lock, as a lost lock on shared storage leaves it.
+ *            Exit status 0 done, 2 error.
  *
  * A shell loop of lockdctl calls is far too slow to see a lease dropped for a
  * moment while the helper restarts; this is not.  DIR is a verbatim lockspace
@@ -38,7 +45,8 @@ static int
 usage(void)
 {
     fprintf(stderr, "usage: lease-watch held DIR DISK...\n"
-                    "       lease-watch free SEC DIR DISK...\n");
+                    "       lease-watch free SEC DIR DISK...\n"
+                    "       lease-watch lose PID NAME DIR DISK\n");
     return 2;
 }
 
@@ -114,6 +122,40 @@ wait_free(const lockd_space *space, char (*keys)[LOCKD_KEY_SIZE], int n, double 
     }
 }
 
+static int
+lose(int pid, const char *name, const char *dir, const char *disk)
+{
+    char key[LOCKD_KEY_SIZE];
+    const char *keys[] = {key};
+    lockd_space *space = NULL;
+    lockd_lease *lease = NULL;
+    lockd_conn *conn = NULL;
+    int r;
+
+    r = lockd_space_open(dir, LOCKD_OPEN_CREATE | LOCKD_OPEN_VERBATIM, &space);
+    if (r == 0)
+        r = lockd_space_key(space, disk, key);
+    if (r == 0)
+        r = lockd_acquire(space, 1, keys, NULL, LOCKD_TRY, &lease);
+    if (r == 0)
+        r = lockd_conn_open(NULL, &conn);
+    if (r == 0)
+        r = lockd_conn_register(conn, pid, -1, NULL, name);
+    if (r == 0)
+        r = lockd_conn_handoff(conn, pid, lease, &disk, NULL);
+    if (r == 0)
+        r = lockd_lease_release(lease); /* unlocks the description: the helper's copy too */
+    else
+        (void)lockd_lease_release(lease);
+    lockd_conn_close(conn);
+    lockd_space_close(space);
+    if (r < 0) {
+        fprintf(stderr, "lease-watch: %s: %s\n", disk, strerror(-r));
+        return 2;
+    }
+    return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -122,6 +164,8 @@ main(int argc, char **argv)
     double sec = 0;
     int first, n, i, r;
 
+    if (argc == 6 && strcmp(argv[1], "lose") == 0)
+        return lose(atoi(argv[2]), argv[3], argv[4], argv[5]);
     if (argc >= 4 && strcmp(argv[1], "held") == 0)
         first = 2;
     else if (argc >= 5 && strcmp(argv[1], "free") == 0) {
