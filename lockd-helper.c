@@ -149,7 +149,8 @@ struct rdev {
     uint64_t dev;
     uint32_t nleases;   /* watched leases on it: held, not lost */
     uint32_t cursor;    /* the lease slot the next batch starts from */
-    uint32_t full_left; /* a full pass under way (a loss was found): leases to go */
+    uint32_t left;      /* leases still to check this period (or in a full pass,
+                         * after a loss was found), in batches */
     uint32_t batch;     /* the batch it waits for; 0: none */
     int64_t queued_ns, due_ns;
     uint8_t how;        /* FSW_WATCH_* */
@@ -1270,9 +1271,10 @@ lease_mark_lost(uint32_t slot, int err)
  *
  * A FUSE filesystem that sends locks to its server (GlusterFS) and NFS keep
  * the lock there, so fdinfo cannot see it go.  Each such filesystem (an
- * rdev) gets, every --check-period, one batch of its leases checked by its
- * worker (fsw_watch()): at least one lease, and enough that every lease is
- * checked within WATCH_SWEEP_NS.  One lease per period is enough to notice
+ * rdev) gets, every --check-period, its share of leases checked by its
+ * worker (fsw_watch(), in batches of WATCH_BATCH one after the other): at
+ * least one lease, and enough that every lease is checked within
+ * WATCH_SWEEP_NS.  One lease per period is enough to notice
  * a client that lost its server: GlusterFS then fails every call on every
  * lock fd of that client (ENOTCONN, then EBADFD), and a loss found starts a
  * full pass over the filesystem's leases at once, batch after batch.  A
@@ -1340,24 +1342,15 @@ rdev_overdue(uint32_t k)
             lease_mark_lost(i, -ETIMEDOUT);
 }
 
-/* Queue rdev k's next batch; returns how many leases it holds. */
+/* Queue rdev k's next batch of r->left; returns how many leases it holds. */
 static uint32_t
 rdev_batch(struct rdev *r, uint32_t k, int64_t now)
 {
     int fds[WATCH_BATCH];
     short types[WATCH_BATCH];
     uint64_t tags[WATCH_BATCH];
-    uint32_t want, n = 0, seen;
+    uint32_t want = r->left < WATCH_BATCH ? r->left : WATCH_BATCH, n = 0, seen;
 
-    if (r->full_left)
-        want = r->full_left;
-    else /* this period's share of a sweep */
-        want = (uint32_t)(((uint64_t)r->nleases * (uint64_t)H.check_period_ns +
-                           WATCH_SWEEP_NS - 1) / WATCH_SWEEP_NS);
-    if (want > WATCH_BATCH)
-        want = WATCH_BATCH;
-    if (want == 0)
-        want = 1;
     for (seen = 0; n < want && seen < H.nlease_slots; seen++, r->cursor++) {
         const struct lease *l;
 
@@ -1374,8 +1367,7 @@ rdev_batch(struct rdev *r, uint32_t k, int64_t now)
         types[n] = l->mode == LOCKD_SHARED ? F_RDLCK : F_WRLCK;
         tags[n++] = lease_id(r->cursor);
     }
-    if (r->full_left)
-        r->full_left = n >= r->full_left ? 0 : r->full_left - n;
+    r->left = n >= r->left || n < want ? 0 : r->left - n;
     if (n == 0)
         return 0;
     if (++H.watch_batches == 0)
@@ -1411,12 +1403,15 @@ watch_step(void)
         }
         if (!r->nleases)
             continue;
-        if (r->full_left || now >= r->due_ns) {
-            if (!r->full_left)
-                r->due_ns = now + H.check_period_ns;
-            if (rdev_batch(r, k, now) > 0 && r->queued_ns + H.check_timeout_ns < due)
-                due = r->queued_ns + H.check_timeout_ns;
+        if (!r->left && now >= r->due_ns) { /* this period's share of a sweep */
+            uint64_t share = ((uint64_t)r->nleases * (uint64_t)H.check_period_ns +
+                              WATCH_SWEEP_NS - 1) / WATCH_SWEEP_NS;
+
+            r->left = share ? (uint32_t)share : 1;
+            r->due_ns = now + H.check_period_ns;
         }
+        if (r->left && rdev_batch(r, k, now) > 0 && r->queued_ns + H.check_timeout_ns < due)
+            due = r->queued_ns + H.check_timeout_ns;
         if (!r->batch && r->due_ns < due)
             due = r->due_ns;
     }
@@ -1450,7 +1445,7 @@ on_watch(void)
             k = H.leases[slot].rdev;
             lease_mark_lost(slot, a[i].result);
             if (k) /* look at every other lease on that filesystem, now */
-                H.rdevs[k - 1].full_left = H.rdevs[k - 1].nleases;
+                H.rdevs[k - 1].left = H.rdevs[k - 1].nleases;
         }
     H.watch_due_ns = 0;
     watch_step();
@@ -2594,7 +2589,8 @@ on_conn(struct conn *c)
  * A state is a header and a sequence of records in a memfd:
  *   header  "lockdst\0", u32 version, u32 0, u64 start, u64 end
  *   records u8 type, u16 length, body; between start and end
- *     OWNER   i32 pid, u64 gen, u32 uid, i32 pidfd, u8 flags, uuid, str name
+ *     OWNER   i32 pid, u64 gen, u32 uid, i32 pidfd, u8 flags, uuid, str name,
+ *             u8 on_loss, u8 acted, u32 hook uid, str hook
  *     GONE    i32 pid, u64 gen                 an owner removed
  *     LEASE   u32 slot, u64 gen, i32 fd, i32 owner pid, u8 flags, u8 mode,
  *             key, str disk, u64 owner gen, u32 uid (that handed it over),
@@ -2604,7 +2600,9 @@ on_conn(struct conn *c)
  *                                              client, lock kept (0)
  *   flags: bit 0, the fd is in systemd's fd store (under its own name, an
  *   older release's way); LEASE bit 1, its lock was proven by asking its
- *   FUSE server (struct lease's asked)
+ *   FUSE server (struct lease's asked); bit 2, its filesystem is local
+ *   (struct lease's local).  Fields past the first release's end a record
+ *   and are read only when present.
  *     LISTEN  i32 fd, i32 bound (the helper bound the socket path itself)
  *     CONN    i32 fd, u32 uid, i32 pid
  *     GEN     u64 next generation
@@ -2679,7 +2677,7 @@ rec_lease(struct proto_wr *wr, uint32_t slot, int with_fds)
     wr_u64(wr, l->gen);
     wr_i32(wr, with_fds ? l->fd : -1);
     wr_i32(wr, H.owners[l->owner].pid);
-    wr_u8(wr, (uint8_t)(l->named | l->asked << 1));
+    wr_u8(wr, (uint8_t)(l->named | l->asked << 1 | l->local << 2));
     wr_u8(wr, l->mode);
     wr_put(wr, l->key, PROTO_KEY_BYTES);
     wr_cstr(wr, l->disk);
@@ -3063,6 +3061,9 @@ restore_lease(struct proto_rd *rd, struct adopt *a)
     l->mode = mode;
     l->named = a->reexec ? flags & 1 : by_name;
     l->asked = (flags >> 1) & 1; /* after a crash lease_verify_all() asks again */
+    /* Its filesystem's kind, known at its hand-over: lease_watch() need not
+     * look again (a statx each, 20 ms of a re-exec at 19,000 leases). */
+    l->local = (flags >> 2) & 1;
     memcpy(l->key, key, PROTO_KEY_BYTES);
     lease_link(slot);
     return 0;
