@@ -53,6 +53,7 @@ struct ctx {
     const char *name;      /* the one existing lease (key) */
     const char *path;      /* a disk path, for the key figures */
     char (*keys)[LOCKD_KEY_SIZE];
+    const lockd_lease *lease; /* a held lease, for the check figure */
 };
 
 /* One operation of a figure; i counts operations within the round. */
@@ -88,6 +89,25 @@ lockd_existing(struct ctx *c, size_t i)
     (void)i;
     BENCH_OK(lockd_acquire(c->space, 1, keys, NULL, LOCKD_TRY, &lease));
     BENCH_OK(lockd_lease_release(lease));
+}
+
+static void
+lockd_existing_shared(struct ctx *c, size_t i)
+{
+    const char *keys[] = { c->name };
+    const int modes[] = { LOCKD_SHARED };
+    lockd_lease *lease;
+
+    (void)i;
+    BENCH_OK(lockd_acquire(c->space, 1, keys, modes, LOCKD_TRY, &lease));
+    BENCH_OK(lockd_lease_release(lease));
+}
+
+static void
+lockd_check(struct ctx *c, size_t i)
+{
+    (void)i;
+    BENCH_OK(lockd_lease_check(c->lease, 0));
 }
 
 static void
@@ -214,6 +234,67 @@ bench_existing(lockd_space *space)
     return bench_print_ratio("lockd: acquire + release existing (TRY, 1 key)",
                              bench_median(lk, BENCH_ROUNDS), bench_median(fl, BENCH_ROUNDS),
                              "floor A", 1.7);
+}
+
+/*
+ * What the holder record costs an exclusive acquire: the same lease taken
+ * shared (which writes no record) against exclusive, in one run, and each
+ * against floor A.  No goal.
+ */
+static void
+bench_record(lockd_space *space, size_t ops, int rounds)
+{
+    char key[LOCKD_KEY_SIZE];
+    double fl[BENCH_ROUNDS], ex[BENCH_ROUNDS], sh[BENCH_ROUNDS], f, e, h;
+    struct ctx c = { .space = space, .dfd = lockd_space_fd(space), .name = key };
+    int r;
+
+    BENCH_OK(lockd_key_resource("bench-record", 12, key));
+    lockd_existing(&c, 0);
+    for (r = 0; r < rounds; r++) {
+        time_pair(floor_existing, &c, lockd_existing, &c, ops, &fl[r], &ex[r]);
+        sh[r] = time_round(lockd_existing_shared, &c, ops);
+    }
+    f = bench_median(fl, (size_t)rounds);
+    e = bench_median(ex, (size_t)rounds);
+    h = bench_median(sh, (size_t)rounds);
+    printf("%-*s %10.0f ns/op  %5.2fx floor A (no goal)\n", BENCH_LABEL_WIDTH,
+           "lockd: exclusive, holder record written", e, e / f);
+    printf("%-*s %10.0f ns/op  %5.2fx floor A (no goal)\n", BENCH_LABEL_WIDTH,
+           "lockd: shared (writes no record)", h, h / f);
+    printf("%-*s %10.0f ns/op  %5.2fx floor A (no goal)\n", BENCH_LABEL_WIDTH,
+           "  the record: exclusive - shared", e - h, (e - h) / f);
+}
+
+/*
+ * --space DIR: the figures that matter on another filesystem (a GlusterFS
+ * mount, from check-cluster --bench): floor A, exclusive with its record,
+ * shared, and lockd_lease_check() of a held lease.  Few operations: one
+ * lock there is a network round trip.
+ */
+static int
+bench_space(const char *dir)
+{
+    lockd_space *space;
+    lockd_lease *lease;
+    char key[LOCKD_KEY_SIZE];
+    const char *keys[] = { key };
+    struct ctx c = { 0 };
+    double ck[5];
+    int r;
+
+    BENCH_OK(lockd_space_open(dir, LOCKD_OPEN_CREATE, &space));
+    printf("# lockspace %s (%s)\n", dir, bench_fs_name(dir));
+    bench_record(space, 200, 5);
+    BENCH_OK(lockd_key_resource("bench-check", 11, key));
+    BENCH_OK(lockd_acquire(space, 1, keys, NULL, LOCKD_TRY, &lease));
+    c.lease = lease;
+    for (r = 0; r < 5; r++)
+        ck[r] = time_round(lockd_check, &c, 200);
+    bench_print_ns("lockd_lease_check of a held lease", bench_median(ck, 5));
+    BENCH_OK(lockd_lease_release(lease));
+    lockd_space_close(space);
+    return 0;
 }
 
 /* Key derivation in each mode; no floor, no goal. */
@@ -395,8 +476,12 @@ main(int argc, char **argv)
     double create_ns;
     int missed = 0;
 
+    if (argc == 3 && strcmp(argv[1], "--space") == 0) {
+        setvbuf(stdout, NULL, _IOLBF, 0);
+        return bench_space(argv[2]);
+    }
     if (argc > 2 || (argc == 2 && strcmp(argv[1], "--full") != 0)) {
-        fprintf(stderr, "usage: %s [--full]\n", argv[0]);
+        fprintf(stderr, "usage: %s [--full | --space DIR]\n", argv[0]);
         return 1;
     }
     full = argc == 2;
@@ -405,6 +490,7 @@ main(int argc, char **argv)
     bench_header("bench-lease: lockd leases against the bare system calls", argc, argv);
     BENCH_OK(lockd_space_open(bench_path("space"), LOCKD_OPEN_CREATE, &space));
     missed += !bench_existing(space);
+    bench_record(space, EXISTING_OPS, BENCH_ROUNDS);
     bench_keys(space);
     missed += !bench_new(space, &create_ns);
     bench_gc(create_ns);
