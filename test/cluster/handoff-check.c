@@ -7,6 +7,7 @@
  *
  *   handoff-check SOCKET LOCKSPACE RESOURCE free
  *   handoff-check SOCKET LOCKSPACE RESOURCE taken LKHOLD OTHER-PATH
+ *   handoff-check SOCKET LOCKSPACE RESOURCE notice
  *
  * Takes RESOURCE's lease in LOCKSPACE, unlocks its fd behind the library's
  * back, and hands it over for this process.  "taken": first another holder
@@ -14,6 +15,13 @@
  * host: LKHOLD ofd w OTHER-PATH), so that the file is locked, but not by
  * the fd handed over.  Prints the hand-over's result ("refused: ...") and
  * exits 0 if it was refused with EBADFD, 1 otherwise.
+ *
+ * "notice": the release of a manager that keeps its copies.  Takes the
+ * lease, hands it over for this process (on-loss action report: the
+ * helper may see the lease lost between the unlock and the notice), then
+ * releases its own copy (which frees the lease) and sends the one-way
+ * release notice, and waits until the helper holds nothing.  Prints
+ * "released" and exits 0, or 1.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -56,6 +64,30 @@ hold_elsewhere(const char *lkhold, const char *path)
     return pid;
 }
 
+static int
+notice(lockd_conn *conn, lockd_lease *lease)
+{
+    uint64_t id, leases = 1;
+    int r, i;
+
+    r = lockd_conn_register_on_loss(conn, getpid(), -1, NULL, "handoff-check",
+                                    LOCKD_ON_LOSS_REPORT, NULL);
+    if (r == 0)
+        r = lockd_conn_handoff(conn, getpid(), lease, NULL, &id);
+    if (r == 0)
+        r = lockd_lease_release(lease);
+    if (r == 0)
+        r = lockd_conn_release_notice(conn, getpid(), 1, &id);
+    for (i = 0; r == 0 && leases > 0 && i < 500; i++) {
+        r = lockd_conn_status(conn, NULL, &leases, NULL);
+        if (r == 0 && leases > 0)
+            usleep(10000);
+    }
+    printf(r == 0 && leases == 0 ? "released\n" : "not released: %s\n",
+           r < 0 ? strerror(-r) : "the helper still holds it");
+    return r == 0 && leases == 0 ? 0 : 1;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -68,9 +100,9 @@ main(int argc, char **argv)
     pid_t other = 0;
     int r;
 
-    if (argc < 5 || (strcmp(argv[4], "free") != 0 &&
+    if (argc < 5 || (strcmp(argv[4], "free") != 0 && strcmp(argv[4], "notice") != 0 &&
                      (strcmp(argv[4], "taken") != 0 || argc != 7))) {
-        fprintf(stderr, "usage: handoff-check SOCKET LOCKSPACE RESOURCE free|taken "
+        fprintf(stderr, "usage: handoff-check SOCKET LOCKSPACE RESOURCE free|notice|taken "
                         "[LKHOLD OTHER-PATH]\n");
         return 2;
     }
@@ -81,6 +113,12 @@ main(int argc, char **argv)
         (r = lockd_conn_register(conn, getpid(), -1, NULL, "handoff-check")) < 0) {
         fprintf(stderr, "handoff-check: set-up: %s\n", strerror(-r));
         return 2;
+    }
+    if (strcmp(argv[4], "notice") == 0) {
+        r = notice(conn, lease);
+        lockd_conn_close(conn);
+        lockd_space_close(space);
+        return r;
     }
     if (fcntl(lockd_lease_fd(lease, 0), F_OFD_SETLK, &fl) < 0) {
         fprintf(stderr, "handoff-check: unlock: %s\n", strerror(errno));
