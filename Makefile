@@ -160,7 +160,7 @@ check-asan: deps
 # fetches a valgrind that knows the pidfd calls.
 VALGRIND_TESTS = test/test-helper test/test-lockdctl
 VALGRIND_FLAGS = -q --error-exitcode=99 --leak-check=full --show-leak-kinds=definite \
-	--errors-for-leak-kinds=definite --trace-children=yes --track-fds=no
+	--errors-for-leak-kinds=definite --trace-children=yes --track-fds=no --vgdb=no
 
 check-valgrind: deps
 	@$(MAKE) --no-print-directory lockd-helper lockdctl $(VALGRIND_TESTS)
