@@ -143,12 +143,13 @@ prove_lock(int fd, short type, int rounds)
 }
 
 /*
- * An NFS lease fd that fdinfo shows locked: F_OFD_GETLK asks the server
- * for a conflicting lock (another host's), and a re-assert of the lock
- * this description holds reaches the server with the lock's state, which a
- * client that lost it (lease expired, server restarted past its grace)
- * answers with an error.  Not proven on a real NFS server here (no kernel
- * NFS client on the test machine): lockd-helper(8), "Shared storage".
+ * An NFS lease fd: F_OFD_GETLK through it goes to the server (LOCKT) when
+ * this client sees no conflict itself, and names another host's lock:
+ * one granted the disk after this client lost the lock's state (lease
+ * expired, server restarted past its grace).  Never a lock taken: a
+ * re-assert could take again a lock its manager just let go.  Not proven
+ * on a real NFS server here (no kernel NFS client on the test machine):
+ * lockd-helper(8), "Shared storage".
  */
 static int
 watch_nfs(int fd, short type)
@@ -157,12 +158,7 @@ watch_nfs(int fd, short type)
 
     if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
         return -errno;
-    if (fl.l_type != F_UNLCK)
-        return 0;
-    fl = (struct flock){.l_type = type, .l_whence = SEEK_SET, .l_len = 1};
-    if (fcntl(fd, F_OFD_SETLK, &fl) < 0)
-        return errno == EAGAIN ? 0 : -errno;
-    return 1;
+    return fl.l_type == F_UNLCK;
 }
 
 /* Queue one answer for the loop; a full ring grows, and out of memory the

@@ -93,10 +93,8 @@ int fsw_is_nfs(const struct statx *stx);
  *                   conflicting lock, or an error: lost) and through a
  *                   second open file description of the file (nobody's
  *                   lock at all: lost); never locks anything
- *   FSW_WATCH_NFS   F_OFD_GETLK through the fd, then F_OFD_SETLK of the
- *                   same type through it: a re-assert of a lock fdinfo
- *                   shows held, which an NFS client that lost the lock's
- *                   state answers with an error (EIO)
+ *   FSW_WATCH_NFS   F_OFD_GETLK through the fd, which the client asks
+ *                   the server: another host's lock, or an error, is lost
  * The job goes to dev's worker.  Each fd's answer, and then one with tag 0
  * and result batch (the job is done), are queued for fsw_answers(); fsw_answer_fd() becomes readable.
  * Returns 0, or -errno (the copies are closed).

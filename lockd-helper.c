@@ -118,6 +118,7 @@ struct owner {
     uint8_t on_loss; /* LOCKD_ON_LOSS_*: what owner_act() does */
     uint8_t acted;   /* it did it: once per owner */
     int64_t act_due_ns; /* a loss found in fdinfo: act then if still lost; 0: none */
+    int act_err;        /* the loss's error for that late action (0: fdinfo's) */
     uint32_t stash_seq; /* as a lease's */
     uint32_t hook_uid;  /* who registered the hook: it runs as that uid */
     uint8_t uuid[PROTO_UUID_BYTES];
@@ -1203,9 +1204,8 @@ set_name(char **dst, const char *s, size_t len)
  * server through their filesystem (lease_watch(), watch_step()).  A lease
  * found not held is lost: listed as LOCKD_LOST, logged at <2> with its
  * owner, disk and errno, left out of the held counts, and its owner's
- * action runs (owner_act()).  A check never locks or unlocks (the one
- * exception, NFS's re-assert of a lock fdinfo shows held, is in
- * lockd-helper-fs.c), and a lost lease is never taken again.
+ * action runs (owner_act()).  A check never locks or unlocks, and a lost
+ * lease is never taken again.
  */
 
 static void owner_act(struct owner *o, uint32_t slot, int err, char *what, size_t size);
@@ -1220,7 +1220,6 @@ static void owner_act(struct owner *o, uint32_t slot, int err, char *what, size_
  * by then (act_due()).  A loss found through the filesystem is acted on at
  * once: there the guest is writing a disk another host may be granted.
  */
-#define ACT_NOW (-1)
 
 /* Why a lease is lost, for its log line: err is 0 (no lock found), or the
  * -errno its filesystem answered, or -ETIMEDOUT (no answer in time). */
@@ -1229,6 +1228,8 @@ loss_reason(int err, char *buf, size_t size)
 {
     if (err == 0)
         snprintf(buf, size, "its lock is gone");
+    else if (err == -ENOLCK)
+        snprintf(buf, size, "its filesystem's server shows it not held (ENOLCK)");
     else if (err == -ETIMEDOUT)
         snprintf(buf, size, "its filesystem did not answer a check within %lld ms (ETIMEDOUT)",
                  (long long)(H.check_timeout_ns / 1000000));
@@ -1252,6 +1253,7 @@ lease_mark_lost(uint32_t slot, int err)
     if (err == 0 && !o->acted) {
         if (!o->act_due_ns) {
             o->act_due_ns = mono_ns() + H.check_period_ns;
+            o->act_err = 0;
             H.nact_due++;
         }
         snprintf(what, sizeof(what), "its on-loss action follows in %lld ms unless it is released",
@@ -1310,8 +1312,18 @@ lease_watch(uint32_t slot)
     if (!how)
         return;
     dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
-    for (i = 0; i < H.nrdevs && H.rdevs[i].dev != dev; i++)
+    /* A device number comes back for another mount once one is gone (FUSE,
+     * NFS): an entry is its filesystem's only while it has leases or a
+     * batch under way; an idle one is taken for the next. */
+    for (i = 0; i < H.nrdevs && !(H.rdevs[i].dev == dev && H.rdevs[i].how == how &&
+                                  (H.rdevs[i].nleases || H.rdevs[i].batch));
+         i++)
         ;
+    if (i == H.nrdevs)
+        for (i = 0; i < H.nrdevs && (H.rdevs[i].nleases || H.rdevs[i].batch); i++)
+            ;
+    if (i < H.nrdevs && !H.rdevs[i].nleases && !H.rdevs[i].batch)
+        H.rdevs[i] = (struct rdev){.dev = dev, .how = (uint8_t)how};
     if (i == H.nrdevs) {
         if (H.nrdevs == RDEV_MAX) {
             log_err("lease %llu not watched: more than %d network filesystems",
@@ -1380,6 +1392,8 @@ rdev_batch(struct rdev *r, uint32_t k, int64_t now)
     return n;
 }
 
+static void watch_drain(void);
+
 static void
 watch_step(void)
 {
@@ -1388,6 +1402,9 @@ watch_step(void)
 
     if (now < H.watch_due_ns)
         return;
+    /* Answers that came while the loop was busy elsewhere are not late:
+     * taken in before any batch is judged overdue. */
+    watch_drain();
     for (k = 0; k < H.nrdevs; k++) {
         struct rdev *r = &H.rdevs[k];
 
@@ -1418,9 +1435,10 @@ watch_step(void)
     H.watch_due_ns = due;
 }
 
-/* The watch's answers (TAG_WATCH). */
+/* Take the watch's answers in: each lease found lost is marked so (and
+ * starts a pass over its filesystem), each batch answered is done. */
 static void
-on_watch(void)
+watch_drain(void)
 {
     struct fsw_answer a[256];
     size_t n, i;
@@ -1443,10 +1461,19 @@ on_watch(void)
                 a[i].result == -EINTR)
                 continue;
             k = H.leases[slot].rdev;
-            lease_mark_lost(slot, a[i].result);
+            /* 0: the server shows no lock of this lease's, or another's:
+             * found through the filesystem, so acted on at once. */
+            lease_mark_lost(slot, a[i].result == 0 ? -ENOLCK : a[i].result);
             if (k) /* look at every other lease on that filesystem, now */
                 H.rdevs[k - 1].left = H.rdevs[k - 1].nleases;
         }
+}
+
+/* The watch's answers (TAG_WATCH). */
+static void
+on_watch(void)
+{
+    watch_drain();
     H.watch_due_ns = 0;
     watch_step();
 }
@@ -1520,11 +1547,11 @@ sweep_step(void)
 static int
 pidfd_signal(int pidfd, pid_t pid, int sig)
 {
-    if (syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) == 0)
+    if (pidfd >= 0 && syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) == 0)
         return 0;
-    if (errno != ENOSYS)
+    if (pidfd >= 0 && errno != ENOSYS)
         return negerrno();
-    if (pidfd_dead(pidfd))
+    if (pidfd >= 0 && pidfd_dead(pidfd))
         return -ESRCH;
     return kill(pid, sig) < 0 ? negerrno() : 0;
 }
@@ -1586,14 +1613,12 @@ hook_start(const struct owner *o, const struct lease *l, int err)
         execve("/bin/sh", argv, envp);
         _exit(127);
     }
+    /* Without a pidfd (out of fds) it is still tracked: hooks_check()
+     * reaps it and kills it at its deadline by pid. */
     pidfd = xpidfd_open(pid);
-    if (pidfd < 0) {
-        /* Not watched, so not killed at its deadline; reaped by a later
-         * hook's waitpid(-1) at worst. */
-        return pid;
-    }
     ev.data.u64 = TAG_HOOK | (uint32_t)pid;
-    (void)epoll_ctl(H.epoll_fd, EPOLL_CTL_ADD, pidfd, &ev);
+    if (pidfd >= 0)
+        (void)epoll_ctl(H.epoll_fd, EPOLL_CTL_ADD, pidfd, &ev);
     H.hooks[H.nhooks++] =
         (struct hook){.pid = pid, .pidfd = pidfd, .due_ns = mono_ns() + H.hook_timeout_ns,
                       .owner_pid = o->pid};
@@ -1617,8 +1642,10 @@ hook_done(pid_t pid)
     else
         log_warn("on-loss hook of owner pid %d (pid %d) killed by signal %d",
                  (int)H.hooks[i].owner_pid, (int)pid, WTERMSIG(st));
-    (void)epoll_ctl(H.epoll_fd, EPOLL_CTL_DEL, H.hooks[i].pidfd, NULL);
-    safe_close(H.hooks[i].pidfd);
+    if (H.hooks[i].pidfd >= 0) {
+        (void)epoll_ctl(H.epoll_fd, EPOLL_CTL_DEL, H.hooks[i].pidfd, NULL);
+        safe_close(H.hooks[i].pidfd);
+    }
     H.hooks[i] = H.hooks[--H.nhooks];
 }
 
@@ -1628,7 +1655,14 @@ hooks_check(int64_t now)
 {
     uint32_t i;
 
-    for (i = 0; i < H.nhooks; i++)
+    for (i = 0; i < H.nhooks;) {
+        uint32_t before = H.nhooks;
+
+        if (H.hooks[i].pidfd < 0) { /* no pidfd: looked at here */
+            hook_done(H.hooks[i].pid);
+            if (H.nhooks < before)
+                continue; /* reaped: slot i holds another now */
+        }
         if (H.hooks[i].due_ns && now >= H.hooks[i].due_ns) {
             log_warn("on-loss hook of owner pid %d (pid %d) still runs after %lld s: killed",
                      (int)H.hooks[i].owner_pid, (int)H.hooks[i].pid,
@@ -1636,6 +1670,8 @@ hooks_check(int64_t now)
             (void)pidfd_signal(H.hooks[i].pidfd, H.hooks[i].pid, SIGKILL);
             H.hooks[i].due_ns = 0;
         }
+        i++;
+    }
 }
 
 /* The owners whose fdinfo-found loss has waited its period: those with a
@@ -1657,7 +1693,9 @@ act_due(int64_t now)
             ;
         if (slot == NONE || o->acted)
             continue; /* released meanwhile: nothing was lost */
-        owner_act(o, slot, 0, what, sizeof(what));
+        owner_act(o, slot, o->act_err, what, sizeof(what));
+        if (!o->acted)
+            continue; /* its hook waits its turn again */
         log_refusal(H.leases[slot].uid, 2, "owner pid %d (%s): lease %s still lost: %s",
                     (int)o->pid, o->name ? o->name : "",
                     H.leases[slot].disk && *H.leases[slot].disk ? H.leases[slot].disk : "-", what);
@@ -1678,6 +1716,14 @@ owner_act(struct owner *o, uint32_t slot, int err, char *what, size_t size)
         return;
     }
     o->acted = 1;
+#ifdef LOCKD_HELPER_NO_MAIN
+    /* The fuzz targets: a fuzzed owner's action would signal the fuzzer's
+     * own processes, or run a fuzzed shell command. */
+    snprintf(what, size, "on-loss action %s not taken in a fuzz build",
+             names[o->on_loss <= LOCKD_ON_LOSS_EXEC ? o->on_loss : 0]);
+    state_log_owner(o, 1);
+    return;
+#endif
     switch (o->on_loss) {
     case LOCKD_ON_LOSS_STOP:
         r = pidfd_signal(o->pidfd, o->pid, SIGSTOP);
@@ -1691,6 +1737,18 @@ owner_act(struct owner *o, uint32_t slot, int err, char *what, size_t size)
         break;
     case LOCKD_ON_LOSS_EXEC:
         r = hook_start(o, &H.leases[slot], err);
+        if (r == -EAGAIN) {
+            /* HOOKS_MAX hooks run (a mass loss): this one waits its turn,
+             * tried again each 100 ms by act_due() while still lost. */
+            o->acted = 0;
+            if (!o->act_due_ns)
+                H.nact_due++;
+            o->act_due_ns = mono_ns() + 100000000;
+            o->act_err = err;
+            snprintf(what, size, "its on-loss hook waits for one of %d running to end",
+                     HOOKS_MAX);
+            return;
+        }
         if (r < 0)
             snprintf(what, size, "could not start its on-loss hook: %s", strerror(-r));
         else
@@ -2655,6 +2713,9 @@ rec_end(struct proto_wr *wr, size_t at)
         memcpy(wr->buf + at + 1, &len, 2);
 }
 
+/* The largest OWNER record: its fixed fields, a name and a hook. */
+#define OWNER_REC_MAX (64 + LOCKD_OWNER_NAME_MAX + LOCKD_COMMAND_MAX)
+
 static void
 rec_owner(struct proto_wr *wr, const struct owner *o, int with_fds)
 {
@@ -2756,7 +2817,7 @@ state_snapshot(int fd, uint64_t offset, int with_fds)
     }
     for (i = 0; i < H.nowner_slots; i++)
         if (H.owners[i].pid) {
-            FLUSH_IF(512);
+            FLUSH_IF(OWNER_REC_MAX);
             rec_owner(&wr, &H.owners[i], with_fds);
         }
     for (i = 0; i < H.nlease_slots; i++)
@@ -2764,6 +2825,9 @@ state_snapshot(int fd, uint64_t offset, int with_fds)
             FLUSH_IF(128 + LOCKD_NAME_MAX);
             rec_lease(&wr, i, with_fds);
         }
+    /* A record that did not fit would leave out every record after it. */
+    if (wr.bad)
+        return -EIO;
     FLUSH_IF(wr.cap);
 #undef FLUSH_IF
     return (int64_t)offset;
@@ -2785,8 +2849,12 @@ state_header(int fd, uint64_t start, uint64_t end)
 static void
 state_append(struct proto_wr *wr)
 {
-    if (H.state_fd < 0 || wr->bad)
+    if (H.state_fd < 0)
         return;
+    if (wr->bad) { /* never: each caller's buffer holds its largest record */
+        log_err("a state record did not fit its buffer: not written");
+        return;
+    }
     if (pwrite(H.state_fd, wr->buf, wr->len, (off_t)H.state_end) != (ssize_t)wr->len ||
         state_header(H.state_fd, H.state_start, H.state_end + wr->len) < 0) {
         log_err("cannot write the fd store's state: %s", strerror(errno));
@@ -2800,7 +2868,7 @@ static void state_compact(void);
 static void
 state_log_owner(const struct owner *o, int add)
 {
-    uint8_t buf[512];
+    uint8_t buf[OWNER_REC_MAX];
     struct proto_wr wr = {.buf = buf, .cap = sizeof(buf)};
 
     if (H.state_fd < 0)
@@ -4447,7 +4515,8 @@ loop_timeout_ms(void)
             t = due > now ? due - now : 0;
     }
     for (uint32_t i = 0; i < H.nhooks; i++) {
-        due = H.hooks[i].due_ns;
+        /* One without a pidfd is reaped by looking, every 100 ms. */
+        due = H.hooks[i].pidfd < 0 ? now + 100000000 : H.hooks[i].due_ns;
         if (due && (t < 0 || due - now < t))
             t = due > now ? due - now : 0;
     }

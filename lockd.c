@@ -1158,13 +1158,14 @@ holder_parse(char *buf, size_t len, lockd_holder_info *ret)
     if (strncmp(buf, HOLDER_MAGIC, strlen(HOLDER_MAGIC)) != 0)
         return -ENODATA;
     for (line = buf + strlen(HOLDER_MAGIC); *line; line = next) {
-        char *eq = strchr(line, '='), *v, *out, *dst = NULL;
+        char *eq, *v, *out, *dst = NULL;
         size_t size = 0;
 
         next = strchr(line, '\n');
         if (!next)
             break; /* a record cut short: its last line is not trusted */
         *next++ = '\0';
+        eq = strchr(line, '='); /* of this line only */
         if (!eq)
             continue;
         *eq = '\0';
@@ -1545,19 +1546,13 @@ lockd_check_fd(int fd, int mode)
     if ((unsigned long)sfs.f_type == 0x6969) { /* NFS */
         if (!fdinfo_has_lock(buf, want))
             return -ENOLCK;
-        /* The server, for another host's lock; then a re-assert of the lock
-         * this description holds, which a client that lost the lock's
-         * state answers with an error. */
+        /* The client keeps its record even when it lost the lock's state:
+         * the server is asked for another host's lock (LOCKT), which is
+         * the loss that matters.  Never a re-assert: it could take again a
+         * lock just let go. */
         r = getlk(fd, mode == LOCKD_SHARED ? F_RDLCK : F_WRLCK);
         if (r < 0 || r != F_UNLCK)
             return r < 0 ? r : -EBUSY;
-        {
-            struct flock fl = {.l_type = mode == LOCKD_SHARED ? F_RDLCK : F_WRLCK,
-                               .l_whence = SEEK_SET, .l_len = 1};
-
-            if (fcntl(fd, F_OFD_SETLK, &fl) < 0)
-                return errno == EAGAIN ? -EBUSY : -errno;
-        }
         return 0;
     }
     if (fdinfo_has_lock(buf, want))

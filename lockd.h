@@ -309,7 +309,7 @@ LOCKD_API int lockd_lease_fd(const lockd_lease *lease, size_t i);
  * still holds its lock: for a manager without the helper, which should
  * call it periodically on a network filesystem, where a client that loses
  * its server loses its locks without anyone letting go.  Never takes a
- * lock (but on NFS re-asserts the one fd holds).  Returns 0 if held, or
+ * lock.  Returns 0 if held, or
  * why not:
  *   -ENOLCK   the lock is gone (unlocked through another copy of the
  *             description; on a FUSE filesystem: nobody holds it at all)

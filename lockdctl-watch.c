@@ -275,8 +275,8 @@ run_watch_start(const struct opts *o, const lockd_lease *lease, const char *cons
 {
     size_t n = lockd_lease_count(lease), i;
     struct watched *w = calloc(n ? n : 1, sizeof(*w));
-    pid_t owner = getpid(), pid;
-    int pidfd, st;
+    pid_t owner = getpid(), pid, watcher = 0;
+    int pidfd, st, pp[2];
 
     if (!w)
         return -ENOMEM;
@@ -303,17 +303,27 @@ run_watch_start(const struct opts *o, const lockd_lease *lease, const char *cons
         free(w);
         return -errno;
     }
+    if (pipe2(pp, O_CLOEXEC) < 0) {
+        close(pidfd);
+        free(w);
+        return -errno;
+    }
     pid = fork();
     if (pid < 0) {
         close(pidfd);
+        close(pp[0]);
+        close(pp[1]);
         free(w);
         return -errno;
     }
     if (pid == 0) {
         int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+        pid_t grandchild = fork();
 
-        if (fork() != 0)
+        if (grandchild != 0) { /* tell CMD who watches it, then go */
+            (void)!write(pp[1], &grandchild, sizeof(grandchild));
             _exit(0);
+        }
         /* The watcher: stdin and stdout let go (a pipe CMD writes to ends
          * when CMD does), stderr kept for its one message, and every other
          * fd closed, lease fds included: closing a copy never unlocks. */
@@ -330,8 +340,15 @@ run_watch_start(const struct opts *o, const lockd_lease *lease, const char *cons
         _exit(0);
     }
     close(pidfd);
+    close(pp[1]);
     free(w);
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
         ;
+    /* pidfd_getfd() needs ptrace access to CMD: under Yama's ptrace_scope 1
+     * only an ancestor has it, unless CMD names its watcher (which lasts
+     * across the exec).  EINVAL: no Yama here. */
+    if (read(pp[0], &watcher, sizeof(watcher)) == (ssize_t)sizeof(watcher) && watcher > 0)
+        (void)prctl(PR_SET_PTRACER, (unsigned long)watcher, 0, 0, 0);
+    close(pp[0]);
     return 0;
 }

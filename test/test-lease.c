@@ -972,6 +972,24 @@ test_holder_records(void)
     ASSERT_TRUE(hi.epoch != epoch);
     ASSERT_OK(lockd_lease_release(lease));
     ASSERT_ERR(lockd_holder(space, "nokey", &hi), EINVAL);
+    /* What another host wrote is parsed line by line: a line without '='
+     * names nothing and takes nothing from the next. */
+    {
+        static const char crafted[] = "lockd-holder 1\nhost\nowner=X\npid=7\nsince=9";
+        char other[LOCKD_KEY_SIZE];
+        int fd;
+
+        key_of("/vm/crafted.img", other);
+        fd = openat(lockd_space_fd(space), other, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        ASSERT_OK(sys(fd));
+        ASSERT_INT_EQ(write(fd, crafted, sizeof(crafted) - 1), (ssize_t)sizeof(crafted) - 1);
+        close(fd);
+        ASSERT_OK(lockd_holder(space, other, &hi));
+        ASSERT_STR_EQ(hi.host, "");
+        ASSERT_STR_EQ(hi.owner, "X");
+        ASSERT_INT_EQ(hi.pid, 7);
+        ASSERT_INT_EQ(hi.since, 0); /* a last line cut short is not trusted */
+    }
     lockd_space_close(space);
 }
 
