@@ -52,6 +52,10 @@ encode_body(const struct proto_req *req, uint8_t *buf, size_t cap)
         wr_i32(&wr, req->pid);
         wr_put(&wr, req->uuid, PROTO_UUID_BYTES);
         wr_str(&wr, req->name, req->name_len);
+        if (req->has_on_loss) { /* the optional tail */
+            wr_u8(&wr, req->on_loss);
+            wr_str(&wr, req->command, req->command_len);
+        }
         break;
     case PROTO_HANDOFF:
         wr_i32(&wr, req->pid);
@@ -108,6 +112,12 @@ check_request(const uint8_t *msg, size_t size, size_t nfds, const struct proto_r
         (void)inside(msg, size, req->uuid, PROTO_UUID_BYTES);
         (void)inside(msg, size, req->name, req->name_len);
         CHECK(!memchr(req->name, '\0', req->name_len));
+        if (req->has_on_loss) {
+            CHECK(req->on_loss <= LOCKD_ON_LOSS_EXEC && req->command_len <= LOCKD_COMMAND_MAX);
+            CHECK((req->on_loss == LOCKD_ON_LOSS_EXEC) == (req->command_len > 0));
+            (void)inside(msg, size, req->command, req->command_len);
+            CHECK(!memchr(req->command, '\0', req->command_len));
+        }
     } else if (req->hdr.type == PROTO_HANDOFF) {
         CHECK(req->count >= 1 && req->count == nfds);
         for (size_t i = 0; i < req->count; i++) {
