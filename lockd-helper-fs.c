@@ -498,12 +498,29 @@ fsw_dispose(int fd, int unlock)
     return done;
 }
 
+/* The question just queued last on w (under w->mu) gets its ticket; wait
+ * up to wait_ms for its answer, let w->mu go and return the answer, or
+ * -ETIMEDOUT (the worker answers later under a ticket nobody reads). */
+static int
+answer_unlock(struct worker *w, int wait_ms)
+{
+    struct timespec until;
+    uint64_t mine = w->queued;
+    int r;
+
+    w->jobs[(w->head + w->count - 1) % w->cap].ticket = mine;
+    deadline_after(&until, wait_ms);
+    while (w->finished < mine && pthread_cond_timedwait(&w->done, &w->mu, &until) == 0)
+        ;
+    r = w->finished >= mine && w->check_ticket == mine ? w->check_result : -ETIMEDOUT;
+    pthread_mutex_unlock(&w->mu);
+    return r;
+}
+
 int
 fsw_prove_lock(int fd, const struct statx *stx, short type, int wait_ms)
 {
-    struct timespec until;
     struct worker *w = worker_get(makedev(stx->stx_dev_major, stx->stx_dev_minor));
-    uint64_t mine;
     int copy, r;
 
     if (!w)
@@ -524,15 +541,8 @@ fsw_prove_lock(int fd, const struct statx *stx, short type, int wait_ms)
         (void)close(copy); /* out of memory: the one close left on the loop */
         return -ENOMEM;
     }
-    mine = w->queued;
     w->jobs[(w->head + w->count - 1) % w->cap].check = (short)(type + 1);
-    w->jobs[(w->head + w->count - 1) % w->cap].ticket = mine;
-    deadline_after(&until, wait_ms);
-    while (w->finished < mine && pthread_cond_timedwait(&w->done, &w->mu, &until) == 0)
-        ;
-    r = w->finished >= mine && w->check_ticket == mine ? w->check_result : -ETIMEDOUT;
-    pthread_mutex_unlock(&w->mu);
-    return r;
+    return answer_unlock(w, wait_ms);
 }
 
 int
@@ -609,10 +619,8 @@ fsw_answers(struct fsw_answer *out, size_t max)
 int
 fsw_name_is(const struct statx *stx, const char *path, int wait_ms)
 {
-    struct timespec until;
     struct worker *w = worker_get(makedev(stx->stx_dev_major, stx->stx_dev_minor));
     char *name = strdup(path);
-    uint64_t mine;
     int r;
 
     if (!w || !name) {
@@ -626,16 +634,9 @@ fsw_name_is(const struct statx *stx, const char *path, int wait_ms)
         free(name);
         return r;
     }
-    mine = w->queued;
     w->jobs[(w->head + w->count - 1) % w->cap].name = name;
     w->jobs[(w->head + w->count - 1) % w->cap].ino = stx->stx_ino;
-    w->jobs[(w->head + w->count - 1) % w->cap].ticket = mine;
-    deadline_after(&until, wait_ms);
-    while (w->finished < mine && pthread_cond_timedwait(&w->done, &w->mu, &until) == 0)
-        ;
-    r = w->finished >= mine && w->check_ticket == mine ? w->check_result : -ETIMEDOUT;
-    pthread_mutex_unlock(&w->mu);
-    return r;
+    return answer_unlock(w, wait_ms);
 }
 
 int

@@ -2531,6 +2531,28 @@ unpriv_main(void *arg)
     return 0;
 }
 
+/* Where uid 65534 takes part: the scratch directory open to it, run/ for
+ * the helpers' sockets, and uspace/, a directory of its own. */
+static void
+nobody_setup(void)
+{
+    if (chmod(test_scratch, 0755) < 0 || mkdir(test_path("run"), 0755) < 0 ||
+        mkdir(test_path("uspace"), 0755) < 0 || chown(test_path("uspace"), NOBODY, NOBODY) < 0)
+        TEST_FAIL("setup: %s", strerror(errno));
+}
+
+/* A helper on run/open whose socket every user may use; not started, so
+ * that the case can add its arguments. */
+static struct fsd *
+open_helper_new(void)
+{
+    struct fsd *s = fsd_new("run/open", FSD_NOTIFY, 0);
+
+    fsd_arg(s, "--socket-mode");
+    fsd_arg(s, "0666");
+    return s;
+}
+
 HELPER_CASE(credentials)
 {
     lockd_space *sp = space_open_rooted(), *usp = NULL;
@@ -2543,14 +2565,10 @@ HELPER_CASE(credentials)
     char ukey[LOCKD_KEY_SIZE];
     lockd_conn *c;
 
-    if (chmod(test_scratch, 0755) < 0 || mkdir(test_path("run"), 0755) < 0 ||
-        mkdir(test_path("uspace"), 0755) < 0 || chown(test_path("uspace"), NOBODY, NOBODY) < 0)
-        TEST_FAIL("setup: %s", strerror(errno));
+    nobody_setup();
     closed = fsd_new("run/closed", FSD_NOTIFY, 0);
     fsd_start_ready(closed);
-    open_ = fsd_new("run/open", FSD_NOTIFY, 0);
-    fsd_arg(open_, "--socket-mode");
-    fsd_arg(open_, "0666");
+    open_ = open_helper_new();
     fsd_start_ready(open_);
     ASSERT_OK(stat(closed->sock, &st));
     ASSERT_INT_EQ(st.st_mode & 07777, 0600);
@@ -3714,12 +3732,8 @@ HELPER_CASE(hook_as_registering_uid)
     struct hook_by h;
     struct fsd *s;
 
-    if (chmod(test_scratch, 0755) < 0 || mkdir(test_path("run"), 0755) < 0 ||
-        mkdir(test_path("uspace"), 0755) < 0 || chown(test_path("uspace"), NOBODY, NOBODY) < 0)
-        TEST_FAIL("setup: %s", strerror(errno));
-    s = fsd_new("run/open", FSD_NOTIFY, 0);
-    fsd_arg(s, "--socket-mode");
-    fsd_arg(s, "0666");
+    nobody_setup();
+    s = open_helper_new();
     /* Under valgrind the hook's shell and id(1) take seconds to start. */
     fsd_arg(s, "--hook-timeout");
     fsd_arg(s, getenv("LOCKD_TEST_VALGRIND") ? "20" : "1");
@@ -4121,12 +4135,8 @@ HELPER_CASE(user_caps)
     char *log;
     size_t refused;
 
-    if (chmod(test_scratch, 0755) < 0 || mkdir(test_path("run"), 0755) < 0 ||
-        mkdir(test_path("uspace"), 0755) < 0 || chown(test_path("uspace"), NOBODY, NOBODY) < 0)
-        TEST_FAIL("setup: %s", strerror(errno));
-    s = fsd_new("run/open", FSD_NOTIFY, 0);
-    fsd_arg(s, "--socket-mode");
-    fsd_arg(s, "0666");
+    nobody_setup();
+    s = open_helper_new();
     fsd_arg(s, "--user-connections");
     fsd_arg(s, "3");
     fsd_arg(s, "--user-owners");
@@ -4233,12 +4243,8 @@ HELPER_CASE(leases_belong_to_uid)
     lockd_conn *c;
     int pipefd[2];
 
-    if (chmod(test_scratch, 0755) < 0 || mkdir(test_path("run"), 0755) < 0 ||
-        mkdir(test_path("uspace"), 0755) < 0 || chown(test_path("uspace"), NOBODY, NOBODY) < 0)
-        TEST_FAIL("setup: %s", strerror(errno));
-    s = fsd_new("run/open", FSD_NOTIFY, 0);
-    fsd_arg(s, "--socket-mode");
-    fsd_arg(s, "0666");
+    nobody_setup();
+    s = open_helper_new();
     fsd_start_ready(s);
     if (pipe2(pipefd, O_CLOEXEC) < 0)
         TEST_FAIL("pipe: %s", strerror(errno));
