@@ -1516,29 +1516,64 @@ getlk(int fd, short type)
     return fcntl(fd, F_OFD_GETLK, &fl) < 0 ? -errno : fl.l_type;
 }
 
+/* Read /proc/<pid>/fdinfo/<fd> ("self" for pid 0) into buf (NUL-ended). */
+static int
+fdinfo_of(int32_t pid, int fd, char *buf, size_t size)
+{
+    char path[64];
+    ssize_t n;
+    int f, r;
+
+    if (pid)
+        snprintf(path, sizeof(path), "/proc/%d/fdinfo/%d", (int)pid, fd);
+    else
+        snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+    f = open(path, O_RDONLY | O_CLOEXEC);
+    if (f < 0)
+        return errno == ENOENT ? -EBADF : -errno;
+    do
+        n = read(f, buf, size - 1);
+    while (n < 0 && errno == EINTR);
+    r = n < 0 ? -errno : 0;
+    close(f);
+    if (r == 0)
+        buf[n] = '\0';
+    return r;
+}
+
+LOCKD_API int
+lockd_check_fd_of(int32_t pid, int fd, int mode)
+{
+    char path[64], buf[4096];
+    struct statfs sfs;
+    int r;
+
+    if (pid <= 0 || fd < 0 || (mode != LOCKD_EXCLUSIVE && mode != LOCKD_SHARED))
+        return -EINVAL;
+    snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)pid, fd);
+    if (statfs(path, &sfs) < 0)
+        return errno == ENOENT ? -EBADF : -errno;
+    if (!fs_is_local((long)sfs.f_type))
+        return -EREMOTE;
+    r = fdinfo_of(pid, fd, buf, sizeof(buf));
+    if (r < 0)
+        return r;
+    return fdinfo_has_lock(buf, mode == LOCKD_SHARED ? " READ " : " WRITE ") ? 0 : -ENOLCK;
+}
+
 LOCKD_API int
 lockd_check_fd(int fd, int mode)
 {
     const char *want = mode == LOCKD_SHARED ? " READ " : " WRITE ";
     char path[40], buf[4096];
     struct statfs sfs;
-    ssize_t n;
-    int f, other, r;
+    int other, r;
 
     if (fd < 0 || (mode != LOCKD_EXCLUSIVE && mode != LOCKD_SHARED))
         return -EINVAL;
-    snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
-    f = open(path, O_RDONLY | O_CLOEXEC);
-    if (f < 0)
-        return errno == ENOENT ? -EBADF : -errno;
-    do
-        n = read(f, buf, sizeof(buf) - 1);
-    while (n < 0 && errno == EINTR);
-    r = n < 0 ? -errno : 0;
-    close(f);
+    r = fdinfo_of(0, fd, buf, sizeof(buf));
     if (r < 0)
         return r;
-    buf[n] = '\0';
     if (fstatfs(fd, &sfs) < 0)
         return -errno;
     if (fs_is_local((long)sfs.f_type))

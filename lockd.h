@@ -331,6 +331,16 @@ LOCKD_API int lockd_lease_check(const lockd_lease *lease, size_t i);
 LOCKD_API int lockd_check_fd(int fd, int mode);
 
 /*
+ * The same for descriptor fd of process pid, without taking a copy (a
+ * copy would keep the lease held past that process's exit): read from
+ * /proc/PID/fdinfo, which needs the right to read that process's fds (the
+ * same uid, or root).  Local filesystems only: -EREMOTE where the kernel's
+ * record is not the whole story (a network filesystem): check a copy with
+ * lockd_check_fd() there.  Errors also -EBADF (no such fd), -ESRCH, -EACCES.
+ */
+LOCKD_API int lockd_check_fd_of(int32_t pid, int fd, int mode);
+
+/*
  * Holder records.  After each exclusive grant lockd_acquire() writes a small
  * record into the lease file (the lock stays on byte 0, length 1, so
  * virtlockd peers are unaffected): this host's name and machine-id, the

@@ -10,12 +10,15 @@
  * a child), which checks every lease each WATCH_PERIOD_MS with
  * lockd_check_fd() and, at the first loss, does what --on-loss says to CMD.
  *
- * The watcher keeps no copy of a lease fd between checks: a copy would keep
- * the lease held after CMD exits, and a script that runs two commands on
- * one disk in a row would find it busy.  Each check takes a copy from CMD
- * (pidfd_getfd(2)), checks it and closes it; a check that does not answer
- * within WATCH_DEADLINE_MS (a server that stopped answering) counts as a
- * loss.  It ends when CMD does, or after it acted.
+ * The watcher keeps no copy of a lease fd: a copy would keep the lease
+ * held after CMD exits, and a script that runs two commands on one disk in
+ * a row would find it busy.  On a local filesystem it reads CMD's fdinfo
+ * (lockd_check_fd_of()); on a network one it must ask through the fd, so
+ * each check takes a copy from CMD (pidfd_getfd(2)), checks it and closes
+ * it, and for that moment (a round trip, once a second) a lease may
+ * outlive CMD.  A check that does not answer within WATCH_DEADLINE_MS (a
+ * server that stopped answering) counts as a loss.  It ends when CMD does,
+ * or after it acted.
  */
 #define _GNU_SOURCE
 #include "lockdctl.h"
@@ -45,6 +48,7 @@
 struct watched {
     int fd; /* its number in CMD */
     int mode;
+    int remote; /* on a network filesystem: checked through a copy */
     uint64_t dev, ino;
     const char *name;
     char key[LOCKD_KEY_SIZE];
@@ -223,6 +227,53 @@ act(const struct opts *o, int pidfd, pid_t owner, const char *cmd, const struct 
     }
 }
 
+/* Whether w's fd in CMD still holds the lease's file (not another file CMD
+ * put at that number). */
+static int
+still_there(pid_t owner, const struct watched *w)
+{
+    char fdpath[64];
+    struct statx stx;
+
+    snprintf(fdpath, sizeof(fdpath), "/proc/%d/fd/%d", (int)owner, w->fd);
+    return statx(AT_FDCWD, fdpath, AT_STATX_DONT_SYNC, STATX_INO, &stx) == 0 &&
+           makedev(stx.stx_dev_major, stx.stx_dev_minor) == w->dev && stx.stx_ino == w->ino;
+}
+
+/*
+ * Check w once: 0 held (or nothing to judge: the watcher's own trouble),
+ * 1 not to be watched any longer (CMD closed that fd or put another file
+ * there: its children may hold the lease now; or CMD does not let itself
+ * be looked at), or the loss, -errno.
+ */
+static int
+check_one(int pidfd, pid_t owner, struct watched *w, const char *cmd)
+{
+    uint64_t dev, ino;
+    int copy, r;
+
+    /* On a local filesystem the kernel's record says it all, read without
+     * a copy of CMD's fd: no moment when the watcher keeps the lease
+     * alive. */
+    if (!w->remote) {
+        r = lockd_check_fd_of(owner, w->fd, w->mode);
+        if (r == -EBADF || r == -EREMOTE || !still_there(owner, w))
+            return 1;
+    } else {
+        copy = (int)syscall(SYS_pidfd_getfd, pidfd, w->fd, 0);
+        if (copy < 0 && errno == EPERM)
+            say("%s: cannot watch its lease: %s does not allow it (EPERM)", w->name, cmd);
+        if (copy < 0 || identify(copy, &dev, &ino) < 0 || dev != w->dev || ino != w->ino) {
+            if (copy >= 0)
+                close(copy);
+            return 1;
+        }
+        r = check_with_deadline(copy, w->mode);
+    }
+    return r == -ENOMEM || r == -EMFILE || r == -ENFILE || r == -EAGAIN || r == -EACCES ? 0
+                                                                                       : r;
+}
+
 static void
 watch_loop(const struct opts *o, int pidfd, pid_t owner, const char *cmd, struct watched *w,
            size_t n)
@@ -235,29 +286,13 @@ watch_loop(const struct opts *o, int pidfd, pid_t owner, const char *cmd, struct
         if (poll(&p, 1, WATCH_PERIOD_MS) != 0)
             return; /* CMD exited (or the pidfd failed: nothing to watch) */
         for (i = 0; i < n; i++) {
-            uint64_t dev, ino;
-            int copy, r;
+            int r = w[i].fd < 0 ? 0 : check_one(pidfd, owner, &w[i], cmd);
 
-            if (w[i].fd < 0)
-                continue;
-            copy = (int)syscall(SYS_pidfd_getfd, pidfd, w[i].fd, 0);
-            if (copy < 0 && errno == ESRCH)
-                return;
-            /* CMD closed that fd or put another file there (its children
-             * may hold the lease now): not ours to judge any longer. */
-            if (copy < 0 || identify(copy, &dev, &ino) < 0 || dev != w[i].dev ||
-                ino != w[i].ino) {
-                if (copy < 0 && errno == EPERM)
-                    say("%s: cannot watch its lease: %s does not allow it (EPERM)", w[i].name,
-                        cmd);
-                if (copy >= 0)
-                    close(copy);
+            if (r == 1) {
                 w[i].fd = -1;
                 live--;
-                continue;
             }
-            r = check_with_deadline(copy, w[i].mode);
-            if (r == 0 || r == -ENOMEM || r == -EMFILE || r == -ENFILE || r == -EAGAIN)
+            if (r >= 0)
                 continue;
             /* CMD may have exited while the check ran: then nothing was lost. */
             p.revents = 0;
@@ -285,6 +320,10 @@ run_watch_start(const struct opts *o, const lockd_lease *lease, const char *cons
 
         w[i].fd = lockd_lease_fd(lease, i);
         w[i].mode = lockd_lease_mode(lease, i);
+        /* Which way it is checked, known now (its filesystem just
+         * answered): later a statfs could wait for a server, outside the
+         * checks' deadline. */
+        w[i].remote = lockd_check_fd_of(owner, w[i].fd, w[i].mode) == -EREMOTE;
         r = identify(w[i].fd, &w[i].dev, &w[i].ino);
         if (r < 0) {
             free(w);

@@ -1334,7 +1334,8 @@ struct who_ctx {
     const char *disk;
     const char *state;
     const char *host; /* this one: the helper's holders are here */
-    size_t count;
+    size_t count;     /* holders listed */
+    size_t rows;      /* and lost leases: JSON objects written */
 };
 
 static int
@@ -1345,22 +1346,24 @@ who_row(void *userdata, uint64_t id, int mode, const char *key, const char *disk
     char spid[16];
 
     (void)key, (void)disk, (void)uid;
-    if (mode == LOCKD_LOST) /* a record without its lock holds nothing */
-        return 0;
+    /* A lease the helper keeps whose lock is gone holds nothing: shown as
+     * LOST, never counted as a holder. */
     if (c->o->json) {
-        printf("%s{\"pid\":%d,\"name\":", c->count ? "," : "", (int)pid);
+        printf("%s{\"pid\":%d,\"name\":", c->rows ? "," : "", (int)pid);
         json_str(or_null(name));
         fputs(",\"uuid\":", stdout);
         json_str(or_null(uuid));
         printf(",\"id\":%" PRIu64 ",\"host\":", id);
         json_str(c->host);
-        putchar('}');
+        printf("%s}", mode == LOCKD_LOST ? ",\"lost\":true" : "");
     } else {
         snprintf(spid, sizeof(spid), "%d", (int)pid);
-        if (table_add(c->t, c->disk, c->state, spid, name, uuid, c->host) < 0)
+        if (table_add(c->t, c->disk, mode == LOCKD_LOST ? "LOST" : c->state, spid, name, uuid,
+                      c->host) < 0)
             return -ENOMEM;
     }
-    c->count++;
+    c->rows++;
+    c->count += mode != LOCKD_LOST;
     return 0;
 }
 
@@ -1421,15 +1424,17 @@ who_one(const struct opts *o, const lockd_space *space, lockd_conn *conn,
         json_str(d->name);
         printf(",\"key\":\"%s\",\"state\":\"%s\",\"holders\":[", d->key, c.state);
     }
-    if (conn && state != LOCKD_FREE)
+    /* Asked about a free disk too: a lease it keeps whose lock is gone
+     * shows as LOST. */
+    if (conn)
         r = lockd_conn_bind(conn, space);
-    if (conn && state != LOCKD_FREE && r == 0)
+    if (conn && r == 0)
         r = lockd_conn_list(conn, 0, d->key, who_row, &c);
     if (r < 0)
         helper_error(o->socket, r);
     rec = state == LOCKD_EXCLUSIVE && pid <= 0 && lockd_holder(space, d->key, &hi) == 0;
     if (c.count == 0 && rec && o->json) {
-        printf("{\"pid\":%d,\"name\":", (int)hi.pid);
+        printf("%s{\"pid\":%d,\"name\":", c.rows ? "," : "", (int)hi.pid);
         json_str(or_null(hi.owner));
         printf(",\"uuid\":");
         json_str(or_null(hi.uuid));
@@ -1437,8 +1442,8 @@ who_one(const struct opts *o, const lockd_space *space, lockd_conn *conn,
         json_str(hi.host);
         putchar('}');
     } else if (c.count == 0 && pid > 0 && o->json)
-        printf("{\"pid\":%d,\"name\":null,\"uuid\":null,\"id\":null,\"host\":null}",
-               (int)pid);
+        printf("%s{\"pid\":%d,\"name\":null,\"uuid\":null,\"id\":null,\"host\":null}",
+               c.rows ? "," : "", (int)pid);
     else if (c.count == 0 && rec) {
         snprintf(spid, sizeof(spid), "%d", (int)hi.pid);
         table_add(t, d->name, c.state, spid, hi.owner, hi.uuid, hi.host);

@@ -993,6 +993,47 @@ test_holder_records(void)
     lockd_space_close(space);
 }
 
+/*
+ * lockd_lease_check() and lockd_check_fd_of() on a local lockspace: held;
+ * -ENOLCK once its lock is gone (another copy of the description
+ * unlocked); -EBADF for no such fd; -EINVAL for a lease index out of range.
+ */
+static void
+test_lease_check(void)
+{
+    struct flock fl = { .l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1 };
+    lockd_space *space = space_open();
+    char keys[2][LOCKD_KEY_SIZE];
+    const char *k[] = { keys[0], keys[1] };
+    const int modes[] = { LOCKD_EXCLUSIVE, LOCKD_SHARED };
+    lockd_lease *lease = NULL;
+    size_t i;
+
+    key_of("/vm/check-a.img", keys[0]);
+    key_of("/vm/check-b.img", keys[1]);
+    ASSERT_OK(lockd_acquire(space, 2, k, modes, LOCKD_TRY, &lease));
+    for (i = 0; i < 2; i++) {
+        ASSERT_OK(lockd_lease_check(lease, i));
+        ASSERT_OK(lockd_check_fd_of(getpid(), lockd_lease_fd(lease, i), lockd_lease_mode(lease, i)));
+    }
+    ASSERT_ERR(lockd_lease_check(lease, 2), EINVAL);
+    for (i = 0; i < 2; i++) {
+        int copy = fcntl(lockd_lease_fd(lease, i), F_DUPFD_CLOEXEC, 3);
+
+        ASSERT_OK(sys(copy));
+        ASSERT_OK(sys(fcntl(copy, F_OFD_SETLK, &fl)));
+        close(copy);
+        ASSERT_ERR(lockd_lease_check(lease, i), ENOLCK);
+        ASSERT_ERR(lockd_check_fd_of(getpid(), lockd_lease_fd(lease, i),
+                                     lockd_lease_mode(lease, i)),
+                   ENOLCK);
+    }
+    ASSERT_ERR(lockd_check_fd_of(getpid(), 999, LOCKD_EXCLUSIVE), EBADF);
+    ASSERT_ERR(lockd_check_fd(-1, LOCKD_EXCLUSIVE), EINVAL);
+    ASSERT_OK(lockd_lease_release(lease));
+    lockd_space_close(space);
+}
+
 int
 main(void)
 {
@@ -1021,5 +1062,6 @@ main(void)
     TEST_RUN(test_ofd_forget_keeps_other_copy);
     TEST_RUN(test_lease_fd_and_file);
     TEST_RUN(test_holder_records);
+    TEST_RUN(test_lease_check);
     return test_done();
 }
