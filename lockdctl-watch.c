@@ -7,8 +7,8 @@
  * filesystem a client that loses its server loses the locks, and another
  * host may be granted the disk while CMD writes it.  So run leaves a
  * watcher behind, a process of its own (forked twice: CMD never sees it as
- * a child), which checks every lease each WATCH_PERIOD_MS with
- * lockd_check_fd() and, at the first loss, does what --on-loss says to CMD.
+ * a child), which checks every lease each WATCH_PERIOD_MS and, at the first
+ * loss, does what --on-loss says to CMD.
  *
  * The watcher keeps no copy of a lease fd: a copy would keep the lease
  * held after CMD exits, and a script that runs two commands on one disk in
