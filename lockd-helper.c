@@ -4475,63 +4475,49 @@ on_signal(void)
     }
 }
 
+/* Make *t (ns from now until the loop must wake; -1: never) no later than
+ * due. */
+static void
+sooner(int64_t *t, int64_t due, int64_t now)
+{
+    if (*t < 0 || due - now < *t)
+        *t = due > now ? due - now : 0;
+}
+
 static int
 loop_timeout_ms(void)
 {
-    int64_t now = mono_ns(), t = -1, due;
+    int64_t now = mono_ns(), t = -1;
+    uint32_t i;
 
-    if (H.watchdog_usec) {
-        due = H.last_watchdog_ns + (int64_t)H.watchdog_usec * 500;
-        t = due > now ? due - now : 0;
-    }
-    if (H.status_dirty && H.notify) {
-        due = H.status_due_ns;
-        if (t < 0 || due - now < t)
-            t = due > now ? due - now : 0;
-    }
-    if (H.timeout_sec > 0 && H.nleases == 0 && H.nconns == 0) {
-        due = H.idle_since_ns + (int64_t)H.timeout_sec * 1000000000;
-        if (t < 0 || due - now < t)
-            t = due > now ? due - now : 0;
-    }
-    if (H.selftest_pidfd >= 0) {
-        due = H.selftest_due_ns;
-        if (t < 0 || due - now < t)
-            t = due > now ? due - now : 0;
-    }
-    if (H.reexec_retry_ns) {
-        due = H.reexec_retry_ns;
-        if (t < 0 || due - now < t)
-            t = due > now ? due - now : 0;
-    }
-    if (H.fs_watch) {
-        due = H.fs_check_ns;
-        if (t < 0 || due - now < t)
-            t = due > now ? due - now : 0;
-    }
-    if (H.nrdevs) {
-        due = H.watch_due_ns;
-        if (t < 0 || due - now < t)
-            t = due > now ? due - now : 0;
-    }
-    for (uint32_t i = 0; i < H.nhooks; i++) {
+    if (H.watchdog_usec)
+        sooner(&t, H.last_watchdog_ns + (int64_t)H.watchdog_usec * 500, now);
+    if (H.status_dirty && H.notify)
+        sooner(&t, H.status_due_ns, now);
+    if (H.timeout_sec > 0 && H.nleases == 0 && H.nconns == 0)
+        sooner(&t, H.idle_since_ns + (int64_t)H.timeout_sec * 1000000000, now);
+    if (H.selftest_pidfd >= 0)
+        sooner(&t, H.selftest_due_ns, now);
+    if (H.reexec_retry_ns)
+        sooner(&t, H.reexec_retry_ns, now);
+    if (H.fs_watch)
+        sooner(&t, H.fs_check_ns, now);
+    if (H.nrdevs)
+        sooner(&t, H.watch_due_ns, now);
+    for (i = 0; i < H.nhooks; i++) {
         /* One without a pidfd is reaped by looking, every 100 ms. */
-        due = H.hooks[i].pidfd < 0 ? now + 100000000 : H.hooks[i].due_ns;
-        if (due && (t < 0 || due - now < t))
-            t = due > now ? due - now : 0;
+        if (H.hooks[i].pidfd < 0)
+            sooner(&t, now + 100000000, now);
+        else if (H.hooks[i].due_ns)
+            sooner(&t, H.hooks[i].due_ns, now);
     }
-    for (uint32_t i = 0; H.nact_due && i < H.nowner_slots; i++) {
-        due = H.owners[i].pid ? H.owners[i].act_due_ns : 0;
-        if (due && (t < 0 || due - now < t))
-            t = due > now ? due - now : 0;
-    }
+    for (i = 0; H.nact_due && i < H.nowner_slots; i++)
+        if (H.owners[i].pid && H.owners[i].act_due_ns)
+            sooner(&t, H.owners[i].act_due_ns, now);
     if (H.sweep_at != NONE)
         t = 0;
-    else if (H.nleases > H.nlost) {
-        due = H.check_due_ns;
-        if (t < 0 || due - now < t)
-            t = due > now ? due - now : 0;
-    }
+    else if (H.nleases > H.nlost)
+        sooner(&t, H.check_due_ns, now);
     if (t < 0)
         return -1;
     return t / 1000000 + 1 > INT_MAX ? INT_MAX : (int)(t / 1000000 + 1);
