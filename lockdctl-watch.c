@@ -118,15 +118,16 @@ check_with_deadline(int copy, int mode)
     return r;
 }
 
-/* The file's identity as the kernel has it: a network filesystem's server is
- * not asked (fstat(2) on a FUSE file may wait for it, and fail when the
- * client lost it, which is no sign that CMD let the lease go). */
+/* The identity of fd, or of path if not "", as the kernel has it: a
+ * network filesystem's server is not asked (fstat(2) on a FUSE file may
+ * wait for it, and fail when the client lost it, which is no sign that CMD
+ * let the lease go). */
 static int
-identify(int fd, uint64_t *ret_dev, uint64_t *ret_ino)
+identify(int fd, const char *path, uint64_t *ret_dev, uint64_t *ret_ino)
 {
     struct statx stx;
 
-    if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_INO, &stx) < 0)
+    if (statx(fd, path, (*path ? 0 : AT_EMPTY_PATH) | AT_STATX_DONT_SYNC, STATX_INO, &stx) < 0)
         return -errno;
     *ret_dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
     *ret_ino = stx.stx_ino;
@@ -233,11 +234,10 @@ static int
 still_there(pid_t owner, const struct watched *w)
 {
     char fdpath[64];
-    struct statx stx;
+    uint64_t dev, ino;
 
     snprintf(fdpath, sizeof(fdpath), "/proc/%d/fd/%d", (int)owner, w->fd);
-    return statx(AT_FDCWD, fdpath, AT_STATX_DONT_SYNC, STATX_INO, &stx) == 0 &&
-           makedev(stx.stx_dev_major, stx.stx_dev_minor) == w->dev && stx.stx_ino == w->ino;
+    return identify(AT_FDCWD, fdpath, &dev, &ino) == 0 && dev == w->dev && ino == w->ino;
 }
 
 /*
@@ -263,7 +263,7 @@ check_one(int pidfd, pid_t owner, struct watched *w, const char *cmd)
         copy = (int)syscall(SYS_pidfd_getfd, pidfd, w->fd, 0);
         if (copy < 0 && errno == EPERM)
             say("%s: cannot watch its lease: %s does not allow it (EPERM)", w->name, cmd);
-        if (copy < 0 || identify(copy, &dev, &ino) < 0 || dev != w->dev || ino != w->ino) {
+        if (copy < 0 || identify(copy, "", &dev, &ino) < 0 || dev != w->dev || ino != w->ino) {
             if (copy >= 0)
                 close(copy);
             return 1;
@@ -324,7 +324,7 @@ run_watch_start(const struct opts *o, const lockd_lease *lease, const char *cons
          * answered): later a statfs could wait for a server, outside the
          * checks' deadline. */
         w[i].remote = lockd_check_fd_of(owner, w[i].fd, w[i].mode) == -EREMOTE;
-        r = identify(w[i].fd, &w[i].dev, &w[i].ino);
+        r = identify(w[i].fd, "", &w[i].dev, &w[i].ino);
         if (r < 0) {
             free(w);
             return r;
