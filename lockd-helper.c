@@ -123,7 +123,7 @@ struct owner {
     uint32_t hook_uid;  /* who registered the hook: it runs as that uid */
     uint8_t uuid[PROTO_UUID_BYTES];
     char *name;
-    char *hook; /* LOCKD_ON_LOSS_EXEC's command */
+    char *hook; /* the command of LOCKD_ON_LOSS_EXEC and _EXEC_OR_KILL */
 };
 
 struct conn {
@@ -1625,6 +1625,28 @@ hook_start(const struct owner *o, const struct lease *l, int err)
     return pid;
 }
 
+/*
+ * The hook of owner pid failed or outlasted --hook-timeout: an
+ * exec-or-kill owner is killed now, through its pidfd.  An owner gone
+ * meanwhile is left alone: its pid is no longer in the table.
+ */
+static void
+hook_failed(int32_t owner_pid)
+{
+    struct owner *o = owner_find(owner_pid);
+    int r;
+
+    if (!o || !o->acted || o->on_loss != LOCKD_ON_LOSS_EXEC_OR_KILL)
+        return;
+    r = pidfd_signal(o->pidfd, o->pid, SIGKILL);
+    if (r < 0)
+        log_err("owner pid %d (%s): its on-loss hook failed, and it could not be killed: %s",
+                (int)o->pid, o->name ? o->name : "", strerror(-r));
+    else
+        log_warn("owner pid %d (%s): its on-loss hook failed: killed it (SIGKILL)", (int)o->pid,
+                 o->name ? o->name : "");
+}
+
 /* A hook ended (TAG_HOOK): reap it, log how. */
 static void
 hook_done(pid_t pid)
@@ -1642,6 +1664,8 @@ hook_done(pid_t pid)
     else
         log_warn("on-loss hook of owner pid %d (pid %d) killed by signal %d",
                  (int)H.hooks[i].owner_pid, (int)pid, WTERMSIG(st));
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        hook_failed(H.hooks[i].owner_pid);
     if (H.hooks[i].pidfd >= 0) {
         (void)epoll_ctl(H.epoll_fd, EPOLL_CTL_DEL, H.hooks[i].pidfd, NULL);
         safe_close(H.hooks[i].pidfd);
@@ -1707,12 +1731,12 @@ act_due(int64_t now)
 static void
 owner_act(struct owner *o, uint32_t slot, int err, char *what, size_t size)
 {
-    static const char *const names[] = {"kill", "stop", "report", "exec"};
+    static const char *const names[] = {"kill", "stop", "report", "exec", "exec-or-kill"};
     int r;
 
     if (o->acted) {
         snprintf(what, size, "on-loss action %s done already",
-                 names[o->on_loss <= LOCKD_ON_LOSS_EXEC ? o->on_loss : 0]);
+                 names[o->on_loss <= LOCKD_ON_LOSS_EXEC_OR_KILL ? o->on_loss : 0]);
         return;
     }
     o->acted = 1;
@@ -1720,7 +1744,7 @@ owner_act(struct owner *o, uint32_t slot, int err, char *what, size_t size)
     /* The fuzz targets: a fuzzed owner's action would signal the fuzzer's
      * own processes, or run a fuzzed shell command. */
     snprintf(what, size, "on-loss action %s not taken in a fuzz build",
-             names[o->on_loss <= LOCKD_ON_LOSS_EXEC ? o->on_loss : 0]);
+             names[o->on_loss <= LOCKD_ON_LOSS_EXEC_OR_KILL ? o->on_loss : 0]);
     state_log_owner(o, 1);
     return;
 #endif
@@ -1736,6 +1760,7 @@ owner_act(struct owner *o, uint32_t slot, int err, char *what, size_t size)
         snprintf(what, size, "the guest runs unprotected (on-loss action: report)");
         break;
     case LOCKD_ON_LOSS_EXEC:
+    case LOCKD_ON_LOSS_EXEC_OR_KILL:
         r = hook_start(o, &H.leases[slot], err);
         if (r == -EAGAIN) {
             /* HOOKS_MAX hooks run (a mass loss): this one waits its turn,
@@ -1752,7 +1777,8 @@ owner_act(struct owner *o, uint32_t slot, int err, char *what, size_t size)
         if (r < 0)
             snprintf(what, size, "could not start its on-loss hook: %s", strerror(-r));
         else
-            snprintf(what, size, "started its on-loss hook (pid %d, as uid %u)", r, o->hook_uid);
+            snprintf(what, size, "started its on-loss hook (pid %d, as uid %u)%s", r, o->hook_uid,
+                     o->on_loss == LOCKD_ON_LOSS_EXEC_OR_KILL ? "; it is killed unless the hook succeeds" : "");
         break;
     default:
         r = pidfd_signal(o->pidfd, o->pid, SIGKILL);
@@ -3049,7 +3075,7 @@ restore_owner(struct proto_rd *rd, struct adopt *a)
         by.uid = rd_u32(rd);
         act.command = rd_str(rd, LOCKD_COMMAND_MAX, &act.command_len);
     }
-    if (rd->bad || pid <= 0 || gen == 0 || act.on_loss > LOCKD_ON_LOSS_EXEC)
+    if (rd->bad || pid <= 0 || gen == 0 || act.on_loss > LOCKD_ON_LOSS_EXEC_OR_KILL)
         return -EPROTO;
     if (gen >= H.next_gen)
         H.next_gen = gen + 1;

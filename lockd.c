@@ -2072,6 +2072,14 @@ uuid_format(const uint8_t *u, char *ret)
              u[13], u[14], u[15]);
 }
 
+/* Whether an on-loss action (LOCKD_ON_LOSS_*, or -1: unchanged) runs a
+ * command, which it then needs; the others take none. */
+static int
+on_loss_has_hook(int on_loss)
+{
+    return on_loss == LOCKD_ON_LOSS_EXEC || on_loss == LOCKD_ON_LOSS_EXEC_OR_KILL;
+}
+
 /* Parse a received message's header: 0 with the body in ret_body, or
  * -EPROTO.  nfds is how many fds actually arrived.  *ret is filled in as far
  * as the bytes go even on error, so a reply can still echo the serial. */
@@ -2320,8 +2328,8 @@ decode_body(struct proto_rd *rd, struct proto_req *req)
             req->has_on_loss = 1;
             req->on_loss = rd_u8(rd);
             req->command = rd_str(rd, LOCKD_COMMAND_MAX, &req->command_len);
-            rd->bad |= req->on_loss > LOCKD_ON_LOSS_EXEC ||
-                       (req->on_loss == LOCKD_ON_LOSS_EXEC) != (req->command_len > 0);
+            rd->bad |= req->on_loss > LOCKD_ON_LOSS_EXEC_OR_KILL ||
+                       on_loss_has_hook(req->on_loss) != (req->command_len > 0);
         }
         break;
     case PROTO_HANDOFF:
@@ -2585,8 +2593,8 @@ lockd_conn_register_on_loss(lockd_conn *conn, int32_t pid, int pidfd, const char
     int r;
 
     if (!conn || check_pid(pid) < 0 || pidfd < -1 || nlen > LOCKD_OWNER_NAME_MAX ||
-        uuid_parse(uuid, u) < 0 || on_loss < -1 || on_loss > LOCKD_ON_LOSS_EXEC ||
-        (on_loss == LOCKD_ON_LOSS_EXEC) != (clen > 0) || clen > LOCKD_COMMAND_MAX)
+        uuid_parse(uuid, u) < 0 || on_loss < -1 || on_loss > LOCKD_ON_LOSS_EXEC_OR_KILL ||
+        on_loss_has_hook(on_loss) != (clen > 0) || clen > LOCKD_COMMAND_MAX)
         return -EINVAL;
     conn_begin(conn, &wr, PROTO_REGISTER, pidfd >= 0);
     wr_i32(&wr, pid);

@@ -502,6 +502,11 @@ LOCKD_API int lockd_conn_register(lockd_conn *conn, int32_t pid, int pidfd, cons
                                 * LOCKD_OWNER_PID, LOCKD_OWNER_NAME, LOCKD_OWNER_UUID,
                                 * LOCKD_DISK, LOCKD_KEY, LOCKD_ERROR in its environment;
                                 * the owner is left running */
+#define LOCKD_ON_LOSS_EXEC_OR_KILL 4 /* run command as LOCKD_ON_LOSS_EXEC does, and
+                                      * SIGKILL the owner unless command exits 0
+                                      * within the helper's --hook-timeout: for a
+                                      * hook that pauses the guest and must not
+                                      * leave it running when it cannot */
 
 /* Longest on-loss command, in bytes. */
 #define LOCKD_COMMAND_MAX 4096
@@ -509,7 +514,8 @@ LOCKD_API int lockd_conn_register(lockd_conn *conn, int32_t pid, int pidfd, cons
 /*
  * lockd_conn_register(), choosing the action on lock loss: on_loss is one
  * of LOCKD_ON_LOSS_*, or -1 to leave it as it is (LOCKD_ON_LOSS_KILL for a
- * new owner); command is the hook of LOCKD_ON_LOSS_EXEC (not empty, at most
+ * new owner); command is the hook of LOCKD_ON_LOSS_EXEC and
+ * LOCKD_ON_LOSS_EXEC_OR_KILL (not empty, at most
  * LOCKD_COMMAND_MAX bytes) and NULL for the others.  The action runs once
  * per owner, at its first lost lease.  Errors: as lockd_conn_register(),
  * and -EPROTO from a helper too old to know actions (the choice is never

@@ -155,8 +155,8 @@ say(const char *fmt, ...)
 }
 
 /* exec:CMD, as ourselves, with the facts in its environment; waited for up
- * to HOOK_DEADLINE_MS, then killed. */
-static void
+ * to HOOK_DEADLINE_MS, then killed.  Returns 0 if it exited 0, else -1. */
+static int
 run_hook(const char *hook, pid_t owner, const char *name, const char *uuid,
          const struct watched *w, int err)
 {
@@ -169,7 +169,7 @@ run_hook(const char *hook, pid_t owner, const char *name, const char *uuid,
     pid = fork();
     if (pid < 0) {
         say("%s: cannot run the on-loss hook: %s", w->name, strerror(errno));
-        return;
+        return -1;
     }
     if (pid == 0) {
         setenv("LOCKD_OWNER_PID", pidtext, 1);
@@ -185,12 +185,13 @@ run_hook(const char *hook, pid_t owner, const char *name, const char *uuid,
         struct timespec ts = {0, 10 * 1000000};
 
         if (waitpid(pid, &st, WNOHANG) == pid)
-            return;
+            return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
         nanosleep(&ts, NULL);
     }
     say("%s: the on-loss hook still runs after %d s: killed", w->name, HOOK_DEADLINE_MS / 1000);
     kill(pid, SIGKILL);
     (void)waitpid(pid, &st, 0);
+    return -1;
 }
 
 /* What --on-loss says, once. */
@@ -219,8 +220,13 @@ act(const struct opts *o, int pidfd, pid_t owner, const char *cmd, const struct 
             (int)owner);
         break;
     case LOCKD_ON_LOSS_EXEC:
+    case LOCKD_ON_LOSS_EXEC_OR_KILL:
         say("%s: lease lost: %s; running the on-loss hook", w->name, why);
-        run_hook(o->on_loss_cmd, owner, o->name ? o->name : cmd, o->uuid, w, err);
+        if (run_hook(o->on_loss_cmd, owner, o->name ? o->name : cmd, o->uuid, w, err) == 0 ||
+            o->on_loss == LOCKD_ON_LOSS_EXEC)
+            break;
+        say("%s: the on-loss hook failed; killing %s (pid %d)", w->name, cmd, (int)owner);
+        (void)syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
         break;
     default:
         say("%s: lease lost: %s; killing %s (pid %d)", w->name, why, cmd, (int)owner);

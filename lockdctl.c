@@ -1602,7 +1602,8 @@ print_help(void)
         " -n, --name NAME            owner name shown by status and who\n"
         " -u, --uuid UUID            owner UUID (a guest's) shown by status and who\n"
         "     --on-loss=ACTION       if a lease is lost (its filesystem lost the lock):\n"
-        "                              kill (default), stop, report, or exec:CMD\n"
+        "                              kill (default), stop, report, exec:CMD, or\n"
+        "                              exec-or-kill:CMD (kill unless CMD exits 0)\n"
         " -f, --force                stop-helper: even though guests lose their leases\n"
         " -h, --help                 display this help\n"
         " -V, --version              display version\n"
@@ -1883,8 +1884,14 @@ apply_option(struct opts *o, int c, const char *arg)
         else if (strncmp(arg, "exec:", 5) == 0 && arg[5] && strlen(arg + 5) <= LOCKD_COMMAND_MAX) {
             o->on_loss = LOCKD_ON_LOSS_EXEC;
             o->on_loss_cmd = arg + 5;
+        } else if (strncmp(arg, "exec-or-kill:", 13) == 0 && arg[13] &&
+                   strlen(arg + 13) <= LOCKD_COMMAND_MAX) {
+            o->on_loss = LOCKD_ON_LOSS_EXEC_OR_KILL;
+            o->on_loss_cmd = arg + 13;
         } else
-            return usage_error("--on-loss=%s: must be kill, stop, report or exec:COMMAND", arg);
+            return usage_error("--on-loss=%s: must be kill, stop, report, exec:COMMAND or "
+                               "exec-or-kill:COMMAND",
+                               arg);
         return 0;
     }
     return EXIT_USAGE;

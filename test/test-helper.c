@@ -3603,7 +3603,10 @@ HELPER_CASE(loss_actions)
     ASSERT_INT_EQ(lockd_conn_register_on_loss(c, g[2].pid, -1, NULL, NULL, LOCKD_ON_LOSS_KILL,
                                               "true"),
                   -EINVAL);
-    ASSERT_INT_EQ(lockd_conn_register_on_loss(c, g[2].pid, -1, NULL, NULL, 4, NULL), -EINVAL);
+    ASSERT_INT_EQ(lockd_conn_register_on_loss(c, g[2].pid, -1, NULL, NULL, 5, NULL), -EINVAL);
+    ASSERT_INT_EQ(lockd_conn_register_on_loss(c, g[2].pid, -1, NULL, NULL,
+                                              LOCKD_ON_LOSS_EXEC_OR_KILL, NULL),
+                  -EINVAL);
     /* Every choice survives a re-exec, and a crash (the fd store's
      * state log). */
     ino = fsd_install(s);
@@ -3750,6 +3753,57 @@ HELPER_CASE(hook_as_registering_uid)
     ASSERT_INT_EQ(fsd_stop(s), 0);
     FSD_ASSERT_CLEAN(s);
     fsd_fini(s);
+}
+
+/*
+ * exec-or-kill: the hook runs as exec's does, and its guest is killed
+ * unless the hook exits 0: a hook that succeeds leaves it running, one
+ * that fails and one that outlasts --hook-timeout get it killed.  (The
+ * libvirt plugin's <on_lockfailure>pause</on_lockfailure>.)
+ */
+HELPER_CASE(exec_or_kill)
+{
+    static const char *const hooks[] = {"exit 0", "exit 3", "exec sleep 100"};
+    struct guest g[3];
+    struct disks d[3];
+    lockd_lease *l[3];
+    lockd_space *sp = space_open_rooted();
+    struct fsd *s = fsd_new("helper", FSD_ACTIVATE | FSD_NOTIFY, 64);
+    lockd_conn *c;
+    int i;
+
+    fsd_arg(s, "--hook-timeout");
+    fsd_arg(s, getenv("LOCKD_TEST_VALGRIND") ? "20" : "2");
+    fsd_start_ready(s);
+    c = conn_open(s->sock);
+    for (i = 0; i < 3; i++) {
+        static const char *const tags[] = {"ok", "fails", "hangs"};
+
+        guest_start(&g[i]);
+        ASSERT_OK(lockd_conn_register_on_loss(c, g[i].pid, -1, NULL, tags[i],
+                                              LOCKD_ON_LOSS_EXEC_OR_KILL, hooks[i]));
+        disks_make(&d[i], sp, tags[i], 1);
+        ASSERT_OK(hand_over(c, sp, g[i].pid, &d[i], &l[i]));
+        unlock_copy(l[i], d[i].key[0]);
+    }
+    ASSERT_INT_EQ(test_wait(g[1].pid), 128 + SIGKILL);
+    close(g[1].wfd);
+    ASSERT_INT_EQ(test_wait(g[2].pid), 128 + SIGKILL);
+    close(g[2].wfd);
+    ASSERT_TRUE(FSD_WAIT(s, strstr(read_file(s->log), "exited 0"), 10000));
+    ASSERT_INT_EQ(proc_state(g[0].pid), 'S'); /* its hook succeeded */
+    ASSERT_TRUE(!strstr(read_file(s->log), "(ok): its on-loss hook failed"));
+    ASSERT_CONTAINS(read_file(s->log), "(fails): its on-loss hook failed: killed it (SIGKILL)");
+    ASSERT_CONTAINS(read_file(s->log), "(hangs): its on-loss hook failed: killed it (SIGKILL)");
+    ASSERT_CONTAINS(read_file(s->log), "; it is killed unless the hook succeeds");
+    guest_end(&g[0]);
+    for (i = 0; i < 3; i++)
+        lockd_lease_forget(l[i]);
+    lockd_conn_close(c);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
 }
 
 /*
@@ -4600,6 +4654,7 @@ main(int argc, char **argv)
     RUN(only, adopt_checks_locks, 60);
     RUN(only, loss_actions, 60);
     RUN(only, hook_as_registering_uid, 60);
+    RUN(only, exec_or_kill, 60);
     RUN(only, one_ofd_one_lease, 60);
     RUN(only, ids_new_after_cold_start, 60);
     RUN(only, adopt_free_record_kinds, 60);
