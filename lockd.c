@@ -2417,6 +2417,7 @@ struct lockd_conn {
     uint64_t bound_mnt; /* the mount it was seen through: a bind mount is another */
     int broken; /* a reply went missing or made no sense: out of step */
     int status_reply; /* the last call's error came from the helper itself */
+    int in_place; /* opened by lockd_conn_open_in(): its memory is the caller's */
     uint32_t serial;
     uint8_t buf[PROTO_HDR_SIZE + PROTO_BODY_MAX];
 };
@@ -2472,6 +2473,30 @@ lockd_conn_open(const char *path, lockd_conn **ret_conn)
     }
     c->sock = r;
     c->broken = 0;
+    c->in_place = 0;
+    c->serial = 0;
+    *ret_conn = c;
+    return 0;
+}
+
+_Static_assert(sizeof(struct lockd_conn) <= LOCKD_CONN_SIZE, "LOCKD_CONN_SIZE is too small");
+
+LOCKD_API int
+lockd_conn_open_in(void *mem, size_t size, const char *path, lockd_conn **ret_conn)
+{
+    lockd_conn *c = mem;
+    int r;
+
+    /* Only system calls and plain memory: no malloc, no stdio, no locale. */
+    if (!mem || size < sizeof(*c) || (uintptr_t)mem % _Alignof(lockd_conn) != 0 || !path ||
+        path[0] == '\0' || !ret_conn)
+        return -EINVAL;
+    r = conn_connect(path);
+    if (r < 0)
+        return r;
+    c->sock = r;
+    c->broken = 0;
+    c->in_place = 1;
     c->serial = 0;
     *ret_conn = c;
     return 0;
@@ -2483,7 +2508,8 @@ lockd_conn_close(lockd_conn *conn)
     if (!conn)
         return;
     safe_close(conn->sock);
-    free(conn);
+    if (!conn->in_place)
+        free(conn);
 }
 
 /* Start a request in the connection's buffer. */

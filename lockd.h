@@ -474,6 +474,22 @@ LOCKD_API int lockd_default_socket(char **ret_path);
  */
 LOCKD_API int lockd_conn_open(const char *path, lockd_conn **ret_conn);
 
+/*
+ * lockd_conn_open() in memory the caller provides (size >= LOCKD_CONN_SIZE
+ * bytes, aligned as malloc() aligns), without allocating: for a child
+ * between fork() and exec() of a threaded program (a libvirt hook), where
+ * malloc() and stdio may deadlock.  path must be given (the default
+ * socket's lookup allocates).  This call, lockd_conn_register(),
+ * lockd_conn_register_on_loss() and lockd_conn_close() on such a
+ * connection are async-signal-safe: system calls and plain memory only.
+ * mem must stay valid until lockd_conn_close(), which does not free it.
+ * Errors: -EINVAL (NULL, empty path, mem too small or misaligned), and
+ * those of lockd_conn_open().
+ */
+#define LOCKD_CONN_SIZE (65536 + 256)
+LOCKD_API int lockd_conn_open_in(void *mem, size_t size, const char *path,
+                                 lockd_conn **ret_conn);
+
 /* Disconnect.  Nothing the helper holds is released: leases belong to
  * owners, not connections.  NULL is a no-op. */
 LOCKD_API void lockd_conn_close(lockd_conn *conn);

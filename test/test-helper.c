@@ -3104,6 +3104,63 @@ HELPER_CASE(fd_exhaustion)
  * a few: with a pidfd sent along or without, the answer is success or
  * -EMFILE, never -ESRCH ("no such process") for a live process.
  */
+/*
+ * lockd_conn_open_in(): a connection in the caller's memory, for a child
+ * between fork() and exec() (libvirt registers QEMU there).  The child of
+ * a process whose other thread is inside malloc() all the time registers
+ * a guest; bad memory is refused.
+ */
+static volatile int malloc_stop;
+
+static void *
+malloc_hammer(void *arg)
+{
+    (void)arg;
+    while (!malloc_stop)
+        free(malloc(64 + (size_t)(rand() % 4096)));
+    return NULL;
+}
+
+HELPER_CASE(conn_in_place)
+{
+    static unsigned char mem[LOCKD_CONN_SIZE] __attribute__((aligned(16)));
+    struct guest g, g2;
+    lockd_conn *c, *ic;
+    struct fsd *s = helper_with_guest(0, &g, &c);
+    pthread_t t;
+    pid_t pid;
+    int st;
+
+    ASSERT_ERR(lockd_conn_open_in(mem, LOCKD_CONN_SIZE - 1024 * 63, s->sock, &ic), EINVAL);
+    ASSERT_ERR(lockd_conn_open_in(mem + 1, LOCKD_CONN_SIZE - 1, s->sock, &ic), EINVAL);
+    ASSERT_ERR(lockd_conn_open_in(mem, sizeof(mem), NULL, &ic), EINVAL);
+    ASSERT_ERR(lockd_conn_open_in(mem, sizeof(mem), test_path("nosuch.sock"), &ic), ENOENT);
+    guest_start(&g2);
+    ASSERT_INT_EQ(pthread_create(&t, NULL, malloc_hammer, NULL), 0);
+    pid = fork();
+    ASSERT_TRUE(pid >= 0);
+    if (pid == 0) {
+        int r = lockd_conn_open_in(mem, sizeof(mem), s->sock, &ic);
+
+        if (r == 0)
+            r = lockd_conn_register_on_loss(ic, g2.pid, -1, UUID1, "in-place",
+                                            LOCKD_ON_LOSS_REPORT, NULL);
+        lockd_conn_close(ic);
+        _exit(r == 0 ? 0 : 1);
+    }
+    ASSERT_INT_EQ(waitpid(pid, &st, 0), pid);
+    malloc_stop = 1;
+    ASSERT_INT_EQ(pthread_join(t, NULL), 0);
+    ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    ASSERT_INT_EQ(owners_count(c), 2);
+    guest_end(&g2);
+    guest_end(&g);
+    lockd_conn_close(c);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+}
+
 HELPER_CASE(register_out_of_fds)
 {
     lockd_space *sp = space_open_rooted();
@@ -4655,6 +4712,7 @@ main(int argc, char **argv)
     RUN(only, loss_actions, 60);
     RUN(only, hook_as_registering_uid, 60);
     RUN(only, exec_or_kill, 60);
+    RUN(only, conn_in_place, 60);
     RUN(only, one_ofd_one_lease, 60);
     RUN(only, ids_new_after_cold_start, 60);
     RUN(only, adopt_free_record_kinds, 60);
