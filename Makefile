@@ -223,7 +223,7 @@ LIBVIRT_LIBDIR = $(shell pkg-config --variable=libdir libvirt 2>/dev/null || \
 	  if [ -n "$$t" ]; then echo /usr/lib/$$t; \
 	  elif [ -d /usr/lib64 ]; then echo /usr/lib64; else echo /usr/lib; fi; })
 LIBVIRT_LOCK_DRIVER_DIR ?= $(LIBVIRT_LIBDIR)/libvirt/lock-driver
-LIBVIRT_TEST_PROGS = test/libvirt/lease-poller test/libvirt/fake-libvirt
+LIBVIRT_TEST_PROGS = test/libvirt/lease-poller test/libvirt/fake-libvirt test/libvirt/lose-lease
 
 .PHONY: install-libvirt uninstall-libvirt check-libvirt
 
@@ -235,6 +235,9 @@ $(LIBVIRT_PLUGIN): lockd-libvirt.c lockd.c lockd.h
 
 test/libvirt/lease-poller: test/libvirt/lease-poller.c lockd.c lockd.h
 	$(CC) $(ALL_CFLAGS) -o $@ test/libvirt/lease-poller.c lockd.c $(SODIUM_LIBS)
+
+test/libvirt/lose-lease: test/libvirt/lose-lease.c
+	$(CC) $(ALL_CFLAGS) -o $@ test/libvirt/lose-lease.c
 
 # -rdynamic: the plugin finds the test's virReportErrorHelper as it finds
 # libvirt's, through dlsym(RTLD_DEFAULT).

@@ -51,8 +51,10 @@
  *   libvirtd's debug log: `virsh suspend` calls drvRelease twice (once when
  *   libvirt stops the CPUs, once for QEMU's STOP event), so a release must be
  *   harmless when repeated; a read-only disk is added with flags 1.
- * - drvAcquire's action is the guest's <on_lockfailure>; *fd (set to -1 by
- *   libvirt first) is a descriptor the plugin may leak into QEMU.
+ * - drvAcquire's action is the guest's <on_lockfailure> (every call, the
+ *   child's too); *fd (set to -1 by libvirt first) is a descriptor the
+ *   plugin may leak into QEMU.  drvNew and drvAddResource of the child's
+ *   call run in the child as well.
  * - Errors: libvirt's own plugins call virReportErrorHelper(), which libvirt
  *   exports from libvirt.so.0 only under a per-release version tag
  *   (LIBVIRT_PRIVATE_9.0.0).  Linking against that tag would tie this plugin
@@ -70,11 +72,12 @@
  * What this plugin does with those calls:
  * - REGISTER_ONLY: connect to lockd-helper and register the QEMU-to-be as an
  *   owner (uuid and name for people to read); take no lease: an incoming
- *   migration's QEMU starts while the source still holds them.  If that
- *   fails (no helper), say why in QEMU's log and carry on: the acquire when
- *   the CPUs start registers again and refuses the guest, with a message
- *   that reliably reaches virsh (see drv_acquire()).  A guest never runs
- *   without its leases.
+ *   migration's QEMU starts while the source still holds them.  This runs
+ *   between fork and exec of a threaded libvirtd, so only async-signal-safe
+ *   calls (see child_guest).  If it fails (no helper), say why in QEMU's
+ *   log and carry on: the acquire when the CPUs start registers again and
+ *   refuses the guest, with a message that reliably reaches virsh (see
+ *   drv_acquire()).  A guest never runs without its leases.
  * - acquire: take each lease here with LOCKD_TRY (a busy disk refuses the
  *   guest at once, naming the disk and the holder where the local helper
  *   knows it), hand the fds to the helper for the QEMU pid, and let go of our
@@ -87,10 +90,9 @@
  *   element the lease <key> (used as is if it is 64 lowercase hex digits,
  *   else hashed like a resource name) in the lockspace directory
  *   <target path>/<lockspace>, or <target path> without a <lockspace>.
- * - <on_lockfailure> is accepted and ignored: a lease held by the helper is
- *   not lost while the helper lives (no expiry, unlike sanlock), and when the
- *   helper dies there is no one left to act; libvirt's own lockd driver
- *   ignores it too.
+ * - <on_lockfailure> becomes the helper's action when a lease is found lost
+ *   (its filesystem lost the lock): see guest_on_loss().  libvirt's own
+ *   lockd driver ignores it.
  */
 #define _GNU_SOURCE
 #include "lockd.h"
@@ -220,7 +222,8 @@ struct resource {
 /* One manager object: a guest and the resources of one call. */
 struct guest {
     char uuid[37];
-    char *name;
+    char name[LOCKD_OWNER_NAME_MAX + 1];
+    char uri[256]; /* libvirt's connection URI of the guest's driver, or "" */
     int32_t pid;
     size_t n;
     struct resource *res;
@@ -231,6 +234,40 @@ struct guest {
 static struct plugin_config config;
 static unsigned int init_refs;
 static vir_report_fn vir_report;
+static pid_t init_pid;       /* libvirtd's pid: another one is the child forked for QEMU */
+static char *socket_path;    /* the helper's socket, resolved at drvInit */
+
+/*
+ * The child libvirt forks for QEMU calls drvNew, drvAddResource and
+ * drvAcquire(REGISTER_ONLY) between fork() and exec(), in a copy of a
+ * threaded libvirtd: malloc(), stdio and any lock another thread held at
+ * the fork may deadlock there.  So the child uses only this static guest
+ * and connection memory (its own copies: nothing is shared with
+ * libvirtd), system calls, and messages written with write(2).
+ */
+static struct guest child_guest;
+static unsigned char child_conn[LOCKD_CONN_SIZE] __attribute__((aligned(16)));
+
+static int
+in_child(void)
+{
+    return getpid() != init_pid;
+}
+
+/* Write the strings, up to a NULL, and a newline to stderr (QEMU's log,
+ * in the child): async-signal-safe. */
+static void
+child_say(const char *first, ...)
+{
+    const char *p;
+    va_list ap;
+
+    va_start(ap, first);
+    for (p = first; p; p = va_arg(ap, const char *))
+        (void)!write(STDERR_FILENO, p, strlen(p));
+    va_end(ap);
+    (void)!write(STDERR_FILENO, "\n", 1);
+}
 
 /* ------------------------------------------------------------------------
  * Errors
@@ -493,23 +530,41 @@ guest_free(struct guest *g)
         free(g->res[i].dir);
     }
     free(g->res);
-    free(g->name);
     free(g);
 }
 
+/* The text form of a UUID into out (37 bytes), without stdio. */
 static void
 uuid_format(const unsigned char *u, char *out)
 {
     static const int dash[16] = {[4] = 1, [6] = 1, [8] = 1, [10] = 1};
+    static const char hex[] = "0123456789abcdef";
     size_t i;
 
-    for (i = 0; i < 16; i++)
-        out += sprintf(out, "%s%02x", dash[i] ? "-" : "", u[i]);
+    for (i = 0; i < 16; i++) {
+        if (dash[i])
+            *out++ = '-';
+        *out++ = hex[u[i] >> 4];
+        *out++ = hex[u[i] & 15];
+    }
+    *out = '\0';
 }
 
-/* Read drvNew's parameters into g.  Returns 0 or -1 (reported). */
+/* Copy at most size - 1 bytes of src and a NUL: async-signal-safe. */
+static void
+copy_cut(char *dst, const char *src, size_t size)
+{
+    size_t n = strnlen(src, size - 1);
+
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* Read drvNew's parameters into g (async-signal-safe: the child calls it
+ * too).  Returns 0, or -1 with the missing parameter's name in *ret_missing. */
 static int
-guest_params(struct guest *g, size_t nparams, const struct vlm_param *params)
+guest_params(struct guest *g, size_t nparams, const struct vlm_param *params,
+             const char **ret_missing)
 {
     size_t i;
 
@@ -521,22 +576,19 @@ guest_params(struct guest *g, size_t nparams, const struct vlm_param *params)
         if (!strcmp(p->key, "uuid") && p->type == VLM_PARAM_UUID)
             uuid_format(p->value.uuid, g->uuid);
         else if (!strcmp(p->key, "name") && p->type == VLM_PARAM_STRING && p->value.str &&
-                 !g->name)
+                 !g->name[0])
             /* The helper keeps at most LOCKD_OWNER_NAME_MAX bytes of a name. */
-            g->name = strndup(p->value.str, LOCKD_OWNER_NAME_MAX);
+            copy_cut(g->name, p->value.str, sizeof(g->name));
         else if (!strcmp(p->key, "pid") &&
                  (p->type == VLM_PARAM_UINT || p->type == VLM_PARAM_INT))
             g->pid = p->value.iv; /* libvirt stores it through .iv */
-        /* "id", "uri" and anything a later libvirt adds are not needed. */
+        else if (!strcmp(p->key, "uri") && p->type == VLM_PARAM_CSTRING && p->value.cstr &&
+                 strlen(p->value.cstr) < sizeof(g->uri))
+            copy_cut(g->uri, p->value.cstr, sizeof(g->uri));
+        /* "id" and anything a later libvirt adds are not needed. */
     }
-    if (!g->name || g->pid <= 0 || !g->uuid[0]) {
-        report(VIR_ERR_INTERNAL_ERROR, "libvirt gave no %s for the guest",
-               !g->name      ? "name"
-               : g->pid <= 0 ? "pid"
-                             : "uuid");
-        return -1;
-    }
-    return 0;
+    *ret_missing = !g->name[0] ? "name" : g->pid <= 0 ? "pid" : !g->uuid[0] ? "uuid" : NULL;
+    return *ret_missing ? -1 : 0;
 }
 
 /* Add one lease to g; takes dir.  Returns 0 or -1 (reported). */
@@ -731,41 +783,118 @@ static int
 helper_connect(const struct guest *g, const char *doing, lockd_conn **ret, char *why,
                size_t len)
 {
-    int r = lockd_conn_open(config.helper_socket, ret);
-    char *def = NULL;
+    int r = socket_path ? lockd_conn_open(socket_path, ret) : -ENOENT;
 
-    if (r < 0 && !config.helper_socket)
-        (void)lockd_default_socket(&def);
     if (r < 0)
         snprintf(why, len,
                  "%s guest '%s': lockd-helper is unreachable at %s (%s); is it running?",
-                 doing, g->name,
-                 config.helper_socket ? config.helper_socket
-                 : def                ? def
-                                      : "the default socket",
+                 doing, g->name, socket_path ? socket_path : "the default socket",
                  strerror(-r));
-    free(def);
     return r < 0 ? -1 : 0;
 }
 
-/* Connect and register g's owner (again: that is harmless).  Returns 0 with
- * the connection in *ret, or -1 with the reason in why. */
+/* Connect and register g's owner (again: that is harmless) with its action
+ * on lock loss (on_loss, hook).  Returns 0 with the connection in *ret, or
+ * -1 with the reason in why. */
 static int
-helper_register(const struct guest *g, lockd_conn **ret, char *why, size_t len)
+helper_register(const struct guest *g, int on_loss, const char *hook, lockd_conn **ret,
+                char *why, size_t len)
 {
     int r;
 
     if (helper_connect(g, "cannot protect", ret, why, len) < 0)
         return -1;
-    r = lockd_conn_register(*ret, g->pid, -1, g->uuid, g->name);
-    if (r < 0) {
+    r = lockd_conn_register_on_loss(*ret, g->pid, -1, g->uuid, g->name, on_loss, hook);
+    if (r == -EPROTO && on_loss >= 0)
+        snprintf(why, len,
+                 "guest '%s' refused: this lockd-helper cannot act on <on_lockfailure> "
+                 "(too old: restart it with this release's)",
+                 g->name);
+    else if (r < 0)
         snprintf(why, len, "guest '%s' refused: lockd-helper did not register pid %d: %s",
                  g->name, (int)g->pid, strerror(-r));
+    if (r < 0) {
         lockd_conn_close(*ret);
         *ret = NULL;
         return -1;
     }
     return 0;
+}
+
+/*
+ * <on_lockfailure>, as libvirt passes it to drvAcquire
+ * (virDomainLockFailureAction).
+ */
+enum {
+    VLM_FAILURE_DEFAULT,
+    VLM_FAILURE_POWEROFF,
+    VLM_FAILURE_RESTART,
+    VLM_FAILURE_PAUSE,
+    VLM_FAILURE_IGNORE,
+};
+
+/* How long the pause hook gives libvirt to suspend the guest, in seconds,
+ * before the helper kills it (a guest left running on a lost lease may
+ * write a disk another host has been granted). */
+#define PAUSE_DEADLINE_SEC 10
+
+/*
+ * The helper's action on lock loss for g's <on_lockfailure> action: into
+ * *ret_on_loss (-1: the helper's default, kill) and, for pause, the hook
+ * into cmd.  default and poweroff: SIGKILL QEMU (libvirt then shows the
+ * guest shut off).  pause: a hook asks libvirtd to suspend the guest, as
+ * libvirt's own sanlock helper does (look it up by UUID on the driver's
+ * URI, virDomainSuspend); it runs in a child of the helper that holds no
+ * lease fd, never in the helper's loop, since a suspend calls back into
+ * this plugin's release.  If the guest is not paused within
+ * PAUSE_DEADLINE_SEC, the hook fails and the helper kills QEMU (SIGSTOP
+ * would not do: a stopped QEMU cannot answer libvirt).  ignore: the helper
+ * only reports.  restart is refused, as sanlock's plugin refuses it: a
+ * restarted guest would ask at once for the lease it just lost.  Returns 0
+ * or -1 (reported).
+ */
+static int
+guest_on_loss(const struct guest *g, int action, int *ret_on_loss, char *cmd, size_t size)
+{
+    const char *uri = g->uri[0] ? g->uri : "qemu:///system";
+
+    cmd[0] = '\0';
+    switch (action) {
+    case VLM_FAILURE_DEFAULT:
+    case VLM_FAILURE_POWEROFF:
+        *ret_on_loss = -1; /* kill: what a helper of any release does */
+        return 0;
+    case VLM_FAILURE_IGNORE:
+        *ret_on_loss = LOCKD_ON_LOSS_REPORT;
+        return 0;
+    case VLM_FAILURE_PAUSE:
+        /* The URI goes between single quotes: it must hold none. */
+        if (strchr(uri, '\'') || strpbrk(uri, "\n\r")) {
+            report(VIR_ERR_CONFIG_UNSUPPORTED,
+                   "guest '%s' refused: <on_lockfailure>pause</on_lockfailure> needs a "
+                   "libvirt URI without quotes or newlines",
+                   g->name);
+            return -1;
+        }
+        *ret_on_loss = LOCKD_ON_LOSS_EXEC_OR_KILL;
+        snprintf(cmd, size,
+                 "c='%s' u=\"$LOCKD_OWNER_UUID\"; "
+                 "timeout -k 1 %d virsh -q -c \"$c\" suspend \"$u\" >/dev/null 2>&1; "
+                 "[ \"$(timeout -k 1 5 virsh -q -c \"$c\" domstate \"$u\" 2>/dev/null)\" = paused ]",
+                 uri, PAUSE_DEADLINE_SEC);
+        return 0;
+    case VLM_FAILURE_RESTART:
+        report(VIR_ERR_CONFIG_UNSUPPORTED,
+               "guest '%s' refused: <on_lockfailure>restart</on_lockfailure> is not "
+               "supported by lockd (a restarted guest would ask for the lease it lost); "
+               "use poweroff, pause or ignore",
+               g->name);
+        return -1;
+    default:
+        report(VIR_ERR_CONFIG_UNSUPPORTED,
+               "guest '%s' refused: unknown <on_lockfailure> action %d", g->name, action);
+        return -1;
+    }
 }
 
 /* A lease the helper holds for the guest. */
@@ -895,39 +1024,6 @@ report_busy(const struct guest *g, const struct resource *res, lockd_conn *conn,
  */
 
 /*
- * Take the lease of res here, without waiting, into *ret.  space is the disk
- * lockspace; a <lease> opens its own.  Returns 0 or -1 (reported).
- */
-#define GC_TRIES 10
-
-static int
-res_acquire(const struct guest *g, const struct resource *res, int mode, lockd_conn *conn,
-            lockd_space *space, lockd_lease **ret)
-{
-    lockd_space *own = NULL;
-    const char *key = res->key;
-    int r = 0, tries;
-
-    if (res->dir && space_open(g, res->dir, 1, &own) < 0)
-        return -1;
-    if (own)
-        space = own;
-    /* -EINPROGRESS: a gc held the index past LOCKD_INDEX_WAIT_MS, which says
-     * nothing about the lease; give it a few more chances before refusing. */
-    for (tries = 0; tries < GC_TRIES; tries++)
-        if ((r = lockd_acquire(space, 1, &key, &mode, LOCKD_TRY, ret)) != -EINPROGRESS)
-            break;
-    if (r == -EAGAIN)
-        report_busy(g, res, conn, space);
-    else if (r < 0)
-        report(VIR_ERR_OPERATION_FAILED,
-               "guest '%s' refused: cannot take the lease of %s %s: %s", g->name,
-               res->is_lease ? "lease" : "disk", res->name, lease_strerror(r));
-    lockd_space_close(own);
-    return r < 0 ? -1 : 0;
-}
-
-/*
  * Whether the lease of res is locked by someone, as lockd_probe() sees it:
  * the helper's word that it holds a lease for the guest is not enough to
  * skip taking it (a copy of its open file description may have been
@@ -960,33 +1056,74 @@ res_mode(const struct guest *g, const struct resource *res)
     return res->mode;
 }
 
-/*
- * Take every lease of g that its owner does not hold yet, all or nothing, and
- * hand them to the helper.  Returns 0 or -1 (reported; nothing taken).
- */
-static int
-guest_acquire(struct guest *g, lockd_conn *conn)
-{
-    lockd_lease **leases = calloc(g->n, sizeof(lockd_lease *));
-    uint64_t *ids = calloc(g->n, sizeof(*ids));
-    struct held_list held = {0, NULL};
-    lockd_space *space = NULL;
-    size_t i, handed = 0;
-    int r = -1;
+/* The leases of one lockspace that g takes in one lockd_acquire(). */
+struct batch {
+    size_t n;
+    const char **keys;
+    int *modes;
+    const char **names;
+    size_t *res; /* index in g->res of each */
+};
 
-    if (!leases || !ids) {
-        report(VIR_ERR_INTERNAL_ERROR, "out of memory");
-        goto out;
-    }
-    if (guest_keys(g, 1, &space) < 0 || helper_held(g, conn, &held) < 0)
-        goto out;
-    for (i = 0; i < g->n; i++) {
+/*
+ * Take the leases of batch b in space, without waiting, into *ret: all or
+ * nothing, one lockd_acquire().  A busy one refuses the guest, naming the
+ * disk and its holder.  Returns 0 or -1 (reported).
+ */
+#define GC_TRIES 10
+
+static int
+batch_acquire(const struct guest *g, const struct batch *b, lockd_conn *conn,
+              lockd_space *space, lockd_lease **ret)
+{
+    const struct resource *first = &g->res[b->res[0]];
+    int r = 0, tries;
+    size_t i;
+
+    /* -EINPROGRESS: a gc held the index past LOCKD_INDEX_WAIT_MS, which says
+     * nothing about the leases; give it a few more chances before refusing. */
+    for (tries = 0; tries < GC_TRIES; tries++)
+        if ((r = lockd_acquire(space, b->n, b->keys, b->modes, LOCKD_TRY, ret)) !=
+            -EINPROGRESS)
+            break;
+    if (r == -EAGAIN) {
+        /* Which one: the first that a probe finds held (a holder may have
+         * let go since; then the first is named). */
+        for (i = 0; i < b->n; i++) {
+            int p = lockd_probe(space, b->keys[i], NULL);
+
+            if (p == LOCKD_EXCLUSIVE || (p == LOCKD_SHARED && b->modes[i] == LOCKD_EXCLUSIVE))
+                break;
+        }
+        report_busy(g, &g->res[b->res[i < b->n ? i : 0]], conn, space);
+    } else if (r < 0)
+        report(VIR_ERR_OPERATION_FAILED,
+               "guest '%s' refused: cannot take the lease of %s %s%s: %s", g->name,
+               first->is_lease ? "lease" : "disk", first->name,
+               b->n > 1 ? " (or another of its lockspace)" : "", lease_strerror(r));
+    return r < 0 ? -1 : 0;
+}
+
+/*
+ * The leases g needs in the lockspace of resource index first that its
+ * owner does not hold yet, into b (arrays of g->n).  A lease the helper
+ * keeps without its lock is let go of in the helper first, to be taken
+ * anew.
+ */
+static void
+batch_plan(const struct guest *g, size_t first, const struct held_list *held,
+           lockd_conn *conn, lockd_space *space, struct batch *b)
+{
+    size_t i;
+
+    b->n = 0;
+    for (i = first; i < g->n; i++) {
         const struct resource *res = &g->res[i];
-        const struct held *h = held_find(&held, res->key);
+        const struct held *h = held_find(held, res->key);
         int mode = res_mode(g, res);
 
-        if (first_of(g, res) != i)
-            continue; /* a duplicate */
+        if (!same_space(res, &g->res[first]) || first_of(g, res) != i)
+            continue; /* another lockspace's, or a duplicate */
         if (h && h->mode == LOCKD_LOST)
             /* The helper keeps a lease whose lock is gone: let go of its
              * record and take the disk anew (or be refused: busy). */
@@ -994,29 +1131,71 @@ guest_acquire(struct guest *g, lockd_conn *conn)
         else if (h && (h->mode == LOCKD_EXCLUSIVE || h->mode == mode) &&
                  res_probe_held(g, res, space))
             continue; /* already held: acquiring is idempotent */
-        if (res_acquire(g, res, mode, conn, space, &leases[i]) < 0)
-            goto out;
+        b->keys[b->n] = res->key;
+        b->modes[b->n] = mode;
+        b->names[b->n] = res->name;
+        b->res[b->n++] = i;
     }
-    for (i = 0; i < g->n; i++) {
-        const char *name = g->res[i].name;
+}
 
-        if (!leases[i])
+/*
+ * Take every lease of g that its owner does not hold yet, all or nothing:
+ * one lockd_acquire() per lockspace, and one hand-over of each lockspace's
+ * leases to the helper.  Returns 0 or -1 (reported; nothing taken).
+ */
+static int
+guest_acquire(struct guest *g, lockd_conn *conn)
+{
+    lockd_lease **leases = calloc(g->n, sizeof(lockd_lease *));
+    uint64_t *ids = calloc(g->n, sizeof(*ids));
+    struct batch b = {0, calloc(g->n, sizeof(char *)), calloc(g->n, sizeof(int)),
+                      calloc(g->n, sizeof(char *)), calloc(g->n, sizeof(size_t))};
+    struct held_list held = {0, NULL};
+    lockd_space *space = NULL;
+    size_t i, j, handed = 0, nleases = 0;
+    int r = -1;
+
+    if (!leases || !ids || !b.keys || !b.modes || !b.names || !b.res) {
+        report(VIR_ERR_INTERNAL_ERROR, "out of memory");
+        goto out;
+    }
+    if (guest_keys(g, 1, &space) < 0 || helper_held(g, conn, &held) < 0)
+        goto out;
+    for (i = 0; i < g->n; i++) {
+        lockd_space *own = NULL, *sp = space;
+
+        for (j = 0; j < i && !same_space(&g->res[j], &g->res[i]); j++)
+            ;
+        if (j < i)
+            continue; /* that lockspace was done with resource j */
+        if (g->res[i].dir && space_open(g, g->res[i].dir, 1, &own) < 0)
+            goto out;
+        if (own)
+            sp = own;
+        batch_plan(g, i, &held, conn, sp, &b);
+        r = b.n ? batch_acquire(g, &b, conn, sp, &leases[nleases]) : 0;
+        lockd_space_close(own);
+        if (r < 0)
+            goto out;
+        if (b.n == 0)
             continue;
-        r = lockd_conn_handoff(conn, g->pid, leases[i], &name, &ids[handed]);
+        r = lockd_conn_handoff(conn, g->pid, leases[nleases], b.names, &ids[handed]);
         if (r < 0) {
             report(VIR_ERR_OPERATION_FAILED,
-                   "guest '%s' refused: lockd-helper did not take the lease of %s: %s",
-                   g->name, name, strerror(-r));
+                   "guest '%s' refused: lockd-helper did not take the lease of %s%s: %s",
+                   g->name, b.names[0], b.n > 1 ? " and others" : "", strerror(-r));
             r = -1;
+        } else
+            handed += lockd_lease_count(leases[nleases]);
+        nleases++;
+        if (r < 0)
             goto out;
-        }
-        handed++;
     }
     r = 0;
 out:
     if (r < 0 && handed > 0)
         (void)lockd_conn_release(conn, g->pid, handed, ids);
-    for (i = 0; leases && i < g->n; i++) {
+    for (i = 0; i < nleases; i++) {
         /* The helper holds what it was given; on failure nobody does. */
         if (r == 0)
             lockd_lease_forget(leases[i]);
@@ -1027,6 +1206,10 @@ out:
     free(held.v);
     free(leases);
     free(ids);
+    free(b.keys);
+    free(b.modes);
+    free(b.names);
+    free(b.res);
     return r;
 }
 
@@ -1080,6 +1263,8 @@ out:
 static int
 drv_init(unsigned int version, const char *config_file, unsigned int flags)
 {
+    int r;
+
     if (!vir_report)
         vir_report = (vir_report_fn)dlsym(RTLD_DEFAULT, "virReportErrorHelper");
     if (version / 1000000 != VLM_VERSION_MAJOR || flags != 0) {
@@ -1096,6 +1281,15 @@ drv_init(unsigned int version, const char *config_file, unsigned int flags)
     }
     if (conf_load(config_file, &config) < 0)
         return -1;
+    /* Resolved now: the child forked for QEMU must not allocate. */
+    r = config.helper_socket ? ((socket_path = strdup(config.helper_socket)) ? 0 : -ENOMEM)
+                             : lockd_default_socket(&socket_path);
+    if (r == -ENOMEM) {
+        report(VIR_ERR_INTERNAL_ERROR, "out of memory");
+        conf_free(&config);
+        return -1;
+    }
+    init_pid = getpid();
     init_refs = 1;
     return 0;
 }
@@ -1103,8 +1297,11 @@ drv_init(unsigned int version, const char *config_file, unsigned int flags)
 static int
 drv_deinit(void)
 {
-    if (init_refs > 0 && --init_refs == 0)
+    if (init_refs > 0 && --init_refs == 0) {
         conf_free(&config);
+        free(socket_path);
+        socket_path = NULL;
+    }
     return 0;
 }
 
@@ -1112,8 +1309,24 @@ static int
 drv_new(struct vlm_manager *man, unsigned int type, size_t nparams,
         struct vlm_param *params, unsigned int flags)
 {
+    const char *missing;
     struct guest *g;
 
+    if (in_child()) {
+        /* Between fork and exec: static memory, no report() (see above). */
+        if (type != VLM_OBJECT_DOMAIN || (flags & ~VLM_NEW_STARTED)) {
+            child_say(PLUGIN_NAME ": lockd: unsupported object type or flags", NULL);
+            return -1;
+        }
+        memset(&child_guest, 0, sizeof(child_guest));
+        if (guest_params(&child_guest, nparams, params, &missing) < 0) {
+            child_say(PLUGIN_NAME ": lockd: libvirt gave no ", missing, " for the guest",
+                      NULL);
+            return -1;
+        }
+        man->privateData = &child_guest;
+        return 0;
+    }
     if (type != VLM_OBJECT_DOMAIN || (flags & ~VLM_NEW_STARTED)) {
         report(VIR_ERR_INTERNAL_ERROR, "unsupported object type %u or flags 0x%x", type,
                flags);
@@ -1124,7 +1337,8 @@ drv_new(struct vlm_manager *man, unsigned int type, size_t nparams,
         report(VIR_ERR_INTERNAL_ERROR, "out of memory");
         return -1;
     }
-    if (guest_params(g, nparams, params) < 0) {
+    if (guest_params(g, nparams, params, &missing) < 0) {
+        report(VIR_ERR_INTERNAL_ERROR, "libvirt gave no %s for the guest", missing);
         guest_free(g);
         return -1;
     }
@@ -1135,7 +1349,8 @@ drv_new(struct vlm_manager *man, unsigned int type, size_t nparams,
 static void
 drv_free(struct vlm_manager *man)
 {
-    guest_free(man->privateData);
+    if (man->privateData != &child_guest)
+        guest_free(man->privateData);
     man->privateData = NULL;
 }
 
@@ -1146,6 +1361,8 @@ drv_add_resource(struct vlm_manager *man, unsigned int type, const char *name,
     struct guest *g = man->privateData;
     char *dir;
 
+    if (g == &child_guest)
+        return 0; /* registering takes no lease: the acquire at CPU start gets them all */
     if (!name || (flags & ~(VLM_RES_READONLY | VLM_RES_SHARED))) {
         report(VIR_ERR_INTERNAL_ERROR, "unsupported resource flags 0x%x", flags);
         return -1;
@@ -1172,23 +1389,52 @@ drv_add_resource(struct vlm_manager *man, unsigned int type, const char *name,
     return -1;
 }
 
+/*
+ * REGISTER_ONLY in the child forked for QEMU: register the QEMU-to-be, with
+ * nothing but system calls (see child_guest).  Its action on loss is set
+ * when its CPUs start.  A failure is written to QEMU's log and deferred
+ * (see drv_acquire()).
+ */
+static int
+child_register(const struct guest *g)
+{
+    lockd_conn *c;
+    int r = socket_path ? lockd_conn_open_in(child_conn, sizeof(child_conn), socket_path, &c)
+                        : -ENOENT;
+    const char *e;
+
+    if (r == 0) {
+        r = lockd_conn_register(c, g->pid, -1, g->uuid, g->name);
+        lockd_conn_close(c);
+    }
+    if (r < 0) {
+        e = strerrorname_np(-r);
+        child_say(PLUGIN_NAME ": lockd: cannot register guest '", g->name,
+                  "' with lockd-helper at ", socket_path ? socket_path : "the default socket",
+                  " (", e ? e : "error", "); the guest will be refused when its CPUs start",
+                  NULL);
+    }
+    return 0;
+}
+
 static int
 drv_acquire(struct vlm_manager *man, const char *state, unsigned int flags, int action,
             int *fd)
 {
     struct guest *g = man->privateData;
+    char why[1024], hook[LOCKD_COMMAND_MAX + 1];
     lockd_conn *conn = NULL;
-    char why[1024];
-    int r;
+    int r, on_loss;
 
     /* No state is kept between calls (the helper has it), no descriptor is
-     * leaked into QEMU (the helper watches it through a pidfd), and
-     * <on_lockfailure> has nothing to act on (see the top of this file).
-     * RESTRICT needs nothing either: the connection is closed before QEMU is
-     * exec'd, so QEMU can make no lock calls. */
-    (void)state, (void)action;
+     * leaked into QEMU (the helper watches it through a pidfd).  RESTRICT
+     * needs nothing: the connection is closed before QEMU is exec'd, so
+     * QEMU can make no lock calls. */
+    (void)state;
     if (fd)
         *fd = -1;
+    if (g == &child_guest)
+        return child_register(g);
     if (flags & ~(VLM_ACQUIRE_REGISTER_ONLY | VLM_ACQUIRE_RESTRICT)) {
         report(VIR_ERR_INTERNAL_ERROR, "unsupported acquire flags 0x%x", flags);
         return -1;
@@ -1200,20 +1446,12 @@ drv_acquire(struct vlm_manager *man, const char *state, unsigned int flags, int 
                g->name);
         return -1;
     }
-    if (helper_register(g, &conn, why, sizeof(why)) < 0) {
-        if (flags & VLM_ACQUIRE_REGISTER_ONLY) {
-            /* In the child forked for QEMU a refusal reaches virsh only
-             * through QEMU's log, which libvirtd reads racing virtlogd: about
-             * one refusal in 30 showed as a bare "Process exited prior to
-             * exec".  Registering is repeated when the CPUs start, in
-             * libvirtd, where a refusal reaches virsh intact; until then
-             * QEMU is paused and holds no lease, so deferring is safe.  The
-             * reason goes to QEMU's log now. */
-            fprintf(stderr,
-                    "%s: lockd: %s (the guest will be refused when its CPUs start)\n",
-                    PLUGIN_NAME, why);
-            return 0;
-        }
+    if (guest_on_loss(g, action, &on_loss, hook, sizeof(hook)) < 0)
+        return -1;
+    if (helper_register(g, on_loss, hook[0] ? hook : NULL, &conn, why, sizeof(why)) < 0) {
+        /* Refused here, in libvirtd, the message reliably reaches virsh;
+         * in the child (above) it raced virtlogd: about one refusal in 30
+         * showed as a bare "Process exited prior to exec". */
         report(VIR_ERR_OPERATION_FAILED, "%s", why);
         return -1;
     }

@@ -225,9 +225,39 @@ add_disk(struct vlm_manager *man, const char *file, unsigned flags)
 }
 
 /* One lock call as libvirt makes it: new, resources, call, free.  disks is
- * a list of "name" or "name:s" (shared) or "name:r" (read-only). */
+ * a list of "name" or "name:s" (shared) or "name:r" (read-only); action is
+ * the guest's <on_lockfailure> (0: default).  A REGISTER_ONLY call runs in
+ * a forked child, as libvirt makes it (between fork and exec of QEMU). */
+static int call_in(const char *guest, pid_t pid, unsigned acquire_flags, int release,
+                   const char *disks, int action);
+
+static int
+call_act(const char *guest, pid_t pid, unsigned acquire_flags, int release, const char *disks,
+         int action)
+{
+    pid_t child;
+    int st;
+
+    if (!(acquire_flags & REG_ONLY) || release)
+        return call_in(guest, pid, acquire_flags, release, disks, action);
+    fflush(stdout);
+    child = fork();
+    if (child == 0)
+        _exit(call_in(guest, pid, acquire_flags, release, disks, action) == 0 ? 0 : 1);
+    if (child < 0 || waitpid(child, &st, 0) != child)
+        return -97;
+    return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+}
+
 static int
 call(const char *guest, pid_t pid, unsigned acquire_flags, int release, const char *disks)
+{
+    return call_act(guest, pid, acquire_flags, release, disks, 0);
+}
+
+static int
+call_in(const char *guest, pid_t pid, unsigned acquire_flags, int release, const char *disks,
+        int action)
 {
     struct vlm_manager man;
     char list[256], *save = NULL, *d;
@@ -257,12 +287,34 @@ call(const char *guest, pid_t pid, unsigned acquire_flags, int release, const ch
         if (state)
             r = -99;
     } else {
-        r = drv->drvAcquire(&man, NULL, acquire_flags, 0, &fd);
+        r = drv->drvAcquire(&man, NULL, acquire_flags, action, &fd);
         if (fd != -1)
             r = -98;
     }
     drv->drvFree(&man);
     return r;
+}
+
+static int
+owner_row(void *userdata, int32_t pid, uint32_t uid, const char *uuid, const char *name,
+          uint32_t leases)
+{
+    (void)uid, (void)uuid, (void)name, (void)leases;
+    return pid == *(pid_t *)userdata ? 1 : 0;
+}
+
+/* Whether the helper knows pid as an owner. */
+static int
+registered(pid_t pid)
+{
+    lockd_conn *c;
+    int r;
+
+    if (lockd_conn_open(sock, &c) < 0)
+        return 0;
+    r = lockd_conn_owners(c, owner_row, &pid);
+    lockd_conn_close(c);
+    return r == 1;
 }
 
 /* The state of disk file's lease in the test lockspace. */
@@ -364,6 +416,7 @@ test_lifecycle(void)
     use_config("");
     check(call("g1", g, REG_ONLY | RESTRICT, 0, "a b:s r:r") == 0,
           "start: REGISTER_ONLY|RESTRICT in the child succeeds, leaves *fd -1");
+    check(registered(g), "start: the child registered the guest with the helper");
     check(probe("a") == LOCKD_FREE, "start: REGISTER_ONLY takes no lease");
     check(call("g1", g, 0, 0, "a b:s r:r") == 0, "CPU start: acquire succeeds");
     check(probe("a") == LOCKD_EXCLUSIVE, "a writable disk gets an exclusive lease");
@@ -552,6 +605,18 @@ test_refusals(void)
     check(call("g3", g, 0, 0, "a") < 0 && error_has(text) && error_has("canonical"),
           "a key mode that contradicts the lockspace refuses the guest, naming both");
     use_config("");
+    check(call_act("g3", g, 0, 0, "a", 2 /* restart */) < 0 &&
+              error_has("lockd: guest 'g3' refused: <on_lockfailure>restart</on_lockfailure> "
+                        "is not supported by lockd") &&
+              error_has("use poweroff, pause or ignore") && last_code == 67,
+          "<on_lockfailure>restart</on_lockfailure> is refused, saying what to use");
+    check(probe("a") == LOCKD_FREE, "restart: nothing is taken");
+    check(call_act("g3", g, 0, 0, "a", 3 /* pause */) == 0 && probe("a") == LOCKD_EXCLUSIVE &&
+              call_act("g3", g, 0, 1, "a", 3) == 0,
+          "<on_lockfailure>pause</on_lockfailure> is accepted");
+    check(call_act("g3", g, 0, 0, "a", 4 /* ignore */) == 0 && probe("a") == LOCKD_EXCLUSIVE &&
+              call_act("g3", g, 0, 1, "a", 4) == 0,
+          "<on_lockfailure>ignore</on_lockfailure> is accepted");
     stop_helper();
     check(call("g3", g, REG_ONLY | RESTRICT, 0, "a") == 0 && last_error[0] == '\0',
           "no helper: registering in the child defers the refusal to the CPU start");
