@@ -41,10 +41,15 @@ USERUNITS = systemd/user/lockd-helper.socket systemd/user/lockd-helper.service
 .PHONY: all deps demo check check-build check-man check-asan check-valgrind bench fuzz \
 	fuzz-build install uninstall clean clean-tests
 
-LIBVIRT_PLUGIN = lockd-helper.so
+# The libvirt plugin: libvirtd loads <lock_manager>.so and reads
+# qemu-<lock_manager>.conf, so the file's name is what users write in
+# qemu.conf ("lockd" is libvirt's own plugin).  lockd-helper.so, its name
+# before, stays a link to it (its settings file stays qemu-lockd-helper.conf).
+LIBVIRT_PLUGIN = lockd-libvirt.so
+LIBVIRT_PLUGIN_OLD = lockd-helper.so
 PROGRAMS = $(patsubst %.c,%,$(wildcard lockd-helper.c lockdctl.c))
 
-all: liblockd.a $(SONAME) lockd.pc $(PROGRAMS) $(LIBVIRT_PLUGIN)
+all: liblockd.a $(SONAME) lockd.pc $(PROGRAMS) $(LIBVIRT_PLUGIN) $(LIBVIRT_PLUGIN_OLD)
 
 # The helper builds lockd.c into itself: the wire codec is written once, in
 # lockd.c, and stays static there (DESIGN.md, "Protocol rules").
@@ -212,8 +217,8 @@ fuzz: deps fuzz-build
 	done
 
 # --- libvirt lock-driver plugin (lockd-libvirt.c) -----------------------------
-# `lock_manager = "lockd-helper"` in /etc/libvirt/qemu.conf makes libvirtd load
-# lockd-helper.so from <libvirt's libdir>/libvirt/lock-driver.  That directory is
+# `lock_manager = "lockd-libvirt"` in /etc/libvirt/qemu.conf makes libvirtd load
+# lockd-libvirt.so from <libvirt's libdir>/libvirt/lock-driver.  That directory is
 # taken from libvirt's pkg-config data when libvirt-dev is installed, else from
 # the compiler's multiarch triplet (Debian: /usr/lib/x86_64-linux-gnu), else
 # /usr/lib64 or /usr/lib.  PREFIX does not apply: libvirtd reads no other place.
@@ -225,13 +230,16 @@ LIBVIRT_LIBDIR = $(shell pkg-config --variable=libdir libvirt 2>/dev/null || \
 LIBVIRT_LOCK_DRIVER_DIR ?= $(LIBVIRT_LIBDIR)/libvirt/lock-driver
 LIBVIRT_TEST_PROGS = test/libvirt/lease-poller test/libvirt/fake-libvirt test/libvirt/lose-lease
 
-.PHONY: install-libvirt uninstall-libvirt check-libvirt
+.PHONY: install-libvirt uninstall-libvirt check-libvirt check-migration
 
 # lockd.c is built into the plugin with every symbol hidden (LOCKD_API empty):
 # the plugin exports virLockDriverImpl and nothing else.
 $(LIBVIRT_PLUGIN): lockd-libvirt.c lockd.c lockd.h
 	$(CC) $(ALL_CFLAGS) $(PIC_CFLAGS) -DLOCKD_API= -shared -Wl,--no-undefined \
 		-o $@ lockd-libvirt.c lockd.c $(SODIUM_LIBS) -ldl $(LDFLAGS)
+
+$(LIBVIRT_PLUGIN_OLD): $(LIBVIRT_PLUGIN)
+	ln -sf $(LIBVIRT_PLUGIN) $@
 
 test/libvirt/lease-poller: test/libvirt/lease-poller.c lockd.c lockd.h
 	$(CC) $(ALL_CFLAGS) -o $@ test/libvirt/lease-poller.c lockd.c $(SODIUM_LIBS)
@@ -248,15 +256,26 @@ test/libvirt/fake-libvirt: test/libvirt/fake-libvirt.c lockd.c lockd.h
 install-libvirt: $(LIBVIRT_PLUGIN)
 	install -d $(DESTDIR)$(LIBVIRT_LOCK_DRIVER_DIR)
 	install -m 0755 $(LIBVIRT_PLUGIN) $(DESTDIR)$(LIBVIRT_LOCK_DRIVER_DIR)/$(LIBVIRT_PLUGIN)
+	ln -sf $(LIBVIRT_PLUGIN) $(DESTDIR)$(LIBVIRT_LOCK_DRIVER_DIR)/$(LIBVIRT_PLUGIN_OLD)
 
 uninstall-libvirt:
-	rm -f $(DESTDIR)$(LIBVIRT_LOCK_DRIVER_DIR)/$(LIBVIRT_PLUGIN)
+	rm -f $(DESTDIR)$(LIBVIRT_LOCK_DRIVER_DIR)/$(LIBVIRT_PLUGIN) \
+	      $(DESTDIR)$(LIBVIRT_LOCK_DRIVER_DIR)/$(LIBVIRT_PLUGIN_OLD)
 
 # Real libvirtd and QEMU in a private mount namespace (root; installs
 # libvirt-daemon-system and qemu-system-x86 when missing).
 check-libvirt: deps
-	@$(MAKE) --no-print-directory $(LIBVIRT_PLUGIN) lockd-helper lockdctl $(LIBVIRT_TEST_PROGS)
+	@$(MAKE) --no-print-directory $(LIBVIRT_PLUGIN) $(LIBVIRT_PLUGIN_OLD) lockd-helper lockdctl \
+		$(LIBVIRT_TEST_PROGS)
 	@bash test/check-libvirt
+
+# Two libvirtd hosts (mount namespaces with their own /run, /var/lib/libvirt
+# and host_uuid) on one lockspace and one helper, live-migrating a TCG guest
+# both ways: the lease follows the guest (root; installs what check-libvirt
+# does).
+check-migration: deps
+	@$(MAKE) --no-print-directory $(LIBVIRT_PLUGIN) lockd-helper lockdctl
+	@bash test/check-migration
 
 # --- a real systemd 252 as PID 1 (test/check-systemd) --------------------------
 # Root; installs systemd-container and debootstrap when missing and builds a
@@ -325,5 +344,5 @@ clean-tests:
 
 clean: clean-tests
 	rm -f *.o liblockd.a liblockd.so $(SONAME) lockd.pc $(PROGRAMS) $(ASAN_PROGRAMS) $(FUZZERS) \
-	      $(LIBVIRT_PLUGIN) $(LIBVIRT_TEST_PROGS) $(SYSTEMD_TEST_PROGS) $(CLUSTER_TEST_PROGS) \
+	      $(LIBVIRT_PLUGIN) $(LIBVIRT_PLUGIN_OLD) $(LIBVIRT_TEST_PROGS) $(SYSTEMD_TEST_PROGS) $(CLUSTER_TEST_PROGS) \
 	      fuzz/crash-* fuzz/leak-* fuzz/oom-* fuzz/timeout-*

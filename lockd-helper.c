@@ -134,6 +134,9 @@ struct conn {
      * file of its key in that directory.  NULL: none shown. */
     char *space_path;
     uint64_t space_dev, space_ino, space_mnt;
+    int direct; /* it showed no lockspace (SPACE without an fd): direct leases */
+    int named;  /* the lockspace names files after devices (lvm, scsi): a key
+                 * is the SHA-256 of the file's name */
     /* That directory, kept when its filesystem is local (fsw_close_is_local():
      * a lookup there never waits for a server), else -1. */
     int space_fd;
@@ -460,7 +463,7 @@ fd_has_lease(int fd, int mode, const struct statx *stx, int how)
             return 0;
         stx = &own;
     }
-    if (!S_ISREG(stx->stx_mode))
+    if (!S_ISREG(stx->stx_mode) && !S_ISBLK(stx->stx_mode)) /* a block device: direct */
         return 0;
     if (!fsw_close_is_local(stx)) {
         /* FUSE and NFS flush on every close, of a copy too: its own entry
@@ -1945,6 +1948,59 @@ fd_path(int fd, char *buf, size_t size)
  * lockspace there is nothing to compare with, and the lease is listed under
  * none (SPACE_NONE).
  */
+/*
+ * Whether fd is the disk of a direct lease named disk (disk_len bytes) and
+ * key: key is the path's verbatim key, and the path names fd's file (a
+ * regular file or a block device) now, symlinks followed as QEMU and
+ * virtlockd follow them.
+ */
+static int
+is_direct(int fd, const char *disk, size_t disk_len, const char *key, const struct statx *stx)
+{
+    char path[PATH_MAX], want[LOCKD_KEY_SIZE];
+    struct statx at;
+
+    (void)fd;
+    if (disk_len == 0 || disk_len >= sizeof(path) || disk[0] != '/' ||
+        (!S_ISREG(stx->stx_mode) && !S_ISBLK(stx->stx_mode)))
+        return 0;
+    memcpy(path, disk, disk_len);
+    path[disk_len] = '\0';
+    if (strlen(path) != disk_len || lockd_key_resource(path, disk_len, want) < 0 ||
+        strcmp(want, key) != 0)
+        return 0;
+    return statx(AT_FDCWD, path, AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, &at) == 0 &&
+           (at.stx_mode & S_IFMT) == (stx->stx_mode & S_IFMT) && at.stx_ino == stx->stx_ino &&
+           at.stx_dev_major == stx->stx_dev_major && at.stx_dev_minor == stx->stx_dev_minor;
+}
+
+/*
+ * in_space() for a lockspace that names its files after devices (lvm,
+ * scsi): fd's name is <dir>/<name>, where name hashes to key.
+ */
+static int
+in_named_space(const struct conn *c, int fd, const char *key, const struct statx *stx)
+{
+    char path[PATH_MAX], want[LOCKD_KEY_SIZE];
+    size_t len = strlen(c->space_path);
+    const char *name;
+    struct statx at;
+
+    if (!S_ISREG(stx->stx_mode) || fd_path(fd, path, sizeof(path)) < 0 ||
+        strncmp(path, c->space_path, len) != 0 || path[len] != '/' || len == 1)
+        return 0;
+    name = path + len + 1;
+    if (!name_key_valid(name) || lockd_key_resource(name, strlen(name), want) < 0 ||
+        strcmp(want, key) != 0)
+        return 0;
+    /* The name as the kernel has it may be stale (renamed since): look it up. */
+    return c->space_fd < 0 ||
+           (statx(c->space_fd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC,
+                  STATX_TYPE | STATX_INO, &at) == 0 &&
+            S_ISREG(at.stx_mode) && at.stx_ino == stx->stx_ino &&
+            at.stx_dev_major == stx->stx_dev_major && at.stx_dev_minor == stx->stx_dev_minor);
+}
+
 static int
 in_space(const struct conn *c, int fd, const char *key, const struct statx *stx)
 {
@@ -1952,7 +2008,9 @@ in_space(const struct conn *c, int fd, const char *key, const struct statx *stx)
     size_t len;
 
     if (!c->space_path)
-        return 1;
+        return !S_ISBLK(stx->stx_mode); /* only a direct lease is a device */
+    if (c->named)
+        return in_named_space(c, fd, key, stx);
     /* On the lockspace's mount: a file bind-mounted over <dir>/<key> has
      * the right name but is not the lockspace's.  (Not by device: on
      * overlayfs a file shows its layer's device, its directory the
@@ -2017,8 +2075,16 @@ check_item(const struct conn *c, const struct proto_req *req, size_t i, int fd)
     if (r == 2)
         r = 1;
     key_to_hex(it->key, key);
-    if (r == 1 && in_space(c, fd, key, stx))
+    if (r == 1 && (c->direct ? is_direct(fd, it->disk, it->disk_len, key, stx)
+                             : in_space(c, fd, key, stx)))
         return 0;
+    if (r == 1 && c->direct) {
+        log_refusal(c->uid, 4, "refused direct lease %.*s (%s) for pid %d from uid %u: fd is "
+                    "not that disk (a regular file or block device that path names, whose "
+                    "verbatim key is the key)",
+                    (int)it->disk_len, it->disk, key, (int)req->pid, c->uid);
+        return -EBADFD;
+    }
     if (r == 1) {
         char path[PATH_MAX];
 
@@ -2035,8 +2101,8 @@ check_item(const struct conn *c, const struct proto_req *req, size_t i, int fd)
              key, (int)req->pid, c->uid,
              r < 0 ? strerror(-r)
              : it->mode == LOCKD_SHARED
-                 ? "fd is not a regular file holding an OFD read lock on byte 0"
-                 : "fd is not a regular file holding an OFD write lock on byte 0");
+                 ? "fd is not a file holding an OFD read lock on byte 0"
+                 : "fd is not a file holding an OFD write lock on byte 0");
     return r < 0 ? r : -EBADFD;
 }
 
@@ -2212,13 +2278,23 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
  * in_space()).
  */
 static int
-do_space(struct conn *c, int fd)
+do_space(struct conn *c, int fd, int named)
 {
     char path[PATH_MAX], *copy;
     struct statx stx;
     int r;
 
-    if (fd < 0 || fsw_statx(fd, &stx) < 0 || !S_ISDIR(stx.stx_mode))
+    if (fd < 0) { /* direct leases from now on */
+        free(c->space_path);
+        c->space_path = NULL;
+        safe_close(c->space_fd);
+        c->space_fd = -1;
+        c->direct = 1;
+        return 0;
+    }
+    c->direct = 0;
+    c->named = named != 0;
+    if (fsw_statx(fd, &stx) < 0 || !S_ISDIR(stx.stx_mode))
         return -ENOTDIR;
     r = fd_path(fd, path, sizeof(path));
     if (r < 0)
@@ -2497,7 +2573,7 @@ dispatch(struct conn *c, const struct proto_req *req, int *fds, size_t nfds, int
             r = do_stop(c, req);
             break;
         case PROTO_SPACE:
-            r = do_space(c, nfds ? fds[0] : -1);
+            r = do_space(c, nfds ? fds[0] : -1, req->named);
             break;
         case PROTO_STUCK: {
             char text[PROTO_STUCK_TEXT_MAX];

@@ -3,14 +3,20 @@
  * lockd-libvirt.c: a libvirt lock-driver plugin that protects a guest's disks
  * with lockd leases held by lockd-helper(8).
  *
- * Put lockd-helper.so where libvirtd loads lock drivers and say, in
+ * Put lockd-libvirt.so where libvirtd loads lock drivers and say, in
  * /etc/libvirt/qemu.conf:
  *
- *     lock_manager = "lockd-helper"
+ *     lock_manager = "lockd-libvirt"
  *
- * The settings live in /etc/libvirt/qemu-lockd-helper.conf (all optional):
+ * (lockd-helper.so, its name before, is a link to it: then the settings
+ * file is qemu-lockd-helper.conf.)  The settings live in
+ * /etc/libvirt/qemu-lockd-libvirt.conf (all optional; lvm_lockspace_dir
+ * and scsi_lockspace_dir as virtlockd's, see guest_block_keys()):
  *
- *     lockspace = "/var/lib/lockd/files"   the lockspace directory
+ *     lockspace = "/var/lib/lockd/files"   the lockspace directory (alias
+ *                                           file_lockspace_dir, virtlockd's
+ *                                           name); unset: direct leases, on
+ *                                           the disks themselves
  *     key_mode = "verbatim"                 or "canonical"; unset: the mode the
  *                                           lockspace records (verbatim if none)
  *     helper_socket = "/run/lockd/helper.sock"
@@ -106,8 +112,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define PLUGIN_NAME "lockd-helper"
-#define DEFAULT_LOCKSPACE "/var/lib/lockd/files"
+#define PLUGIN_NAME "lockd-libvirt"
 
 /* ------------------------------------------------------------------------
  * libvirt's lock-driver ABI (lock_driver.h), declared here
@@ -203,7 +208,10 @@ typedef void (*vir_report_fn)(int domcode, int errcode, const char *filename,
  */
 
 struct plugin_config {
-    char *lockspace;      /* lockspace directory for disk leases */
+    char *file;           /* the settings file libvirt named (qemu-<lock_manager>.conf) */
+    char *lockspace;      /* lockspace directory for disk leases; NULL: direct leases */
+    char *lvm_dir;        /* lvm_lockspace_dir: /dev LVs named by LV UUID, or NULL */
+    char *scsi_dir;       /* scsi_lockspace_dir: /dev SCSI disks named by SCSI id, or NULL */
     int key_mode;         /* -1 (not set), LOCKD_MODE_VERBATIM, LOCKD_MODE_CANONICAL */
     char *helper_socket;  /* NULL: the library's default */
     int auto_disk_leases; /* a lease per writable disk */
@@ -216,7 +224,11 @@ struct resource {
     char *dir;    /* lockspace directory of a <lease>; NULL: the disk lockspace */
     int mode;     /* LOCKD_EXCLUSIVE or LOCKD_SHARED */
     int is_lease; /* a <lease> element, not a disk */
-    char key[LOCKD_KEY_SIZE];
+    int direct;   /* a disk's lease on the disk itself: no lockspace is configured */
+    int named;    /* LOCKD_MODE_LVM or _SCSI: a block device's lease in lvm_lockspace_dir or
+                   * scsi_lockspace_dir (dir), named by the device; else 0 */
+    char key[LOCKD_BLOCK_KEY_SIZE]; /* its key, or its name in an lvm or scsi lockspace */
+    char list_key[LOCKD_KEY_SIZE];  /* the key the helper lists it under */
 };
 
 /* One manager object: a guest and the resources of one call. */
@@ -235,6 +247,7 @@ static struct plugin_config config;
 static unsigned int init_refs;
 static vir_report_fn vir_report;
 static pid_t init_pid;       /* libvirtd's pid: another one is the child forked for QEMU */
+static const char *sysfs_root; /* NULL: /sys; $LOCKD_TEST_SYSFS_ROOT for tests */
 static char *socket_path;    /* the helper's socket, resolved at drvInit */
 
 /*
@@ -417,10 +430,15 @@ conf_set(struct plugin_config *cfg, const char *name, char *str, long v)
 {
     int r;
 
-    if (!strcmp(name, "lockspace"))
+    /* file_lockspace_dir: virtlockd's name for it, in qemu-lockd.conf. */
+    if (!strcmp(name, "lockspace") || !strcmp(name, "file_lockspace_dir"))
         return conf_path(&cfg->lockspace, str);
     if (!strcmp(name, "helper_socket"))
         return conf_path(&cfg->helper_socket, str);
+    if (!strcmp(name, "lvm_lockspace_dir"))
+        return conf_path(&cfg->lvm_dir, str);
+    if (!strcmp(name, "scsi_lockspace_dir"))
+        return conf_path(&cfg->scsi_dir, str);
     if (!strcmp(name, "key_mode"))
         r = conf_mode(&cfg->key_mode, str);
     else if (!strcmp(name, "auto_disk_leases"))
@@ -463,7 +481,8 @@ conf_line(struct plugin_config *cfg, const char *file, unsigned lineno, char *li
             return 0;
     }
     report(VIR_ERR_CONFIG_UNSUPPORTED,
-           "%s:%u: expected %s (lockspace, key_mode, helper_socket: \"strings\"; "
+           "%s:%u: expected %s (lockspace or file_lockspace_dir, lvm_lockspace_dir, "
+           "scsi_lockspace_dir, key_mode, helper_socket: \"strings\"; "
            "auto_disk_leases, require_lease_for_disks: 0 or 1)",
            file, lineno, expect[why]);
     return -1;
@@ -472,7 +491,10 @@ conf_line(struct plugin_config *cfg, const char *file, unsigned lineno, char *li
 static void
 conf_free(struct plugin_config *cfg)
 {
+    free(cfg->file);
     free(cfg->lockspace);
+    free(cfg->lvm_dir);
+    free(cfg->scsi_dir);
     free(cfg->helper_socket);
     memset(cfg, 0, sizeof(*cfg));
 }
@@ -492,9 +514,10 @@ conf_load(const char *file, struct plugin_config *cfg)
     cfg->key_mode = -1;
     cfg->auto_disk_leases = 1;
     cfg->require_lease_for_disks = -1;
-    cfg->lockspace = strdup(DEFAULT_LOCKSPACE);
-    if (!cfg->lockspace) {
+    cfg->file = file ? strdup(file) : NULL;
+    if (file && !cfg->file) {
         report(VIR_ERR_INTERNAL_ERROR, "out of memory");
+        conf_free(cfg);
         return -1;
     }
     f = file ? fopen(file, "re") : NULL;
@@ -616,14 +639,13 @@ guest_add(struct guest *g, const char *name, char *dir, unsigned int flags)
         return 0;
     /* A <key> that is already a lockd key names that lease file, as
      * virtlockd does; any other string is hashed like a resource name. */
-    if (lockd_key_valid(name)) {
+    if (lockd_key_valid(name))
         memcpy(res->key, name, LOCKD_KEY_SIZE);
-        return 0;
-    }
-    if (lockd_key_resource(name, strlen(name), res->key) < 0) {
+    else if (lockd_key_resource(name, strlen(name), res->key) < 0) {
         report(VIR_ERR_CONFIG_UNSUPPORTED, "lease key '%s' is empty or too long", name);
         return -1;
     }
+    memcpy(res->list_key, res->key, LOCKD_KEY_SIZE);
     return 0;
 }
 
@@ -681,13 +703,17 @@ lease_dir(const char *key, size_t nparams, const struct vlm_param *params)
  * Returns 0 or -1 (reported).
  */
 static int
-space_open(const struct guest *g, const char *dir, int create, lockd_space **ret)
+space_open(const struct guest *g, const char *dir, int named, int create, lockd_space **ret)
 {
     uint32_t flags = 0;
     lockd_space *probe;
     int r;
 
-    if (!dir) {
+    if (named)
+        /* lvm_lockspace_dir or scsi_lockspace_dir: its mode is its kind. */
+        flags = (named == LOCKD_MODE_LVM ? LOCKD_OPEN_LVM : LOCKD_OPEN_SCSI) |
+                (create ? LOCKD_OPEN_CREATE : LOCKD_OPEN_READONLY);
+    else if (!dir) {
         dir = config.lockspace;
         flags = create ? LOCKD_OPEN_CREATE : LOCKD_OPEN_READONLY;
         if (config.key_mode >= 0)
@@ -699,14 +725,60 @@ space_open(const struct guest *g, const char *dir, int create, lockd_space **ret
     if (r == -EMEDIUMTYPE && lockd_space_open(dir, LOCKD_OPEN_READONLY, &probe) == 0) {
         report(VIR_ERR_CONFIG_UNSUPPORTED,
                "guest '%s' refused: lockspace %s records key mode %s, but "
-               "qemu-%s.conf asks for key_mode = \"%s\"",
-               g->name, dir, mode_name(lockd_space_mode(probe)), PLUGIN_NAME,
-               mode_name(config.key_mode));
+               "%s asks for key_mode = \"%s\"",
+               g->name, dir, mode_name(lockd_space_mode(probe)),
+               config.file ? config.file : "the plugin's settings", mode_name(config.key_mode));
         lockd_space_close(probe);
     } else if (r < 0)
         report(VIR_ERR_OPERATION_FAILED, "guest '%s': cannot open lockspace %s: %s",
                g->name, dir, lease_strerror(r));
     return r < 0 ? -1 : 0;
+}
+
+/*
+ * Name the block devices among g's disks as virtlockd does, in its order:
+ * a /dev path gets its LVM name in lvm_lockspace_dir if it has one, else
+ * its SCSI name in scsi_lockspace_dir if it has one; the others stay for
+ * the file lockspace (or direct leases).  Returns how many are left, or -1
+ * (reported: a device whose name cannot be read refuses the guest, as
+ * virtlockd refuses it when scsi_id cannot run).
+ */
+static int
+guest_block_keys(struct guest *g)
+{
+    static const int modes[] = {LOCKD_MODE_LVM, LOCKD_MODE_SCSI};
+    size_t i, k;
+    int r, left = 0;
+
+    for (i = 0; i < g->n; i++) {
+        struct resource *res = &g->res[i];
+        const char *dirs[] = {config.lvm_dir, config.scsi_dir};
+
+        if (res->is_lease)
+            continue;
+        for (k = 0, r = -ENODATA; k < 2 && r == -ENODATA; k++) {
+            if (!dirs[k])
+                continue;
+            r = lockd_block_key(sysfs_root, res->name, modes[k], res->key, sizeof(res->key));
+            if (r == 0 && !(res->dir = strdup(dirs[k])))
+                r = -ENOMEM;
+            if (r == 0) {
+                res->named = modes[k];
+                r = lockd_key_resource(res->key, strlen(res->key), res->list_key);
+            }
+        }
+        if (r == -ENODATA) {
+            left++;
+            continue;
+        }
+        if (r < 0) {
+            report(VIR_ERR_OPERATION_FAILED,
+                   "guest '%s' refused: cannot read the %s name of disk %s: %s", g->name,
+                   k == 1 ? "LVM" : "SCSI", res->name, strerror(-r));
+            return -1;
+        }
+    }
+    return left;
 }
 
 /* Compute the key of every disk of g in space.  Returns 0 or -1 (reported). */
@@ -717,14 +789,19 @@ guest_disk_keys(struct guest *g, const lockd_space *space)
     int r;
 
     for (i = 0; i < g->n; i++) {
-        if (g->res[i].is_lease)
+        if (g->res[i].is_lease || g->res[i].named)
             continue;
-        r = lockd_space_key(space, g->res[i].name, g->res[i].key);
+        /* A direct lease's key is its path's verbatim key, as the helper
+         * lists it. */
+        g->res[i].direct = !space;
+        r = space ? lockd_space_key(space, g->res[i].name, g->res[i].key)
+                  : lockd_key_resource(g->res[i].name, strlen(g->res[i].name), g->res[i].key);
         if (r < 0) {
             report(VIR_ERR_OPERATION_FAILED, "guest '%s': no lease key for disk %s: %s",
                    g->name, g->res[i].name, strerror(-r));
             return -1;
         }
+        memcpy(g->res[i].list_key, g->res[i].key, LOCKD_KEY_SIZE);
     }
     return 0;
 }
@@ -744,10 +821,17 @@ guest_has_disks(const struct guest *g)
 static int
 guest_keys(struct guest *g, int create, lockd_space **ret_space)
 {
+    int left;
+
     *ret_space = NULL;
     if (!guest_has_disks(g))
         return 0;
-    if (space_open(g, NULL, create, ret_space) < 0)
+    left = guest_block_keys(g);
+    if (left <= 0)
+        return left;
+    if (!config.lockspace)
+        return guest_disk_keys(g, NULL); /* direct leases */
+    if (space_open(g, NULL, 0, create, ret_space) < 0)
         return -1;
     if (guest_disk_keys(g, *ret_space) == 0)
         return 0;
@@ -759,7 +843,16 @@ guest_keys(struct guest *g, int create, lockd_space **ret_space)
 static int
 same_space(const struct resource *a, const struct resource *b)
 {
-    return a->dir == b->dir || (a->dir && b->dir && !strcmp(a->dir, b->dir));
+    return a->direct == b->direct &&
+           (a->dir == b->dir || (a->dir && b->dir && !strcmp(a->dir, b->dir)));
+}
+
+/* lockd_probe() of res: in space, or on the disk itself for a direct lease. */
+static int
+res_probe(const struct resource *res, const lockd_space *space, int32_t *ret_pid)
+{
+    return res->direct ? lockd_probe_direct(res->name, ret_pid)
+                       : lockd_probe(space, res->key, ret_pid);
 }
 
 /* Index of the first resource with res's key in res's lockspace. */
@@ -996,7 +1089,7 @@ report_busy(const struct guest *g, const struct resource *res, lockd_conn *conn,
     int r;
 
     memset(&h, 0, sizeof(h));
-    h.key = res->key;
+    h.key = res->list_key;
     /* The whole listing, filtered here: this is the rare refusal path, and
      * it does not depend on the helper's key filter. */
     if (lockd_conn_list(conn, 0, NULL, holder_row, &h) == 1) {
@@ -1008,7 +1101,7 @@ report_busy(const struct guest *g, const struct resource *res, lockd_conn *conn,
                      h.uuid[0] ? ", uuid " : "", h.uuid);
         else
             snprintf(who + n, sizeof(who) - n, "pid %d", (int)h.pid);
-    } else if ((r = lockd_probe(space, res->key, &pid)) >= 0 && pid > 0)
+    } else if ((r = res_probe(res, space, &pid)) >= 0 && pid > 0)
         snprintf(who, sizeof(who), "held %s by pid %d (a POSIX lock: virtlockd?)",
                  r == LOCKD_SHARED ? "shared" : "exclusively", (int)pid);
     else
@@ -1035,9 +1128,9 @@ res_probe_held(const struct guest *g, const struct resource *res, lockd_space *s
     lockd_space *own = NULL;
     int r;
 
-    if (res->dir && space_open(g, res->dir, 0, &own) < 0)
+    if (res->dir && space_open(g, res->dir, res->named, 0, &own) < 0)
         return 0;
-    r = lockd_probe(own ? own : space, res->key, NULL);
+    r = res_probe(res, own ? own : space, NULL);
     lockd_space_close(own);
     return r == LOCKD_EXCLUSIVE || r == LOCKD_SHARED;
 }
@@ -1082,20 +1175,34 @@ batch_acquire(const struct guest *g, const struct batch *b, lockd_conn *conn,
 
     /* -EINPROGRESS: a gc held the index past LOCKD_INDEX_WAIT_MS, which says
      * nothing about the leases; give it a few more chances before refusing. */
-    for (tries = 0; tries < GC_TRIES; tries++)
-        if ((r = lockd_acquire(space, b->n, b->keys, b->modes, LOCKD_TRY, ret)) !=
-            -EINPROGRESS)
-            break;
+    if (first->direct) /* named by their paths */
+        r = lockd_acquire_direct(b->n, b->names, b->modes, LOCKD_TRY, ret);
+    else
+        for (tries = 0; tries < GC_TRIES; tries++)
+            if ((r = lockd_acquire(space, b->n, b->keys, b->modes, LOCKD_TRY, ret)) !=
+                -EINPROGRESS)
+                break;
     if (r == -EAGAIN) {
         /* Which one: the first that a probe finds held (a holder may have
          * let go since; then the first is named). */
         for (i = 0; i < b->n; i++) {
-            int p = lockd_probe(space, b->keys[i], NULL);
+            int p = res_probe(&g->res[b->res[i]], space, NULL);
 
             if (p == LOCKD_EXCLUSIVE || (p == LOCKD_SHARED && b->modes[i] == LOCKD_EXCLUSIVE))
                 break;
         }
         report_busy(g, &g->res[b->res[i < b->n ? i : 0]], conn, space);
+    } else if (r < 0 && first->direct) {
+        /* Which disk: the first that fails the same way on its own. */
+        for (i = 0; i < b->n && res_probe(&g->res[b->res[i]], space, NULL) != r; i++)
+            ;
+        first = &g->res[b->res[i < b->n ? i : 0]];
+        report(VIR_ERR_OPERATION_FAILED,
+               "guest '%s' refused: cannot take the direct lease of disk %s%s: %s", g->name,
+               first->name, i < b->n || b->n == 1 ? "" : " (or another of its disks)",
+               r == -ENXIO    ? "neither a regular file nor a block device"
+               : r == -EISDIR ? "a directory, not a disk"
+                              : strerror(-r));
     } else if (r < 0)
         report(VIR_ERR_OPERATION_FAILED,
                "guest '%s' refused: cannot take the lease of %s %s%s: %s", g->name,
@@ -1119,7 +1226,7 @@ batch_plan(const struct guest *g, size_t first, const struct held_list *held,
     b->n = 0;
     for (i = first; i < g->n; i++) {
         const struct resource *res = &g->res[i];
-        const struct held *h = held_find(held, res->key);
+        const struct held *h = held_find(held, res->list_key);
         int mode = res_mode(g, res);
 
         if (!same_space(res, &g->res[first]) || first_of(g, res) != i)
@@ -1168,7 +1275,7 @@ guest_acquire(struct guest *g, lockd_conn *conn)
             ;
         if (j < i)
             continue; /* that lockspace was done with resource j */
-        if (g->res[i].dir && space_open(g, g->res[i].dir, 1, &own) < 0)
+        if (g->res[i].dir && space_open(g, g->res[i].dir, g->res[i].named, 1, &own) < 0)
             goto out;
         if (own)
             sp = own;
@@ -1236,7 +1343,7 @@ guest_release(struct guest *g, lockd_conn *conn)
     for (i = 0; i < held.n; i++) {
         size_t j;
 
-        for (j = 0; j < g->n && strcmp(g->res[j].key, held.v[i].key) != 0; j++)
+        for (j = 0; j < g->n && strcmp(g->res[j].list_key, held.v[i].key) != 0; j++)
             ;
         if (j < g->n)
             ids[n++] = held.v[i].id;
@@ -1291,6 +1398,17 @@ drv_init(unsigned int version, const char *config_file, unsigned int flags)
     }
     init_pid = getpid();
     init_refs = 1;
+    /* A test seam: a sysfs tree of sample devices (test/sysfs) in place of
+     * /sys, for the LVM and SCSI names; never set in production. */
+    sysfs_root = secure_getenv("LOCKD_TEST_SYSFS_ROOT");
+    if (!config.lockspace)
+        /* libvirtd's log (its stderr): the one place a setting is told at
+         * start without failing it. */
+        fprintf(stderr,
+                "%s: lockd: no lockspace in %s: each disk's lease is taken on the disk itself "
+                "(direct, as virtlockd without file_lockspace_dir); on /dev nodes such a lease "
+                "excludes guests of this host only\n",
+                PLUGIN_NAME, config.file ? config.file : "the settings");
     return 0;
 }
 

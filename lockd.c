@@ -164,9 +164,10 @@ struct lockd_space {
 };
 
 struct lease_ent {
-    char key[LOCKD_KEY_SIZE];
+    char key[LOCKD_BLOCK_KEY_SIZE]; /* a lockspace's key; in an lvm or scsi one, a name */
     int mode;
     int fd;
+    char *path; /* a direct lease's disk (lockd_acquire_direct()); else NULL */
     uint32_t given; /* lease_plan(): where the key stood in the caller's keys[] */
     /* Its holder record (exclusive only): holder_write(). */
     uint64_t epoch, gen;
@@ -175,7 +176,8 @@ struct lease_ent {
 };
 
 struct lockd_lease {
-    lockd_space *space; /* a reference: lockd_conn_handoff() binds its directory */
+    lockd_space *space; /* a reference: lockd_conn_handoff() binds its directory;
+                         * NULL for direct leases */
     size_t n;         /* distinct keys, in ent[] */
     size_t given;     /* keys the caller gave lockd_acquire(), duplicates too */
     uint32_t *slot;   /* slot[i]: the ent[] index of the caller's keys[i] */
@@ -269,6 +271,27 @@ lockd_key_valid(const char *key)
 }
 
 /* 32 bytes (a SHA-256, or a key on the wire) as 64 lowercase hex digits. */
+/*
+ * Whether name may name a lease file in an lvm or scsi lockspace: what
+ * lvs and scsi_id print (LVM: [0-9A-Za-z-], SCSI: [0-9A-Za-z#+-.:=@_],
+ * \x escapes and UTF-8) passes; so does any 1 to 255 bytes without a '/'
+ * or a control byte that does not start with '.' (lockd's own files, "."
+ * and "..").
+ */
+static int
+name_key_valid(const char *name)
+{
+    size_t i;
+
+    if (!name || !name[0] || name[0] == '.')
+        return 0;
+    for (i = 0; name[i]; i++)
+        if (name[i] == '/' || (unsigned char)name[i] < 0x20 || name[i] == 0x7f ||
+            i >= LOCKD_BLOCK_KEY_SIZE - 1)
+            return 0;
+    return 1;
+}
+
 static void
 key_to_hex(const uint8_t *bytes, char *ret_hex)
 {
@@ -318,7 +341,26 @@ lockd_key_resource(const void *name, size_t len, char *ret_key)
 static const char *
 mode_name(int mode)
 {
-    return mode == LOCKD_MODE_CANONICAL ? "canonical" : "verbatim";
+    static const char *const names[] = {"verbatim", "canonical", "lvm", "scsi"};
+
+    return mode >= 0 && mode <= LOCKD_MODE_SCSI ? names[mode] : "verbatim";
+}
+
+/* Whether a lockspace of mode names its lease files after devices (LVM LV
+ * UUIDs, SCSI ids: virtlockd's lvm_lockspace_dir and scsi_lockspace_dir),
+ * used raw, rather than by a SHA-256 key. */
+static int
+mode_named(int mode)
+{
+    return mode == LOCKD_MODE_LVM || mode == LOCKD_MODE_SCSI;
+}
+
+/* Whether key names a lease in space: a SHA-256 key, or in an lvm or scsi
+ * lockspace a device's name. */
+static int
+space_key_valid(const lockd_space *space, const char *key)
+{
+    return mode_named(space->mode) ? name_key_valid(key) : lockd_key_valid(key);
 }
 
 static int
@@ -332,13 +374,10 @@ settings_parse(const char *buf, int *ret_mode)
         return -EPROTO;
     if (version != SETTINGS_VERSION)
         return -EPROTO;
-    if (strcmp(mode, "verbatim") == 0)
-        *ret_mode = LOCKD_MODE_VERBATIM;
-    else if (strcmp(mode, "canonical") == 0)
-        *ret_mode = LOCKD_MODE_CANONICAL;
-    else
-        return -EPROTO;
-    return 0;
+    for (*ret_mode = LOCKD_MODE_VERBATIM; *ret_mode <= LOCKD_MODE_SCSI; (*ret_mode)++)
+        if (strcmp(mode, mode_name(*ret_mode)) == 0)
+            return 0;
+    return -EPROTO;
 }
 
 /* Read the settings: 0 and *ret_mode, -ENOENT if there are none. */
@@ -610,15 +649,14 @@ space_identify(lockd_space *s)
 LOCKD_API int
 lockd_space_open(const char *dir, uint32_t flags, lockd_space **ret_space)
 {
-    const uint32_t known = LOCKD_OPEN_CREATE | LOCKD_OPEN_VERBATIM | LOCKD_OPEN_CANONICAL |
-                           LOCKD_OPEN_READONLY;
+    const uint32_t modes = LOCKD_OPEN_VERBATIM | LOCKD_OPEN_CANONICAL | LOCKD_OPEN_LVM |
+                           LOCKD_OPEN_SCSI;
+    const uint32_t known = LOCKD_OPEN_CREATE | modes | LOCKD_OPEN_READONLY;
     lockd_space *s = NULL;
     char *path = NULL;
     int want, r;
 
-    if (!ret_space || (flags & ~known) ||
-        (flags & (LOCKD_OPEN_VERBATIM | LOCKD_OPEN_CANONICAL)) ==
-            (LOCKD_OPEN_VERBATIM | LOCKD_OPEN_CANONICAL) ||
+    if (!ret_space || (flags & ~known) || __builtin_popcount(flags & modes) > 1 ||
         (flags & (LOCKD_OPEN_CREATE | LOCKD_OPEN_READONLY)) ==
             (LOCKD_OPEN_CREATE | LOCKD_OPEN_READONLY))
         return -EINVAL;
@@ -648,9 +686,11 @@ lockd_space_open(const char *dir, uint32_t flags, lockd_space **ret_space)
     }
     space_identify(s);
     s->readonly = !!(flags & LOCKD_OPEN_READONLY);
-    want = (flags & LOCKD_OPEN_CANONICAL) ? LOCKD_MODE_CANONICAL : LOCKD_MODE_VERBATIM;
-    r = settings_settle(s, want, !!(flags & (LOCKD_OPEN_VERBATIM | LOCKD_OPEN_CANONICAL)),
-                        !!(flags & LOCKD_OPEN_READONLY));
+    want = (flags & LOCKD_OPEN_CANONICAL) ? LOCKD_MODE_CANONICAL
+           : (flags & LOCKD_OPEN_LVM)     ? LOCKD_MODE_LVM
+           : (flags & LOCKD_OPEN_SCSI)    ? LOCKD_MODE_SCSI
+                                          : LOCKD_MODE_VERBATIM;
+    r = settings_settle(s, want, !!(flags & modes), !!(flags & LOCKD_OPEN_READONLY));
     if (r < 0)
         goto out;
     *ret_space = s;
@@ -765,6 +805,8 @@ lockd_space_key(const lockd_space *space, const char *path, char *ret_key)
     len = strlen(path);
     if (len > LOCKD_NAME_MAX)
         return -ENAMETOOLONG;
+    if (mode_named(space->mode))
+        return -EMEDIUMTYPE; /* named by device: lockd_space_block_key() */
     if (space->mode == LOCKD_MODE_VERBATIM) {
         sha256_hex(path, len, ret_key);
         return 0;
@@ -1294,8 +1336,8 @@ lockd_lease_set_holder(lockd_lease *lease, const char *owner, const char *uuid, 
         const char *name = NULL;
         size_t k;
 
-        if (e->mode != LOCKD_EXCLUSIVE || e->fd < 0)
-            continue;
+        if (e->mode != LOCKD_EXCLUSIVE || e->fd < 0 || e->path)
+            continue; /* a direct lease's file is the disk: never written */
         for (k = 0; names && k < lease->given && !name; k++)
             if (lease->slot[k] == i)
                 name = names[k];
@@ -1311,7 +1353,7 @@ lockd_holder(const lockd_space *space, const char *key, lockd_holder_info *ret)
     ssize_t n;
     int fd, r;
 
-    if (!space || !ret || !lockd_key_valid(key))
+    if (!space || !ret || !space_key_valid(space, key))
         return -EINVAL;
     fd = open_retry(space->dirfd, key, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY,
                     0);
@@ -1341,7 +1383,7 @@ ent_cmp(const void *a, const void *b)
 /* Copy, check, sort and merge the request into a new lease (fds all -1),
  * remembering where each of the caller's keys went (lockd_lease_index()). */
 static int
-lease_plan(size_t n, const char *const *keys, const int *modes, lockd_lease **ret)
+lease_plan(size_t n, const char *const *keys, const int *modes, int named, lockd_lease **ret)
 {
     lockd_lease *l;
     size_t i, j;
@@ -1355,11 +1397,12 @@ lease_plan(size_t n, const char *const *keys, const int *modes, lockd_lease **re
     for (i = 0; i < n; i++) {
         int m = modes ? modes[i] : LOCKD_EXCLUSIVE;
 
-        if (!lockd_key_valid(keys[i]) || (m != LOCKD_EXCLUSIVE && m != LOCKD_SHARED)) {
+        if (!(named ? name_key_valid(keys[i]) : lockd_key_valid(keys[i])) ||
+            (m != LOCKD_EXCLUSIVE && m != LOCKD_SHARED)) {
             free(l);
             return -EINVAL;
         }
-        memcpy(l->ent[i].key, keys[i], LOCKD_KEY_SIZE);
+        memcpy(l->ent[i].key, keys[i], strlen(keys[i]) + 1);
         l->ent[i].mode = m;
         l->ent[i].fd = -1;
         l->ent[i].given = (uint32_t)i;
@@ -1394,7 +1437,7 @@ lockd_acquire(lockd_space *space, size_t n, const char *const *keys, const int *
         return -EINVAL;
     if (space->readonly)
         return -EBADF;
-    r = lease_plan(n, keys, modes, &l);
+    r = lease_plan(n, keys, modes, mode_named(space->mode), &l);
     if (r < 0)
         return r;
     /* The helper checks each handed-over fd against its lockspace, which
@@ -1424,6 +1467,920 @@ lockd_acquire(lockd_space *space, size_t n, const char *const *keys, const int *
     return 0;
 }
 
+/* ------------------------------------------------------------------------
+ * Block devices: the names virtlockd gives them in an lvm or scsi lockspace
+ *
+ * virtlockd runs two helpers to name a block device's lease: lvs(8) for an
+ * LV, scsi_id(8) for a SCSI LUN, and uses what they print, raw, as the file
+ * name (libvirt src/locking/lock_driver_lockd.c).  Both only re-read what
+ * the kernel caches in sysfs: device-mapper keeps the LVM UUID in dm/uuid,
+ * the SCSI midlayer the raw VPD pages 0x83 and 0x80 in device/vpd_pg83 and
+ * vpd_pg80 (read at scan time).  Reading them here needs no fork and exec
+ * per disk, no SG_IO (root) and no lvm2 or udev.  The SCSI part follows
+ * systemd's scsi_id (src/udev/scsi_id/scsi_serial.c, scsi_id.c) and udev's
+ * string cleaning down to their quirks: a name that differs in one byte is
+ * another lease file, and two hosts would both hold the disk.  The samples
+ * in test/sysfs/ and their names were checked against Debian 12's scsi_id.
+ */
+
+#define LVM_KEY_LEN 38 /* 32 ID characters and 6 dashes */
+
+/*
+ * scsi_id asks for 254 bytes of each page (SCSI_INQ_BUFF_LEN, scsi.h) into a
+ * zeroed buffer, so anything a device returns past byte 254 is invisible to
+ * it.  We truncate the sysfs copy, which holds the whole page, the same way.
+ */
+#define INQ_LEN 254
+#define SERIAL_LEN LOCKD_BLOCK_KEY_SIZE
+#define VENDOR_LEN 8
+#define MODEL_LEN 16
+#define LVM_UUID_LEN 68 /* "LVM-" + VG ID (32) + LV ID (32), lvm2 dev_manager.c */
+
+/* Designator types and code sets of VPD page 0x83 (SPC-4 7.8.6; scsi_id's scsi.h). */
+enum {
+    ID_VENDOR_SPECIFIC = 0,
+    ID_T10_VENDOR = 1,
+    ID_EUI_64 = 2,
+    ID_NAA = 3,
+    NAA_ANY = 0xff,
+    CODE_BINARY = 1,
+    CODE_ASCII = 2,
+};
+
+/*
+ * scsi_id's id_search_list, minus its first entry (target port group), which
+ * it records for --export but never returns as the serial.  Earlier entries
+ * win over later ones whatever their order in the page.
+ */
+static const struct {
+    uint8_t id_type, naa_type, code_set;
+} search_list[] = {
+    {ID_NAA, 6, CODE_BINARY},
+    {ID_NAA, 6, CODE_ASCII},
+    {ID_NAA, 5, CODE_BINARY},
+    {ID_NAA, 5, CODE_ASCII},
+    {ID_NAA, NAA_ANY, CODE_BINARY},
+    {ID_NAA, NAA_ANY, CODE_ASCII},
+    {ID_EUI_64, NAA_ANY, CODE_BINARY},
+    {ID_EUI_64, NAA_ANY, CODE_ASCII},
+    {ID_T10_VENDOR, NAA_ANY, CODE_BINARY},
+    {ID_T10_VENDOR, NAA_ANY, CODE_ASCII},
+    {ID_VENDOR_SPECIFIC, NAA_ANY, CODE_BINARY},
+    {ID_VENDOR_SPECIFIC, NAA_ANY, CODE_ASCII},
+};
+
+static const char hexdig[] = "0123456789abcdef";
+
+/* What scsi_id learns from one device: its pages (zero-padded) and INQUIRY strings. */
+struct scsi_dev {
+    uint8_t pg83[INQ_LEN], pg80[INQ_LEN];
+    int has83, has80;
+    char vendor[VENDOR_LEN + 1], model[MODEL_LEN + 1];
+};
+
+/* ---- sysfs access ------------------------------------------------------ */
+
+/* Appends S to BUF at *LEN; -ENAMETOOLONG rather than a silent cut. */
+static int
+path_add(char *buf, size_t *len, const char *s)
+{
+    size_t n = strlen(s);
+
+    if (*len + n >= PATH_MAX)
+        return -ENAMETOOLONG;
+    memcpy(buf + *len, s, n + 1);
+    *len += n;
+    return 0;
+}
+
+static void
+fmt_uint(char *buf, unsigned v)
+{
+    char tmp[16];
+    size_t n = 0;
+
+    do
+        tmp[n++] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    while (n > 0)
+        *buf++ = tmp[--n];
+    *buf = '\0';
+}
+
+/*
+ * Opens <root>/dev/block/MAJ:MIN, following the symlink into /sys/devices so
+ * that ".." from a partition reaches its disk.  O_PATH: we only use it as a
+ * directory for the *at() calls.
+ */
+static int
+devdir_open(const char *root, unsigned major, unsigned minor)
+{
+    char path[PATH_MAX], num[16];
+    size_t len = 0;
+    int r, fd;
+
+    r = path_add(path, &len, root);
+    if (r == 0)
+        r = path_add(path, &len, "/dev/block/");
+    fmt_uint(num, major);
+    if (r == 0)
+        r = path_add(path, &len, num);
+    if (r == 0)
+        r = path_add(path, &len, ":");
+    fmt_uint(num, minor);
+    if (r == 0)
+        r = path_add(path, &len, num);
+    if (r < 0)
+        return r;
+    fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    return fd;
+}
+
+/*
+ * Reads up to SIZE bytes of the attribute NAME below DIRFD.  A missing file
+ * is -ENODATA: the kernel hides attributes it has no value for (a VPD page
+ * the device lacks, dm/ on a non-dm disk), so absence means "no such key".
+ */
+static int
+attr_read(int dirfd, const char *name, void *buf, size_t size, size_t *ret_len)
+{
+    size_t len = 0;
+    ssize_t n;
+    int fd;
+
+    assert(buf && ret_len);
+    fd = openat(dirfd, name, O_RDONLY | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT || errno == ENOTDIR ? -ENODATA : -errno;
+    while (len < size) {
+        n = read(fd, (char *)buf + len, size - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            n = -errno;
+            close(fd);
+            return (int)n;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    *ret_len = len;
+    return 0;
+}
+
+/* Reads a one-line text attribute into a C string, dropping the kernel's "\n". */
+static int
+attr_line(int dirfd, const char *name, char *buf, size_t size)
+{
+    size_t len;
+    int r;
+
+    assert(size > 1);
+    r = attr_read(dirfd, name, buf, size - 1, &len);
+    if (r < 0)
+        return r;
+    if (len > 0 && buf[len - 1] == '\n')
+        len--;
+    buf[len] = '\0';
+    return 0;
+}
+
+/* ---- LVM --------------------------------------------------------------- */
+
+/*
+ * Does NAME (LEN bytes) followed by SEP begin the dm name at *DM?  dm names an
+ * LV "VG-LV" with every '-' inside VG and LV doubled (libdm dm_build_dm_name),
+ * which is how lvs maps "/dev/VG/LV" onto the same device we were given.
+ */
+static int
+dm_name_eat(const char **dm, const char *name, size_t len)
+{
+    const char *p = *dm;
+
+    for (size_t i = 0; i < len; i++) {
+        if (*p++ != name[i])
+            return 0;
+        if (name[i] == '-' && *p++ != '-')
+            return 0;
+    }
+    *dm = p;
+    return 1;
+}
+
+/*
+ * Is PATH a spelling lvs resolves to the dm device called DM_NAME?  lvs strips
+ * "/dev/", splits "mapper/VG-LV" at the single dash, and otherwise wants
+ * "VG/LV" (lvm2 tools/toollib.c skip_dev_dir).  Everything else, including
+ * /dev/dm-N and /dev/disk/by-id/..., is taken as a VG name and fails there.
+ */
+static int
+lvm_spelling_ok(const char *path, const char *dm_name)
+{
+    const char *rest, *slash, *dm = dm_name;
+
+    if (strncmp(path, "/dev/", 5) != 0)
+        return 0;
+    rest = path + 5;
+    if (strncmp(rest, "mapper/", 7) == 0)
+        return rest[7] != '\0' && strcmp(rest + 7, dm_name) == 0;
+    slash = strchr(rest, '/');
+    if (!slash || slash == rest || slash[1] == '\0' || strchr(slash + 1, '/'))
+        return 0;
+    return dm_name_eat(&dm, rest, (size_t)(slash - rest)) && *dm++ == '-' &&
+           dm_name_eat(&dm, slash + 1, strlen(slash + 1)) && *dm == '\0';
+}
+
+/*
+ * Formats the LV ID half of a dm UUID as lvs does (lvm2 lib/id/id.c
+ * id_write_format: groups 6-4-4-4-4-4-6).  A UUID with a layer suffix
+ * ("-tpool", "-pool", "-real", ...) is an internal device and gets no key
+ * (dev_manager.c _is_usable_uuid); so does one with characters lvm never
+ * generates, since the key becomes a file name.
+ */
+static int
+lvm_key_from_uuid(const char *uuid, char *ret, size_t size)
+{
+    static const int group[] = {6, 4, 4, 4, 4, 4, 6};
+    const char *id = uuid + 36;
+    char key[LVM_KEY_LEN + 1], *k = key;
+
+    if (strlen(uuid) != LVM_UUID_LEN || strncmp(uuid, "LVM-", 4) != 0)
+        return -ENODATA;
+    for (size_t g = 0; g < sizeof(group) / sizeof(group[0]); g++) {
+        if (g > 0)
+            *k++ = '-';
+        for (int i = 0; i < group[g]; i++, id++) {
+            if (!((*id >= '0' && *id <= '9') || (*id >= 'a' && *id <= 'z') ||
+                  (*id >= 'A' && *id <= 'Z')))
+                return -ENODATA;
+            *k++ = *id;
+        }
+    }
+    *k = '\0';
+    if (size < sizeof(key))
+        return -ERANGE;
+    memcpy(ret, key, sizeof(key));
+    return 0;
+}
+
+static int
+blockkey_lvm_dev(const char *sysfs_root, const char *path, unsigned major, unsigned minor,
+                 char *ret, size_t size)
+{
+    char name[256], uuid[256];
+    int r, fd;
+
+    if (!sysfs_root || sysfs_root[0] != '/' || !path || !ret)
+        return -EINVAL;
+    if (size < LVM_KEY_LEN + 1)
+        return -ERANGE;
+    /* Cheap string test first: most paths are not LVM spellings at all. */
+    if (strncmp(path, "/dev/", 5) != 0)
+        return -ENODATA;
+    fd = devdir_open(sysfs_root, major, minor);
+    if (fd < 0)
+        return fd;
+    r = attr_line(fd, "dm/name", name, sizeof(name));
+    if (r == 0 && !lvm_spelling_ok(path, name))
+        r = -ENODATA;
+    if (r == 0)
+        r = attr_line(fd, "dm/uuid", uuid, sizeof(uuid));
+    if (r == 0)
+        r = lvm_key_from_uuid(uuid, ret, size);
+    close(fd);
+    return r;
+}
+
+
+
+/* ---- scsi_id ----------------------------------------------------------- */
+
+/*
+ * Puts vendor(8) + model(16) at OUT, or fails like scsi_id's
+ * append_vendor_model() when either is short.  The kernel pads both with
+ * spaces (scsi_scan.c scsi_sanitize_inquiry_string), so this only fails on
+ * a broken tree; scsi_id, reading raw INQUIRY data, can also see NULs.
+ */
+static int
+append_vendor_model(const struct scsi_dev *d, char *out)
+{
+    if (strnlen(d->vendor, VENDOR_LEN) != VENDOR_LEN ||
+        strnlen(d->model, MODEL_LEN) != MODEL_LEN)
+        return -1;
+    memcpy(out, d->vendor, VENDOR_LEN);
+    memcpy(out + VENDOR_LEN, d->model, MODEL_LEN);
+    return VENDOR_LEN + MODEL_LEN;
+}
+
+/*
+ * scsi_id's check_fill_0x83_id for the descriptor at page offset J: 0 and
+ * SERIAL filled if it matches search entry S.  SERIAL starts zeroed and is
+ * shared across attempts, as in scsi_id: a vendor-specific match whose
+ * vendor/model check fails leaves its '0' prefix behind.
+ */
+static int
+fill_0x83_id(const struct scsi_dev *d, size_t j, size_t s, char *serial)
+{
+    const uint8_t *p = d->pg83 + j;
+    size_t len, k;
+    int binary;
+
+    /* Association must be the logical unit (0); the target port group that
+     * scsi_id alone accepts with association 1 is never a serial. */
+    if ((p[1] & 0x30) != 0 || (p[1] & 0x0f) != search_list[s].id_type)
+        return 1;
+    if (search_list[s].naa_type != NAA_ANY && search_list[s].naa_type != p[4] >> 4)
+        return 1;
+    if ((p[0] & 0x0f) != search_list[s].code_set)
+        return 1;
+    binary = search_list[s].code_set != CODE_ASCII;
+    len = p[3] * (binary ? 2u : 1u) + 2;
+    if (search_list[s].id_type == ID_VENDOR_SPECIFIC)
+        len += VENDOR_LEN + MODEL_LEN;
+    if (len > SERIAL_LEN)
+        return 1;
+    /* scsi_id would read past its 254-byte buffer here; we refuse instead. */
+    if (j + 4 + p[3] > INQ_LEN)
+        return 1;
+    serial[0] = hexdig[search_list[s].id_type];
+    k = 1;
+    if (search_list[s].id_type == ID_VENDOR_SPECIFIC) {
+        if (append_vendor_model(d, serial + 1) < 0)
+            return 1;
+        k += VENDOR_LEN + MODEL_LEN;
+    }
+    for (size_t i = 0; i < p[3]; i++) {
+        if (binary) {
+            serial[k++] = hexdig[p[4 + i] >> 4];
+            serial[k++] = hexdig[p[4 + i] & 0x0f];
+        } else {
+            serial[k++] = (char)p[4 + i];
+        }
+    }
+    return 0;
+}
+
+/*
+ * scsi_id's do_scsi_page83_inquiry.  A nonzero byte 6 (the reserved byte of
+ * an SPC-2/3 first descriptor) marks the SCSI-2 layout of old EMC Symmetrix:
+ * then the whole payload, hex, after '3', and this never fails.  Otherwise
+ * each search entry is tried against every descriptor in page order.  The
+ * descriptor walk uses the 16-bit page length, as udev 252 (Debian 12) does.
+ */
+static int
+page83_serial(const struct scsi_dev *d, char *serial)
+{
+    const uint8_t *pg = d->pg83;
+    size_t end = ((size_t)pg[2] << 8) + pg[3] + 3;
+
+    if (pg[1] != 0x83)
+        return 1;
+    if (pg[6] != 0) {
+        size_t k = 1;
+
+        serial[0] = hexdig[ID_NAA];
+        for (size_t i = 0; i < pg[3] && k < SERIAL_LEN - 3; i++) {
+            serial[k++] = hexdig[pg[4 + i] >> 4];
+            serial[k++] = hexdig[pg[4 + i] & 0x0f];
+        }
+        return 0;
+    }
+    for (size_t s = 0; s < sizeof(search_list) / sizeof(search_list[0]); s++)
+        for (size_t j = 4; j <= end && j + 4 <= INQ_LEN; j += pg[j + 3] + 4u)
+            if (fill_0x83_id(d, j, s, serial) == 0)
+                return 0;
+    return 1;
+}
+
+/*
+ * scsi_id's do_scsi_page80_inquiry: 'S' + vendor + model + the serial bytes
+ * as the device sent them; a NUL among them ends the string, as in C.
+ */
+static int
+page80_serial(const struct scsi_dev *d, char *serial)
+{
+    size_t len = d->pg80[3];
+
+    if (d->pg80[1] != 0x80 || 1 + VENDOR_LEN + MODEL_LEN + len > SERIAL_LEN)
+        return 1;
+    serial[0] = 'S';
+    if (append_vendor_model(d, serial + 1) < 0)
+        return 1;
+    memcpy(serial + 1 + VENDOR_LEN + MODEL_LEN, d->pg80 + 4, len);
+    return 0;
+}
+
+/* udev's notion of whitespace: strspn(WHITESPACE) at the start, isspace() inside. */
+static int
+is_c_space(unsigned char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r');
+}
+
+/*
+ * udev_replace_whitespace(str, to, 255) as scsi_id calls it: drop leading
+ * " \t\n\r", fold each inner run of isspace() into one '_', drop trailing
+ * ones, read at most 255 bytes.  Note a leading \v or \f is not stripped and
+ * becomes '_' (strspn and isspace disagree); we keep that.
+ */
+static void
+replace_whitespace(const char *str, char *to)
+{
+    const size_t len = SERIAL_LEN - 1;
+    size_t i = strspn(str, " \t\n\r"), j = 0;
+    int space = 0;
+
+    for (; j < len && i < len && str[i] != '\0'; i++) {
+        if (is_c_space((unsigned char)str[i])) {
+            space = 1;
+            continue;
+        }
+        if (space) {
+            if (j + 1 >= len)
+                break;
+            to[j++] = '_';
+            space = 0;
+        }
+        to[j++] = str[i];
+    }
+    to[j] = '\0';
+}
+
+/* systemd utf8_encoded_valid_unichar(): length of a valid sequence at S, or 0. */
+static size_t
+utf8_valid_len(const unsigned char *s)
+{
+    size_t len;
+    uint32_t c;
+
+    if (s[0] < 0x80)
+        return 1;
+    else if ((s[0] & 0xe0) == 0xc0)
+        len = 2, c = s[0] & 0x1f;
+    else if ((s[0] & 0xf0) == 0xe0)
+        len = 3, c = s[0] & 0x0f;
+    else if ((s[0] & 0xf8) == 0xf0)
+        len = 4, c = s[0] & 0x07;
+    else if ((s[0] & 0xfc) == 0xf8)
+        len = 5, c = s[0] & 0x03;
+    else if ((s[0] & 0xfe) == 0xfc)
+        len = 6, c = s[0] & 0x01;
+    else
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80) /* also stops at the NUL */
+            return 0;
+        c = c << 6 | (s[i] & 0x3f);
+    }
+    /* Overlong forms, surrogates, non-characters and > U+10FFFF are invalid. */
+    if (len != (c < 0x80       ? 1u
+                : c < 0x800    ? 2u
+                : c < 0x10000  ? 3u
+                : c < 0x200000 ? 4u
+                               : 5u))
+        return 0;
+    if (c >= 0x110000 || (c & 0xfffff800) == 0xd800 || (c >= 0xfdd0 && c <= 0xfdef) ||
+        (c & 0xfffe) == 0xfffe)
+        return 0;
+    return len;
+}
+
+/*
+ * udev_replace_chars(str, NULL): keep [0-9A-Za-z#+-.:=@_], "\x" and valid
+ * multi-byte UTF-8; every other byte becomes '_'.  This is why no key holds
+ * a '/' and every key is a usable file name.
+ */
+static void
+replace_chars(char *str)
+{
+    size_t i = 0, n;
+
+    while (str[i] != '\0') {
+        unsigned char c = (unsigned char)str[i];
+
+        if ((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+            strchr("#+-.:=@_", c)) {
+            i++;
+        } else if (c == '\\' && str[i + 1] == 'x') {
+            i += 2;
+        } else if ((n = utf8_valid_len((const unsigned char *)str + i)) > 1) {
+            i += n;
+        } else {
+            str[i++] = '_';
+        }
+    }
+}
+
+/*
+ * The whole of `scsi_id --whitelisted --replace-whitespace` on one device:
+ * page 0x83 if the device has it, else page 0x80 (scsi_get_serial walks the
+ * supported-pages list for 0x83 first, then 0x80; the kernel creates a
+ * vpd_pg* file exactly when page 0 lists it).  KEY gets SERIAL_LEN bytes.
+ */
+static int
+scsi_key(const struct scsi_dev *d, char *key)
+{
+    char serial[SERIAL_LEN + 1] = {0};
+
+    if (!(d->has83 && page83_serial(d, serial) == 0) && d->has80)
+        (void)page80_serial(d, serial);
+    /* scsi_id prints whatever is in serial[], even a failed attempt's prefix. */
+    if (serial[0] == '\0')
+        return -ENODATA;
+    replace_whitespace(serial, key);
+    replace_chars(key);
+    return 0;
+}
+
+/* Reads a VPD page into its zeroed 254-byte window; absent is not an error. */
+static int
+vpd_read(int devfd, const char *name, uint8_t *buf, int *has)
+{
+    uint8_t page[4096];
+    size_t len;
+    int r;
+
+    r = attr_read(devfd, name, page, sizeof(page), &len);
+    if (r == -ENODATA)
+        return 0;
+    if (r < 0)
+        return r;
+    memcpy(buf, page, len < INQ_LEN ? len : INQ_LEN);
+    *has = 1;
+    return 0;
+}
+
+/* Reads vendor or model; the sysfs text is the padded INQUIRY field plus "\n". */
+static int
+inq_string(int devfd, const char *name, char *buf, size_t width)
+{
+    char line[64];
+    int r;
+
+    r = attr_line(devfd, name, line, sizeof(line));
+    if (r == -ENODATA)
+        return 0; /* leaves BUF empty: vendor-specific and 0x80 then fail */
+    if (r < 0)
+        return r;
+    /* BUF is zeroed and WIDTH + 1 long; a longer line cannot come from the kernel. */
+    memcpy(buf, line, strnlen(line, width));
+    return 0;
+}
+
+/* The key of a SCSI disk's block directory: its device/ holds the pages. */
+static int
+scsi_disk_key(int blockfd, char *key)
+{
+    struct scsi_dev d;
+    int r, fd;
+
+    memset(&d, 0, sizeof(d));
+    fd = openat(blockfd, "device", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT || errno == ENOTDIR ? -ENODATA : -errno;
+    r = vpd_read(fd, "vpd_pg83", d.pg83, &d.has83);
+    if (r == 0)
+        r = vpd_read(fd, "vpd_pg80", d.pg80, &d.has80);
+    if (r == 0)
+        r = inq_string(fd, "vendor", d.vendor, VENDOR_LEN);
+    if (r == 0)
+        r = inq_string(fd, "model", d.model, MODEL_LEN);
+    close(fd);
+    if (r == 0)
+        r = d.has83 || d.has80 ? scsi_key(&d, key) : -ENODATA;
+    return r;
+}
+
+/*
+ * Is this dm UUID a multipath map or a kpartx partition of one?  Only those
+ * pass scsi_id's SG_IO to a LUN whatever the table looks like (dm-mpath
+ * prepare_ioctl); kpartx names partitions "part<N>-mpath-<wwid>".
+ */
+static int
+is_mpath_uuid(const char *uuid)
+{
+    if (strncmp(uuid, "part", 4) == 0) {
+        uuid += 4;
+        if (*uuid < '0' || *uuid > '9')
+            return 0;
+        while (*uuid >= '0' && *uuid <= '9')
+            uuid++;
+        if (*uuid++ != '-')
+            return 0;
+    }
+    return strncmp(uuid, "mpath-", 6) == 0;
+}
+
+static int scsi_dir_key(int blockfd, int depth, char *key);
+
+/* A multipath map's key: every path must give the same one (they are one LUN). */
+static int
+mpath_key(int blockfd, int depth, char *key)
+{
+    char one[SERIAL_LEN];
+    struct dirent *de;
+    DIR *dir;
+    int r = -ENODATA, fd;
+
+    fd = openat(blockfd, "slaves", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? -ENODATA : -errno;
+    dir = fdopendir(fd);
+    if (!dir) {
+        r = -errno;
+        close(fd);
+        return r;
+    }
+    while ((de = readdir(dir)) != NULL) {
+        int q, sfd;
+
+        if (de->d_name[0] == '.')
+            continue;
+        sfd = openat(dirfd(dir), de->d_name, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (sfd < 0) {
+            r = -errno;
+            break;
+        }
+        q = scsi_dir_key(sfd, depth + 1, one);
+        close(sfd);
+        if (q == -ENODATA)
+            continue; /* a path without VPD cannot veto the others */
+        if (q < 0 || (r == 0 && strcmp(one, key) != 0)) {
+            r = q < 0 ? q : -EIO;
+            break;
+        }
+        if (r == -ENODATA)
+            memcpy(key, one, sizeof(one));
+        r = 0;
+    }
+    closedir(dir);
+    return r;
+}
+
+/*
+ * The key of any block directory.  A partition defers to its disk: for root,
+ * SG_IO on a partition goes to the whole disk (block/scsi_ioctl.c), so
+ * scsi_id prints the disk's key.  Other dm targets (LVM, crypt) get none; see
+ * the README for the single-segment-LV case where virtlockd as root differs.
+ */
+static int
+scsi_dir_key(int blockfd, int depth, char *key)
+{
+    char uuid[256];
+    int r, fd;
+
+    if (depth > 4)
+        return -ELOOP;
+    if (faccessat(blockfd, "partition", F_OK, 0) == 0) {
+        fd = openat(blockfd, "..", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+            return -errno;
+        r = scsi_dir_key(fd, depth + 1, key);
+        close(fd);
+        return r;
+    }
+    r = attr_line(blockfd, "dm/uuid", uuid, sizeof(uuid));
+    if (r == 0)
+        return is_mpath_uuid(uuid) ? mpath_key(blockfd, depth, key) : -ENODATA;
+    if (r != -ENODATA)
+        return r;
+    return scsi_disk_key(blockfd, key);
+}
+
+static int
+blockkey_scsi(const char *sysfs_root, unsigned major, unsigned minor, char *ret,
+              size_t size)
+{
+    char key[SERIAL_LEN];
+    int r, fd;
+
+    if (!sysfs_root || sysfs_root[0] != '/' || !ret)
+        return -EINVAL;
+    fd = devdir_open(sysfs_root, major, minor);
+    if (fd < 0)
+        return fd;
+    r = scsi_dir_key(fd, 0, key);
+    close(fd);
+    if (r < 0)
+        return r;
+    if (strlen(key) >= size)
+        return -ERANGE;
+    memcpy(ret, key, strlen(key) + 1);
+    return 0;
+}
+
+
+/* Whether path names a block device (stat), with its number; -ENODATA if
+ * it names something else. */
+static int
+block_dev_of(const char *path, unsigned *ret_major, unsigned *ret_minor)
+{
+    struct stat st;
+
+    /* Nothing there is no name either, as lvs and scsi_id print none. */
+    if (stat(path, &st) < 0)
+        return errno == ENOENT || errno == ENOTDIR ? -ENODATA : negerrno();
+    if (!S_ISBLK(st.st_mode))
+        return -ENODATA;
+    *ret_major = major(st.st_rdev);
+    *ret_minor = minor(st.st_rdev);
+    return 0;
+}
+
+LOCKD_API int
+lockd_block_key(const char *sysfs_root, const char *path, int mode, char *ret_key,
+                size_t size)
+{
+    unsigned maj, min;
+    int r;
+
+    if (!sysfs_root)
+        sysfs_root = "/sys";
+    if (sysfs_root[0] != '/' || !path || path[0] != '/' || !ret_key || !mode_named(mode))
+        return -EINVAL;
+    /* libvirt's test is STRPREFIX(path, "/dev"): a string test, nothing more. */
+    if (strncmp(path, "/dev", 4) != 0)
+        return -ENODATA;
+    r = block_dev_of(path, &maj, &min);
+    if (r < 0)
+        return r;
+    return mode == LOCKD_MODE_LVM ? blockkey_lvm_dev(sysfs_root, path, maj, min, ret_key, size)
+                                  : blockkey_scsi(sysfs_root, maj, min, ret_key, size);
+}
+
+LOCKD_API int
+lockd_space_block_key(const lockd_space *space, const char *path, char *ret_key, size_t size)
+{
+    if (!space)
+        return -EINVAL;
+    if (!mode_named(space->mode))
+        return -EMEDIUMTYPE;
+    return lockd_block_key(NULL, path, space->mode, ret_key, size);
+}
+
+/* ------------------------------------------------------------------------
+ * Direct leases: the lock on the disk itself
+ */
+
+/* Who holds byte 0 of fd's file, as lockd_probe() answers; fd is ours. */
+static int
+probe_fd(int fd, int32_t *ret_pid)
+{
+    struct flock fl = {.l_type = F_UNLCK};
+    int r = lease_lock(fd, F_OFD_GETLK, F_WRLCK, &fl);
+
+    if (r < 0)
+        return r;
+    if (ret_pid)
+        *ret_pid = fl.l_type == F_UNLCK || fl.l_pid < 0 ? 0 : fl.l_pid;
+    return fl.l_type == F_UNLCK ? LOCKD_FREE : fl.l_type == F_RDLCK ? LOCKD_SHARED
+                                                                      : LOCKD_EXCLUSIVE;
+}
+
+/*
+ * Open disk path for a direct lease of mode: a regular file or a block
+ * device, looked at through an O_PATH descriptor first, so that nothing
+ * else (a character device, which may act on open; a FIFO) is ever opened.
+ * Returns the fd, -EISDIR, -ENXIO (another kind of file), or open's error.
+ */
+static int
+direct_open(const char *path, int mode, struct stat *ret_st)
+{
+    struct stat st;
+    int pfd, fd, r = 0;
+
+    pfd = open_retry(AT_FDCWD, path, O_PATH | O_CLOEXEC, 0);
+    if (pfd < 0)
+        return pfd;
+    if (RETRY_EINTR(LOCKD_SYS_FSTAT(pfd, &st)) < 0)
+        r = negerrno();
+    else if (S_ISDIR(st.st_mode))
+        r = -EISDIR;
+    else if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+        r = -ENXIO;
+    safe_close(pfd);
+    if (r < 0)
+        return r;
+    /* An exclusive lease is a write lock, which needs a writable fd. */
+    fd = open_retry(AT_FDCWD, path,
+                    (mode == LOCKD_SHARED ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY |
+                        O_NONBLOCK,
+                    0);
+    if (fd < 0)
+        return fd;
+    /* The name may have been pointed elsewhere in between. */
+    if (RETRY_EINTR(LOCKD_SYS_FSTAT(fd, ret_st)) < 0 || ret_st->st_dev != st.st_dev ||
+        ret_st->st_ino != st.st_ino || ret_st->st_rdev != st.st_rdev) {
+        safe_close(fd);
+        return -ENXIO;
+    }
+    return fd;
+}
+
+LOCKD_API int
+lockd_acquire_direct(size_t n, const char *const *paths, const int *modes, int timeout_ms,
+                     lockd_lease **ret_lease)
+{
+    char(*keys)[LOCKD_KEY_SIZE] = NULL;
+    const char **kp = NULL;
+    struct stat *st = NULL;
+    lockd_lease *l = NULL;
+    int64_t deadline;
+    size_t i, j;
+    int r = 0;
+
+    if (!paths || !ret_lease || n == 0 || n > LOCKD_ACQUIRE_MAX || timeout_ms < -1)
+        return -EINVAL;
+    keys = calloc(n, sizeof(*keys));
+    kp = calloc(n, sizeof(*kp));
+    if (!keys || !kp)
+        r = -ENOMEM;
+    /* A direct lease's key is its path's verbatim key: the same string
+     * names it in the helper's listing as in a verbatim lockspace. */
+    for (i = 0; i < n && r == 0; i++) {
+        if (!paths[i] || paths[i][0] != '/')
+            r = -EINVAL;
+        else
+            r = lockd_key_resource(paths[i], strlen(paths[i]), keys[i]);
+        kp[i] = keys[i];
+    }
+    if (r == 0)
+        r = lease_plan(n, kp, modes, 0, &l);
+    free(kp);
+    if (r < 0) {
+        free(keys);
+        return r;
+    }
+    st = calloc(l->n, sizeof(*st));
+    for (i = 0; i < l->n && st; i++) {
+        size_t k;
+
+        for (k = 0; l->slot[k] != i; k++) /* every entry has a first caller's key */
+            ;
+        if (!(l->ent[i].path = strdup(paths[k])))
+            break;
+    }
+    free(keys);
+    if (!st || i < l->n) {
+        free(st);
+        (void)lockd_lease_release(l);
+        return -ENOMEM;
+    }
+    deadline = timeout_ms == LOCKD_FOREVER ? -1
+               : timeout_ms == LOCKD_TRY   ? 0
+                                           : now_ns() + (int64_t)timeout_ms * 1000000;
+    /* In key order, as lockd_acquire(): no two callers that spell their
+     * disks alike wait on each other. */
+    for (i = 0; i < l->n; i++) {
+        r = direct_open(l->ent[i].path, l->ent[i].mode, &st[i]);
+        for (j = 0; j < i && r >= 0; j++)
+            if (st[j].st_dev == st[i].st_dev && st[j].st_ino == st[i].st_ino) {
+                safe_close(r);
+                r = -EINVAL; /* one disk under two names: it would exclude itself */
+            }
+        if (r < 0)
+            break;
+        l->ent[i].fd = r;
+        r = lease_lock_wait(l->ent[i].fd, l->ent[i].mode == LOCKD_SHARED ? F_RDLCK : F_WRLCK,
+                            deadline);
+        if (r < 0)
+            break;
+    }
+    free(st);
+    if (r < 0) {
+        (void)lockd_lease_release(l);
+        return r;
+    }
+    *ret_lease = l;
+    return 0;
+}
+
+LOCKD_API const char *
+lockd_lease_path(const lockd_lease *lease, size_t i)
+{
+    return lease && i < lease->n ? lease->ent[i].path : NULL;
+}
+
+LOCKD_API int
+lockd_probe_direct(const char *path, int32_t *ret_pid)
+{
+    struct stat st;
+    int fd, r;
+
+    if (!path || path[0] != '/')
+        return -EINVAL;
+    fd = direct_open(path, LOCKD_SHARED, &st);
+    if (fd < 0)
+        return fd;
+    r = probe_fd(fd, ret_pid);
+    safe_close(fd);
+    return r;
+}
+
 LOCKD_API int
 lockd_lease_release(lockd_lease *lease)
 {
@@ -1433,6 +2390,7 @@ lockd_lease_release(lockd_lease *lease)
     if (!lease)
         return 0;
     for (i = 0; i < lease->n; i++) {
+        free(lease->ent[i].path);
         if (lease->ent[i].fd < 0)
             continue;
         q = lease_drop(lease->ent[i].fd);
@@ -1451,8 +2409,10 @@ lockd_lease_forget(lockd_lease *lease)
 
     if (!lease)
         return;
-    for (i = 0; i < lease->n; i++)
+    for (i = 0; i < lease->n; i++) {
+        free(lease->ent[i].path);
         safe_close(lease->ent[i].fd);
+    }
     space_unref(lease->space);
     free(lease);
 }
@@ -1634,11 +2594,10 @@ lockd_lease_check(const lockd_lease *lease, size_t i)
 LOCKD_API int
 lockd_probe(const lockd_space *space, const char *key, int32_t *ret_pid)
 {
-    struct flock fl = {.l_type = F_UNLCK};
     struct stat st;
     int fd, r;
 
-    if (!space || !lockd_key_valid(key))
+    if (!space || !space_key_valid(space, key))
         return -EINVAL;
     fd = open_retry(space->dirfd, key, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY,
                     0);
@@ -1654,14 +2613,9 @@ lockd_probe(const lockd_space *space, const char *key, int32_t *ret_pid)
     else
         r = check_regular(&st);
     if (r == 0)
-        r = lease_lock(fd, F_OFD_GETLK, F_WRLCK, &fl);
+        r = probe_fd(fd, ret_pid);
     safe_close(fd);
-    if (r < 0)
-        return r;
-    if (ret_pid)
-        *ret_pid = fl.l_type == F_UNLCK || fl.l_pid < 0 ? 0 : fl.l_pid;
-    return fl.l_type == F_UNLCK ? LOCKD_FREE : fl.l_type == F_RDLCK ? LOCKD_SHARED
-                                                                      : LOCKD_EXCLUSIVE;
+    return r;
 }
 
 /* ------------------------------------------------------------------------
@@ -1739,7 +2693,7 @@ lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,
         goto out;
     }
     while ((errno = 0, de = readdir(d))) {
-        if (!lockd_key_valid(de->d_name))
+        if (!space_key_valid(space, de->d_name))
             continue;
         /* The index is held for one batch at a time: creators waiting for
          * it go between two batches (index_gc_enter()). */
@@ -2277,6 +3231,7 @@ struct proto_req {
     const uint8_t *key;          /* LIST: NULL for any, else key_buf */
     uint64_t cursor;             /* LIST, OWNERS */
     uint8_t force;               /* STOP */
+    uint8_t named;               /* SPACE: lvm or scsi, files named after devices */
     uint8_t key_buf[PROTO_KEY_BYTES]; /* a copy: replies may reuse the buffer */
     struct proto_item items[PROTO_FDS_MAX]; /* last: not cleared per request */
 };
@@ -2356,6 +3311,8 @@ decode_body(struct proto_rd *rd, struct proto_req *req)
     case PROTO_STATUS:
     case PROTO_STUCK:
     case PROTO_SPACE:
+        if (rd->left > 0) /* the optional flag: names, not keys (lvm, scsi) */
+            req->named = rd_u8(rd);
         break;
     case PROTO_STOP:
         req->force = rd_u8(rd);
@@ -2364,7 +3321,7 @@ decode_body(struct proto_rd *rd, struct proto_req *req)
         rd->bad = 1;
     }
     if (req->hdr.type == PROTO_SPACE)
-        rd->bad |= req->hdr.nfds != 1;
+        rd->bad |= req->hdr.nfds > 1; /* none: direct leases */
     else if (req->hdr.type != PROTO_HANDOFF && req->hdr.type != PROTO_REGISTER)
         rd->bad |= req->hdr.nfds != 0;
     if (req->hdr.type != PROTO_LIST && req->hdr.type != PROTO_OWNERS &&
@@ -2418,6 +3375,7 @@ struct lockd_conn {
     int broken; /* a reply went missing or made no sense: out of step */
     int status_reply; /* the last call's error came from the helper itself */
     int in_place; /* opened by lockd_conn_open_in(): its memory is the caller's */
+    int direct;   /* showed the helper no lockspace: hand-overs are direct leases */
     uint32_t serial;
     uint8_t buf[PROTO_HDR_SIZE + PROTO_BODY_MAX];
 };
@@ -2473,6 +3431,8 @@ lockd_conn_open(const char *path, lockd_conn **ret_conn)
     }
     c->sock = r;
     c->broken = 0;
+    c->direct = 0;
+    c->bound = 0;
     c->in_place = 0;
     c->serial = 0;
     *ret_conn = c;
@@ -2496,6 +3456,8 @@ lockd_conn_open_in(void *mem, size_t size, const char *path, lockd_conn **ret_co
         return r;
     c->sock = r;
     c->broken = 0;
+    c->direct = 0;
+    c->bound = 0;
     c->in_place = 1;
     c->serial = 0;
     *ret_conn = c;
@@ -2657,7 +3619,15 @@ handoff_chunk(lockd_conn *c, int32_t pid, const lockd_lease *l, const char *cons
         const struct lease_ent *e = &l->ent[first + i];
         uint8_t key[PROTO_KEY_BYTES];
 
-        hex_to_key(e->key, key);
+        /* A name (lvm, scsi) goes as its SHA-256: the helper checks that
+         * the file's name hashes to it (PROTO_SPACE's named flag). */
+        if (l->space && mode_named(l->space->mode)) {
+            char hex[LOCKD_KEY_SIZE];
+
+            (void)lockd_key_resource(e->key, strlen(e->key), hex);
+            hex_to_key(hex, key);
+        } else
+            hex_to_key(e->key, key);
         wr_u8(&wr, (uint8_t)e->mode);
         wr_put(&wr, key, sizeof(key));
         wr_cstr(&wr, names ? names[first + i] : NULL);
@@ -2701,13 +3671,38 @@ conn_bind(lockd_conn *conn, const lockd_space *space)
     struct proto_rd rd;
     int r, dirfd = space ? space->dirfd : -1;
 
+    if (!space) {
+        /* Direct leases: a SPACE without a directory tells the helper that
+         * each fd is the disk named with it. */
+        if (conn->direct)
+            return 0;
+        conn_begin(conn, &wr, PROTO_SPACE, 0);
+        r = conn_call(conn, &wr, NULL, 0, &rd);
+        if (r == -ENOTDIR || r == -EPROTO)
+            return -EPROTONOSUPPORT; /* a helper older than direct leases */
+        if (r < 0)
+            return r;
+        if (rd.bad || rd.left)
+            return -EPROTO;
+        conn->bound = 0;
+        conn->direct = 1;
+        return 0;
+    }
     if (dirfd < 0)
         return 0; /* none to show */
+    conn->direct = 0;
     if (space->has_id && conn->bound && conn->bound_dev == space->dev &&
         conn->bound_ino == space->ino && conn->bound_mnt == space->mnt)
         return 0;
     conn_begin(conn, &wr, PROTO_SPACE, 1);
+    /* An lvm or scsi lockspace names its files after devices: the helper
+     * is told, and checks names against the keys' hashes (a helper older
+     * than that answers -EPROTO). */
+    if (mode_named(space->mode))
+        wr_u8(&wr, 1);
     r = conn_call(conn, &wr, &dirfd, 1, &rd);
+    if (r == -EPROTO && mode_named(space->mode))
+        return -EPROTONOSUPPORT;
     if (r < 0)
         return r;
     if (rd.bad || rd.left)
@@ -2755,6 +3750,9 @@ lockd_conn_handoff(lockd_conn *conn, int32_t pid, const lockd_lease *lease,
     for (i = 0; names && i < lease->given; i++)
         if (!sorted[lease->slot[i]])
             sorted[lease->slot[i]] = names[i];
+    for (i = 0; i < lease->n; i++)
+        if (!sorted[i])
+            sorted[i] = lease->ent[i].path; /* a direct lease names its disk */
     for (i = 0; i < lease->n; i += k) {
         k = handoff_fit(lease, sorted, i);
         r = handoff_chunk(conn, pid, lease, sorted, i, k, ids + i);

@@ -105,6 +105,11 @@ LOCKD_API const char *lockd_version(void);
 /* A key is 64 lowercase hex digits; LOCKD_KEY_SIZE includes the NUL. */
 #define LOCKD_KEY_SIZE 65
 
+/* In an lvm or scsi lockspace a key is the device's name, raw, as
+ * virtlockd names the file: at most LOCKD_BLOCK_KEY_SIZE bytes with the
+ * NUL (scsi_id's longest id is 255 bytes). */
+#define LOCKD_BLOCK_KEY_SIZE 256
+
 /* Longest path or resource name accepted, in bytes, without the NUL. */
 #define LOCKD_NAME_MAX 4095
 
@@ -120,10 +125,14 @@ typedef struct lockd_lease lockd_lease;
 #define LOCKD_OPEN_VERBATIM  0x2u /* ask for the verbatim key mode explicitly */
 #define LOCKD_OPEN_CANONICAL 0x4u /* ask for the canonical key mode explicitly */
 #define LOCKD_OPEN_READONLY  0x8u /* only compute keys, probe, list: write nothing */
+#define LOCKD_OPEN_LVM       0x10u /* ask for the lvm key mode explicitly */
+#define LOCKD_OPEN_SCSI      0x20u /* ask for the scsi key mode explicitly */
 
 /* Key modes, as returned by lockd_space_mode(). */
 #define LOCKD_MODE_VERBATIM  0 /* the absolute path as given (virtlockd's way) */
 #define LOCKD_MODE_CANONICAL 1 /* realpath(3) of the path: one host only */
+#define LOCKD_MODE_LVM       2 /* block devices by LVM LV UUID, raw (lvm_lockspace_dir) */
+#define LOCKD_MODE_SCSI      3 /* block devices by SCSI id, raw (scsi_lockspace_dir) */
 
 /*
  * The default lockspace directory, as a string the caller frees: $LOCKD_DIR
@@ -197,7 +206,8 @@ LOCKD_API int lockd_space_fd(const lockd_space *space);
  * Errors: -EINVAL (NULL, empty or relative path; a path ending in "/", "." or
  * ".." when canonical and nothing exists there), -ENAMETOOLONG, and in
  * canonical mode what realpath(3) reports: -ENOENT for a dangling symlink or a
- * missing directory, -ELOOP, -EACCES, -ENOTDIR.
+ * missing directory, -ELOOP, -EACCES, -ENOTDIR; -EMEDIUMTYPE in an lvm or
+ * scsi lockspace (lockd_space_block_key() names its leases).
  */
 LOCKD_API int lockd_space_key(const lockd_space *space, const char *path, char *ret_key);
 
@@ -207,6 +217,40 @@ LOCKD_API int lockd_space_key(const lockd_space *space, const char *path, char *
  * NUL byte among the len bytes), -ENAMETOOLONG (len > LOCKD_NAME_MAX).
  */
 LOCKD_API int lockd_key_resource(const void *name, size_t len, char *ret_key);
+
+/*
+ * LVM and SCSI lockspaces (key modes lvm and scsi, virtlockd's
+ * lvm_lockspace_dir and scsi_lockspace_dir): a block device's lease file
+ * is named by the device, raw, not hashed, as virtlockd names it:
+ *   lvm:  what `lvs --noheadings --nosuffix --options uuid PATH` prints,
+ *         the LV UUID with its dashes (38 characters), from
+ *         SYSFS/dev/block/MAJ:MIN/dm/uuid; only for the spellings lvs
+ *         understands, /dev/VG/LV and /dev/mapper/VG-LV (/dev/dm-N and
+ *         /dev/disk/by-* get none, as in virtlockd), and not for an LV's
+ *         internal layers;
+ *   scsi: what `scsi_id --replace-whitespace --whitelisted --device PATH`
+ *         prints (typically "3" and the NAA id in hex), computed from the
+ *         VPD pages the kernel keeps (device/vpd_pg83, vpd_pg80, vendor,
+ *         model) with scsi_id's priorities; a partition gets its disk's, a
+ *         multipath map its paths' (which must agree).
+ * Only paths that begin with "/dev" are looked at (libvirt's test).  The
+ * name of path in mode (LOCKD_MODE_LVM or LOCKD_MODE_SCSI) goes to ret_key
+ * (size bytes; LOCKD_BLOCK_KEY_SIZE is enough); sysfs_root is "/sys" when
+ * NULL, or a tree of the same shape (tests).  Errors: -ENODATA (the device
+ * has no name of that kind: virtlockd then tries its next lockspace, and so
+ * should the caller), -EINVAL, -ERANGE (size too small), -EIO (the paths of
+ * a multipath map disagree), and those of stat(2) and of reading sysfs.
+ * Nothing is run and nothing needs root.
+ */
+LOCKD_API int lockd_block_key(const char *sysfs_root, const char *path, int mode,
+                              char *ret_key, size_t size);
+
+/* lockd_block_key() in space's key mode, from /sys; -EMEDIUMTYPE in a
+ * lockspace of another mode.  The name is the key lockd_acquire(),
+ * lockd_probe() and lockd_holder() take in that lockspace; the helper lists
+ * such a lease under lockd_key_resource() of the name. */
+LOCKD_API int lockd_space_block_key(const lockd_space *space, const char *path, char *ret_key,
+                                    size_t size);
 
 /* 1 if key is 64 lowercase hex digits and a NUL, else 0. */
 LOCKD_API int lockd_key_valid(const char *key);
@@ -273,6 +317,43 @@ LOCKD_API int lockd_key_valid(const char *key);
 #define LOCKD_ACQUIRE_MAX 4096
 LOCKD_API int lockd_acquire(lockd_space *space, size_t n, const char *const *keys,
                             const int *modes, int timeout_ms, lockd_lease **ret_lease);
+
+/*
+ * Direct leases, as virtlockd takes them when it has no lockspace
+ * (file_lockspace_dir unset: Debian's default): the lock is on the disk
+ * itself, byte 0, length 1 of the image file or block device node (OFD,
+ * never QEMU's own bytes 100-103 and 200-203, so QEMU's image locking is
+ * unaffected; a virtlockd holding the same disk directly conflicts with
+ * it).  Nothing is ever written to the disk: no holder record.  On a block
+ * device node the lock is the node's, which is one host's: two hosts that
+ * see one LUN do not exclude each other this way (use a lockspace on
+ * shared storage for that).  A lease on an image file on shared storage
+ * excludes across hosts like any lease there.
+ *
+ * Take direct leases on the n disks paths[] (absolute; symlinks followed),
+ * all or nothing, modes and timeout_ms as lockd_acquire().  Each must be a
+ * regular file or a block device: looked at through O_PATH first, so that
+ * nothing else is ever opened.  An exclusive lease opens its disk O_RDWR,
+ * a shared one O_RDONLY.  lockd_lease_key() gives each path's verbatim key
+ * (its SHA-256), lockd_lease_path() the path.  The same string twice is
+ * one lease; one disk under two names is -EINVAL (it would exclude itself).
+ * Errors: -EINVAL, -EAGAIN (busy), -ETIMEDOUT, -ENOENT, -EACCES, -EISDIR,
+ * -ENXIO (neither a regular file nor a block device), -ENOLCK, -ENOMEM,
+ * -EMFILE.  lockd_conn_handoff() hands direct leases to a helper of this
+ * release (-EPROTONOSUPPORT from an older one), each named by its path.
+ */
+LOCKD_API int lockd_acquire_direct(size_t n, const char *const *paths, const int *modes,
+                                   int timeout_ms, lockd_lease **ret_lease);
+
+/* The disk of direct lease i (in lockd_lease_key() order), owned by lease;
+ * NULL for a lease in a lockspace, or i out of range. */
+LOCKD_API const char *lockd_lease_path(const lockd_lease *lease, size_t i);
+
+/* lockd_probe() of a direct lease: whether the disk at path is locked, as
+ * lockd_acquire_direct() would find it.  Never opens anything but a regular
+ * file or block device, and that read-only.  Errors as
+ * lockd_acquire_direct(). */
+LOCKD_API int lockd_probe_direct(const char *path, int32_t *ret_pid);
 
 /*
  * Release every lease in lease: unlock each (F_UNLCK on its open file

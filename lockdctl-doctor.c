@@ -677,15 +677,78 @@ doc_leases(struct doctor *doc, const lockd_space *space)
  * written, no index created); the lock test uses an unnamed O_TMPFILE, or a
  * scratch file it removes at once.  Exit 0 only when all is well.
  */
+/*
+ * doctor --direct DISK...: what a direct lease (the lock on the disk
+ * itself, no lockspace) protects for each disk: a lock on a /dev node is
+ * that node's, kept by this host's kernel only, so another host that sees
+ * the LUN is not kept out; on an image file it reaches as far as the file's
+ * filesystem shares its locks.
+ */
+static int
+doc_direct(struct doctor *doc, int argc, char **argv)
+{
+    const struct opts *o = doc->o;
+    struct stat st;
+    int i;
+
+    if (o->json)
+        printf("{\"direct\":true,\"checks\":[");
+    else
+        printf("direct leases (no lockspace)\n");
+    if (argc == 0)
+        doc_say(doc, DOC_NOTE, "direct",
+                "a direct lease is a lock on the disk itself: on a /dev node it excludes "
+                "guests of this host only; name disks to check each");
+    for (i = 0; i < argc; i++) {
+        char real[PATH_MAX];
+        struct mount_info m;
+
+        memset(&m, 0, sizeof(m));
+        if (stat(argv[i], &st) < 0)
+            doc_say(doc, DOC_ERROR, "direct", "%s: %s", argv[i], strerror(errno));
+        else if (S_ISBLK(st.st_mode))
+            doc_say(doc, DOC_WARNING, "direct",
+                    "%s is a block device: its direct lease is a lock on this host's device "
+                    "node, so a guest on another host that sees the same LUN is NOT kept "
+                    "out. Use a lockspace on shared storage (or an LVM or SCSI lockspace) "
+                    "for disks that several hosts see",
+                    argv[i]);
+        else if (!S_ISREG(st.st_mode))
+            doc_say(doc, DOC_ERROR, "direct", "%s is neither a regular file nor a block device",
+                    argv[i]);
+        else if (realpath(argv[i], real) && mount_find(real, &m) == 0 &&
+                 fs_is_network(m.fstype))
+            doc_say(doc, DOC_OK, "direct",
+                    "%s is on %s from %s: its direct lease is seen by every host that mounts "
+                    "it with working locks",
+                    argv[i], m.fstype, m.source);
+        else
+            doc_say(doc, DOC_NOTE, "direct",
+                    "%s is on a local filesystem: its direct lease excludes guests of this "
+                    "host only (all that can reach it)",
+                    argv[i]);
+    }
+    doc_helper(doc, NULL);
+    if (o->json)
+        printf("],\"ok\":%s}\n", doc->worst <= DOC_NOTE ? "true" : "false");
+    else if (doc->worst <= DOC_NOTE)
+        printf("all is well\n");
+    else
+        printf("%d error%s, %d warning%s\n", doc->errors, doc->errors == 1 ? "" : "s",
+               doc->warnings, doc->warnings == 1 ? "" : "s");
+    return doc->worst <= DOC_NOTE ? 0 : EXIT_FAIL;
+}
+
 int
 cmd_doctor(const struct opts *o, int argc, char **argv)
 {
     struct doctor doc = {.o = o};
     lockd_space *space = NULL;
 
-    (void)argv;
+    if (o->direct)
+        return doc_direct(&doc, argc, argv);
     if (argc > 0)
-        return usage_error("doctor: takes no arguments");
+        return usage_error("doctor: takes no arguments (but DISK... with --direct)");
     if (no_lockspace(o) != 0)
         return EXIT_FAIL;
     if (o->json) {

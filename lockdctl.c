@@ -437,7 +437,8 @@ conn_open(const struct opts *o, lockd_conn **ret)
 
 struct disk {
     char *name; /* the path (or resource string) */
-    char key[LOCKD_KEY_SIZE];
+    char key[LOCKD_BLOCK_KEY_SIZE]; /* in an lvm or scsi lockspace, the device's name */
+    char list_key[LOCKD_KEY_SIZE];  /* the key the helper lists it under */
 };
 
 static void
@@ -470,8 +471,18 @@ disk_key(const struct opts *o, const lockd_space *space, const char *arg, struct
     if (r < 0)
         return r;
     if (!space)
-        return lockd_key_resource(d->name, strlen(d->name), d->key);
-    return lockd_space_key(space, d->name, d->key);
+        r = lockd_key_resource(d->name, strlen(d->name), d->key);
+    else if (lockd_space_mode(space) >= LOCKD_MODE_LVM)
+        /* Named by the device, raw, as virtlockd names it; the helper
+         * lists it under the name's hash. */
+        r = lockd_space_block_key(space, d->name, d->key, sizeof(d->key));
+    else
+        r = lockd_space_key(space, d->name, d->key);
+    if (r == 0 && space && lockd_space_mode(space) >= LOCKD_MODE_LVM)
+        r = lockd_key_resource(d->key, strlen(d->key), d->list_key);
+    else if (r == 0)
+        memcpy(d->list_key, d->key, LOCKD_KEY_SIZE);
+    return r;
 }
 
 /*
@@ -551,13 +562,23 @@ disks_parse(const struct opts *o, const lockd_space *space, int argc, char **arg
     for (i = 0; i < argc; i++) {
         r = disk_key(o, space, argv[i], &d[i]);
         if (r < 0) {
-            errorf("%s: %s", d[i].name ? d[i].name : argv[i],
-                   r == -ENOENT ? "no such directory, or a dangling symlink"
-                                : lease_reason(r));
+            if (r == -ENODATA && space)
+                errorf("%s: has no %s name (not a block device %s), so virtlockd would not "
+                       "name its lease in lockspace %s either",
+                       d[i].name ? d[i].name : argv[i],
+                       lockd_space_mode(space) == LOCKD_MODE_LVM ? "LVM" : "SCSI",
+                       lockd_space_mode(space) == LOCKD_MODE_LVM
+                           ? "spelled /dev/VG/LV or /dev/mapper/VG-LV of an active LV"
+                           : "with a SCSI id in its VPD pages",
+                       lockd_space_dir(space));
+            else
+                errorf("%s: %s", d[i].name ? d[i].name : argv[i],
+                       r == -ENOENT ? "no such directory, or a dangling symlink"
+                                    : lease_reason(r));
             disks_free(d, (size_t)argc);
             return EXIT_FAIL;
         }
-        if (!o->resource)
+        if (!o->resource && !o->direct)
             warn_spelling(space, &d[i]);
     }
     *ret = d;
@@ -638,6 +659,24 @@ record_text(const lockd_space *space, const char *key, char *buf, size_t size)
     return r < 0 ? -EINVAL : 0;
 }
 
+/* Whether disk d is held: its lease in space, or, without one (--direct),
+ * the lock on the disk itself. */
+static int
+probe_disk(const lockd_space *space, const struct disk *d, int32_t *ret_pid)
+{
+    return space ? lockd_probe(space, d->key, ret_pid) : lockd_probe_direct(d->name, ret_pid);
+}
+
+/* lockd_acquire(), or lockd_acquire_direct() of the paths in keys without
+ * a lockspace (--direct). */
+static int
+acquire(lockd_space *space, size_t n, const char *const *keys, const int *modes, int wait_ms,
+        lockd_lease **ret)
+{
+    return space ? lockd_acquire(space, n, keys, modes, wait_ms, ret)
+                 : lockd_acquire_direct(n, keys, modes, wait_ms, ret);
+}
+
 /*
  * Describe who holds key, for a busy message: "held exclusively by guest-a
  * (pid 12)", or from the lease's holder record "held exclusively by web1
@@ -645,24 +684,25 @@ record_text(const lockd_space *space, const char *key, char *buf, size_t size)
  * for a classic POSIX lock (virtlockd's).
  */
 static void
-describe_holder(const lockd_space *space, lockd_conn *conn, const char *key, char *buf,
+describe_holder(const lockd_space *space, lockd_conn *conn, const struct disk *d, char *buf,
                 size_t size)
 {
     struct holders h = {.count = 0};
+    const char *key = d->key;
     int32_t pid = 0;
-    int state = lockd_probe(space, key, &pid);
+    int state = probe_disk(space, d, &pid);
     const char *how = state == LOCKD_SHARED ? "shared" : "exclusively";
 
     h.text[0] = '\0';
-    if (conn && lockd_conn_bind(conn, space) == 0)
-        (void)lockd_conn_list(conn, 0, key, holder_row, &h);
+    if (conn && (!space || lockd_conn_bind(conn, space) == 0))
+        (void)lockd_conn_list(conn, 0, d->list_key, holder_row, &h);
     if (state == LOCKD_FREE && h.count == 0) {
         snprintf(buf, size, "it was released meanwhile; try again");
         return;
     }
     if (h.count > 0)
         snprintf(buf, size, "held %s by %s", how, h.text);
-    else if (state == LOCKD_EXCLUSIVE && pid <= 0 && record_text(space, key, h.text,
+    else if (state == LOCKD_EXCLUSIVE && pid <= 0 && space && record_text(space, key, h.text,
                                                                    sizeof(h.text)) == 0)
         snprintf(buf, size, "held exclusively by %s", h.text);
     else if (pid > 0)
@@ -687,12 +727,12 @@ culprit(const lockd_space *space, const struct disk *d, size_t n, int shared, in
     size_t i;
 
     for (i = 0; i < n; i++) {
-        int s = lockd_probe(space, d[i].key, NULL);
+        int s = probe_disk(space, &d[i], NULL);
         struct stat st;
 
         /* -EINPROGRESS comes from creating a lease file: the first disk
          * whose file is missing. */
-        if (r == -EINPROGRESS &&
+        if (r == -EINPROGRESS && space &&
             fstatat(lockd_space_fd(space), d[i].key, &st, AT_SYMLINK_NOFOLLOW) < 0 &&
             errno == ENOENT)
             return i;
@@ -734,6 +774,7 @@ gone_row(void *userdata, uint64_t id, int mode, const char *key, const char *dis
 static int
 holders_gone(lockd_conn *conn, const char *key)
 {
+    /* key: as the helper lists it (struct disk's list_key). */
     struct gone g = {0, 0};
 
     return conn && lockd_conn_list(conn, 0, key, gone_row, &g) == 0 && g.dead > 0 &&
@@ -748,9 +789,9 @@ holders_gone(lockd_conn *conn, const char *key)
  * after an empty listing cannot miss a release that the listing raced with.
  */
 static int
-worth_retrying(const lockd_space *space, lockd_conn *conn, const char *key)
+worth_retrying(const lockd_space *space, lockd_conn *conn, const struct disk *d)
 {
-    return holders_gone(conn, key) || lockd_probe(space, key, NULL) == LOCKD_FREE;
+    return holders_gone(conn, d->list_key) || probe_disk(space, d, NULL) == LOCKD_FREE;
 }
 
 /* How many times a try that met a long gc batch (-EINPROGRESS) is made. */
@@ -789,22 +830,23 @@ take(const struct opts *o, lockd_space *space, lockd_conn *conn, const struct di
         return EXIT_FAIL;
     }
     for (i = 0; i < n; i++) {
-        keys[i] = d[i].key;
+        /* Direct leases (no lockspace) are named by their paths. */
+        keys[i] = space ? d[i].key : d[i].name;
         modes[i] = o->shared ? LOCKD_SHARED : LOCKD_EXCLUSIVE;
     }
     /* -EINPROGRESS: a gc held the index past LOCKD_INDEX_WAIT_MS, which says
      * nothing about the leases; give it a few more chances. */
     for (i = 0; i < GC_TRIES; i++)
-        if ((r = lockd_acquire(space, n, keys, modes, o->wait_ms, ret)) != -EINPROGRESS)
+        if ((r = acquire(space, n, keys, modes, o->wait_ms, ret)) != -EINPROGRESS)
             break;
     while ((r == -EAGAIN || r == -ETIMEDOUT) &&
-           worth_retrying(space, conn, d[culprit(space, d, n, o->shared, r)].key)) {
+           worth_retrying(space, conn, &d[culprit(space, d, n, o->shared, r)])) {
         int64_t now = now_ms();
 
         grace_end = grace_end ? grace_end : now + HELPER_GRACE_MS;
         if (now >= grace_end)
             break;
-        r = lockd_acquire(space, n, keys, modes, (int)(grace_end - now), ret);
+        r = acquire(space, n, keys, modes, (int)(grace_end - now), ret);
     }
     free(keys);
     free(modes);
@@ -816,7 +858,7 @@ take(const struct opts *o, lockd_space *space, lockd_conn *conn, const struct di
         r = -EAGAIN;
     bad = culprit(space, d, n, o->shared, r);
     if (r == -EAGAIN || r == -ETIMEDOUT) {
-        describe_holder(space, conn, d[bad].key, why, sizeof(why));
+        describe_holder(space, conn, &d[bad], why, sizeof(why));
         if (r == -ETIMEDOUT && o->wait_text && *o->wait_text)
             errorf("%s: still busy after %s s: %s", d[bad].name, o->wait_text, why);
         else if (r == -ETIMEDOUT)
@@ -829,7 +871,13 @@ take(const struct opts *o, lockd_space *space, lockd_conn *conn, const struct di
         errorf("%s: cannot take its lease: %s", d[bad].name, lease_reason(r));
         return EXIT_BUSY;
     }
-    if (r == -EROFS || r == -EACCES)
+    if (!space && (r == -ENXIO || r == -EISDIR))
+        errorf("%s: cannot take its direct lease: %s", d[bad].name,
+               r == -EISDIR ? "a directory, not a disk"
+                            : "neither a regular file nor a block device");
+    else if (!space)
+        errorf("%s: cannot take its direct lease: %s", d[bad].name, strerror(-r));
+    else if (r == -EROFS || r == -EACCES)
         errorf("%s: cannot take its lease: lockspace %s: %s", d[bad].name, o->dir,
                strerror(-r));
     else
@@ -885,6 +933,46 @@ hand_over(const struct opts *o, lockd_conn *conn, int32_t pid, int pidfd,
  * key
  */
 
+/* key --key-mode lvm|scsi without a lockspace: the devices' names, which
+ * need none (nothing is recorded to agree with). */
+static int
+key_block_names(const struct opts *o, int argc, char **argv)
+{
+    int mode = o->mode_flag == LOCKD_OPEN_LVM ? LOCKD_MODE_LVM : LOCKD_MODE_SCSI;
+    char name[LOCKD_BLOCK_KEY_SIZE];
+    int i, r;
+
+    if (o->json)
+        printf("{\"key_mode\":\"%s\",\"recorded\":false,\"keys\":[",
+               mode == LOCKD_MODE_LVM ? "lvm" : "scsi");
+    for (i = 0; i < argc; i++) {
+        r = lockd_block_key(NULL, argv[i], mode, name, sizeof(name));
+        if (r < 0) {
+            if (o->json)
+                printf("]}\n");
+            errorf("%s: %s", argv[i],
+                   r == -ENODATA ? (mode == LOCKD_MODE_LVM
+                                        ? "has no LVM name (not an LV spelled /dev/VG/LV or "
+                                          "/dev/mapper/VG-LV)"
+                                        : "has no SCSI name (no SCSI id in its VPD pages)")
+                   : r == -EINVAL ? "not an absolute path"
+                                  : strerror(-r));
+            return EXIT_FAIL;
+        }
+        if (o->json) {
+            printf("%s{\"name\":", i ? "," : "");
+            json_str(argv[i]);
+            printf(",\"key\":");
+            json_str(name);
+            putchar('}');
+        } else
+            printf("%s  %s\n", name, argv[i]);
+    }
+    if (o->json)
+        printf("]}\n");
+    return 0;
+}
+
 static int
 cmd_key(const struct opts *o, int argc, char **argv)
 {
@@ -900,6 +988,8 @@ cmd_key(const struct opts *o, int argc, char **argv)
         /* A verbatim key is the path's own hash and needs no lockspace, so
          * keys can be computed before one exists; a canonical one, or a
          * broken lockspace, is reported. */
+        if (r == -ENOENT && (o->mode_flag == LOCKD_OPEN_LVM || o->mode_flag == LOCKD_OPEN_SCSI))
+            return key_block_names(o, argc, argv);
         if (r == -ENOENT && o->mode_flag != LOCKD_OPEN_CANONICAL && !o->dir)
             errorf("note: no lockspace given; assuming verbatim keys");
         else if (r == -ENOENT && o->mode_flag != LOCKD_OPEN_CANONICAL)
@@ -917,11 +1007,10 @@ cmd_key(const struct opts *o, int argc, char **argv)
     if (r != 0)
         return r;
     if (o->json) {
+        static const char *const words[] = {"verbatim", "canonical", "lvm", "scsi"};
+
         printf("{\"key_mode\":\"%s\",\"recorded\":%s,\"keys\":[",
-               o->resource                    ? "resource"
-               : mode == LOCKD_MODE_CANONICAL ? "canonical"
-                                              : "verbatim",
-               recorded ? "true" : "false");
+               o->resource ? "resource" : words[mode], recorded ? "true" : "false");
         for (i = 0; i < argc; i++) {
             printf("%s{\"name\":", i ? "," : "");
             json_str(d[i].name);
@@ -990,7 +1079,7 @@ cmd_run(const struct opts *o, int ndisks, char **disks, char **cmd)
      * new lockspace behind.  No socket at all means no helper to use. */
     if (socket_present(o->socket) && (r = conn_open(o, &conn)) != 0)
         return r;
-    r = space_open(o, LOCKD_OPEN_CREATE, &space);
+    r = o->direct ? 0 : space_open(o, LOCKD_OPEN_CREATE, &space);
     if (r != 0)
         goto out;
     r = disks_parse(o, space, ndisks, disks, &d);
@@ -1068,7 +1157,7 @@ pidfd_of(int32_t pid)
 
 /* What acquire --json reports: copied before hand_over() forgets the lease. */
 struct taken {
-    char key[LOCKD_KEY_SIZE];
+    char key[LOCKD_BLOCK_KEY_SIZE];
     int mode;
     const char *disk;
 };
@@ -1120,7 +1209,7 @@ cmd_acquire(const struct opts *o, int argc, char **argv)
         return EXIT_FAIL;
     }
     r = conn_open(o, &conn);
-    if (r == 0)
+    if (r == 0 && !o->direct)
         r = space_open(o, LOCKD_OPEN_CREATE, &space);
     if (r == 0)
         r = disks_parse(o, space, argc, argv, &d);
@@ -1202,8 +1291,8 @@ cmd_release(const struct opts *o, int argc, char **argv)
         r = EXIT_FAIL;
     }
     for (i = 0; r == 0 && i < argc; i++) {
-        struct id_list l = {.key = d[i].key};
-        int e = lockd_conn_list(conn, o->pid, d[i].key, id_row, &l);
+        struct id_list l = {.key = d[i].list_key};
+        int e = lockd_conn_list(conn, o->pid, d[i].list_key, id_row, &l);
 
         if (e < 0)
             r = owner_error(o, o->pid, e);
@@ -1402,7 +1491,7 @@ who_one(const struct opts *o, const lockd_space *space, lockd_conn *conn,
     lockd_holder_info hi;
     int32_t pid = 0;
     char spid[16];
-    int state = lockd_probe(space, d->key, &pid), r = 0, rec;
+    int state = probe_disk(space, d, &pid), r = 0, rec;
 
     if (!host[0] && gethostname(host, sizeof(host) - 1) < 0)
         host[0] = '\0';
@@ -1426,13 +1515,13 @@ who_one(const struct opts *o, const lockd_space *space, lockd_conn *conn,
     }
     /* Asked about a free disk too: a lease it keeps whose lock is gone
      * shows as LOST. */
-    if (conn)
+    if (conn && space)
         r = lockd_conn_bind(conn, space);
     if (conn && r == 0)
-        r = lockd_conn_list(conn, 0, d->key, who_row, &c);
+        r = lockd_conn_list(conn, 0, d->list_key, who_row, &c);
     if (r < 0)
         helper_error(o->socket, r);
-    rec = state == LOCKD_EXCLUSIVE && pid <= 0 && lockd_holder(space, d->key, &hi) == 0;
+    rec = state == LOCKD_EXCLUSIVE && pid <= 0 && space && lockd_holder(space, d->key, &hi) == 0;
     if (c.count == 0 && rec && o->json) {
         printf("%s{\"pid\":%d,\"name\":", c.rows ? "," : "", (int)hi.pid);
         json_str(or_null(hi.owner));
@@ -1473,10 +1562,11 @@ cmd_who(const struct opts *o, int argc, char **argv)
 
     if (argc == 0)
         return usage_error("who: no disk given");
-    r = space_open(o, LOCKD_OPEN_READONLY, &space);
+    r = o->direct ? 0 : space_open(o, LOCKD_OPEN_READONLY, &space);
     if (r != 0)
         return r;
-    note_unrecorded(o, space);
+    if (space)
+        note_unrecorded(o, space);
     r = disks_parse(o, space, argc, argv, &d);
     if (r != 0)
         goto out;
@@ -1560,15 +1650,15 @@ print_help(void)
     fputs(
         "Usage:\n"
         " lockdctl [options] key [--resource] NAME...\n"
-        " lockdctl [options] run [--shared] [--wait[=SEC]] [-E N] [--name N] [--uuid U]\n"
-        "                        [--on-loss=ACTION] DISK... -- CMD [ARG...]\n"
-        " lockdctl [options] acquire --pid PID [--shared] [--wait[=SEC]] [--name N]\n"
-        "                            [--uuid U] [--on-loss=ACTION] DISK...\n"
+        " lockdctl [options] run [--direct] [--shared] [--wait[=SEC]] [-E N] [--name N]\n"
+        "                        [--uuid U] [--on-loss=ACTION] DISK... -- CMD [ARG...]\n"
+        " lockdctl [options] acquire --pid PID [--direct] [--shared] [--wait[=SEC]]\n"
+        "                            [--name N] [--uuid U] [--on-loss=ACTION] DISK...\n"
         " lockdctl [options] release --pid PID [DISK...]\n"
         " lockdctl [options] status\n"
-        " lockdctl [options] who DISK...\n"
+        " lockdctl [options] who [--direct] DISK...\n"
         " lockdctl [options] gc\n"
-        " lockdctl [options] doctor\n"
+        " lockdctl [options] doctor [--direct DISK...]\n"
         " lockdctl [options] stop-helper [--force]\n"
         "\n"
         "Keep two virtual machines off one disk: leases in a lockspace directory,\n"
@@ -1588,7 +1678,9 @@ print_help(void)
         "Options:\n"
         " -d, --dir DIR              lockspace directory (default: $LOCKD_DIR, or\n"
         "                              /var/lib/lockd/files for root)\n"
-        " -k, --key-mode MODE        verbatim or canonical; must match the lockspace's\n"
+        " -k, --key-mode MODE        verbatim or canonical (paths), lvm or scsi (block\n"
+        "                              devices by LV UUID or SCSI id, as virtlockd);\n"
+        "                              must match the lockspace's\n"
         " -S, --socket PATH          helper socket (default: $LOCKD_SOCKET, or\n"
         "                              /run/lockd/helper.sock for root)\n"
         " -J, --json                 print JSON (key, status, who, gc, doctor, acquire)\n"
@@ -1604,6 +1696,9 @@ print_help(void)
         "     --on-loss=ACTION       if a lease is lost (its filesystem lost the lock):\n"
         "                              kill (default), stop, report, exec:CMD, or\n"
         "                              exec-or-kill:CMD (kill unless CMD exits 0)\n"
+        "     --direct               run, acquire, who, doctor: no lockspace; the lock\n"
+        "                              is on each disk itself (byte 0 of the image or\n"
+        "                              block device, as virtlockd without a lockspace)\n"
         " -f, --force                stop-helper: even though guests lose their leases\n"
         " -h, --help                 display this help\n"
         " -V, --version              display version\n"
@@ -1622,6 +1717,7 @@ enum {
     OPT_CONFLICT = 1u << 3, /* --conflict-exit-code */
     OPT_PID = 1u << 4,
     OPT_FORCE = 1u << 5, /* --force */
+    OPT_DIRECT = 1u << 6, /* --direct */
 };
 
 static const struct option long_options[] = {
@@ -1641,6 +1737,7 @@ static const struct option long_options[] = {
     {"uuid", required_argument, NULL, 'u'},
     {"force", no_argument, NULL, 'f'},
     {"on-loss", required_argument, NULL, 'L'},
+    {"direct", no_argument, NULL, 'D'},
     {NULL, 0, NULL, 0},
 };
 
@@ -1679,6 +1776,8 @@ option_class(int c)
         return OPT_PID;
     case 'f':
         return OPT_FORCE;
+    case 'D':
+        return OPT_DIRECT;
     default:
         return OPT_GLOBAL;
     }
@@ -1739,13 +1838,13 @@ struct command {
 
 static const struct command commands[] = {
     {"key", cmd_key, OPT_RESOURCE, 0},
-    {"run", cmd_run_args, OPT_RESOURCE | OPT_LEASE | OPT_CONFLICT, 1},
-    {"acquire", cmd_acquire, OPT_RESOURCE | OPT_LEASE | OPT_PID | OPT_CONFLICT, 0},
+    {"run", cmd_run_args, OPT_RESOURCE | OPT_LEASE | OPT_CONFLICT | OPT_DIRECT, 1},
+    {"acquire", cmd_acquire, OPT_RESOURCE | OPT_LEASE | OPT_PID | OPT_CONFLICT | OPT_DIRECT, 0},
     {"release", cmd_release, OPT_RESOURCE | OPT_PID, 0},
     {"status", cmd_status, 0, 0},
-    {"who", cmd_who, OPT_RESOURCE, 0},
+    {"who", cmd_who, OPT_RESOURCE | OPT_DIRECT, 0},
     {"gc", cmd_gc, 0, 0},
-    {"doctor", cmd_doctor, 0, 0},
+    {"doctor", cmd_doctor, OPT_DIRECT, 0},
     {"stop-helper", cmd_stop_helper, OPT_FORCE, 0},
     {NULL, NULL, 0, 0},
 };
@@ -1820,8 +1919,12 @@ apply_option(struct opts *o, int c, const char *arg)
             o->mode_flag = LOCKD_OPEN_VERBATIM;
         else if (strcmp(arg, "canonical") == 0)
             o->mode_flag = LOCKD_OPEN_CANONICAL;
+        else if (strcmp(arg, "lvm") == 0)
+            o->mode_flag = LOCKD_OPEN_LVM;
+        else if (strcmp(arg, "scsi") == 0)
+            o->mode_flag = LOCKD_OPEN_SCSI;
         else
-            return usage_error("--key-mode %s: must be verbatim or canonical", arg);
+            return usage_error("--key-mode %s: must be verbatim, canonical, lvm or scsi", arg);
         return 0;
     case 'S':
         if (!*arg)
@@ -1872,6 +1975,9 @@ apply_option(struct opts *o, int c, const char *arg)
         return 0;
     case 'f':
         o->force = 1;
+        return 0;
+    case 'D':
+        o->direct = 1;
         return 0;
     case 'L':
         o->on_loss_cmd = NULL;
@@ -1960,6 +2066,8 @@ dispatch(struct opts *o, int argc, char **argv)
     r = parse_options(o, dd, argv, cmd->allowed, cmd->name, 1);
     if (r != 0)
         return r < 0 ? 0 : r;
+    if (o->direct && o->resource)
+        return usage_error("--direct locks disks themselves: it takes no --resource names");
     /* Operands now sit in argv[optind..dd), permuted there by getopt. */
     r = names_check(dd - optind, argv + optind);
     if (r != 0)

@@ -37,6 +37,7 @@ struct opts {
     const char *uuid;
     int32_t pid;
     int force; /* stop-helper --force */
+    int direct; /* --direct: leases on the disks themselves, no lockspace */
     int on_loss;            /* LOCKD_ON_LOSS_*, or -1: not given (the helper's default) */
     const char *on_loss_cmd; /* exec:CMD's CMD */
 };

@@ -3864,6 +3864,115 @@ HELPER_CASE(exec_or_kill)
 }
 
 /*
+ * Direct leases (lockd_acquire_direct(): the lock on the disk itself) are
+ * handed over and listed under their paths, on a file and through a
+ * symlink; after a lockspace's lease on the same connection too.  One whose
+ * path names another file, or whose key is not its path's, is refused.
+ * Each survives its manager, and the owner's exit frees it.
+ */
+HELPER_CASE(direct_leases)
+{
+    lockd_space *sp = space_open_rooted();
+    char img[4096], other[4096], link[4096];
+    const char *one[1], *names[1];
+    lockd_lease *l = NULL, *l2 = NULL;
+    struct disks d;
+    struct guest g;
+    struct rows rs;
+    lockd_conn *c;
+    uint64_t id;
+    struct fsd *s = helper_with_guest(0, &g, &c);
+    int fd;
+
+    snprintf(img, sizeof(img), "%s", test_path("disk.img"));
+    snprintf(other, sizeof(other), "%s", test_path("other.img"));
+    snprintf(link, sizeof(link), "%s", test_path("link.img"));
+    ASSERT_OK(sys(fd = open(img, O_CREAT | O_WRONLY | O_CLOEXEC, 0600)));
+    close(fd);
+    ASSERT_OK(sys(fd = open(other, O_CREAT | O_WRONLY | O_CLOEXEC, 0600)));
+    close(fd);
+    ASSERT_OK(sys(symlink(img, link)));
+    /* A lockspace lease first: the connection then shows no lockspace. */
+    disks_make(&d, sp, "beside", 1);
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, NULL));
+    one[0] = link;
+    ASSERT_OK(lockd_acquire_direct(1, one, NULL, LOCKD_TRY, &l));
+    names[0] = other; /* a path that names another file */
+    ASSERT_ERR(lockd_conn_handoff(c, g.pid, l, names, &id), EBADFD);
+    ASSERT_CONTAINS(read_file(s->log), "refused direct lease");
+    ASSERT_OK(lockd_conn_handoff(c, g.pid, l, NULL, &id));
+    lockd_lease_forget(l);
+    rs = rows_list(c, g.pid);
+    ASSERT_INT_EQ(rs.n, 2);
+    {
+        const struct row *r = rows_find_id(&rs, id);
+        ASSERT_TRUE(r != NULL);
+        /* A row keeps 63 bytes of the name. */
+        ASSERT_TRUE(strncmp(r->disk, link, sizeof(r->disk) - 1) == 0);
+        ASSERT_INT_EQ(r->mode, LOCKD_EXCLUSIVE);
+    }
+    free(rs.r);
+    ASSERT_INT_EQ(lockd_probe_direct(img, NULL), LOCKD_EXCLUSIVE);
+    /* Back to the lockspace on the same connection. */
+    disks_make(&d, sp, "after", 1);
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, NULL));
+    assert_counts(status_on(c), 1, 3);
+    one[0] = img;
+    ASSERT_ERR(lockd_acquire_direct(1, one, NULL, LOCKD_TRY, &l2), EAGAIN);
+    guest_end(&g);
+    ASSERT_TRUE(WAIT_UNTIL(lockd_probe_direct(img, NULL) == LOCKD_FREE, 5000));
+    lockd_conn_close(c);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+/*
+ * An lvm lockspace names its files after devices (LV UUIDs), raw: its
+ * leases are handed over and listed under the SHA-256 of the name; a file
+ * whose name does not hash to the key handed over with it (renamed since)
+ * is refused.
+ */
+HELPER_CASE(named_space_leases)
+{
+    static const char *const names[] = {"06UgP5-2rhb-w3Bo-3mdR-WeoL-pytO-SAa2ky",
+                                        "Xg9eYb-3yR5-Mft0-d6nY-k2vS-8hPq-L1wZcA"};
+    char dir[PATH_MAX], hashed[LOCKD_KEY_SIZE], from[PATH_MAX + 64], to[PATH_MAX + 64];
+    lockd_space *sp = NULL;
+    lockd_lease *l = NULL;
+    struct guest g;
+    struct rows rs;
+    lockd_conn *c;
+    uint64_t id;
+    struct fsd *s = helper_with_guest(0, &g, &c);
+
+    snprintf(dir, sizeof(dir), "%s", test_path("lvm"));
+    ASSERT_OK(lockd_space_open(dir, LOCKD_OPEN_CREATE | LOCKD_OPEN_LVM, &sp));
+    ASSERT_OK(lockd_acquire(sp, 1, &names[0], NULL, LOCKD_TRY, &l));
+    ASSERT_OK(lockd_conn_handoff(c, g.pid, l, NULL, &id));
+    lockd_lease_forget(l);
+    rs = rows_list(c, g.pid);
+    ASSERT_INT_EQ(rs.n, 1);
+    ASSERT_OK(lockd_key_resource(names[0], strlen(names[0]), hashed));
+    ASSERT_STR_EQ(rs.r[0].key, hashed);
+    free(rs.r);
+    ASSERT_OK(lockd_acquire(sp, 1, &names[1], NULL, LOCKD_TRY, &l));
+    snprintf(from, sizeof(from), "%s/%s", dir, names[1]);
+    snprintf(to, sizeof(to), "%s/renamed", dir);
+    ASSERT_OK(sys(rename(from, to)));
+    ASSERT_ERR(lockd_conn_handoff(c, g.pid, l, NULL, &id), EBADFD);
+    ASSERT_OK(lockd_lease_release(l));
+    guest_end(&g);
+    ASSERT_TRUE(WAIT_UNTIL(lockd_probe(sp, names[0], NULL) == LOCKD_FREE, 5000));
+    lockd_conn_close(c);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+    lockd_space_close(sp);
+}
+
+/*
  * Adoption checks every fd as a hand-over does.  The helper put a lease in
  * systemd's store and was SIGKILLed; meanwhile the manager, which kept its
  * copy, unlocked it.  The restarted helper must not list that lease as
@@ -4713,6 +4822,8 @@ main(int argc, char **argv)
     RUN(only, hook_as_registering_uid, 60);
     RUN(only, exec_or_kill, 60);
     RUN(only, conn_in_place, 60);
+    RUN(only, direct_leases, 60);
+    RUN(only, named_space_leases, 60);
     RUN(only, one_ofd_one_lease, 60);
     RUN(only, ids_new_after_cold_start, 60);
     RUN(only, adopt_free_record_kinds, 60);

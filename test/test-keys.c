@@ -11,6 +11,9 @@
 #include "util.h"
 
 #include <limits.h>
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/sysmacros.h>
 
 #include "lockd.h"
 
@@ -451,9 +454,163 @@ test_key_valid(void)
     }
 }
 
-int
-main(void)
+/*
+ * Block devices in lvm and scsi lockspaces: the names virtlockd gives them
+ * (lvs, scsi_id), computed from the sample sysfs trees of test/sysfs/ (see
+ * its README: where each sample's bytes come from; the SCSI names were
+ * checked against Debian 12's scsi_id) for every line of keys.txt.  The
+ * paths are made block device nodes of the line's number on a tmpfs /dev of
+ * a private mount namespace, in a child, so that nothing of the machine's
+ * /dev is touched.
+ */
+static char sysfs_dir[PATH_MAX - 128]; /* room for a tree and file name after it */
+
+static int
+mknod_p(const char *path, unsigned maj, unsigned min)
 {
+    char dir[PATH_MAX], *p;
+
+    snprintf(dir, sizeof(dir), "%s", path);
+    for (p = dir + 1; (p = strchr(p, '/')); p++) {
+        *p = '\0';
+        if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    if (mknod(path, S_IFBLK | 0600, makedev(maj, min)) < 0 && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+static void
+block_golden_child(void)
+{
+    char list[PATH_MAX], line[1024], tree[64], dev[32], path[512], lvm[300], scsi[300];
+    char root[PATH_MAX], got[LOCKD_BLOCK_KEY_SIZE];
+    unsigned maj, min, n = 0;
+    FILE *f;
+    int r;
+
+    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+        mount("lockd-test", "/dev", "tmpfs", 0, "mode=0755") < 0)
+        TEST_FAIL("private /dev: %s", strerror(errno));
+    snprintf(list, sizeof(list), "%s/keys.txt", sysfs_dir);
+    f = fopen(list, "re");
+    if (!f)
+        TEST_FAIL("%s: %s", list, strerror(errno));
+    while (fgets(line, sizeof(line), f)) {
+        if (line[0] == '#' || line[0] == '\n')
+            continue;
+        if (sscanf(line, "%63s %31s %511s %299s %299s", tree, dev, path, lvm, scsi) != 5 ||
+            sscanf(dev, "%u:%u", &maj, &min) != 2)
+            TEST_FAIL("keys.txt: cannot read: %s", line);
+        snprintf(root, sizeof(root), "%s/%s", sysfs_dir, tree);
+        /* One node per path at a time: a path may be another line's
+         * device too. */
+        (void)unlink(path);
+        if (mknod_p(path, maj, min) < 0)
+            TEST_FAIL("mknod %s: %s", path, strerror(errno));
+        r = lockd_block_key(root, path, LOCKD_MODE_LVM, got, sizeof(got));
+        if (strcmp(lvm, "-") == 0 ? r != -ENODATA : r != 0 || strcmp(got, lvm) != 0)
+            TEST_FAIL("%s %s %s: lvm name %s, want %s", tree, dev, path,
+                      r == 0 ? got : strerror(-r), lvm);
+        r = lockd_block_key(root, path, LOCKD_MODE_SCSI, got, sizeof(got));
+        if (strcmp(scsi, "-") == 0 ? r != -ENODATA : r != 0 || strcmp(got, scsi) != 0)
+            TEST_FAIL("%s %s %s: scsi name %s, want %s", tree, dev, path,
+                      r == 0 ? got : strerror(-r), scsi);
+        n++;
+    }
+    fclose(f);
+    if (n < 40)
+        TEST_FAIL("keys.txt: only %u lines", n);
+    /* Not a block device, not under /dev, a mode without device names. */
+    snprintf(root, sizeof(root), "%s/lio-naa6", sysfs_dir);
+    ASSERT_ERR(lockd_block_key(root, "/dev/null", LOCKD_MODE_SCSI, got, sizeof(got)), ENODATA);
+    ASSERT_ERR(lockd_block_key(root, "/srv/x.img", LOCKD_MODE_SCSI, got, sizeof(got)), ENODATA);
+    ASSERT_ERR(lockd_block_key(root, "/dev/sdb", LOCKD_MODE_VERBATIM, got, sizeof(got)), EINVAL);
+    ASSERT_ERR(lockd_block_key("rel", "/dev/sdb", LOCKD_MODE_SCSI, got, sizeof(got)), EINVAL);
+    ASSERT_ERR(lockd_block_key(root, "/dev/sdb", LOCKD_MODE_SCSI, got, 8), ERANGE);
+    _exit(0);
+}
+
+static void
+test_block_golden(void)
+{
+    pid_t pid = fork();
+
+    ASSERT_TRUE(pid >= 0);
+    if (pid == 0)
+        block_golden_child();
+    ASSERT_INT_EQ(test_wait(pid), 0);
+}
+
+/*
+ * An lvm or scsi lockspace: its mode is recorded and agreed on, keys are
+ * names (not hashes), leases exclude each other by name, a path has no
+ * SHA-256 key there, and the real block devices here (a loop device) have
+ * no LVM or SCSI name.
+ */
+static void
+test_named_space(void)
+{
+    const char *keys[] = {"06UgP5-2rhb-w3Bo-3mdR-WeoL-pytO-SAa2ky"};
+    char dir[PATH_MAX], key[LOCKD_KEY_SIZE], got[LOCKD_BLOCK_KEY_SIZE];
+    lockd_space *s = NULL, *t = NULL;
+    lockd_lease *a = NULL, *b = NULL;
+    struct stat st;
+
+    snprintf(dir, sizeof(dir), "%s", test_path("lvm"));
+    ASSERT_OK(lockd_space_open(dir, LOCKD_OPEN_CREATE | LOCKD_OPEN_LVM, &s));
+    ASSERT_INT_EQ(lockd_space_mode(s), LOCKD_MODE_LVM);
+    ASSERT_ERR(lockd_space_open(dir, LOCKD_OPEN_SCSI, &t), EMEDIUMTYPE);
+    ASSERT_ERR(lockd_space_open(dir, LOCKD_OPEN_LVM | LOCKD_OPEN_SCSI, &t), EINVAL);
+    ASSERT_OK(lockd_space_open(dir, 0, &t));
+    ASSERT_INT_EQ(lockd_space_mode(t), LOCKD_MODE_LVM);
+    ASSERT_ERR(lockd_space_key(s, "/dev/vg0/lv", key), EMEDIUMTYPE);
+    ASSERT_OK(lockd_acquire(s, 1, keys, NULL, LOCKD_TRY, &a));
+    ASSERT_STR_EQ(lockd_lease_key(a, 0), keys[0]);
+    ASSERT_OK(sys(stat(test_path("lvm/06UgP5-2rhb-w3Bo-3mdR-WeoL-pytO-SAa2ky"), &st)));
+    ASSERT_ERR(lockd_acquire(t, 1, keys, NULL, LOCKD_TRY, &b), EAGAIN);
+    ASSERT_INT_EQ(lockd_probe(t, keys[0], NULL), LOCKD_EXCLUSIVE);
+    ASSERT_OK(lockd_lease_release(a));
+    {
+        const char *bad[] = {".lockd-index", "a/b", "x\ny", ""};
+
+        for (size_t i = 0; i < 4; i++)
+            ASSERT_ERR(lockd_acquire(s, 1, &bad[i], NULL, LOCKD_TRY, &a), EINVAL);
+    }
+    {
+        FILE *f;
+        char loop[64] = "", cmd[PATH_MAX + 64];
+
+        snprintf(cmd, sizeof(cmd), "truncate -s 1M %s && losetup -f --show %s",
+                 test_path("l.img"), test_path("l.img"));
+        f = popen(cmd, "r");
+        ASSERT_TRUE(f && fgets(loop, sizeof(loop), f));
+        pclose(f);
+        loop[strcspn(loop, "\n")] = '\0';
+        ASSERT_ERR(lockd_space_block_key(s, loop, got, sizeof(got)), ENODATA);
+        ASSERT_ERR(lockd_block_key(NULL, loop, LOCKD_MODE_SCSI, got, sizeof(got)), ENODATA);
+        snprintf(cmd, sizeof(cmd), "losetup -d %s", loop);
+        ASSERT_INT_EQ(system(cmd), 0);
+    }
+    lockd_space_close(t);
+    lockd_space_close(s);
+}
+
+int
+main(int argc, char **argv)
+{
+    char exe[PATH_MAX], *slash;
+
+    /* test/sysfs beside this program's directory (test/): argv[0], as
+     * test/run starts it, whatever the working directory. */
+    (void)argc;
+    if (!realpath(argv[0], exe) || !(slash = strrchr(exe, '/')))
+        return 2;
+    *slash = '\0';
+    if ((size_t)snprintf(sysfs_dir, sizeof(sysfs_dir), "%s/sysfs", exe) >= sizeof(sysfs_dir))
+        return 2;
     TEST_RUN(test_verbatim_golden);
     TEST_RUN(test_resource_golden);
     TEST_RUN(test_libvirt_spellings);
@@ -464,5 +621,7 @@ main(void)
     TEST_RUN(test_resource_errors);
     TEST_RUN(test_space_key_errors);
     TEST_RUN(test_key_valid);
+    TEST_RUN(test_block_golden);
+    TEST_RUN(test_named_space);
     return test_done();
 }

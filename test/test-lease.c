@@ -1034,6 +1034,144 @@ test_lease_check(void)
     lockd_space_close(space);
 }
 
+/*
+ * Direct leases: the lock on the disk itself (byte 0, an OFD lock), no
+ * lockspace: an image file and a loop device, through a symlink too;
+ * nothing written to the disk; anything but a regular file or a block
+ * device refused; and a classic POSIX lock on byte 0 (virtlockd's direct
+ * lease) excludes a direct lease and the other way round.
+ */
+static int
+posix_lock_in_child(const char *path, int *ret_pipe)
+{
+    int go[2], done[2];
+    pid_t pid;
+    char c;
+
+    ASSERT_OK(sys(pipe(go)));
+    ASSERT_OK(sys(pipe(done)));
+    pid = fork();
+    ASSERT_TRUE(pid >= 0);
+    if (pid == 0) {
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+        int fd = open(path, O_RDWR | O_CLOEXEC);
+
+        close(go[0]);
+        close(done[1]);
+        c = fd >= 0 && fcntl(fd, F_SETLK, &fl) == 0 ? 'y' : 'n';
+        (void)!write(go[1], &c, 1);
+        (void)!read(done[0], &c, 1); /* until the parent closes it */
+        _exit(0);
+    }
+    close(go[1]);
+    close(done[0]);
+    ASSERT_INT_EQ(read(go[0], &c, 1), 1);
+    close(go[0]);
+    *ret_pipe = done[1];
+    return c == 'y' ? pid : -pid;
+}
+
+static void
+test_direct(void)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    char img[4096], link[4096], key[LOCKD_KEY_SIZE], loop[64] = "", cmd[4200];
+    const char *one[1], *two[2];
+    const int shared[] = {LOCKD_SHARED};
+    lockd_lease *a = NULL, *b = NULL;
+    struct stat st;
+    int32_t pid = 0;
+    int p, fd;
+    FILE *f;
+
+    snprintf(img, sizeof(img), "%s", test_path("disk.img"));
+    snprintf(link, sizeof(link), "%s", test_path("link.img"));
+    ASSERT_OK(sys(fd = open(img, O_CREAT | O_WRONLY | O_CLOEXEC, 0600)));
+    close(fd);
+    ASSERT_OK(sys(symlink(img, link)));
+    one[0] = img;
+    ASSERT_OK(lockd_acquire_direct(1, one, NULL, LOCKD_TRY, &a));
+    ASSERT_STR_EQ(lockd_lease_path(a, 0), img);
+    ASSERT_OK(lockd_key_resource(img, strlen(img), key));
+    ASSERT_STR_EQ(lockd_lease_key(a, 0), key);
+    ASSERT_INT_EQ(lockd_probe_direct(img, &pid), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(pid, 0); /* an OFD lock has no owning process */
+    ASSERT_INT_EQ(lockd_probe_direct(link, NULL), LOCKD_EXCLUSIVE);
+    one[0] = link;
+    ASSERT_ERR(lockd_acquire_direct(1, one, NULL, LOCKD_TRY, &b), EAGAIN);
+    ASSERT_ERR(lockd_acquire_direct(1, one, shared, LOCKD_TRY, &b), EAGAIN);
+    ASSERT_ERR(lockd_acquire_direct(1, one, NULL, 50, &b), ETIMEDOUT);
+    ASSERT_OK(lockd_lease_check(a, 0));
+    ASSERT_OK(sys(stat(img, &st)));
+    ASSERT_INT_EQ(st.st_size, 0); /* nothing written: no holder record */
+    ASSERT_OK(lockd_lease_set_holder(a, "guest", NULL, 1, NULL));
+    ASSERT_OK(sys(stat(img, &st)));
+    ASSERT_INT_EQ(st.st_size, 0);
+    ASSERT_OK(lockd_lease_release(a));
+    ASSERT_INT_EQ(lockd_probe_direct(img, NULL), LOCKD_FREE);
+    /* One disk under two names would exclude itself. */
+    two[0] = img, two[1] = link;
+    ASSERT_ERR(lockd_acquire_direct(2, two, NULL, LOCKD_TRY, &a), EINVAL);
+    ASSERT_INT_EQ(lockd_probe_direct(img, NULL), LOCKD_FREE);
+    /* Shared with shared. */
+    one[0] = img;
+    ASSERT_OK(lockd_acquire_direct(1, one, shared, LOCKD_TRY, &a));
+    one[0] = link;
+    ASSERT_OK(lockd_acquire_direct(1, one, shared, LOCKD_TRY, &b));
+    ASSERT_INT_EQ(lockd_probe_direct(img, NULL), LOCKD_SHARED);
+    ASSERT_ERR(lockd_acquire_direct(1, one, NULL, LOCKD_TRY, &a), EAGAIN);
+    ASSERT_OK(lockd_lease_release(a));
+    ASSERT_OK(lockd_lease_release(b));
+    /* Refused without opening: not a file or block device. */
+    one[0] = "/dev/null";
+    ASSERT_ERR(lockd_acquire_direct(1, one, NULL, LOCKD_TRY, &a), ENXIO);
+    ASSERT_ERR(lockd_probe_direct("/dev/null", NULL), ENXIO);
+    one[0] = test_scratch;
+    ASSERT_ERR(lockd_acquire_direct(1, one, NULL, LOCKD_TRY, &a), EISDIR);
+    one[0] = "relative.img";
+    ASSERT_ERR(lockd_acquire_direct(1, one, NULL, LOCKD_TRY, &a), EINVAL);
+    one[0] = test_path("nosuch.img");
+    ASSERT_ERR(lockd_acquire_direct(1, one, NULL, LOCKD_TRY, &a), ENOENT);
+    /* virtlockd's direct lease: a classic POSIX lock on byte 0. */
+    p = posix_lock_in_child(img, &fd);
+    ASSERT_TRUE(p > 0);
+    one[0] = img;
+    ASSERT_ERR(lockd_acquire_direct(1, one, NULL, LOCKD_TRY, &a), EAGAIN);
+    ASSERT_INT_EQ(lockd_probe_direct(img, &pid), LOCKD_EXCLUSIVE);
+    ASSERT_INT_EQ(pid, p);
+    close(fd);
+    ASSERT_INT_EQ(test_wait(p), 0);
+    ASSERT_OK(lockd_acquire_direct(1, one, NULL, LOCKD_TRY, &a));
+    p = posix_lock_in_child(img, &fd);
+    ASSERT_TRUE(p < 0); /* lockd's lease refuses virtlockd */
+    close(fd);
+    ASSERT_INT_EQ(test_wait(-p), 0);
+    ASSERT_OK(lockd_lease_release(a));
+    /* A block device: a loop device over a file. */
+    snprintf(cmd, sizeof(cmd), "truncate -s 1M %s && losetup -f --show %s",
+             test_path("loop.img"), test_path("loop.img"));
+    f = popen(cmd, "r");
+    ASSERT_TRUE(f != NULL);
+    if (!fgets(loop, sizeof(loop), f))
+        loop[0] = '\0';
+    pclose(f);
+    loop[strcspn(loop, "\n")] = '\0';
+    ASSERT_TRUE(strncmp(loop, "/dev/loop", 9) == 0);
+    one[0] = loop;
+    ASSERT_OK(lockd_acquire_direct(1, one, NULL, LOCKD_TRY, &a));
+    ASSERT_INT_EQ(lockd_probe_direct(loop, NULL), LOCKD_EXCLUSIVE);
+    ASSERT_ERR(lockd_acquire_direct(1, one, shared, LOCKD_TRY, &b), EAGAIN);
+    ASSERT_OK(sys(fd = open(loop, O_RDONLY | O_CLOEXEC)));
+    fl.l_type = F_RDLCK;
+    ASSERT_INT_EQ(fcntl(fd, F_SETLK, &fl), -1); /* a POSIX peer on the node */
+    close(fd);
+    ASSERT_OK(lockd_lease_check(a, 0));
+    ASSERT_OK(lockd_lease_release(a));
+    ASSERT_INT_EQ(lockd_probe_direct(loop, NULL), LOCKD_FREE);
+    snprintf(cmd, sizeof(cmd), "losetup -d %s", loop);
+    ASSERT_INT_EQ(system(cmd), 0);
+}
+
 int
 main(void)
 {
@@ -1063,5 +1201,6 @@ main(void)
     TEST_RUN(test_lease_fd_and_file);
     TEST_RUN(test_holder_records);
     TEST_RUN(test_lease_check);
+    TEST_RUN(test_direct);
     return test_done();
 }

@@ -2373,6 +2373,85 @@ find_programs(const char *argv0)
         snprintf(helper_path, sizeof(helper_path), "%s", getenv("LOCKD_TEST_HELPER"));
 }
 
+/*
+ * --key-mode lvm and scsi: a device without such a name (here /dev/null,
+ * and a loop device: the machine has no LV and no SCSI disk) is refused in
+ * one line saying so, for key without a lockspace and for run in one.
+ */
+static void
+test_block_modes_cli(void)
+{
+    struct res r;
+
+    case_env();
+    ctl(&r, "key", "--key-mode", "scsi", "/dev/null", (char *)NULL);
+    assert_one_line_error(&r, "/dev/null: has no SCSI name");
+    ASSERT_INT_EQ(r.status, 1);
+    res_free(&r);
+    ctl(&r, "--key-mode", "lvm", "run", "/dev/null", "--", "true", (char *)NULL);
+    assert_one_line_error(&r, "/dev/null: has no LVM name (not a block device spelled "
+                              "/dev/VG/LV or /dev/mapper/VG-LV of an active LV)");
+    ASSERT_INT_EQ(r.status, 1);
+    res_free(&r);
+    ctl(&r, "key", "--key-mode", "lvm2", "/dev/null", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 64);
+    res_free(&r);
+}
+
+/*
+ * --direct: run, acquire and who on the disks themselves (byte 0 of the
+ * image, virtlockd's direct lease), with no lockspace: nothing is created
+ * in one; a second run is busy (75); a device that is neither a regular
+ * file nor a block device is refused in one line; --direct takes no
+ * --resource names.
+ */
+static void
+test_direct_cli(void)
+{
+    char img[PATH_MAX], cmd[5 * PATH_MAX];
+    struct res r;
+    int fd;
+
+    case_env();
+    snprintf(img, sizeof(img), "%s", test_path("d.img"));
+    ASSERT_OK(sys(fd = open(img, O_CREAT | O_WRONLY | O_CLOEXEC, 0600)));
+    close(fd);
+    snprintf(cmd, sizeof(cmd),
+             "%s run --direct %s -- true; echo inner=$?; %s who --direct --json %s", ctl_path,
+             img, ctl_path, img);
+    ctl(&r, "run", "--direct", "--name", "g1", img, "--", "/bin/sh", "-c", cmd, (char *)NULL);
+    ASSERT_INT_EQ(r.status, 0);
+    ASSERT_CONTAINS(r.out, "inner=75");
+    ASSERT_CONTAINS(r.out, "\"state\":\"exclusive\"");
+    ASSERT_CONTAINS(r.err, ": busy: held exclusively");
+    res_free(&r);
+    ASSERT_INT_EQ(access(space_dir(), F_OK), -1); /* no lockspace was made */
+    ctl(&r, "who", "--direct", img, (char *)NULL);
+    ASSERT_INT_EQ(r.status, 0);
+    ASSERT_CONTAINS(r.out, "free");
+    res_free(&r);
+    ctl(&r, "run", "--direct", "/dev/null", "--", "true", (char *)NULL);
+    assert_one_line_error(&r, "/dev/null: cannot take its direct lease: neither a regular "
+                              "file nor a block device");
+    ASSERT_INT_EQ(r.status, 1);
+    res_free(&r);
+    ctl(&r, "who", "--direct", "--resource", "x", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 64);
+    res_free(&r);
+    ctl(&r, "status", "--direct", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 64);
+    res_free(&r);
+    ctl(&r, "doctor", "--direct", img, (char *)NULL);
+    ASSERT_INT_EQ(r.status, 0);
+    ASSERT_CONTAINS(r.out, "is on a local filesystem: its direct lease excludes guests of "
+                           "this host only");
+    res_free(&r);
+    ctl(&r, "doctor", "--direct", "/dev/null", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 1);
+    ASSERT_CONTAINS(r.out, "/dev/null is neither a regular file nor a block device");
+    res_free(&r);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -2424,5 +2503,7 @@ main(int argc, char **argv)
     TEST_RUN(test_doctor_canonical_on_nfs);
     TEST_RUN(test_doctor_cluster_filesystems);
     TEST_RUN(test_doctor_helper_refuses);
+    TEST_RUN(test_direct_cli);
+    TEST_RUN(test_block_modes_cli);
     return test_done();
 }

@@ -7,7 +7,7 @@
  * release that names one disk, <lease> elements, shared leases, the key-mode
  * check, auto_disk_leases = 0.
  *
- * usage: fake-libvirt PLUGIN.so LOCKD-HELPER
+ * usage: fake-libvirt PLUGIN.so LOCKD-HELPER SYSFS-TREES (test/sysfs)
  * Works in a scratch directory under $TMPDIR (or /tmp), removed at the end.
  * Prints "ok - ..." / "not ok - ..." lines; exit status 0 if all passed.
  *
@@ -26,7 +26,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -220,7 +223,9 @@ add_disk(struct vlm_manager *man, const char *file, unsigned flags)
 {
     char path[256];
 
-    snprintf(path, sizeof(path), "%s/%s", dir, file);
+    /* An absolute name is a device path, as given. */
+    snprintf(path, sizeof(path), "%s%s%s", file[0] == '/' ? "" : dir, file[0] == '/' ? "" : "/",
+             file);
     return drv->drvAddResource(man, DISK, path, 0, NULL, flags);
 }
 
@@ -317,6 +322,21 @@ registered(pid_t pid)
     return r == 1;
 }
 
+static int probe_direct(const char *file);
+
+static int
+wait_probe_direct(const char *file)
+{
+    int i;
+
+    for (i = 0; i < 200; i++) {
+        if (probe_direct(file) == LOCKD_FREE)
+            return 1;
+        usleep(25000);
+    }
+    return 0;
+}
+
 /* The state of disk file's lease in the test lockspace. */
 static int
 probe(const char *file)
@@ -325,7 +345,8 @@ probe(const char *file)
     lockd_space *space;
     int r;
 
-    snprintf(path, sizeof(path), "%s/%s", dir, file);
+    snprintf(path, sizeof(path), "%s%s%s", file[0] == '/' ? "" : dir, file[0] == '/' ? "" : "/",
+             file);
     r = lockd_space_open(space_dir, LOCKD_OPEN_READONLY, &space);
     if (r == -ENOENT)
         return LOCKD_FREE; /* no lockspace yet, so no lease */
@@ -629,6 +650,177 @@ test_refusals(void)
     end(g);
 }
 
+/* No lockspace configured: each disk's lease is on the disk itself (byte 0
+ * of the image), as virtlockd without file_lockspace_dir. */
+static int
+probe_direct(const char *file)
+{
+    char path[256];
+
+    snprintf(path, sizeof(path), "%s/%s", dir, file);
+    return lockd_probe_direct(path, NULL);
+}
+
+static void
+test_direct(void)
+{
+    pid_t g = spawn_guest(), h = spawn_guest();
+    char text[512], path[256];
+    struct stat st;
+
+    for (const char *f = "abc"; *f; f++) {
+        FILE *fp;
+
+        snprintf(path, sizeof(path), "%s/%c", dir, *f);
+        fp = fopen(path, "a");
+        if (fp)
+            fclose(fp);
+    }
+    snprintf(text, sizeof(text), "helper_socket = \"%s\"\n", sock);
+    if (init_with(text) < 0) {
+        fprintf(stderr, "fake-libvirt: config refused: %s\n", last_error);
+        exit(2);
+    }
+    check(call("gd", g, REG_ONLY | RESTRICT, 0, "a") == 0 && call("gd", g, 0, 0, "a b:s") == 0,
+          "direct: a guest starts with no lockspace configured");
+    check(probe_direct("a") == LOCKD_EXCLUSIVE && probe_direct("b") == LOCKD_SHARED,
+          "direct: its disks themselves are locked, exclusive and shared");
+    snprintf(path, sizeof(path), "%s/a", dir);
+    check(stat(path, &st) == 0 && st.st_size == 0, "direct: nothing is written to the disk");
+    snprintf(text, sizeof(text),
+             "lockd: guest 'gd2' refused: disk %s/a is held exclusively by 'gd' (pid %d", dir,
+             (int)g);
+    check(call("gd2", h, 0, 0, "a") < 0 && error_has(text) && last_code == 87,
+          "direct: a second guest is refused, naming the holder");
+    check(call("gd2", h, 0, 0, "b:s") == 0, "direct: a shareable disk is shared");
+    snprintf(text, sizeof(text), "cannot take the direct lease of disk %s/nosuch: ", dir);
+    check(call("gd2", h, 0, 0, "c nosuch") < 0 && error_has(text) &&
+              error_has("No such file or directory") &&
+              probe_direct("c") == LOCKD_FREE,
+          "direct: a missing disk refuses the guest, and nothing is taken");
+    check(call("gd", g, 0, 1, "a") == 0 && probe_direct("a") == LOCKD_FREE &&
+              probe_direct("b") == LOCKD_SHARED,
+          "direct: releasing one disk keeps the others");
+    end(g);
+    end(h);
+    check(wait_probe_direct("b"), "direct: the guests' death frees their disks");
+    use_config("");
+}
+
+/*
+ * Block devices, named as virtlockd names them: with lvm_lockspace_dir and
+ * scsi_lockspace_dir set, a /dev path of an LV spelled /dev/VG/LV gets its
+ * LV UUID as its lease file's name in the LVM lockspace, a SCSI disk its
+ * SCSI id in the SCSI lockspace, /dev/dm-N (which lvs cannot read) the
+ * file lockspace's hash of its path.  The devices come from the sample
+ * tree test/sysfs/lvm-lv (the plugin's test seam LOCKD_TEST_SYSFS_ROOT),
+ * their nodes made on a tmpfs /dev of a private mount namespace, in a
+ * child.
+ */
+static const char *sysfs_trees;
+
+static int
+probe_named(const char *sub, const char *name)
+{
+    char d[256];
+    lockd_space *space;
+    int r;
+
+    snprintf(d, sizeof(d), "%s/%s", dir, sub);
+    if (lockd_space_open(d, LOCKD_OPEN_READONLY, &space) < 0)
+        return -1;
+    r = lockd_probe(space, name, NULL);
+    if (r >= 0 && lockd_space_mode(space) != (strcmp(sub, "lvm") == 0 ? LOCKD_MODE_LVM
+                                                                       : LOCKD_MODE_SCSI))
+        r = -2;
+    lockd_space_close(space);
+    return r;
+}
+
+static void
+block_child(pid_t g, pid_t h, const char *conf_text)
+{
+    static const char lvm[] = "06UgP5-2rhb-w3Bo-3mdR-WeoL-pytO-SAa2ky";
+    static const char scsi[] = "0QEMU_QEMU_HARDDISK_pv0";
+    static const struct {
+        const char *path;
+        unsigned maj, min;
+    } nodes[] = {{"/dev/vg0/lv-data", 253, 0},
+                 {"/dev/mapper/vg0-lv--data", 253, 0},
+                 {"/dev/dm-0", 253, 0},
+                 {"/dev/sda", 8, 0}};
+    char want[512];
+    size_t i;
+
+    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+        mount("fake-libvirt", "/dev", "tmpfs", 0, "mode=0755") < 0 ||
+        mkdir("/dev/vg0", 0755) < 0 || mkdir("/dev/mapper", 0755) < 0) {
+        printf("not ok - block devices: a private /dev: %s\n", strerror(errno));
+        _exit(1);
+    }
+    for (i = 0; i < sizeof(nodes) / sizeof(nodes[0]); i++)
+        if (mknod(nodes[i].path, S_IFBLK | 0600, makedev(nodes[i].maj, nodes[i].min)) < 0) {
+            printf("not ok - block devices: mknod %s: %s\n", nodes[i].path, strerror(errno));
+            _exit(1);
+        }
+    /* Initialised here: to the plugin, a process other than the one that
+     * initialised it is the child libvirt forks for QEMU. */
+    if (init_with(conf_text) < 0) {
+        printf("not ok - block devices: config refused: %s\n", last_error);
+        _exit(1);
+    }
+    check(call("gb", g, 0, 0, "/dev/vg0/lv-data /dev/sda /dev/dm-0") == 0,
+          "block devices: a guest on an LV, a SCSI disk and /dev/dm-0 starts");
+    check(probe_named("lvm", lvm) == LOCKD_EXCLUSIVE,
+          "block devices: the LV's lease is its LV UUID, raw, in the LVM lockspace (mode lvm)");
+    check(probe_named("scsi", scsi) == LOCKD_EXCLUSIVE,
+          "block devices: the SCSI disk's lease is its SCSI id in the SCSI lockspace");
+    check(probe("/dev/dm-0") == LOCKD_EXCLUSIVE,
+          "block devices: /dev/dm-0 (no LVM name: lvs cannot read that spelling) falls back "
+          "to the file lockspace");
+    check(call("gb", g, 0, 0, "/dev/vg0/lv-data /dev/sda /dev/dm-0") == 0,
+          "block devices: acquiring again is harmless (the helper lists them)");
+    snprintf(want, sizeof(want),
+             "lockd: guest 'gb2' refused: disk /dev/mapper/vg0-lv--data is held exclusively "
+             "by 'gb' (pid %d",
+             (int)g);
+    check(call("gb2", h, 0, 0, "/dev/mapper/vg0-lv--data") < 0 && error_has(want),
+          "block devices: the same LV spelled /dev/mapper/VG-LV is refused, naming the holder");
+    check(call("gb", g, 0, 1, "/dev/sda") == 0 && probe_named("scsi", scsi) == LOCKD_FREE &&
+              probe_named("lvm", lvm) == LOCKD_EXCLUSIVE,
+          "block devices: releasing the SCSI disk keeps the LV");
+    check(call("gb", g, 0, 1, "/dev/vg0/lv-data /dev/dm-0") == 0 &&
+              probe_named("lvm", lvm) == LOCKD_FREE,
+          "block devices: releasing the rest frees them");
+    fflush(stdout);
+    _exit(failed ? 1 : 0);
+}
+
+static void
+test_block_devices(void)
+{
+    pid_t g = spawn_guest(), h = spawn_guest(), c;
+    char text[1024], root[512];
+    int st;
+
+    snprintf(root, sizeof(root), "%s/lvm-lv", sysfs_trees);
+    setenv("LOCKD_TEST_SYSFS_ROOT", root, 1);
+    snprintf(text, sizeof(text),
+             "lockspace = \"%s\"\nhelper_socket = \"%s\"\n"
+             "lvm_lockspace_dir = \"%s/lvm\"\nscsi_lockspace_dir = \"%s/scsi\"\n",
+             space_dir, sock, dir, dir);
+    fflush(stdout);
+    c = fork();
+    if (c == 0)
+        block_child(g, h, text);
+    check(c > 0 && waitpid(c, &st, 0) == c && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+          "block devices: every check of the child passed");
+    unsetenv("LOCKD_TEST_SYSFS_ROOT");
+    end(g);
+    end(h);
+    use_config("");
+}
+
 static void
 remove_tree(void)
 {
@@ -645,10 +837,11 @@ main(int argc, char **argv)
     const char *tmp;
     void *h;
 
-    if (argc != 3) {
-        fprintf(stderr, "usage: fake-libvirt PLUGIN.so LOCKD-HELPER\n");
+    if (argc != 4) {
+        fprintf(stderr, "usage: fake-libvirt PLUGIN.so LOCKD-HELPER SYSFS-TREES\n");
         return 2;
     }
+    sysfs_trees = argv[3];
     h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
     drv = h ? dlsym(h, "virLockDriverImpl") : NULL;
     if (!drv || !realpath(argv[2], helper_bin)) {
@@ -672,6 +865,8 @@ main(int argc, char **argv)
     test_lifecycle();
     test_leases();
     test_lost_lease();
+    test_direct();
+    test_block_devices();
     test_refusals();
     stop_helper();
     drv->drvDeinit();
