@@ -19,9 +19,14 @@
  *                                           the disks themselves
  *     key_mode = "verbatim"                 or "canonical"; unset: the mode the
  *                                           lockspace records (verbatim if none)
+ *     lvm_lockspace_dir, scsi_lockspace_dir unset: block devices named by
+ *                                           LV UUID / SCSI id (virtlockd's)
  *     helper_socket = "/run/lockd/helper.sock"
  *     auto_disk_leases = 1                  a lease per writable disk
  *     require_lease_for_disks = 0           default: !auto_disk_leases
+ *     migration_check = 0                   1: a resume refuses a disk that
+ *                                           changed hands since the pause
+ *                                           (see "Migration" below)
  *
  * How libvirt drives a lock plugin (libvirt 9.0.0 as shipped in Debian 12,
  * checked against libvirt's src/locking/lock_driver.h, lock_manager.c,
@@ -52,7 +57,10 @@
  *   drvAcquire(flags = 0) with every resource; drvRelease(flags = 0) with
  *   every resource on pause.  On a running guest: drvAcquire / drvRelease with
  *   exactly one image or lease (hotplug, unplug, media change, snapshots,
- *   block-job pivot).  drvInquire only for migration.  Nothing is called when
+ *   block-job pivot).  drvInquire only for migration (the source, at
+ *   Begin), and only from a plugin whose driver flags say it uses lock state:
+ *   its state rides in the migration cookie to the destination's acquire;
+ *   a release's state is kept for the next resume.  Nothing is called when
  *   the guest exits or when libvirtd reconnects after a restart.  Seen in
  *   libvirtd's debug log: `virsh suspend` calls drvRelease twice (once when
  *   libvirt stops the CPUs, once for QEMU's STOP event), so a release must be
@@ -133,6 +141,8 @@
 #define VLM_ACQUIRE_RESTRICT 0x2u      /* VIR_LOCK_MANAGER_ACQUIRE_RESTRICT */
 
 #define VLM_NEW_STARTED 0x1u /* VIR_LOCK_MANAGER_NEW_STARTED */
+
+#define VLM_USES_STATE 0x1u /* VIR_LOCK_MANAGER_USES_STATE, in the driver's flags */
 
 enum vlm_param_type {
     VLM_PARAM_STRING,
@@ -215,6 +225,7 @@ struct plugin_config {
     int key_mode;         /* -1 (not set), LOCKD_MODE_VERBATIM, LOCKD_MODE_CANONICAL */
     char *helper_socket;  /* NULL: the library's default */
     int auto_disk_leases; /* a lease per writable disk */
+    int migration_check;  /* carry lease generations in libvirt's lock state (off) */
     int require_lease_for_disks; /* refuse writable disks without any lease */
 };
 
@@ -225,6 +236,7 @@ struct resource {
     int mode;     /* LOCKD_EXCLUSIVE or LOCKD_SHARED */
     int is_lease; /* a <lease> element, not a disk */
     int direct;   /* a disk's lease on the disk itself: no lockspace is configured */
+    int granted;  /* guest_acquire() took it in this call (its generation moved by one) */
     int named;    /* LOCKD_MODE_LVM or _SCSI: a block device's lease in lvm_lockspace_dir or
                    * scsi_lockspace_dir (dir), named by the device; else 0 */
     char key[LOCKD_BLOCK_KEY_SIZE]; /* its key, or its name in an lvm or scsi lockspace */
@@ -241,6 +253,8 @@ struct guest {
     struct resource *res;
     int rw_disks; /* writable exclusive disks seen while auto_disk_leases is off */
 };
+
+extern struct vlm_driver virLockDriverImpl;
 
 /* Set by drvInit, read-only afterwards; libvirtd calls from many threads. */
 static struct plugin_config config;
@@ -441,6 +455,8 @@ conf_set(struct plugin_config *cfg, const char *name, char *str, long v)
         return conf_path(&cfg->scsi_dir, str);
     if (!strcmp(name, "key_mode"))
         r = conf_mode(&cfg->key_mode, str);
+    else if (!strcmp(name, "migration_check"))
+        r = conf_bool(&cfg->migration_check, str, v);
     else if (!strcmp(name, "auto_disk_leases"))
         r = conf_bool(&cfg->auto_disk_leases, str, v);
     else if (!strcmp(name, "require_lease_for_disks"))
@@ -482,7 +498,7 @@ conf_line(struct plugin_config *cfg, const char *file, unsigned lineno, char *li
     }
     report(VIR_ERR_CONFIG_UNSUPPORTED,
            "%s:%u: expected %s (lockspace or file_lockspace_dir, lvm_lockspace_dir, "
-           "scsi_lockspace_dir, key_mode, helper_socket: \"strings\"; "
+           "scsi_lockspace_dir, key_mode, helper_socket: \"strings\"; migration_check, "
            "auto_disk_leases, require_lease_for_disks: 0 or 1)",
            file, lineno, expect[why]);
     return -1;
@@ -754,8 +770,8 @@ guest_block_keys(struct guest *g)
         struct resource *res = &g->res[i];
         const char *dirs[] = {config.lvm_dir, config.scsi_dir};
 
-        if (res->is_lease)
-            continue;
+        if (res->is_lease || res->named)
+            continue; /* not a disk, or named by an earlier call on g */
         for (k = 0, r = -ENODATA; k < 2 && r == -ENODATA; k++) {
             if (!dirs[k])
                 continue;
@@ -1218,7 +1234,7 @@ batch_acquire(const struct guest *g, const struct batch *b, lockd_conn *conn,
  * anew.
  */
 static void
-batch_plan(const struct guest *g, size_t first, const struct held_list *held,
+batch_plan(struct guest *g, size_t first, const struct held_list *held,
            lockd_conn *conn, lockd_space *space, struct batch *b)
 {
     size_t i;
@@ -1238,6 +1254,7 @@ batch_plan(const struct guest *g, size_t first, const struct held_list *held,
         else if (h && (h->mode == LOCKD_EXCLUSIVE || h->mode == mode) &&
                  res_probe_held(g, res, space))
             continue; /* already held: acquiring is idempotent */
+        g->res[i].granted = 1;
         b->keys[b->n] = res->key;
         b->modes[b->n] = mode;
         b->names[b->n] = res->name;
@@ -1364,6 +1381,147 @@ out:
 }
 
 /* ------------------------------------------------------------------------
+ * Migration: lease generations in libvirt's lock state (migration_check)
+ *
+ * libvirt releases a guest's leases at every pause (a suspend, the source
+ * at a migration's switchover) and takes them again at resume (on the
+ * destination): in between nobody holds the disk, and another holder could
+ * take it, write, and let go unseen.  Each exclusive grant of a lease file
+ * moves the generation in its holder record by one, so with the check on
+ * the state libvirt carries from the release (or inquire) to the resume
+ * names each lease's generation, and the resume refuses the guest if the
+ * lease was granted to anyone else in between (libvirt's sanlock plugin
+ * carries a lease version too, but never checks it).  Off by default:
+ * with it, libvirt refuses migrations from hosts without it ("Missing lock
+ * state"), such as virtlockd hosts.
+ */
+
+#define STATE_MAGIC "lockd1"
+#define STATE_TOKEN_MAX (LOCKD_KEY_SIZE + 40) /* " KEY:EPOCH:GEN" */
+
+/* The holder record of res, read in its lockspace (space, or its own). */
+static int
+res_record(const struct guest *g, const struct resource *res, lockd_space *space,
+           lockd_holder_info *ret)
+{
+    lockd_space *own = NULL;
+    int r;
+
+    if (res->dir && space_open(g, res->dir, res->named, 0, &own) < 0)
+        return -ENOENT;
+    r = lockd_holder(own ? own : space, res->key, ret);
+    lockd_space_close(own);
+    return r;
+}
+
+/*
+ * g's lock state: "lockd1" and, per exclusive lease in a lockspace,
+ * " KEY:EPOCH:GENERATION" (the key the helper lists it under, its holder
+ * record's epoch in hex and generation): hex digits, colons and spaces only,
+ * since libvirt puts it into the migration cookie's XML unescaped.  Direct
+ * and shared leases have no record, and a lease without one (taken by
+ * virtlockd) gives none: their hand-over is not checked.  Returns the
+ * malloc'd state, or NULL (reported).
+ */
+static char *
+guest_state(struct guest *g)
+{
+    lockd_space *space = NULL;
+    lockd_holder_info *info = malloc(sizeof(*info));
+    char *state = malloc(sizeof(STATE_MAGIC) + g->n * STATE_TOKEN_MAX);
+    size_t i, at;
+
+    if (!info || !state) {
+        free(info);
+        free(state);
+        report(VIR_ERR_INTERNAL_ERROR, "out of memory");
+        return NULL;
+    }
+    at = (size_t)sprintf(state, "%s", STATE_MAGIC);
+    if (guest_keys(g, 0, &space) < 0) {
+        free(info);
+        free(state);
+        return NULL;
+    }
+    for (i = 0; i < g->n; i++) {
+        const struct resource *res = &g->res[i];
+
+        if (first_of(g, res) != i || res->direct || res_mode(g, res) != LOCKD_EXCLUSIVE ||
+            res_record(g, res, space, info) < 0)
+            continue;
+        at += (size_t)snprintf(state + at, STATE_TOKEN_MAX, " %s:%016llx:%llu", res->list_key,
+                               (unsigned long long)info->epoch,
+                               (unsigned long long)info->generation);
+    }
+    lockd_space_close(space);
+    free(info);
+    return state;
+}
+
+/*
+ * After guest_acquire(): whether each lease named in state moved by exactly
+ * the grant just made (none if g already held it), under the same epoch.
+ * Returns 0, or -1 with the reason in why.
+ */
+static int
+state_check(struct guest *g, const char *state, char *why, size_t len)
+{
+    lockd_holder_info info;
+    lockd_space *space = NULL;
+    const char *p = state + strlen(STATE_MAGIC);
+    int r = 0;
+
+    if (strncmp(state, STATE_MAGIC, strlen(STATE_MAGIC)) != 0 || (*p && *p != ' ')) {
+        snprintf(why, len,
+                 "guest '%s' refused: the lock state libvirt passed is not lockd's (\"%.40s\"): "
+                 "is the source host's plugin another, or without migration_check?",
+                 g->name, state);
+        return -1;
+    }
+    if (guest_keys(g, 0, &space) < 0) {
+        snprintf(why, len, "guest '%s': its leases cannot be looked at", g->name);
+        return -1;
+    }
+    while (r == 0 && *p == ' ') {
+        char key[LOCKD_KEY_SIZE];
+        unsigned long long epoch, gen, want;
+        size_t i;
+        int n = 0;
+
+        if (sscanf(p, " %64[0-9a-f]:%llx:%llu%n", key, &epoch, &gen, &n) != 3 || n <= 0) {
+            snprintf(why, len, "guest '%s' refused: malformed lock state at \"%.40s\"",
+                     g->name, p);
+            r = -1;
+            break;
+        }
+        p += n;
+        for (i = 0; i < g->n && strcmp(g->res[i].list_key, key) != 0; i++)
+            ;
+        if (i == g->n)
+            continue; /* not one of this call's disks */
+        want = gen + (g->res[i].granted ? 1 : 0);
+        if (res_record(g, &g->res[i], space, &info) < 0 || info.epoch != epoch ||
+            info.generation != want) {
+            snprintf(why, len,
+                     "guest '%s' refused: %s %s changed hands while the guest was paused or "
+                     "migrating (lease generation %llu after this grant, %llu expected%s): "
+                     "another holder had it, and the guest's view of it may be stale",
+                     g->name, g->res[i].is_lease ? "lease" : "disk", g->res[i].name,
+                     (unsigned long long)info.generation, want,
+                     info.epoch != epoch ? "; its lease file was made anew" : "");
+            r = -1;
+        }
+    }
+    if (r == 0 && *p) {
+        snprintf(why, len, "guest '%s' refused: malformed lock state at \"%.40s\"", g->name,
+                 p);
+        r = -1;
+    }
+    lockd_space_close(space);
+    return r;
+}
+
+/* ------------------------------------------------------------------------
  * The driver entry points
  */
 
@@ -1398,6 +1556,9 @@ drv_init(unsigned int version, const char *config_file, unsigned int flags)
     }
     init_pid = getpid();
     init_refs = 1;
+    /* libvirt asks a plugin for lock state, and passes it on, only when it
+     * says it uses one (VIR_LOCK_MANAGER_USES_STATE); read at each call. */
+    virLockDriverImpl.flags = config.migration_check ? VLM_USES_STATE : 0;
     /* A test seam: a sysfs tree of sample devices (test/sysfs) in place of
      * /sys, for the LVM and SCSI names; never set in production. */
     sysfs_root = secure_getenv("LOCKD_TEST_SYSFS_ROOT");
@@ -1576,6 +1737,13 @@ drv_acquire(struct vlm_manager *man, const char *state, unsigned int flags, int 
     r = 0;
     if (!(flags & VLM_ACQUIRE_REGISTER_ONLY) && g->n > 0)
         r = guest_acquire(g, conn);
+    if (r == 0 && state && config.migration_check && g->n > 0 &&
+        state_check(g, state, why, sizeof(why)) < 0) {
+        /* Not resumed: what was just taken goes back. */
+        (void)guest_release(g, conn);
+        report(VIR_ERR_RESOURCE_BUSY, "%s", why);
+        r = -1;
+    }
     lockd_conn_close(conn);
     return r < 0 ? -1 : 0;
 }
@@ -1596,6 +1764,10 @@ drv_release(struct vlm_manager *man, char **state, unsigned int flags)
     }
     if (g->n == 0)
         return 0;
+    /* The state a resume (here, or on a migration's destination) checks:
+     * taken while the leases are still held. */
+    if (state && config.migration_check && !(*state = guest_state(g)))
+        return -1;
     if (helper_connect(g, "cannot release the leases of", &conn, why, sizeof(why)) < 0) {
         report(VIR_ERR_OPERATION_FAILED, "%s", why);
         return -1;
@@ -1608,13 +1780,18 @@ drv_release(struct vlm_manager *man, char **state, unsigned int flags)
 static int
 drv_inquire(struct vlm_manager *man, char **state, unsigned int flags)
 {
-    (void)man;
+    struct guest *g = man->privateData;
+
     if (state)
         *state = NULL;
     if (flags != 0) {
         report(VIR_ERR_INTERNAL_ERROR, "unsupported inquire flags 0x%x", flags);
         return -1;
     }
+    /* A migration's Begin on a running source: the state its destination
+     * checks at resume. */
+    if (state && config.migration_check && g->n > 0 && !(*state = guest_state(g)))
+        return -1;
     return 0;
 }
 

@@ -821,6 +821,87 @@ test_block_devices(void)
     use_config("");
 }
 
+/*
+ * Migration with migration_check = 1: the driver says it uses lock state;
+ * inquire (the source at Begin) and release (at a pause) give the leases'
+ * generations; the resume on the destination takes them and checks that
+ * nobody else held them in between: a third party that took the disk and
+ * let go makes it refuse, and what it took goes back.  Off, no state.
+ */
+enum { ST_ACQUIRE, ST_RELEASE, ST_INQUIRE };
+
+static int
+state_call(const char *guest, pid_t pid, int op, const char *disk, const char *in,
+           char **out)
+{
+    struct vlm_manager man;
+    int r, fd;
+
+    if (out)
+        *out = NULL;
+    if (new_manager(&man, guest, pid) < 0)
+        return -1;
+    last_error[0] = '\0';
+    r = add_disk(&man, disk, 0);
+    if (r == 0)
+        r = op == ST_ACQUIRE ? drv->drvAcquire(&man, in, 0, 0, &fd)
+            : op == ST_RELEASE ? drv->drvRelease(&man, out, 0)
+                               : drv->drvInquire(&man, out, 0);
+    drv->drvFree(&man);
+    return r;
+}
+
+static void
+test_migration_state(void)
+{
+    pid_t g = spawn_guest(), h = spawn_guest();
+    char *s1 = NULL, *s2 = NULL, *s3 = NULL, path[256], key[LOCKD_KEY_SIZE];
+    const char *k = key;
+    lockd_space *space;
+    lockd_lease *third = NULL;
+
+    use_config("migration_check = 1\n");
+    check(drv->flags == 1, "migration_check: the driver says it uses lock state");
+    check(state_call("mig", g, ST_ACQUIRE, "m", NULL, NULL) == 0 &&
+              state_call("mig", g, ST_INQUIRE, "m", NULL, &s1) == 0 && s1 &&
+              strncmp(s1, "lockd1 ", 7) == 0 && strspn(s1 + 7, "0123456789abcdef: ") ==
+              strlen(s1 + 7),
+          "migration_check: inquire gives the lease's generation (hex, colons, spaces only)");
+    printf("# state: %s\n", s1 ? s1 : "(none)");
+    check(state_call("mig", g, ST_RELEASE, "m", NULL, &s2) == 0 && s2 && s1 &&
+              strcmp(s1, s2) == 0 && probe("m") == LOCKD_FREE,
+          "migration_check: the release at the switchover gives the same state, and frees");
+    check(state_call("mig", h, ST_ACQUIRE, "m", s2, NULL) == 0 &&
+              probe("m") == LOCKD_EXCLUSIVE,
+          "migration_check: the destination resumes: nobody held the disk in between");
+    check(state_call("mig", h, ST_RELEASE, "m", NULL, &s3) == 0 && s3,
+          "migration_check: a pause on the destination gives its state");
+    snprintf(path, sizeof(path), "%s/m", dir);
+    if (lockd_space_open(space_dir, 0, &space) == 0) {
+        if (lockd_space_key(space, path, key) == 0 &&
+            lockd_acquire(space, 1, &k, NULL, LOCKD_TRY, &third) == 0)
+            lockd_lease_release(third);
+        lockd_space_close(space);
+    }
+    check(state_call("mig", g, ST_ACQUIRE, "m", s3, NULL) < 0 &&
+              error_has("lockd: guest 'mig' refused: disk") &&
+              error_has("changed hands while the guest was paused or migrating") &&
+              last_code == 87 && probe("m") == LOCKD_FREE,
+          "migration_check: a third party held the disk in between: the resume is refused "
+          "and takes nothing");
+    check(state_call("mig", g, ST_ACQUIRE, "m", "sanlock:xyz:1", NULL) < 0 &&
+              error_has("is not lockd's") && probe("m") == LOCKD_FREE,
+          "migration_check: a state that is not lockd's is refused");
+    free(s1), free(s2), free(s3);
+    use_config("");
+    check(drv->flags == 0 && state_call("mig", g, ST_ACQUIRE, "m", NULL, NULL) == 0 &&
+              state_call("mig", g, ST_INQUIRE, "m", NULL, &s1) == 0 && !s1 &&
+              state_call("mig", g, ST_RELEASE, "m", NULL, &s1) == 0 && !s1,
+          "migration_check off (the default): no lock state, as libvirt's own lockd plugin");
+    end(g);
+    end(h);
+}
+
 static void
 remove_tree(void)
 {
@@ -867,6 +948,7 @@ main(int argc, char **argv)
     test_lost_lease();
     test_direct();
     test_block_devices();
+    test_migration_state();
     test_refusals();
     stop_helper();
     drv->drvDeinit();
