@@ -574,6 +574,20 @@ test_named_space(void)
     ASSERT_INT_EQ(lockd_probe(t, keys[0], NULL), LOCKD_EXCLUSIVE);
     ASSERT_OK(lockd_lease_release(a));
     {
+        /* gc judges names as it judges keys: an unheld one goes, a held
+         * one stays. */
+        const char *two[] = {"06UgP5-2rhb-w3Bo-3mdR-WeoL-pytO-SAa2ky",
+                             "36001405f7c1d2e8a9b4c3d9e1f20a1b0"};
+        uint64_t removed = 0, kept = 0;
+
+        ASSERT_OK(lockd_acquire(s, 1, &two[1], NULL, LOCKD_TRY, &a));
+        ASSERT_OK(lockd_gc(s, NULL, NULL, &removed, &kept));
+        ASSERT_INT_EQ(removed, 1);
+        ASSERT_INT_EQ(kept, 1);
+        ASSERT_INT_EQ(access(test_path("lvm/06UgP5-2rhb-w3Bo-3mdR-WeoL-pytO-SAa2ky"), F_OK), -1);
+        ASSERT_OK(lockd_lease_release(a));
+    }
+    {
         const char *bad[] = {".lockd-index", "a/b", "x\ny", ""};
 
         for (size_t i = 0; i < 4; i++)
