@@ -37,6 +37,8 @@ struct job {
     struct watch *watch; /* not NULL: a watch job (fd unused) */
     char *name;          /* not NULL: fsw_name_is() of it (fd unused) */
     uint64_t ino;        /* ... against this inode of the worker's device */
+    uint16_t type;       /* ... and this file type (S_IFMT bits) */
+    uint8_t follow;      /* ... following symlinks */
 };
 
 struct worker {
@@ -242,9 +244,11 @@ worker_main(void *arg)
             pthread_mutex_lock(&w->mu);
         } else if (j.name) {
             struct statx at;
-            int r = statx(AT_FDCWD, j.name, AT_SYMLINK_NOFOLLOW, STATX_TYPE | STATX_INO, &at) < 0
+            int r = statx(AT_FDCWD, j.name,
+                          (j.follow ? 0 : AT_SYMLINK_NOFOLLOW) | AT_NO_AUTOMOUNT,
+                          STATX_TYPE | STATX_INO, &at) < 0
                         ? (errno == ENOENT ? 0 : -errno)
-                        : S_ISREG(at.stx_mode) && at.stx_ino == j.ino &&
+                        : (at.stx_mode & S_IFMT) == j.type && at.stx_ino == j.ino &&
                               makedev(at.stx_dev_major, at.stx_dev_minor) == w->dev;
 
             free(j.name);
@@ -617,7 +621,7 @@ fsw_answers(struct fsw_answer *out, size_t max)
 }
 
 int
-fsw_name_is(const struct statx *stx, const char *path, int wait_ms)
+fsw_name_is(const struct statx *stx, const char *path, int follow, int wait_ms)
 {
     struct worker *w = worker_get(makedev(stx->stx_dev_major, stx->stx_dev_minor));
     char *name = strdup(path);
@@ -636,6 +640,8 @@ fsw_name_is(const struct statx *stx, const char *path, int wait_ms)
     }
     w->jobs[(w->head + w->count - 1) % w->cap].name = name;
     w->jobs[(w->head + w->count - 1) % w->cap].ino = stx->stx_ino;
+    w->jobs[(w->head + w->count - 1) % w->cap].type = stx->stx_mode & S_IFMT;
+    w->jobs[(w->head + w->count - 1) % w->cap].follow = follow != 0;
     return answer_unlock(w, wait_ms);
 }
 

@@ -70,12 +70,14 @@ void fsw_close_local(int fd, int unlock);
 int fsw_prove_lock(int fd, const struct statx *stx, short type, int wait_ms);
 
 /*
- * Whether path names the inode stx describes (a regular file of the same
- * device), looked up by the filesystem's worker, which may ask its server:
- * 1, 0 (another file, or none), or -errno; -ETIMEDOUT if no answer came
- * within wait_ms, or the filesystem is stuck already.
+ * Whether path names the inode stx describes (a file of its type on the
+ * same device; symlinks followed if follow), looked up by the worker of
+ * stx's filesystem, which may ask its server, or hang in another
+ * filesystem the path crosses: the loop waits for none of that. 1, 0
+ * (another file, or none), or -errno; -ETIMEDOUT if no answer came within
+ * wait_ms, or the filesystem is stuck already.
  */
-int fsw_name_is(const struct statx *stx, const char *path, int wait_ms);
+int fsw_name_is(const struct statx *stx, const char *path, int follow, int wait_ms);
 
 /* Whether stx's filesystem is FUSE (its type "fuse" or "fuse.*"). */
 int fsw_is_fuse(const struct statx *stx);

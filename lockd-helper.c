@@ -167,6 +167,7 @@ struct hook {
     int pidfd;
     int64_t due_ns;
     int32_t owner_pid;
+    uint64_t owner_gen; /* the owner's, so that a reused pid is not taken for it */
 };
 
 #define RDEV_MAX  64
@@ -1622,32 +1623,36 @@ hook_start(const struct owner *o, const struct lease *l, int err)
     ev.data.u64 = TAG_HOOK | (uint32_t)pid;
     if (pidfd >= 0)
         (void)epoll_ctl(H.epoll_fd, EPOLL_CTL_ADD, pidfd, &ev);
-    H.hooks[H.nhooks++] =
-        (struct hook){.pid = pid, .pidfd = pidfd, .due_ns = mono_ns() + H.hook_timeout_ns,
-                      .owner_pid = o->pid};
+    H.hooks[H.nhooks++] = (struct hook){.pid = pid,
+                                        .pidfd = pidfd,
+                                        .due_ns = mono_ns() + H.hook_timeout_ns,
+                                        .owner_pid = o->pid,
+                                        .owner_gen = o->gen};
     return pid;
 }
 
 /*
  * The hook of owner pid failed or outlasted --hook-timeout: an
  * exec-or-kill owner is killed now, through its pidfd.  An owner gone
- * meanwhile is left alone: its pid is no longer in the table.
+ * meanwhile is left alone, and so is another with its pid since.
  */
 static void
-hook_failed(int32_t owner_pid)
+hook_failed(int32_t owner_pid, uint64_t owner_gen)
 {
     struct owner *o = owner_find(owner_pid);
     int r;
 
-    if (!o || !o->acted || o->on_loss != LOCKD_ON_LOSS_EXEC_OR_KILL)
+    if (!o || o->gen != owner_gen || !o->acted ||
+        o->on_loss != LOCKD_ON_LOSS_EXEC_OR_KILL)
         return;
     r = pidfd_signal(o->pidfd, o->pid, SIGKILL);
     if (r < 0)
-        log_err("owner pid %d (%s): its on-loss hook failed, and it could not be killed: %s",
-                (int)o->pid, o->name ? o->name : "", strerror(-r));
+        log_err(
+            "owner pid %d (%s): its on-loss hook failed, and it could not be killed: %s",
+            (int)o->pid, o->name ? o->name : "", strerror(-r));
     else
-        log_warn("owner pid %d (%s): its on-loss hook failed: killed it (SIGKILL)", (int)o->pid,
-                 o->name ? o->name : "");
+        log_warn("owner pid %d (%s): its on-loss hook failed: killed it (SIGKILL)",
+                 (int)o->pid, o->name ? o->name : "");
 }
 
 /* A hook ended (TAG_HOOK): reap it, log how. */
@@ -1668,7 +1673,7 @@ hook_done(pid_t pid)
         log_warn("on-loss hook of owner pid %d (pid %d) killed by signal %d",
                  (int)H.hooks[i].owner_pid, (int)pid, WTERMSIG(st));
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        hook_failed(H.hooks[i].owner_pid);
+        hook_failed(H.hooks[i].owner_pid, H.hooks[i].owner_gen);
     if (H.hooks[i].pidfd >= 0) {
         (void)epoll_ctl(H.epoll_fd, EPOLL_CTL_DEL, H.hooks[i].pidfd, NULL);
         safe_close(H.hooks[i].pidfd);
@@ -1777,11 +1782,21 @@ owner_act(struct owner *o, uint32_t slot, int err, char *what, size_t size)
                      HOOKS_MAX);
             return;
         }
-        if (r < 0)
+        if (r < 0 && o->on_loss == LOCKD_ON_LOSS_EXEC_OR_KILL) {
+            /* No hook to succeed: the kill it stood in for. */
+            int k = pidfd_signal(o->pidfd, o->pid, SIGKILL);
+
+            snprintf(what, size, "could not start its on-loss hook (%s): %s",
+                     strerror(-r),
+                     k < 0 ? "and could not kill it either" : "killed it (SIGKILL)");
+        } else if (r < 0)
             snprintf(what, size, "could not start its on-loss hook: %s", strerror(-r));
         else
-            snprintf(what, size, "started its on-loss hook (pid %d, as uid %u)%s", r, o->hook_uid,
-                     o->on_loss == LOCKD_ON_LOSS_EXEC_OR_KILL ? "; it is killed unless the hook succeeds" : "");
+            snprintf(what, size, "started its on-loss hook (pid %d, as uid %u)%s", r,
+                     o->hook_uid,
+                     o->on_loss == LOCKD_ON_LOSS_EXEC_OR_KILL
+                         ? "; it is killed unless the hook succeeds"
+                         : "");
         break;
     default:
         r = pidfd_signal(o->pidfd, o->pid, SIGKILL);
@@ -1955,12 +1970,11 @@ fd_path(int fd, char *buf, size_t size)
  * virtlockd follow them.
  */
 static int
-is_direct(int fd, const char *disk, size_t disk_len, const char *key, const struct statx *stx)
+is_direct(int fd, const char *disk, size_t disk_len, const char *key,
+          const struct statx *stx)
 {
-    char path[PATH_MAX], want[LOCKD_KEY_SIZE];
-    struct statx at;
+    char path[PATH_MAX], want[LOCKD_KEY_SIZE], now[PATH_MAX];
 
-    (void)fd;
     if (disk_len == 0 || disk_len >= sizeof(path) || disk[0] != '/' ||
         (!S_ISREG(stx->stx_mode) && !S_ISBLK(stx->stx_mode)))
         return 0;
@@ -1969,9 +1983,28 @@ is_direct(int fd, const char *disk, size_t disk_len, const char *key, const stru
     if (strlen(path) != disk_len || lockd_key_resource(path, disk_len, want) < 0 ||
         strcmp(want, key) != 0)
         return 0;
-    return statx(AT_FDCWD, path, AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, &at) == 0 &&
-           (at.stx_mode & S_IFMT) == (stx->stx_mode & S_IFMT) && at.stx_ino == stx->stx_ino &&
-           at.stx_dev_major == stx->stx_dev_major && at.stx_dev_minor == stx->stx_dev_minor;
+    /* The kernel's name of fd is the path itself: nothing to look up. */
+    if (fd_path(fd, now, sizeof(now)) == 0 && strcmp(now, path) == 0)
+        return 1;
+    /* Another spelling (a symlink: /dev/disk/by-id/...): the client's path
+     * may cross any filesystem, one whose server hangs included, so it is
+     * looked up by a worker, never on the loop. */
+    return fsw_name_is(stx, path, 1, PROVE_WAIT_MS) == 1;
+}
+
+/*
+ * Whether stx is on the lockspace's mount: a file bind-mounted over
+ * <dir>/<key> (or a user's own mount over <dir>) has the right name but is
+ * not the lockspace's.  (Not by device: on overlayfs a file shows its
+ * layer's device, its directory the overlay's; the device only where the
+ * kernel gives no mount id.)
+ */
+static int
+on_space_mount(const struct conn *c, const struct statx *stx)
+{
+    return (c->space_mnt && (stx->stx_mask & STATX_MNT_ID))
+               ? stx->stx_mnt_id == c->space_mnt
+               : makedev(stx->stx_dev_major, stx->stx_dev_minor) == c->space_dev;
 }
 
 /*
@@ -1986,8 +2019,9 @@ in_named_space(const struct conn *c, int fd, const char *key, const struct statx
     const char *name;
     struct statx at;
 
-    if (!S_ISREG(stx->stx_mode) || fd_path(fd, path, sizeof(path)) < 0 ||
-        strncmp(path, c->space_path, len) != 0 || path[len] != '/' || len == 1)
+    if (!S_ISREG(stx->stx_mode) || !on_space_mount(c, stx) ||
+        fd_path(fd, path, sizeof(path)) < 0 || strncmp(path, c->space_path, len) != 0 ||
+        path[len] != '/' || len == 1)
         return 0;
     name = path + len + 1;
     if (!name_key_valid(name) || lockd_key_resource(name, strlen(name), want) < 0 ||
@@ -1998,7 +2032,8 @@ in_named_space(const struct conn *c, int fd, const char *key, const struct statx
            (statx(c->space_fd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC,
                   STATX_TYPE | STATX_INO, &at) == 0 &&
             S_ISREG(at.stx_mode) && at.stx_ino == stx->stx_ino &&
-            at.stx_dev_major == stx->stx_dev_major && at.stx_dev_minor == stx->stx_dev_minor);
+            at.stx_dev_major == stx->stx_dev_major &&
+            at.stx_dev_minor == stx->stx_dev_minor);
 }
 
 static int
@@ -2011,13 +2046,7 @@ in_space(const struct conn *c, int fd, const char *key, const struct statx *stx)
         return !S_ISBLK(stx->stx_mode); /* only a direct lease is a device */
     if (c->named)
         return in_named_space(c, fd, key, stx);
-    /* On the lockspace's mount: a file bind-mounted over <dir>/<key> has
-     * the right name but is not the lockspace's.  (Not by device: on
-     * overlayfs a file shows its layer's device, its directory the
-     * overlay's; the device only where the kernel gives no mount id.) */
-    if ((c->space_mnt && (stx->stx_mask & STATX_MNT_ID))
-            ? stx->stx_mnt_id != c->space_mnt
-            : makedev(stx->stx_dev_major, stx->stx_dev_minor) != c->space_dev)
+    if (!on_space_mount(c, stx))
         return 0;
     /* On a local filesystem the file at <dir>/<key>, looked up from the
      * directory itself, must be fd's inode: half the cost of reading fd's
@@ -2052,7 +2081,7 @@ in_space(const struct conn *c, int fd, const char *key, const struct statx *stx)
             strncmp(path + at, key, klen) != 0 || strcmp(path + at + klen, del) != 0)
             return 0;
         path[at + klen] = '\0';
-        return fsw_name_is(stx, path, PROVE_WAIT_MS) == 1;
+        return fsw_name_is(stx, path, 0, PROVE_WAIT_MS) == 1;
     }
 }
 
@@ -2079,10 +2108,12 @@ check_item(const struct conn *c, const struct proto_req *req, size_t i, int fd)
                              : in_space(c, fd, key, stx)))
         return 0;
     if (r == 1 && c->direct) {
-        log_refusal(c->uid, 4, "refused direct lease %.*s (%s) for pid %d from uid %u: fd is "
-                    "not that disk (a regular file or block device that path names, whose "
-                    "verbatim key is the key)",
-                    (int)it->disk_len, it->disk, key, (int)req->pid, c->uid);
+        log_refusal(
+            c->uid, 4,
+            "refused direct lease %.*s (%s) for pid %d from uid %u: fd is "
+            "not that disk (a regular file or block device that path names, whose "
+            "verbatim key is the key)",
+            (int)it->disk_len, it->disk, key, (int)req->pid, c->uid);
         return -EBADFD;
     }
     if (r == 1) {
@@ -2097,12 +2128,11 @@ check_item(const struct conn *c, const struct proto_req *req, size_t i, int fd)
         return -EBADFD;
     }
     log_refusal(c->uid, 4, "refused lease %.*s (%s) for pid %d from uid %u: %s",
-             (int)it->disk_len, it->disk,
-             key, (int)req->pid, c->uid,
-             r < 0 ? strerror(-r)
-             : it->mode == LOCKD_SHARED
-                 ? "fd is not a file holding an OFD read lock on byte 0"
-                 : "fd is not a file holding an OFD write lock on byte 0");
+                (int)it->disk_len, it->disk, key, (int)req->pid, c->uid,
+                r < 0 ? strerror(-r)
+                : it->mode == LOCKD_SHARED
+                    ? "fd is not a file holding an OFD read lock on byte 0"
+                    : "fd is not a file holding an OFD write lock on byte 0");
     return r < 0 ? r : -EBADFD;
 }
 

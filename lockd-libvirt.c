@@ -218,10 +218,10 @@ typedef void (*vir_report_fn)(int domcode, int errcode, const char *filename,
  */
 
 struct plugin_config {
-    char *file;           /* the settings file libvirt named (qemu-<lock_manager>.conf) */
-    char *lockspace;      /* lockspace directory for disk leases; NULL: direct leases */
-    char *lvm_dir;        /* lvm_lockspace_dir: /dev LVs named by LV UUID, or NULL */
-    char *scsi_dir;       /* scsi_lockspace_dir: /dev SCSI disks named by SCSI id, or NULL */
+    char *file;      /* the settings file libvirt named (qemu-<lock_manager>.conf) */
+    char *lockspace; /* lockspace directory for disk leases; NULL: direct leases */
+    char *lvm_dir;   /* lvm_lockspace_dir: /dev LVs named by LV UUID, or NULL */
+    char *scsi_dir;  /* scsi_lockspace_dir: /dev SCSI disks named by SCSI id, or NULL */
     int key_mode;         /* -1 (not set), LOCKD_MODE_VERBATIM, LOCKD_MODE_CANONICAL */
     char *helper_socket;  /* NULL: the library's default */
     int auto_disk_leases; /* a lease per writable disk */
@@ -237,8 +237,9 @@ struct resource {
     int is_lease; /* a <lease> element, not a disk */
     int direct;   /* a disk's lease on the disk itself: no lockspace is configured */
     int granted;  /* guest_acquire() took it in this call (its generation moved by one) */
-    int named;    /* LOCKD_MODE_LVM or _SCSI: a block device's lease in lvm_lockspace_dir or
-                   * scsi_lockspace_dir (dir), named by the device; else 0 */
+    int checked;  /* state_check() found it in the lock state */
+    int named; /* LOCKD_MODE_LVM or _SCSI: a block device's lease in lvm_lockspace_dir or
+                * scsi_lockspace_dir (dir), named by the device; else 0 */
     char key[LOCKD_BLOCK_KEY_SIZE]; /* its key, or its name in an lvm or scsi lockspace */
     char list_key[LOCKD_KEY_SIZE];  /* the key the helper lists it under */
 };
@@ -260,9 +261,9 @@ extern struct vlm_driver virLockDriverImpl;
 static struct plugin_config config;
 static unsigned int init_refs;
 static vir_report_fn vir_report;
-static pid_t init_pid;       /* libvirtd's pid: another one is the child forked for QEMU */
+static pid_t init_pid; /* libvirtd's pid: another one is the child forked for QEMU */
 static const char *sysfs_root; /* NULL: /sys; $LOCKD_TEST_SYSFS_ROOT for tests */
-static char *socket_path;    /* the helper's socket, resolved at drvInit */
+static char *socket_path;      /* the helper's socket, resolved at drvInit */
 
 /*
  * The child libvirt forks for QEMU calls drvNew, drvAddResource and
@@ -621,12 +622,15 @@ guest_params(struct guest *g, size_t nparams, const struct vlm_param *params,
         else if (!strcmp(p->key, "pid") &&
                  (p->type == VLM_PARAM_UINT || p->type == VLM_PARAM_INT))
             g->pid = p->value.iv; /* libvirt stores it through .iv */
-        else if (!strcmp(p->key, "uri") && p->type == VLM_PARAM_CSTRING && p->value.cstr &&
-                 strlen(p->value.cstr) < sizeof(g->uri))
+        else if (!strcmp(p->key, "uri") && p->type == VLM_PARAM_CSTRING &&
+                 p->value.cstr && strlen(p->value.cstr) < sizeof(g->uri))
             copy_cut(g->uri, p->value.cstr, sizeof(g->uri));
         /* "id" and anything a later libvirt adds are not needed. */
     }
-    *ret_missing = !g->name[0] ? "name" : g->pid <= 0 ? "pid" : !g->uuid[0] ? "uuid" : NULL;
+    *ret_missing = !g->name[0]   ? "name"
+                   : g->pid <= 0 ? "pid"
+                   : !g->uuid[0] ? "uuid"
+                                 : NULL;
     return *ret_missing ? -1 : 0;
 }
 
@@ -719,7 +723,8 @@ lease_dir(const char *key, size_t nparams, const struct vlm_param *params)
  * Returns 0 or -1 (reported).
  */
 static int
-space_open(const struct guest *g, const char *dir, int named, int create, lockd_space **ret)
+space_open(const struct guest *g, const char *dir, int named, int create,
+           lockd_space **ret)
 {
     uint32_t flags = 0;
     lockd_space *probe;
@@ -743,7 +748,8 @@ space_open(const struct guest *g, const char *dir, int named, int create, lockd_
                "guest '%s' refused: lockspace %s records key mode %s, but "
                "%s asks for key_mode = \"%s\"",
                g->name, dir, mode_name(lockd_space_mode(probe)),
-               config.file ? config.file : "the plugin's settings", mode_name(config.key_mode));
+               config.file ? config.file : "the plugin's settings",
+               mode_name(config.key_mode));
         lockd_space_close(probe);
     } else if (r < 0)
         report(VIR_ERR_OPERATION_FAILED, "guest '%s': cannot open lockspace %s: %s",
@@ -775,7 +781,8 @@ guest_block_keys(struct guest *g)
         for (k = 0, r = -ENODATA; k < 2 && r == -ENODATA; k++) {
             if (!dirs[k])
                 continue;
-            r = lockd_block_key(sysfs_root, res->name, modes[k], res->key, sizeof(res->key));
+            r = lockd_block_key(sysfs_root, res->name, modes[k], res->key,
+                                sizeof(res->key));
             if (r == 0 && !(res->dir = strdup(dirs[k])))
                 r = -ENOMEM;
             if (r == 0) {
@@ -811,7 +818,8 @@ guest_disk_keys(struct guest *g, const lockd_space *space)
          * lists it. */
         g->res[i].direct = !space;
         r = space ? lockd_space_key(space, g->res[i].name, g->res[i].key)
-                  : lockd_key_resource(g->res[i].name, strlen(g->res[i].name), g->res[i].key);
+                  : lockd_key_resource(g->res[i].name, strlen(g->res[i].name),
+                                       g->res[i].key);
         if (r < 0) {
             report(VIR_ERR_OPERATION_FAILED, "guest '%s': no lease key for disk %s: %s",
                    g->name, g->res[i].name, strerror(-r));
@@ -989,7 +997,8 @@ guest_on_loss(const struct guest *g, int action, int *ret_on_loss, char *cmd, si
         snprintf(cmd, size,
                  "c='%s' u=\"$LOCKD_OWNER_UUID\"; "
                  "timeout -k 1 %d virsh -q -c \"$c\" suspend \"$u\" >/dev/null 2>&1; "
-                 "[ \"$(timeout -k 1 5 virsh -q -c \"$c\" domstate \"$u\" 2>/dev/null)\" = paused ]",
+                 "[ \"$(timeout -k 1 5 virsh -q -c \"$c\" domstate \"$u\" 2>/dev/null)\" "
+                 "= paused ]",
                  uri, PAUSE_DEADLINE_SEC);
         return 0;
     case VLM_FAILURE_RESTART:
@@ -1204,7 +1213,8 @@ batch_acquire(const struct guest *g, const struct batch *b, lockd_conn *conn,
         for (i = 0; i < b->n; i++) {
             int p = res_probe(&g->res[b->res[i]], space, NULL);
 
-            if (p == LOCKD_EXCLUSIVE || (p == LOCKD_SHARED && b->modes[i] == LOCKD_EXCLUSIVE))
+            if (p == LOCKD_EXCLUSIVE ||
+                (p == LOCKD_SHARED && b->modes[i] == LOCKD_EXCLUSIVE))
                 break;
         }
         report_busy(g, &g->res[b->res[i < b->n ? i : 0]], conn, space);
@@ -1214,8 +1224,9 @@ batch_acquire(const struct guest *g, const struct batch *b, lockd_conn *conn,
             ;
         first = &g->res[b->res[i < b->n ? i : 0]];
         report(VIR_ERR_OPERATION_FAILED,
-               "guest '%s' refused: cannot take the direct lease of disk %s%s: %s", g->name,
-               first->name, i < b->n || b->n == 1 ? "" : " (or another of its disks)",
+               "guest '%s' refused: cannot take the direct lease of disk %s%s: %s",
+               g->name, first->name,
+               i < b->n || b->n == 1 ? "" : " (or another of its disks)",
                r == -ENXIO    ? "neither a regular file nor a block device"
                : r == -EISDIR ? "a directory, not a disk"
                               : strerror(-r));
@@ -1234,8 +1245,8 @@ batch_acquire(const struct guest *g, const struct batch *b, lockd_conn *conn,
  * anew.
  */
 static void
-batch_plan(struct guest *g, size_t first, const struct held_list *held,
-           lockd_conn *conn, lockd_space *space, struct batch *b)
+batch_plan(struct guest *g, size_t first, const struct held_list *held, lockd_conn *conn,
+           lockd_space *space, struct batch *b)
 {
     size_t i;
 
@@ -1419,9 +1430,9 @@ res_record(const struct guest *g, const struct resource *res, lockd_space *space
  * " KEY:EPOCH:GENERATION" (the key the helper lists it under, its holder
  * record's epoch in hex and generation): hex digits, colons and spaces only,
  * since libvirt puts it into the migration cookie's XML unescaped.  Direct
- * and shared leases have no record, and a lease without one (taken by
- * virtlockd) gives none: their hand-over is not checked.  Returns the
- * malloc'd state, or NULL (reported).
+ * and shared leases have no record: their hand-over is not checked.  Returns the
+ * malloc'd state, or NULL (reported).  Every exclusive lease in a lockspace
+ * gets a token: one whose record cannot be read, epoch 0 (unknown).
  */
 static char *
 guest_state(struct guest *g)
@@ -1446,11 +1457,14 @@ guest_state(struct guest *g)
     for (i = 0; i < g->n; i++) {
         const struct resource *res = &g->res[i];
 
-        if (first_of(g, res) != i || res->direct || res_mode(g, res) != LOCKD_EXCLUSIVE ||
-            res_record(g, res, space, info) < 0)
+        if (first_of(g, res) != i || res->direct || res_mode(g, res) != LOCKD_EXCLUSIVE)
             continue;
-        at += (size_t)snprintf(state + at, STATE_TOKEN_MAX, " %s:%016llx:%llu", res->list_key,
-                               (unsigned long long)info->epoch,
+        /* A record that cannot be read goes as epoch 0: the resume then
+         * refuses, since it cannot tell whether the disk changed hands. */
+        if (res_record(g, res, space, info) < 0)
+            info->epoch = info->generation = 0;
+        at += (size_t)snprintf(state + at, STATE_TOKEN_MAX, " %s:%016llx:%llu",
+                               res->list_key, (unsigned long long)info->epoch,
                                (unsigned long long)info->generation);
     }
     lockd_space_close(space);
@@ -1473,7 +1487,8 @@ state_check(struct guest *g, const char *state, char *why, size_t len)
 
     if (strncmp(state, STATE_MAGIC, strlen(STATE_MAGIC)) != 0 || (*p && *p != ' ')) {
         snprintf(why, len,
-                 "guest '%s' refused: the lock state libvirt passed is not lockd's (\"%.40s\"): "
+                 "guest '%s' refused: the lock state libvirt passed is not lockd's "
+                 "(\"%.40s\"): "
                  "is the source host's plugin another, or without migration_check?",
                  g->name, state);
         return -1;
@@ -1499,23 +1514,45 @@ state_check(struct guest *g, const char *state, char *why, size_t len)
             ;
         if (i == g->n)
             continue; /* not one of this call's disks */
+        g->res[i].checked = 1;
         want = gen + (g->res[i].granted ? 1 : 0);
-        if (res_record(g, &g->res[i], space, &info) < 0 || info.epoch != epoch ||
-            info.generation != want) {
+        if (epoch == 0 || res_record(g, &g->res[i], space, &info) < 0) {
             snprintf(why, len,
-                     "guest '%s' refused: %s %s changed hands while the guest was paused or "
-                     "migrating (lease generation %llu after this grant, %llu expected%s): "
-                     "another holder had it, and the guest's view of it may be stale",
-                     g->name, g->res[i].is_lease ? "lease" : "disk", g->res[i].name,
-                     (unsigned long long)info.generation, want,
-                     info.epoch != epoch ? "; its lease file was made anew" : "");
+                     "guest '%s' refused: %s %s has no holder record to tell whether it "
+                     "changed hands while the guest was paused or migrating",
+                     g->name, g->res[i].is_lease ? "lease" : "disk", g->res[i].name);
+            r = -1;
+        } else if (info.epoch != epoch || info.generation != want) {
+            snprintf(
+                why, len,
+                "guest '%s' refused: %s %s changed hands while the guest was paused or "
+                "migrating (lease generation %llu after this grant, %llu expected%s): "
+                "another holder had it, and the guest's view of it may be stale",
+                g->name, g->res[i].is_lease ? "lease" : "disk", g->res[i].name,
+                (unsigned long long)info.generation, want,
+                info.epoch != epoch ? "; its lease file was made anew" : "");
             r = -1;
         }
     }
     if (r == 0 && *p) {
-        snprintf(why, len, "guest '%s' refused: malformed lock state at \"%.40s\"", g->name,
-                 p);
+        snprintf(why, len, "guest '%s' refused: malformed lock state at \"%.40s\"",
+                 g->name, p);
         r = -1;
+    }
+    /* Every exclusive lease in a lockspace must be named: a state that
+     * leaves one out would let its change of hands through. */
+    for (size_t i = 0; r == 0 && i < g->n; i++) {
+        const struct resource *res = &g->res[i];
+
+        if (first_of(g, res) == i && !res->direct &&
+            res_mode(g, res) == LOCKD_EXCLUSIVE && !res->checked) {
+            snprintf(
+                why, len,
+                "guest '%s' refused: the lock state names no generation for %s %s, so "
+                "its hand-over cannot be checked",
+                g->name, res->is_lease ? "lease" : "disk", res->name);
+            r = -1;
+        }
     }
     lockd_space_close(space);
     return r;
@@ -1547,8 +1584,9 @@ drv_init(unsigned int version, const char *config_file, unsigned int flags)
     if (conf_load(config_file, &config) < 0)
         return -1;
     /* Resolved now: the child forked for QEMU must not allocate. */
-    r = config.helper_socket ? ((socket_path = strdup(config.helper_socket)) ? 0 : -ENOMEM)
-                             : lockd_default_socket(&socket_path);
+    r = config.helper_socket
+            ? ((socket_path = strdup(config.helper_socket)) ? 0 : -ENOMEM)
+            : lockd_default_socket(&socket_path);
     if (r == -ENOMEM) {
         report(VIR_ERR_INTERNAL_ERROR, "out of memory");
         conf_free(&config);
@@ -1566,8 +1604,10 @@ drv_init(unsigned int version, const char *config_file, unsigned int flags)
         /* libvirtd's log (its stderr): the one place a setting is told at
          * start without failing it. */
         fprintf(stderr,
-                "%s: lockd: no lockspace in %s: each disk's lease is taken on the disk itself "
-                "(direct, as virtlockd without file_lockspace_dir); on /dev nodes such a lease "
+                "%s: lockd: no lockspace in %s: each disk's lease is taken on the disk "
+                "itself "
+                "(direct, as virtlockd without file_lockspace_dir); on /dev nodes such a "
+                "lease "
                 "excludes guests of this host only\n",
                 PLUGIN_NAME, config.file ? config.file : "the settings");
     return 0;
@@ -1678,8 +1718,9 @@ static int
 child_register(const struct guest *g)
 {
     lockd_conn *c;
-    int r = socket_path ? lockd_conn_open_in(child_conn, sizeof(child_conn), socket_path, &c)
-                        : -ENOENT;
+    int r = socket_path
+                ? lockd_conn_open_in(child_conn, sizeof(child_conn), socket_path, &c)
+                : -ENOENT;
     const char *e;
 
     if (r == 0) {
@@ -1689,9 +1730,9 @@ child_register(const struct guest *g)
     if (r < 0) {
         e = strerrorname_np(-r);
         child_say(PLUGIN_NAME ": lockd: cannot register guest '", g->name,
-                  "' with lockd-helper at ", socket_path ? socket_path : "the default socket",
-                  " (", e ? e : "error", "); the guest will be refused when its CPUs start",
-                  NULL);
+                  "' with lockd-helper at ",
+                  socket_path ? socket_path : "the default socket", " (", e ? e : "error",
+                  "); the guest will be refused when its CPUs start", NULL);
     }
     return 0;
 }

@@ -167,7 +167,7 @@ struct lease_ent {
     char key[LOCKD_BLOCK_KEY_SIZE]; /* a lockspace's key; in an lvm or scsi one, a name */
     int mode;
     int fd;
-    char *path; /* a direct lease's disk (lockd_acquire_direct()); else NULL */
+    char *path;     /* a direct lease's disk (lockd_acquire_direct()); else NULL */
     uint32_t given; /* lease_plan(): where the key stood in the caller's keys[] */
     /* Its holder record (exclusive only): holder_write(). */
     uint64_t epoch, gen;
@@ -178,6 +178,7 @@ struct lease_ent {
 struct lockd_lease {
     lockd_space *space; /* a reference: lockd_conn_handoff() binds its directory;
                          * NULL for direct leases */
+    int direct;         /* lockd_acquire_direct()'s: on the disks themselves */
     size_t n;         /* distinct keys, in ent[] */
     size_t given;     /* keys the caller gave lockd_acquire(), duplicates too */
     uint32_t *slot;   /* slot[i]: the ent[] index of the caller's keys[i] */
@@ -270,7 +271,6 @@ lockd_key_valid(const char *key)
     return key[i] == '\0';
 }
 
-/* 32 bytes (a SHA-256, or a key on the wire) as 64 lowercase hex digits. */
 /*
  * Whether name may name a lease file in an lvm or scsi lockspace: what
  * lvs and scsi_id print (LVM: [0-9A-Za-z-], SCSI: [0-9A-Za-z#+-.:=@_],
@@ -292,6 +292,7 @@ name_key_valid(const char *name)
     return 1;
 }
 
+/* 32 bytes (a SHA-256, or a key on the wire) as 64 lowercase hex digits. */
 static void
 key_to_hex(const uint8_t *bytes, char *ret_hex)
 {
@@ -649,8 +650,8 @@ space_identify(lockd_space *s)
 LOCKD_API int
 lockd_space_open(const char *dir, uint32_t flags, lockd_space **ret_space)
 {
-    const uint32_t modes = LOCKD_OPEN_VERBATIM | LOCKD_OPEN_CANONICAL | LOCKD_OPEN_LVM |
-                           LOCKD_OPEN_SCSI;
+    const uint32_t modes =
+        LOCKD_OPEN_VERBATIM | LOCKD_OPEN_CANONICAL | LOCKD_OPEN_LVM | LOCKD_OPEN_SCSI;
     const uint32_t known = LOCKD_OPEN_CREATE | modes | LOCKD_OPEN_READONLY;
     lockd_space *s = NULL;
     char *path = NULL;
@@ -1383,7 +1384,8 @@ ent_cmp(const void *a, const void *b)
 /* Copy, check, sort and merge the request into a new lease (fds all -1),
  * remembering where each of the caller's keys went (lockd_lease_index()). */
 static int
-lease_plan(size_t n, const char *const *keys, const int *modes, int named, lockd_lease **ret)
+lease_plan(size_t n, const char *const *keys, const int *modes, int named,
+           lockd_lease **ret)
 {
     lockd_lease *l;
     size_t i, j;
@@ -1533,7 +1535,9 @@ static const char hexdig[] = "0123456789abcdef";
 
 /* What scsi_id learns from one device: its pages (zero-padded) and INQUIRY strings. */
 struct scsi_dev {
-    uint8_t pg83[INQ_LEN], pg80[INQ_LEN];
+    /* Zeroed past INQ_LEN: scsi_id reads a descriptor's header at the
+     * page's last bytes one byte past its buffer; here that byte is 0. */
+    uint8_t pg83[INQ_LEN + 4], pg80[INQ_LEN + 4];
     int has83, has80;
     char vendor[VENDOR_LEN + 1], model[MODEL_LEN + 1];
 };
@@ -1754,8 +1758,6 @@ blockkey_lvm_dev(const char *sysfs_root, const char *path, unsigned major, unsig
     close(fd);
     return r;
 }
-
-
 
 /* ---- scsi_id ----------------------------------------------------------- */
 
@@ -2173,7 +2175,6 @@ blockkey_scsi(const char *sysfs_root, unsigned major, unsigned minor, char *ret,
     return 0;
 }
 
-
 /* Whether path names a block device (stat), with its number; -ENODATA if
  * it names something else. */
 static int
@@ -2208,12 +2209,14 @@ lockd_block_key(const char *sysfs_root, const char *path, int mode, char *ret_ke
     r = block_dev_of(path, &maj, &min);
     if (r < 0)
         return r;
-    return mode == LOCKD_MODE_LVM ? blockkey_lvm_dev(sysfs_root, path, maj, min, ret_key, size)
-                                  : blockkey_scsi(sysfs_root, maj, min, ret_key, size);
+    return mode == LOCKD_MODE_LVM
+               ? blockkey_lvm_dev(sysfs_root, path, maj, min, ret_key, size)
+               : blockkey_scsi(sysfs_root, maj, min, ret_key, size);
 }
 
 LOCKD_API int
-lockd_space_block_key(const lockd_space *space, const char *path, char *ret_key, size_t size)
+lockd_space_block_key(const lockd_space *space, const char *path, char *ret_key,
+                      size_t size)
 {
     if (!space)
         return -EINVAL;
@@ -2237,8 +2240,9 @@ probe_fd(int fd, int32_t *ret_pid)
         return r;
     if (ret_pid)
         *ret_pid = fl.l_type == F_UNLCK || fl.l_pid < 0 ? 0 : fl.l_pid;
-    return fl.l_type == F_UNLCK ? LOCKD_FREE : fl.l_type == F_RDLCK ? LOCKD_SHARED
-                                                                      : LOCKD_EXCLUSIVE;
+    return fl.l_type == F_UNLCK   ? LOCKD_FREE
+           : fl.l_type == F_RDLCK ? LOCKD_SHARED
+                                  : LOCKD_EXCLUSIVE;
 }
 
 /*
@@ -2250,8 +2254,9 @@ probe_fd(int fd, int32_t *ret_pid)
 static int
 direct_open(const char *path, int mode, struct stat *ret_st)
 {
+    char self[64];
     struct stat st;
-    int pfd, fd, r = 0;
+    int pfd, fd, flags, r = 0;
 
     pfd = open_retry(AT_FDCWD, path, O_PATH | O_CLOEXEC, 0);
     if (pfd < 0)
@@ -2262,14 +2267,21 @@ direct_open(const char *path, int mode, struct stat *ret_st)
         r = -EISDIR;
     else if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
         r = -ENXIO;
-    safe_close(pfd);
-    if (r < 0)
+    if (r < 0) {
+        safe_close(pfd);
         return r;
-    /* An exclusive lease is a write lock, which needs a writable fd. */
-    fd = open_retry(AT_FDCWD, path,
-                    (mode == LOCKD_SHARED ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY |
-                        O_NONBLOCK,
-                    0);
+    }
+    /* The inode just looked at is reopened, not the name: a symlink
+     * swapped in between must not make us open a FIFO or a device.
+     * Without /proc the name is opened, and checked below.  An exclusive
+     * lease is a write lock, which needs a writable fd. */
+    snprintf(self, sizeof(self), "/proc/self/fd/%d", pfd);
+    flags =
+        (mode == LOCKD_SHARED ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+    fd = open_retry(AT_FDCWD, self, flags, 0);
+    if (fd == -ENOENT && access("/proc/self/fd", F_OK) < 0)
+        fd = open_retry(AT_FDCWD, path, flags, 0);
+    safe_close(pfd);
     if (fd < 0)
         return fd;
     /* The name may have been pointed elsewhere in between. */
@@ -2325,6 +2337,7 @@ lockd_acquire_direct(size_t n, const char *const *paths, const int *modes, int t
             break;
     }
     free(keys);
+    l->direct = 1;
     if (!st || i < l->n) {
         free(st);
         (void)lockd_lease_release(l);
@@ -2345,8 +2358,8 @@ lockd_acquire_direct(size_t n, const char *const *paths, const int *modes, int t
         if (r < 0)
             break;
         l->ent[i].fd = r;
-        r = lease_lock_wait(l->ent[i].fd, l->ent[i].mode == LOCKD_SHARED ? F_RDLCK : F_WRLCK,
-                            deadline);
+        r = lease_lock_wait(l->ent[i].fd,
+                            l->ent[i].mode == LOCKD_SHARED ? F_RDLCK : F_WRLCK, deadline);
         if (r < 0)
             break;
     }
@@ -3311,8 +3324,10 @@ decode_body(struct proto_rd *rd, struct proto_req *req)
     case PROTO_STATUS:
     case PROTO_STUCK:
     case PROTO_SPACE:
-        if (rd->left > 0) /* the optional flag: names, not keys (lvm, scsi) */
+        if (rd->left > 0) { /* the optional flag: names, not keys (lvm, scsi) */
             req->named = rd_u8(rd);
+            rd->bad |= req->named != 1 || req->hdr.nfds != 1;
+        }
         break;
     case PROTO_STOP:
         req->force = rd_u8(rd);
@@ -3374,8 +3389,8 @@ struct lockd_conn {
     uint64_t bound_mnt; /* the mount it was seen through: a bind mount is another */
     int broken; /* a reply went missing or made no sense: out of step */
     int status_reply; /* the last call's error came from the helper itself */
-    int in_place; /* opened by lockd_conn_open_in(): its memory is the caller's */
-    int direct;   /* showed the helper no lockspace: hand-overs are direct leases */
+    int in_place;     /* opened by lockd_conn_open_in(): its memory is the caller's */
+    int direct;       /* showed the helper no lockspace: hand-overs are direct leases */
     uint32_t serial;
     uint8_t buf[PROTO_HDR_SIZE + PROTO_BODY_MAX];
 };
@@ -3439,7 +3454,8 @@ lockd_conn_open(const char *path, lockd_conn **ret_conn)
     return 0;
 }
 
-_Static_assert(sizeof(struct lockd_conn) <= LOCKD_CONN_SIZE, "LOCKD_CONN_SIZE is too small");
+_Static_assert(sizeof(struct lockd_conn) <= LOCKD_CONN_SIZE,
+               "LOCKD_CONN_SIZE is too small");
 
 LOCKD_API int
 lockd_conn_open_in(void *mem, size_t size, const char *path, lockd_conn **ret_conn)
@@ -3448,8 +3464,8 @@ lockd_conn_open_in(void *mem, size_t size, const char *path, lockd_conn **ret_co
     int r;
 
     /* Only system calls and plain memory: no malloc, no stdio, no locale. */
-    if (!mem || size < sizeof(*c) || (uintptr_t)mem % _Alignof(lockd_conn) != 0 || !path ||
-        path[0] == '\0' || !ret_conn)
+    if (!mem || size < sizeof(*c) || (uintptr_t)mem % _Alignof(lockd_conn) != 0 ||
+        !path || path[0] == '\0' || !ret_conn)
         return -EINVAL;
     r = conn_connect(path);
     if (r < 0)
@@ -3665,13 +3681,13 @@ static int release_all(lockd_conn *c, uint16_t type, int32_t pid, size_t n,
  * showed it last: each fd handed over is checked against it.  A directory
  * whose identity is unknown is shown every time. */
 static int
-conn_bind(lockd_conn *conn, const lockd_space *space)
+conn_bind(lockd_conn *conn, const lockd_space *space, int direct)
 {
     struct proto_wr wr;
     struct proto_rd rd;
     int r, dirfd = space ? space->dirfd : -1;
 
-    if (!space) {
+    if (direct) {
         /* Direct leases: a SPACE without a directory tells the helper that
          * each fd is the disk named with it. */
         if (conn->direct)
@@ -3719,7 +3735,7 @@ lockd_conn_bind(lockd_conn *conn, const lockd_space *space)
 {
     if (!conn || !space)
         return -EINVAL;
-    return conn_bind(conn, space);
+    return conn_bind(conn, space, 0);
 }
 
 LOCKD_API int
@@ -3733,7 +3749,7 @@ lockd_conn_handoff(lockd_conn *conn, int32_t pid, const lockd_lease *lease,
 
     if (!conn || !lease || check_pid(pid) < 0)
         return -EINVAL;
-    r = conn_bind(conn, lease->space);
+    r = conn_bind(conn, lease->space, lease->direct);
     if (r < 0)
         return r;
     for (i = 0; names && i < lease->given; i++)

@@ -125,14 +125,14 @@ typedef struct lockd_lease lockd_lease;
 #define LOCKD_OPEN_VERBATIM  0x2u /* ask for the verbatim key mode explicitly */
 #define LOCKD_OPEN_CANONICAL 0x4u /* ask for the canonical key mode explicitly */
 #define LOCKD_OPEN_READONLY  0x8u /* only compute keys, probe, list: write nothing */
-#define LOCKD_OPEN_LVM       0x10u /* ask for the lvm key mode explicitly */
-#define LOCKD_OPEN_SCSI      0x20u /* ask for the scsi key mode explicitly */
+#define LOCKD_OPEN_LVM 0x10u      /* ask for the lvm key mode explicitly */
+#define LOCKD_OPEN_SCSI 0x20u     /* ask for the scsi key mode explicitly */
 
 /* Key modes, as returned by lockd_space_mode(). */
 #define LOCKD_MODE_VERBATIM  0 /* the absolute path as given (virtlockd's way) */
 #define LOCKD_MODE_CANONICAL 1 /* realpath(3) of the path: one host only */
-#define LOCKD_MODE_LVM       2 /* block devices by LVM LV UUID, raw (lvm_lockspace_dir) */
-#define LOCKD_MODE_SCSI      3 /* block devices by SCSI id, raw (scsi_lockspace_dir) */
+#define LOCKD_MODE_LVM 2       /* block devices by LVM LV UUID, raw (lvm_lockspace_dir) */
+#define LOCKD_MODE_SCSI 3      /* block devices by SCSI id, raw (scsi_lockspace_dir) */
 
 /*
  * The default lockspace directory, as a string the caller frees: $LOCKD_DIR
@@ -249,8 +249,8 @@ LOCKD_API int lockd_block_key(const char *sysfs_root, const char *path, int mode
  * lockspace of another mode.  The name is the key lockd_acquire(),
  * lockd_probe() and lockd_holder() take in that lockspace; the helper lists
  * such a lease under lockd_key_resource() of the name. */
-LOCKD_API int lockd_space_block_key(const lockd_space *space, const char *path, char *ret_key,
-                                    size_t size);
+LOCKD_API int lockd_space_block_key(const lockd_space *space, const char *path,
+                                    char *ret_key, size_t size);
 
 /* 1 if key is 64 lowercase hex digits and a NUL, else 0. */
 LOCKD_API int lockd_key_valid(const char *key);
@@ -599,11 +599,12 @@ LOCKD_API int lockd_conn_register(lockd_conn *conn, int32_t pid, int pidfd, cons
                                 * LOCKD_OWNER_PID, LOCKD_OWNER_NAME, LOCKD_OWNER_UUID,
                                 * LOCKD_DISK, LOCKD_KEY, LOCKD_ERROR in its environment;
                                 * the owner is left running */
-#define LOCKD_ON_LOSS_EXEC_OR_KILL 4 /* run command as LOCKD_ON_LOSS_EXEC does, and
-                                      * SIGKILL the owner unless command exits 0
-                                      * within the helper's --hook-timeout: for a
-                                      * hook that pauses the guest and must not
-                                      * leave it running when it cannot */
+#define LOCKD_ON_LOSS_EXEC_OR_KILL                                                       \
+    4 /* run command as LOCKD_ON_LOSS_EXEC does, and                                     \
+       * SIGKILL the owner unless command exits 0                                        \
+       * within the helper's --hook-timeout: for a                                       \
+       * hook that pauses the guest and must not                                         \
+       * leave it running when it cannot */
 
 /* Longest on-loss command, in bytes. */
 #define LOCKD_COMMAND_MAX 4096

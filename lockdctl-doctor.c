@@ -707,26 +707,29 @@ doc_direct(struct doctor *doc, int argc, char **argv)
         if (stat(argv[i], &st) < 0)
             doc_say(doc, DOC_ERROR, "direct", "%s: %s", argv[i], strerror(errno));
         else if (S_ISBLK(st.st_mode))
-            doc_say(doc, DOC_WARNING, "direct",
-                    "%s is a block device: its direct lease is a lock on this host's device "
-                    "node, so a guest on another host that sees the same LUN is NOT kept "
-                    "out. Use a lockspace on shared storage (or an LVM or SCSI lockspace) "
-                    "for disks that several hosts see",
-                    argv[i]);
+            doc_say(
+                doc, DOC_WARNING, "direct",
+                "%s is a block device: its direct lease is a lock on this host's device "
+                "node, so a guest on another host that sees the same LUN is NOT kept "
+                "out. Use a lockspace on shared storage (or an LVM or SCSI lockspace) "
+                "for disks that several hosts see",
+                argv[i]);
         else if (!S_ISREG(st.st_mode))
-            doc_say(doc, DOC_ERROR, "direct", "%s is neither a regular file nor a block device",
-                    argv[i]);
+            doc_say(doc, DOC_ERROR, "direct",
+                    "%s is neither a regular file nor a block device", argv[i]);
         else if (realpath(argv[i], real) && mount_find(real, &m) == 0 &&
                  fs_is_network(m.fstype))
-            doc_say(doc, DOC_OK, "direct",
-                    "%s is on %s from %s: its direct lease is seen by every host that mounts "
-                    "it with working locks",
-                    argv[i], m.fstype, m.source);
+            doc_say(
+                doc, DOC_OK, "direct",
+                "%s is on %s from %s: its direct lease is seen by every host that mounts "
+                "it with working locks",
+                argv[i], m.fstype, m.source);
         else
-            doc_say(doc, DOC_NOTE, "direct",
-                    "%s is on a local filesystem: its direct lease excludes guests of this "
-                    "host only (all that can reach it)",
-                    argv[i]);
+            doc_say(
+                doc, DOC_NOTE, "direct",
+                "%s is on a local filesystem: its direct lease excludes guests of this "
+                "host only (all that can reach it)",
+                argv[i]);
     }
     doc_helper(doc, NULL);
     if (o->json)

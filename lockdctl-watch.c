@@ -222,7 +222,8 @@ act(const struct opts *o, int pidfd, pid_t owner, const char *cmd, const struct 
     case LOCKD_ON_LOSS_EXEC:
     case LOCKD_ON_LOSS_EXEC_OR_KILL:
         say("%s: lease lost: %s; running the on-loss hook", w->name, why);
-        if (run_hook(o->on_loss_cmd, owner, o->name ? o->name : cmd, o->uuid, w, err) == 0 ||
+        if (run_hook(o->on_loss_cmd, owner, o->name ? o->name : cmd, o->uuid, w, err) ==
+                0 ||
             o->on_loss == LOCKD_ON_LOSS_EXEC)
             break;
         say("%s: the on-loss hook failed; killing %s (pid %d)", w->name, cmd, (int)owner);

@@ -563,14 +563,15 @@ disks_parse(const struct opts *o, const lockd_space *space, int argc, char **arg
         r = disk_key(o, space, argv[i], &d[i]);
         if (r < 0) {
             if (r == -ENODATA && space)
-                errorf("%s: has no %s name (not a block device %s), so virtlockd would not "
-                       "name its lease in lockspace %s either",
-                       d[i].name ? d[i].name : argv[i],
-                       lockd_space_mode(space) == LOCKD_MODE_LVM ? "LVM" : "SCSI",
-                       lockd_space_mode(space) == LOCKD_MODE_LVM
-                           ? "spelled /dev/VG/LV or /dev/mapper/VG-LV of an active LV"
-                           : "with a SCSI id in its VPD pages",
-                       lockd_space_dir(space));
+                errorf(
+                    "%s: has no %s name (not a block device %s), so virtlockd would not "
+                    "name its lease in lockspace %s either",
+                    d[i].name ? d[i].name : argv[i],
+                    lockd_space_mode(space) == LOCKD_MODE_LVM ? "LVM" : "SCSI",
+                    lockd_space_mode(space) == LOCKD_MODE_LVM
+                        ? "spelled /dev/VG/LV or /dev/mapper/VG-LV of an active LV"
+                        : "with a SCSI id in its VPD pages",
+                    lockd_space_dir(space));
             else
                 errorf("%s: %s", d[i].name ? d[i].name : argv[i],
                        r == -ENOENT ? "no such directory, or a dangling symlink"
@@ -664,14 +665,15 @@ record_text(const lockd_space *space, const char *key, char *buf, size_t size)
 static int
 probe_disk(const lockd_space *space, const struct disk *d, int32_t *ret_pid)
 {
-    return space ? lockd_probe(space, d->key, ret_pid) : lockd_probe_direct(d->name, ret_pid);
+    return space ? lockd_probe(space, d->key, ret_pid)
+                 : lockd_probe_direct(d->name, ret_pid);
 }
 
 /* lockd_acquire(), or lockd_acquire_direct() of the paths in keys without
  * a lockspace (--direct). */
 static int
-acquire(lockd_space *space, size_t n, const char *const *keys, const int *modes, int wait_ms,
-        lockd_lease **ret)
+acquire(lockd_space *space, size_t n, const char *const *keys, const int *modes,
+        int wait_ms, lockd_lease **ret)
 {
     return space ? lockd_acquire(space, n, keys, modes, wait_ms, ret)
                  : lockd_acquire_direct(n, keys, modes, wait_ms, ret);
@@ -684,8 +686,8 @@ acquire(lockd_space *space, size_t n, const char *const *keys, const int *modes,
  * for a classic POSIX lock (virtlockd's).
  */
 static void
-describe_holder(const lockd_space *space, lockd_conn *conn, const struct disk *d, char *buf,
-                size_t size)
+describe_holder(const lockd_space *space, lockd_conn *conn, const struct disk *d,
+                char *buf, size_t size)
 {
     struct holders h = {.count = 0};
     const char *key = d->key;
@@ -702,8 +704,8 @@ describe_holder(const lockd_space *space, lockd_conn *conn, const struct disk *d
     }
     if (h.count > 0)
         snprintf(buf, size, "held %s by %s", how, h.text);
-    else if (state == LOCKD_EXCLUSIVE && pid <= 0 && space && record_text(space, key, h.text,
-                                                                   sizeof(h.text)) == 0)
+    else if (state == LOCKD_EXCLUSIVE && pid <= 0 && space &&
+             record_text(space, key, h.text, sizeof(h.text)) == 0)
         snprintf(buf, size, "held exclusively by %s", h.text);
     else if (pid > 0)
         snprintf(buf, size,
@@ -951,10 +953,11 @@ key_block_names(const struct opts *o, int argc, char **argv)
             if (o->json)
                 printf("]}\n");
             errorf("%s: %s", argv[i],
-                   r == -ENODATA ? (mode == LOCKD_MODE_LVM
-                                        ? "has no LVM name (not an LV spelled /dev/VG/LV or "
-                                          "/dev/mapper/VG-LV)"
-                                        : "has no SCSI name (no SCSI id in its VPD pages)")
+                   r == -ENODATA
+                       ? (mode == LOCKD_MODE_LVM
+                              ? "has no LVM name (not an LV spelled /dev/VG/LV or "
+                                "/dev/mapper/VG-LV)"
+                              : "has no SCSI name (no SCSI id in its VPD pages)")
                    : r == -EINVAL ? "not an absolute path"
                                   : strerror(-r));
             return EXIT_FAIL;
@@ -988,7 +991,8 @@ cmd_key(const struct opts *o, int argc, char **argv)
         /* A verbatim key is the path's own hash and needs no lockspace, so
          * keys can be computed before one exists; a canonical one, or a
          * broken lockspace, is reported. */
-        if (r == -ENOENT && (o->mode_flag == LOCKD_OPEN_LVM || o->mode_flag == LOCKD_OPEN_SCSI))
+        if (r == -ENOENT &&
+            (o->mode_flag == LOCKD_OPEN_LVM || o->mode_flag == LOCKD_OPEN_SCSI))
             return key_block_names(o, argc, argv);
         if (r == -ENOENT && o->mode_flag != LOCKD_OPEN_CANONICAL && !o->dir)
             errorf("note: no lockspace given; assuming verbatim keys");
@@ -1521,7 +1525,8 @@ who_one(const struct opts *o, const lockd_space *space, lockd_conn *conn,
         r = lockd_conn_list(conn, 0, d->list_key, who_row, &c);
     if (r < 0)
         helper_error(o->socket, r);
-    rec = state == LOCKD_EXCLUSIVE && pid <= 0 && space && lockd_holder(space, d->key, &hi) == 0;
+    rec = state == LOCKD_EXCLUSIVE && pid <= 0 && space &&
+          lockd_holder(space, d->key, &hi) == 0;
     if (c.count == 0 && rec && o->json) {
         printf("%s{\"pid\":%d,\"name\":", c.rows ? "," : "", (int)hi.pid);
         json_str(or_null(hi.owner));
@@ -1716,7 +1721,7 @@ enum {
     OPT_LEASE = 1u << 2,    /* --shared, --exclusive, --wait, --name, --uuid, --on-loss */
     OPT_CONFLICT = 1u << 3, /* --conflict-exit-code */
     OPT_PID = 1u << 4,
-    OPT_FORCE = 1u << 5, /* --force */
+    OPT_FORCE = 1u << 5,  /* --force */
     OPT_DIRECT = 1u << 6, /* --direct */
 };
 
@@ -1839,7 +1844,8 @@ struct command {
 static const struct command commands[] = {
     {"key", cmd_key, OPT_RESOURCE, 0},
     {"run", cmd_run_args, OPT_RESOURCE | OPT_LEASE | OPT_CONFLICT | OPT_DIRECT, 1},
-    {"acquire", cmd_acquire, OPT_RESOURCE | OPT_LEASE | OPT_PID | OPT_CONFLICT | OPT_DIRECT, 0},
+    {"acquire", cmd_acquire,
+     OPT_RESOURCE | OPT_LEASE | OPT_PID | OPT_CONFLICT | OPT_DIRECT, 0},
     {"release", cmd_release, OPT_RESOURCE | OPT_PID, 0},
     {"status", cmd_status, 0, 0},
     {"who", cmd_who, OPT_RESOURCE | OPT_DIRECT, 0},
@@ -1924,7 +1930,8 @@ apply_option(struct opts *o, int c, const char *arg)
         else if (strcmp(arg, "scsi") == 0)
             o->mode_flag = LOCKD_OPEN_SCSI;
         else
-            return usage_error("--key-mode %s: must be verbatim, canonical, lvm or scsi", arg);
+            return usage_error("--key-mode %s: must be verbatim, canonical, lvm or scsi",
+                               arg);
         return 0;
     case 'S':
         if (!*arg)
@@ -1995,9 +2002,10 @@ apply_option(struct opts *o, int c, const char *arg)
             o->on_loss = LOCKD_ON_LOSS_EXEC_OR_KILL;
             o->on_loss_cmd = arg + 13;
         } else
-            return usage_error("--on-loss=%s: must be kill, stop, report, exec:COMMAND or "
-                               "exec-or-kill:COMMAND",
-                               arg);
+            return usage_error(
+                "--on-loss=%s: must be kill, stop, report, exec:COMMAND or "
+                "exec-or-kill:COMMAND",
+                arg);
         return 0;
     }
     return EXIT_USAGE;
@@ -2067,7 +2075,8 @@ dispatch(struct opts *o, int argc, char **argv)
     if (r != 0)
         return r < 0 ? 0 : r;
     if (o->direct && o->resource)
-        return usage_error("--direct locks disks themselves: it takes no --resource names");
+        return usage_error(
+            "--direct locks disks themselves: it takes no --resource names");
     /* Operands now sit in argv[optind..dd), permuted there by getopt. */
     r = names_check(dd - optind, argv + optind);
     if (r != 0)

@@ -15,6 +15,9 @@
  *            shared index lock).
  *   gc       lockd_gc() of 100,000 unheld lease files, against plain
  *            unlinkat() of as many files.
+ *   direct   lockd_acquire_direct() + release of an image file itself,
+ *            against floor D: open the image by path, OFD-lock byte 0,
+ *            unlock, close (lockd adds an O_PATH look first). No goal.
  *
  * A floor and its lockd figure are timed in alternating chunks of CHUNK
  * operations within each round, so that a change in the machine's load hits
@@ -266,6 +269,47 @@ bench_record(lockd_space *space, size_t ops, int rounds)
            "  the record: exclusive - shared", e - h, (e - h) / f);
 }
 
+static void
+floor_direct(struct ctx *c, size_t i)
+{
+    int fd = open(c->path, O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+
+    (void)i;
+    BENCH_SYS(fd);
+    lock_unlock_close(fd);
+}
+
+static void
+lockd_direct(struct ctx *c, size_t i)
+{
+    const char *paths[] = {c->path};
+    lockd_lease *lease;
+
+    (void)i;
+    BENCH_OK(lockd_acquire_direct(1, paths, NULL, LOCKD_TRY, &lease));
+    BENCH_OK(lockd_lease_release(lease));
+}
+
+/* A direct lease (the lock on the image itself) against floor D. */
+static void
+bench_direct(void)
+{
+    double fl[BENCH_ROUNDS], dl[BENCH_ROUNDS], f, d;
+    struct ctx c = {.path = bench_path("direct.img")};
+    int r, fd = open(c.path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+
+    BENCH_SYS(fd);
+    BENCH_SYS(close(fd));
+    time_round(floor_direct, &c, EXISTING_OPS / 10); /* warm up */
+    for (r = 0; r < BENCH_ROUNDS; r++)
+        time_pair(floor_direct, &c, lockd_direct, &c, EXISTING_OPS, &fl[r], &dl[r]);
+    f = bench_median(fl, BENCH_ROUNDS);
+    d = bench_median(dl, BENCH_ROUNDS);
+    bench_print_ns("floor D: open image + OFD lock + unlock + close", f);
+    printf("%-*s %10.0f ns/op  %5.2fx floor D (no goal)\n", BENCH_LABEL_WIDTH,
+           "lockd: direct lease on the image", d, d / f);
+}
+
 /*
  * --space DIR: the figures that matter on another filesystem (a GlusterFS
  * mount, from check-cluster --bench): floor A, exclusive with its record,
@@ -491,6 +535,7 @@ main(int argc, char **argv)
     BENCH_OK(lockd_space_open(bench_path("space"), LOCKD_OPEN_CREATE, &space));
     missed += !bench_existing(space);
     bench_record(space, EXISTING_OPS, BENCH_ROUNDS);
+    bench_direct();
     bench_keys(space);
     missed += !bench_new(space, &create_ns);
     bench_gc(create_ns);

@@ -77,9 +77,12 @@ encode_body(const struct proto_req *req, uint8_t *buf, size_t cap)
     case PROTO_OWNERS:
         wr_u64(&wr, req->cursor);
         break;
+    case PROTO_SPACE:
+        if (req->named)
+            wr_u8(&wr, 1);
+        break;
     case PROTO_STATUS:
     case PROTO_STUCK:
-    case PROTO_SPACE:
         break;
     case PROTO_STOP:
         wr_u8(&wr, req->force);
@@ -113,8 +116,9 @@ check_request(const uint8_t *msg, size_t size, size_t nfds, const struct proto_r
         (void)inside(msg, size, req->name, req->name_len);
         CHECK(!memchr(req->name, '\0', req->name_len));
         if (req->has_on_loss) {
-            CHECK(req->on_loss <= LOCKD_ON_LOSS_EXEC && req->command_len <= LOCKD_COMMAND_MAX);
-            CHECK((req->on_loss == LOCKD_ON_LOSS_EXEC) == (req->command_len > 0));
+            CHECK(req->on_loss <= LOCKD_ON_LOSS_EXEC_OR_KILL &&
+                  req->command_len <= LOCKD_COMMAND_MAX);
+            CHECK(on_loss_has_hook(req->on_loss) == (req->command_len > 0));
             (void)inside(msg, size, req->command, req->command_len);
             CHECK(!memchr(req->command, '\0', req->command_len));
         }
@@ -129,7 +133,7 @@ check_request(const uint8_t *msg, size_t size, size_t nfds, const struct proto_r
             (void)inside(msg, size, it->disk, it->disk_len);
         }
     } else if (req->hdr.type == PROTO_SPACE)
-        CHECK(nfds == 1);
+        CHECK(nfds <= 1); /* none: direct leases */
     else
         CHECK(nfds == 0);
     if (req->hdr.type == PROTO_RELEASE || req->hdr.type == PROTO_NOTICE ||

@@ -67,6 +67,7 @@
 #include <netinet/in.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <pwd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 
@@ -3131,10 +3132,12 @@ HELPER_CASE(conn_in_place)
     pid_t pid;
     int st;
 
-    ASSERT_ERR(lockd_conn_open_in(mem, LOCKD_CONN_SIZE - 1024 * 63, s->sock, &ic), EINVAL);
+    ASSERT_ERR(lockd_conn_open_in(mem, LOCKD_CONN_SIZE - 1024 * 63, s->sock, &ic),
+               EINVAL);
     ASSERT_ERR(lockd_conn_open_in(mem + 1, LOCKD_CONN_SIZE - 1, s->sock, &ic), EINVAL);
     ASSERT_ERR(lockd_conn_open_in(mem, sizeof(mem), NULL, &ic), EINVAL);
-    ASSERT_ERR(lockd_conn_open_in(mem, sizeof(mem), test_path("nosuch.sock"), &ic), ENOENT);
+    ASSERT_ERR(lockd_conn_open_in(mem, sizeof(mem), test_path("nosuch.sock"), &ic),
+               ENOENT);
     guest_start(&g2);
     ASSERT_INT_EQ(pthread_create(&t, NULL, malloc_hammer, NULL), 0);
     pid = fork();
@@ -3660,7 +3663,8 @@ HELPER_CASE(loss_actions)
     ASSERT_INT_EQ(lockd_conn_register_on_loss(c, g[2].pid, -1, NULL, NULL, LOCKD_ON_LOSS_KILL,
                                               "true"),
                   -EINVAL);
-    ASSERT_INT_EQ(lockd_conn_register_on_loss(c, g[2].pid, -1, NULL, NULL, 5, NULL), -EINVAL);
+    ASSERT_INT_EQ(lockd_conn_register_on_loss(c, g[2].pid, -1, NULL, NULL, 5, NULL),
+                  -EINVAL);
     ASSERT_INT_EQ(lockd_conn_register_on_loss(c, g[2].pid, -1, NULL, NULL,
                                               LOCKD_ON_LOSS_EXEC_OR_KILL, NULL),
                   -EINVAL);
@@ -3850,8 +3854,10 @@ HELPER_CASE(exec_or_kill)
     ASSERT_TRUE(FSD_WAIT(s, strstr(read_file(s->log), "exited 0"), 10000));
     ASSERT_INT_EQ(proc_state(g[0].pid), 'S'); /* its hook succeeded */
     ASSERT_TRUE(!strstr(read_file(s->log), "(ok): its on-loss hook failed"));
-    ASSERT_CONTAINS(read_file(s->log), "(fails): its on-loss hook failed: killed it (SIGKILL)");
-    ASSERT_CONTAINS(read_file(s->log), "(hangs): its on-loss hook failed: killed it (SIGKILL)");
+    ASSERT_CONTAINS(read_file(s->log),
+                    "(fails): its on-loss hook failed: killed it (SIGKILL)");
+    ASSERT_CONTAINS(read_file(s->log),
+                    "(hangs): its on-loss hook failed: killed it (SIGKILL)");
     ASSERT_CONTAINS(read_file(s->log), "; it is killed unless the hook succeeds");
     guest_end(&g[0]);
     for (i = 0; i < 3; i++)
@@ -3970,6 +3976,64 @@ HELPER_CASE(named_space_leases)
     FSD_ASSERT_CLEAN(s);
     fsd_fini(s);
     lockd_space_close(sp);
+}
+
+/*
+ * exec-or-kill whose hook cannot even start (its uid has no passwd entry,
+ * so no group to run it with): the guest is killed, as if the hook had
+ * failed; the guest is not left running on a lost lease.
+ */
+#define NO_PASSWD_UID 54321
+
+struct nohook {
+    const char *sock, *space;
+};
+
+static int
+nohook_main(void *arg)
+{
+    const struct nohook *h = arg;
+    lockd_space *sp = NULL;
+    struct disks d;
+    struct guest g;
+    lockd_lease *l;
+    lockd_conn *c;
+
+    if (setgroups(0, NULL) < 0 || setgid(NO_PASSWD_UID) < 0 || setuid(NO_PASSWD_UID) < 0)
+        TEST_FAIL("dropping privileges: %s", strerror(errno));
+    guest_start(&g);
+    c = conn_open(h->sock);
+    ASSERT_OK(lockd_conn_register_on_loss(c, g.pid, -1, NULL, "nopasswd",
+                                          LOCKD_ON_LOSS_EXEC_OR_KILL, "exit 0"));
+    ASSERT_OK(lockd_space_open(h->space, LOCKD_OPEN_CREATE, &sp));
+    disks_make(&d, sp, "nohook", 1);
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, &l));
+    unlock_copy(l, d.key[0]);
+    ASSERT_INT_EQ(test_wait(g.pid), 128 + SIGKILL);
+    close(g.wfd);
+    lockd_lease_forget(l);
+    lockd_space_close(sp);
+    lockd_conn_close(c);
+    return 0;
+}
+
+HELPER_CASE(exec_or_kill_hook_cannot_start)
+{
+    struct nohook h;
+    struct fsd *s;
+
+    ASSERT_TRUE(getpwuid(NO_PASSWD_UID) == NULL);
+    nobody_setup();
+    ASSERT_OK(sys(chown(test_path("uspace"), NO_PASSWD_UID, NO_PASSWD_UID)));
+    s = open_helper_new();
+    fsd_start_ready(s);
+    h = (struct nohook){s->sock, test_path("uspace")};
+    ASSERT_INT_EQ(test_wait(spawn(nohook_main, &h, NULL, 0)), 0);
+    ASSERT_CONTAINS(read_file(s->log), "could not start its on-loss hook (");
+    ASSERT_CONTAINS(read_file(s->log), "): killed it (SIGKILL)");
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
 }
 
 /*
@@ -4821,6 +4885,7 @@ main(int argc, char **argv)
     RUN(only, loss_actions, 60);
     RUN(only, hook_as_registering_uid, 60);
     RUN(only, exec_or_kill, 60);
+    RUN(only, exec_or_kill_hook_cannot_start, 60);
     RUN(only, conn_in_place, 60);
     RUN(only, direct_leases, 60);
     RUN(only, named_space_leases, 60);

@@ -491,7 +491,8 @@ block_golden_child(void)
     FILE *f;
     int r;
 
-    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+    if (unshare(CLONE_NEWNS) < 0 ||
+        mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
         mount("lockd-test", "/dev", "tmpfs", 0, "mode=0755") < 0)
         TEST_FAIL("private /dev: %s", strerror(errno));
     snprintf(list, sizeof(list), "%s/keys.txt", sysfs_dir);
@@ -501,7 +502,8 @@ block_golden_child(void)
     while (fgets(line, sizeof(line), f)) {
         if (line[0] == '#' || line[0] == '\n')
             continue;
-        if (sscanf(line, "%63s %31s %511s %299s %299s", tree, dev, path, lvm, scsi) != 5 ||
+        if (sscanf(line, "%63s %31s %511s %299s %299s", tree, dev, path, lvm, scsi) !=
+                5 ||
             sscanf(dev, "%u:%u", &maj, &min) != 2)
             TEST_FAIL("keys.txt: cannot read: %s", line);
         snprintf(root, sizeof(root), "%s/%s", sysfs_dir, tree);
@@ -525,10 +527,14 @@ block_golden_child(void)
         TEST_FAIL("keys.txt: only %u lines", n);
     /* Not a block device, not under /dev, a mode without device names. */
     snprintf(root, sizeof(root), "%s/lio-naa6", sysfs_dir);
-    ASSERT_ERR(lockd_block_key(root, "/dev/null", LOCKD_MODE_SCSI, got, sizeof(got)), ENODATA);
-    ASSERT_ERR(lockd_block_key(root, "/srv/x.img", LOCKD_MODE_SCSI, got, sizeof(got)), ENODATA);
-    ASSERT_ERR(lockd_block_key(root, "/dev/sdb", LOCKD_MODE_VERBATIM, got, sizeof(got)), EINVAL);
-    ASSERT_ERR(lockd_block_key("rel", "/dev/sdb", LOCKD_MODE_SCSI, got, sizeof(got)), EINVAL);
+    ASSERT_ERR(lockd_block_key(root, "/dev/null", LOCKD_MODE_SCSI, got, sizeof(got)),
+               ENODATA);
+    ASSERT_ERR(lockd_block_key(root, "/srv/x.img", LOCKD_MODE_SCSI, got, sizeof(got)),
+               ENODATA);
+    ASSERT_ERR(lockd_block_key(root, "/dev/sdb", LOCKD_MODE_VERBATIM, got, sizeof(got)),
+               EINVAL);
+    ASSERT_ERR(lockd_block_key("rel", "/dev/sdb", LOCKD_MODE_SCSI, got, sizeof(got)),
+               EINVAL);
     ASSERT_ERR(lockd_block_key(root, "/dev/sdb", LOCKD_MODE_SCSI, got, 8), ERANGE);
     _exit(0);
 }
@@ -584,7 +590,8 @@ test_named_space(void)
         ASSERT_OK(lockd_gc(s, NULL, NULL, &removed, &kept));
         ASSERT_INT_EQ(removed, 1);
         ASSERT_INT_EQ(kept, 1);
-        ASSERT_INT_EQ(access(test_path("lvm/06UgP5-2rhb-w3Bo-3mdR-WeoL-pytO-SAa2ky"), F_OK), -1);
+        ASSERT_INT_EQ(
+            access(test_path("lvm/06UgP5-2rhb-w3Bo-3mdR-WeoL-pytO-SAa2ky"), F_OK), -1);
         ASSERT_OK(lockd_lease_release(a));
     }
     {
@@ -604,7 +611,8 @@ test_named_space(void)
         pclose(f);
         loop[strcspn(loop, "\n")] = '\0';
         ASSERT_ERR(lockd_space_block_key(s, loop, got, sizeof(got)), ENODATA);
-        ASSERT_ERR(lockd_block_key(NULL, loop, LOCKD_MODE_SCSI, got, sizeof(got)), ENODATA);
+        ASSERT_ERR(lockd_block_key(NULL, loop, LOCKD_MODE_SCSI, got, sizeof(got)),
+                   ENODATA);
         snprintf(cmd, sizeof(cmd), "losetup -d %s", loop);
         ASSERT_INT_EQ(system(cmd), 0);
     }
@@ -623,7 +631,8 @@ main(int argc, char **argv)
     if (!realpath(argv[0], exe) || !(slash = strrchr(exe, '/')))
         return 2;
     *slash = '\0';
-    if ((size_t)snprintf(sysfs_dir, sizeof(sysfs_dir), "%s/sysfs", exe) >= sizeof(sysfs_dir))
+    if ((size_t)snprintf(sysfs_dir, sizeof(sysfs_dir), "%s/sysfs", exe) >=
+        sizeof(sysfs_dir))
         return 2;
     TEST_RUN(test_verbatim_golden);
     TEST_RUN(test_resource_golden);

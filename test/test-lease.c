@@ -1053,7 +1053,8 @@ posix_lock_in_child(const char *path, int *ret_pipe)
     pid = fork();
     ASSERT_TRUE(pid >= 0);
     if (pid == 0) {
-        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+        struct flock fl = {
+            .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
         int fd = open(path, O_RDWR | O_CLOEXEC);
 
         close(go[0]);

@@ -2417,9 +2417,10 @@ test_direct_cli(void)
     ASSERT_OK(sys(fd = open(img, O_CREAT | O_WRONLY | O_CLOEXEC, 0600)));
     close(fd);
     snprintf(cmd, sizeof(cmd),
-             "%s run --direct %s -- true; echo inner=$?; %s who --direct --json %s", ctl_path,
-             img, ctl_path, img);
-    ctl(&r, "run", "--direct", "--name", "g1", img, "--", "/bin/sh", "-c", cmd, (char *)NULL);
+             "%s run --direct %s -- true; echo inner=$?; %s who --direct --json %s",
+             ctl_path, img, ctl_path, img);
+    ctl(&r, "run", "--direct", "--name", "g1", img, "--", "/bin/sh", "-c", cmd,
+        (char *)NULL);
     ASSERT_INT_EQ(r.status, 0);
     ASSERT_CONTAINS(r.out, "inner=75");
     ASSERT_CONTAINS(r.out, "\"state\":\"exclusive\"");
@@ -2431,8 +2432,9 @@ test_direct_cli(void)
     ASSERT_CONTAINS(r.out, "free");
     res_free(&r);
     ctl(&r, "run", "--direct", "/dev/null", "--", "true", (char *)NULL);
-    assert_one_line_error(&r, "/dev/null: cannot take its direct lease: neither a regular "
-                              "file nor a block device");
+    assert_one_line_error(&r,
+                          "/dev/null: cannot take its direct lease: neither a regular "
+                          "file nor a block device");
     ASSERT_INT_EQ(r.status, 1);
     res_free(&r);
     ctl(&r, "who", "--direct", "--resource", "x", (char *)NULL);
@@ -2443,8 +2445,9 @@ test_direct_cli(void)
     res_free(&r);
     ctl(&r, "doctor", "--direct", img, (char *)NULL);
     ASSERT_INT_EQ(r.status, 0);
-    ASSERT_CONTAINS(r.out, "is on a local filesystem: its direct lease excludes guests of "
-                           "this host only");
+    ASSERT_CONTAINS(r.out,
+                    "is on a local filesystem: its direct lease excludes guests of "
+                    "this host only");
     res_free(&r);
     ctl(&r, "doctor", "--direct", "/dev/null", (char *)NULL);
     ASSERT_INT_EQ(r.status, 1);

@@ -224,8 +224,8 @@ add_disk(struct vlm_manager *man, const char *file, unsigned flags)
     char path[256];
 
     /* An absolute name is a device path, as given. */
-    snprintf(path, sizeof(path), "%s%s%s", file[0] == '/' ? "" : dir, file[0] == '/' ? "" : "/",
-             file);
+    snprintf(path, sizeof(path), "%s%s%s", file[0] == '/' ? "" : dir,
+             file[0] == '/' ? "" : "/", file);
     return drv->drvAddResource(man, DISK, path, 0, NULL, flags);
 }
 
@@ -237,8 +237,8 @@ static int call_in(const char *guest, pid_t pid, unsigned acquire_flags, int rel
                    const char *disks, int action);
 
 static int
-call_act(const char *guest, pid_t pid, unsigned acquire_flags, int release, const char *disks,
-         int action)
+call_act(const char *guest, pid_t pid, unsigned acquire_flags, int release,
+         const char *disks, int action)
 {
     pid_t child;
     int st;
@@ -261,8 +261,8 @@ call(const char *guest, pid_t pid, unsigned acquire_flags, int release, const ch
 }
 
 static int
-call_in(const char *guest, pid_t pid, unsigned acquire_flags, int release, const char *disks,
-        int action)
+call_in(const char *guest, pid_t pid, unsigned acquire_flags, int release,
+        const char *disks, int action)
 {
     struct vlm_manager man;
     char list[256], *save = NULL, *d;
@@ -345,8 +345,8 @@ probe(const char *file)
     lockd_space *space;
     int r;
 
-    snprintf(path, sizeof(path), "%s%s%s", file[0] == '/' ? "" : dir, file[0] == '/' ? "" : "/",
-             file);
+    snprintf(path, sizeof(path), "%s%s%s", file[0] == '/' ? "" : dir,
+             file[0] == '/' ? "" : "/", file);
     r = lockd_space_open(space_dir, LOCKD_OPEN_READONLY, &space);
     if (r == -ENOENT)
         return LOCKD_FREE; /* no lockspace yet, so no lease */
@@ -627,16 +627,17 @@ test_refusals(void)
           "a key mode that contradicts the lockspace refuses the guest, naming both");
     use_config("");
     check(call_act("g3", g, 0, 0, "a", 2 /* restart */) < 0 &&
-              error_has("lockd: guest 'g3' refused: <on_lockfailure>restart</on_lockfailure> "
-                        "is not supported by lockd") &&
+              error_has(
+                  "lockd: guest 'g3' refused: <on_lockfailure>restart</on_lockfailure> "
+                  "is not supported by lockd") &&
               error_has("use poweroff, pause or ignore") && last_code == 67,
           "<on_lockfailure>restart</on_lockfailure> is refused, saying what to use");
     check(probe("a") == LOCKD_FREE, "restart: nothing is taken");
-    check(call_act("g3", g, 0, 0, "a", 3 /* pause */) == 0 && probe("a") == LOCKD_EXCLUSIVE &&
-              call_act("g3", g, 0, 1, "a", 3) == 0,
+    check(call_act("g3", g, 0, 0, "a", 3 /* pause */) == 0 &&
+              probe("a") == LOCKD_EXCLUSIVE && call_act("g3", g, 0, 1, "a", 3) == 0,
           "<on_lockfailure>pause</on_lockfailure> is accepted");
-    check(call_act("g3", g, 0, 0, "a", 4 /* ignore */) == 0 && probe("a") == LOCKD_EXCLUSIVE &&
-              call_act("g3", g, 0, 1, "a", 4) == 0,
+    check(call_act("g3", g, 0, 0, "a", 4 /* ignore */) == 0 &&
+              probe("a") == LOCKD_EXCLUSIVE && call_act("g3", g, 0, 1, "a", 4) == 0,
           "<on_lockfailure>ignore</on_lockfailure> is accepted");
     stop_helper();
     check(call("g3", g, REG_ONLY | RESTRICT, 0, "a") == 0 && last_error[0] == '\0',
@@ -681,22 +682,23 @@ test_direct(void)
         fprintf(stderr, "fake-libvirt: config refused: %s\n", last_error);
         exit(2);
     }
-    check(call("gd", g, REG_ONLY | RESTRICT, 0, "a") == 0 && call("gd", g, 0, 0, "a b:s") == 0,
+    check(call("gd", g, REG_ONLY | RESTRICT, 0, "a") == 0 &&
+              call("gd", g, 0, 0, "a b:s") == 0,
           "direct: a guest starts with no lockspace configured");
     check(probe_direct("a") == LOCKD_EXCLUSIVE && probe_direct("b") == LOCKD_SHARED,
           "direct: its disks themselves are locked, exclusive and shared");
     snprintf(path, sizeof(path), "%s/a", dir);
-    check(stat(path, &st) == 0 && st.st_size == 0, "direct: nothing is written to the disk");
+    check(stat(path, &st) == 0 && st.st_size == 0,
+          "direct: nothing is written to the disk");
     snprintf(text, sizeof(text),
-             "lockd: guest 'gd2' refused: disk %s/a is held exclusively by 'gd' (pid %d", dir,
-             (int)g);
+             "lockd: guest 'gd2' refused: disk %s/a is held exclusively by 'gd' (pid %d",
+             dir, (int)g);
     check(call("gd2", h, 0, 0, "a") < 0 && error_has(text) && last_code == 87,
           "direct: a second guest is refused, naming the holder");
     check(call("gd2", h, 0, 0, "b:s") == 0, "direct: a shareable disk is shared");
     snprintf(text, sizeof(text), "cannot take the direct lease of disk %s/nosuch: ", dir);
     check(call("gd2", h, 0, 0, "c nosuch") < 0 && error_has(text) &&
-              error_has("No such file or directory") &&
-              probe_direct("c") == LOCKD_FREE,
+              error_has("No such file or directory") && probe_direct("c") == LOCKD_FREE,
           "direct: a missing disk refuses the guest, and nothing is taken");
     check(call("gd", g, 0, 1, "a") == 0 && probe_direct("a") == LOCKD_FREE &&
               probe_direct("b") == LOCKD_SHARED,
@@ -730,8 +732,8 @@ probe_named(const char *sub, const char *name)
     if (lockd_space_open(d, LOCKD_OPEN_READONLY, &space) < 0)
         return -1;
     r = lockd_probe(space, name, NULL);
-    if (r >= 0 && lockd_space_mode(space) != (strcmp(sub, "lvm") == 0 ? LOCKD_MODE_LVM
-                                                                       : LOCKD_MODE_SCSI))
+    if (r >= 0 && lockd_space_mode(space) !=
+                      (strcmp(sub, "lvm") == 0 ? LOCKD_MODE_LVM : LOCKD_MODE_SCSI))
         r = -2;
     lockd_space_close(space);
     return r;
@@ -752,15 +754,18 @@ block_child(pid_t g, pid_t h, const char *conf_text)
     char want[512];
     size_t i;
 
-    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+    if (unshare(CLONE_NEWNS) < 0 ||
+        mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
         mount("fake-libvirt", "/dev", "tmpfs", 0, "mode=0755") < 0 ||
         mkdir("/dev/vg0", 0755) < 0 || mkdir("/dev/mapper", 0755) < 0) {
         printf("not ok - block devices: a private /dev: %s\n", strerror(errno));
         _exit(1);
     }
     for (i = 0; i < sizeof(nodes) / sizeof(nodes[0]); i++)
-        if (mknod(nodes[i].path, S_IFBLK | 0600, makedev(nodes[i].maj, nodes[i].min)) < 0) {
-            printf("not ok - block devices: mknod %s: %s\n", nodes[i].path, strerror(errno));
+        if (mknod(nodes[i].path, S_IFBLK | 0600, makedev(nodes[i].maj, nodes[i].min)) <
+            0) {
+            printf("not ok - block devices: mknod %s: %s\n", nodes[i].path,
+                   strerror(errno));
             _exit(1);
         }
     /* Initialised here: to the plugin, a process other than the one that
@@ -772,21 +777,26 @@ block_child(pid_t g, pid_t h, const char *conf_text)
     check(call("gb", g, 0, 0, "/dev/vg0/lv-data /dev/sda /dev/dm-0") == 0,
           "block devices: a guest on an LV, a SCSI disk and /dev/dm-0 starts");
     check(probe_named("lvm", lvm) == LOCKD_EXCLUSIVE,
-          "block devices: the LV's lease is its LV UUID, raw, in the LVM lockspace (mode lvm)");
+          "block devices: the LV's lease is its LV UUID, raw, in the LVM lockspace (mode "
+          "lvm)");
     check(probe_named("scsi", scsi) == LOCKD_EXCLUSIVE,
           "block devices: the SCSI disk's lease is its SCSI id in the SCSI lockspace");
     check(probe("/dev/dm-0") == LOCKD_EXCLUSIVE,
-          "block devices: /dev/dm-0 (no LVM name: lvs cannot read that spelling) falls back "
+          "block devices: /dev/dm-0 (no LVM name: lvs cannot read that spelling) falls "
+          "back "
           "to the file lockspace");
     check(call("gb", g, 0, 0, "/dev/vg0/lv-data /dev/sda /dev/dm-0") == 0,
           "block devices: acquiring again is harmless (the helper lists them)");
-    snprintf(want, sizeof(want),
-             "lockd: guest 'gb2' refused: disk /dev/mapper/vg0-lv--data is held exclusively "
-             "by 'gb' (pid %d",
-             (int)g);
+    snprintf(
+        want, sizeof(want),
+        "lockd: guest 'gb2' refused: disk /dev/mapper/vg0-lv--data is held exclusively "
+        "by 'gb' (pid %d",
+        (int)g);
     check(call("gb2", h, 0, 0, "/dev/mapper/vg0-lv--data") < 0 && error_has(want),
-          "block devices: the same LV spelled /dev/mapper/VG-LV is refused, naming the holder");
-    check(call("gb", g, 0, 1, "/dev/sda") == 0 && probe_named("scsi", scsi) == LOCKD_FREE &&
+          "block devices: the same LV spelled /dev/mapper/VG-LV is refused, naming the "
+          "holder");
+    check(call("gb", g, 0, 1, "/dev/sda") == 0 &&
+              probe_named("scsi", scsi) == LOCKD_FREE &&
               probe_named("lvm", lvm) == LOCKD_EXCLUSIVE,
           "block devices: releasing the SCSI disk keeps the LV");
     check(call("gb", g, 0, 1, "/dev/vg0/lv-data /dev/dm-0") == 0 &&
@@ -844,7 +854,7 @@ state_call(const char *guest, pid_t pid, int op, const char *disk, const char *i
     last_error[0] = '\0';
     r = add_disk(&man, disk, 0);
     if (r == 0)
-        r = op == ST_ACQUIRE ? drv->drvAcquire(&man, in, 0, 0, &fd)
+        r = op == ST_ACQUIRE   ? drv->drvAcquire(&man, in, 0, 0, &fd)
             : op == ST_RELEASE ? drv->drvRelease(&man, out, 0)
                                : drv->drvInquire(&man, out, 0);
     drv->drvFree(&man);
@@ -864,13 +874,15 @@ test_migration_state(void)
     check(drv->flags == 1, "migration_check: the driver says it uses lock state");
     check(state_call("mig", g, ST_ACQUIRE, "m", NULL, NULL) == 0 &&
               state_call("mig", g, ST_INQUIRE, "m", NULL, &s1) == 0 && s1 &&
-              strncmp(s1, "lockd1 ", 7) == 0 && strspn(s1 + 7, "0123456789abcdef: ") ==
-              strlen(s1 + 7),
-          "migration_check: inquire gives the lease's generation (hex, colons, spaces only)");
+              strncmp(s1, "lockd1 ", 7) == 0 &&
+              strspn(s1 + 7, "0123456789abcdef: ") == strlen(s1 + 7),
+          "migration_check: inquire gives the lease's generation (hex, colons, spaces "
+          "only)");
     printf("# state: %s\n", s1 ? s1 : "(none)");
-    check(state_call("mig", g, ST_RELEASE, "m", NULL, &s2) == 0 && s2 && s1 &&
-              strcmp(s1, s2) == 0 && probe("m") == LOCKD_FREE,
-          "migration_check: the release at the switchover gives the same state, and frees");
+    check(
+        state_call("mig", g, ST_RELEASE, "m", NULL, &s2) == 0 && s2 && s1 &&
+            strcmp(s1, s2) == 0 && probe("m") == LOCKD_FREE,
+        "migration_check: the release at the switchover gives the same state, and frees");
     check(state_call("mig", h, ST_ACQUIRE, "m", s2, NULL) == 0 &&
               probe("m") == LOCKD_EXCLUSIVE,
           "migration_check: the destination resumes: nobody held the disk in between");
@@ -883,12 +895,27 @@ test_migration_state(void)
             lockd_lease_release(third);
         lockd_space_close(space);
     }
-    check(state_call("mig", g, ST_ACQUIRE, "m", s3, NULL) < 0 &&
-              error_has("lockd: guest 'mig' refused: disk") &&
-              error_has("changed hands while the guest was paused or migrating") &&
-              last_code == 87 && probe("m") == LOCKD_FREE,
-          "migration_check: a third party held the disk in between: the resume is refused "
-          "and takes nothing");
+    check(
+        state_call("mig", g, ST_ACQUIRE, "m", s3, NULL) < 0 &&
+            error_has("lockd: guest 'mig' refused: disk") &&
+            error_has("changed hands while the guest was paused or migrating") &&
+            last_code == 87 && probe("m") == LOCKD_FREE,
+        "migration_check: a third party held the disk in between: the resume is refused "
+        "and takes nothing");
+    check(state_call("mig", g, ST_ACQUIRE, "m", "lockd1", NULL) < 0 &&
+              error_has("the lock state names no generation for disk") &&
+              probe("m") == LOCKD_FREE,
+          "migration_check: a state that leaves a disk out is refused");
+    {
+        char zero[160];
+
+        snprintf(zero, sizeof(zero), "lockd1 %s:%016x:0", key, 0);
+        check(state_call("mig", g, ST_ACQUIRE, "m", zero, NULL) < 0 &&
+                  error_has("has no holder record to tell whether it changed hands") &&
+                  probe("m") == LOCKD_FREE,
+              "migration_check: a disk whose record could not be read at the pause is "
+              "refused");
+    }
     check(state_call("mig", g, ST_ACQUIRE, "m", "sanlock:xyz:1", NULL) < 0 &&
               error_has("is not lockd's") && probe("m") == LOCKD_FREE,
           "migration_check: a state that is not lockd's is refused");
@@ -897,7 +924,8 @@ test_migration_state(void)
     check(drv->flags == 0 && state_call("mig", g, ST_ACQUIRE, "m", NULL, NULL) == 0 &&
               state_call("mig", g, ST_INQUIRE, "m", NULL, &s1) == 0 && !s1 &&
               state_call("mig", g, ST_RELEASE, "m", NULL, &s1) == 0 && !s1,
-          "migration_check off (the default): no lock state, as libvirt's own lockd plugin");
+          "migration_check off (the default): no lock state, as libvirt's own lockd "
+          "plugin");
     end(g);
     end(h);
 }
