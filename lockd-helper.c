@@ -1957,13 +1957,6 @@ fd_path(int fd, char *buf, size_t size)
 }
 
 /*
- * Whether fd is the lease file of key in the lockspace c showed: on that
- * directory's mount, and named <dir>/<key> now (a memfd, a file of that
- * name elsewhere, or one unlinked since is not).  Without a shown
- * lockspace there is nothing to compare with, and the lease is listed under
- * none (SPACE_NONE).
- */
-/*
  * Whether fd is the disk of a direct lease named disk (disk_len bytes) and
  * key: key is the path's verbatim key, and the path names fd's file (a
  * regular file or a block device) now, symlinks followed as QEMU and
@@ -2036,6 +2029,13 @@ in_named_space(const struct conn *c, int fd, const char *key, const struct statx
             at.stx_dev_minor == stx->stx_dev_minor);
 }
 
+/*
+ * Whether fd is the lease file of key in the lockspace c showed: on that
+ * directory's mount, and named <dir>/<key> now (a memfd, a file of that
+ * name elsewhere, or one unlinked since is not).  Without a shown
+ * lockspace there is nothing to compare with, and the lease is listed under
+ * none (SPACE_NONE).
+ */
 static int
 in_space(const struct conn *c, int fd, const char *key, const struct statx *stx)
 {
