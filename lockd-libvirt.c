@@ -1303,8 +1303,10 @@ guest_acquire(struct guest *g, lockd_conn *conn)
             ;
         if (j < i)
             continue; /* that lockspace was done with resource j */
-        if (g->res[i].dir && space_open(g, g->res[i].dir, g->res[i].named, 1, &own) < 0)
+        if (g->res[i].dir && space_open(g, g->res[i].dir, g->res[i].named, 1, &own) < 0) {
+            r = -1; /* an earlier lockspace's leases go back too */
             goto out;
+        }
         if (own)
             sp = own;
         batch_plan(g, i, &held, conn, sp, &b);

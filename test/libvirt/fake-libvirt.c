@@ -514,6 +514,42 @@ probe_lease(const char *name)
     return r;
 }
 
+/*
+ * A guest whose disk's lockspace was taken and whose <lease> lockspace
+ * cannot be opened (a file where its directory should be) is refused, and
+ * gives back the disk's lease too: all or nothing across lockspaces.
+ */
+static void
+test_all_or_nothing_across_lockspaces(void)
+{
+    struct vlm_manager man;
+    struct vlm_param p[2];
+    char path[256];
+    pid_t g = spawn_guest();
+    int r = -1, fd;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/notadir", dir);
+    f = fopen(path, "w");
+    if (f)
+        fclose(f);
+    use_config("");
+    memset(p, 0, sizeof(p));
+    p[0].type = P_STRING, p[0].key = "path", p[0].value.str = dir;
+    p[1].type = P_STRING, p[1].key = "lockspace", p[1].value.str = (char *)"notadir";
+    if (new_manager(&man, "gx", g) == 0) {
+        r = add_disk(&man, "x", 0);
+        if (r == 0)
+            r = drv->drvAddResource(&man, LEASE, "lease-x", 2, p, 0);
+        if (r == 0)
+            r = drv->drvAcquire(&man, NULL, 0, 0, &fd);
+        drv->drvFree(&man);
+    }
+    check(r < 0 && error_has("cannot open lockspace") && probe("x") == LOCKD_FREE,
+          "a lockspace that cannot be opened refuses the guest and frees its other leases");
+    end(g);
+}
+
 static void
 test_leases(void)
 {
@@ -974,6 +1010,7 @@ main(int argc, char **argv)
     test_lifecycle();
     test_leases();
     test_lost_lease();
+    test_all_or_nothing_across_lockspaces();
     test_direct();
     test_block_devices();
     test_migration_state();
