@@ -1018,7 +1018,9 @@ cmd_key(const struct opts *o, int argc, char **argv)
         for (i = 0; i < argc; i++) {
             printf("%s{\"name\":", i ? "," : "");
             json_str(d[i].name);
-            printf(",\"key\":\"%s\"}", d[i].key);
+            printf(",\"key\":"); /* a SCSI name may hold a backslash */
+            json_str(d[i].key);
+            putchar('}');
         }
         printf("]}\n");
     } else
@@ -1175,7 +1177,9 @@ print_taken(int32_t pid, const struct taken *t, const uint64_t *ids, size_t n)
     for (i = 0; i < n; i++) {
         printf("%s{\"id\":%" PRIu64 ",\"disk\":", i ? "," : "", ids[i]);
         json_str(t[i].disk);
-        printf(",\"key\":\"%s\",\"mode\":\"%s\"}", t[i].key, mode_word(t[i].mode));
+        printf(",\"key\":");
+        json_str(t[i].key);
+        printf(",\"mode\":\"%s\"}", mode_word(t[i].mode));
     }
     printf("]}\n");
 }
@@ -1504,7 +1508,9 @@ who_one(const struct opts *o, const lockd_space *space, lockd_conn *conn,
         if (o->json) {
             printf("{\"disk\":");
             json_str(d->name);
-            printf(",\"key\":\"%s\",\"state\":\"error\",\"error\":", d->key);
+            printf(",\"key\":");
+            json_str(d->key);
+            printf(",\"state\":\"error\",\"error\":");
             json_str(lease_reason(state));
             printf(",\"holders\":[],\"record\":null}");
         }
@@ -1515,7 +1521,9 @@ who_one(const struct opts *o, const lockd_space *space, lockd_conn *conn,
     if (o->json) {
         printf("{\"disk\":");
         json_str(d->name);
-        printf(",\"key\":\"%s\",\"state\":\"%s\",\"holders\":[", d->key, c.state);
+        printf(",\"key\":");
+        json_str(d->key);
+        printf(",\"state\":\"%s\",\"holders\":[", c.state);
     }
     /* Asked about a free disk too: a lease it keeps whose lock is gone
      * shows as LOST. */
