@@ -50,7 +50,7 @@ main(int argc, char **argv)
         return 2;
     }
     while ((e = readdir(d))) {
-        char path[300];
+        char path[sizeof(dirpath) + 256 + 2];
         struct stat st;
         int fd;
 
