@@ -465,7 +465,9 @@ disk_key(const struct opts *o, const lockd_space *space, const char *arg, struct
         d->name = strdup(arg);
         if (!d->name)
             return -ENOMEM;
-        return lockd_key_resource(arg, strlen(arg), d->key);
+        r = lockd_key_resource(arg, strlen(arg), d->key);
+        memcpy(d->list_key, d->key, LOCKD_KEY_SIZE);
+        return r;
     }
     r = disk_path(arg, &d->name);
     if (r < 0)

@@ -1453,6 +1453,17 @@ test_resource(void)
     CTL_EXPECT(&r, 0, "who", "--resource", "rbd:pool/img");
     ASSERT_CONTAINS(r.out, "rbd:pool/img  free");
     res_free(&r);
+    {
+        /* Through the helper, who names a resource's holder. */
+        pid_t helper = helper_start();
+
+        hold(&p, "rbd:pool/img", "--resource", "--name=rbd-guest");
+        CTL_EXPECT(&r, 0, "who", "--resource", "rbd:pool/img");
+        ASSERT_CONTAINS(r.out, "rbd-guest");
+        res_free(&r);
+        ASSERT_INT_EQ(proc_finish(&p), 0);
+        helper_stop(helper);
+    }
 }
 
 /* ------------------------------------------------------------------------
