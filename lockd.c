@@ -3422,6 +3422,18 @@ conn_connect(const char *path)
     return fd;
 }
 
+/* A new connection's state, on its socket sock: nothing shown yet. */
+static void
+conn_init(lockd_conn *c, int sock, int in_place)
+{
+    c->sock = sock;
+    c->broken = 0;
+    c->direct = 0;
+    c->bound = 0;
+    c->in_place = in_place;
+    c->serial = 0;
+}
+
 LOCKD_API int
 lockd_conn_open(const char *path, lockd_conn **ret_conn)
 {
@@ -3444,12 +3456,7 @@ lockd_conn_open(const char *path, lockd_conn **ret_conn)
         free(c);
         return r;
     }
-    c->sock = r;
-    c->broken = 0;
-    c->direct = 0;
-    c->bound = 0;
-    c->in_place = 0;
-    c->serial = 0;
+    conn_init(c, r, 0);
     *ret_conn = c;
     return 0;
 }
@@ -3470,12 +3477,7 @@ lockd_conn_open_in(void *mem, size_t size, const char *path, lockd_conn **ret_co
     r = conn_connect(path);
     if (r < 0)
         return r;
-    c->sock = r;
-    c->broken = 0;
-    c->direct = 0;
-    c->bound = 0;
-    c->in_place = 1;
-    c->serial = 0;
+    conn_init(c, r, 1);
     *ret_conn = c;
     return 0;
 }
