@@ -293,6 +293,7 @@ static void __attribute__((format(printf, 2, 3)))
 log_line(int prio, const char *fmt, ...)
 {
     static char buf[2 * LOCKD_NAME_MAX + 1024], out[4 * sizeof(buf) + 8];
+    static int tty = -1;
     size_t n;
     va_list ap;
 
@@ -302,12 +303,17 @@ log_line(int prio, const char *fmt, ...)
     /* NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized): a false positive */
     (void)vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
-    n = (size_t)snprintf(out, sizeof(out), "<%d>", prio);
+    /* The "<3>" journald reads is noise on a terminal. */
+    if (tty < 0)
+        tty = isatty(STDERR_FILENO);
+    n = tty ? 0 : (size_t)snprintf(out, sizeof(out), "<%d>", prio);
     n = log_escape(out, sizeof(out), n, buf);
     out[n++] = '\n';
     /* One write per line: stderr is unbuffered. */
     (void)fwrite(out, 1, n, stderr);
 }
+
+#define PLURAL(n) ((n) == 1 ? "" : "s")
 
 #define log_err(...)    log_line(3, __VA_ARGS__)
 #define log_warn(...)   log_line(4, __VA_ARGS__)
@@ -1350,9 +1356,10 @@ rdev_overdue(uint32_t k)
     uint32_t i;
 
     log_err("network filesystem (dev %u:%u) did not answer a lock check within %lld ms: "
-            "its %u leases count as lost",
+            "its %u lease%s count%s as lost",
             major(H.rdevs[k].dev), minor(H.rdevs[k].dev),
-            (long long)(H.check_timeout_ns / 1000000), H.rdevs[k].nleases);
+            (long long)(H.check_timeout_ns / 1000000), H.rdevs[k].nleases,
+            PLURAL(H.rdevs[k].nleases), H.rdevs[k].nleases == 1 ? "s" : "");
     for (i = 0; i < H.nlease_slots && H.rdevs[k].nleases; i++)
         if (H.leases[i].gen && H.leases[i].rdev == k + 1)
             lease_mark_lost(i, -ETIMEDOUT);
@@ -2557,8 +2564,9 @@ do_stop(const struct conn *c, const struct proto_req *req)
         owners += H.owners[i].pid && H.owners[i].nleases > 0;
     if (owners > 0 && !req->force)
         return -EBUSY;
-    log_warn("stopping on request of uid %u pid %d: %u guests with %u leases lose their "
-             "protection", c->uid, (int)c->pid, owners, H.nleases);
+    log_warn("stopping on request of uid %u pid %d: %u guest%s with %u lease%s lose%s their "
+             "protection", c->uid, (int)c->pid, owners, PLURAL(owners), H.nleases,
+             PLURAL(H.nleases), owners == 1 ? "s" : "");
     for (i = 0; i < H.nowner_slots; i++)
         if (H.owners[i].pid)
             owner_free(&H.owners[i], "the helper was stopped on request");
@@ -2729,7 +2737,7 @@ on_listen(void)
     int fd = accept4(H.listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
     if (fd < 0 && (errno == EMFILE || errno == ENFILE) && H.reserve[0] >= 0) {
-        log_err("out of file descriptors: %d leases held", (int)H.nleases);
+        log_err("out of file descriptors: %u lease%s held", H.nleases, PLURAL(H.nleases));
         reserve_free();
         fd = accept4(H.listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
     }
@@ -3657,9 +3665,9 @@ static int
 stash_full(void)
 {
     if (!H.store_full_logged)
-        log_warn("fd store full (%u leases): further leases survive a re-exec but not a "
+        log_warn("fd store full (%u lease%s): further leases survive a re-exec but not a "
                  "crash of the helper",
-                 H.store_leases);
+                 H.store_leases, PLURAL(H.store_leases));
     H.store_full_logged = 1;
     changed();
     return -ENOSPC;
@@ -4480,7 +4488,8 @@ do_reexec(void)
         snprintf(old, sizeof(old), "%llu:%d", (unsigned long long)H.stash_name, H.stash_rx);
         setenv("LOCKD_HELPER_OLD_STASH", old, 1);
     }
-    log_notice("re-exec %s: %u owners, %u leases", H.self_path, H.nowners, H.nleases);
+    log_notice("re-exec %s: %u owner%s, %u lease%s", H.self_path, H.nowners,
+               PLURAL(H.nowners), H.nleases, PLURAL(H.nleases));
     fflush(stderr);
     execv(H.self_path, H.argv);
     log_err("re-exec %s failed: %s; carrying on", H.self_path, strerror(errno));
@@ -4577,8 +4586,9 @@ status_send(void)
     H.status_dirty = 0;
     if (!H.notify)
         return;
-    snprintf(msg, sizeof(msg), "STATUS=%u owners, %u leases, %u in fd store%s", H.nowners,
-             H.nleases - H.nlost, H.store_on ? H.store_leases : 0,
+    snprintf(msg, sizeof(msg), "STATUS=%u owner%s, %u lease%s, %u in fd store%s", H.nowners,
+             PLURAL(H.nowners), H.nleases - H.nlost, PLURAL(H.nleases - H.nlost),
+             H.store_on ? H.store_leases : 0,
              H.store_full_logged ? " (full)" : "");
     if (H.nlost)
         snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), ", %u LOST", H.nlost);
@@ -4760,12 +4770,12 @@ usage(FILE *f)
             "Usage: lockd-helper [OPTION]...\n"
             "Hold lockd lease fds for guest processes (see lockd-helper(8)).\n"
             "\n"
-            "  -s, --socket PATH       listen on PATH unless systemd passes a socket\n"
+            "  -S, --socket PATH       listen on PATH unless systemd passes a socket\n"
             "                          (default: $LOCKD_SOCKET, /run/lockd/helper.sock for root,\n"
             "                          $XDG_RUNTIME_DIR/lockd/helper.sock for others)\n"
             "  -m, --socket-mode MODE  permissions of a socket it binds (octal, default 0600)\n"
             "  -t, --timeout SEC       exit after SEC idle seconds with no lease held\n"
-            "  -S, --fd-store-max N    keep leases in systemd's fd store (N: the unit's\n"
+            "      --fd-store-max N    keep leases in systemd's fd store (N: the unit's\n"
             "                          FileDescriptorStoreMax=; the helper stores 2 fds\n"
             "                          whatever the lease count, and needs N >= 3)\n"
             "      --store-leases N    cover at most N leases there (default: all that fit)\n"
@@ -4810,10 +4820,10 @@ static int
 parse_args(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"socket", required_argument, NULL, 's'},
+        {"socket", required_argument, NULL, 'S'},
         {"socket-mode", required_argument, NULL, 'm'},
         {"timeout", required_argument, NULL, 't'},
-        {"fd-store-max", required_argument, NULL, 'S'},
+        {"fd-store-max", required_argument, NULL, 'F'},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
@@ -4831,9 +4841,9 @@ parse_args(int argc, char **argv)
     unsigned long v;
     int c;
 
-    while ((c = getopt_long(argc, argv, "s:m:t:S:vhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "S:m:t:vhV", opts, NULL)) != -1) {
         switch (c) {
-        case 's':
+        case 'S':
             H.socket_path = optarg;
             break;
         case 'm':
@@ -4846,7 +4856,7 @@ parse_args(int argc, char **argv)
                 goto bad;
             H.timeout_sec = (int)v;
             break;
-        case 'S':
+        case 'F':
             if (parse_uint(optarg, 10, 1u << 20, &v) < 0)
                 goto bad;
             H.store_max = (uint32_t)v;
@@ -4898,6 +4908,9 @@ parse_args(int argc, char **argv)
         case 'T':
             exit(self_test());
         default:
+            if (optopt == 's')
+                fprintf(stderr, "lockd-helper: the socket is -S or --socket, as in "
+                                "lockdctl\n");
             usage(stderr);
             exit(64);
         }
@@ -5121,7 +5134,8 @@ main(int argc, char **argv)
     H.idle_since_ns = H.last_watchdog_ns = mono_ns();
     (void)sd_notify(0, "READY=1");
     status_send();
-    log_info("ready: %u owners, %u leases", H.nowners, H.nleases);
+    log_info("ready: %u owner%s, %u lease%s", H.nowners, PLURAL(H.nowners), H.nleases,
+             PLURAL(H.nleases));
     r = run();
     if (H.bound && H.socket_path)
         (void)unlink(H.socket_path);
@@ -5132,8 +5146,9 @@ main(int argc, char **argv)
      * stop job (host shutdown) systemd restarts nothing (SuccessExitStatus=
      * keeps the unit from reading as failed). */
     if (r >= 0 && H.quit_signal && H.store_on && H.nleases > 0) {
-        log_notice("exiting on a signal with %u leases in systemd's fd store: status %d, "
-                   "for a restart that takes them back", H.nleases, EXIT_KEEP);
+        log_notice("exiting on a signal with %u lease%s in systemd's fd store: status %d, "
+                   "for a restart that takes them back", H.nleases, PLURAL(H.nleases),
+                   EXIT_KEEP);
         return EXIT_KEEP;
     }
     return r < 0 ? 1 : 0;

@@ -113,7 +113,9 @@ log_line(int prio, const char *fmt, ...)
     va_start(ap, fmt);
     (void)vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
-    n = (size_t)snprintf(out, sizeof(out), "<%d>lockd-keeper: ", prio);
+    /* The "<3>" journald reads is noise on a terminal. */
+    n = isatty(STDERR_FILENO) ? (size_t)snprintf(out, sizeof(out), "lockd-keeper: ")
+                              : (size_t)snprintf(out, sizeof(out), "<%d>lockd-keeper: ", prio);
     n = log_escape(out, sizeof(out), n, buf);
     out[n++] = '\n';
     /* One write per line (stderr is unbuffered), so that the helper's lines
@@ -355,8 +357,8 @@ store_add(const char *name, const int *fds, size_t n)
         kept++;
     }
     if (kept < n)
-        log_warn("fd store full (%d fds): %zu fds named %s closed, not kept", STORE_MAX,
-                 n - kept, name);
+        log_warn("fd store full (%d fds): %zu fd%s named %s closed, not kept", STORE_MAX,
+                 n - kept, n - kept == 1 ? "" : "s", name);
 }
 
 /* Close every stored fd of that name; the rest keep their order. */
@@ -403,11 +405,12 @@ warn_ignored(const char *why, pid_t pid, uid_t uid, size_t nfds)
     }
     K.warn_tat_ns += WARN_EVERY_NS;
     if (K.warn_dropped)
-        log_warn("notification from pid %d uid %u ignored (%s), %zu fds closed (and %lu "
-                 "more not logged)", (int)pid, (unsigned)uid, why, nfds, K.warn_dropped);
+        log_warn("notification from pid %d uid %u ignored (%s), %zu fd%s closed (and %lu "
+                 "more not logged)", (int)pid, (unsigned)uid, why, nfds, nfds == 1 ? "" : "s",
+                 K.warn_dropped);
     else
-        log_warn("notification from pid %d uid %u ignored (%s), %zu fds closed", (int)pid,
-                 (unsigned)uid, why, nfds);
+        log_warn("notification from pid %d uid %u ignored (%s), %zu fd%s closed", (int)pid,
+                 (unsigned)uid, why, nfds, nfds == 1 ? "" : "s");
     K.warn_dropped = 0;
 }
 

@@ -971,7 +971,7 @@ HELPER_CASE(notify_basics)
     /* Registering the same live process again is harmless. */
     ASSERT_OK(lockd_conn_register(c, g.pid, -1, UUID1, "guest, renamed"));
     ASSERT_OK(hand_over(c, sp, g.pid, &d, NULL));
-    ASSERT_TRUE(FSD_WAIT(s, strcmp(s->status, "1 owners, 2 leases, 0 in fd store") == 0,
+    ASSERT_TRUE(FSD_WAIT(s, strcmp(s->status, "1 owner, 2 leases, 0 in fd store") == 0,
                          5000));
     lockd_conn_close(c);
     guest_end(&g);
