@@ -24,6 +24,7 @@
 #include "lockdctl.h"
 #include "lockd.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -34,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -311,19 +313,70 @@ watch_loop(const struct opts *o, int pidfd, pid_t owner, const char *cmd, struct
     }
 }
 
+/*
+ * Fork a process that runs beside CMD (this process, after its exec) without
+ * being its child: forked twice, so that a CMD that waits for any child
+ * never reaps it.  It keeps stderr for its messages and keepfd; stdin and
+ * stdout go to /dev/null (a pipe CMD writes to ends when CMD does) and every
+ * other fd is closed, lease fds included: closing a copy never unlocks.
+ * Returns 0 in that process, 1 here with *ret_pid its pid (or 0 if it could
+ * not be told), or -errno.
+ */
+static int
+fork_behind(int keepfd, pid_t *ret_pid)
+{
+    pid_t pid, grandchild = 0;
+    int st, pp[2];
+
+    if (pipe2(pp, O_CLOEXEC) < 0)
+        return -errno;
+    pid = fork();
+    if (pid < 0) {
+        close(pp[0]);
+        close(pp[1]);
+        return -errno;
+    }
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+        grandchild = fork();
+        if (grandchild != 0) { /* say who it is, then go */
+            (void)!write(pp[1], &grandchild, sizeof(grandchild));
+            _exit(0);
+        }
+        if (null >= 0) {
+            dup2(null, STDIN_FILENO);
+            dup2(null, STDOUT_FILENO);
+        }
+        if (keepfd > 3)
+            (void)syscall(SYS_close_range, 3u, (unsigned)keepfd - 1, 0u);
+        (void)syscall(SYS_close_range, (unsigned)keepfd + 1, ~0u, 0u);
+        return 0;
+    }
+    close(pp[1]);
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    if (read(pp[0], &grandchild, sizeof(grandchild)) != (ssize_t)sizeof(grandchild) ||
+        grandchild < 0)
+        grandchild = 0;
+    close(pp[0]);
+    *ret_pid = grandchild;
+    return 1;
+}
+
 int
 run_watch_start(const struct opts *o, const lockd_lease *lease, const char *const *names,
                 size_t nnames, const char *cmd)
 {
     size_t n = lockd_lease_count(lease), i;
     struct watched *w = calloc(n ? n : 1, sizeof(*w));
-    pid_t owner = getpid(), pid, watcher = 0;
-    int pidfd, st, pp[2];
+    pid_t owner = getpid(), watcher = 0;
+    int pidfd, r;
 
     if (!w)
         return -ENOMEM;
     for (i = 0; i < n; i++) {
-        int k, r;
+        int k;
 
         w[i].fd = lockd_lease_fd(lease, i);
         w[i].mode = lockd_lease_mode(lease, i);
@@ -349,52 +402,206 @@ run_watch_start(const struct opts *o, const lockd_lease *lease, const char *cons
         free(w);
         return -errno;
     }
-    if (pipe2(pp, O_CLOEXEC) < 0) {
-        close(pidfd);
-        free(w);
-        return -errno;
-    }
-    pid = fork();
-    if (pid < 0) {
-        close(pidfd);
-        close(pp[0]);
-        close(pp[1]);
-        free(w);
-        return -errno;
-    }
-    if (pid == 0) {
-        int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-        pid_t grandchild = fork();
-
-        if (grandchild != 0) { /* tell CMD who watches it, then go */
-            (void)!write(pp[1], &grandchild, sizeof(grandchild));
-            _exit(0);
-        }
-        /* The watcher: stdin and stdout let go (a pipe CMD writes to ends
-         * when CMD does), stderr kept for its one message, and every other
-         * fd closed, lease fds included: closing a copy never unlocks. */
-        if (null >= 0) {
-            dup2(null, STDIN_FILENO);
-            dup2(null, STDOUT_FILENO);
-        }
-        if (pidfd > 3)
-            (void)syscall(SYS_close_range, 3u, (unsigned)pidfd - 1, 0u);
-        (void)syscall(SYS_close_range, (unsigned)pidfd + 1, ~0u, 0u);
+    r = fork_behind(pidfd, &watcher);
+    if (r == 0) {
         prctl(PR_SET_NAME, "lockdctl-watch");
         signal(SIGINT, SIG_IGN); /* a ^C for CMD is not ours */
         watch_loop(o, pidfd, owner, cmd, w, n);
         _exit(0);
     }
     close(pidfd);
-    close(pp[1]);
     free(w);
-    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-        ;
+    if (r < 0)
+        return r;
     /* pidfd_getfd() needs ptrace access to CMD: under Yama's ptrace_scope 1
      * only an ancestor has it, unless CMD names its watcher (which lasts
      * across the exec).  EINVAL: no Yama here. */
-    if (read(pp[0], &watcher, sizeof(watcher)) == (ssize_t)sizeof(watcher) && watcher > 0)
+    if (watcher > 0)
         (void)prctl(PR_SET_PTRACER, (unsigned long)watcher, 0, 0, 0);
-    close(pp[0]);
     return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * A CMD that daemonizes
+ */
+
+/*
+ * With a helper, run's leases belong to CMD's process and end when it
+ * exits.  A CMD that daemonizes (qemu -daemonize, a script that puts its
+ * work in the background) exits at once and leaves a child running the
+ * guest, without its leases.  That child cannot be seen from here (CMD is
+ * this process, not a child of ours), but it can be recognised: CMD starts
+ * with RUN_ENV set to a token of this run, and every process it starts
+ * inherits it in /proc/PID/environ (the environment as it was at exec,
+ * whatever the process did to its variables since).  So a process behind
+ * CMD waits up to ORPHAN_WINDOW_MS for CMD to exit, and if it did, looks for
+ * a process that carries the token and says that it runs unprotected.
+ */
+#define RUN_ENV          "LOCKD_RUN"
+#define ORPHAN_WINDOW_MS 30000
+
+/* Whether /proc/PID/environ (procfd: /proc) holds the entry want: 1, 0,
+ * or -1 when it showed none (a process in the middle of an exec shows an
+ * empty one, as does a kernel thread; one we may not read, too). */
+static int
+environ_has(int procfd, const char *pid, const char *want)
+{
+    char path[sizeof(((struct dirent *)0)->d_name) + 16], *buf = NULL, *p, *end;
+    size_t size = 0, cap = 0, wlen = strlen(want) + 1;
+    ssize_t n;
+    int fd, found = 0;
+
+    snprintf(path, sizeof(path), "%s/environ", pid);
+    fd = openat(procfd, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT || errno == ESRCH ? 0 : -1;
+    for (;;) {
+        if (size == cap) {
+            char *b = cap < (1u << 20) ? realloc(buf, cap ? 2 * cap : 4096) : NULL;
+
+            if (!b)
+                break;
+            buf = b;
+            cap = cap ? 2 * cap : 4096;
+        }
+        n = read(fd, buf + size, cap - size);
+        if (n <= 0)
+            break;
+        size += (size_t)n;
+    }
+    close(fd);
+    for (p = buf, end = buf + size; p && p < end && !found;) {
+        found = (size_t)(end - p) >= wlen && memcmp(p, want, wlen) == 0;
+        p = memchr(p, '\0', (size_t)(end - p));
+        p = p ? p + 1 : NULL;
+    }
+    free(buf);
+    return found ? 1 : size ? 0 : -1;
+}
+
+/* The start time (in clock ticks since boot) and parent of /proc/PID, from
+ * its stat; 0 if it cannot be read. */
+static unsigned long long
+proc_start(int procfd, const char *pid, long *ret_ppid)
+{
+    char path[sizeof(((struct dirent *)0)->d_name) + 16], buf[1024], *p;
+    unsigned long long start = 0;
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof(path), "%s/stat", pid);
+    fd = openat(procfd, path, O_RDONLY | O_CLOEXEC);
+    n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+    if (fd >= 0)
+        close(fd);
+    *ret_ppid = 0;
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    /* After the ")" that ends the name: state ppid ... (field 22: start). */
+    p = strrchr(buf, ')');
+    if (!p || sscanf(p + 1, " %*c %ld %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d "
+                            "%*d %*d %*d %*d %llu",
+                     ret_ppid, &start) != 2)
+        return 0;
+    return start;
+}
+
+/*
+ * Say which processes carrying entry run on (at most 3); how many.  *unsure
+ * is set if a process started since CMD showed no environment: it may be
+ * CMD's child in the middle of an exec, to be looked at again.
+ */
+static int
+orphans_report(pid_t owner, unsigned long long owner_start, const char *cmd,
+               const char *entry, double after, int *unsure)
+{
+    struct dirent *de;
+    DIR *proc = opendir("/proc");
+    char comm[sizeof(de->d_name) + 16];
+    int found = 0;
+
+    *unsure = 0;
+    if (!proc)
+        return 0;
+    while ((de = readdir(proc)) != NULL && found < 3) {
+        char *end;
+        long pid = strtol(de->d_name, &end, 10), ppid;
+        int fd, has;
+        ssize_t n;
+
+        if (*end || pid <= 0 || pid == getpid() || pid == owner)
+            continue;
+        has = environ_has(dirfd(proc), de->d_name, entry);
+        if (has < 0 && proc_start(dirfd(proc), de->d_name, &ppid) >= owner_start &&
+            ppid != 2 /* kthreadd's: a kernel thread */)
+            *unsure = 1;
+        if (has <= 0)
+            continue;
+        snprintf(comm, sizeof(comm), "%s/comm", de->d_name);
+        fd = openat(dirfd(proc), comm, O_RDONLY | O_CLOEXEC);
+        n = fd >= 0 ? read(fd, comm, sizeof(comm) - 1) : -1;
+        if (fd >= 0)
+            close(fd);
+        comm[n > 0 ? n - 1 : 0] = '\0';
+        say("%s (pid %d) exited after %.1f s and left pid %ld (%s) running: its leases "
+            "ended with pid %d, so pid %ld runs unprotected; a command that daemonizes "
+            "needs `lockdctl acquire --pid %ld DISK...` (see lockdctl(1))",
+            cmd, (int)owner, after, pid, comm, (int)owner, pid, pid);
+        found++;
+    }
+    closedir(proc);
+    return found;
+}
+
+static void
+orphan_check(int pidfd, pid_t owner, unsigned long long owner_start, const char *cmd,
+             const char *entry)
+{
+    static const int again_ms[] = {0, 10, 50, 200};
+    struct pollfd p = {.fd = pidfd, .events = POLLIN};
+    struct timespec t0, t1;
+    double after;
+    size_t i;
+    int unsure = 1;
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (poll(&p, 1, ORPHAN_WINDOW_MS) <= 0)
+        return; /* still running, as a guest's process should */
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    after = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    for (i = 0; i < sizeof(again_ms) / sizeof(again_ms[0]) && unsure; i++) {
+        (void)poll(NULL, 0, again_ms[i]);
+        if (orphans_report(owner, owner_start, cmd, entry, after, &unsure) > 0)
+            return;
+    }
+}
+
+int
+run_orphan_check_start(const char *cmd)
+{
+    char entry[96];
+    unsigned long long token = 0, start;
+    pid_t owner = getpid(), pid;
+    long ppid;
+    int pidfd, r;
+
+    if (getrandom(&token, sizeof(token), GRND_NONBLOCK) != (ssize_t)sizeof(token))
+        token ^= (unsigned long long)time(NULL) << 20 ^ (unsigned long long)owner;
+    snprintf(entry, sizeof(entry), "%s=%d.%016llx", RUN_ENV, (int)owner, token);
+    if (putenv(strdup(entry)) != 0)
+        return -ENOMEM;
+    start = proc_start(AT_FDCWD, "/proc/self", &ppid);
+    pidfd = (int)syscall(SYS_pidfd_open, owner, 0);
+    if (pidfd < 0)
+        return -errno;
+    r = fork_behind(pidfd, &pid);
+    if (r == 0) {
+        prctl(PR_SET_NAME, "lockdctl-orphan");
+        signal(SIGINT, SIG_IGN);
+        orphan_check(pidfd, owner, start, cmd, entry);
+        _exit(0);
+    }
+    close(pidfd);
+    return r < 0 ? r : 0;
 }

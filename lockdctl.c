@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -37,6 +38,99 @@
  * Messages
  */
 
+/*
+ * Length of the UTF-8 sequence at p (1-4) if it is a well-formed one of a
+ * character a terminal prints, else 0: a control character (C0, DEL, and
+ * the C1 range U+0080-U+009F, whose CSI rewrites the screen as ESC [ does),
+ * an overlong form, a surrogate or a stray byte.
+ */
+static size_t
+utf8_printable(const unsigned char *p)
+{
+    uint32_t c;
+    size_t n, i;
+
+    if (*p >= 0x20 && *p < 0x7f)
+        return 1;
+    if (*p >= 0xc2 && *p <= 0xdf)
+        n = 2, c = *p & 0x1fu;
+    else if (*p >= 0xe0 && *p <= 0xef)
+        n = 3, c = *p & 0x0fu;
+    else if (*p >= 0xf0 && *p <= 0xf4)
+        n = 4, c = *p & 0x07u;
+    else
+        return 0;
+    for (i = 1; i < n; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        c = c << 6 | (p[i] & 0x3fu);
+    }
+    if (c < 0xa0 || (n == 3 && c < 0x800) || (n == 4 && c < 0x10000) || c > 0x10ffff ||
+        (c >= 0xd800 && c <= 0xdfff))
+        return 0;
+    return n;
+}
+
+/*
+ * s for a terminal: names come from other users (a guest's name handed over
+ * by nobody, a file planted in a world-writable lockspace) and must not
+ * clear root's screen, forge a line or hide in an escape sequence.  Every
+ * byte that is not part of a printable UTF-8 character is written as \xHH
+ * (a backslash stays one: a SCSI name may hold one, and it is harmless).
+ */
+void
+put_text(FILE *f, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)(s ? s : "");
+    size_t n;
+
+    while (*p) {
+        n = utf8_printable(p);
+        if (n > 0)
+            fwrite(p, 1, n, f);
+        else
+            fprintf(f, "\\x%02x", *p);
+        p += n ? n : 1;
+    }
+}
+
+/* put_text() into a new string (NULL when out of memory). */
+char *
+text_escaped(const char *s)
+{
+    char *buf = NULL;
+    size_t size = 0;
+    FILE *f = open_memstream(&buf, &size);
+
+    if (!f)
+        return NULL;
+    put_text(f, s);
+    if (fclose(f) != 0) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+/* The last error said, for the JSON error object of a --json command
+ * (json_finish()); warnings and notes are not errors. */
+static char last_error[1024];
+
+static void
+say(const char *fmt, va_list ap)
+{
+    char *msg = NULL;
+
+    if (vasprintf(&msg, fmt, ap) < 0)
+        msg = NULL;
+    fputs("lockdctl: ", stderr);
+    put_text(stderr, msg ? msg : fmt);
+    fputc('\n', stderr);
+    if (msg && strncmp(msg, "warning: ", 9) != 0 && strncmp(msg, "note: ", 6) != 0)
+        snprintf(last_error, sizeof(last_error), "%s", msg);
+    free(msg);
+}
+
 static void errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 static void
@@ -45,11 +139,9 @@ errorf(const char *fmt, ...)
     va_list ap;
 
     fflush(stdout);
-    fputs("lockdctl: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    say(fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
 }
 
 /* A usage error: the message, a pointer to --help, and EXIT_USAGE. */
@@ -58,11 +150,10 @@ usage_error(const char *fmt, ...)
 {
     va_list ap;
 
-    fputs("lockdctl: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    say(fmt, ap);
     va_end(ap);
-    fputs("\nTry 'lockdctl --help' for more information.\n", stderr);
+    fputs("Try 'lockdctl --help' for more information.\n", stderr);
     return EXIT_USAGE;
 }
 
@@ -73,7 +164,8 @@ is_helper_gone(int r)
 {
     return r == -ECONNREFUSED || r == -ENOENT || r == -ENOTSOCK || r == -ECONNRESET ||
            r == -EPIPE || r == -ETIMEDOUT || r == -EPROTO || r == -EPROTONOSUPPORT ||
-           r == -EACCES || r == -ENOTDIR;
+           r == -EACCES || r == -ENOTDIR || r == -EPROTOTYPE || r == -ENAMETOOLONG ||
+           r == -EAGAIN || r == -ECONNABORTED;
 }
 
 /* Why a lease call failed, in words for the line that names the disk. */
@@ -107,6 +199,18 @@ helper_error(const char *path, int r)
 {
     if (r == -EPROTONOSUPPORT)
         errorf("helper at %s speaks another protocol version", path);
+    else if (r == -EPROTOTYPE)
+        errorf("helper at %s: a stream socket is there, not lockd-helper's "
+               "sequential-packet one: another program's socket, or a wrong --socket",
+               path);
+    else if (r == -ENAMETOOLONG)
+        errorf("helper at %s: the path is longer than a UNIX socket address holds "
+               "(107 bytes); give a shorter --socket",
+               path);
+    else if (r == -EAGAIN)
+        errorf("helper at %s is not accepting connections (its listen queue is full, "
+               "or it hangs); try again, or see lockdctl doctor",
+               path);
     else if (r == -EPROTO)
         errorf("helper at %s sent a malformed reply", path);
     else
@@ -242,17 +346,23 @@ socket_present(const char *path)
  * JSON and tables
  */
 
+/* s as a JSON string: valid UTF-8 whatever bytes s holds (a name handed
+ * over by another user, a file name), so that every parser takes it.  A byte
+ * that is not part of a well-formed character becomes U+FFFD; control
+ * characters, C1 ones included, are escaped. */
 void
 json_str(const char *s)
 {
     const unsigned char *p;
+    size_t n;
 
     if (!s) {
         fputs("null", stdout);
         return;
     }
     putchar('"');
-    for (p = (const unsigned char *)s; *p; p++) {
+    for (p = (const unsigned char *)s; *p; p += n ? n : 1) {
+        n = utf8_printable(p);
         if (*p == '"' || *p == '\\')
             printf("\\%c", *p);
         else if (*p == '\n')
@@ -261,8 +371,12 @@ json_str(const char *s)
             fputs("\\t", stdout);
         else if (*p < 0x20 || *p == 0x7f)
             printf("\\u%04x", *p);
+        else if (n > 0)
+            fwrite(p, 1, n, stdout);
+        else if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] < 0xa0) /* C1 control */
+            printf("\\u%04x", p[1]), n = 2;
         else
-            putchar(*p);
+            fputs("\\ufffd", stdout);
     }
     putchar('"');
 }
@@ -283,17 +397,6 @@ struct table {
     char **cells;
 };
 
-/* Names come from whoever handed a lease over: no control byte of theirs
- * reaches the terminal (a newline would print a fake row, an escape
- * sequence rewrite the screen).  JSON output escapes them instead. */
-static void
-scrub(char *s)
-{
-    for (; s && *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            *s = '?';
-}
-
 static int
 table_add(struct table *t, ...)
 {
@@ -313,9 +416,8 @@ table_add(struct table *t, ...)
     for (i = 0; i < t->ncols; i++) {
         const char *s = va_arg(ap, const char *);
 
-        char *cell = strdup(s && *s ? s : "-");
+        char *cell = text_escaped(s && *s ? s : "-");
 
-        scrub(cell);
         t->cells[t->nrows * t->ncols + i] = cell;
     }
     va_end(ap);
@@ -376,12 +478,50 @@ mode_word(int mode)
  * Opening things, with the message when it fails
  */
 
+/*
+ * A lockspace named by --dir or LOCKD_DIR is created when missing, but only
+ * its last component: a mistyped path ("/var/lib/lokcd/files") must not
+ * become a whole new tree whose leases protect nothing, unseen.  The default
+ * lockspace is created with its parents (a fresh host has none of them).
+ */
+static int
+dir_typo(const struct opts *o, uint32_t flags)
+{
+    char *parent, *slash;
+    struct stat st;
+    int missing;
+
+    if (!(flags & LOCKD_OPEN_CREATE) || !o->dir_given || stat(o->dir, &st) == 0 ||
+        errno != ENOENT)
+        return 0;
+    parent = strdup(o->dir);
+    if (!parent) {
+        errorf("%s", strerror(ENOMEM));
+        return EXIT_FAIL;
+    }
+    slash = strrchr(parent, '/');
+    if (slash == parent)
+        slash[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    missing = stat(parent, &st) < 0 && errno == ENOENT;
+    if (missing)
+        errorf("lockspace %s: no such directory, nor its parent %s (mistyped? create "
+               "it with mkdir -p if it is new)",
+               o->dir, parent);
+    free(parent);
+    return missing ? EXIT_FAIL : 0;
+}
+
 static int
 space_open(const struct opts *o, uint32_t flags, lockd_space **ret)
 {
     lockd_space *probe = NULL;
     int r = no_lockspace(o);
 
+    if (r != 0)
+        return r;
+    r = dir_typo(o, flags);
     if (r != 0)
         return r;
     r = lockd_space_open(o->dir, flags | o->mode_flag, ret);
@@ -588,6 +728,37 @@ disks_parse(const struct opts *o, const lockd_space *space, int argc, char **arg
     return 0;
 }
 
+/*
+ * run and acquire take a lease on a disk image that exists: a mistyped name
+ * ("web1.qcwo2") would be protected while the real image is not.  A disk
+ * that is created after its lease is taken says so with --create-ok; a
+ * resource string names no file; a block device's name needed the device.
+ */
+static int
+disks_exist(const struct opts *o, int argc, char **argv)
+{
+    struct stat st;
+    char *path;
+    int i, missing;
+
+    if (o->create_ok || o->resource || o->direct || o->mode_flag == LOCKD_OPEN_LVM ||
+        o->mode_flag == LOCKD_OPEN_SCSI)
+        return 0;
+    for (i = 0; i < argc; i++) {
+        if (disk_path(argv[i], &path) < 0)
+            continue; /* disks_parse() says why */
+        missing = stat(path, &st) < 0 && (errno == ENOENT || errno == ENOTDIR);
+        if (missing)
+            errorf("%s: no such file (give --create-ok if it is created after its lease "
+                   "is taken)",
+                   path);
+        free(path);
+        if (missing)
+            return EXIT_FAIL;
+    }
+    return 0;
+}
+
 /* The disk's display name for lease i of lease (which sorted and merged the
  * keys): the first disk argument with that key. */
 static const char *
@@ -623,7 +794,6 @@ holder_row(void *userdata, uint64_t id, int mode, const char *key, const char *d
     snprintf(h->text + len, sizeof(h->text) - len, "%s%s%s(pid %d%s%s)",
              h->count ? ", " : "", *name ? name : "", *name ? " " : "", (int)pid,
              *uuid ? ", uuid " : "", uuid);
-    scrub(h->text + len);
     h->count++;
     return 0;
 }
@@ -658,7 +828,6 @@ record_text(const lockd_space *space, const char *key, char *buf, size_t size)
     r = snprintf(buf, size, "%s%s(%s%s%spid %d) on host %s since %s", hi.owner,
                  *hi.owner ? " " : "", *hi.uuid ? "uuid " : "", hi.uuid, *hi.uuid ? ", " : "",
                  (int)hi.pid, *hi.host ? hi.host : "?", since);
-    scrub(buf);
     return r < 0 ? -EINVAL : 0;
 }
 
@@ -896,8 +1065,8 @@ take(const struct opts *o, lockd_space *space, lockd_conn *conn, const struct di
  */
 static int
 hand_over(const struct opts *o, lockd_conn *conn, int32_t pid, int pidfd,
-          const char *name, const struct disk *d, size_t n, lockd_lease *lease,
-          uint64_t *ret_ids)
+          const char *name, const char *uuid, const struct disk *d, size_t n,
+          lockd_lease *lease, uint64_t *ret_ids)
 {
     const char **names = calloc(n, sizeof(*names));
     size_t i;
@@ -911,7 +1080,7 @@ hand_over(const struct opts *o, lockd_conn *conn, int32_t pid, int pidfd,
     /* In the order the keys were given to lockd_acquire() (take()). */
     for (i = 0; i < n; i++)
         names[i] = d[i].name;
-    (void)lockd_lease_set_holder(lease, name, o->uuid, pid, names);
+    (void)lockd_lease_set_holder(lease, name, uuid, pid, names);
     r = lockd_conn_register_on_loss(conn, pid, pidfd, o->uuid, name, o->on_loss, o->on_loss_cmd);
     if (r == 0)
         r = lockd_conn_handoff(conn, pid, lease, names, ret_ids);
@@ -970,8 +1139,11 @@ key_block_names(const struct opts *o, int argc, char **argv)
             printf(",\"key\":");
             json_str(name);
             putchar('}');
-        } else
-            printf("%s  %s\n", name, argv[i]);
+        } else {
+            printf("%s  ", name);
+            put_text(stdout, argv[i]);
+            putchar('\n');
+        }
     }
     if (o->json)
         printf("]}\n");
@@ -1026,8 +1198,14 @@ cmd_key(const struct opts *o, int argc, char **argv)
         }
         printf("]}\n");
     } else
-        for (i = 0; i < argc; i++)
-            printf("%s  %s\n", d[i].key, d[i].name);
+        for (i = 0; i < argc; i++) {
+            /* A resource string is anything: a newline in one must not
+             * forge a line of this output. */
+            put_text(stdout, d[i].key);
+            fputs("  ", stdout);
+            put_text(stdout, d[i].name);
+            putchar('\n');
+        }
     disks_free(d, (size_t)argc);
     return 0;
 }
@@ -1085,6 +1263,11 @@ cmd_run(const struct opts *o, int ndisks, char **disks, char **cmd)
     /* Connect before the lockspace is created, as acquire does: a socket
      * that is there but does not answer fails run (69) without leaving a
      * new lockspace behind.  No socket at all means no helper to use. */
+    r = o->direct ? 0 : no_lockspace(o);
+    if (r == 0)
+        r = disks_exist(o, ndisks, disks);
+    if (r != 0)
+        return r;
     if (socket_present(o->socket) && (r = conn_open(o, &conn)) != 0)
         return r;
     r = o->direct ? 0 : space_open(o, LOCKD_OPEN_CREATE, &space);
@@ -1096,8 +1279,13 @@ cmd_run(const struct opts *o, int ndisks, char **disks, char **cmd)
     r = take(o, space, conn, d, (size_t)ndisks, &lease);
     if (r != 0)
         goto out;
-    if (conn)
-        r = hand_over(o, conn, getpid(), -1, owner, d, (size_t)ndisks, lease, NULL);
+    if (conn) {
+        r = hand_over(o, conn, getpid(), -1, owner, o->uuid, d, (size_t)ndisks, lease,
+                      NULL);
+        /* Only watched for: CMD runs protected all the same. */
+        if (r == 0)
+            (void)run_orphan_check_start(cmd[0]);
+    }
     else if ((r = lease_inherit(lease)) < 0) {
         errorf("%s: cannot pass its lease to %s: %s", d[0].name, cmd[0], strerror(-r));
         lockd_lease_release(lease);
@@ -1190,9 +1378,31 @@ print_taken(int32_t pid, const struct taken *t, const uint64_t *ids, size_t n)
  * acquire --pid PID DISK...: take the leases here and hand them to the
  * helper with PID as their owner; they end when PID exits or release says.
  */
+/* The name and uuid of a registered owner, by pid. */
+struct owner_id {
+    int32_t pid;
+    char name[LOCKD_OWNER_NAME_MAX + 1];
+    char uuid[37];
+};
+
+static int
+owner_known(void *userdata, int32_t pid, uint32_t uid, const char *uuid, const char *name,
+            uint32_t leases)
+{
+    struct owner_id *w = userdata;
+
+    (void)uid, (void)leases;
+    if (pid == w->pid) {
+        snprintf(w->name, sizeof(w->name), "%s", name ? name : "");
+        snprintf(w->uuid, sizeof(w->uuid), "%s", uuid ? uuid : "");
+    }
+    return 0;
+}
+
 static int
 cmd_acquire(const struct opts *o, int argc, char **argv)
 {
+    struct owner_id who = {.pid = o->pid};
     lockd_space *space = NULL;
     lockd_conn *conn = NULL;
     lockd_lease *lease = NULL;
@@ -1218,7 +1428,9 @@ cmd_acquire(const struct opts *o, int argc, char **argv)
                errno == ESRCH ? "no such process" : strerror(errno));
         return EXIT_FAIL;
     }
-    r = conn_open(o, &conn);
+    r = disks_exist(o, argc, argv);
+    if (r == 0)
+        r = conn_open(o, &conn);
     if (r == 0 && !o->direct)
         r = space_open(o, LOCKD_OPEN_CREATE, &space);
     if (r == 0)
@@ -1241,7 +1453,12 @@ cmd_acquire(const struct opts *o, int argc, char **argv)
         t[i].mode = lockd_lease_mode(lease, i);
         t[i].disk = disk_of_key(d, (size_t)argc, t[i].key);
     }
-    r = hand_over(o, conn, o->pid, pidfd, o->name, d, (size_t)argc, lease, ids);
+    /* A second acquire for a guest (a hot-plugged disk) that names no owner
+     * keeps the one it has, in the helper and in the new leases' records. */
+    if (!o->name || !o->uuid)
+        (void)lockd_conn_owners(conn, owner_known, &who);
+    r = hand_over(o, conn, o->pid, pidfd, o->name ? o->name : or_null(who.name),
+                  o->uuid ? o->uuid : or_null(who.uuid), d, (size_t)argc, lease, ids);
     if (r == 0 && o->json)
         print_taken(o->pid, t, ids, n);
 out:
@@ -1360,9 +1577,30 @@ status_row(void *userdata, uint64_t id, int mode, const char *key, const char *d
     return 0;
 }
 
+/* Owners that hold a lease, and those registered that hold none (all of a
+ * guest's leases released, the guest still running). */
+struct owner_count {
+    uint64_t holding, idle;
+};
+
+static int
+owner_counted(void *userdata, int32_t pid, uint32_t uid, const char *uuid, const char *name,
+              uint32_t leases)
+{
+    struct owner_count *c = userdata;
+
+    (void)pid, (void)uid, (void)uuid, (void)name;
+    if (leases > 0)
+        c->holding++;
+    else
+        c->idle++;
+    return 0;
+}
+
 static int
 cmd_status(const struct opts *o, int argc, char **argv)
 {
+    struct owner_count oc = {0, 0};
     struct status_ctx c = {.o = o, .t = {.ncols = 6}};
     uint64_t owners = 0, leases = 0, stored = 0;
     char stuck[8192], *line, *end;
@@ -1376,10 +1614,16 @@ cmd_status(const struct opts *o, int argc, char **argv)
     if (r != 0)
         return r;
     r = lockd_conn_status(conn, &owners, &leases, &stored);
+    /* The total counts owners by the leases they hold: one whose leases
+     * were all released is no guest protected. */
+    if (r == 0)
+        r = lockd_conn_owners(conn, owner_counted, &oc);
+    if (r == 0)
+        owners = oc.holding;
     if (r == 0 && o->json)
-        printf("{\"owners\":%" PRIu64 ",\"leases\":%" PRIu64 ",\"stored\":%" PRIu64
-               ",\"held\":[",
-               owners, leases, stored);
+        printf("{\"owners\":%" PRIu64 ",\"idle_owners\":%" PRIu64 ",\"leases\":%" PRIu64
+               ",\"stored\":%" PRIu64 ",\"held\":[",
+               owners, oc.idle, leases, stored);
     else if (r == 0)
         r = table_add(&c.t, "PID", "NAME", "UUID", "MODE", "DISK", "KEY");
     if (r == 0)
@@ -1404,15 +1648,20 @@ cmd_status(const struct opts *o, int argc, char **argv)
         if (c.rows > 0)
             table_print(&c.t);
         printf("%" PRIu64 " owner%s, %" PRIu64 " lease%s held, %" PRIu64
-               " in systemd's fd store\n",
+               " in systemd's fd store",
                owners, owners == 1 ? "" : "s", leases, leases == 1 ? "" : "s", stored);
+        if (oc.idle)
+            printf(" (and %" PRIu64 " registered owner%s holding none)", oc.idle,
+                   oc.idle == 1 ? "" : "s");
+        putchar('\n');
         for (line = stuck; *line; line = end + 1) {
             end = strchr(line, '\n');
             if (!end)
                 break;
             *end = '\0';
-            scrub(line);
-            printf("stuck filesystem: %s\n", line);
+            fputs("stuck filesystem: ", stdout);
+            put_text(stdout, line);
+            putchar('\n');
         }
     } else {
         helper_error(o->socket, r);
@@ -1580,11 +1829,27 @@ cmd_who(const struct opts *o, int argc, char **argv)
     r = o->direct ? 0 : space_open(o, LOCKD_OPEN_READONLY, &space);
     if (r != 0)
         return r;
-    if (space)
+    if (space && !o->test)
         note_unrecorded(o, space);
     r = disks_parse(o, space, argc, argv, &d);
     if (r != 0)
         goto out;
+    if (o->test) {
+        /* flock(1)'s answer for scripts: 0 when every disk is free, the
+         * conflict status (75) when one is held; nothing printed. */
+        for (i = 0; i < argc; i++) {
+            int32_t pid;
+            int state = probe_disk(space, &d[i], &pid);
+
+            if (state < 0) {
+                errorf("%s: %s", d[i].name, lease_reason(state));
+                worst = EXIT_FAIL;
+            } else if (state != LOCKD_FREE && !worst)
+                worst = o->conflict_code;
+        }
+        r = worst;
+        goto out;
+    }
     /* The helper only adds names to what the lockspace says; one that does
      * not answer is reported, and the states are still true. */
     if (socket_present(o->socket) && (r = lockd_conn_open(o->socket, &conn)) < 0) {
@@ -1666,12 +1931,14 @@ print_help(void)
         "Usage:\n"
         " lockdctl [options] key [--resource] NAME...\n"
         " lockdctl [options] run [--direct] [--shared] [--wait[=SEC]] [-E N] [--name N]\n"
-        "                        [--uuid U] [--on-loss=ACTION] DISK... -- CMD [ARG...]\n"
+        "                        [--uuid U] [--on-loss=ACTION] [--create-ok]\n"
+        "                        DISK... -- CMD [ARG...]\n"
         " lockdctl [options] acquire --pid PID [--direct] [--shared] [--wait[=SEC]]\n"
-        "                            [--name N] [--uuid U] [--on-loss=ACTION] DISK...\n"
+        "                            [--name N] [--uuid U] [--on-loss=ACTION]\n"
+        "                            [--create-ok] DISK...\n"
         " lockdctl [options] release --pid PID [DISK...]\n"
         " lockdctl [options] status\n"
-        " lockdctl [options] who [--direct] DISK...\n"
+        " lockdctl [options] who [--direct] [--test [-E N]] DISK...\n"
         " lockdctl [options] gc\n"
         " lockdctl [options] doctor [--direct DISK...]\n"
         " lockdctl [options] stop-helper [--force]\n"
@@ -1698,12 +1965,15 @@ print_help(void)
         "                              must match the lockspace's\n"
         " -S, --socket PATH          helper socket (default: $LOCKD_SOCKET, or\n"
         "                              /run/lockd/helper.sock for root)\n"
-        " -J, --json                 print JSON (key, status, who, gc, doctor, acquire)\n"
+        " -J, --json                 print JSON (key, status, who, gc, doctor, acquire);\n"
+        "                              on failure, an error object\n"
         " -r, --resource             NAMEs are resource strings, not paths\n"
         " -s, --shared               take shared leases (default: exclusive)\n"
         " -x, --exclusive            take exclusive leases\n"
         " -w, --wait[=SEC]           wait until free (for SEC seconds at most);\n"
         "                              default: fail at once if busy\n"
+        "     --create-ok            run, acquire: take a disk that does not exist yet\n"
+        "     --test                 who: print nothing; exit 0 if all free, 75 if held\n"
         " -E, --conflict-exit-code N exit status when busy (default 75)\n"
         " -p, --pid PID              the process the leases protect\n"
         " -n, --name NAME            owner name shown by status and who\n"
@@ -1733,6 +2003,9 @@ enum {
     OPT_PID = 1u << 4,
     OPT_FORCE = 1u << 5,  /* --force */
     OPT_DIRECT = 1u << 6, /* --direct */
+    OPT_JSON = 1u << 7,   /* --json: not a class getopt sees, a check after it */
+    OPT_CREATE = 1u << 8, /* --create-ok */
+    OPT_TEST = 1u << 9,   /* --test */
 };
 
 static const struct option long_options[] = {
@@ -1753,6 +2026,8 @@ static const struct option long_options[] = {
     {"force", no_argument, NULL, 'f'},
     {"on-loss", required_argument, NULL, 'L'},
     {"direct", no_argument, NULL, 'D'},
+    {"create-ok", no_argument, NULL, 'c'},
+    {"test", no_argument, NULL, 't'},
     {NULL, 0, NULL, 0},
 };
 
@@ -1793,6 +2068,10 @@ option_class(int c)
         return OPT_FORCE;
     case 'D':
         return OPT_DIRECT;
+    case 'c':
+        return OPT_CREATE;
+    case 't':
+        return OPT_TEST;
     default:
         return OPT_GLOBAL;
     }
@@ -1852,15 +2131,17 @@ struct command {
 };
 
 static const struct command commands[] = {
-    {"key", cmd_key, OPT_RESOURCE, 0},
-    {"run", cmd_run_args, OPT_RESOURCE | OPT_LEASE | OPT_CONFLICT | OPT_DIRECT, 1},
+    {"key", cmd_key, OPT_RESOURCE | OPT_JSON, 0},
+    {"run", cmd_run_args, OPT_RESOURCE | OPT_LEASE | OPT_CONFLICT | OPT_DIRECT | OPT_CREATE,
+     1},
     {"acquire", cmd_acquire,
-     OPT_RESOURCE | OPT_LEASE | OPT_PID | OPT_CONFLICT | OPT_DIRECT, 0},
+     OPT_RESOURCE | OPT_LEASE | OPT_PID | OPT_CONFLICT | OPT_DIRECT | OPT_JSON | OPT_CREATE,
+     0},
     {"release", cmd_release, OPT_RESOURCE | OPT_PID, 0},
-    {"status", cmd_status, 0, 0},
-    {"who", cmd_who, OPT_RESOURCE | OPT_DIRECT, 0},
-    {"gc", cmd_gc, 0, 0},
-    {"doctor", cmd_doctor, OPT_DIRECT, 0},
+    {"status", cmd_status, OPT_JSON, 0},
+    {"who", cmd_who, OPT_RESOURCE | OPT_DIRECT | OPT_JSON | OPT_TEST | OPT_CONFLICT, 0},
+    {"gc", cmd_gc, OPT_JSON, 0},
+    {"doctor", cmd_doctor, OPT_DIRECT | OPT_JSON, 0},
     {"stop-helper", cmd_stop_helper, OPT_FORCE, 0},
     {NULL, NULL, 0, 0},
 };
@@ -1929,6 +2210,7 @@ apply_option(struct opts *o, int c, const char *arg)
             return usage_error("--dir: empty path");
         if (disk_path(arg, &o->dir) < 0)
             return usage_error("--dir %s: cannot resolve", arg);
+        o->dir_given = 1;
         return 0;
     case 'k':
         if (strcmp(arg, "verbatim") == 0)
@@ -1967,7 +2249,9 @@ apply_option(struct opts *o, int c, const char *arg)
     case 'w':
     case 'W':
         if (parse_wait(arg, o) < 0)
-            return usage_error("--wait=%s: not a number of seconds", arg);
+            return usage_error(c == 'w' ? "-w %s: not a number of seconds"
+                                        : "--wait=%s: not a number of seconds",
+                               arg);
         return 0;
     case 'E':
         if (parse_int(arg, 0, 255, &v) < 0)
@@ -1978,6 +2262,10 @@ apply_option(struct opts *o, int c, const char *arg)
     case 'p':
         if (parse_int(arg, 1, INT32_MAX, &v) < 0)
             return usage_error("--pid %s: not a process id", arg);
+        /* Last-wins would hand a guest's leases to the wrong process. */
+        if (o->pid && o->pid != (int32_t)v)
+            return usage_error("--pid given twice (%d and %s): the leases have one owner",
+                               (int)o->pid, arg);
         o->pid = (int32_t)v;
         return 0;
     case 'n':
@@ -1995,6 +2283,12 @@ apply_option(struct opts *o, int c, const char *arg)
         return 0;
     case 'D':
         o->direct = 1;
+        return 0;
+    case 'c':
+        o->create_ok = 1;
+        return 0;
+    case 't':
+        o->test = 1;
         return 0;
     case 'L':
         o->on_loss_cmd = NULL;
@@ -2066,6 +2360,73 @@ parse_options(struct opts *o, int argc, char **argv, unsigned allowed, const cha
     return 0;
 }
 
+/*
+ * --json: stdout goes to a memfd while the command runs, so that a command
+ * that fails before printing its document prints a JSON error object
+ * instead of nothing (json_end()): a script reading stdout always gets one
+ * JSON value.  Returns the saved stdout, or -1 (then output goes straight
+ * out, as without --json).
+ */
+static int
+json_begin(void)
+{
+    int m = memfd_create("lockdctl-json", MFD_CLOEXEC), saved;
+
+    if (m < 0)
+        return -1;
+    fflush(stdout);
+    saved = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
+    if (saved < 0 || dup2(m, STDOUT_FILENO) < 0) {
+        if (saved >= 0)
+            close(saved);
+        close(m);
+        return -1;
+    }
+    close(m);
+    return saved;
+}
+
+static int json_error_printed;
+
+/* {"error":{"message":"...","exit":N}} on stdout, once. */
+static void
+json_error(int r)
+{
+    if (json_error_printed || r == 0 || !last_error[0])
+        return;
+    fputs("{\"error\":{\"message\":", stdout);
+    json_str(last_error);
+    printf(",\"exit\":%d}}\n", r);
+    json_error_printed = 1;
+}
+
+/* Undo json_begin(): what the command printed, or the error object if it
+ * failed having printed nothing. */
+static void
+json_end(int saved, int r)
+{
+    char buf[65536];
+    ssize_t n;
+    off_t size = 0;
+    int m;
+
+    fflush(stdout);
+    m = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3); /* the memfd */
+    dup2(saved, STDOUT_FILENO);
+    close(saved);
+    clearerr(stdout);
+    if (m >= 0)
+        size = lseek(m, 0, SEEK_CUR);
+    if (size > 0 && lseek(m, 0, SEEK_SET) == 0) {
+        while ((n = read(m, buf, sizeof(buf))) > 0)
+            fwrite(buf, 1, (size_t)n, stdout);
+        json_error_printed = 1; /* the command's own document says it */
+    } else
+        json_error(r);
+    if (m >= 0)
+        close(m);
+}
+
 static int
 dispatch(struct opts *o, int argc, char **argv)
 {
@@ -2088,10 +2449,37 @@ dispatch(struct opts *o, int argc, char **argv)
         return usage_error(
             "--direct locks disks themselves: it takes no --resource names");
     /* Operands now sit in argv[optind..dd), permuted there by getopt. */
+    if (o->json && !(cmd->allowed & OPT_JSON))
+        return usage_error("option --json does not apply to %s", cmd->name);
     r = names_check(dd - optind, argv + optind);
     if (r != 0)
         return r;
+    if (o->json) {
+        int saved = json_begin();
+
+        r = cmd->fn(o, argc - optind, argv + optind);
+        if (saved >= 0)
+            json_end(saved, r);
+        return r;
+    }
     return cmd->fn(o, argc - optind, argv + optind);
+}
+
+/*
+ * "-w DISK" means "wait, for as long as it takes" (--wait without a
+ * number), not "wait DISK seconds": getopt cannot have an optional argument
+ * in a word of its own, so a -w whose next word does not begin as a number
+ * of seconds is read as --wait.  Options end at "--" (run's command is its own).
+ */
+static void
+wait_spelling(int argc, char **argv)
+{
+    int i;
+
+    for (i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
+        if (strcmp(argv[i], "-w") == 0 &&
+            (i + 1 == argc || !strchr("0123456789.", argv[i + 1][0]) || !argv[i + 1][0]))
+            argv[i] = (char *)"--wait";
 }
 
 int
@@ -2100,7 +2488,11 @@ main(int argc, char **argv)
     struct opts o = {.wait_ms = LOCKD_TRY, .conflict_code = EXIT_BUSY, .on_loss = -1};
     int r;
 
+    wait_spelling(argc, argv);
+    o.dir_given = getenv("LOCKD_DIR") && *getenv("LOCKD_DIR");
     r = parse_options(&o, argc, argv, 0, NULL, 0);
+    if (r > 0 && o.json)
+        json_error(r);
     if (r != 0) {
         free(o.dir);
         free(o.socket);
@@ -2116,6 +2508,8 @@ main(int argc, char **argv)
         return r;
     }
     r = dispatch(&o, argc - optind, argv + optind);
+    if (o.json)
+        json_error(r);
     free(o.dir);
     free(o.socket);
     fflush(stdout);

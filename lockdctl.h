@@ -12,6 +12,7 @@
 #define LOCKDCTL_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 /* Exit statuses (sysexits.h numbers, spelled out so they read as a contract). */
@@ -40,14 +41,25 @@ struct opts {
     int direct; /* --direct: leases on the disks themselves, no lockspace */
     int on_loss;            /* LOCKD_ON_LOSS_*, or -1: not given (the helper's default) */
     const char *on_loss_cmd; /* exec:CMD's CMD */
+    int create_ok;           /* --create-ok: a disk may not exist yet */
+    int test;                /* who --test: the exit status says, nothing printed */
+    int dir_given;           /* --dir or LOCKD_DIR, not the default */
+    int wait_short;          /* the wait was given as -w (for messages) */
 };
 
 /* In lockdctl.c.  A usage error: the message, a pointer to --help, and
  * EXIT_USAGE. */
 int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* In lockdctl.c.  s as a JSON string on stdout; NULL as null. */
+/* In lockdctl.c.  s as a JSON string on stdout, valid UTF-8 whatever bytes
+ * s holds; NULL as null. */
 void json_str(const char *s);
+
+/* In lockdctl.c.  s for a terminal: every byte that is not part of a
+ * printable UTF-8 character (controls, C1 controls, stray bytes) as \xHH.
+ * text_escaped() returns it as a new string, or NULL (out of memory). */
+void put_text(FILE *f, const char *s);
+char *text_escaped(const char *s);
 
 /* In lockdctl.c.  When o->dir is NULL (no --dir, LOCKD_DIR or HOME): the
  * message and EXIT_FAIL, for a command about to open a lockspace; else 0. */
@@ -64,6 +76,12 @@ int socket_present(const char *path);
 struct lockd_lease;
 int run_watch_start(const struct opts *o, const struct lockd_lease *lease,
                     const char *const *names, size_t nnames, const char *cmd);
+
+/* In lockdctl-watch.c.  For `run` with a helper: mark CMD's environment
+ * (LOCKD_RUN) and leave a process behind that, if CMD exits within 30 s
+ * while a process it started (and that carries the mark) runs on, says that
+ * this process runs without the leases.  Returns 0 or -errno. */
+int run_orphan_check_start(const char *cmd);
 
 /* In lockdctl-doctor.c.  The doctor command: 0 when all is well, EXIT_FAIL
  * when a check warns or fails, EXIT_USAGE for operands. */

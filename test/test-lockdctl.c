@@ -312,12 +312,13 @@ proc_line(struct proc *p)
 static void
 hold(struct proc *p, const char *disk, const char *opt1, const char *opt2)
 {
+    /* A name, held whether or not a file has it (--create-ok). */
     if (opt2)
-        spawn(p, "run", opt1, opt2, disk, "--", HOLD_CMD(0), (char *)NULL);
+        spawn(p, "run", "--create-ok", opt1, opt2, disk, "--", HOLD_CMD(0), (char *)NULL);
     else if (opt1)
-        spawn(p, "run", opt1, disk, "--", HOLD_CMD(0), (char *)NULL);
+        spawn(p, "run", "--create-ok", opt1, disk, "--", HOLD_CMD(0), (char *)NULL);
     else
-        spawn(p, "run", disk, "--", HOLD_CMD(0), (char *)NULL);
+        spawn(p, "run", "--create-ok", disk, "--", HOLD_CMD(0), (char *)NULL);
     if (strcmp(proc_line(p), "ready") != 0) {
         char *e = slurp(p->err);
 
@@ -347,6 +348,18 @@ proc_finish(struct proc *p)
 static void
 case_env(void)
 {
+    /* The disks the cases name: run and acquire refuse one that does not
+     * exist (test_missing_disk). */
+    static const char *const disks[] = {"a.img", "b.img", "c.img", "d.img", "iso"};
+    size_t i;
+
+    for (i = 0; i < sizeof(disks) / sizeof(disks[0]); i++) {
+        int fd = open(test_path(disks[i]), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+
+        if (fd < 0)
+            TEST_FAIL("%s: %s", disks[i], strerror(errno));
+        close(fd);
+    }
     setenv("LOCKD_DIR", space_dir(), 1);
     setenv("LOCKD_SOCKET", test_path("h.sock"), 1);
     unsetenv("LOCKD_TEST_MOUNTINFO");
@@ -912,7 +925,7 @@ test_spelling_warnings(void)
     ASSERT_STR_EQ(r.err, "");
     res_free(&r);
     /* run warns too, and still takes the lease. */
-    CTL_EXPECT(&r, 0, "run", "/images//b.qcow2", "--", "true");
+    CTL_EXPECT(&r, 0, "run", "--create-ok", "/images//b.qcow2", "--", "true");
     ASSERT_CONTAINS(r.err, "warning: /images//b.qcow2: spelled with a repeated '/'");
     res_free(&r);
 }
@@ -933,22 +946,22 @@ test_run_index_held(void)
 
     case_env();
     make_lockspace(0);
-    CTL_EXPECT(&r, 0, "run", "/images/old.qcow2", "--", "true");
+    CTL_EXPECT(&r, 0, "run", "--create-ok", "/images/old.qcow2", "--", "true");
     res_free(&r);
     snprintf(index, sizeof(index), "%s/.lockd-index", space_dir());
     fd = open(index, O_RDWR | O_CLOEXEC);
     ASSERT_OK(sys(fd));
     ASSERT_OK(sys(fcntl(fd, F_OFD_SETLK, &fl)));
-    ctl(&r, "run", "--conflict-exit-code", "9", "/images/new.qcow2", "--", "true",
-        (char *)NULL);
+    ctl(&r, "run", "--conflict-exit-code", "9", "--create-ok", "/images/new.qcow2", "--",
+        "true", (char *)NULL);
     ASSERT_INT_EQ(r.status, 75);
     assert_one_line_error(&r, "/images/new.qcow2: cannot take its lease: a gc of the "
                               "lockspace kept its index locked for too long; try again");
     res_free(&r);
-    CTL_EXPECT(&r, 0, "run", "/images/old.qcow2", "--", "true");
+    CTL_EXPECT(&r, 0, "run", "--create-ok", "/images/old.qcow2", "--", "true");
     res_free(&r);
     close(fd);
-    CTL_EXPECT(&r, 0, "run", "/images/new.qcow2", "--", "true");
+    CTL_EXPECT(&r, 0, "run", "--create-ok", "/images/new.qcow2", "--", "true");
     res_free(&r);
 }
 
@@ -994,7 +1007,7 @@ test_stop_helper(void)
 }
 
 /* Names come from whoever handed a lease over: status shows a control byte
- * of theirs as '?', so a newline cannot print a fake row (found by attack). */
+ * of theirs as \xHH, so a newline cannot print a fake row (found by attack). */
 static void
 test_status_scrubs_names(void)
 {
@@ -1009,7 +1022,7 @@ test_status_scrubs_names(void)
     CTL_EXPECT(&r, 0, "acquire", "--pid", spid, "--name", "vm\n66666 fake\x1b[2J", "a.img");
     res_free(&r);
     CTL_EXPECT(&r, 0, "status");
-    ASSERT_CONTAINS(r.out, "vm?66666 fake?[2J");
+    ASSERT_CONTAINS(r.out, "vm\\x0a66666 fake\\x1b[2J");
     ASSERT_TRUE(!strchr(r.out, '\x1b'));
     ASSERT_INT_EQ(lines(r.out), 3); /* the header, one row, the summary */
     res_free(&r);
@@ -1091,7 +1104,7 @@ test_key_mode_mismatch(void)
     ASSERT_CONTAINS(r.err, "canonical");
     ASSERT_CONTAINS(r.err, space_dir());
     res_free(&r);
-    CTL_EXPECT(&r, 1, "--key-mode=canonical", "run", "/a.img", "--", "true");
+    CTL_EXPECT(&r, 1, "--key-mode=canonical", "run", "--create-ok", "/a.img", "--", "true");
     assert_one_line_error(&r, "canonical");
     res_free(&r);
     ASSERT_INT_EQ(lease_files(), 0);
@@ -1179,7 +1192,16 @@ test_usage_errors(void)
     usage_case("no command after '--'", "run", "a.img", "--", (char *)NULL);
     usage_case("--wait=abc", "run", "--wait=abc", "a.img", "--", "true", (char *)NULL);
     usage_case("--wait=-1", "run", "--wait=-1", "a.img", "--", "true", (char *)NULL);
-    usage_case("--wait=1x", "run", "-w", "1x", "a.img", "--", "true", (char *)NULL);
+    usage_case("-w 1x: not a number", "run", "-w", "1x", "a.img", "--", "true",
+               (char *)NULL);
+    usage_case("--wait=1x: not a number", "run", "--wait=1x", "a.img", "--", "true",
+               (char *)NULL);
+    usage_case("--pid given twice", "acquire", "--pid", "1", "-p", "2", "a.img",
+               (char *)NULL);
+    usage_case("--test does not apply to run", "run", "--test", "a.img", "--", "true",
+               (char *)NULL);
+    usage_case("--create-ok does not apply to who", "who", "--create-ok", "a.img",
+               (char *)NULL);
     usage_case("--conflict-exit-code 300", "run", "--conflict-exit-code", "300", "a.img",
                "--", "true", (char *)NULL);
     usage_case("--conflict-exit-code x", "run", "-E", "x", "a.img", "--", "true",
@@ -1447,7 +1469,7 @@ test_resource(void)
     assert_one_line_error(&r, "rbd:pool/img: busy");
     res_free(&r);
     /* As a path it is another lease. */
-    CTL_EXPECT(&r, 0, "run", "rbd:pool/img", "--", "true");
+    CTL_EXPECT(&r, 0, "run", "--create-ok", "rbd:pool/img", "--", "true");
     res_free(&r);
     ASSERT_INT_EQ(proc_finish(&p), 0);
     CTL_EXPECT(&r, 0, "who", "--resource", "rbd:pool/img");
@@ -1566,7 +1588,7 @@ test_who_posix_holder(void)
     ASSERT_JSON(flat, ".disks[0].holders[0].name", "null");
     free(flat);
     res_free(&r);
-    CTL_EXPECT(&r, 75, "run", "/v/disk.img", "--", "true");
+    CTL_EXPECT(&r, 75, "run", "--create-ok", "/v/disk.img", "--", "true");
     ASSERT_CONTAINS(r.err, spid);
     ASSERT_CONTAINS(r.err, "POSIX lock");
     res_free(&r);
@@ -1866,10 +1888,11 @@ test_status_golden(void)
     snprintf(spid_a, sizeof(spid_a), "%d", (int)a);
     snprintf(spid_b, sizeof(spid_b), "%d", (int)b);
     CTL_EXPECT(&r, 0, "acquire", "--pid", spid_a, "--name", "guest-a", "--uuid", UUID_A,
-               "/var/lib/images/guest-a.qcow2", "/var/lib/images/guest-a-data.raw");
+               "--create-ok", "/var/lib/images/guest-a.qcow2",
+               "/var/lib/images/guest-a-data.raw");
     res_free(&r);
     CTL_EXPECT(&r, 0, "acquire", "--pid", spid_b, "--name", "guest-b", "--uuid", UUID_B,
-               "--shared", "/srv/iso/debian-12.iso");
+               "--shared", "--create-ok", "/srv/iso/debian-12.iso");
     res_free(&r);
     CTL_EXPECT(&r, 0, "status");
     r.out = replace(r.out, spid_a, "@A");
@@ -2466,6 +2489,438 @@ test_direct_cli(void)
     res_free(&r);
 }
 
+/* ------------------------------------------------------------------------
+ * Traps a newcomer fell into (issue 12)
+ */
+
+/* A mistyped disk is refused, before anything is created: the lease would
+ * protect a name while the real image is not.  --create-ok takes it. */
+static void
+test_missing_disk(void)
+{
+    char dir[PATH_MAX + 32], spid[16];
+    struct stat st;
+    struct res r;
+    pid_t owner;
+
+    case_env();
+    CTL_EXPECT(&r, 1, "run", "web1.qcwo2", "--", "true");
+    assert_one_line_error(&r, "/web1.qcwo2: no such file (give --create-ok");
+    res_free(&r);
+    ASSERT_TRUE(stat(space_dir(), &st) < 0 && errno == ENOENT);
+    /* A dangling symlink is no disk either. */
+    ASSERT_OK(sys(symlink("gone.img", test_path("link.img"))));
+    CTL_EXPECT(&r, 1, "run", "a.img", "link.img", "--", "true");
+    assert_one_line_error(&r, "/link.img: no such file");
+    res_free(&r);
+    owner = sleeper();
+    snprintf(spid, sizeof(spid), "%d", (int)owner);
+    /* acquire needs no helper to refuse it. */
+    CTL_EXPECT(&r, 1, "acquire", "--pid", spid, "new.img");
+    assert_one_line_error(&r, "/new.img: no such file");
+    res_free(&r);
+    ASSERT_TRUE(stat(space_dir(), &st) < 0 && errno == ENOENT);
+    CTL_EXPECT(&r, 0, "run", "--create-ok", "new.img", "--", "true");
+    res_free(&r);
+    /* A name that is no file needs no switch: --resource. */
+    CTL_EXPECT(&r, 0, "run", "--resource", "rbd:pool/new", "--", "true");
+    res_free(&r);
+    /* A --dir whose parent is missing too is a typo until shown otherwise:
+     * refused, nothing created; its last component alone is created. */
+    snprintf(dir, sizeof(dir), "%s/lokcd/files", test_scratch);
+    CTL_EXPECT(&r, 1, "--dir", dir, "run", "a.img", "--", "true");
+    assert_one_line_error(&r, "no such directory, nor its parent");
+    res_free(&r);
+    ASSERT_TRUE(stat(test_path("lokcd"), &st) < 0 && errno == ENOENT);
+    snprintf(dir, sizeof(dir), "%s/newspace", test_scratch);
+    CTL_EXPECT(&r, 0, "--dir", dir, "run", "a.img", "--", "true");
+    res_free(&r);
+    ASSERT_OK(sys(stat(dir, &st)));
+    kill(owner, SIGKILL);
+    (void)test_wait(owner);
+}
+
+/* A second acquire for a guest that names no owner (a hot-plugged disk)
+ * keeps the guest's name and uuid, in the helper and in the new lease's
+ * holder record. */
+static void
+test_acquire_keeps_identity(void)
+{
+    char spid[16], *flat;
+    pid_t helper, owner;
+    struct res r;
+
+    case_env();
+    helper = helper_start();
+    owner = sleeper();
+    snprintf(spid, sizeof(spid), "%d", (int)owner);
+    CTL_EXPECT(&r, 0, "acquire", "--pid", spid, "--name", "web1", "--uuid", UUID_A,
+               "a.img");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "acquire", "--pid", spid, "b.img");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "status", "--json");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".held#", "2");
+    ASSERT_JSON(flat, ".held[1].name", "web1");
+    ASSERT_JSON(flat, ".held[1].uuid", UUID_A);
+    free(flat);
+    res_free(&r);
+    /* The record says it without the helper. */
+    CTL_EXPECT(&r, 0, "--socket", test_path("none.sock"), "who", "--json", "b.img");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".disks[0].record.owner", "web1");
+    ASSERT_JSON(flat, ".disks[0].record.uuid", UUID_A);
+    free(flat);
+    res_free(&r);
+    /* Release all: the owner is still registered, but holds nothing, and
+     * the totals say so instead of counting it as a guest protected. */
+    CTL_EXPECT(&r, 0, "release", "--pid", spid);
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "status");
+    ASSERT_CONTAINS(r.out, "0 owners, 0 leases held, 0 in systemd's fd store (and 1 "
+                           "registered owner holding none)\n");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "status", "--json");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".owners", "0");
+    ASSERT_JSON(flat, ".idle_owners", "1");
+    free(flat);
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "acquire", "--pid", spid, "c.img");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "status");
+    ASSERT_CONTAINS(r.out, "\n1 owner, 1 lease held, 0 in systemd's fd store\n");
+    res_free(&r);
+    kill(owner, SIGKILL);
+    (void)test_wait(owner);
+    helper_stop(helper);
+}
+
+/* who --test: flock(1)'s answer for scripts, nothing printed. */
+static void
+test_who_test_mode(void)
+{
+    struct proc p;
+    struct res r;
+
+    case_env();
+    make_lockspace(0);
+    CTL_EXPECT(&r, 0, "who", "--test", "a.img");
+    ASSERT_STR_EQ(r.out, "");
+    ASSERT_STR_EQ(r.err, "");
+    res_free(&r);
+    hold(&p, "a.img", "--shared", NULL);
+    CTL_EXPECT(&r, 75, "who", "--test", "b.img", "a.img");
+    ASSERT_STR_EQ(r.out, "");
+    ASSERT_STR_EQ(r.err, "");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "who", "--test", "b.img");
+    res_free(&r);
+    CTL_EXPECT(&r, 3, "who", "--test", "-E", "3", "a.img");
+    res_free(&r);
+    /* Without --test, who answers 0 either way: it reports. */
+    CTL_EXPECT(&r, 0, "who", "a.img");
+    res_free(&r);
+    ASSERT_INT_EQ(proc_finish(&p), 0);
+    CTL_EXPECT(&r, 0, "who", "--test", "a.img");
+    res_free(&r);
+}
+
+/* Whether s is valid UTF-8 (RFC 3629). */
+static int
+utf8_valid(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+
+    while (*p) {
+        uint32_t c;
+        int n, i;
+
+        if (*p < 0x80) {
+            p++;
+            continue;
+        }
+        n = *p >= 0xc2 && *p <= 0xdf ? 2 : *p >= 0xe0 && *p <= 0xef ? 3
+                                       : *p >= 0xf0 && *p <= 0xf4 ? 4 : 0;
+        if (!n)
+            return 0;
+        c = *p & (0xffu >> (n + 1));
+        for (i = 1; i < n; i++) {
+            if ((p[i] & 0xc0) != 0x80)
+                return 0;
+            c = c << 6 | (p[i] & 0x3fu);
+        }
+        if ((n == 3 && c < 0x800) || (n == 4 && (c < 0x10000 || c > 0x10ffff)) ||
+            (c >= 0xd800 && c <= 0xdfff))
+            return 0;
+        p += n;
+    }
+    return 1;
+}
+
+/* Names from other users reach root's terminal and scripts escaped: no
+ * control byte on a terminal, valid UTF-8 in JSON, one line per message. */
+static void
+test_names_escaped(void)
+{
+    static const char evil[] = "vm\n66666 fake\x1b[2J\xff\xfe\xc2\x9b" "1;1H\xc3\xa9";
+    char spid[16];
+    pid_t helper, owner;
+    struct res r;
+
+    case_env();
+    helper = helper_start();
+    owner = sleeper();
+    snprintf(spid, sizeof(spid), "%d", (int)owner);
+    CTL_EXPECT(&r, 0, "acquire", "--pid", spid, "--name", evil, "a.img");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "status", "--json");
+    ASSERT_TRUE(utf8_valid(r.out));
+    free(json_flat(r.out));
+    ASSERT_CONTAINS(r.out,
+                    "\"vm\\n66666 fake\\u001b[2J\\ufffd\\ufffd\\u009b1;1H\xc3\xa9\"");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "who", "--json", "a.img");
+    ASSERT_TRUE(utf8_valid(r.out));
+    free(json_flat(r.out));
+    res_free(&r);
+    /* On a terminal: every byte of a control character or of no character
+     * as \xHH; a printable character (é) as itself. */
+    CTL_EXPECT(&r, 0, "who", "a.img");
+    ASSERT_CONTAINS(r.out, "vm\\x0a66666 fake\\x1b[2J\\xff\\xfe\\xc2\\x9b1;1H\xc3\xa9");
+    ASSERT_INT_EQ(lines(r.out), 2);
+    res_free(&r);
+    /* In a message: the busy line names the holder in one line. */
+    CTL_EXPECT(&r, 75, "run", "a.img", "--", "true");
+    assert_one_line_error(&r, "held exclusively by vm\\x0a66666 fake\\x1b[2J");
+    ASSERT_TRUE(!strchr(r.err, '\x1b'));
+    res_free(&r);
+    /* A resource string with a newline does not forge a line of key. */
+    CTL_EXPECT(&r, 0, "key", "--resource", "pool/a\n0123456789abcdef  /etc/passwd");
+    ASSERT_INT_EQ(lines(r.out), 1);
+    ASSERT_CONTAINS(r.out, "  pool/a\\x0a0123456789abcdef  /etc/passwd\n");
+    res_free(&r);
+    /* A disk name in an error message. */
+    CTL_EXPECT(&r, 1, "run", "x\x1b]0;owned\x07.img", "--", "true");
+    assert_one_line_error(&r, "/x\\x1b]0;owned\\x07.img: no such file");
+    res_free(&r);
+    kill(owner, SIGKILL);
+    (void)test_wait(owner);
+    helper_stop(helper);
+}
+
+/* A --json command that fails prints a JSON error object, so a script that
+ * reads stdout always gets one document. */
+static void
+test_json_errors(void)
+{
+    pid_t helper, owner;
+    char spid[16], *flat;
+    struct proc p;
+    struct res r;
+
+    case_env();
+    /* No lockspace yet. */
+    CTL_EXPECT(&r, 1, "who", "--json", "a.img");
+    flat = json_flat(r.out);
+    ASSERT_CONTAINS(json_get(flat, ".error.message"), "does not exist");
+    ASSERT_JSON(flat, ".error.exit", "1");
+    free(flat);
+    res_free(&r);
+    /* No helper: 69. */
+    CTL_EXPECT(&r, 69, "status", "--json");
+    flat = json_flat(r.out);
+    ASSERT_CONTAINS(json_get(flat, ".error.message"), "no helper at");
+    ASSERT_JSON(flat, ".error.exit", "69");
+    free(flat);
+    res_free(&r);
+    /* A usage error, with --json before the command or after it. */
+    CTL_EXPECT(&r, 64, "--json", "frob");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".error.exit", "64");
+    free(flat);
+    res_free(&r);
+    CTL_EXPECT(&r, 64, "key", "--json");
+    flat = json_flat(r.out);
+    ASSERT_CONTAINS(json_get(flat, ".error.message"), "key: no disk");
+    free(flat);
+    res_free(&r);
+    /* --json on a command that prints no JSON is a usage error. */
+    CTL_EXPECT(&r, 64, "run", "-J", "a.img", "--", "true");
+    flat = json_flat(r.out);
+    ASSERT_CONTAINS(json_get(flat, ".error.message"), "--json does not apply to run");
+    free(flat);
+    res_free(&r);
+    CTL_EXPECT(&r, 64, "--json", "release", "--pid", "1");
+    free(json_flat(r.out));
+    res_free(&r);
+    /* Busy: 75, and the message names the holder. */
+    helper = helper_start();
+    owner = sleeper();
+    snprintf(spid, sizeof(spid), "%d", (int)owner);
+    hold(&p, "a.img", "--name", "web1");
+    CTL_EXPECT(&r, 75, "acquire", "--json", "--pid", spid, "a.img");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".error.exit", "75");
+    ASSERT_CONTAINS(json_get(flat, ".error.message"), "busy: held exclusively by web1");
+    free(flat);
+    res_free(&r);
+    /* who --test --json is no error: the document, and 75. */
+    CTL_EXPECT(&r, 75, "who", "--test", "--json", "a.img");
+    ASSERT_STR_EQ(r.out, "");
+    res_free(&r);
+    ASSERT_INT_EQ(proc_finish(&p), 0);
+    kill(owner, SIGKILL);
+    (void)test_wait(owner);
+    helper_stop(helper);
+}
+
+/* The helper is unreachable (69), with a hint, whatever is in the way. */
+static void
+test_helper_unreachable_kinds(void)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    char longpath[200];
+    struct res r;
+    int fd;
+
+    case_env();
+    /* A stream socket where the helper's should be. */
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", test_path("h.sock"));
+    ASSERT_OK(sys(bind(fd, (struct sockaddr *)&sa, sizeof(sa))));
+    ASSERT_OK(sys(listen(fd, 1)));
+    CTL_EXPECT(&r, 69, "status");
+    assert_one_line_error(&r, "a stream socket is there, not lockd-helper's");
+    res_free(&r);
+    CTL_EXPECT(&r, 69, "run", "a.img", "--", "true");
+    res_free(&r);
+    close(fd);
+    /* A path longer than a socket address. */
+    memset(longpath, 'x', sizeof(longpath) - 1);
+    longpath[0] = '/';
+    longpath[sizeof(longpath) - 1] = '\0';
+    CTL_EXPECT(&r, 69, "--socket", longpath, "status");
+    assert_one_line_error(&r, "longer than a UNIX socket address holds");
+    res_free(&r);
+}
+
+/* "-w DISK" waits for DISK, as --wait would; "-w 5" is five seconds. */
+static void
+test_wait_short_option(void)
+{
+    struct res r;
+
+    case_env();
+    CTL_EXPECT(&r, 0, "run", "-w", "a.img", "--", "true");
+    ASSERT_STR_EQ(r.err, "");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "run", "-w", "5", "a.img", "--", "true");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "run", "-w5", "a.img", "--", "true");
+    res_free(&r);
+}
+
+/* The pid of the process named by "left pid N" in text, or 0. */
+static pid_t
+left_pid(const char *text)
+{
+    const char *p = strstr(text, "left pid ");
+
+    return p ? (pid_t)atoi(p + 9) : 0;
+}
+
+/*
+ * run with a helper: the leases belong to CMD's process, so a CMD that
+ * daemonizes loses them when it exits.  run says so, naming the process
+ * left running; without a helper that process inherited the fds and holds
+ * the lease.
+ */
+static void
+test_run_daemonizes(void)
+{
+    pid_t helper, orphan;
+    struct res r;
+
+    case_env();
+    helper = helper_start();
+    CTL_EXPECT(&r, 0, "run", "a.img", "--", "sh", "-c",
+               "sleep 60 </dev/null >/dev/null 2>&1 & exit 0");
+    orphan = left_pid(r.err);
+    ASSERT_TRUE(orphan > 0);
+    ASSERT_CONTAINS(r.err, ") running: its leases ended with pid");
+    ASSERT_CONTAINS(r.err, "lockdctl acquire --pid");
+    ASSERT_INT_EQ(lines(r.err), 1);
+    res_free(&r);
+    ASSERT_TRUE(WAIT_UNTIL(helper_leases() == 0, 5000));
+    ASSERT_INT_EQ(probe("a.img"), LOCKD_FREE);
+    kill(orphan, SIGKILL);
+    /* A CMD that leaves nothing behind: not a word. */
+    CTL_EXPECT(&r, 0, "run", "a.img", "--", "sh", "-c", "sleep 0 & wait");
+    ASSERT_STR_EQ(r.err, "");
+    res_free(&r);
+    helper_stop(helper);
+    /* No helper: the child holds the lease fds it inherited. */
+    CTL_EXPECT(&r, 0, "run", "a.img", "--", "sh", "-c",
+               "sleep 60 </dev/null >/dev/null 2>&1 & echo $!");
+    orphan = (pid_t)atoi(r.out);
+    ASSERT_TRUE(orphan > 0);
+    ASSERT_STR_EQ(r.err, "");
+    res_free(&r);
+    ASSERT_INT_EQ(probe("a.img"), LOCKD_EXCLUSIVE);
+    kill(orphan, SIGKILL);
+    ASSERT_TRUE(WAIT_UNTIL(probe("a.img") == LOCKD_FREE, 5000));
+}
+
+/* lockd-helper's command line agrees with lockdctl's (-S is the socket in
+ * both), and its "<N>" priority prefixes, for journald, stay off a
+ * terminal. */
+static void
+test_helper_cli(void)
+{
+    char *argv[] = {helper_path, "-S", (char *)test_path("h.sock"), "-t", "1", NULL};
+    char *bad[] = {helper_path, "-s", (char *)test_path("h.sock"), NULL};
+    char buf[4096];
+    int master, slave;
+    size_t len = 0;
+    ssize_t n;
+    pid_t pid;
+
+    case_env();
+    fflush(NULL);
+    pid = fork();
+    if (pid == 0)
+        child_exec(bad, -1, -1, out_file("bad.err"));
+    ASSERT_INT_EQ(test_wait(pid), 64);
+    {
+        char *e = slurp("bad.err");
+
+        ASSERT_CONTAINS(e, "the socket is -S or --socket, as in lockdctl");
+        free(e);
+    }
+    ASSERT_OK(sys(openpty(&master, &slave, NULL, NULL, NULL)));
+    fflush(NULL);
+    pid = fork();
+    if (pid == 0)
+        child_exec(argv, -1, -1, slave);
+    close(slave);
+    /* -t 1: it exits after a second with nothing held; read until then. */
+    while (len < sizeof(buf) - 1 &&
+           (n = read(master, buf + len, sizeof(buf) - 1 - len)) != 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            break;
+        len += (size_t)n;
+    }
+    buf[len] = '\0';
+    close(master);
+    ASSERT_INT_EQ(test_wait(pid), 0);
+    ASSERT_CONTAINS(buf, "ready: 0 owners, 0 leases");
+    ASSERT_TRUE(!strstr(buf, "<6>") && !strchr(buf, '<'));
+}
+
 int
 main(int argc, char **argv)
 {
@@ -2518,6 +2973,15 @@ main(int argc, char **argv)
     TEST_RUN(test_doctor_cluster_filesystems);
     TEST_RUN(test_doctor_helper_refuses);
     TEST_RUN(test_direct_cli);
+    TEST_RUN(test_missing_disk);
+    TEST_RUN(test_acquire_keeps_identity);
+    TEST_RUN(test_who_test_mode);
+    TEST_RUN(test_names_escaped);
+    TEST_RUN(test_json_errors);
+    TEST_RUN(test_helper_unreachable_kinds);
+    TEST_RUN(test_wait_short_option);
+    TEST_RUN(test_run_daemonizes);
+    TEST_RUN(test_helper_cli);
     TEST_RUN(test_block_modes_cli);
     return test_done();
 }
