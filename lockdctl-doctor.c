@@ -303,10 +303,20 @@ doc_filesystem(struct doctor *doc, const lockd_space *space)
     doc->fs_network = fs_is_network(m.fstype);
     if (strcmp(m.fstype, "ocfs2") == 0)
         ocfs2_stack(stack, sizeof(stack));
-    if (strncmp(m.fstype, "nfs", 3) == 0 &&
-        (has_option(m.options, "nolock", NULL, 0) ||
-         (has_option(m.options, "local_lock", val, sizeof(val)) &&
-          (strcmp(val, "posix") == 0 || strcmp(val, "all") == 0))))
+    /* An overlay's files are inodes of its own: an OFD lock taken through
+     * it and one taken on the lower (or upper) directory's file, or through
+     * another overlay of the same lower, do not conflict (fcntl(2) locks are
+     * per inode). */
+    if (strcmp(m.fstype, "overlay") == 0)
+        doc_say(doc, DOC_ERROR, "filesystem",
+                "overlay: the lockspace is reached through an overlay filesystem, whose "
+                "locks do not conflict with locks on the directory beneath it, so one "
+                "disk can be granted twice: put the lockspace on the lower/real "
+                "filesystem, not through an overlay");
+    else if (strncmp(m.fstype, "nfs", 3) == 0 &&
+             (has_option(m.options, "nolock", NULL, 0) ||
+              (has_option(m.options, "local_lock", val, sizeof(val)) &&
+               (strcmp(val, "posix") == 0 || strcmp(val, "all") == 0))))
         doc_say(doc, DOC_WARNING, "filesystem",
                 "%s from %s is mounted %s%s: LOCKS ARE LOCAL TO THIS HOST. Other hosts "
                 "do not "

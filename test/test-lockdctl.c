@@ -2355,6 +2355,56 @@ test_doctor_helper_refuses(void)
     close(fd);
 }
 
+/*
+ * The lockspace reached through an overlay mount (a real one, in a private
+ * mount namespace): doctor calls it an error.  What for is shown too: a
+ * lease taken through the overlay excludes a second one taken through it,
+ * but not one taken in the lower directory, so one disk is granted twice.
+ */
+static void
+test_doctor_overlay(void)
+{
+    char lower[PATH_MAX], opts[3 * PATH_MAX + 64], key[LOCKD_KEY_SIZE];
+    lockd_lease *a = NULL, *b = NULL, *c = NULL;
+    lockd_space *over = NULL, *under = NULL;
+    struct doc d;
+
+    case_env();
+    snprintf(lower, sizeof(lower), "%s", test_path("lower"));
+    xmkdir(lower);
+    xmkdir(test_path("upper"));
+    xmkdir(test_path("work"));
+    xmkdir(space_dir());
+    /* The lockspace, with disk's lease file, is in the lower directory. */
+    key_of("disk", key);
+    ASSERT_OK(lockd_space_open(lower, LOCKD_OPEN_CREATE, &under));
+    ASSERT_OK(acquire1(under, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &a));
+    ASSERT_OK(lockd_lease_release(a));
+    a = NULL;
+    snprintf(opts, sizeof(opts), "lowerdir=%s,upperdir=%s,workdir=%s", lower,
+             test_path("upper"), test_path("work"));
+    ASSERT_OK(unshare(CLONE_NEWNS) < 0 ? -errno : 0);
+    ASSERT_OK(mount("none", "/", "none", MS_REC | MS_PRIVATE, NULL) < 0 ? -errno : 0);
+    ASSERT_OK(sys(mount("overlay", space_dir(), "overlay", 0, opts)));
+    doctor(&d, 1);
+    assert_doc_line(&d, "error", "filesystem", "reached through an overlay");
+    assert_doc_line(&d, "error", "filesystem",
+                    "one disk can be granted twice: put the lockspace on the lower/real "
+                    "filesystem, not through an overlay");
+    ASSERT_CONTAINS(d.r.out, "1 error, 0 warnings");
+    doc_free(&d);
+
+    ASSERT_OK(lockd_space_open(space_dir(), 0, &over));
+    ASSERT_OK(acquire1(over, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &a));
+    ASSERT_ERR(acquire1(over, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &c), EAGAIN);
+    ASSERT_OK(acquire1(under, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &b));
+    ASSERT_OK(lockd_lease_release(b));
+    ASSERT_OK(lockd_lease_release(a));
+    lockd_space_close(over);
+    lockd_space_close(under);
+    ASSERT_OK(umount(space_dir()) < 0 ? -errno : 0);
+}
+
 /* ------------------------------------------------------------------------
  * main
  */
@@ -2517,6 +2567,7 @@ main(int argc, char **argv)
     TEST_RUN(test_doctor_canonical_on_nfs);
     TEST_RUN(test_doctor_cluster_filesystems);
     TEST_RUN(test_doctor_helper_refuses);
+    TEST_RUN(test_doctor_overlay);
     TEST_RUN(test_direct_cli);
     TEST_RUN(test_block_modes_cli);
     return test_done();
