@@ -552,6 +552,76 @@ doc_helper_probe(struct doctor *doc, const lockd_space *ro, lockd_conn *conn)
                 strerror(-r));
 }
 
+/* Whether a socket listens at path in this network namespace, from
+ * /proc/net/unix: 1 yes, 0 no (or not known). */
+static int
+unix_listening(const char *path)
+{
+    FILE *fp = fopen("/proc/net/unix", "re");
+    char *line = NULL;
+    size_t cap = 0;
+    int found = 0;
+
+    while (fp && !found && getline(&line, &cap, fp) > 0) {
+        unsigned long flags;
+        int n = -1;
+
+        /* "Num RefCount Protocol Flags Type St Inode Path"; the header line
+         * fails the scan.  __SO_ACCEPTCON (1 << 16) in Flags: listening. */
+        if (sscanf(line, "%*s %*x %*x %lx %*x %*x %*u %n", &flags, &n) < 1 || n < 0)
+            continue;
+        line[strcspn(line, "\n")] = '\0';
+        found = (flags & (1UL << 16)) && strcmp(line + n, path) == 0;
+    }
+    free(line);
+    if (fp)
+        fclose(fp);
+    return found;
+}
+
+/* The helper's socket refused this user (EACCES: a 0600 socket of root's,
+ * or a directory on its path this user may not search): that is no sign
+ * of a dead helper, and says nothing wrong with the lockspace. */
+static void
+doc_helper_denied(struct doctor *doc, const char *path)
+{
+    char mode[96] = "";
+    struct stat st;
+
+    if (stat(path, &st) == 0)
+        snprintf(mode, sizeof(mode), " (socket mode %04o, owner uid %u)",
+                 (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid);
+    if (unix_listening(path))
+        doc_say(doc, DOC_NOTE, "helper",
+                "a helper is running at %s but you may not talk to it%s: run doctor as "
+                "root to check it",
+                path, mode);
+    else
+        doc_say(doc, DOC_NOTE, "helper",
+                "you may not connect to %s%s, so whether a helper answers there is not "
+                "known: run doctor as root to check it",
+                path, mode);
+}
+
+/* Nothing answers at path (ECONNREFUSED): a socket file with no helper
+ * listening is a stale one; anything else is no socket at all. */
+static void
+doc_helper_refused(struct doctor *doc, const char *path)
+{
+    struct stat st;
+
+    if (stat(path, &st) == 0 && !S_ISSOCK(st.st_mode))
+        doc_say(doc, DOC_ERROR, "helper",
+                "%s is not a socket, so no helper answers there: remove it, or name the "
+                "helper's socket with --socket",
+                path);
+    else
+        doc_say(doc, DOC_ERROR, "helper",
+                "%s is a stale socket: no helper answers there (connection refused); "
+                "start lockd-helper, which replaces it",
+                path);
+}
+
 static void
 doc_helper(struct doctor *doc, const lockd_space *space)
 {
@@ -574,13 +644,20 @@ doc_helper(struct doctor *doc, const lockd_space *space)
         return;
     }
     r = lockd_conn_open(path, &conn);
+    if (r == -EACCES || r == -EPERM) {
+        doc_helper_denied(doc, path);
+        return;
+    }
+    if (r == -ECONNREFUSED) {
+        doc_helper_refused(doc, path);
+        return;
+    }
     if (r == 0)
         r = lockd_conn_status(conn, &owners, &leases, &stored);
     if (r < 0) {
         lockd_conn_close(conn);
         doc_say(doc, DOC_ERROR, "helper",
-                "%s exists but no helper answers there: %s (is lockd-helper running? a "
-                "stale socket file?)",
+                "%s exists but no helper answers there: %s (is lockd-helper running?)",
                 path, strerror(-r));
         return;
     }
@@ -631,54 +708,90 @@ doc_fds(struct doctor *doc)
                 (unsigned long)rl.rlim_cur, (unsigned long)rl.rlim_max);
 }
 
-/* Lease files: held, unused (stale), and anything planted under a key name. */
+/* What doc_leases() found in the directory. */
+struct lease_count {
+    unsigned long held, stale, planted, leftovers;
+    unsigned long unreadable; /* lease files this user may not open (0600, root's) */
+    unsigned long failed;     /* probed with another error, the last in err */
+    int err;
+};
+
+/* One directory entry into c. */
+static void
+lease_count_one(const lockd_space *space, const char *name, struct lease_count *c)
+{
+    int s;
+
+    if (strncmp(name, SETTINGS_NAME ".", sizeof(SETTINGS_NAME)) == 0 ||
+        strncmp(name, ".lockd-doctor.", 14) == 0)
+        c->leftovers++;
+    if (!lockd_key_valid(name))
+        return;
+    s = lockd_probe(space, name, NULL);
+    if (s == LOCKD_FREE)
+        c->stale++;
+    else if (s == LOCKD_SHARED || s == LOCKD_EXCLUSIVE)
+        c->held++;
+    else if (s == -ELOOP || s == -EISDIR || s == -ENXIO)
+        c->planted++;
+    else if (s == -EACCES || s == -EPERM)
+        c->unreadable++;
+    else if (s < 0) {
+        c->failed++;
+        c->err = -s;
+    }
+}
+
+/* Lease files: held, unused (stale), and anything planted under a key name;
+ * those this user cannot open are counted as such, never left out. */
 static void
 doc_leases(struct doctor *doc, const lockd_space *space)
 {
-    unsigned long held = 0, stale = 0, planted = 0, leftovers = 0;
+    struct lease_count c = {0};
+    unsigned long total;
     struct dirent *de;
+    char unread[160] = "";
     int fd = openat(lockd_space_fd(space), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     DIR *d = fd < 0 ? NULL : fdopendir(fd);
 
     if (!d) {
+        int e = errno;
+
         if (fd >= 0)
             close(fd);
-        doc_say(doc, DOC_ERROR, "leases", "cannot list the lockspace: %s",
-                strerror(errno));
+        doc_say(doc, DOC_ERROR, "leases", "cannot list the lockspace: %s%s", strerror(e),
+                e == EACCES ? " (its lease files are not counted: run doctor as root)"
+                            : "");
         return;
     }
-    while ((de = readdir(d))) {
-        int s;
-
-        if (strncmp(de->d_name, SETTINGS_NAME ".", sizeof(SETTINGS_NAME)) == 0 ||
-            strncmp(de->d_name, ".lockd-doctor.", 14) == 0)
-            leftovers++;
-        if (!lockd_key_valid(de->d_name))
-            continue;
-        s = lockd_probe(space, de->d_name, NULL);
-        if (s == LOCKD_FREE)
-            stale++;
-        else if (s == LOCKD_SHARED || s == LOCKD_EXCLUSIVE)
-            held++;
-        else if (s == -ELOOP || s == -EISDIR || s == -ENXIO)
-            planted++;
-    }
+    while ((de = readdir(d)))
+        lease_count_one(space, de->d_name, &c);
     closedir(d);
-    if (planted)
+    if (c.planted)
         doc_say(
             doc, DOC_ERROR, "leases",
             "%lu entries named like leases are not regular files (planted symlinks, "
             "directories or FIFOs): no lease of those disks can be taken; remove them",
-            planted);
-    if (leftovers)
+            c.planted);
+    if (c.failed)
+        doc_say(doc, DOC_WARNING, "leases", "%lu lease file%s could not be checked: %s",
+                c.failed, c.failed == 1 ? "" : "s", strerror(c.err));
+    if (c.leftovers)
         doc_say(doc, DOC_NOTE, "leases",
                 "%lu temporary files left by an interrupted lockd (%s.*, "
                 ".lockd-doctor.*) may "
                 "be removed",
-                leftovers, SETTINGS_NAME);
-    doc_say(doc, DOC_OK, "leases", "%lu lease file%s: %lu held, %lu unused%s",
-            held + stale, held + stale == 1 ? "" : "s", held, stale,
-            stale ? " (harmless; lockdctl gc removes them)" : "");
+                c.leftovers, SETTINGS_NAME);
+    total = c.held + c.stale + c.unreadable + c.failed;
+    if (c.unreadable)
+        snprintf(unread, sizeof(unread),
+                 " (%lu unreadable to you: whether they are held is not known; run "
+                 "doctor as root)",
+                 c.unreadable);
+    doc_say(doc, c.unreadable ? DOC_NOTE : DOC_OK, "leases",
+            "%lu lease file%s%s: %lu held, %lu unused%s", total, total == 1 ? "" : "s",
+            unread, c.held, c.stale,
+            c.stale ? " (harmless; lockdctl gc removes them)" : "");
 }
 
 /*

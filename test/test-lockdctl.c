@@ -2350,9 +2350,15 @@ test_doctor_helper_refuses(void)
     snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", test_path("h.sock"));
     ASSERT_OK(bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno : 0);
     doctor(&d, 1);
-    assert_doc_line(&d, "error", "helper", "no helper answers there");
+    assert_doc_line(&d, "error", "helper", "is a stale socket: no helper answers there");
     doc_free(&d);
     close(fd);
+    /* Not a socket at all: never called a stale one. */
+    ASSERT_OK(sys(unlink(test_path("h.sock"))));
+    write_file(test_path("h.sock"), "");
+    doctor(&d, 1);
+    assert_doc_line(&d, "error", "helper", "is not a socket, so no helper answers there");
+    doc_free(&d);
 }
 
 /*
@@ -2403,6 +2409,56 @@ test_doctor_overlay(void)
     lockd_space_close(over);
     lockd_space_close(under);
     ASSERT_OK(umount(space_dir()) < 0 ? -errno : 0);
+}
+
+/*
+ * doctor as another user than the lockspace's and the helper's: the lease
+ * files it may not open are counted as such (never "0 lease files"), and a
+ * helper behind a 0600 socket is running, not stale; only a socket nobody
+ * listens on is.
+ */
+static void
+test_doctor_as_nobody(void)
+{
+    char dir[PATH_MAX], sock[PATH_MAX];
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct res r;
+    pid_t helper;
+    int fd;
+
+    case_env();
+    snprintf(dir, sizeof(dir), "%s", space_dir());
+    snprintf(sock, sizeof(sock), "%s", test_path("h.sock"));
+    make_lockspace(0);
+    make_lease_files(10);
+    helper = helper_start();
+    ctl_how(&r, CTL_NOBODY, "--dir", dir, "--socket", sock, "doctor", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 1); /* the directory is not writable for nobody */
+    ASSERT_CONTAINS(r.out, "\nnote     leases     10 lease files (10 unreadable to you: "
+                           "whether they are held is not known; run doctor as root)");
+    ASSERT_CONTAINS(r.out, "\nnote     helper     a helper is running at");
+    ASSERT_CONTAINS(r.out, "but you may not talk to it (socket mode 0600, owner uid 0): "
+                           "run doctor as root");
+    ASSERT_TRUE(strstr(r.out, "stale") == NULL);
+    res_free(&r);
+    helper_stop(helper);
+
+    /* A socket file nobody listens on: stale for root; for nobody, who may
+     * not connect to it, not known. */
+    (void)unlink(sock);
+    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", test_path("h.sock"));
+    ASSERT_OK(bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno : 0);
+    ASSERT_OK(sys(chmod(sock, 0600)));
+    ctl_how(&r, CTL_NOBODY, "--dir", dir, "--socket", sock, "doctor", (char *)NULL);
+    ASSERT_CONTAINS(r.out, "\nnote     helper     you may not connect to");
+    ASSERT_CONTAINS(r.out, "whether a helper answers there is not known");
+    res_free(&r);
+    CTL_EXPECT(&r, 1, "doctor");
+    ASSERT_CONTAINS(r.out, "\nerror    helper     ");
+    ASSERT_CONTAINS(r.out, "is a stale socket: no helper answers there");
+    res_free(&r);
+    close(fd);
 }
 
 /* ------------------------------------------------------------------------
@@ -2568,6 +2624,7 @@ main(int argc, char **argv)
     TEST_RUN(test_doctor_cluster_filesystems);
     TEST_RUN(test_doctor_helper_refuses);
     TEST_RUN(test_doctor_overlay);
+    TEST_RUN(test_doctor_as_nobody);
     TEST_RUN(test_direct_cli);
     TEST_RUN(test_block_modes_cli);
     return test_done();
