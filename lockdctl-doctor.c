@@ -3,9 +3,11 @@
  * lockdctl-doctor.c: `lockdctl doctor`, which checks a lockspace and the
  * helper and says what is wrong, in words an admin can act on.
  *
- * The checks, in order: the directory; the settings file and key mode; the
- * filesystem type, and the NFS and CIFS mount options that make locks local to
- * one host (read from /proc/self/mountinfo); whether OFD locks work there;
+ * The checks, in order: the directory, who may write to it and who owns what
+ * lockd trusts there; the settings file and key mode; the filesystem type (an
+ * overlay's locks miss the directory beneath it), and the NFS and CIFS mount
+ * options that make locks local to one host (read from /proc/self/mountinfo);
+ * whether OFD locks work there;
  * whether the helper answers; the fd limits; and the lease files, held, unused
  * or planted.  It changes nothing.  The rest of lockdctl is in lockdctl.c;
  * what the two share is in lockdctl.h.  See lockdctl(1).
@@ -39,6 +41,8 @@ struct doctor {
     int fs_network; /* the lockspace is on a filesystem other hosts see */
 };
 
+static int on_nfs(const char *dir);
+
 static void doc_say(struct doctor *doc, int level, const char *check, const char *fmt,
                     ...) __attribute__((format(printf, 4, 5)));
 
@@ -65,13 +69,83 @@ doc_say(struct doctor *doc, int level, const char *check, const char *fmt, ...)
     doc->count++;
 }
 
-/* The directory: there, a directory, writable. Returns 0 if the other checks
- * can look inside it. */
+/*
+ * A directory anyone may write to.  Without the sticky bit any user can
+ * rename or remove a lease another process holds, and a second holder then
+ * gets the disk.  With it (mode 1777, as /tmp) they cannot touch what is
+ * there, but can still create a disk's key before its first lease: a
+ * symlink or FIFO lockd refuses, or a file of their own they keep locked
+ * (or that fs.protected_regular forbids root to open); that disk is blocked
+ * either way.
+ */
+static void
+doc_dir_mode(struct doctor *doc, const struct stat *st)
+{
+    const char *dir = doc->o->dir;
+
+    doc_say(doc, DOC_WARNING, "directory",
+            "%s is writable by everyone (mode %04o): any user can %splant a file or "
+            "symlink at a disk's key and block that disk: chmod 0755 %s",
+            dir, (unsigned)(st->st_mode & 07777),
+            st->st_mode & S_ISVTX ? "" : "rename or remove a held lease, or ", dir);
+}
+
+/*
+ * What lockd trusts in the directory must belong to the user who uses it
+ * (or to root): its owner can undo the lock from outside.  NFS with
+ * root_squash gives root's files to the overflow user (nobody), whom every
+ * client's nobody then is.  Returns how many were owned by someone else.
+ */
+static int
+doc_owners(struct doctor *doc, int nfs)
+{
+    static const struct {
+        const char *name, *harm;
+    } trusted[] = {
+        {".", "rename or remove a held lease, and a second holder then gets the disk"},
+        {SETTINGS_NAME, "change the key mode, and one disk then has two keys"},
+        {".lockd-index", "keep its lock, and no new lease can be taken"},
+    };
+    const char *dir = doc->o->dir;
+    uid_t me = geteuid();
+    struct stat st;
+    size_t i;
+    int dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC), n = 0;
+
+    for (i = 0; dfd >= 0 && i < sizeof(trusted) / sizeof(trusted[0]); i++) {
+        if (fstatat(dfd, trusted[i].name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+            st.st_uid == me || st.st_uid == 0)
+            continue;
+        n++;
+        if (me == 0)
+            doc_say(doc, DOC_WARNING, "directory",
+                    "%s%s%s is owned by uid %u, not root: that user can %s: chown "
+                    "root:root %s%s%s%s",
+                    dir, i ? "/" : "", i ? trusted[i].name : "", (unsigned)st.st_uid,
+                    trusted[i].harm, dir, i ? "/" : "", i ? trusted[i].name : "",
+                    nfs ? " (NFS root_squash does this: export the lockspace with "
+                          "no_root_squash, or chown it on the server)"
+                        : "");
+        else
+            doc_say(doc, DOC_WARNING, "directory",
+                    "%s%s%s is owned by uid %u, neither you (uid %u) nor root: that "
+                    "user can %s: use a lockspace of your own",
+                    dir, i ? "/" : "", i ? trusted[i].name : "", (unsigned)st.st_uid,
+                    (unsigned)me, trusted[i].harm);
+    }
+    if (dfd >= 0)
+        close(dfd);
+    return n;
+}
+
+/* The directory: there, a directory, writable, by whom.  Returns 0 if the
+ * other checks can look inside it. */
 static int
 doc_directory(struct doctor *doc)
 {
     const char *dir = doc->o->dir;
     struct stat st;
+    int said = 0;
 
     if (stat(dir, &st) < 0) {
         if (errno == ENOENT)
@@ -94,12 +168,15 @@ doc_directory(struct doctor *doc)
                       "taken exclusively"
                     : "%s is not writable for you: no lease can be created",
                 dir);
-        return 0;
+        said = 1;
     }
-    if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
-        doc_say(doc, DOC_WARNING, "directory",
-                "%s is writable by everyone: any user can delete or plant leases", dir);
-    else
+    if (st.st_mode & S_IWOTH) {
+        doc_dir_mode(doc, &st);
+        said = 1;
+    }
+    if (doc_owners(doc, on_nfs(dir)) > 0)
+        said = 1;
+    if (!said)
         doc_say(doc, DOC_OK, "directory", "%s exists and is writable", dir);
     return 0;
 }
@@ -230,6 +307,17 @@ mount_find(const char *path, struct mount_info *ret)
     free(line);
     fclose(fp);
     return found;
+}
+
+/* Whether dir is on NFS, by the mount that holds it. */
+static int
+on_nfs(const char *dir)
+{
+    char real[PATH_MAX];
+    struct mount_info m;
+
+    return realpath(dir, real) && mount_find(real, &m) == 0 &&
+           strncmp(m.fstype, "nfs", 3) == 0;
 }
 
 /* Whether the comma-separated list opts has option (or option=..., and then
@@ -713,6 +801,8 @@ struct lease_count {
     unsigned long held, stale, planted, leftovers;
     unsigned long unreadable; /* lease files this user may not open (0600, root's) */
     unsigned long failed;     /* probed with another error, the last in err */
+    unsigned long foreign;    /* owned by neither this user nor root; one is uid */
+    uid_t uid;
     int err;
 };
 
@@ -720,6 +810,7 @@ struct lease_count {
 static void
 lease_count_one(const lockd_space *space, const char *name, struct lease_count *c)
 {
+    struct stat st;
     int s;
 
     if (strncmp(name, SETTINGS_NAME ".", sizeof(SETTINGS_NAME)) == 0 ||
@@ -727,6 +818,11 @@ lease_count_one(const lockd_space *space, const char *name, struct lease_count *
         c->leftovers++;
     if (!lockd_key_valid(name))
         return;
+    if (fstatat(lockd_space_fd(space), name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        S_ISREG(st.st_mode) && st.st_uid != geteuid() && st.st_uid != 0) {
+        c->foreign++;
+        c->uid = st.st_uid;
+    }
     s = lockd_probe(space, name, NULL);
     if (s == LOCKD_FREE)
         c->stale++;
@@ -773,6 +869,13 @@ doc_leases(struct doctor *doc, const lockd_space *space)
             "%lu entries named like leases are not regular files (planted symlinks, "
             "directories or FIFOs): no lease of those disks can be taken; remove them",
             c.planted);
+    if (c.foreign)
+        doc_say(doc, DOC_WARNING, "leases",
+                "%lu lease file%s owned by uid %u, neither you nor root: that user can "
+                "keep them locked and block those disks: %s%s%s",
+                c.foreign, c.foreign == 1 ? " is" : "s are", (unsigned)c.uid,
+                geteuid() == 0 ? "chown root:root " : "use a lockspace of your own",
+                geteuid() == 0 ? doc->o->dir : "", geteuid() == 0 ? "/*" : "");
     if (c.failed)
         doc_say(doc, DOC_WARNING, "leases", "%lu lease file%s could not be checked: %s",
                 c.failed, c.failed == 1 ? "" : "s", strerror(c.err));

@@ -2361,6 +2361,45 @@ test_doctor_helper_refuses(void)
     doc_free(&d);
 }
 
+/* Two paths for an operation as_nobody() runs. */
+struct two_paths {
+    const char *from, *to;
+};
+
+static int
+op_rename(void *arg)
+{
+    const struct two_paths *t = arg;
+
+    return rename(t->from, t->to) < 0 ? errno : 0;
+}
+
+static int
+op_symlink(void *arg)
+{
+    const struct two_paths *t = arg;
+
+    return symlink(t->from, t->to) < 0 ? errno : 0;
+}
+
+/* Run fn(arg) in a child as uid and gid 65534 (nobody); its errno, or 0. */
+static int
+as_nobody(int (*fn)(void *), void *arg)
+{
+    pid_t pid;
+
+    fflush(NULL);
+    pid = fork();
+    if (pid < 0)
+        TEST_FAIL("fork: %s", strerror(errno));
+    if (pid == 0) {
+        if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
+            _exit(122);
+        _exit(fn(arg));
+    }
+    return test_wait(pid);
+}
+
 /*
  * The lockspace reached through an overlay mount (a real one, in a private
  * mount namespace): doctor calls it an error.  What for is shown too: a
@@ -2409,6 +2448,113 @@ test_doctor_overlay(void)
     lockd_space_close(over);
     lockd_space_close(under);
     ASSERT_OK(umount(space_dir()) < 0 ? -errno : 0);
+}
+
+/*
+ * A lockspace owned by another user than root (as NFS root_squash leaves
+ * it: nobody): a warning, with the fix, for the directory, its settings
+ * file and its lease files.  What for is shown too: that user renames a
+ * held lease away, and a second holder gets the disk.
+ */
+static void
+test_doctor_foreign_owner(void)
+{
+    char key[LOCKD_KEY_SIZE], path[PATH_MAX + 80], moved[PATH_MAX + 80];
+    struct two_paths t = {path, moved};
+    lockd_lease *lease = NULL;
+    lockd_space *space;
+    struct doc d;
+
+    case_env();
+    make_lockspace(0);
+    make_lease_files(2);
+    ASSERT_OK(sys(chmod(test_scratch, 0711)));
+    ASSERT_OK(sys(chown(space_dir(), 65534, 65534)));
+    doctor(&d, 1);
+    assert_doc_line(&d, "warning", "directory", "is owned by uid 65534, not root");
+    assert_doc_line(&d, "warning", "directory",
+                    "a second holder then gets the disk: chown root:root");
+    ASSERT_CONTAINS(d.r.out, "0 errors, 1 warning\n");
+    ASSERT_TRUE(strstr(d.r.out, "root_squash") == NULL);
+    doc_free(&d);
+
+    ctl_key("/gc/0", key);
+    snprintf(path, sizeof(path), "%s/%s", space_dir(), key);
+    snprintf(moved, sizeof(moved), "%s/moved", space_dir());
+    space = space_open();
+    ASSERT_OK(acquire1(space, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &lease));
+    ASSERT_INT_EQ(try_elsewhere(key, LOCKD_EXCLUSIVE), -EAGAIN);
+    ASSERT_INT_EQ(as_nobody(op_rename, &t), 0);
+    ASSERT_INT_EQ(try_elsewhere(key, LOCKD_EXCLUSIVE), 0);
+    ASSERT_OK(lockd_lease_release(lease));
+    lockd_space_close(space);
+    ASSERT_OK(sys(rename(moved, path)));
+
+    /* On NFS, where root_squash makes it so, the fix says that too. */
+    fake_nfs("rw,vers=4.2,local_lock=none");
+    doctor(&d, 1);
+    assert_doc_line(&d, "warning", "directory", "NFS root_squash");
+    doc_free(&d);
+    unsetenv("LOCKD_TEST_MOUNTINFO");
+    ASSERT_OK(sys(chown(space_dir(), 0, 0)));
+    ASSERT_OK(sys(chown(test_path("ls/.lockd-lockspace"), 65534, 65534)));
+    ASSERT_OK(sys(chown(path, 65534, 65534)));
+    doctor(&d, 1);
+    assert_doc_line(&d, "warning", "directory",
+                    "/.lockd-lockspace is owned by uid 65534, not root: that user can "
+                    "change the key mode");
+    assert_doc_line(&d, "warning", "leases",
+                    "1 lease file is owned by uid 65534, neither you nor root");
+    ASSERT_CONTAINS(d.r.out, "0 errors, 2 warnings\n");
+    doc_free(&d);
+    ASSERT_OK(sys(chown(test_path("ls/.lockd-lockspace"), 0, 0)));
+    ASSERT_OK(sys(chown(path, 0, 0)));
+    doctor(&d, 0);
+    assert_doc_line(&d, "ok", "directory", "exists and is writable");
+    doc_free(&d);
+}
+
+/*
+ * A lockspace anyone may write to, sticky (1777) or not: a warning with the
+ * fix.  What for is shown too: nobody plants a symlink at a disk's key in
+ * the sticky directory, and no lease of that disk can be taken.
+ */
+static void
+test_doctor_world_writable(void)
+{
+    char key[LOCKD_KEY_SIZE], path[PATH_MAX + 80];
+    struct two_paths t = {"/dev/null", path};
+    struct doc d;
+    struct res r;
+
+    case_env();
+    make_lockspace(0);
+    ASSERT_OK(sys(chmod(test_scratch, 0711)));
+    ASSERT_OK(sys(chmod(space_dir(), 01777)));
+    doctor(&d, 1);
+    assert_doc_line(&d, "warning", "directory", "is writable by everyone (mode 1777)");
+    assert_doc_line(&d, "warning", "directory",
+                    "any user can plant a file or symlink at a disk's key and block that "
+                    "disk: chmod 0755");
+    ASSERT_CONTAINS(d.r.out, "0 errors, 1 warning\n");
+    doc_free(&d);
+
+    ctl_key("/gc/0", key);
+    snprintf(path, sizeof(path), "%s/%s", space_dir(), key);
+    ASSERT_INT_EQ(as_nobody(op_symlink, &t), 0);
+    CTL_EXPECT(&r, 1, "run", "/gc/0", "--", "true");
+    ASSERT_CONTAINS(r.err, "a symlink is planted");
+    res_free(&r);
+    ASSERT_OK(sys(unlink(path)));
+
+    ASSERT_OK(sys(chmod(space_dir(), 0777)));
+    doctor(&d, 1);
+    assert_doc_line(&d, "warning", "directory",
+                    "(mode 0777): any user can rename or remove a held lease, or plant");
+    doc_free(&d);
+    ASSERT_OK(sys(chmod(space_dir(), 0755)));
+    doctor(&d, 0);
+    doc_free(&d);
 }
 
 /*
@@ -2624,6 +2770,8 @@ main(int argc, char **argv)
     TEST_RUN(test_doctor_cluster_filesystems);
     TEST_RUN(test_doctor_helper_refuses);
     TEST_RUN(test_doctor_overlay);
+    TEST_RUN(test_doctor_foreign_owner);
+    TEST_RUN(test_doctor_world_writable);
     TEST_RUN(test_doctor_as_nobody);
     TEST_RUN(test_direct_cli);
     TEST_RUN(test_block_modes_cli);
