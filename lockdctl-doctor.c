@@ -3,9 +3,11 @@
  * lockdctl-doctor.c: `lockdctl doctor`, which checks a lockspace and the
  * helper and says what is wrong, in words an admin can act on.
  *
- * The checks, in order: the directory; the settings file and key mode; the
- * filesystem type, and the NFS and CIFS mount options that make locks local to
- * one host (read from /proc/self/mountinfo); whether OFD locks work there;
+ * The checks, in order: the directory, who may write to it and who owns what
+ * lockd trusts there; the settings file and key mode; the filesystem type (an
+ * overlay's locks miss the directory beneath it), and the NFS and CIFS mount
+ * options that make locks local to one host (read from /proc/self/mountinfo);
+ * whether OFD locks work there;
  * whether the helper answers; the fd limits; and the lease files, held, unused
  * or planted.  It changes nothing.  The rest of lockdctl is in lockdctl.c;
  * what the two share is in lockdctl.h.  See lockdctl(1).
@@ -39,6 +41,8 @@ struct doctor {
     int fs_network; /* the lockspace is on a filesystem other hosts see */
 };
 
+static int on_nfs(const char *dir);
+
 static void doc_say(struct doctor *doc, int level, const char *check, const char *fmt,
                     ...) __attribute__((format(printf, 4, 5)));
 
@@ -65,13 +69,83 @@ doc_say(struct doctor *doc, int level, const char *check, const char *fmt, ...)
     doc->count++;
 }
 
-/* The directory: there, a directory, writable. Returns 0 if the other checks
- * can look inside it. */
+/*
+ * A directory anyone may write to.  Without the sticky bit any user can
+ * rename or remove a lease another process holds, and a second holder then
+ * gets the disk.  With it (mode 1777, as /tmp) they cannot touch what is
+ * there, but can still create a disk's key before its first lease: a
+ * symlink or FIFO lockd refuses, or a file of their own they keep locked
+ * (or that fs.protected_regular forbids root to open); that disk is blocked
+ * either way.
+ */
+static void
+doc_dir_mode(struct doctor *doc, const struct stat *st)
+{
+    const char *dir = doc->o->dir;
+
+    doc_say(doc, DOC_WARNING, "directory",
+            "%s is writable by everyone (mode %04o): any user can %splant a file or "
+            "symlink at a disk's key and block that disk: chmod 0755 %s",
+            dir, (unsigned)(st->st_mode & 07777),
+            st->st_mode & S_ISVTX ? "" : "rename or remove a held lease, or ", dir);
+}
+
+/*
+ * What lockd trusts in the directory must belong to the user who uses it
+ * (or to root): its owner can undo the lock from outside.  NFS with
+ * root_squash gives root's files to the overflow user (nobody), whom every
+ * client's nobody then is.  Returns how many were owned by someone else.
+ */
+static int
+doc_owners(struct doctor *doc, int nfs)
+{
+    static const struct {
+        const char *name, *harm;
+    } trusted[] = {
+        {".", "rename or remove a held lease, and a second holder then gets the disk"},
+        {SETTINGS_NAME, "change the key mode, and one disk then has two keys"},
+        {".lockd-index", "keep its lock, and no new lease can be taken"},
+    };
+    const char *dir = doc->o->dir;
+    uid_t me = geteuid();
+    struct stat st;
+    size_t i;
+    int dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC), n = 0;
+
+    for (i = 0; dfd >= 0 && i < sizeof(trusted) / sizeof(trusted[0]); i++) {
+        if (fstatat(dfd, trusted[i].name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+            st.st_uid == me || st.st_uid == 0)
+            continue;
+        n++;
+        if (me == 0)
+            doc_say(doc, DOC_WARNING, "directory",
+                    "%s%s%s is owned by uid %u, not root: that user can %s: chown "
+                    "root:root %s%s%s%s",
+                    dir, i ? "/" : "", i ? trusted[i].name : "", (unsigned)st.st_uid,
+                    trusted[i].harm, dir, i ? "/" : "", i ? trusted[i].name : "",
+                    nfs ? " (NFS root_squash does this: export the lockspace with "
+                          "no_root_squash, or chown it on the server)"
+                        : "");
+        else
+            doc_say(doc, DOC_WARNING, "directory",
+                    "%s%s%s is owned by uid %u, neither you (uid %u) nor root: that "
+                    "user can %s: use a lockspace of your own",
+                    dir, i ? "/" : "", i ? trusted[i].name : "", (unsigned)st.st_uid,
+                    (unsigned)me, trusted[i].harm);
+    }
+    if (dfd >= 0)
+        close(dfd);
+    return n;
+}
+
+/* The directory: there, a directory, writable, by whom.  Returns 0 if the
+ * other checks can look inside it. */
 static int
 doc_directory(struct doctor *doc)
 {
     const char *dir = doc->o->dir;
     struct stat st;
+    int said = 0;
 
     if (stat(dir, &st) < 0) {
         if (errno == ENOENT)
@@ -94,12 +168,15 @@ doc_directory(struct doctor *doc)
                       "taken exclusively"
                     : "%s is not writable for you: no lease can be created",
                 dir);
-        return 0;
+        said = 1;
     }
-    if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
-        doc_say(doc, DOC_WARNING, "directory",
-                "%s is writable by everyone: any user can delete or plant leases", dir);
-    else
+    if (st.st_mode & S_IWOTH) {
+        doc_dir_mode(doc, &st);
+        said = 1;
+    }
+    if (doc_owners(doc, on_nfs(dir)) > 0)
+        said = 1;
+    if (!said)
         doc_say(doc, DOC_OK, "directory", "%s exists and is writable", dir);
     return 0;
 }
@@ -232,6 +309,17 @@ mount_find(const char *path, struct mount_info *ret)
     return found;
 }
 
+/* Whether dir is on NFS, by the mount that holds it. */
+static int
+on_nfs(const char *dir)
+{
+    char real[PATH_MAX];
+    struct mount_info m;
+
+    return realpath(dir, real) && mount_find(real, &m) == 0 &&
+           strncmp(m.fstype, "nfs", 3) == 0;
+}
+
 /* Whether the comma-separated list opts has option (or option=..., and then
  * its value is copied to val). */
 static int
@@ -303,10 +391,20 @@ doc_filesystem(struct doctor *doc, const lockd_space *space)
     doc->fs_network = fs_is_network(m.fstype);
     if (strcmp(m.fstype, "ocfs2") == 0)
         ocfs2_stack(stack, sizeof(stack));
-    if (strncmp(m.fstype, "nfs", 3) == 0 &&
-        (has_option(m.options, "nolock", NULL, 0) ||
-         (has_option(m.options, "local_lock", val, sizeof(val)) &&
-          (strcmp(val, "posix") == 0 || strcmp(val, "all") == 0))))
+    /* An overlay's files are inodes of its own: an OFD lock taken through
+     * it and one taken on the lower (or upper) directory's file, or through
+     * another overlay of the same lower, do not conflict (fcntl(2) locks are
+     * per inode). */
+    if (strcmp(m.fstype, "overlay") == 0)
+        doc_say(doc, DOC_ERROR, "filesystem",
+                "overlay: the lockspace is reached through an overlay filesystem, whose "
+                "locks do not conflict with locks on the directory beneath it, so one "
+                "disk can be granted twice: put the lockspace on the lower/real "
+                "filesystem, not through an overlay");
+    else if (strncmp(m.fstype, "nfs", 3) == 0 &&
+             (has_option(m.options, "nolock", NULL, 0) ||
+              (has_option(m.options, "local_lock", val, sizeof(val)) &&
+               (strcmp(val, "posix") == 0 || strcmp(val, "all") == 0))))
         doc_say(doc, DOC_WARNING, "filesystem",
                 "%s from %s is mounted %s%s: LOCKS ARE LOCAL TO THIS HOST. Other hosts "
                 "do not "
@@ -542,6 +640,76 @@ doc_helper_probe(struct doctor *doc, const lockd_space *ro, lockd_conn *conn)
                 strerror(-r));
 }
 
+/* Whether a socket listens at path in this network namespace, from
+ * /proc/net/unix: 1 yes, 0 no (or not known). */
+static int
+unix_listening(const char *path)
+{
+    FILE *fp = fopen("/proc/net/unix", "re");
+    char *line = NULL;
+    size_t cap = 0;
+    int found = 0;
+
+    while (fp && !found && getline(&line, &cap, fp) > 0) {
+        unsigned long flags;
+        int n = -1;
+
+        /* "Num RefCount Protocol Flags Type St Inode Path"; the header line
+         * fails the scan.  __SO_ACCEPTCON (1 << 16) in Flags: listening. */
+        if (sscanf(line, "%*s %*x %*x %lx %*x %*x %*u %n", &flags, &n) < 1 || n < 0)
+            continue;
+        line[strcspn(line, "\n")] = '\0';
+        found = (flags & (1UL << 16)) && strcmp(line + n, path) == 0;
+    }
+    free(line);
+    if (fp)
+        fclose(fp);
+    return found;
+}
+
+/* The helper's socket refused this user (EACCES: a 0600 socket of root's,
+ * or a directory on its path this user may not search): that is no sign
+ * of a dead helper, and says nothing wrong with the lockspace. */
+static void
+doc_helper_denied(struct doctor *doc, const char *path)
+{
+    char mode[96] = "";
+    struct stat st;
+
+    if (stat(path, &st) == 0)
+        snprintf(mode, sizeof(mode), " (socket mode %04o, owner uid %u)",
+                 (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid);
+    if (unix_listening(path))
+        doc_say(doc, DOC_NOTE, "helper",
+                "a helper is running at %s but you may not talk to it%s: run doctor as "
+                "root to check it",
+                path, mode);
+    else
+        doc_say(doc, DOC_NOTE, "helper",
+                "you may not connect to %s%s, so whether a helper answers there is not "
+                "known: run doctor as root to check it",
+                path, mode);
+}
+
+/* Nothing answers at path (ECONNREFUSED): a socket file with no helper
+ * listening is a stale one; anything else is no socket at all. */
+static void
+doc_helper_refused(struct doctor *doc, const char *path)
+{
+    struct stat st;
+
+    if (stat(path, &st) == 0 && !S_ISSOCK(st.st_mode))
+        doc_say(doc, DOC_ERROR, "helper",
+                "%s is not a socket, so no helper answers there: remove it, or name the "
+                "helper's socket with --socket",
+                path);
+    else
+        doc_say(doc, DOC_ERROR, "helper",
+                "%s is a stale socket: no helper answers there (connection refused); "
+                "start lockd-helper, which replaces it",
+                path);
+}
+
 static void
 doc_helper(struct doctor *doc, const lockd_space *space)
 {
@@ -564,13 +732,20 @@ doc_helper(struct doctor *doc, const lockd_space *space)
         return;
     }
     r = lockd_conn_open(path, &conn);
+    if (r == -EACCES || r == -EPERM) {
+        doc_helper_denied(doc, path);
+        return;
+    }
+    if (r == -ECONNREFUSED) {
+        doc_helper_refused(doc, path);
+        return;
+    }
     if (r == 0)
         r = lockd_conn_status(conn, &owners, &leases, &stored);
     if (r < 0) {
         lockd_conn_close(conn);
         doc_say(doc, DOC_ERROR, "helper",
-                "%s exists but no helper answers there: %s (is lockd-helper running? a "
-                "stale socket file?)",
+                "%s exists but no helper answers there: %s (is lockd-helper running?)",
                 path, strerror(-r));
         return;
     }
@@ -621,54 +796,105 @@ doc_fds(struct doctor *doc)
                 (unsigned long)rl.rlim_cur, (unsigned long)rl.rlim_max);
 }
 
-/* Lease files: held, unused (stale), and anything planted under a key name. */
+/* What doc_leases() found in the directory. */
+struct lease_count {
+    unsigned long held, stale, planted, leftovers;
+    unsigned long unreadable; /* lease files this user may not open (0600, root's) */
+    unsigned long failed;     /* probed with another error, the last in err */
+    unsigned long foreign;    /* owned by neither this user nor root; one is uid */
+    uid_t uid;
+    int err;
+};
+
+/* One directory entry into c. */
+static void
+lease_count_one(const lockd_space *space, const char *name, struct lease_count *c)
+{
+    struct stat st;
+    int s;
+
+    if (strncmp(name, SETTINGS_NAME ".", sizeof(SETTINGS_NAME)) == 0 ||
+        strncmp(name, ".lockd-doctor.", 14) == 0)
+        c->leftovers++;
+    if (!lockd_key_valid(name))
+        return;
+    if (fstatat(lockd_space_fd(space), name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        S_ISREG(st.st_mode) && st.st_uid != geteuid() && st.st_uid != 0) {
+        c->foreign++;
+        c->uid = st.st_uid;
+    }
+    s = lockd_probe(space, name, NULL);
+    if (s == LOCKD_FREE)
+        c->stale++;
+    else if (s == LOCKD_SHARED || s == LOCKD_EXCLUSIVE)
+        c->held++;
+    else if (s == -ELOOP || s == -EISDIR || s == -ENXIO)
+        c->planted++;
+    else if (s == -EACCES || s == -EPERM)
+        c->unreadable++;
+    else if (s < 0) {
+        c->failed++;
+        c->err = -s;
+    }
+}
+
+/* Lease files: held, unused (stale), and anything planted under a key name;
+ * those this user cannot open are counted as such, never left out. */
 static void
 doc_leases(struct doctor *doc, const lockd_space *space)
 {
-    unsigned long held = 0, stale = 0, planted = 0, leftovers = 0;
+    struct lease_count c = {0};
+    unsigned long total;
     struct dirent *de;
+    char unread[160] = "";
     int fd = openat(lockd_space_fd(space), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     DIR *d = fd < 0 ? NULL : fdopendir(fd);
 
     if (!d) {
+        int e = errno;
+
         if (fd >= 0)
             close(fd);
-        doc_say(doc, DOC_ERROR, "leases", "cannot list the lockspace: %s",
-                strerror(errno));
+        doc_say(doc, DOC_ERROR, "leases", "cannot list the lockspace: %s%s", strerror(e),
+                e == EACCES ? " (its lease files are not counted: run doctor as root)"
+                            : "");
         return;
     }
-    while ((de = readdir(d))) {
-        int s;
-
-        if (strncmp(de->d_name, SETTINGS_NAME ".", sizeof(SETTINGS_NAME)) == 0 ||
-            strncmp(de->d_name, ".lockd-doctor.", 14) == 0)
-            leftovers++;
-        if (!lockd_key_valid(de->d_name))
-            continue;
-        s = lockd_probe(space, de->d_name, NULL);
-        if (s == LOCKD_FREE)
-            stale++;
-        else if (s == LOCKD_SHARED || s == LOCKD_EXCLUSIVE)
-            held++;
-        else if (s == -ELOOP || s == -EISDIR || s == -ENXIO)
-            planted++;
-    }
+    while ((de = readdir(d)))
+        lease_count_one(space, de->d_name, &c);
     closedir(d);
-    if (planted)
+    if (c.planted)
         doc_say(
             doc, DOC_ERROR, "leases",
             "%lu entries named like leases are not regular files (planted symlinks, "
             "directories or FIFOs): no lease of those disks can be taken; remove them",
-            planted);
-    if (leftovers)
+            c.planted);
+    if (c.foreign)
+        doc_say(doc, DOC_WARNING, "leases",
+                "%lu lease file%s owned by uid %u, neither you nor root: that user can "
+                "keep them locked and block those disks: %s%s%s",
+                c.foreign, c.foreign == 1 ? " is" : "s are", (unsigned)c.uid,
+                geteuid() == 0 ? "chown root:root " : "use a lockspace of your own",
+                geteuid() == 0 ? doc->o->dir : "", geteuid() == 0 ? "/*" : "");
+    if (c.failed)
+        doc_say(doc, DOC_WARNING, "leases", "%lu lease file%s could not be checked: %s",
+                c.failed, c.failed == 1 ? "" : "s", strerror(c.err));
+    if (c.leftovers)
         doc_say(doc, DOC_NOTE, "leases",
                 "%lu temporary files left by an interrupted lockd (%s.*, "
                 ".lockd-doctor.*) may "
                 "be removed",
-                leftovers, SETTINGS_NAME);
-    doc_say(doc, DOC_OK, "leases", "%lu lease file%s: %lu held, %lu unused%s",
-            held + stale, held + stale == 1 ? "" : "s", held, stale,
-            stale ? " (harmless; lockdctl gc removes them)" : "");
+                c.leftovers, SETTINGS_NAME);
+    total = c.held + c.stale + c.unreadable + c.failed;
+    if (c.unreadable)
+        snprintf(unread, sizeof(unread),
+                 " (%lu unreadable to you: whether they are held is not known; run "
+                 "doctor as root)",
+                 c.unreadable);
+    doc_say(doc, c.unreadable ? DOC_NOTE : DOC_OK, "leases",
+            "%lu lease file%s%s: %lu held, %lu unused%s", total, total == 1 ? "" : "s",
+            unread, c.held, c.stale,
+            c.stale ? " (harmless; lockdctl gc removes them)" : "");
 }
 
 /*

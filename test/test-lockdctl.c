@@ -2373,8 +2373,260 @@ test_doctor_helper_refuses(void)
     snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", test_path("h.sock"));
     ASSERT_OK(bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno : 0);
     doctor(&d, 1);
-    assert_doc_line(&d, "error", "helper", "no helper answers there");
+    assert_doc_line(&d, "error", "helper", "is a stale socket: no helper answers there");
     doc_free(&d);
+    close(fd);
+    /* Not a socket at all: never called a stale one. */
+    ASSERT_OK(sys(unlink(test_path("h.sock"))));
+    write_file(test_path("h.sock"), "");
+    doctor(&d, 1);
+    assert_doc_line(&d, "error", "helper", "is not a socket, so no helper answers there");
+    doc_free(&d);
+}
+
+/* Two paths for an operation as_nobody() runs. */
+struct two_paths {
+    const char *from, *to;
+};
+
+static int
+op_rename(void *arg)
+{
+    const struct two_paths *t = arg;
+
+    return rename(t->from, t->to) < 0 ? errno : 0;
+}
+
+static int
+op_symlink(void *arg)
+{
+    const struct two_paths *t = arg;
+
+    return symlink(t->from, t->to) < 0 ? errno : 0;
+}
+
+/* Run fn(arg) in a child as uid and gid 65534 (nobody); its errno, or 0. */
+static int
+as_nobody(int (*fn)(void *), void *arg)
+{
+    pid_t pid;
+
+    fflush(NULL);
+    pid = fork();
+    if (pid < 0)
+        TEST_FAIL("fork: %s", strerror(errno));
+    if (pid == 0) {
+        if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
+            _exit(122);
+        _exit(fn(arg));
+    }
+    return test_wait(pid);
+}
+
+/*
+ * The lockspace reached through an overlay mount (a real one, in a private
+ * mount namespace): doctor calls it an error.  What for is shown too: a
+ * lease taken through the overlay excludes a second one taken through it,
+ * but not one taken in the lower directory, so one disk is granted twice.
+ */
+static void
+test_doctor_overlay(void)
+{
+    char lower[PATH_MAX], opts[3 * PATH_MAX + 64], key[LOCKD_KEY_SIZE];
+    lockd_lease *a = NULL, *b = NULL, *c = NULL;
+    lockd_space *over = NULL, *under = NULL;
+    struct doc d;
+
+    case_env();
+    snprintf(lower, sizeof(lower), "%s", test_path("lower"));
+    xmkdir(lower);
+    xmkdir(test_path("upper"));
+    xmkdir(test_path("work"));
+    xmkdir(space_dir());
+    /* The lockspace, with disk's lease file, is in the lower directory. */
+    key_of("disk", key);
+    ASSERT_OK(lockd_space_open(lower, LOCKD_OPEN_CREATE, &under));
+    ASSERT_OK(acquire1(under, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &a));
+    ASSERT_OK(lockd_lease_release(a));
+    a = NULL;
+    snprintf(opts, sizeof(opts), "lowerdir=%s,upperdir=%s,workdir=%s", lower,
+             test_path("upper"), test_path("work"));
+    ASSERT_OK(unshare(CLONE_NEWNS) < 0 ? -errno : 0);
+    ASSERT_OK(mount("none", "/", "none", MS_REC | MS_PRIVATE, NULL) < 0 ? -errno : 0);
+    ASSERT_OK(sys(mount("overlay", space_dir(), "overlay", 0, opts)));
+    doctor(&d, 1);
+    assert_doc_line(&d, "error", "filesystem", "reached through an overlay");
+    assert_doc_line(&d, "error", "filesystem",
+                    "one disk can be granted twice: put the lockspace on the lower/real "
+                    "filesystem, not through an overlay");
+    ASSERT_CONTAINS(d.r.out, "1 error, 0 warnings");
+    doc_free(&d);
+
+    ASSERT_OK(lockd_space_open(space_dir(), 0, &over));
+    ASSERT_OK(acquire1(over, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &a));
+    ASSERT_ERR(acquire1(over, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &c), EAGAIN);
+    ASSERT_OK(acquire1(under, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &b));
+    ASSERT_OK(lockd_lease_release(b));
+    ASSERT_OK(lockd_lease_release(a));
+    lockd_space_close(over);
+    lockd_space_close(under);
+    ASSERT_OK(umount(space_dir()) < 0 ? -errno : 0);
+}
+
+/*
+ * A lockspace owned by another user than root (as NFS root_squash leaves
+ * it: nobody): a warning, with the fix, for the directory, its settings
+ * file and its lease files.  What for is shown too: that user renames a
+ * held lease away, and a second holder gets the disk.
+ */
+static void
+test_doctor_foreign_owner(void)
+{
+    char key[LOCKD_KEY_SIZE], path[PATH_MAX + 80], moved[PATH_MAX + 80];
+    struct two_paths t = {path, moved};
+    lockd_lease *lease = NULL;
+    lockd_space *space;
+    struct doc d;
+
+    case_env();
+    make_lockspace(0);
+    make_lease_files(2);
+    ASSERT_OK(sys(chmod(test_scratch, 0711)));
+    ASSERT_OK(sys(chown(space_dir(), 65534, 65534)));
+    doctor(&d, 1);
+    assert_doc_line(&d, "warning", "directory", "is owned by uid 65534, not root");
+    assert_doc_line(&d, "warning", "directory",
+                    "a second holder then gets the disk: chown root:root");
+    ASSERT_CONTAINS(d.r.out, "0 errors, 1 warning\n");
+    ASSERT_TRUE(strstr(d.r.out, "root_squash") == NULL);
+    doc_free(&d);
+
+    ctl_key("/gc/0", key);
+    snprintf(path, sizeof(path), "%s/%s", space_dir(), key);
+    snprintf(moved, sizeof(moved), "%s/moved", space_dir());
+    space = space_open();
+    ASSERT_OK(acquire1(space, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &lease));
+    ASSERT_INT_EQ(try_elsewhere(key, LOCKD_EXCLUSIVE), -EAGAIN);
+    ASSERT_INT_EQ(as_nobody(op_rename, &t), 0);
+    ASSERT_INT_EQ(try_elsewhere(key, LOCKD_EXCLUSIVE), 0);
+    ASSERT_OK(lockd_lease_release(lease));
+    lockd_space_close(space);
+    ASSERT_OK(sys(rename(moved, path)));
+
+    /* On NFS, where root_squash makes it so, the fix says that too. */
+    fake_nfs("rw,vers=4.2,local_lock=none");
+    doctor(&d, 1);
+    assert_doc_line(&d, "warning", "directory", "NFS root_squash");
+    doc_free(&d);
+    unsetenv("LOCKD_TEST_MOUNTINFO");
+    ASSERT_OK(sys(chown(space_dir(), 0, 0)));
+    ASSERT_OK(sys(chown(test_path("ls/.lockd-lockspace"), 65534, 65534)));
+    ASSERT_OK(sys(chown(path, 65534, 65534)));
+    doctor(&d, 1);
+    assert_doc_line(&d, "warning", "directory",
+                    "/.lockd-lockspace is owned by uid 65534, not root: that user can "
+                    "change the key mode");
+    assert_doc_line(&d, "warning", "leases",
+                    "1 lease file is owned by uid 65534, neither you nor root");
+    ASSERT_CONTAINS(d.r.out, "0 errors, 2 warnings\n");
+    doc_free(&d);
+    ASSERT_OK(sys(chown(test_path("ls/.lockd-lockspace"), 0, 0)));
+    ASSERT_OK(sys(chown(path, 0, 0)));
+    doctor(&d, 0);
+    assert_doc_line(&d, "ok", "directory", "exists and is writable");
+    doc_free(&d);
+}
+
+/*
+ * A lockspace anyone may write to, sticky (1777) or not: a warning with the
+ * fix.  What for is shown too: nobody plants a symlink at a disk's key in
+ * the sticky directory, and no lease of that disk can be taken.
+ */
+static void
+test_doctor_world_writable(void)
+{
+    char key[LOCKD_KEY_SIZE], path[PATH_MAX + 80];
+    struct two_paths t = {"/dev/null", path};
+    struct doc d;
+    struct res r;
+
+    case_env();
+    make_lockspace(0);
+    ASSERT_OK(sys(chmod(test_scratch, 0711)));
+    ASSERT_OK(sys(chmod(space_dir(), 01777)));
+    doctor(&d, 1);
+    assert_doc_line(&d, "warning", "directory", "is writable by everyone (mode 1777)");
+    assert_doc_line(&d, "warning", "directory",
+                    "any user can plant a file or symlink at a disk's key and block that "
+                    "disk: chmod 0755");
+    ASSERT_CONTAINS(d.r.out, "0 errors, 1 warning\n");
+    doc_free(&d);
+
+    ctl_key("/gc/0", key);
+    snprintf(path, sizeof(path), "%s/%s", space_dir(), key);
+    ASSERT_INT_EQ(as_nobody(op_symlink, &t), 0);
+    CTL_EXPECT(&r, 1, "run", "/gc/0", "--", "true");
+    ASSERT_CONTAINS(r.err, "a symlink is planted");
+    res_free(&r);
+    ASSERT_OK(sys(unlink(path)));
+
+    ASSERT_OK(sys(chmod(space_dir(), 0777)));
+    doctor(&d, 1);
+    assert_doc_line(&d, "warning", "directory",
+                    "(mode 0777): any user can rename or remove a held lease, or plant");
+    doc_free(&d);
+    ASSERT_OK(sys(chmod(space_dir(), 0755)));
+    doctor(&d, 0);
+    doc_free(&d);
+}
+
+/*
+ * doctor as another user than the lockspace's and the helper's: the lease
+ * files it may not open are counted as such (never "0 lease files"), and a
+ * helper behind a 0600 socket is running, not stale; only a socket nobody
+ * listens on is.
+ */
+static void
+test_doctor_as_nobody(void)
+{
+    char dir[PATH_MAX], sock[PATH_MAX];
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct res r;
+    pid_t helper;
+    int fd;
+
+    case_env();
+    snprintf(dir, sizeof(dir), "%s", space_dir());
+    snprintf(sock, sizeof(sock), "%s", test_path("h.sock"));
+    make_lockspace(0);
+    make_lease_files(10);
+    helper = helper_start();
+    ctl_how(&r, CTL_NOBODY, "--dir", dir, "--socket", sock, "doctor", (char *)NULL);
+    ASSERT_INT_EQ(r.status, 1); /* the directory is not writable for nobody */
+    ASSERT_CONTAINS(r.out, "\nnote     leases     10 lease files (10 unreadable to you: "
+                           "whether they are held is not known; run doctor as root)");
+    ASSERT_CONTAINS(r.out, "\nnote     helper     a helper is running at");
+    ASSERT_CONTAINS(r.out, "but you may not talk to it (socket mode 0600, owner uid 0): "
+                           "run doctor as root");
+    ASSERT_TRUE(strstr(r.out, "stale") == NULL);
+    res_free(&r);
+    helper_stop(helper);
+
+    /* A socket file nobody listens on: stale for root; for nobody, who may
+     * not connect to it, not known. */
+    (void)unlink(sock);
+    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", test_path("h.sock"));
+    ASSERT_OK(bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno : 0);
+    ASSERT_OK(sys(chmod(sock, 0600)));
+    ctl_how(&r, CTL_NOBODY, "--dir", dir, "--socket", sock, "doctor", (char *)NULL);
+    ASSERT_CONTAINS(r.out, "\nnote     helper     you may not connect to");
+    ASSERT_CONTAINS(r.out, "whether a helper answers there is not known");
+    res_free(&r);
+    CTL_EXPECT(&r, 1, "doctor");
+    ASSERT_CONTAINS(r.out, "\nerror    helper     ");
+    ASSERT_CONTAINS(r.out, "is a stale socket: no helper answers there");
+    res_free(&r);
     close(fd);
 }
 
@@ -2972,6 +3224,10 @@ main(int argc, char **argv)
     TEST_RUN(test_doctor_canonical_on_nfs);
     TEST_RUN(test_doctor_cluster_filesystems);
     TEST_RUN(test_doctor_helper_refuses);
+    TEST_RUN(test_doctor_overlay);
+    TEST_RUN(test_doctor_foreign_owner);
+    TEST_RUN(test_doctor_world_writable);
+    TEST_RUN(test_doctor_as_nobody);
     TEST_RUN(test_direct_cli);
     TEST_RUN(test_missing_disk);
     TEST_RUN(test_acquire_keeps_identity);
