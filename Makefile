@@ -10,6 +10,10 @@ LIBDIR     ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 MANDIR     ?= $(PREFIX)/share/man
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+# Where bash-completion loads completions from, else the same place under PREFIX.
+BASHCOMPDIR ?= $(shell d=$$(pkg-config --variable=completionsdir bash-completion \
+	2>/dev/null) && [ -n "$$d" ] && echo "$$d" || \
+	echo '$(PREFIX)/share/bash-completion/completions')
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 USERUNITDIR ?= $(PREFIX)/lib/systemd/user
 DESTDIR    ?=
@@ -32,6 +36,8 @@ SONAME   = liblockd.so.1
 VERSION  = $(shell sed -n 's/^\#define LOCKD_VERSION_STRING "\(.*\)"/\1/p' lockd.h)
 
 TESTS    = $(patsubst %.c,%,$(wildcard test/test-*.c))
+# Tests written in shell: packaging, the bash completion, the README.
+SCRIPT_TESTS = $(wildcard test/test-*.sh)
 BENCHES  = $(patsubst %.c,%,$(wildcard bench/bench-*.c))
 
 MANPAGES = man/lockdctl.1 man/lockd.3 man/lockd-protocol.7 man/lockd-helper.8
@@ -124,7 +130,7 @@ check-man:
 check: deps
 	@$(MAKE) --no-print-directory check-build
 	@$(MAKE) --no-print-directory check-man
-	@sh test/run $(TESTS) test/checkout-0700
+	@sh test/run $(TESTS) $(SCRIPT_TESTS) test/checkout-0700
 
 check-build: all $(TESTS) test/header-c99.o test/header-cxx.o
 
@@ -312,7 +318,7 @@ install: all install-libvirt
 		$(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man1 \
 		$(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man7 $(DESTDIR)$(MANDIR)/man8 \
 		$(DESTDIR)$(UNITDIR) \
-		$(DESTDIR)$(USERUNITDIR)
+		$(DESTDIR)$(USERUNITDIR) $(DESTDIR)$(BASHCOMPDIR)
 	install -m 0644 lockd.h $(DESTDIR)$(INCLUDEDIR)/lockd.h
 	install -m 0644 liblockd.a $(DESTDIR)$(LIBDIR)/liblockd.a
 	install -m 0755 $(SONAME) $(DESTDIR)$(LIBDIR)/$(SONAME)
@@ -324,6 +330,7 @@ install: all install-libvirt
 	install -m 0644 man/lockd.3 $(DESTDIR)$(MANDIR)/man3/lockd.3
 	install -m 0644 man/lockd-protocol.7 $(DESTDIR)$(MANDIR)/man7/lockd-protocol.7
 	install -m 0644 man/lockd-helper.8 $(DESTDIR)$(MANDIR)/man8/lockd-helper.8
+	install -m 0644 completion/lockdctl.bash $(DESTDIR)$(BASHCOMPDIR)/lockdctl
 	for u in $(UNITS); do sed 's|@SBINDIR@|$(SBINDIR)|g' $$u > \
 		$(DESTDIR)$(UNITDIR)/$${u##*/}; done
 	for u in $(USERUNITS); do sed 's|@SBINDIR@|$(SBINDIR)|g' $$u > \
@@ -335,7 +342,7 @@ uninstall: uninstall-libvirt
 	      $(DESTDIR)$(PKGCONFIGDIR)/lockd.pc $(DESTDIR)$(BINDIR)/lockdctl \
 	      $(DESTDIR)$(SBINDIR)/lockd-helper $(DESTDIR)$(MANDIR)/man1/lockdctl.1 \
 	      $(DESTDIR)$(MANDIR)/man3/lockd.3 $(DESTDIR)$(MANDIR)/man7/lockd-protocol.7 \
-	      $(DESTDIR)$(MANDIR)/man8/lockd-helper.8 \
+	      $(DESTDIR)$(MANDIR)/man8/lockd-helper.8 $(DESTDIR)$(BASHCOMPDIR)/lockdctl \
 	      $(addprefix $(DESTDIR)$(UNITDIR)/,$(notdir $(UNITS))) \
 	      $(addprefix $(DESTDIR)$(USERUNITDIR)/,$(notdir $(USERUNITS)))
 
