@@ -90,7 +90,17 @@ $(SONAME): lockd.pic.o
 		$(SODIUM_LIBS) $(LDFLAGS)
 	ln -sf $(SONAME) liblockd.so
 
-lockd.pc: lockd.pc.in lockd.h
+# lockd.pc says where lockd is installed: lockd.pc.vars holds the PREFIX,
+# LIBDIR and INCLUDEDIR it was made with and is rewritten only when they
+# change, so `make install PREFIX=/usr` after a plain `make` makes it again.
+PC_VARS = prefix=$(PREFIX) libdir=$(LIBDIR) includedir=$(INCLUDEDIR)
+lockd.pc.vars: FORCE
+	@echo '$(PC_VARS)' | cmp -s - $@ || echo '$(PC_VARS)' > $@
+
+.PHONY: FORCE
+FORCE:
+
+lockd.pc: lockd.pc.in lockd.h lockd.pc.vars
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
 
@@ -350,6 +360,6 @@ clean-tests:
 	rm -f $(TESTS) $(BENCHES) test/*.o test/stallfs
 
 clean: clean-tests
-	rm -f *.o liblockd.a liblockd.so $(SONAME) lockd.pc $(PROGRAMS) $(ASAN_PROGRAMS) $(FUZZERS) \
+	rm -f *.o liblockd.a liblockd.so $(SONAME) lockd.pc lockd.pc.vars $(PROGRAMS) $(ASAN_PROGRAMS) $(FUZZERS) \
 	      $(LIBVIRT_PLUGIN) $(LIBVIRT_PLUGIN_OLD) $(LIBVIRT_TEST_PROGS) $(SYSTEMD_TEST_PROGS) $(CLUSTER_TEST_PROGS) \
 	      fuzz/crash-* fuzz/leak-* fuzz/oom-* fuzz/timeout-*
