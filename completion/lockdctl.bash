@@ -48,23 +48,23 @@ _lockdctl_value()
     case $opt in
     -d | --dir)
         compopt -o filenames 2>/dev/null
-        COMPREPLY=($(compgen -d -- "$cur"))
+        mapfile -t COMPREPLY < <(compgen -d -- "$cur")
         ;;
     -S | --socket)
         compopt -o filenames 2>/dev/null
-        COMPREPLY=($(compgen -f -- "$cur"))
+        mapfile -t COMPREPLY < <(compgen -f -- "$cur")
         ;;
     -k | --key-mode)
-        COMPREPLY=($(compgen -W 'verbatim canonical lvm scsi' -- "$cur"))
+        mapfile -t COMPREPLY < <(compgen -W 'verbatim canonical lvm scsi' -- "$cur")
         ;;
     --on-loss)
-        COMPREPLY=($(compgen -W 'kill stop report exec: exec-or-kill:' -- "$cur"))
+        mapfile -t COMPREPLY < <(compgen -W 'kill stop report exec: exec-or-kill:' -- "$cur")
         # exec:CMD goes on in the same word.
         [[ ${#COMPREPLY[@]} -eq 1 && ${COMPREPLY[0]} == *: ]] &&
             compopt -o nospace 2>/dev/null
         ;;
     -p | --pid)
-        COMPREPLY=($(compgen -W "$(cd /proc 2>/dev/null && printf '%s ' [0-9]*)" -- "$cur"))
+        mapfile -t COMPREPLY < <(compgen -W "$(cd /proc 2>/dev/null && printf '%s ' [0-9]*)" -- "$cur")
         ;;
     *)
         COMPREPLY=() # a number, a name or a UUID: nothing to offer
@@ -74,8 +74,8 @@ _lockdctl_value()
 
 _lockdctl()
 {
-    local cur=${COMP_WORDS[COMP_CWORD]} prev=
-    local i w cmd= dashdash=
+    local cur=${COMP_WORDS[COMP_CWORD]} prev=''
+    local i w cmd='' dashdash=''
     COMPREPLY=()
     ((COMP_CWORD > 0)) && prev=${COMP_WORDS[COMP_CWORD - 1]}
 
@@ -116,10 +116,10 @@ _lockdctl()
     # run DISK... -- CMD [ARG...]
     if [[ -n $dashdash ]]; then
         if ((COMP_CWORD == dashdash + 1)); then
-            COMPREPLY=($(compgen -c -- "$cur"))
+            mapfile -t COMPREPLY < <(compgen -c -- "$cur")
         else
             compopt -o filenames 2>/dev/null
-            COMPREPLY=($(compgen -f -- "$cur"))
+            mapfile -t COMPREPLY < <(compgen -f -- "$cur")
         fi
         return 0
     fi
@@ -130,20 +130,20 @@ _lockdctl()
     fi
 
     if [[ $cur == -* ]]; then
-        COMPREPLY=($(compgen -W "$_lockdctl_global_opts $(_lockdctl_cmd_opts "$cmd")" \
-            -- "$cur"))
+        mapfile -t COMPREPLY < <(compgen -W "$_lockdctl_global_opts $(_lockdctl_cmd_opts "$cmd")" \
+            -- "$cur")
         return 0
     fi
 
     case $cmd in
     '')
-        COMPREPLY=($(compgen -W "$_lockdctl_commands" -- "$cur"))
+        mapfile -t COMPREPLY < <(compgen -W "$_lockdctl_commands" -- "$cur")
         ;;
     key | run | acquire | release | who | doctor)
         # Disks are paths (and need not exist); --resource names are not,
         # but files are still the best guess.
         compopt -o filenames 2>/dev/null
-        COMPREPLY=($(compgen -f -- "$cur"))
+        mapfile -t COMPREPLY < <(compgen -f -- "$cur")
         ;;
     esac
     return 0

@@ -11,7 +11,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 lockdctl=${LOCKD_TEST_LOCKDCTL:-$top/lockdctl}
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/lockd-completion.XXXXXX") || exit 1
 trap 'rm -rf "$scratch"' EXIT
-# shellcheck source=../completion/lockdctl.bash
+# shellcheck source=completion/lockdctl.bash disable=SC1091
 . "$top/completion/lockdctl.bash" || exit 1
 
 # Complete the command line given as words; the last word is the one the
@@ -78,7 +78,7 @@ expect()
     shift 2
     got=$(comp "$@")
     for w in $want; do
-        has "$w" "$got" || problem "'$*': $w not offered (got: $(echo $got))"
+        has "$w" "$got" || problem "'$*': $w not offered (got: $(printf '%s ' "$got"))"
     done
     for w in $notwant; do
         has "$w" "$got" && problem "'$*': $w offered"
@@ -87,6 +87,7 @@ expect()
 mkdir "$scratch/images" "$scratch/images/sub"
 : >"$scratch/images/web1.qcow2"
 : >"$scratch/images/web2.qcow2"
+: >"$scratch/images/web 3.qcow2"
 
 expect 'run release' 'who gc' lockdctl r
 expect 'list stop-helper status' '' lockdctl ''
@@ -110,6 +111,9 @@ expect "$scratch/images/sub" "$scratch/images/web1.qcow2" lockdctl --dir "$scrat
 expect "$scratch/images/sub" "$scratch/images/web1.qcow2" lockdctl --dir = "$scratch/images/"
 expect "$scratch/images/web1.qcow2 $scratch/images/web2.qcow2" '' \
     lockdctl who "$scratch/images/we"
+# A name with a space is one reply.
+[ "$(comp lockdctl who "$scratch/images/web ")" = "$scratch/images/web 3.qcow2" ] ||
+    problem "'lockdctl who .../web ': not the one file: $(comp lockdctl who "$scratch/images/web ")"
 expect "$scratch/images/web1.qcow2" "$scratch/images/web2.qcow2" \
     lockdctl run --wait = 5 --name web1 "$scratch/images/web1"
 # An option's value is not taken for the command.
