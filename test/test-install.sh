@@ -53,8 +53,8 @@ mk all
 expect_pc "$s/src/lockd.pc" /usr/local /usr/local/lib /usr/local/include
 mk install PREFIX=/usr DESTDIR="$s/d1"
 expect_pc "$s/d1/usr/lib/pkgconfig/lockd.pc" /usr /usr/lib /usr/include
-[ -f "$s/d1/usr/include/lockd.h" ] && [ -x "$s/d1/usr/bin/lockdctl" ] &&
-    [ -x "$s/d1/usr/sbin/lockd-helper" ] && [ -f "$s/d1/usr/lib/liblockd.a" ] ||
+{ [ -f "$s/d1/usr/include/lockd.h" ] && [ -x "$s/d1/usr/bin/lockdctl" ] &&
+    [ -x "$s/d1/usr/sbin/lockd-helper" ] && [ -f "$s/d1/usr/lib/liblockd.a" ]; } ||
     problem "make install PREFIX=/usr left out files: $(cd "$s/d1" && find . -type f | head -20)"
 mk install PREFIX=/opt/lockd DESTDIR="$s/d2"
 pc="$s/d2/opt/lockd/lib/pkgconfig/lockd.pc"

@@ -15,7 +15,7 @@
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
 s=$(mktemp -d "${TMPDIR:-/tmp}/lockd-readme.XXXXXX") || exit 1
-hpid= holder=
+hpid='' holder=''
 cleanup()
 {
     [ -n "$holder" ] && kill "$holder" 2>/dev/null
@@ -58,6 +58,7 @@ awk -v dir="$s" '
 manager=
 for f in "$s"/snippet-*.c; do
     [ -f "$f" ] || { problem "README.md has no C snippet"; break; }
+    # shellcheck disable=SC2086 # $sodium: one word per flag
     if grep -q '^main(\|[ *]main(' "$f"; then
         out=${f%.c}
         $CC -std=gnu11 -Wall -Wextra -Werror -I"$top" -o "$out" "$f" "$top/liblockd.a" \
@@ -117,8 +118,9 @@ result manager_runs
 plugin=$(sed -n 's/^LIBVIRT_PLUGIN *= *\(.*\)\.so$/\1/p' "$top/Makefile")
 grep -q "^lock_manager = \"$plugin\"" "$top/README.md" ||
     problem "README's lock_manager line does not name $plugin"
-for m in $(grep -o '[A-Za-z0-9_./-]*\.md' "$top/README.md" | sort -u); do
+grep -o '[A-Za-z0-9_./-]*\.md' "$top/README.md" | sort -u >"$s/md"
+while read -r m; do
     [ "$m" = README.md ] || [ -e "$top/$m" ] ||
         problem "README.md names $m, which is not in the repository"
-done
+done <"$s/md"
 result names_exist
