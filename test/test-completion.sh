@@ -27,17 +27,8 @@ comp()
     printf '%s\n' "${COMPREPLY[@]}"
 }
 
-fails=0
-problem()
-{
-    echo "#   $*"
-    fails=$((fails + 1))
-}
-result()
-{
-    if [ "$fails" -eq 0 ]; then echo "ok - $1"; else echo "not ok - $1"; fi
-    fails=0
-}
+# shellcheck source=test/util.sh disable=SC1091
+. "$top/test/util.sh"
 # has WORD LIST: WORD is one of LIST's lines.
 has() { printf '%s\n' "$2" | grep -qxF -- "$1"; }
 

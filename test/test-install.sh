@@ -20,17 +20,8 @@ mkdir "$s/src" "$s/empty"
 # tar keeps the times: what the tree has built is not built again.
 tar -C "$top" --exclude=./.git --exclude='./fuzz/corpus-*' -cf - . | tar -C "$s/src" -xf - ||
     exit 1
-fails=0
-problem()
-{
-    echo "#   $*"
-    fails=$((fails + 1))
-}
-result()
-{
-    if [ "$fails" -eq 0 ]; then echo "ok - $1"; else echo "not ok - $1"; fi
-    fails=0
-}
+# shellcheck source=test/util.sh disable=SC1091
+. "$top/test/util.sh"
 mk()
 {
     make -C "$s/src" -s "$@" >"$s/make.log" 2>&1 ||

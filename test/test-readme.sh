@@ -24,17 +24,8 @@ cleanup()
     rm -rf "$s"
 }
 trap cleanup EXIT
-fails=0
-problem()
-{
-    echo "#   $*"
-    fails=$((fails + 1))
-}
-result()
-{
-    if [ "$fails" -eq 0 ]; then echo "ok - $1"; else echo "not ok - $1"; fi
-    fails=0
-}
+# shellcheck source=test/util.sh disable=SC1091
+. "$top/test/util.sh"
 # until_ok MS CMD...: run CMD every 20 ms until it succeeds, at most MS ms.
 until_ok()
 {
