@@ -97,6 +97,9 @@ if [ -n "$manager" ]; then
     exec 3>&-
     wait "$holder" || problem "lockdctl run exited $?: $(cat "$s/run.out")"
     holder=
+    # The helper frees the lease when lockdctl run's command exits.
+    until_ok 5000 sh -c "\"$ctl\" who \"$disk\" | grep -q ' free '" ||
+        problem "the lease is not free after lockdctl run: $("$ctl" who "$disk")"
     kill -TERM "$hpid"
     wait "$hpid" || problem "lockd-helper exited $? on SIGTERM: $(cat "$s/helper.log")"
     hpid=
