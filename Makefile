@@ -10,6 +10,10 @@ LIBDIR     ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 MANDIR     ?= $(PREFIX)/share/man
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+# Where bash-completion loads completions from, else the same place under PREFIX.
+BASHCOMPDIR ?= $(shell d=$$(pkg-config --variable=completionsdir bash-completion \
+	2>/dev/null) && [ -n "$$d" ] && echo "$$d" || \
+	echo '$(PREFIX)/share/bash-completion/completions')
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 USERUNITDIR ?= $(PREFIX)/lib/systemd/user
 DESTDIR    ?=
@@ -32,6 +36,8 @@ SONAME   = liblockd.so.1
 VERSION  = $(shell sed -n 's/^\#define LOCKD_VERSION_STRING "\(.*\)"/\1/p' lockd.h)
 
 TESTS    = $(patsubst %.c,%,$(wildcard test/test-*.c))
+# Tests written in shell: packaging, the bash completion, the README.
+SCRIPT_TESTS = $(wildcard test/test-*.sh)
 BENCHES  = $(patsubst %.c,%,$(wildcard bench/bench-*.c))
 
 MANPAGES = man/lockdctl.1 man/lockd.3 man/lockd-protocol.7 man/lockd-helper.8
@@ -84,7 +90,17 @@ $(SONAME): lockd.pic.o
 		$(SODIUM_LIBS) $(LDFLAGS)
 	ln -sf $(SONAME) liblockd.so
 
-lockd.pc: lockd.pc.in lockd.h
+# lockd.pc says where lockd is installed: lockd.pc.vars holds the PREFIX,
+# LIBDIR and INCLUDEDIR it was made with and is rewritten only when they
+# change, so `make install PREFIX=/usr` after a plain `make` makes it again.
+PC_VARS = prefix=$(PREFIX) libdir=$(LIBDIR) includedir=$(INCLUDEDIR)
+lockd.pc.vars: FORCE
+	@echo '$(PC_VARS)' | cmp -s - $@ || echo '$(PC_VARS)' > $@
+
+.PHONY: FORCE
+FORCE:
+
+lockd.pc: lockd.pc.in lockd.h lockd.pc.vars
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
 
@@ -124,7 +140,7 @@ check-man:
 check: deps
 	@$(MAKE) --no-print-directory check-build
 	@$(MAKE) --no-print-directory check-man
-	@sh test/run $(TESTS) test/checkout-0700
+	@sh test/run $(TESTS) $(SCRIPT_TESTS) test/checkout-0700
 
 check-build: all $(TESTS) test/header-c99.o test/header-cxx.o
 
@@ -312,7 +328,7 @@ install: all install-libvirt
 		$(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man1 \
 		$(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man7 $(DESTDIR)$(MANDIR)/man8 \
 		$(DESTDIR)$(UNITDIR) \
-		$(DESTDIR)$(USERUNITDIR)
+		$(DESTDIR)$(USERUNITDIR) $(DESTDIR)$(BASHCOMPDIR)
 	install -m 0644 lockd.h $(DESTDIR)$(INCLUDEDIR)/lockd.h
 	install -m 0644 liblockd.a $(DESTDIR)$(LIBDIR)/liblockd.a
 	install -m 0755 $(SONAME) $(DESTDIR)$(LIBDIR)/$(SONAME)
@@ -324,6 +340,7 @@ install: all install-libvirt
 	install -m 0644 man/lockd.3 $(DESTDIR)$(MANDIR)/man3/lockd.3
 	install -m 0644 man/lockd-protocol.7 $(DESTDIR)$(MANDIR)/man7/lockd-protocol.7
 	install -m 0644 man/lockd-helper.8 $(DESTDIR)$(MANDIR)/man8/lockd-helper.8
+	install -m 0644 completion/lockdctl.bash $(DESTDIR)$(BASHCOMPDIR)/lockdctl
 	for u in $(UNITS); do sed 's|@SBINDIR@|$(SBINDIR)|g' $$u > \
 		$(DESTDIR)$(UNITDIR)/$${u##*/}; done
 	for u in $(USERUNITS); do sed 's|@SBINDIR@|$(SBINDIR)|g' $$u > \
@@ -335,7 +352,7 @@ uninstall: uninstall-libvirt
 	      $(DESTDIR)$(PKGCONFIGDIR)/lockd.pc $(DESTDIR)$(BINDIR)/lockdctl \
 	      $(DESTDIR)$(SBINDIR)/lockd-helper $(DESTDIR)$(MANDIR)/man1/lockdctl.1 \
 	      $(DESTDIR)$(MANDIR)/man3/lockd.3 $(DESTDIR)$(MANDIR)/man7/lockd-protocol.7 \
-	      $(DESTDIR)$(MANDIR)/man8/lockd-helper.8 \
+	      $(DESTDIR)$(MANDIR)/man8/lockd-helper.8 $(DESTDIR)$(BASHCOMPDIR)/lockdctl \
 	      $(addprefix $(DESTDIR)$(UNITDIR)/,$(notdir $(UNITS))) \
 	      $(addprefix $(DESTDIR)$(USERUNITDIR)/,$(notdir $(USERUNITS)))
 
@@ -343,6 +360,6 @@ clean-tests:
 	rm -f $(TESTS) $(BENCHES) test/*.o test/stallfs
 
 clean: clean-tests
-	rm -f *.o liblockd.a liblockd.so $(SONAME) lockd.pc $(PROGRAMS) $(ASAN_PROGRAMS) $(FUZZERS) \
+	rm -f *.o liblockd.a liblockd.so $(SONAME) lockd.pc lockd.pc.vars $(PROGRAMS) $(ASAN_PROGRAMS) $(FUZZERS) \
 	      $(LIBVIRT_PLUGIN) $(LIBVIRT_PLUGIN_OLD) $(LIBVIRT_TEST_PROGS) $(SYSTEMD_TEST_PROGS) $(CLUSTER_TEST_PROGS) \
 	      fuzz/crash-* fuzz/leak-* fuzz/oom-* fuzz/timeout-*

@@ -1057,6 +1057,27 @@ lease_link(uint32_t slot)
     changed();
 }
 
+/*
+ * --verbose: one line at <7> per event of a lease (lockd-helper(8),
+ * "Logging" lists them): "EVENT lease ID: disk D, key K, MODE, owner pid P
+ * (NAME), uid U: WHY".  Not rate-limited: a debugging aid, off by default.
+ */
+static void
+lease_log(uint32_t slot, const char *event, const char *why)
+{
+    const struct lease *l = &H.leases[slot];
+    const struct owner *o = &H.owners[l->owner];
+    char key[LOCKD_KEY_SIZE];
+
+    if (!H.verbose)
+        return;
+    key_to_hex(l->key, key);
+    log_debug("%s lease %llu: disk %s, key %s, %s, owner pid %d (%s), uid %u: %s", event,
+              (unsigned long long)lease_id(slot), l->disk && *l->disk ? l->disk : "-",
+              key, l->mode == LOCKD_SHARED ? "shared" : "exclusive", (int)o->pid,
+              o->name ? o->name : "", l->uid, why);
+}
+
 /* Let go of one lease: unlock (unless the client that handed it over takes
  * it back, keeping the lock through its own copy), close, forget. */
 static void
@@ -1066,14 +1087,7 @@ lease_free_how(uint32_t slot, const char *why, int unlock)
     struct owner *o = &H.owners[l->owner];
     struct uid_count *u = uid_find(l->uid, 0);
 
-    if (H.verbose) {
-        char key[LOCKD_KEY_SIZE];
-
-        key_to_hex(l->key, key);
-        log_debug("released lease %llu (%s) of pid %d: %s",
-                  (unsigned long long)lease_id(slot), l->disk && *l->disk ? l->disk : key,
-                  (int)o->pid, why);
-    }
+    lease_log(slot, "released", why);
     /* The state log says "gone" before the store lets go; a crash in
      * between leaves the fd in the store with a FREE record after it, and
      * adoption finishes the job as it was begun: a release unlocks, a
@@ -1273,6 +1287,8 @@ lease_mark_lost(uint32_t slot, int err)
     /* Rate-limited per uid like a refusal: a client can make its own
      * leases lost as fast as it likes (found by attack: 130,000 lines of
      * priority 2 in 5 s). */
+    /* Every loss, where the <2> line below may be left out by its limit. */
+    lease_log(slot, "lost", why);
     log_refusal(l->uid, 2, "lost lease %s (key %s) of owner pid %d (%s): %s; %s",
                 l->disk && *l->disk ? l->disk : "-", key, (int)o->pid, o->name ? o->name : "",
                 why, what);
@@ -2236,7 +2252,7 @@ static int
 do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct proto_wr *wr)
 {
     struct owner *o = owner_find(req->pid);
-    char *disks[PROTO_FDS_MAX];
+    char *disks[PROTO_FDS_MAX], where[PATH_MAX + 16] = "";
     uint32_t again[PROTO_FDS_MAX], limit, i, slot = NONE, space;
     struct uid_count *u;
     int r = 0;
@@ -2261,6 +2277,10 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
         r = check_ofds(c, o, req, fds, again);
     if (r < 0)
         return r;
+    if (H.verbose && c->space_path)
+        snprintf(where, sizeof(where), "in lockspace %s", c->space_path);
+    else if (H.verbose)
+        snprintf(where, sizeof(where), c->direct ? "direct" : "lockspace not shown");
     for (i = 0; i < req->count; i++)
         if (!(disks[i] = strndup(req->items[i].disk, req->items[i].disk_len)))
             break;
@@ -2282,6 +2302,7 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
             changed();
         }
         if (slot != NONE) { /* the same hand-over again: same answer */
+            lease_log(slot, "handed over", "again (the lease it already was)");
             fd_dispose(fds[i], 0);
             free(disks[i]);
             wr_u64(wr, lease_id(slot));
@@ -2301,6 +2322,7 @@ do_handoff(struct conn *c, const struct proto_req *req, const int *fds, struct p
         l->disk = disks[i];
         memcpy(l->key, req->items[i].key, PROTO_KEY_BYTES);
         lease_link(slot);
+        lease_log(slot, "handed over", where);
         state_log_lease(slot, STATE_LEASE_ADDED);
         store_push_lease(slot);
         wr_u64(wr, lease_id(slot));

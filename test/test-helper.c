@@ -55,6 +55,7 @@
  *                       it again, a held lease keeps it running
  *   systemd_units       systemd-analyze verify on the units, and the
  *                       settings the helper relies on
+ *   verbose_logs_leases  --verbose: a line per hand-over, release and loss
  */
 #include "test.h"
 #include "util.h"
@@ -3614,6 +3615,97 @@ HELPER_CASE(lost_lease_listed)
     one_end(&t);
 }
 
+static size_t count_lines_with(const char *text, const char *needle);
+
+/* The --verbose line of lease i of d (lockd-helper(8), "Logging and status"). */
+static void
+verbose_line(char *buf, size_t size, const char *event, const struct disks *d, size_t i,
+             pid_t pid, const char *why)
+{
+    snprintf(buf, size,
+             "<7>%s lease %llu: disk %s, key %s, %s, owner pid %d (vguest), uid %u: %s\n",
+             event, (unsigned long long)d->id[i], d->path[i], d->key[i],
+             d->modes[i] == LOCKD_SHARED ? "shared" : "exclusive", (int)pid,
+             (unsigned)getuid(), why);
+}
+
+/*
+ * --verbose logs one line per hand-over, release (by request, by the
+ * owner's exit) and loss, each naming the lease, disk, key, mode and owner,
+ * as lockd-helper(8) writes them; without --verbose none of them.
+ */
+HELPER_CASE(verbose_logs_leases)
+{
+    lockd_space *sp = space_open_rooted();
+    char line[3][PATH_MAX + 512], space[PATH_MAX], *log;
+    struct fsd *s, *quiet;
+    struct disks d;
+    struct guest g;
+    lockd_conn *c;
+    lockd_lease *l;
+    pid_t pid;
+
+    s = fsd_new("verbose", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_arg(s, "--verbose");
+    fsd_start_ready(s);
+    guest_start(&g);
+    pid = g.pid;
+    c = conn_open(s->sock);
+    ASSERT_OK(lockd_conn_register(c, pid, -1, NULL, "vguest"));
+    disks_make(&d, sp, "verbose", 3);
+    d.modes[1] = LOCKD_SHARED;
+    ASSERT_OK(hand_over(c, sp, pid, &d, &l));
+    ASSERT_TRUE(realpath(lockd_space_dir(sp), space) != NULL);
+    for (size_t i = 0; i < 3; i++) {
+        char why[PATH_MAX + 32];
+
+        snprintf(why, sizeof(why), "in lockspace %s", space);
+        verbose_line(line[i], sizeof(line[i]), "handed over", &d, i, pid, why);
+    }
+    log = read_file(s->log);
+    for (size_t i = 0; i < 3; i++)
+        ASSERT_CONTAINS(log, line[i]);
+
+    /* A release by request, then a loss found by a listing. */
+    ASSERT_INT_EQ(lockd_conn_release(c, pid, 1, &d.id[0]), 1);
+    verbose_line(line[0], sizeof(line[0]), "released", &d, 0, pid, "released by request");
+    ASSERT_CONTAINS(read_file(s->log), line[0]);
+    unlock_copy(l, d.key[2]);
+    free(rows_list(c, pid).r);
+    verbose_line(line[2], sizeof(line[2]), "lost", &d, 2, pid, "its lock is gone");
+    ASSERT_CONTAINS(read_file(s->log), line[2]);
+    lockd_lease_forget(l);
+
+    /* The owner exits: the two leases left are released, the lost one too. */
+    lockd_conn_close(c);
+    guest_end(&g);
+    verbose_line(line[1], sizeof(line[1]), "released", &d, 1, pid, "exited");
+    verbose_line(line[2], sizeof(line[2]), "released", &d, 2, pid, "exited");
+    ASSERT_TRUE(FSD_WAIT(s, strstr(read_file(s->log), line[2]) != NULL, 5000));
+    ASSERT_CONTAINS(read_file(s->log), line[1]);
+    ASSERT_INT_EQ(count_lines_with(read_file(s->log), "<7>handed over lease "), 3);
+    ASSERT_INT_EQ(disks_probe_count(sp, &d, LOCKD_FREE), 3);
+    ASSERT_INT_EQ(fsd_stop(s), 0);
+    FSD_ASSERT_CLEAN(s);
+    fsd_fini(s);
+
+    /* Without --verbose: the owner's lines, no lease's. */
+    quiet = fsd_new("quiet", FSD_ACTIVATE | FSD_NOTIFY, 0);
+    fsd_start_ready(quiet);
+    guest_start(&g);
+    c = conn_open(quiet->sock);
+    ASSERT_OK(lockd_conn_register(c, g.pid, -1, NULL, "vguest"));
+    ASSERT_OK(hand_over(c, sp, g.pid, &d, NULL));
+    lockd_conn_close(c);
+    guest_end(&g);
+    ASSERT_TRUE(FSD_WAIT(quiet, strstr(read_file(quiet->log), ") gone") != NULL, 5000));
+    ASSERT_TRUE(strstr(read_file(quiet->log), "<7>") == NULL);
+    ASSERT_INT_EQ(fsd_stop(quiet), 0);
+    FSD_ASSERT_CLEAN(quiet);
+    fsd_fini(quiet);
+    lockd_space_close(sp);
+}
+
 /*
  * What a lost lease does to its guest, chosen at registration: kill (the
  * default) SIGKILLs it, stop SIGSTOPs it (SIGCONT resumes it), exec runs a
@@ -3621,7 +3713,6 @@ HELPER_CASE(lost_lease_listed)
  * but 0-2, and leaves the guest running.  Each once per owner, logged on
  * the loss's line.  A bad action is refused and changes nothing.
  */
-static size_t count_lines_with(const char *text, const char *needle);
 static void become_nobody(void);
 
 HELPER_CASE(loss_actions)
@@ -4885,6 +4976,7 @@ main(int argc, char **argv)
     RUN(only, notice_all_refused, 60);
     RUN(only, log_escapes_names, 60);
     RUN(only, lost_lease_listed, 60);
+    RUN(only, verbose_logs_leases, 60);
     RUN(only, adopt_checks_locks, 60);
     RUN(only, loss_actions, 60);
     RUN(only, hook_as_registering_uid, 60);
