@@ -64,8 +64,13 @@ doc_say(struct doctor *doc, int level, const char *check, const char *fmt, ...)
                check, words[level]);
         json_str(msg);
         putchar('}');
-    } else
-        printf("%-8s %-10s %s\n", words[level], check, msg);
+    } else {
+        /* Paths and names here may come from other users (a file planted
+         * in the lockspace): escaped, as everywhere in lockdctl. */
+        printf("%-8s %-10s ", words[level], check);
+        put_text(stdout, msg);
+        putchar('\n');
+    }
     doc->count++;
 }
 
@@ -750,9 +755,9 @@ doc_helper(struct doctor *doc, const lockd_space *space)
         return;
     }
     doc_say(doc, DOC_OK, "helper",
-            "lockd-helper answers at %s: %" PRIu64 " owners, %" PRIu64 " leases, %" PRIu64
+            "lockd-helper answers at %s: %" PRIu64 " owner%s, %" PRIu64 " lease%s, %" PRIu64
             " in systemd's fd store",
-            path, owners, leases, stored);
+            path, owners, owners == 1 ? "" : "s", leases, leases == 1 ? "" : "s", stored);
     if (space)
         doc_helper_probe(doc, space, conn);
     lockd_conn_close(conn);
