@@ -2565,7 +2565,7 @@ test_doctor_world_writable(void)
     ctl_key("/gc/0", key);
     snprintf(path, sizeof(path), "%s/%s", space_dir(), key);
     ASSERT_INT_EQ(as_nobody(op_symlink, &t), 0);
-    CTL_EXPECT(&r, 1, "run", "/gc/0", "--", "true");
+    CTL_EXPECT(&r, 1, "run", "--create-ok", "/gc/0", "--", "true");
     ASSERT_CONTAINS(r.err, "a symlink is planted");
     res_free(&r);
     ASSERT_OK(sys(unlink(path)));
@@ -3083,6 +3083,39 @@ left_pid(const char *text)
     return p ? (pid_t)atoi(p + 9) : 0;
 }
 
+/* lockdctl run DISK -- sh -c SCRIPT; its exit status, and its stderr read
+ * until every process that has it closes it: run's check of a CMD that
+ * daemonizes writes after CMD has exited. */
+static int
+run_sh(const char *disk, const char *script, char *err, size_t size)
+{
+    char *argv[] = {ctl_path, "run", (char *)disk, "--", "sh", "-c", (char *)script, NULL};
+    size_t len = 0;
+    int pfd[2], st;
+    ssize_t n;
+    pid_t pid;
+
+    ASSERT_OK(sys(pipe2(pfd, O_CLOEXEC)));
+    fflush(NULL);
+    pid = fork();
+    if (pid < 0)
+        TEST_FAIL("fork: %s", strerror(errno));
+    if (pid == 0)
+        child_exec(argv, -1, -1, pfd[1]);
+    close(pfd[1]);
+    while (len < size - 1 && (n = read(pfd[0], err + len, size - 1 - len)) != 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            break;
+        len += (size_t)n;
+    }
+    err[len] = '\0';
+    close(pfd[0]);
+    st = test_wait(pid);
+    return st;
+}
+
 /*
  * run with a helper: the leases belong to CMD's process, so a CMD that
  * daemonizes loses them when it exits.  run says so, naming the process
@@ -3092,26 +3125,26 @@ left_pid(const char *text)
 static void
 test_run_daemonizes(void)
 {
+    char err[4096];
     pid_t helper, orphan;
     struct res r;
 
     case_env();
     helper = helper_start();
-    CTL_EXPECT(&r, 0, "run", "a.img", "--", "sh", "-c",
-               "sleep 60 </dev/null >/dev/null 2>&1 & exit 0");
-    orphan = left_pid(r.err);
+    ASSERT_INT_EQ(run_sh("a.img", "sleep 60 </dev/null >/dev/null 2>&1 & exit 0", err,
+                         sizeof(err)),
+                  0);
+    orphan = left_pid(err);
     ASSERT_TRUE(orphan > 0);
-    ASSERT_CONTAINS(r.err, ") running: its leases ended with pid");
-    ASSERT_CONTAINS(r.err, "lockdctl acquire --pid");
-    ASSERT_INT_EQ(lines(r.err), 1);
-    res_free(&r);
+    ASSERT_CONTAINS(err, ") running: its leases ended with pid");
+    ASSERT_CONTAINS(err, "lockdctl acquire --pid");
+    ASSERT_INT_EQ(lines(err), 1);
     ASSERT_TRUE(WAIT_UNTIL(helper_leases() == 0, 5000));
     ASSERT_INT_EQ(probe("a.img"), LOCKD_FREE);
     kill(orphan, SIGKILL);
     /* A CMD that leaves nothing behind: not a word. */
-    CTL_EXPECT(&r, 0, "run", "a.img", "--", "sh", "-c", "sleep 0 & wait");
-    ASSERT_STR_EQ(r.err, "");
-    res_free(&r);
+    ASSERT_INT_EQ(run_sh("a.img", "sleep 0 & wait", err, sizeof(err)), 0);
+    ASSERT_STR_EQ(err, "");
     helper_stop(helper);
     /* No helper: the child holds the lease fds it inherited. */
     CTL_EXPECT(&r, 0, "run", "a.img", "--", "sh", "-c",

@@ -65,6 +65,7 @@ result snippets_compile
 export LOCKD_DIR="$s/space" LOCKD_SOCKET="$s/helper.sock"
 ctl="$top/lockdctl"
 disk="$s/web1.img"
+: >"$disk" # run refuses a disk that does not exist
 if [ -n "$manager" ]; then
     "$top/lockd-helper" --socket "$LOCKD_SOCKET" >"$s/helper.log" 2>&1 &
     hpid=$!
