@@ -3033,11 +3033,27 @@ static void
 test_helper_unreachable_kinds(void)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    char longpath[200];
+    char longpath[200], *e;
+    char *argv[] = {ctl_path, "--socket", (char *)test_path("full.sock"), "status", NULL};
+    int fd, lfd, cfd;
     struct res r;
-    int fd;
+    pid_t pid;
 
     case_env();
+    /* A full listen queue (a helper that hangs): connect() waits for the
+     * library's 30 s, then EAGAIN.  Started first, checked last. */
+    lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    cfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", test_path("full.sock"));
+    ASSERT_OK(sys(bind(lfd, (struct sockaddr *)&sa, sizeof(sa))));
+    ASSERT_OK(sys(listen(lfd, 0)));
+    ASSERT_OK(sys(connect(cfd, (struct sockaddr *)&sa, sizeof(sa)))); /* the queue's one */
+    fflush(NULL);
+    pid = fork();
+    if (pid < 0)
+        TEST_FAIL("fork: %s", strerror(errno));
+    if (pid == 0)
+        child_exec(argv, -1, -1, out_file("full.err"));
     /* A stream socket where the helper's should be. */
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", test_path("h.sock"));
@@ -3056,6 +3072,12 @@ test_helper_unreachable_kinds(void)
     CTL_EXPECT(&r, 69, "--socket", longpath, "status");
     assert_one_line_error(&r, "longer than a UNIX socket address holds");
     res_free(&r);
+    ASSERT_INT_EQ(test_wait(pid), 69);
+    e = slurp("full.err");
+    ASSERT_CONTAINS(e, "is not accepting connections (its listen queue is full");
+    free(e);
+    close(cfd);
+    close(lfd);
 }
 
 /* "-w DISK" waits for DISK, as --wait would; "-w 5" is five seconds. */
