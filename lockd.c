@@ -331,7 +331,7 @@ lockd_key_resource(const void *name, size_t len, char *ret_key)
 /* ------------------------------------------------------------------------
  * Lockspace settings
  *
- * .lockd-lockspace is a few lines of text:
+ * .lockd-lockspace is two lines of text, each ending in a newline:
  *     lockd-lockspace 1
  *     key-mode verbatim
  * A newer format version, or anything else we do not understand, is -EPROTO:
@@ -364,20 +364,32 @@ space_key_valid(const lockd_space *space, const char *key)
     return mode_named(space->mode) ? name_key_valid(key) : lockd_key_valid(key);
 }
 
+/* The settings text for mode, as written and as the only text read. */
 static int
-settings_parse(const char *buf, int *ret_mode)
+settings_text(int mode, char *buf, size_t size)
 {
-    char mode[16];
-    int version, n = 0;
+    return snprintf(buf, size, SETTINGS_MAGIC " %d\nkey-mode %s\n", SETTINGS_VERSION,
+                    mode_name(mode));
+}
 
-    if (sscanf(buf, SETTINGS_MAGIC " %d\nkey-mode %15s\n%n", &version, mode, &n) != 2 ||
-        n == 0 || buf[n] != '\0')
-        return -EPROTO;
-    if (version != SETTINGS_VERSION)
-        return -EPROTO;
-    for (*ret_mode = LOCKD_MODE_VERBATIM; *ret_mode <= LOCKD_MODE_SCSI; (*ret_mode)++)
-        if (strcmp(mode, mode_name(*ret_mode)) == 0)
+/* Strict: the file must be, byte for byte, what settings_write() writes for
+ * one of the modes.  A file run together ("lockd-lockspace1key-modecanonical"),
+ * without its last newline, with a line added, repeated or reordered, is
+ * hand-made or torn, and guessing what it meant could give keys in the wrong
+ * mode. */
+static int
+settings_parse(const char *buf, size_t len, int *ret_mode)
+{
+    char text[64];
+    int mode, n;
+
+    for (mode = LOCKD_MODE_VERBATIM; mode <= LOCKD_MODE_SCSI; mode++) {
+        n = settings_text(mode, text, sizeof(text));
+        if ((size_t)n == len && memcmp(buf, text, len) == 0) {
+            *ret_mode = mode;
             return 0;
+        }
+    }
     return -EPROTO;
 }
 
@@ -407,8 +419,7 @@ settings_read(int dirfd, int *ret_mode)
     safe_close(fd);
     if (r < 0)
         return r == -EISDIR ? -EPROTO : r;
-    buf[len] = '\0';
-    return settings_parse(buf, ret_mode);
+    return settings_parse(buf, len, ret_mode);
 }
 
 static int
@@ -447,8 +458,7 @@ settings_write(int dirfd, int mode)
     randombytes_buf(rnd, sizeof(rnd));
     snprintf(tmp, sizeof(tmp), SETTINGS_NAME ".%ld.%02x%02x%02x%02x", (long)getpid(), rnd[0],
              rnd[1], rnd[2], rnd[3]);
-    len = snprintf(text, sizeof(text), SETTINGS_MAGIC " %d\nkey-mode %s\n", SETTINGS_VERSION,
-                   mode_name(mode));
+    len = settings_text(mode, text, sizeof(text));
     fd = open_retry(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (fd < 0)
         return fd;

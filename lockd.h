@@ -165,7 +165,8 @@ LOCKD_API int lockd_default_dir(char **ret_dir);
  * -ENOENT (the directory is missing and LOCKD_OPEN_CREATE was not given),
  * -ENOTDIR (dir, or a parent, is not a directory), -EMEDIUMTYPE (mode
  * mismatch, above), -EPROTO (the settings file is not one lockd understands:
- * a newer format, or garbage; also after three lost races to write it),
+ * a newer format, or anything but the exact two lines lockd writes, each
+ * with its newline; also after three lost races to write it),
  * -ELOOP (a symlink planted as the settings file), -EROFS/-EACCES (the
  * settings file had to be written and could not be), -ENAMETOOLONG,
  * -ENOMEM, -EMFILE.

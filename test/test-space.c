@@ -439,6 +439,78 @@ test_settings_readonly_writes_nothing(void)
     free(before);
 }
 
+/* Settings files that are not, byte for byte, what lockd writes: each is
+ * refused by every kind of opener, and nothing in the lockspace changes. */
+static const char *const bad_settings[] = {
+    "lockd-lockspace1key-modecanonical",
+    "lockd-lockspace 1key-mode canonical\n",
+    "lockd-lockspace 1\nkey-mode canonical",
+    "lockd-lockspace 1\nkey-mode canonical\ngarbage",
+    "lockd-lockspace 1\nkey-mode canonical\n\n",
+    "lockd-lockspace 1\nkey-mode canonical\nkey-mode verbatim\n",
+    "lockd-lockspace 1\nkey-mode canonical\nkey-mode canonical\n",
+    "lockd-lockspace 1\nkey-mode canonical\ncolour blue\n",
+    "lockd-lockspace 1\ncolour blue\nkey-mode canonical\n",
+    "key-mode canonical\nlockd-lockspace 1\n",
+    "lockd-lockspace 1\n",
+    "lockd-lockspace  1\nkey-mode canonical\n",
+    "lockd-lockspace 01\nkey-mode canonical\n",
+    "lockd-lockspace +1\nkey-mode canonical\n",
+    " lockd-lockspace 1\nkey-mode canonical\n",
+    "lockd-lockspace 1\r\nkey-mode canonical\r\n",
+    "lockd-lockspace 1\nkey-mode\tcanonical\n",
+    "lockd-lockspace 1\nkey-mode canonical \n",
+    "lockd-lockspace 1\nkey-mode canonicalx\n",
+    "lockd-lockspace 2\nkey-mode canonical\n",
+};
+
+static void
+settings_refused(size_t i)
+{
+    static const uint32_t how[] = {0, LOCKD_OPEN_READONLY, LOCKD_OPEN_CANONICAL,
+                                   LOCKD_OPEN_VERBATIM | LOCKD_OPEN_CREATE};
+    char dir[PATH_MAX], path[PATH_MAX];
+    lockd_space *s = NULL;
+    char *before;
+    size_t j;
+
+    path_printf(dir, sizeof(dir), "%s/bad-%zu", test_scratch, i);
+    path_printf(path, sizeof(path), "%s/" SETTINGS_FILE, dir);
+    xmkdir(dir);
+    write_text(path, bad_settings[i]);
+    before = snapshot(dir);
+    for (j = 0; j < sizeof(how) / sizeof(how[0]); j++) {
+        int r = lockd_space_open(dir, how[j], &s);
+
+        if (r != -EPROTO)
+            TEST_FAIL("bad_settings[%zu]: lockd_space_open(%#x) = %d, expected -EPROTO",
+                      i, how[j], r);
+    }
+    assert_same_tree("a refused settings file", before, dir);
+    free(before);
+}
+
+static void
+test_settings_strict(void)
+{
+    lockd_space *s = NULL;
+    char good[64];
+    size_t i;
+
+    for (i = 0; i < sizeof(bad_settings) / sizeof(bad_settings[0]); i++)
+        settings_refused(i);
+    /* The same bytes with their newlines in place are accepted: the
+     * refusals above are about the shape, not the words. */
+    xmkdir(test_path("good"));
+    ASSERT_OK(lockd_space_open(test_path("good"), LOCKD_OPEN_CANONICAL, &s));
+    lockd_space_close(s);
+    read_text(test_path("good/" SETTINGS_FILE), good, sizeof(good));
+    ASSERT_STR_EQ(good, "lockd-lockspace 1\nkey-mode canonical\n");
+    ASSERT_OK(lockd_space_open(test_path("good"), LOCKD_OPEN_READONLY, &s));
+    ASSERT_INT_EQ(lockd_space_mode(s), LOCKD_MODE_CANONICAL);
+    lockd_space_close(s);
+}
+
 /* ------------------------------------------------------------------------
  * The settings race: N openers of one fresh lockspace at once
  */
@@ -1590,6 +1662,7 @@ main(void)
     TEST_RUN(test_settings_canonical);
     TEST_RUN(test_settings_existing_dir);
     TEST_RUN(test_settings_readonly_writes_nothing);
+    TEST_RUN(test_settings_strict);
     TEST_RUN(test_settings_race);
     TEST_RUN_TIMEOUT(test_bad_input, 30);
     TEST_RUN(test_emfile_creating);
