@@ -126,6 +126,7 @@
 #define SETTINGS_MAGIC "lockd-lockspace"
 #define SETTINGS_VERSION 1
 #define LEASE_OPEN_FLAGS (O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
+#define PEEK_OPEN_FLAGS (O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
 #define BACKOFF_MAX_NS (20 * 1000 * 1000L)
 #define INDEX_BYTE 0 /* of .lockd-index: shared to create leases, exclusive for gc */
 #define INTENT_BYTE 1 /* shared: a creator waits for or holds INDEX_BYTE */
@@ -393,18 +394,22 @@ settings_parse(const char *buf, size_t len, int *ret_mode)
     return -EPROTO;
 }
 
+static int open_looked(int dirfd, const char *name, int flags, int blk_ok,
+                       struct stat *ret_st);
+
 /* Read the settings: 0 and *ret_mode, -ENOENT if there are none. */
 static int
 settings_read(int dirfd, int *ret_mode)
 {
     char buf[128];
+    struct stat st;
     size_t len = 0;
     ssize_t n;
     int fd, r;
 
-    fd = open_retry(dirfd, SETTINGS_NAME, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0);
+    fd = open_looked(dirfd, SETTINGS_NAME, PEEK_OPEN_FLAGS, 0, &st);
     if (fd < 0)
-        return fd;
+        return fd == -EISDIR ? -EPROTO : fd;
     for (;;) {
         n = LOCKD_SYS_READ(fd, buf + len, sizeof(buf) - 1 - len);
         if (n < 0 && errno == EINTR)
@@ -846,25 +851,64 @@ check_regular(const struct stat *st)
     return -ENXIO;
 }
 
-/* Open an existing lease file; -ENOENT if there is none.  O_NOFOLLOW makes a
- * planted symlink fail with ELOOP, O_NONBLOCK keeps a planted FIFO from
- * blocking the open, and O_RDWR fails on a directory with EISDIR. */
+/*
+ * Open name in dirfd with flags, but only if it is a regular file (or, if
+ * blk_ok, a block device).  It is looked at through an O_PATH descriptor
+ * first, which opens nothing: no driver's open runs, a FIFO cannot block,
+ * inotify sees no IN_OPEN.  So a character device planted there, which may
+ * act on open (a watchdog arms), a FIFO or a socket is refused without ever
+ * being opened.  The inode looked at is then reopened through /proc/self/fd,
+ * not the name, so a swap in between cannot make us open something else;
+ * without /proc the name is opened and must still be that inode.
+ * O_NOFOLLOW in flags applies to the look (a symlink is -ELOOP).  Returns the
+ * fd and *ret_st, -ELOOP, -EISDIR, -ENXIO (any other kind of file, or
+ * without /proc a name pointed elsewhere meanwhile), or open's error.
+ */
 static int
-lease_open(int dirfd, const char *key, struct stat *ret_st)
+open_looked(int dirfd, const char *name, int flags, int blk_ok, struct stat *ret_st)
 {
-    int fd = open_retry(dirfd, key, LEASE_OPEN_FLAGS, 0), r;
+    char self[64];
+    struct stat st;
+    int pfd, fd, r;
 
+    pfd = open_retry(dirfd, name, O_PATH | O_CLOEXEC | (flags & O_NOFOLLOW), 0);
+    if (pfd < 0)
+        return pfd;
+    if (RETRY_EINTR(LOCKD_SYS_FSTAT(pfd, &st)) < 0)
+        r = negerrno();
+    else
+        r = blk_ok && S_ISBLK(st.st_mode) ? 0 : check_regular(&st);
+    if (r < 0) {
+        safe_close(pfd);
+        return r;
+    }
+    /* /proc/self/fd/N is a magic link: O_NOFOLLOW would refuse it. */
+    snprintf(self, sizeof(self), "/proc/self/fd/%d", pfd);
+    fd = open_retry(AT_FDCWD, self, flags & ~O_NOFOLLOW, 0);
+    if (fd == -ENOENT && access("/proc/self/fd", F_OK) < 0)
+        fd = open_retry(dirfd, name, flags, 0);
+    safe_close(pfd);
     if (fd < 0)
         return fd;
     if (RETRY_EINTR(LOCKD_SYS_FSTAT(fd, ret_st)) < 0)
         r = negerrno();
-    else
-        r = check_regular(ret_st);
+    else if (ret_st->st_dev != st.st_dev || ret_st->st_ino != st.st_ino ||
+             ret_st->st_rdev != st.st_rdev)
+        r = -ENXIO;
     if (r < 0) {
         safe_close(fd);
         return r;
     }
     return fd;
+}
+
+/* Open an existing lease file; -ENOENT if there is none.  Nothing but a
+ * regular file is opened (open_looked()); O_NONBLOCK is for the fallback
+ * without /proc, and O_RDWR fails on a directory anyway. */
+static int
+lease_open(int dirfd, const char *key, struct stat *ret_st)
+{
+    return open_looked(dirfd, key, LEASE_OPEN_FLAGS, 0, ret_st);
 }
 
 /* Deadlines are CLOCK_MONOTONIC times in ns, immune to clock changes. */
@@ -900,17 +944,25 @@ sleep_ns(int64_t ns)
  *
  * The index is opened afresh for every use, because an OFD lock belongs to
  * the open file description: sharing one between threads would let one
- * thread's unlock drop another's lock.  No fstat() here, unlike a lease:
- * O_NOFOLLOW refuses a planted symlink, O_RDWR a directory, and a FIFO or
- * device planted as the index takes the lock like a file would (or fails
- * it), which harms nothing but gc's exclusion; this call is on the path of
- * every new lease.
+ * thread's unlock drop another's lock.  Something other than a regular file
+ * planted as the index is refused like a planted lease, never opened, never
+ * locked: a device may act on open, and a lock on it would exclude nobody.
  */
+#define INDEX_OPEN_FLAGS (O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
+
 static int
 index_open(int dirfd)
 {
-    return open_retry(dirfd, INDEX_NAME, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW |
-                      O_NONBLOCK | O_NOCTTY, 0600);
+    struct stat st;
+    int fd = open_looked(dirfd, INDEX_NAME, INDEX_OPEN_FLAGS, 0, &st);
+
+    if (fd != -ENOENT)
+        return fd;
+    /* O_EXCL: what another created meanwhile is looked at, never opened. */
+    fd = open_retry(dirfd, INDEX_NAME, INDEX_OPEN_FLAGS | O_CREAT | O_EXCL, 0600);
+    if (fd != -EEXIST)
+        return fd;
+    return open_looked(dirfd, INDEX_NAME, INDEX_OPEN_FLAGS, 0, &st);
 }
 
 static int lock_wait(int fd, short type, off_t byte, int64_t deadline,
@@ -977,8 +1029,7 @@ index_gc_leave(int fd)
  * under the exclusive one) never removes a file while it is being created.
  * The index is let go before the lease is locked (it is never held while
  * waiting), so gc may still remove the file in between: the inode check
- * after the grant sees that and starts over.  The file may already exist by
- * now: O_CREAT without O_EXCL opens it. */
+ * after the grant sees that and starts over. */
 static int
 lease_create(int dirfd, const char *key, int64_t deadline, struct stat *ret_st)
 {
@@ -987,11 +1038,17 @@ lease_create(int dirfd, const char *key, int64_t deadline, struct stat *ret_st)
     ifd = index_lock_shared(dirfd, deadline);
     if (ifd < 0)
         return ifd;
-    fd = open_retry(dirfd, key, LEASE_OPEN_FLAGS | O_CREAT, 0600);
+    /* O_EXCL: a file that appeared meanwhile is looked at before it is
+     * opened, like any existing one. */
+    fd = open_retry(dirfd, key, LEASE_OPEN_FLAGS | O_CREAT | O_EXCL, 0600);
     if (fd >= 0 && RETRY_EINTR(LOCKD_SYS_FSTAT(fd, ret_st)) < 0)
         r = negerrno();
-    else if (fd >= 0)
-        r = check_regular(ret_st);
+    else if (fd == -EEXIST)
+        fd = lease_open(dirfd, key, ret_st);
+    /* Created and unlinked again by a virtlockd peer, which takes no index
+     * lock: -ESTALE has lease_take() start over. */
+    if (fd == -ENOENT)
+        fd = -ESTALE;
     safe_close(ifd);
     if (r < 0) {
         safe_close(fd);
@@ -1361,13 +1418,13 @@ LOCKD_API int
 lockd_holder(const lockd_space *space, const char *key, lockd_holder_info *ret)
 {
     char buf[HOLDER_MAX + 1];
+    struct stat st;
     ssize_t n;
     int fd, r;
 
     if (!space || !ret || !space_key_valid(space, key))
         return -EINVAL;
-    fd = open_retry(space->dirfd, key, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY,
-                    0);
+    fd = open_looked(space->dirfd, key, PEEK_OPEN_FLAGS, 0, &st);
     if (fd < 0)
         return fd;
     /* Past this client's page cache: another host wrote it.  (A fresh
@@ -2264,43 +2321,11 @@ probe_fd(int fd, int32_t *ret_pid)
 static int
 direct_open(const char *path, int mode, struct stat *ret_st)
 {
-    char self[64];
-    struct stat st;
-    int pfd, fd, flags, r = 0;
-
-    pfd = open_retry(AT_FDCWD, path, O_PATH | O_CLOEXEC, 0);
-    if (pfd < 0)
-        return pfd;
-    if (RETRY_EINTR(LOCKD_SYS_FSTAT(pfd, &st)) < 0)
-        r = negerrno();
-    else if (S_ISDIR(st.st_mode))
-        r = -EISDIR;
-    else if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-        r = -ENXIO;
-    if (r < 0) {
-        safe_close(pfd);
-        return r;
-    }
-    /* The inode just looked at is reopened, not the name: a symlink
-     * swapped in between must not make us open a FIFO or a device.
-     * Without /proc the name is opened, and checked below.  An exclusive
-     * lease is a write lock, which needs a writable fd. */
-    snprintf(self, sizeof(self), "/proc/self/fd/%d", pfd);
-    flags =
+    /* An exclusive lease is a write lock, which needs a writable fd. */
+    int flags =
         (mode == LOCKD_SHARED ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
-    fd = open_retry(AT_FDCWD, self, flags, 0);
-    if (fd == -ENOENT && access("/proc/self/fd", F_OK) < 0)
-        fd = open_retry(AT_FDCWD, path, flags, 0);
-    safe_close(pfd);
-    if (fd < 0)
-        return fd;
-    /* The name may have been pointed elsewhere in between. */
-    if (RETRY_EINTR(LOCKD_SYS_FSTAT(fd, ret_st)) < 0 || ret_st->st_dev != st.st_dev ||
-        ret_st->st_ino != st.st_ino || ret_st->st_rdev != st.st_rdev) {
-        safe_close(fd);
-        return -ENXIO;
-    }
-    return fd;
+
+    return open_looked(AT_FDCWD, path, flags, 1, ret_st);
 }
 
 LOCKD_API int
@@ -2622,8 +2647,7 @@ lockd_probe(const lockd_space *space, const char *key, int32_t *ret_pid)
 
     if (!space || !space_key_valid(space, key))
         return -EINVAL;
-    fd = open_retry(space->dirfd, key, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY,
-                    0);
+    fd = open_looked(space->dirfd, key, PEEK_OPEN_FLAGS, 0, &st);
     if (fd == -ENOENT) {
         if (ret_pid)
             *ret_pid = 0;
@@ -2631,12 +2655,7 @@ lockd_probe(const lockd_space *space, const char *key, int32_t *ret_pid)
     }
     if (fd < 0)
         return fd;
-    if (RETRY_EINTR(LOCKD_SYS_FSTAT(fd, &st)) < 0)
-        r = negerrno();
-    else
-        r = check_regular(&st);
-    if (r == 0)
-        r = probe_fd(fd, ret_pid);
+    r = probe_fd(fd, ret_pid);
     safe_close(fd);
     return r;
 }

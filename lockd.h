@@ -59,7 +59,10 @@
  *                 never falls back to classic POSIX locks)
  *   -ELOOP        a symlink was planted in the lockspace where a lease should be
  *   -EISDIR       a directory was planted there
- *   -ENXIO        a FIFO, socket or device was planted there
+ *   -ENXIO        a FIFO, socket or device was planted there (or as the
+ *                 lockspace's index).  lockd looks at what a name refers to
+ *                 (O_PATH) before it opens it, and never opens any of these:
+ *                 a device may act on open.
  *   -EROFS, -EACCES  the lockspace cannot be written
  *   -EMFILE, -ENFILE the process or system is out of file descriptors
  *   -ENOMEM       out of memory
@@ -167,7 +170,8 @@ LOCKD_API int lockd_default_dir(char **ret_dir);
  * mismatch, above), -EPROTO (the settings file is not one lockd understands:
  * a newer format, or anything but the exact two lines lockd writes, each
  * with its newline; also after three lost races to write it),
- * -ELOOP (a symlink planted as the settings file), -EROFS/-EACCES (the
+ * -ELOOP (a symlink planted as the settings file), -ENXIO (a FIFO, socket or
+ * device planted there: looked at, never opened), -EROFS/-EACCES (the
  * settings file had to be written and could not be), -ENAMETOOLONG,
  * -ENOMEM, -EMFILE.
  * On success *ret_space owns one directory fd (O_CLOEXEC) until
@@ -499,8 +503,10 @@ LOCKD_API int lockd_probe(const lockd_space *space, const char *key, int32_t *re
  * be NULL) get the number of lease files removed and left in place (held,
  * gone meanwhile, or not gc's to judge: planted, or unreadable to us).
  * Errors: -EROFS, -EACCES, -ENOLCK, -EMFILE, -ENOMEM, -EBADF (space was
- * opened LOCKD_OPEN_READONLY), or the progress callback's value.  Files
- * removed before an error stay removed.
+ * opened LOCKD_OPEN_READONLY), -ELOOP/-EISDIR/-ENXIO (something other than a
+ * regular file planted as the index, which is then never opened or locked),
+ * or the progress callback's value.  Files removed before an error stay
+ * removed.
  */
 typedef int (*lockd_progress_fn)(uint64_t done, void *userdata);
 LOCKD_API int lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,

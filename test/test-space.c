@@ -511,6 +511,81 @@ test_settings_strict(void)
     lockd_space_close(s);
 }
 
+/* A character device or a FIFO planted at a lease's name, as the index or as
+ * the settings file is refused with -ENXIO and never opened: inotify, which
+ * reports every open of a node (and no O_PATH look), sees none.  (A device
+ * may act on open; a lock on one would exclude nobody.) */
+static void
+planted_lease_refused(lockd_space *s, const char *key)
+{
+    lockd_holder_info info;
+    lockd_lease *l = NULL;
+
+    ASSERT_ERR(acquire1(s, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &l), ENXIO);
+    ASSERT_ERR(acquire1(s, key, LOCKD_SHARED, 50, &l), ENXIO);
+    ASSERT_ERR(acquire1(s, key, LOCKD_EXCLUSIVE, LOCKD_FOREVER, &l), ENXIO);
+    ASSERT_ERR(lockd_probe(s, key, NULL), ENXIO);
+    ASSERT_ERR(lockd_holder(s, key, &info), ENXIO);
+    ASSERT_TRUE(l == NULL);
+}
+
+static void
+planted_index_refused(lockd_space *s, int ifd, mode_t type)
+{
+    char fresh[LOCKD_KEY_SIZE], old[LOCKD_KEY_SIZE];
+    lockd_lease *l = NULL;
+
+    key_of("fresh", fresh);
+    key_of("existing", old);
+    plant_watched(ifd, space_dir(), INDEX_FILE, type);
+    /* A new lease needs the index: refused, and no lease file made. */
+    ASSERT_ERR(acquire1(s, fresh, LOCKD_EXCLUSIVE, LOCKD_TRY, &l), ENXIO);
+    ASSERT_ERR(acquire1(s, fresh, LOCKD_EXCLUSIVE, 50, &l), ENXIO);
+    ASSERT_TRUE(faccessat(lockd_space_fd(s), fresh, F_OK, AT_SYMLINK_NOFOLLOW) < 0);
+    ASSERT_ERR(lockd_gc(s, NULL, NULL, NULL, NULL), ENXIO);
+    /* An existing lease takes no index lock: still granted.  Then the
+     * planted index goes, for the next case. */
+    ASSERT_OK(acquire1(s, old, LOCKD_EXCLUSIVE, LOCKD_TRY, &l));
+    ASSERT_OK(lockd_lease_release(l));
+    ASSERT_OK(sys(unlinkat(lockd_space_fd(s), INDEX_FILE, 0)));
+}
+
+static void
+test_planted_nodes_never_opened(void)
+{
+    int ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    char dev[LOCKD_KEY_SIZE], fifo[LOCKD_KEY_SIZE], old[LOCKD_KEY_SIZE];
+    lockd_space *s = space_open(), *t = NULL;
+    lockd_lease *l = NULL;
+
+    ASSERT_OK(sys(ifd));
+    key_of("planted device", dev);
+    key_of("planted fifo", fifo);
+    key_of("existing", old);
+    ASSERT_OK(acquire1(s, old, LOCKD_EXCLUSIVE, LOCKD_TRY, &l)); /* makes the index */
+    ASSERT_OK(lockd_lease_release(l));
+    ASSERT_OK(sys(unlinkat(lockd_space_fd(s), INDEX_FILE, 0)));
+    plant_watched(ifd, space_dir(), dev, S_IFCHR);
+    plant_watched(ifd, space_dir(), fifo, S_IFIFO);
+    planted_lease_refused(s, dev);
+    planted_lease_refused(s, fifo);
+    planted_index_refused(s, ifd, S_IFCHR);
+    planted_index_refused(s, ifd, S_IFIFO);
+
+    xmkdir(test_path("settings-dev"));
+    plant_watched(ifd, test_path("settings-dev"), SETTINGS_FILE, S_IFCHR);
+    ASSERT_ERR(lockd_space_open(test_path("settings-dev"), 0, &t), ENXIO);
+    ASSERT_ERR(lockd_space_open(test_path("settings-dev"), LOCKD_OPEN_READONLY, &t),
+               ENXIO);
+    assert_never_opened(ifd);
+
+    /* The watch does see an open: the check above can fail. */
+    close(open(test_path("settings-dev/" SETTINGS_FILE), O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(read(ifd, (char[4096]){0}, 4096) > 0);
+    close(ifd);
+    lockd_space_close(s);
+}
+
 /* ------------------------------------------------------------------------
  * The settings race: N openers of one fresh lockspace at once
  */
@@ -1663,6 +1738,7 @@ main(void)
     TEST_RUN(test_settings_existing_dir);
     TEST_RUN(test_settings_readonly_writes_nothing);
     TEST_RUN(test_settings_strict);
+    TEST_RUN(test_planted_nodes_never_opened);
     TEST_RUN(test_settings_race);
     TEST_RUN_TIMEOUT(test_bad_input, 30);
     TEST_RUN(test_emfile_creating);
