@@ -2664,27 +2664,53 @@ lockd_probe(const lockd_space *space, const char *key, int32_t *ret_pid)
  * Garbage collection
  */
 
-/* Remove the lease file key if nobody holds it and its name still refers to
- * the inode we locked.  Returns 1 removed, 0 held (or gone), -errno. */
+/* What gc_one() did with one name. */
+enum { GC_GONE, GC_REMOVED, GC_HELD, GC_YOUNG, GC_OTHER };
+
+/* Whether the file st describes was created or written less than
+ * min_age_ms ago (by this host's clock; a time in the future is young). */
 static int
-gc_one(int dirfd, int remote, const char *key)
+gc_young(const struct stat *st, uint32_t min_age_ms)
+{
+    struct timespec now;
+    int64_t t, m;
+
+    if (min_age_ms == 0)
+        return 0;
+    clock_gettime(CLOCK_REALTIME, &now);
+    t = (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
+    m = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+    t = m > t ? m : t;
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec - t <
+           (int64_t)min_age_ms * 1000000;
+}
+
+/* Remove the lease file key if nobody holds it, it is at least min_age_ms
+ * old, and its name still refers to the inode we locked.  Returns a GC_*
+ * value or -errno. */
+static int
+gc_one(int dirfd, int remote, const char *key, uint32_t min_age_ms)
 {
     struct stat st;
     int fd, r;
 
     fd = lease_open(dirfd, key, &st);
     if (fd == -ENOENT || fd == -ESTALE)
-        return 0;
+        return GC_GONE;
     /* Not a lease gc may judge (planted, or another user's 0600 file):
      * leave it, and go on with the rest. */
     if (fd == -ELOOP || fd == -EISDIR || fd == -ENXIO || fd == -EACCES || fd == -EPERM)
-        return 0;
+        return GC_OTHER;
     if (fd < 0)
         return fd;
+    if (gc_young(&st, min_age_ms)) {
+        safe_close(fd);
+        return GC_YOUNG;
+    }
     r = lease_lock(fd, F_OFD_SETLK, F_WRLCK, NULL);
     if (r == -EAGAIN) {
         safe_close(fd);
-        return 0;
+        return GC_HELD;
     }
     if (r == 0)
         r = lease_current(dirfd, key, fd, &st, remote);
@@ -2697,19 +2723,78 @@ gc_one(int dirfd, int remote, const char *key)
     if (r == 1 && RETRY_EINTR(LOCKD_SYS_UNLINKAT(dirfd, key, 0)) < 0)
         r = errno == ENOENT ? 0 : negerrno();
     (void)lease_drop(fd);
-    return r;
+    return r < 0 ? r : r == 1 ? GC_REMOVED : GC_GONE;
 }
 
-LOCKD_API int
-lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,
-         uint64_t *ret_removed, uint64_t *ret_kept)
+/* The number of names in d that gc would look at; d is rewound. */
+static uint64_t
+gc_count(const lockd_space *space, DIR *d)
 {
-    uint64_t seen = 0, removed = 0, kept = 0;
+    struct dirent *de;
+    uint64_t n = 0;
+
+    while ((de = readdir(d)))
+        n += space_key_valid(space, de->d_name);
+    rewinddir(d);
+    return n;
+}
+
+struct gc_run {
+    uint32_t min_age_ms;
+    lockd_gc_progress_fn progress;
+    void *userdata;
+    uint64_t total, count[GC_OTHER + 1];
+};
+
+static int
+gc_dir(lockd_space *space, int ifd, DIR *d, struct gc_run *g)
+{
     int64_t batch_end = 0;
     unsigned batch = 0;
+    uint64_t seen = 0;
     struct dirent *de;
+    int entered = 0, r = 0;
+
+    while ((errno = 0, de = readdir(d))) {
+        if (!space_key_valid(space, de->d_name))
+            continue;
+        /* The index is held for one batch at a time: creators waiting for
+         * it go between two batches (index_gc_enter()). */
+        if (entered && (++batch >= GC_BATCH_MAX || now_ns() >= batch_end)) {
+            index_gc_leave(ifd);
+            entered = 0;
+        }
+        if (!entered) {
+            r = index_gc_enter(ifd);
+            if (r < 0)
+                return r;
+            entered = 1, batch = 0;
+            batch_end = now_ns() + GC_BATCH_NS;
+        }
+        r = gc_one(space->dirfd, space->remote, de->d_name, g->min_age_ms);
+        if (r < 0)
+            return r;
+        g->count[r]++;
+        if (++seen % 1024 == 0 && g->progress) {
+            /* Never call out with the index held: a callback that stalls
+             * (a terminal held by ^S) would stall every creator. */
+            if (entered)
+                index_gc_leave(ifd);
+            entered = 0;
+            if ((r = g->progress(seen, g->total, g->userdata)) != 0)
+                return r;
+        }
+    }
+    return errno ? negerrno() : 0;
+}
+
+static int gc_compat_progress(uint64_t done, uint64_t total, void *userdata);
+
+static int
+gc_run(lockd_space *space, struct gc_run *g)
+{
     DIR *d = NULL;
-    int ifd = -1, lfd, entered = 0, r = 0;
+    int ifd = -1, lfd, r;
 
     if (!space)
         return -EINVAL;
@@ -2734,51 +2819,71 @@ lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,
         safe_close(lfd);
         goto out;
     }
-    while ((errno = 0, de = readdir(d))) {
-        if (!space_key_valid(space, de->d_name))
-            continue;
-        /* The index is held for one batch at a time: creators waiting for
-         * it go between two batches (index_gc_enter()). */
-        if (entered && (++batch >= GC_BATCH_MAX || now_ns() >= batch_end)) {
-            index_gc_leave(ifd);
-            entered = 0;
-        }
-        if (!entered) {
-            r = index_gc_enter(ifd);
-            if (r < 0)
-                goto out;
-            entered = 1, batch = 0;
-            batch_end = now_ns() + GC_BATCH_NS;
-        }
-        r = gc_one(space->dirfd, space->remote, de->d_name);
-        if (r < 0)
-            goto out;
-        if (r == 1)
-            removed++;
-        else
-            kept++;
-        if (++seen % 1024 == 0 && progress) {
-            /* Never call out with the index held: a callback that stalls
-             * (a terminal held by ^S) would stall every creator. */
-            if (entered)
-                index_gc_leave(ifd);
-            entered = 0;
-            if ((r = progress(seen, userdata)) != 0)
-                goto out;
-        }
-    }
-    r = errno ? negerrno() : 0;
-    if (r == 0) {
-        if (ret_removed)
-            *ret_removed = removed;
-        if (ret_kept)
-            *ret_kept = kept;
-    }
+    /* Names only, no stat: cheap beside the locking pass that follows.
+     * lockd_gc()'s callback has no use for it. */
+    if (g->progress && g->progress != gc_compat_progress)
+        g->total = gc_count(space, d);
+    r = gc_dir(space, ifd, d, g);
 out:
     if (d)
         closedir(d);
     safe_close(ifd);
     return r;
+}
+
+LOCKD_API int
+lockd_gc_ex(lockd_space *space, uint32_t min_age_ms, lockd_gc_progress_fn progress,
+            void *userdata, uint64_t *ret_removed, uint64_t *ret_held,
+            uint64_t *ret_young, uint64_t *ret_other)
+{
+    struct gc_run g = {
+        .min_age_ms = min_age_ms, .progress = progress, .userdata = userdata};
+    int r = gc_run(space, &g);
+
+    if (r != 0)
+        return r;
+    if (ret_removed)
+        *ret_removed = g.count[GC_REMOVED];
+    if (ret_held)
+        *ret_held = g.count[GC_HELD];
+    if (ret_young)
+        *ret_young = g.count[GC_YOUNG];
+    if (ret_other)
+        *ret_other = g.count[GC_OTHER];
+    return 0;
+}
+
+/* lockd_gc()'s callback, called through lockd_gc_ex()'s. */
+struct gc_compat {
+    lockd_progress_fn fn;
+    void *userdata;
+};
+
+static int
+gc_compat_progress(uint64_t done, uint64_t total, void *userdata)
+{
+    struct gc_compat *c = userdata;
+
+    (void)total;
+    return c->fn(done, c->userdata);
+}
+
+LOCKD_API int
+lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,
+         uint64_t *ret_removed, uint64_t *ret_kept)
+{
+    struct gc_compat c = {.fn = progress, .userdata = userdata};
+    struct gc_run g = {.progress = progress ? gc_compat_progress : NULL, .userdata = &c};
+    int r = gc_run(space, &g);
+
+    if (r != 0)
+        return r;
+    if (ret_removed)
+        *ret_removed = g.count[GC_REMOVED];
+    /* As before lockd_gc_ex(): everything looked at and left in place. */
+    if (ret_kept)
+        *ret_kept = g.count[GC_GONE] + g.count[GC_HELD] + g.count[GC_OTHER];
+    return 0;
 }
 
 /* ------------------------------------------------------------------------

@@ -506,11 +506,45 @@ LOCKD_API int lockd_probe(const lockd_space *space, const char *key, int32_t *re
  * opened LOCKD_OPEN_READONLY), -ELOOP/-EISDIR/-ENXIO (something other than a
  * regular file planted as the index, which is then never opened or locked),
  * or the progress callback's value.  Files removed before an error stay
- * removed.
+ * removed.  lockd_gc() is lockd_gc_ex() with a minimum age of 0.
  */
 typedef int (*lockd_progress_fn)(uint64_t done, void *userdata);
 LOCKD_API int lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,
                        uint64_t *ret_removed, uint64_t *ret_kept);
+
+/*
+ * lockd_gc() with a minimum age, a total for progress, and the files left
+ * in place told apart.  A lease file created or written (ctime or mtime, by
+ * this host's clock) less than min_age_ms ago is left alone, whoever made
+ * it: gc cannot see a peer that has opened a file and not yet locked it,
+ * and a peer that does not check, once its lock is granted, that the name
+ * still refers to the file it locked (lockd and virtlockd do) would then
+ * hold a lease on a file gc unlinked, beside whoever creates the next one.
+ * The age covers the moments after a peer creates a file; it cannot cover
+ * one that opens an old file and is slow to lock it (lockdctl(1), "gc").
+ * LOCKD_GC_MIN_AGE_MS is what lockdctl gc uses; 0 judges every file now, as
+ * lockd_gc() does.
+ *
+ * progress, if not NULL, is called every 1024 files with the number looked
+ * at so far and the total: the names that were keys when gc began, counted
+ * in a first pass over the directory (names only, nothing opened), so done
+ * may pass total if lease files are created meanwhile.
+ *
+ * On success, each of these that is not NULL gets the number of lease
+ * files: *ret_removed removed; *ret_held left because someone holds them;
+ * *ret_young left because they are younger than min_age_ms; *ret_other
+ * left because they are not gc's to judge (a symlink, directory, FIFO,
+ * socket or device planted under a key's name, never opened; a file we may
+ * not open).  Files that vanished while gc looked are in none of them.
+ * Errors as lockd_gc(), and -ELOOP/-EISDIR/-ENXIO if something other than a
+ * regular file was planted as the lockspace's index (it is not opened).
+ */
+#define LOCKD_GC_MIN_AGE_MS 5000
+typedef int (*lockd_gc_progress_fn)(uint64_t done, uint64_t total, void *userdata);
+LOCKD_API int lockd_gc_ex(lockd_space *space, uint32_t min_age_ms,
+                          lockd_gc_progress_fn progress, void *userdata,
+                          uint64_t *ret_removed, uint64_t *ret_held, uint64_t *ret_young,
+                          uint64_t *ret_other);
 
 /* ------------------------------------------------------------------------
  * The helper: handing leases to lockd-helper(8)

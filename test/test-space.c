@@ -543,6 +543,7 @@ planted_index_refused(lockd_space *s, int ifd, mode_t type)
     ASSERT_ERR(acquire1(s, fresh, LOCKD_EXCLUSIVE, 50, &l), ENXIO);
     ASSERT_TRUE(faccessat(lockd_space_fd(s), fresh, F_OK, AT_SYMLINK_NOFOLLOW) < 0);
     ASSERT_ERR(lockd_gc(s, NULL, NULL, NULL, NULL), ENXIO);
+    ASSERT_ERR(lockd_gc_ex(s, 0, NULL, NULL, NULL, NULL, NULL, NULL), ENXIO);
     /* An existing lease takes no index lock: still granted.  Then the
      * planted index goes, for the next case. */
     ASSERT_OK(acquire1(s, old, LOCKD_EXCLUSIVE, LOCKD_TRY, &l));
