@@ -2703,14 +2703,16 @@ gc_one(int dirfd, int remote, const char *key, uint32_t min_age_ms)
         return GC_OTHER;
     if (fd < 0)
         return fd;
-    if (gc_young(&st, min_age_ms)) {
-        safe_close(fd);
-        return GC_YOUNG;
-    }
     r = lease_lock(fd, F_OFD_SETLK, F_WRLCK, NULL);
     if (r == -EAGAIN) {
         safe_close(fd);
         return GC_HELD;
+    }
+    /* Judged once it is known not to be held, so that "held" counts
+     * every held lease, young or old. */
+    if (r == 0 && gc_young(&st, min_age_ms)) {
+        (void)lease_drop(fd);
+        return GC_YOUNG;
     }
     if (r == 0)
         r = lease_current(dirfd, key, fd, &st, remote);
