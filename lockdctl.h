@@ -40,6 +40,7 @@ struct opts {
     int direct; /* --direct: leases on the disks themselves, no lockspace */
     int on_loss;            /* LOCKD_ON_LOSS_*, or -1: not given (the helper's default) */
     const char *on_loss_cmd; /* exec:CMD's CMD */
+    uint32_t min_age_ms;     /* gc --min-age */
 };
 
 /* In lockdctl.c.  A usage error: the message, a pointer to --help, and
