@@ -1641,6 +1641,26 @@ test_gc_summary(void)
     res_free(&r);
 }
 
+/* A settings file run together, without its newlines, is refused, and the
+ * message names the lockspace and the file; gc removes nothing there. */
+static void
+test_settings_run_together(void)
+{
+    char path[PATH_MAX + 32];
+    struct res r;
+
+    case_env();
+    xmkdir(space_dir());
+    snprintf(path, sizeof(path), "%s/.lockd-lockspace", space_dir());
+    write_file(path, "lockd-lockspace1key-modecanonical");
+    make_lease_files(1);
+    CTL_EXPECT(&r, 1, "gc", "--min-age=0");
+    assert_one_line_error(&r, ".lockd-lockspace is not a settings file");
+    ASSERT_CONTAINS(r.err, space_dir());
+    res_free(&r);
+    ASSERT_INT_EQ(lease_files(), 1);
+}
+
 /* Whether buf has a line that starts with prefix and goes on with a rate,
  * "N/s" (N with a comma every three digits), then clears to the end. */
 static int
@@ -2534,6 +2554,7 @@ main(int argc, char **argv)
     TEST_RUN(test_who);
     TEST_RUN(test_who_posix_holder);
     TEST_RUN(test_gc_summary);
+    TEST_RUN(test_settings_run_together);
     TEST_RUN(test_gc_progress_on_tty);
     TEST_RUN(test_run_with_helper);
     TEST_RUN(test_run_with_helper_cmd_has_no_fds);
