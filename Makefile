@@ -265,7 +265,7 @@ test/libvirt/lose-lease: test/libvirt/lose-lease.c
 
 # -rdynamic: the plugin finds the test's virReportErrorHelper as it finds
 # libvirt's, through dlsym(RTLD_DEFAULT).
-test/libvirt/fake-libvirt: test/libvirt/fake-libvirt.c lockd.c lockd.h
+test/libvirt/fake-libvirt: test/libvirt/fake-libvirt.c test/libvirt/vlm.h lockd.c lockd.h
 	$(CC) $(ALL_CFLAGS) -rdynamic -o $@ test/libvirt/fake-libvirt.c lockd.c \
 		$(SODIUM_LIBS) -ldl
 
@@ -284,6 +284,17 @@ check-libvirt: deps
 	@$(MAKE) --no-print-directory $(LIBVIRT_PLUGIN) $(LIBVIRT_PLUGIN_OLD) lockd-helper lockdctl \
 		$(LIBVIRT_TEST_PROGS)
 	@bash test/check-libvirt
+
+# The real virtlockd (driven through libvirt's own lock plugin), lockd
+# acquirers and gc with no minimum age racing on the same disks: never two
+# holders at once (root; installs libvirt-daemon-system when missing).
+.PHONY: check-gc-virtlockd
+test/libvirt/gc-race: test/libvirt/gc-race.c test/libvirt/vlm.h lockd.c lockd.h
+	$(CC) $(ALL_CFLAGS) -o $@ test/libvirt/gc-race.c lockd.c $(SODIUM_LIBS) $(LDFLAGS)
+
+check-gc-virtlockd: deps
+	@$(MAKE) --no-print-directory test/libvirt/gc-race
+	@bash test/check-gc-virtlockd
 
 # Two libvirtd hosts (mount namespaces with their own /run, /var/lib/libvirt
 # and host_uuid) on one lockspace and one helper, live-migrating a TCG guest
@@ -361,5 +372,5 @@ clean-tests:
 
 clean: clean-tests
 	rm -f *.o liblockd.a liblockd.so $(SONAME) lockd.pc lockd.pc.vars $(PROGRAMS) $(ASAN_PROGRAMS) $(FUZZERS) \
-	      $(LIBVIRT_PLUGIN) $(LIBVIRT_PLUGIN_OLD) $(LIBVIRT_TEST_PROGS) $(SYSTEMD_TEST_PROGS) $(CLUSTER_TEST_PROGS) \
+	      $(LIBVIRT_PLUGIN) $(LIBVIRT_PLUGIN_OLD) $(LIBVIRT_TEST_PROGS) test/libvirt/gc-race $(SYSTEMD_TEST_PROGS) $(CLUSTER_TEST_PROGS) \
 	      fuzz/crash-* fuzz/leak-* fuzz/oom-* fuzz/timeout-*

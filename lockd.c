@@ -126,6 +126,7 @@
 #define SETTINGS_MAGIC "lockd-lockspace"
 #define SETTINGS_VERSION 1
 #define LEASE_OPEN_FLAGS (O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
+#define PEEK_OPEN_FLAGS (O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
 #define BACKOFF_MAX_NS (20 * 1000 * 1000L)
 #define INDEX_BYTE 0 /* of .lockd-index: shared to create leases, exclusive for gc */
 #define INTENT_BYTE 1 /* shared: a creator waits for or holds INDEX_BYTE */
@@ -331,7 +332,7 @@ lockd_key_resource(const void *name, size_t len, char *ret_key)
 /* ------------------------------------------------------------------------
  * Lockspace settings
  *
- * .lockd-lockspace is a few lines of text:
+ * .lockd-lockspace is two lines of text, each ending in a newline:
  *     lockd-lockspace 1
  *     key-mode verbatim
  * A newer format version, or anything else we do not understand, is -EPROTO:
@@ -364,35 +365,51 @@ space_key_valid(const lockd_space *space, const char *key)
     return mode_named(space->mode) ? name_key_valid(key) : lockd_key_valid(key);
 }
 
+/* The settings text for mode, as written and as the only text read. */
 static int
-settings_parse(const char *buf, int *ret_mode)
+settings_text(int mode, char *buf, size_t size)
 {
-    char mode[16];
-    int version, n = 0;
+    return snprintf(buf, size, SETTINGS_MAGIC " %d\nkey-mode %s\n", SETTINGS_VERSION,
+                    mode_name(mode));
+}
 
-    if (sscanf(buf, SETTINGS_MAGIC " %d\nkey-mode %15s\n%n", &version, mode, &n) != 2 ||
-        n == 0 || buf[n] != '\0')
-        return -EPROTO;
-    if (version != SETTINGS_VERSION)
-        return -EPROTO;
-    for (*ret_mode = LOCKD_MODE_VERBATIM; *ret_mode <= LOCKD_MODE_SCSI; (*ret_mode)++)
-        if (strcmp(mode, mode_name(*ret_mode)) == 0)
+/* Strict: the file must be, byte for byte, what settings_write() writes for
+ * one of the modes.  A file run together ("lockd-lockspace1key-modecanonical"),
+ * without its last newline, with a line added, repeated or reordered, is
+ * hand-made or torn, and guessing what it meant could give keys in the wrong
+ * mode. */
+static int
+settings_parse(const char *buf, size_t len, int *ret_mode)
+{
+    char text[64];
+    int mode, n;
+
+    for (mode = LOCKD_MODE_VERBATIM; mode <= LOCKD_MODE_SCSI; mode++) {
+        n = settings_text(mode, text, sizeof(text));
+        if ((size_t)n == len && memcmp(buf, text, len) == 0) {
+            *ret_mode = mode;
             return 0;
+        }
+    }
     return -EPROTO;
 }
+
+static int open_looked(int dirfd, const char *name, int flags, int blk_ok,
+                       struct stat *ret_st);
 
 /* Read the settings: 0 and *ret_mode, -ENOENT if there are none. */
 static int
 settings_read(int dirfd, int *ret_mode)
 {
     char buf[128];
+    struct stat st;
     size_t len = 0;
     ssize_t n;
     int fd, r;
 
-    fd = open_retry(dirfd, SETTINGS_NAME, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0);
+    fd = open_looked(dirfd, SETTINGS_NAME, PEEK_OPEN_FLAGS, 0, &st);
     if (fd < 0)
-        return fd;
+        return fd == -EISDIR ? -EPROTO : fd;
     for (;;) {
         n = LOCKD_SYS_READ(fd, buf + len, sizeof(buf) - 1 - len);
         if (n < 0 && errno == EINTR)
@@ -407,8 +424,7 @@ settings_read(int dirfd, int *ret_mode)
     safe_close(fd);
     if (r < 0)
         return r == -EISDIR ? -EPROTO : r;
-    buf[len] = '\0';
-    return settings_parse(buf, ret_mode);
+    return settings_parse(buf, len, ret_mode);
 }
 
 static int
@@ -447,8 +463,7 @@ settings_write(int dirfd, int mode)
     randombytes_buf(rnd, sizeof(rnd));
     snprintf(tmp, sizeof(tmp), SETTINGS_NAME ".%ld.%02x%02x%02x%02x", (long)getpid(), rnd[0],
              rnd[1], rnd[2], rnd[3]);
-    len = snprintf(text, sizeof(text), SETTINGS_MAGIC " %d\nkey-mode %s\n", SETTINGS_VERSION,
-                   mode_name(mode));
+    len = settings_text(mode, text, sizeof(text));
     fd = open_retry(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (fd < 0)
         return fd;
@@ -836,25 +851,64 @@ check_regular(const struct stat *st)
     return -ENXIO;
 }
 
-/* Open an existing lease file; -ENOENT if there is none.  O_NOFOLLOW makes a
- * planted symlink fail with ELOOP, O_NONBLOCK keeps a planted FIFO from
- * blocking the open, and O_RDWR fails on a directory with EISDIR. */
+/*
+ * Open name in dirfd with flags, but only if it is a regular file (or, if
+ * blk_ok, a block device).  It is looked at through an O_PATH descriptor
+ * first, which opens nothing: no driver's open runs, a FIFO cannot block,
+ * inotify sees no IN_OPEN.  So a character device planted there, which may
+ * act on open (a watchdog arms), a FIFO or a socket is refused without ever
+ * being opened.  The inode looked at is then reopened through /proc/self/fd,
+ * not the name, so a swap in between cannot make us open something else;
+ * without /proc the name is opened and must still be that inode.
+ * O_NOFOLLOW in flags applies to the look (a symlink is -ELOOP).  Returns the
+ * fd and *ret_st, -ELOOP, -EISDIR, -ENXIO (any other kind of file, or
+ * without /proc a name pointed elsewhere meanwhile), or open's error.
+ */
 static int
-lease_open(int dirfd, const char *key, struct stat *ret_st)
+open_looked(int dirfd, const char *name, int flags, int blk_ok, struct stat *ret_st)
 {
-    int fd = open_retry(dirfd, key, LEASE_OPEN_FLAGS, 0), r;
+    char self[64];
+    struct stat st;
+    int pfd, fd, r;
 
+    pfd = open_retry(dirfd, name, O_PATH | O_CLOEXEC | (flags & O_NOFOLLOW), 0);
+    if (pfd < 0)
+        return pfd;
+    if (RETRY_EINTR(LOCKD_SYS_FSTAT(pfd, &st)) < 0)
+        r = negerrno();
+    else
+        r = blk_ok && S_ISBLK(st.st_mode) ? 0 : check_regular(&st);
+    if (r < 0) {
+        safe_close(pfd);
+        return r;
+    }
+    /* /proc/self/fd/N is a magic link: O_NOFOLLOW would refuse it. */
+    snprintf(self, sizeof(self), "/proc/self/fd/%d", pfd);
+    fd = open_retry(AT_FDCWD, self, flags & ~O_NOFOLLOW, 0);
+    if (fd == -ENOENT && access("/proc/self/fd", F_OK) < 0)
+        fd = open_retry(dirfd, name, flags, 0);
+    safe_close(pfd);
     if (fd < 0)
         return fd;
     if (RETRY_EINTR(LOCKD_SYS_FSTAT(fd, ret_st)) < 0)
         r = negerrno();
-    else
-        r = check_regular(ret_st);
+    else if (ret_st->st_dev != st.st_dev || ret_st->st_ino != st.st_ino ||
+             ret_st->st_rdev != st.st_rdev)
+        r = -ENXIO;
     if (r < 0) {
         safe_close(fd);
         return r;
     }
     return fd;
+}
+
+/* Open an existing lease file; -ENOENT if there is none.  Nothing but a
+ * regular file is opened (open_looked()); O_NONBLOCK is for the fallback
+ * without /proc, and O_RDWR fails on a directory anyway. */
+static int
+lease_open(int dirfd, const char *key, struct stat *ret_st)
+{
+    return open_looked(dirfd, key, LEASE_OPEN_FLAGS, 0, ret_st);
 }
 
 /* Deadlines are CLOCK_MONOTONIC times in ns, immune to clock changes. */
@@ -890,17 +944,25 @@ sleep_ns(int64_t ns)
  *
  * The index is opened afresh for every use, because an OFD lock belongs to
  * the open file description: sharing one between threads would let one
- * thread's unlock drop another's lock.  No fstat() here, unlike a lease:
- * O_NOFOLLOW refuses a planted symlink, O_RDWR a directory, and a FIFO or
- * device planted as the index takes the lock like a file would (or fails
- * it), which harms nothing but gc's exclusion; this call is on the path of
- * every new lease.
+ * thread's unlock drop another's lock.  Something other than a regular file
+ * planted as the index is refused like a planted lease, never opened, never
+ * locked: a device may act on open, and a lock on it would exclude nobody.
  */
+#define INDEX_OPEN_FLAGS (O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
+
 static int
 index_open(int dirfd)
 {
-    return open_retry(dirfd, INDEX_NAME, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW |
-                      O_NONBLOCK | O_NOCTTY, 0600);
+    struct stat st;
+    int fd = open_looked(dirfd, INDEX_NAME, INDEX_OPEN_FLAGS, 0, &st);
+
+    if (fd != -ENOENT)
+        return fd;
+    /* O_EXCL: what another created meanwhile is looked at, never opened. */
+    fd = open_retry(dirfd, INDEX_NAME, INDEX_OPEN_FLAGS | O_CREAT | O_EXCL, 0600);
+    if (fd != -EEXIST)
+        return fd;
+    return open_looked(dirfd, INDEX_NAME, INDEX_OPEN_FLAGS, 0, &st);
 }
 
 static int lock_wait(int fd, short type, off_t byte, int64_t deadline,
@@ -967,8 +1029,7 @@ index_gc_leave(int fd)
  * under the exclusive one) never removes a file while it is being created.
  * The index is let go before the lease is locked (it is never held while
  * waiting), so gc may still remove the file in between: the inode check
- * after the grant sees that and starts over.  The file may already exist by
- * now: O_CREAT without O_EXCL opens it. */
+ * after the grant sees that and starts over. */
 static int
 lease_create(int dirfd, const char *key, int64_t deadline, struct stat *ret_st)
 {
@@ -977,11 +1038,17 @@ lease_create(int dirfd, const char *key, int64_t deadline, struct stat *ret_st)
     ifd = index_lock_shared(dirfd, deadline);
     if (ifd < 0)
         return ifd;
-    fd = open_retry(dirfd, key, LEASE_OPEN_FLAGS | O_CREAT, 0600);
+    /* O_EXCL: a file that appeared meanwhile is looked at before it is
+     * opened, like any existing one. */
+    fd = open_retry(dirfd, key, LEASE_OPEN_FLAGS | O_CREAT | O_EXCL, 0600);
     if (fd >= 0 && RETRY_EINTR(LOCKD_SYS_FSTAT(fd, ret_st)) < 0)
         r = negerrno();
-    else if (fd >= 0)
-        r = check_regular(ret_st);
+    else if (fd == -EEXIST)
+        fd = lease_open(dirfd, key, ret_st);
+    /* Created and unlinked again by a virtlockd peer, which takes no index
+     * lock: -ESTALE has lease_take() start over. */
+    if (fd == -ENOENT)
+        fd = -ESTALE;
     safe_close(ifd);
     if (r < 0) {
         safe_close(fd);
@@ -1351,13 +1418,13 @@ LOCKD_API int
 lockd_holder(const lockd_space *space, const char *key, lockd_holder_info *ret)
 {
     char buf[HOLDER_MAX + 1];
+    struct stat st;
     ssize_t n;
     int fd, r;
 
     if (!space || !ret || !space_key_valid(space, key))
         return -EINVAL;
-    fd = open_retry(space->dirfd, key, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY,
-                    0);
+    fd = open_looked(space->dirfd, key, PEEK_OPEN_FLAGS, 0, &st);
     if (fd < 0)
         return fd;
     /* Past this client's page cache: another host wrote it.  (A fresh
@@ -2254,43 +2321,11 @@ probe_fd(int fd, int32_t *ret_pid)
 static int
 direct_open(const char *path, int mode, struct stat *ret_st)
 {
-    char self[64];
-    struct stat st;
-    int pfd, fd, flags, r = 0;
-
-    pfd = open_retry(AT_FDCWD, path, O_PATH | O_CLOEXEC, 0);
-    if (pfd < 0)
-        return pfd;
-    if (RETRY_EINTR(LOCKD_SYS_FSTAT(pfd, &st)) < 0)
-        r = negerrno();
-    else if (S_ISDIR(st.st_mode))
-        r = -EISDIR;
-    else if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-        r = -ENXIO;
-    if (r < 0) {
-        safe_close(pfd);
-        return r;
-    }
-    /* The inode just looked at is reopened, not the name: a symlink
-     * swapped in between must not make us open a FIFO or a device.
-     * Without /proc the name is opened, and checked below.  An exclusive
-     * lease is a write lock, which needs a writable fd. */
-    snprintf(self, sizeof(self), "/proc/self/fd/%d", pfd);
-    flags =
+    /* An exclusive lease is a write lock, which needs a writable fd. */
+    int flags =
         (mode == LOCKD_SHARED ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
-    fd = open_retry(AT_FDCWD, self, flags, 0);
-    if (fd == -ENOENT && access("/proc/self/fd", F_OK) < 0)
-        fd = open_retry(AT_FDCWD, path, flags, 0);
-    safe_close(pfd);
-    if (fd < 0)
-        return fd;
-    /* The name may have been pointed elsewhere in between. */
-    if (RETRY_EINTR(LOCKD_SYS_FSTAT(fd, ret_st)) < 0 || ret_st->st_dev != st.st_dev ||
-        ret_st->st_ino != st.st_ino || ret_st->st_rdev != st.st_rdev) {
-        safe_close(fd);
-        return -ENXIO;
-    }
-    return fd;
+
+    return open_looked(AT_FDCWD, path, flags, 1, ret_st);
 }
 
 LOCKD_API int
@@ -2612,8 +2647,7 @@ lockd_probe(const lockd_space *space, const char *key, int32_t *ret_pid)
 
     if (!space || !space_key_valid(space, key))
         return -EINVAL;
-    fd = open_retry(space->dirfd, key, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY,
-                    0);
+    fd = open_looked(space->dirfd, key, PEEK_OPEN_FLAGS, 0, &st);
     if (fd == -ENOENT) {
         if (ret_pid)
             *ret_pid = 0;
@@ -2621,12 +2655,7 @@ lockd_probe(const lockd_space *space, const char *key, int32_t *ret_pid)
     }
     if (fd < 0)
         return fd;
-    if (RETRY_EINTR(LOCKD_SYS_FSTAT(fd, &st)) < 0)
-        r = negerrno();
-    else
-        r = check_regular(&st);
-    if (r == 0)
-        r = probe_fd(fd, ret_pid);
+    r = probe_fd(fd, ret_pid);
     safe_close(fd);
     return r;
 }
@@ -2635,27 +2664,55 @@ lockd_probe(const lockd_space *space, const char *key, int32_t *ret_pid)
  * Garbage collection
  */
 
-/* Remove the lease file key if nobody holds it and its name still refers to
- * the inode we locked.  Returns 1 removed, 0 held (or gone), -errno. */
+/* What gc_one() did with one name. */
+enum { GC_GONE, GC_REMOVED, GC_HELD, GC_YOUNG, GC_OTHER };
+
+/* Whether the file st describes was created or written less than
+ * min_age_ms ago (by this host's clock; a time in the future is young). */
 static int
-gc_one(int dirfd, int remote, const char *key)
+gc_young(const struct stat *st, uint32_t min_age_ms)
+{
+    struct timespec now;
+    int64_t t, m;
+
+    if (min_age_ms == 0)
+        return 0;
+    clock_gettime(CLOCK_REALTIME, &now);
+    t = (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
+    m = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+    t = m > t ? m : t;
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec - t <
+           (int64_t)min_age_ms * 1000000;
+}
+
+/* Remove the lease file key if nobody holds it, it is at least min_age_ms
+ * old, and its name still refers to the inode we locked.  Returns a GC_*
+ * value or -errno. */
+static int
+gc_one(int dirfd, int remote, const char *key, uint32_t min_age_ms)
 {
     struct stat st;
     int fd, r;
 
     fd = lease_open(dirfd, key, &st);
     if (fd == -ENOENT || fd == -ESTALE)
-        return 0;
+        return GC_GONE;
     /* Not a lease gc may judge (planted, or another user's 0600 file):
      * leave it, and go on with the rest. */
     if (fd == -ELOOP || fd == -EISDIR || fd == -ENXIO || fd == -EACCES || fd == -EPERM)
-        return 0;
+        return GC_OTHER;
     if (fd < 0)
         return fd;
     r = lease_lock(fd, F_OFD_SETLK, F_WRLCK, NULL);
     if (r == -EAGAIN) {
         safe_close(fd);
-        return 0;
+        return GC_HELD;
+    }
+    /* Judged once it is known not to be held, so that "held" counts
+     * every held lease, young or old. */
+    if (r == 0 && gc_young(&st, min_age_ms)) {
+        (void)lease_drop(fd);
+        return GC_YOUNG;
     }
     if (r == 0)
         r = lease_current(dirfd, key, fd, &st, remote);
@@ -2668,19 +2725,78 @@ gc_one(int dirfd, int remote, const char *key)
     if (r == 1 && RETRY_EINTR(LOCKD_SYS_UNLINKAT(dirfd, key, 0)) < 0)
         r = errno == ENOENT ? 0 : negerrno();
     (void)lease_drop(fd);
-    return r;
+    return r < 0 ? r : r == 1 ? GC_REMOVED : GC_GONE;
 }
 
-LOCKD_API int
-lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,
-         uint64_t *ret_removed, uint64_t *ret_kept)
+/* The number of names in d that gc would look at; d is rewound. */
+static uint64_t
+gc_count(const lockd_space *space, DIR *d)
 {
-    uint64_t seen = 0, removed = 0, kept = 0;
+    struct dirent *de;
+    uint64_t n = 0;
+
+    while ((de = readdir(d)))
+        n += space_key_valid(space, de->d_name);
+    rewinddir(d);
+    return n;
+}
+
+struct gc_run {
+    uint32_t min_age_ms;
+    lockd_gc_progress_fn progress;
+    void *userdata;
+    uint64_t total, count[GC_OTHER + 1];
+};
+
+static int
+gc_dir(lockd_space *space, int ifd, DIR *d, struct gc_run *g)
+{
     int64_t batch_end = 0;
     unsigned batch = 0;
+    uint64_t seen = 0;
     struct dirent *de;
+    int entered = 0, r = 0;
+
+    while ((errno = 0, de = readdir(d))) {
+        if (!space_key_valid(space, de->d_name))
+            continue;
+        /* The index is held for one batch at a time: creators waiting for
+         * it go between two batches (index_gc_enter()). */
+        if (entered && (++batch >= GC_BATCH_MAX || now_ns() >= batch_end)) {
+            index_gc_leave(ifd);
+            entered = 0;
+        }
+        if (!entered) {
+            r = index_gc_enter(ifd);
+            if (r < 0)
+                return r;
+            entered = 1, batch = 0;
+            batch_end = now_ns() + GC_BATCH_NS;
+        }
+        r = gc_one(space->dirfd, space->remote, de->d_name, g->min_age_ms);
+        if (r < 0)
+            return r;
+        g->count[r]++;
+        if (++seen % 1024 == 0 && g->progress) {
+            /* Never call out with the index held: a callback that stalls
+             * (a terminal held by ^S) would stall every creator. */
+            if (entered)
+                index_gc_leave(ifd);
+            entered = 0;
+            if ((r = g->progress(seen, g->total, g->userdata)) != 0)
+                return r;
+        }
+    }
+    return errno ? negerrno() : 0;
+}
+
+static int gc_compat_progress(uint64_t done, uint64_t total, void *userdata);
+
+static int
+gc_run(lockd_space *space, struct gc_run *g)
+{
     DIR *d = NULL;
-    int ifd = -1, lfd, entered = 0, r = 0;
+    int ifd = -1, lfd, r;
 
     if (!space)
         return -EINVAL;
@@ -2705,51 +2821,71 @@ lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,
         safe_close(lfd);
         goto out;
     }
-    while ((errno = 0, de = readdir(d))) {
-        if (!space_key_valid(space, de->d_name))
-            continue;
-        /* The index is held for one batch at a time: creators waiting for
-         * it go between two batches (index_gc_enter()). */
-        if (entered && (++batch >= GC_BATCH_MAX || now_ns() >= batch_end)) {
-            index_gc_leave(ifd);
-            entered = 0;
-        }
-        if (!entered) {
-            r = index_gc_enter(ifd);
-            if (r < 0)
-                goto out;
-            entered = 1, batch = 0;
-            batch_end = now_ns() + GC_BATCH_NS;
-        }
-        r = gc_one(space->dirfd, space->remote, de->d_name);
-        if (r < 0)
-            goto out;
-        if (r == 1)
-            removed++;
-        else
-            kept++;
-        if (++seen % 1024 == 0 && progress) {
-            /* Never call out with the index held: a callback that stalls
-             * (a terminal held by ^S) would stall every creator. */
-            if (entered)
-                index_gc_leave(ifd);
-            entered = 0;
-            if ((r = progress(seen, userdata)) != 0)
-                goto out;
-        }
-    }
-    r = errno ? negerrno() : 0;
-    if (r == 0) {
-        if (ret_removed)
-            *ret_removed = removed;
-        if (ret_kept)
-            *ret_kept = kept;
-    }
+    /* Names only, no stat: cheap beside the locking pass that follows.
+     * lockd_gc()'s callback has no use for it. */
+    if (g->progress && g->progress != gc_compat_progress)
+        g->total = gc_count(space, d);
+    r = gc_dir(space, ifd, d, g);
 out:
     if (d)
         closedir(d);
     safe_close(ifd);
     return r;
+}
+
+LOCKD_API int
+lockd_gc_ex(lockd_space *space, uint32_t min_age_ms, lockd_gc_progress_fn progress,
+            void *userdata, uint64_t *ret_removed, uint64_t *ret_held,
+            uint64_t *ret_young, uint64_t *ret_other)
+{
+    struct gc_run g = {
+        .min_age_ms = min_age_ms, .progress = progress, .userdata = userdata};
+    int r = gc_run(space, &g);
+
+    if (r != 0)
+        return r;
+    if (ret_removed)
+        *ret_removed = g.count[GC_REMOVED];
+    if (ret_held)
+        *ret_held = g.count[GC_HELD];
+    if (ret_young)
+        *ret_young = g.count[GC_YOUNG];
+    if (ret_other)
+        *ret_other = g.count[GC_OTHER];
+    return 0;
+}
+
+/* lockd_gc()'s callback, called through lockd_gc_ex()'s. */
+struct gc_compat {
+    lockd_progress_fn fn;
+    void *userdata;
+};
+
+static int
+gc_compat_progress(uint64_t done, uint64_t total, void *userdata)
+{
+    struct gc_compat *c = userdata;
+
+    (void)total;
+    return c->fn(done, c->userdata);
+}
+
+LOCKD_API int
+lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,
+         uint64_t *ret_removed, uint64_t *ret_kept)
+{
+    struct gc_compat c = {.fn = progress, .userdata = userdata};
+    struct gc_run g = {.progress = progress ? gc_compat_progress : NULL, .userdata = &c};
+    int r = gc_run(space, &g);
+
+    if (r != 0)
+        return r;
+    if (ret_removed)
+        *ret_removed = g.count[GC_REMOVED];
+    /* As before lockd_gc_ex(): everything looked at and left in place. */
+    if (ret_kept)
+        *ret_kept = g.count[GC_GONE] + g.count[GC_HELD] + g.count[GC_OTHER];
+    return 0;
 }
 
 /* ------------------------------------------------------------------------

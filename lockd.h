@@ -59,7 +59,10 @@
  *                 never falls back to classic POSIX locks)
  *   -ELOOP        a symlink was planted in the lockspace where a lease should be
  *   -EISDIR       a directory was planted there
- *   -ENXIO        a FIFO, socket or device was planted there
+ *   -ENXIO        a FIFO, socket or device was planted there (or as the
+ *                 lockspace's index).  lockd looks at what a name refers to
+ *                 (O_PATH) before it opens it, and never opens any of these:
+ *                 a device may act on open.
  *   -EROFS, -EACCES  the lockspace cannot be written
  *   -EMFILE, -ENFILE the process or system is out of file descriptors
  *   -ENOMEM       out of memory
@@ -165,8 +168,10 @@ LOCKD_API int lockd_default_dir(char **ret_dir);
  * -ENOENT (the directory is missing and LOCKD_OPEN_CREATE was not given),
  * -ENOTDIR (dir, or a parent, is not a directory), -EMEDIUMTYPE (mode
  * mismatch, above), -EPROTO (the settings file is not one lockd understands:
- * a newer format, or garbage; also after three lost races to write it),
- * -ELOOP (a symlink planted as the settings file), -EROFS/-EACCES (the
+ * a newer format, or anything but the exact two lines lockd writes, each
+ * with its newline; also after three lost races to write it),
+ * -ELOOP (a symlink planted as the settings file), -ENXIO (a FIFO, socket or
+ * device planted there: looked at, never opened), -EROFS/-EACCES (the
  * settings file had to be written and could not be), -ENAMETOOLONG,
  * -ENOMEM, -EMFILE.
  * On success *ret_space owns one directory fd (O_CLOEXEC) until
@@ -498,12 +503,48 @@ LOCKD_API int lockd_probe(const lockd_space *space, const char *key, int32_t *re
  * be NULL) get the number of lease files removed and left in place (held,
  * gone meanwhile, or not gc's to judge: planted, or unreadable to us).
  * Errors: -EROFS, -EACCES, -ENOLCK, -EMFILE, -ENOMEM, -EBADF (space was
- * opened LOCKD_OPEN_READONLY), or the progress callback's value.  Files
- * removed before an error stay removed.
+ * opened LOCKD_OPEN_READONLY), -ELOOP/-EISDIR/-ENXIO (something other than a
+ * regular file planted as the index, which is then never opened or locked),
+ * or the progress callback's value.  Files removed before an error stay
+ * removed.  lockd_gc() is lockd_gc_ex() with a minimum age of 0.
  */
 typedef int (*lockd_progress_fn)(uint64_t done, void *userdata);
 LOCKD_API int lockd_gc(lockd_space *space, lockd_progress_fn progress, void *userdata,
                        uint64_t *ret_removed, uint64_t *ret_kept);
+
+/*
+ * lockd_gc() with a minimum age, a total for progress, and the files left
+ * in place told apart.  A lease file created or written (ctime or mtime, by
+ * this host's clock) less than min_age_ms ago is left alone, whoever made
+ * it: gc cannot see a peer that has opened a file and not yet locked it,
+ * and a peer that does not check, once its lock is granted, that the name
+ * still refers to the file it locked (lockd and virtlockd do) would then
+ * hold a lease on a file gc unlinked, beside whoever creates the next one.
+ * The age covers the moments after a peer creates a file; it cannot cover
+ * one that opens an old file and is slow to lock it (lockdctl(1), "gc").
+ * LOCKD_GC_MIN_AGE_MS is what lockdctl gc uses; 0 judges every file now, as
+ * lockd_gc() does.
+ *
+ * progress, if not NULL, is called every 1024 files with the number looked
+ * at so far and the total: the names that were keys when gc began, counted
+ * in a first pass over the directory (names only, nothing opened), so done
+ * may pass total if lease files are created meanwhile.
+ *
+ * On success, each of these that is not NULL gets the number of lease
+ * files: *ret_removed removed; *ret_held left because someone holds them;
+ * *ret_young left because they are younger than min_age_ms; *ret_other
+ * left because they are not gc's to judge (a symlink, directory, FIFO,
+ * socket or device planted under a key's name, never opened; a file we may
+ * not open).  Files that vanished while gc looked are in none of them.
+ * Errors as lockd_gc(), and -ELOOP/-EISDIR/-ENXIO if something other than a
+ * regular file was planted as the lockspace's index (it is not opened).
+ */
+#define LOCKD_GC_MIN_AGE_MS 5000
+typedef int (*lockd_gc_progress_fn)(uint64_t done, uint64_t total, void *userdata);
+LOCKD_API int lockd_gc_ex(lockd_space *space, uint32_t min_age_ms,
+                          lockd_gc_progress_fn progress, void *userdata,
+                          uint64_t *ret_removed, uint64_t *ret_held, uint64_t *ret_young,
+                          uint64_t *ret_other);
 
 /* ------------------------------------------------------------------------
  * The helper: handing leases to lockd-helper(8)

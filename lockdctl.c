@@ -1883,20 +1883,76 @@ out:
  * gc
  */
 
-static int
-gc_progress(uint64_t done, void *userdata)
+/* n with a comma every three digits, into buf (at least 32 bytes). */
+static const char *
+thousands(uint64_t n, char *buf)
 {
-    (void)userdata;
-    fprintf(stderr, "\rlockdctl gc: %" PRIu64 " lease files checked", done);
+    char digits[24];
+    int len = snprintf(digits, sizeof(digits), "%" PRIu64, n), i, o = 0;
+
+    for (i = 0; i < len; i++) {
+        if (i > 0 && (len - i) % 3 == 0)
+            buf[o++] = ',';
+        buf[o++] = digits[i];
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
+/* gc's progress line: "gc: 41,000/100,000 files, 52,000/s".  done may pass
+ * total when lease files are created meanwhile: the total follows it. */
+static void
+gc_progress_format(char *buf, size_t size, uint64_t done, uint64_t total, double secs)
+{
+    char d[32], t[32], r[32];
+    uint64_t rate = secs > 0 ? (uint64_t)((double)done / secs) : 0;
+
+    snprintf(buf, size, "gc: %s/%s files, %s/s", thousands(done, d),
+             thousands(total > done ? total : done, t), thousands(rate, r));
+}
+
+static int
+gc_progress(uint64_t done, uint64_t total, void *userdata)
+{
+    const struct timespec *start = userdata;
+    struct timespec now;
+    char line[128];
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    gc_progress_format(line, sizeof(line), done, total,
+                       (double)(now.tv_sec - start->tv_sec) +
+                           (double)(now.tv_nsec - start->tv_nsec) / 1e9);
+    fprintf(stderr, "\r%s\033[K", line);
     return 0;
+}
+
+static void
+gc_summary(const struct opts *o, uint64_t removed, uint64_t held, uint64_t young,
+           uint64_t other)
+{
+    if (o->json) {
+        printf("{\"removed\":%" PRIu64 ",\"kept\":%" PRIu64 ",\"held\":%" PRIu64
+               ",\"young\":%" PRIu64 ",\"other\":%" PRIu64 "}\n",
+               removed, held + young + other, held, young, other);
+        return;
+    }
+    printf("gc: removed %" PRIu64 " unused lease file%s, kept %" PRIu64 " held", removed,
+           removed == 1 ? "" : "s", held);
+    if (young)
+        printf(", %" PRIu64 " younger than %g s", young, o->min_age_ms / 1000.0);
+    if (other)
+        printf(", %" PRIu64 " not lease file%s (planted or unreadable)", other,
+               other == 1 ? "" : "s");
+    putchar('\n');
 }
 
 static int
 cmd_gc(const struct opts *o, int argc, char **argv)
 {
-    uint64_t removed = 0, kept = 0;
+    uint64_t removed = 0, held = 0, young = 0, other = 0;
     lockd_space *space = NULL;
     int tty = isatty(STDERR_FILENO), r;
+    struct timespec start;
 
     (void)argv;
     if (argc > 0)
@@ -1904,7 +1960,9 @@ cmd_gc(const struct opts *o, int argc, char **argv)
     r = space_open(o, 0, &space);
     if (r != 0)
         return r;
-    r = lockd_gc(space, tty ? gc_progress : NULL, NULL, &removed, &kept);
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    r = lockd_gc_ex(space, o->min_age_ms, tty ? gc_progress : NULL, &start, &removed,
+                    &held, &young, &other);
     if (tty)
         fputs("\r\033[K", stderr);
     lockd_space_close(space);
@@ -1912,11 +1970,7 @@ cmd_gc(const struct opts *o, int argc, char **argv)
         errorf("gc of lockspace %s: %s", o->dir, lease_reason(r));
         return EXIT_FAIL;
     }
-    if (o->json)
-        printf("{\"removed\":%" PRIu64 ",\"kept\":%" PRIu64 "}\n", removed, kept);
-    else
-        printf("gc: removed %" PRIu64 " unused lease file%s, kept %" PRIu64 " held\n",
-               removed, removed == 1 ? "" : "s", kept);
+    gc_summary(o, removed, held, young, other);
     return 0;
 }
 
@@ -1939,7 +1993,7 @@ print_help(void)
         " lockdctl [options] release --pid PID [DISK...]\n"
         " lockdctl [options] status\n"
         " lockdctl [options] who [--direct] [--test [-E N]] DISK...\n"
-        " lockdctl [options] gc\n"
+        " lockdctl [options] gc [--min-age=SEC]\n"
         " lockdctl [options] doctor [--direct DISK...]\n"
         " lockdctl [options] stop-helper [--force]\n"
         "\n"
@@ -1984,6 +2038,8 @@ print_help(void)
         "     --direct               run, acquire, who, doctor: no lockspace; the lock\n"
         "                              is on each disk itself (byte 0 of the image or\n"
         "                              block device, as virtlockd without a lockspace)\n"
+        "     --min-age=SEC          gc: keep lease files made or changed less than\n"
+        "                              SEC seconds ago (default 5; 0 judges all now)\n"
         " -f, --force                stop-helper: even though guests lose their leases\n"
         " -h, --help                 display this help\n"
         " -V, --version              display version\n"
@@ -2006,6 +2062,7 @@ enum {
     OPT_JSON = 1u << 7,   /* --json: not a class getopt sees, a check after it */
     OPT_CREATE = 1u << 8, /* --create-ok */
     OPT_TEST = 1u << 9,   /* --test */
+    OPT_GC = 1u << 10,    /* --min-age */
 };
 
 static const struct option long_options[] = {
@@ -2028,6 +2085,7 @@ static const struct option long_options[] = {
     {"direct", no_argument, NULL, 'D'},
     {"create-ok", no_argument, NULL, 'c'},
     {"test", no_argument, NULL, 't'},
+    {"min-age", required_argument, NULL, 'M'},
     {NULL, 0, NULL, 0},
 };
 
@@ -2072,6 +2130,8 @@ option_class(int c)
         return OPT_CREATE;
     case 't':
         return OPT_TEST;
+    case 'M':
+        return OPT_GC;
     default:
         return OPT_GLOBAL;
     }
@@ -2140,32 +2200,40 @@ static const struct command commands[] = {
     {"release", cmd_release, OPT_RESOURCE | OPT_PID, 0},
     {"status", cmd_status, OPT_JSON, 0},
     {"who", cmd_who, OPT_RESOURCE | OPT_DIRECT | OPT_JSON | OPT_TEST | OPT_CONFLICT, 0},
-    {"gc", cmd_gc, OPT_JSON, 0},
+    {"gc", cmd_gc, OPT_GC | OPT_JSON, 0},
     {"doctor", cmd_doctor, OPT_DIRECT | OPT_JSON, 0},
     {"stop-helper", cmd_stop_helper, OPT_FORCE, 0},
     {NULL, NULL, 0, 0},
 };
 
+/* Seconds, with a fraction, as ms: 0.0001 is 1 ms, not 0.  -EINVAL for
+ * anything but digits and a point, or more than INT_MAX ms. */
 static int
-parse_wait(const char *s, struct opts *o)
+parse_seconds(const char *s, int *ret_ms)
 {
     char *end;
     double v;
 
-    o->wait_text = (char *)(s ? s : "");
-    if (!s) {
-        o->wait_ms = LOCKD_FOREVER;
-        return 0;
-    }
     errno = 0;
     v = strtod(s, &end);
     if (!*s || strspn(s, "0123456789.") != strlen(s) || *end || errno ||
         v > INT_MAX / 1000)
         return -EINVAL;
-    o->wait_ms = (int)(v * 1000.0);
-    if (v > 0 && o->wait_ms == 0)
-        o->wait_ms = 1;
+    *ret_ms = (int)(v * 1000.0);
+    if (v > 0 && *ret_ms == 0)
+        *ret_ms = 1;
     return 0;
+}
+
+static int
+parse_wait(const char *s, struct opts *o)
+{
+    o->wait_text = (char *)(s ? s : "");
+    if (!s) {
+        o->wait_ms = LOCKD_FOREVER;
+        return 0;
+    }
+    return parse_seconds(s, &o->wait_ms);
 }
 
 static int
@@ -2239,6 +2307,14 @@ apply_option(struct opts *o, int c, const char *arg)
     case 'J':
         o->json = 1;
         return 0;
+    case 'M': {
+        int ms;
+
+        if (parse_seconds(arg, &ms) < 0)
+            return usage_error("--min-age=%s: not a number of seconds", arg);
+        o->min_age_ms = (uint32_t)ms;
+        return 0;
+    }
     case 'r':
         o->resource = 1;
         return 0;
@@ -2485,7 +2561,10 @@ wait_spelling(int argc, char **argv)
 int
 main(int argc, char **argv)
 {
-    struct opts o = {.wait_ms = LOCKD_TRY, .conflict_code = EXIT_BUSY, .on_loss = -1};
+    struct opts o = {.wait_ms = LOCKD_TRY,
+                     .conflict_code = EXIT_BUSY,
+                     .on_loss = -1,
+                     .min_age_ms = LOCKD_GC_MIN_AGE_MS};
     int r;
 
     wait_spelling(argc, argv);

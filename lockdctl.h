@@ -44,7 +44,7 @@ struct opts {
     int create_ok;           /* --create-ok: a disk may not exist yet */
     int test;                /* who --test: the exit status says, nothing printed */
     int dir_given;           /* --dir or LOCKD_DIR, not the default */
-    int wait_short;          /* the wait was given as -w (for messages) */
+    uint32_t min_age_ms;     /* gc --min-age */
 };
 
 /* In lockdctl.c.  A usage error: the message, a pointer to --help, and

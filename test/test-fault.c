@@ -704,7 +704,7 @@ check_gc(struct fix *f, int r, int err, enum sys sys)
 {
     int dfd = lockd_space_fd(f->space), left = gc_left(f);
     struct stat a, b;
-    uint64_t removed, kept;
+    uint64_t removed = 0, kept = 0;
     lockd_space *s;
 
     (void)err, (void)sys;

@@ -215,26 +215,37 @@ test_gc_removes_unheld_keeps_held(void)
     lockd_space_close(space);
 }
 
-/* Things planted under key names (a symlink, a directory, a FIFO) are not
- * lease files: gc neither removes them nor follows them. */
+/* Things planted under key names (a symlink, a directory, a FIFO, a
+ * character device) are not lease files: gc neither removes them nor follows
+ * them, never opens them (inotify would see it), and counts them apart from
+ * held leases. */
 static void
 test_gc_leaves_planted_alone(void)
 {
     lockd_space *space = space_open();
     char k[GC_KEYS][LOCKD_KEY_SIZE], target[sizeof(test_scratch) + 16];
-    int dirfd = lockd_space_fd(space);
-    uint64_t removed = 99;
+    int dirfd = lockd_space_fd(space), ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    uint64_t removed = 99, held = 99, young = 99, other = 99, kept = 99;
     struct stat st;
 
+    ASSERT_OK(sys(ifd));
     gc_keys(k);
     snprintf(target, sizeof(target), "%s/target", test_scratch);
     ASSERT_OK(sys(close(open(target, O_RDWR | O_CREAT | O_CLOEXEC, 0600))));
     ASSERT_OK(sys(symlinkat(target, dirfd, k[0])));
     ASSERT_OK(sys(mkdirat(dirfd, k[1], 0700)));
-    ASSERT_OK(sys(mkfifoat(dirfd, k[2], 0600)));
+    plant_watched(ifd, space_dir(), k[2], S_IFIFO);
+    plant_watched(ifd, space_dir(), k[4], S_IFCHR);
     create_file(space, k[3]);
-    ASSERT_OK(lockd_gc(space, NULL, NULL, &removed, NULL));
+    ASSERT_OK(lockd_gc_ex(space, 0, NULL, NULL, &removed, &held, &young, &other));
     ASSERT_INT_EQ(removed, 1);
+    ASSERT_INT_EQ(held, 0);
+    ASSERT_INT_EQ(young, 0);
+    ASSERT_INT_EQ(other, 4);
+    ASSERT_OK(lockd_gc(space, NULL, NULL, &removed, &kept));
+    ASSERT_INT_EQ(removed, 0);
+    ASSERT_INT_EQ(kept, 4);
+    assert_never_opened(ifd);
     ASSERT_OK(sys(fstatat(dirfd, k[0], &st, AT_SYMLINK_NOFOLLOW)));
     ASSERT_TRUE(S_ISLNK(st.st_mode));
     ASSERT_OK(sys(stat(target, &st)));
@@ -242,7 +253,66 @@ test_gc_leaves_planted_alone(void)
     ASSERT_TRUE(S_ISDIR(st.st_mode));
     ASSERT_OK(sys(fstatat(dirfd, k[2], &st, AT_SYMLINK_NOFOLLOW)));
     ASSERT_TRUE(S_ISFIFO(st.st_mode));
+    ASSERT_OK(sys(fstatat(dirfd, k[4], &st, AT_SYMLINK_NOFOLLOW)));
+    ASSERT_TRUE(S_ISCHR(st.st_mode));
     ASSERT_TRUE(!exists_at(space, k[3]));
+    close(ifd);
+    lockd_space_close(space);
+}
+
+/* Milliseconds since the file key was last created or changed. */
+static int64_t
+age_ms(lockd_space *space, const char *key)
+{
+    struct timespec now;
+    struct stat st;
+
+    stat_key(space, key, &st);
+    clock_gettime(CLOCK_REALTIME, &now);
+    return ((int64_t)now.tv_sec - st.st_ctim.tv_sec) * 1000 +
+           (now.tv_nsec - st.st_ctim.tv_nsec) / 1000000;
+}
+
+/* With a minimum age, gc leaves unheld lease files younger than it alone,
+ * counts them as young (a held one counts as held, whatever its age), and
+ * removes the older unheld ones. */
+static void
+test_gc_min_age(void)
+{
+    lockd_space *space = space_open();
+    uint64_t removed = 99, held = 99, young = 99, other = 99;
+    char k[GC_KEYS][LOCKD_KEY_SIZE];
+    lockd_lease *l = NULL;
+
+    gc_keys(k);
+    create_file(space, k[0]);
+    create_file(space, k[1]);
+    ASSERT_OK(acquire1(space, k[2], LOCKD_EXCLUSIVE, LOCKD_TRY, &l));
+    ASSERT_OK(lockd_gc_ex(space, 60000, NULL, NULL, &removed, &held, &young, &other));
+    ASSERT_INT_EQ(removed, 0);
+    ASSERT_INT_EQ(held, 1);
+    ASSERT_INT_EQ(young, 2);
+    ASSERT_INT_EQ(other, 0);
+    ASSERT_INT_EQ(count_key_files(space), 3);
+
+    /* k[0..2] grow older than 1.5 s; k[3], made now, is younger. */
+    ASSERT_TRUE(WAIT_UNTIL(age_ms(space, k[0]) > 1500 && age_ms(space, k[1]) > 1500 &&
+                               age_ms(space, k[2]) > 1500,
+                           10000));
+    create_file(space, k[3]);
+    ASSERT_OK(lockd_gc_ex(space, 1500, NULL, NULL, &removed, &held, &young, &other));
+    ASSERT_INT_EQ(removed, 2);
+    ASSERT_INT_EQ(held, 1);
+    ASSERT_INT_EQ(young, 1);
+    ASSERT_TRUE(exists_at(space, k[2]) && exists_at(space, k[3]));
+    ASSERT_TRUE(!exists_at(space, k[0]) && !exists_at(space, k[1]));
+
+    /* 0: every unheld file goes now. */
+    ASSERT_OK(lockd_gc_ex(space, 0, NULL, NULL, &removed, &held, &young, NULL));
+    ASSERT_INT_EQ(removed, 1);
+    ASSERT_INT_EQ(held, 1);
+    ASSERT_INT_EQ(young, 0);
+    ASSERT_OK(lockd_lease_release(l));
     lockd_space_close(space);
 }
 
@@ -334,6 +404,43 @@ test_gc_progress(void)
     ASSERT_INT_EQ(removed, 3000 - 2048);
     ASSERT_INT_EQ(count_key_files(space), 0);
     ASSERT_TRUE(exists_at(space, "notes.txt"));
+    lockd_space_close(space);
+}
+
+struct total_log {
+    uint64_t done[4], total[4];
+    int calls;
+};
+
+static int
+total_cb(uint64_t done, uint64_t total, void *userdata)
+{
+    struct total_log *log = userdata;
+
+    if (log->calls < 4)
+        log->done[log->calls] = done, log->total[log->calls] = total;
+    log->calls++;
+    return 0;
+}
+
+/* lockd_gc_ex()'s progress tells the total: the keys there when gc began,
+ * not the other names. */
+static void
+test_gc_progress_total(void)
+{
+    lockd_space *space = space_open();
+    struct total_log log = {.calls = 0};
+    uint64_t removed = 0;
+
+    make_lease_files(space, 2100);
+    create_file(space, "notes.txt");
+    ASSERT_OK(lockd_gc_ex(space, 0, total_cb, &log, &removed, NULL, NULL, NULL));
+    ASSERT_INT_EQ(log.calls, 2);
+    ASSERT_INT_EQ(log.done[0], 1024);
+    ASSERT_INT_EQ(log.total[0], 2100);
+    ASSERT_INT_EQ(log.done[1], 2048);
+    ASSERT_INT_EQ(log.total[1], 2100);
+    ASSERT_INT_EQ(removed, 2100);
     lockd_space_close(space);
 }
 
@@ -956,7 +1063,9 @@ main(void)
 {
     TEST_RUN(test_gc_removes_unheld_keeps_held);
     TEST_RUN(test_gc_leaves_planted_alone);
+    TEST_RUN(test_gc_min_age);
     TEST_RUN(test_gc_progress);
+    TEST_RUN(test_gc_progress_total);
     TEST_RUN(test_unlinked_while_waiting_forever);
     TEST_RUN(test_unlinked_while_waiting_timed);
     TEST_RUN(test_recreated_while_waiting_forever);

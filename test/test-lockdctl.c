@@ -1616,6 +1616,7 @@ make_lease_files(int count)
 static void
 test_gc_summary(void)
 {
+    char key[LOCKD_KEY_SIZE], path[PATH_MAX + 80];
     struct proc p;
     struct res r;
     char *flat;
@@ -1624,18 +1625,37 @@ test_gc_summary(void)
     make_lockspace(0);
     make_lease_files(5);
     hold(&p, "/gc/3", NULL, NULL);
+    /* By default files younger than 5 s stay: these were made just now. */
     CTL_EXPECT(&r, 0, "gc");
-    ASSERT_STR_EQ(r.out, "gc: removed 4 unused lease files, kept 1 held\n");
+    ASSERT_STR_EQ(r.out,
+                  "gc: removed 0 unused lease files, kept 1 held, 4 younger than 5 s\n");
+    res_free(&r);
+    ASSERT_INT_EQ(lease_files(), 5);
+    /* A device planted under a key's name is no held lease. */
+    ctl_key("/gc/planted", key);
+    snprintf(path, sizeof(path), "%s/%s", space_dir(), key);
+    ASSERT_OK(mknod(path, S_IFCHR | 0600, makedev(1, 3)) < 0 ? -errno : 0);
+    CTL_EXPECT(&r, 0, "gc", "--min-age=0");
+    ASSERT_STR_EQ(r.out,
+                  "gc: removed 4 unused lease files, kept 1 held, 1 not lease file "
+                  "(planted or unreadable)\n");
     /* Not a terminal: no progress. */
     ASSERT_STR_EQ(r.err, "");
     res_free(&r);
-    ASSERT_INT_EQ(lease_files(), 1);
+    ASSERT_INT_EQ(lease_files(), 2);
+    ASSERT_OK(unlink(path) < 0 ? -errno : 0);
     ASSERT_INT_EQ(probe("/gc/3"), LOCKD_EXCLUSIVE);
     CTL_EXPECT(&r, 0, "gc", "--json");
     flat = json_flat(r.out);
     ASSERT_JSON(flat, ".removed", "0");
     ASSERT_JSON(flat, ".kept", "1");
+    ASSERT_JSON(flat, ".held", "1");
+    ASSERT_JSON(flat, ".young", "0");
+    ASSERT_JSON(flat, ".other", "0");
     free(flat);
+    res_free(&r);
+    CTL_EXPECT(&r, 64, "gc", "--min-age=soon");
+    assert_one_line_error(&r, "--min-age=soon: not a number of seconds");
     res_free(&r);
     ASSERT_INT_EQ(proc_finish(&p), 0);
     CTL_EXPECT(&r, 1, "--dir", test_path("nope"), "gc");
@@ -1643,11 +1663,47 @@ test_gc_summary(void)
     res_free(&r);
 }
 
-/* On a terminal gc shows how far it got, then its summary. */
+/* A settings file run together, without its newlines, is refused, and the
+ * message names the lockspace and the file; gc removes nothing there. */
+static void
+test_settings_run_together(void)
+{
+    char path[PATH_MAX + 32];
+    struct res r;
+
+    case_env();
+    xmkdir(space_dir());
+    snprintf(path, sizeof(path), "%s/.lockd-lockspace", space_dir());
+    write_file(path, "lockd-lockspace1key-modecanonical");
+    make_lease_files(1);
+    CTL_EXPECT(&r, 1, "gc", "--min-age=0");
+    assert_one_line_error(&r, ".lockd-lockspace is not a settings file");
+    ASSERT_CONTAINS(r.err, space_dir());
+    res_free(&r);
+    ASSERT_INT_EQ(lease_files(), 1);
+}
+
+/* Whether buf has a line that starts with prefix and goes on with a rate,
+ * "N/s" (N with a comma every three digits), then clears to the end. */
+static int
+progress_line(const char *buf, const char *prefix)
+{
+    const char *p = strstr(buf, prefix);
+    size_t digits = 0;
+
+    if (!p)
+        return 0;
+    for (p += strlen(prefix); isdigit((unsigned char)*p) || *p == ','; p++)
+        digits += *p != ',';
+    return digits > 0 && strncmp(p, "/s\033[K", 5) == 0;
+}
+
+/* On a terminal gc shows how far it got of how many, and how fast, then
+ * its summary. */
 static void
 test_gc_progress_on_tty(void)
 {
-    char *argv[] = {ctl_path, "gc", NULL}, buf[65536];
+    char *argv[] = {ctl_path, "gc", "--min-age=0", NULL}, buf[65536];
     int master, slave, st;
     size_t len = 0;
     ssize_t n;
@@ -1675,8 +1731,9 @@ test_gc_progress_on_tty(void)
     close(master);
     st = test_wait(pid);
     ASSERT_INT_EQ(st, 0);
-    ASSERT_CONTAINS(buf, "\rlockdctl gc: 1024 lease files checked");
-    ASSERT_CONTAINS(buf, "2048 lease files checked");
+    /* "gc: done/total files, rate/s", the rate a number with commas. */
+    ASSERT_TRUE(progress_line(buf, "\rgc: 1,024/2,100 files, "));
+    ASSERT_TRUE(progress_line(buf, "\rgc: 2,048/2,100 files, "));
     {
         char *out = slurp("gc.out");
 
@@ -3259,6 +3316,7 @@ main(int argc, char **argv)
     TEST_RUN(test_who);
     TEST_RUN(test_who_posix_holder);
     TEST_RUN(test_gc_summary);
+    TEST_RUN(test_settings_run_together);
     TEST_RUN(test_gc_progress_on_tty);
     TEST_RUN(test_run_with_helper);
     TEST_RUN(test_run_with_helper_cmd_has_no_fds);

@@ -439,6 +439,154 @@ test_settings_readonly_writes_nothing(void)
     free(before);
 }
 
+/* Settings files that are not, byte for byte, what lockd writes: each is
+ * refused by every kind of opener, and nothing in the lockspace changes. */
+static const char *const bad_settings[] = {
+    "lockd-lockspace1key-modecanonical",
+    "lockd-lockspace 1key-mode canonical\n",
+    "lockd-lockspace 1\nkey-mode canonical",
+    "lockd-lockspace 1\nkey-mode canonical\ngarbage",
+    "lockd-lockspace 1\nkey-mode canonical\n\n",
+    "lockd-lockspace 1\nkey-mode canonical\nkey-mode verbatim\n",
+    "lockd-lockspace 1\nkey-mode canonical\nkey-mode canonical\n",
+    "lockd-lockspace 1\nkey-mode canonical\ncolour blue\n",
+    "lockd-lockspace 1\ncolour blue\nkey-mode canonical\n",
+    "key-mode canonical\nlockd-lockspace 1\n",
+    "lockd-lockspace 1\n",
+    "lockd-lockspace  1\nkey-mode canonical\n",
+    "lockd-lockspace 01\nkey-mode canonical\n",
+    "lockd-lockspace +1\nkey-mode canonical\n",
+    " lockd-lockspace 1\nkey-mode canonical\n",
+    "lockd-lockspace 1\r\nkey-mode canonical\r\n",
+    "lockd-lockspace 1\nkey-mode\tcanonical\n",
+    "lockd-lockspace 1\nkey-mode canonical \n",
+    "lockd-lockspace 1\nkey-mode canonicalx\n",
+    "lockd-lockspace 2\nkey-mode canonical\n",
+};
+
+static void
+settings_refused(size_t i)
+{
+    static const uint32_t how[] = {0, LOCKD_OPEN_READONLY, LOCKD_OPEN_CANONICAL,
+                                   LOCKD_OPEN_VERBATIM | LOCKD_OPEN_CREATE};
+    char dir[PATH_MAX], path[PATH_MAX];
+    lockd_space *s = NULL;
+    char *before;
+    size_t j;
+
+    path_printf(dir, sizeof(dir), "%s/bad-%zu", test_scratch, i);
+    path_printf(path, sizeof(path), "%s/" SETTINGS_FILE, dir);
+    xmkdir(dir);
+    write_text(path, bad_settings[i]);
+    before = snapshot(dir);
+    for (j = 0; j < sizeof(how) / sizeof(how[0]); j++) {
+        int r = lockd_space_open(dir, how[j], &s);
+
+        if (r != -EPROTO)
+            TEST_FAIL("bad_settings[%zu]: lockd_space_open(%#x) = %d, expected -EPROTO",
+                      i, how[j], r);
+    }
+    assert_same_tree("a refused settings file", before, dir);
+    free(before);
+}
+
+static void
+test_settings_strict(void)
+{
+    lockd_space *s = NULL;
+    char good[64];
+    size_t i;
+
+    for (i = 0; i < sizeof(bad_settings) / sizeof(bad_settings[0]); i++)
+        settings_refused(i);
+    /* The same bytes with their newlines in place are accepted: the
+     * refusals above are about the shape, not the words. */
+    xmkdir(test_path("good"));
+    ASSERT_OK(lockd_space_open(test_path("good"), LOCKD_OPEN_CANONICAL, &s));
+    lockd_space_close(s);
+    read_text(test_path("good/" SETTINGS_FILE), good, sizeof(good));
+    ASSERT_STR_EQ(good, "lockd-lockspace 1\nkey-mode canonical\n");
+    ASSERT_OK(lockd_space_open(test_path("good"), LOCKD_OPEN_READONLY, &s));
+    ASSERT_INT_EQ(lockd_space_mode(s), LOCKD_MODE_CANONICAL);
+    lockd_space_close(s);
+}
+
+/* A character device or a FIFO planted at a lease's name, as the index or as
+ * the settings file is refused with -ENXIO and never opened: inotify, which
+ * reports every open of a node (and no O_PATH look), sees none.  (A device
+ * may act on open; a lock on one would exclude nobody.) */
+static void
+planted_lease_refused(lockd_space *s, const char *key)
+{
+    lockd_holder_info info;
+    lockd_lease *l = NULL;
+
+    ASSERT_ERR(acquire1(s, key, LOCKD_EXCLUSIVE, LOCKD_TRY, &l), ENXIO);
+    ASSERT_ERR(acquire1(s, key, LOCKD_SHARED, 50, &l), ENXIO);
+    ASSERT_ERR(acquire1(s, key, LOCKD_EXCLUSIVE, LOCKD_FOREVER, &l), ENXIO);
+    ASSERT_ERR(lockd_probe(s, key, NULL), ENXIO);
+    ASSERT_ERR(lockd_holder(s, key, &info), ENXIO);
+    ASSERT_TRUE(l == NULL);
+}
+
+static void
+planted_index_refused(lockd_space *s, int ifd, mode_t type)
+{
+    char fresh[LOCKD_KEY_SIZE], old[LOCKD_KEY_SIZE];
+    lockd_lease *l = NULL;
+
+    key_of("fresh", fresh);
+    key_of("existing", old);
+    plant_watched(ifd, space_dir(), INDEX_FILE, type);
+    /* A new lease needs the index: refused, and no lease file made. */
+    ASSERT_ERR(acquire1(s, fresh, LOCKD_EXCLUSIVE, LOCKD_TRY, &l), ENXIO);
+    ASSERT_ERR(acquire1(s, fresh, LOCKD_EXCLUSIVE, 50, &l), ENXIO);
+    ASSERT_TRUE(faccessat(lockd_space_fd(s), fresh, F_OK, AT_SYMLINK_NOFOLLOW) < 0);
+    ASSERT_ERR(lockd_gc(s, NULL, NULL, NULL, NULL), ENXIO);
+    ASSERT_ERR(lockd_gc_ex(s, 0, NULL, NULL, NULL, NULL, NULL, NULL), ENXIO);
+    /* An existing lease takes no index lock: still granted.  Then the
+     * planted index goes, for the next case. */
+    ASSERT_OK(acquire1(s, old, LOCKD_EXCLUSIVE, LOCKD_TRY, &l));
+    ASSERT_OK(lockd_lease_release(l));
+    ASSERT_OK(sys(unlinkat(lockd_space_fd(s), INDEX_FILE, 0)));
+}
+
+static void
+test_planted_nodes_never_opened(void)
+{
+    int ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    char dev[LOCKD_KEY_SIZE], fifo[LOCKD_KEY_SIZE], old[LOCKD_KEY_SIZE];
+    lockd_space *s = space_open(), *t = NULL;
+    lockd_lease *l = NULL;
+
+    ASSERT_OK(sys(ifd));
+    key_of("planted device", dev);
+    key_of("planted fifo", fifo);
+    key_of("existing", old);
+    ASSERT_OK(acquire1(s, old, LOCKD_EXCLUSIVE, LOCKD_TRY, &l)); /* makes the index */
+    ASSERT_OK(lockd_lease_release(l));
+    ASSERT_OK(sys(unlinkat(lockd_space_fd(s), INDEX_FILE, 0)));
+    plant_watched(ifd, space_dir(), dev, S_IFCHR);
+    plant_watched(ifd, space_dir(), fifo, S_IFIFO);
+    planted_lease_refused(s, dev);
+    planted_lease_refused(s, fifo);
+    planted_index_refused(s, ifd, S_IFCHR);
+    planted_index_refused(s, ifd, S_IFIFO);
+
+    xmkdir(test_path("settings-dev"));
+    plant_watched(ifd, test_path("settings-dev"), SETTINGS_FILE, S_IFCHR);
+    ASSERT_ERR(lockd_space_open(test_path("settings-dev"), 0, &t), ENXIO);
+    ASSERT_ERR(lockd_space_open(test_path("settings-dev"), LOCKD_OPEN_READONLY, &t),
+               ENXIO);
+    assert_never_opened(ifd);
+
+    /* The watch does see an open: the check above can fail. */
+    close(open(test_path("settings-dev/" SETTINGS_FILE), O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(read(ifd, (char[4096]){0}, 4096) > 0);
+    close(ifd);
+    lockd_space_close(s);
+}
+
 /* ------------------------------------------------------------------------
  * The settings race: N openers of one fresh lockspace at once
  */
@@ -1590,6 +1738,8 @@ main(void)
     TEST_RUN(test_settings_canonical);
     TEST_RUN(test_settings_existing_dir);
     TEST_RUN(test_settings_readonly_writes_nothing);
+    TEST_RUN(test_settings_strict);
+    TEST_RUN(test_planted_nodes_never_opened);
     TEST_RUN(test_settings_race);
     TEST_RUN_TIMEOUT(test_bad_input, 30);
     TEST_RUN(test_emfile_creating);

@@ -24,6 +24,7 @@
 #include <dirent.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/inotify.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/sysmacros.h>
@@ -222,6 +223,38 @@ static inline void
 stat_key(lockd_space *space, const char *key, struct stat *st)
 {
     ASSERT_OK(sys(fstatat(lockd_space_fd(space), key, st, AT_SYMLINK_NOFOLLOW)));
+}
+
+/* Plant a node of type S_IFCHR (1:3, what /dev/null is: harmless if opened
+ * after all) or S_IFIFO at name in dir, and add it to the inotify fd ifd
+ * (IN_NONBLOCK), on which any open of it shows up as IN_OPEN.  A look
+ * through O_PATH or a stat is not an open and shows nothing. */
+static inline void
+plant_watched(int ifd, const char *dir, const char *name, mode_t type)
+{
+    char path[4096];
+
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    ASSERT_OK(sys(mknod(path, type | 0600, type == S_IFCHR ? makedev(1, 3) : 0)));
+    ASSERT_OK(sys(inotify_add_watch(ifd, path, IN_OPEN | IN_DONT_FOLLOW)));
+}
+
+/* No node planted with plant_watched() on ifd was opened.  (A node
+ * unlinked since gives IN_IGNORED, which is not an open.) */
+static inline void
+assert_never_opened(int ifd)
+{
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    const struct inotify_event *ev;
+    ssize_t n, at;
+
+    while ((n = read(ifd, buf, sizeof(buf))) > 0)
+        for (at = 0; at < n; at += (ssize_t)(sizeof(*ev) + ev->len)) {
+            ev = (const struct inotify_event *)(buf + at);
+            if (ev->mask & IN_OPEN)
+                TEST_FAIL("planted node %d was opened", ev->wd);
+        }
+    ASSERT_TRUE(n < 0 && errno == EAGAIN);
 }
 
 static inline int
