@@ -499,6 +499,8 @@ dir_typo(const struct opts *o, uint32_t flags)
         errorf("%s", strerror(ENOMEM));
         return EXIT_FAIL;
     }
+    for (slash = parent + strlen(parent); slash > parent + 1 && slash[-1] == '/'; slash--)
+        slash[-1] = '\0'; /* "dir/" names dir */
     slash = strrchr(parent, '/');
     if (slash == parent)
         slash[1] = '\0';
