@@ -37,9 +37,7 @@
  * Messages
  */
 
-static void errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static void
+void
 errorf(const char *fmt, ...)
 {
     va_list ap;
@@ -77,7 +75,7 @@ is_helper_gone(int r)
 }
 
 /* Why a lease call failed, in words for the line that names the disk. */
-static const char *
+const char *
 lease_reason(int r)
 {
     switch (-r) {
@@ -102,7 +100,7 @@ lease_reason(int r)
     }
 }
 
-static void
+void
 helper_error(const char *path, int r)
 {
     if (r == -EPROTONOSUPPORT)
@@ -114,7 +112,7 @@ helper_error(const char *path, int r)
 }
 
 /* The exit status for a failed helper call. */
-static int
+int
 helper_status(int r)
 {
     return is_helper_gone(r) ? EXIT_UNAVAILABLE : EXIT_FAIL;
@@ -268,25 +266,16 @@ json_str(const char *s)
 }
 
 /* An empty string from the helper means "none given": JSON says null. */
-static const char *
+const char *
 or_null(const char *s)
 {
     return s && *s ? s : NULL;
 }
 
-#define TABLE_COLS 6
-
-/* A table printed in aligned columns, the last one unpadded (util-linux's
- * lsblk style, without the dependency). */
-struct table {
-    size_t ncols, nrows, cap;
-    char **cells;
-};
-
 /* Names come from whoever handed a lease over: no control byte of theirs
  * reaches the terminal (a newline would print a fake row, an escape
  * sequence rewrite the screen).  JSON output escapes them instead. */
-static void
+void
 scrub(char *s)
 {
     for (; s && *s; s++)
@@ -294,7 +283,7 @@ scrub(char *s)
             *s = '?';
 }
 
-static int
+int
 table_add(struct table *t, ...)
 {
     va_list ap;
@@ -329,7 +318,7 @@ table_add(struct table *t, ...)
     return 0;
 }
 
-static void
+void
 table_free(struct table *t)
 {
     size_t i;
@@ -341,7 +330,7 @@ table_free(struct table *t)
     t->nrows = t->cap = 0;
 }
 
-static void
+void
 table_print(const struct table *t)
 {
     size_t w[TABLE_COLS] = {0}, r, c;
@@ -363,7 +352,7 @@ table_print(const struct table *t)
         }
 }
 
-static const char *
+const char *
 mode_word(int mode)
 {
     return mode == LOCKD_SHARED ? "shared"
@@ -376,7 +365,7 @@ mode_word(int mode)
  * Opening things, with the message when it fails
  */
 
-static int
+int
 space_open(const struct opts *o, uint32_t flags, lockd_space **ret)
 {
     lockd_space *probe = NULL;
@@ -403,7 +392,7 @@ space_open(const struct opts *o, uint32_t flags, lockd_space **ret)
 }
 
 /* Read-only uses say when the key mode is only assumed (DESIGN.md). */
-static void
+void
 note_unrecorded(const struct opts *o, const lockd_space *space)
 {
     if (!lockd_space_recorded(space))
@@ -605,12 +594,7 @@ disk_of_key(const struct disk *d, size_t n, const char *key)
  * Who holds a lease: the helper's view where it has one
  */
 
-struct holders {
-    char text[1024]; /* "guest-a (pid 12, uuid ...), ..." */
-    size_t count;
-};
-
-static int
+int
 holder_row(void *userdata, uint64_t id, int mode, const char *key, const char *disk,
            int32_t pid, uint32_t uid, const char *uuid, const char *name)
 {
@@ -644,7 +628,7 @@ since_text(int64_t t, char *buf, size_t size)
 
 /* The holder record of key, for a message: "web1 (uuid U, pid 4242) on host
  * hv2 since 10:42:07".  -ENODATA or another error if there is none. */
-static int
+int
 record_text(const lockd_space *space, const char *key, char *buf, size_t size)
 {
     lockd_holder_info hi;
@@ -1427,17 +1411,7 @@ cmd_status(const struct opts *o, int argc, char **argv)
  * who
  */
 
-struct who_ctx {
-    const struct opts *o;
-    struct table *t;
-    const char *disk;
-    const char *state;
-    const char *host; /* this one: the helper's holders are here */
-    size_t count;     /* holders listed */
-    size_t rows;      /* and lost leases: JSON objects written */
-};
-
-static int
+int
 who_row(void *userdata, uint64_t id, int mode, const char *key, const char *disk,
         int32_t pid, uint32_t uid, const char *uuid, const char *name)
 {
@@ -1467,7 +1441,7 @@ who_row(void *userdata, uint64_t id, int mode, const char *key, const char *disk
 }
 
 /* A holder record as JSON. */
-static void
+void
 record_json(const lockd_holder_info *hi)
 {
     printf("{\"host\":");
@@ -1483,6 +1457,26 @@ record_json(const lockd_holder_info *hi)
     printf(",\"epoch\":\"%016llx\",\"generation\":%llu,\"resource\":",
            (unsigned long long)hi->epoch, (unsigned long long)hi->generation);
     json_str(or_null(hi->resource));
+    putchar('}');
+}
+
+/* The holder the helper does not name, as a JSON object of who's
+ * "holders" (after a comma if comma): the one hi records, or without a
+ * record (hi NULL) the pid of a classic POSIX lock. */
+void
+holder_json(const lockd_holder_info *hi, int32_t pid, int comma)
+{
+    if (!hi) {
+        printf("%s{\"pid\":%d,\"name\":null,\"uuid\":null,\"id\":null,\"host\":null}",
+               comma ? "," : "", (int)pid);
+        return;
+    }
+    printf("%s{\"pid\":%d,\"name\":", comma ? "," : "", (int)hi->pid);
+    json_str(or_null(hi->owner));
+    printf(",\"uuid\":");
+    json_str(or_null(hi->uuid));
+    printf(",\"id\":null,\"host\":");
+    json_str(hi->host);
     putchar('}');
 }
 
@@ -1537,17 +1531,8 @@ who_one(const struct opts *o, const lockd_space *space, lockd_conn *conn,
         helper_error(o->socket, r);
     rec = state == LOCKD_EXCLUSIVE && pid <= 0 && space &&
           lockd_holder(space, d->key, &hi) == 0;
-    if (c.count == 0 && rec && o->json) {
-        printf("%s{\"pid\":%d,\"name\":", c.rows ? "," : "", (int)hi.pid);
-        json_str(or_null(hi.owner));
-        printf(",\"uuid\":");
-        json_str(or_null(hi.uuid));
-        printf(",\"id\":null,\"host\":");
-        json_str(hi.host);
-        putchar('}');
-    } else if (c.count == 0 && pid > 0 && o->json)
-        printf("%s{\"pid\":%d,\"name\":null,\"uuid\":null,\"id\":null,\"host\":null}",
-               c.rows ? "," : "", (int)pid);
+    if (c.count == 0 && (rec || pid > 0) && o->json)
+        holder_json(rec ? &hi : NULL, pid, c.rows > 0);
     else if (c.count == 0 && rec) {
         snprintf(spid, sizeof(spid), "%d", (int)hi.pid);
         table_add(t, d->name, c.state, spid, hi.owner, hi.uuid, hi.host);
@@ -1672,6 +1657,7 @@ print_help(void)
         " lockdctl [options] release --pid PID [DISK...]\n"
         " lockdctl [options] status\n"
         " lockdctl [options] who [--direct] DISK...\n"
+        " lockdctl [options] list [--held|--free]\n"
         " lockdctl [options] gc\n"
         " lockdctl [options] doctor [--direct DISK...]\n"
         " lockdctl [options] stop-helper [--force]\n"
@@ -1686,6 +1672,7 @@ print_help(void)
         " release      release some or all leases the helper holds for a process\n"
         " status       list the leases the helper holds\n"
         " who          free, shared or exclusive, and who holds it, for each disk\n"
+        " list         every lease file in the lockspace: its state, disk and holder\n"
         " gc           delete lease files that nobody holds\n"
         " doctor       check the lockspace and the helper; explain what is wrong\n"
         " stop-helper  stop the helper on purpose (root; --force if guests hold leases)\n"
@@ -1698,7 +1685,8 @@ print_help(void)
         "                              must match the lockspace's\n"
         " -S, --socket PATH          helper socket (default: $LOCKD_SOCKET, or\n"
         "                              /run/lockd/helper.sock for root)\n"
-        " -J, --json                 print JSON (key, status, who, gc, doctor, acquire)\n"
+        " -J, --json                 print JSON (key, status, who, list, gc, doctor,\n"
+        "                              acquire)\n"
         " -r, --resource             NAMEs are resource strings, not paths\n"
         " -s, --shared               take shared leases (default: exclusive)\n"
         " -x, --exclusive            take exclusive leases\n"
@@ -1715,6 +1703,7 @@ print_help(void)
         "                              is on each disk itself (byte 0 of the image or\n"
         "                              block device, as virtlockd without a lockspace)\n"
         " -f, --force                stop-helper: even though guests lose their leases\n"
+        "     --held, --free         list: only the held, or only the free, lease files\n"
         " -h, --help                 display this help\n"
         " -V, --version              display version\n"
         "\n"
@@ -1733,6 +1722,7 @@ enum {
     OPT_PID = 1u << 4,
     OPT_FORCE = 1u << 5,  /* --force */
     OPT_DIRECT = 1u << 6, /* --direct */
+    OPT_LIST = 1u << 7,   /* --held, --free */
 };
 
 static const struct option long_options[] = {
@@ -1753,6 +1743,8 @@ static const struct option long_options[] = {
     {"force", no_argument, NULL, 'f'},
     {"on-loss", required_argument, NULL, 'L'},
     {"direct", no_argument, NULL, 'D'},
+    {"held", no_argument, NULL, 'H'},
+    {"free", no_argument, NULL, 'F'},
     {NULL, 0, NULL, 0},
 };
 
@@ -1793,6 +1785,9 @@ option_class(int c)
         return OPT_FORCE;
     case 'D':
         return OPT_DIRECT;
+    case 'H':
+    case 'F':
+        return OPT_LIST;
     default:
         return OPT_GLOBAL;
     }
@@ -1859,6 +1854,7 @@ static const struct command commands[] = {
     {"release", cmd_release, OPT_RESOURCE | OPT_PID, 0},
     {"status", cmd_status, 0, 0},
     {"who", cmd_who, OPT_RESOURCE | OPT_DIRECT, 0},
+    {"list", cmd_list, OPT_LIST, 0},
     {"gc", cmd_gc, 0, 0},
     {"doctor", cmd_doctor, OPT_DIRECT, 0},
     {"stop-helper", cmd_stop_helper, OPT_FORCE, 0},
@@ -1995,6 +1991,12 @@ apply_option(struct opts *o, int c, const char *arg)
         return 0;
     case 'D':
         o->direct = 1;
+        return 0;
+    case 'H':
+    case 'F':
+        if (o->list_filter && o->list_filter != (c == 'H' ? LIST_HELD : LIST_FREE))
+            return usage_error("--held and --free exclude each other");
+        o->list_filter = c == 'H' ? LIST_HELD : LIST_FREE;
         return 0;
     case 'L':
         o->on_loss_cmd = NULL;
