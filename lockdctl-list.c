@@ -370,7 +370,7 @@ static void
 list_json(struct list_ctx *c, const char *name, int state, int err, int32_t pid, int rec,
           struct row *row)
 {
-    const char *disk = row->disk[0] ? row->disk : rec ? or_null(c->hi.resource) : NULL;
+    const char *disk;
     int holder = state == LOCKD_EXCLUSIVE && pid <= 0 && rec;
 
     printf("%s{\"key\":", c->rows++ ? "," : "");
@@ -382,6 +382,8 @@ list_json(struct list_ctx *c, const char *name, int state, int err, int32_t pid,
     helper_holders(c, name, row);
     if (row->who.count == 0 && (holder || pid > 0))
         holder_json(holder ? &c->hi : NULL, pid, row->who.rows > 0);
+    /* The helper's name for the disk first: it was handed over now. */
+    disk = row->disk[0] ? row->disk : rec ? or_null(c->hi.resource) : NULL;
     printf("],\"disk\":");
     json_str(disk);
     printf(",\"record\":");
@@ -402,12 +404,13 @@ list_text(struct list_ctx *c, const char *name, int state, int err, int32_t pid,
 {
     char holder[1024], sholder[1024], sname[LOCKD_BLOCK_KEY_SIZE],
         sdisk[LOCKD_NAME_MAX + 1];
-    const char *disk = row->disk[0] ? row->disk : rec ? c->hi.resource : "";
+    const char *disk;
     const char *word = state == STATE_FOREIGN   ? "foreign"
                        : state == STATE_UNKNOWN ? "unknown"
                                                 : mode_word(state);
 
     helper_holders(c, name, row);
+    disk = row->disk[0] ? row->disk : rec ? c->hi.resource : "";
     if (err)
         snprintf(holder, sizeof(holder), "%s", lease_reason(err));
     else if (row->h.count > 0)
