@@ -1772,8 +1772,8 @@ test_list_states(void)
     ASSERT_INT_EQ(lines(r.out), 7); /* header, 5 files, totals */
     row = list_row_of(r.out, "/l/ex");
     ASSERT_TRUE(row != NULL);
-    snprintf(line, sizeof(line), "  exclusive  /l/ex    web1 (pid %s) on host %s since ", spid,
-             host);
+    snprintf(line, sizeof(line), "  exclusive  /l/ex    web1 (pid %s) on host %s since ",
+             spid, host);
     ASSERT_TRUE(strncmp(row + 64, line, strlen(line)) == 0);
     row = list_row_of(r.out, "/l/sh");
     ASSERT_TRUE(row && strncmp(row + 64, "  shared     -  ", 16) == 0);
@@ -1860,8 +1860,9 @@ test_list_planted(void)
     before = dir_listing(space_dir());
 
     CTL_EXPECT(&r, 0, "list");
-    ASSERT_CONTAINS(r.out, "1 lease file: 0 held, 1 free; 3 foreign files planted under a "
-                           "lease's name; 1 other file left out\n");
+    ASSERT_CONTAINS(r.out,
+                    "1 lease file: 0 held, 1 free; 3 foreign files planted under a "
+                    "lease's name; 1 other file left out\n");
     ASSERT_CONTAINS(list_row_of(r.out, "/p/fifo"), "  foreign  ");
     ASSERT_CONTAINS(list_row_of(r.out, "/p/link"), "a symlink is planted");
     ASSERT_CONTAINS(list_row_of(r.out, "/p/dir"), "a directory is planted");
