@@ -29,14 +29,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 /* States besides LOCKD_FREE, LOCKD_SHARED and LOCKD_EXCLUSIVE. */
 #define STATE_UNKNOWN -1 /* a lease file that could not be probed */
 #define STATE_FOREIGN -2 /* planted under a lease's name: not a regular file */
 
-#define PROGRESS_NS (200 * 1000 * 1000LL) /* between two progress lines */
+#define PROGRESS_MS 200 /* between two progress lines */
 
 /* The names of the lease files, NUL-terminated one after the other in buf;
  * at[i] is where the i-th begins. */
@@ -472,21 +471,12 @@ list_one(struct list_ctx *c, const char *name)
  * The command
  */
 
-static int64_t
-now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* "lockdctl list: 51200/100000 lease files, 83000/s" over itself, on a
  * terminal's stderr. */
 static void
 progress(size_t done, size_t total, int64_t start)
 {
-    double s = (double)(now_ns() - start) / 1e9;
+    double s = (double)(now_ms() - start) / 1e3;
 
     fprintf(stderr, "\rlockdctl list: %zu/%zu lease files, %.0f/s", done, total,
             s > 0 ? (double)done / s : 0.0);
@@ -523,7 +513,7 @@ cmd_list(const struct opts *o, int argc, char **argv)
     int tty = isatty(STDERR_FILENO), r;
     struct names nm = {0};
     lockd_space *space = NULL;
-    int64_t start = now_ns(), shown_at = start;
+    int64_t start = now_ms(), shown_at = start;
     size_t i;
 
     (void)argv;
@@ -551,9 +541,9 @@ cmd_list(const struct opts *o, int argc, char **argv)
         r = table_add(&c.t, "KEY", "STATE", "DISK", "HOLDER");
     for (i = 0; r == 0 && i < nm.n; i++) {
         r = list_one(&c, nm.buf + nm.at[i]);
-        if (tty && (i + 1) % 256 == 0 && now_ns() - shown_at >= PROGRESS_NS) {
+        if (tty && (i + 1) % 256 == 0 && now_ms() - shown_at >= PROGRESS_MS) {
             progress(i + 1, nm.n, start);
-            shown_at = now_ns();
+            shown_at = now_ms();
         }
     }
     if (tty && shown_at != start)

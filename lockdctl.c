@@ -788,7 +788,7 @@ worth_retrying(const lockd_space *space, lockd_conn *conn, const struct disk *d)
 /* How long to give the helper to release the leases of exited owners. */
 #define HELPER_GRACE_MS 2000
 
-static int64_t
+int64_t
 now_ms(void)
 {
     struct timespec ts;

@@ -84,6 +84,9 @@ const char *or_null(const char *s);
 /* Control bytes of s become '?'. */
 void scrub(char *s);
 
+/* CLOCK_MONOTONIC in ms. */
+int64_t now_ms(void);
+
 /* "free", "shared", "exclusive" or "LOST" for a LOCKD_* mode. */
 const char *mode_word(int mode);
 
