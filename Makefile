@@ -68,9 +68,10 @@ lockd-helper: $(HELPER_DEPS)
 	$(CC) $(ALL_CFLAGS) $(SYSTEMD_CFLAGS) -o $@ $(HELPER_SRC) -lpthread $(SYSTEMD_LIBS) \
 		$(SODIUM_LIBS) $(LDFLAGS)
 
-# lockdctl is three files: lockdctl-doctor.c is its `doctor` command,
-# lockdctl-watch.c the lease watcher `run` leaves behind without a helper.
-LOCKDCTL_SRC = lockdctl.c lockdctl-doctor.c lockdctl-watch.c
+# lockdctl is four files: lockdctl-doctor.c is its `doctor` command,
+# lockdctl-watch.c the lease watcher `run` leaves behind without a helper,
+# lockdctl-list.c its `list` command.
+LOCKDCTL_SRC = lockdctl.c lockdctl-doctor.c lockdctl-watch.c lockdctl-list.c
 lockdctl: $(LOCKDCTL_SRC) lockdctl.h liblockd.a lockd.h
 	$(CC) $(ALL_CFLAGS) -o $@ $(LOCKDCTL_SRC) liblockd.a -lpthread $(SODIUM_LIBS) \
 		$(LDFLAGS)

@@ -131,9 +131,7 @@ say(const char *fmt, va_list ap)
     free(msg);
 }
 
-static void errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static void
+void
 errorf(const char *fmt, ...)
 {
     va_list ap;
@@ -169,7 +167,7 @@ is_helper_gone(int r)
 }
 
 /* Why a lease call failed, in words for the line that names the disk. */
-static const char *
+const char *
 lease_reason(int r)
 {
     switch (-r) {
@@ -194,7 +192,7 @@ lease_reason(int r)
     }
 }
 
-static void
+void
 helper_error(const char *path, int r)
 {
     if (r == -EPROTONOSUPPORT)
@@ -218,7 +216,7 @@ helper_error(const char *path, int r)
 }
 
 /* The exit status for a failed helper call. */
-static int
+int
 helper_status(int r)
 {
     return is_helper_gone(r) ? EXIT_UNAVAILABLE : EXIT_FAIL;
@@ -382,22 +380,13 @@ json_str(const char *s)
 }
 
 /* An empty string from the helper means "none given": JSON says null. */
-static const char *
+const char *
 or_null(const char *s)
 {
     return s && *s ? s : NULL;
 }
 
-#define TABLE_COLS 6
-
-/* A table printed in aligned columns, the last one unpadded (util-linux's
- * lsblk style, without the dependency). */
-struct table {
-    size_t ncols, nrows, cap;
-    char **cells;
-};
-
-static int
+int
 table_add(struct table *t, ...)
 {
     va_list ap;
@@ -431,7 +420,7 @@ table_add(struct table *t, ...)
     return 0;
 }
 
-static void
+void
 table_free(struct table *t)
 {
     size_t i;
@@ -443,7 +432,7 @@ table_free(struct table *t)
     t->nrows = t->cap = 0;
 }
 
-static void
+void
 table_print(const struct table *t)
 {
     size_t w[TABLE_COLS] = {0}, r, c;
@@ -465,7 +454,7 @@ table_print(const struct table *t)
         }
 }
 
-static const char *
+const char *
 mode_word(int mode)
 {
     return mode == LOCKD_SHARED ? "shared"
@@ -515,7 +504,7 @@ dir_typo(const struct opts *o, uint32_t flags)
     return missing ? EXIT_FAIL : 0;
 }
 
-static int
+int
 space_open(const struct opts *o, uint32_t flags, lockd_space **ret)
 {
     lockd_space *probe = NULL;
@@ -545,7 +534,7 @@ space_open(const struct opts *o, uint32_t flags, lockd_space **ret)
 }
 
 /* Read-only uses say when the key mode is only assumed (DESIGN.md). */
-static void
+void
 note_unrecorded(const struct opts *o, const lockd_space *space)
 {
     if (!lockd_space_recorded(space))
@@ -778,12 +767,7 @@ disk_of_key(const struct disk *d, size_t n, const char *key)
  * Who holds a lease: the helper's view where it has one
  */
 
-struct holders {
-    char text[1024]; /* "guest-a (pid 12, uuid ...), ..." */
-    size_t count;
-};
-
-static int
+int
 holder_row(void *userdata, uint64_t id, int mode, const char *key, const char *disk,
            int32_t pid, uint32_t uid, const char *uuid, const char *name)
 {
@@ -816,7 +800,7 @@ since_text(int64_t t, char *buf, size_t size)
 
 /* The holder record of key, for a message: "web1 (uuid U, pid 4242) on host
  * hv2 since 10:42:07".  -ENODATA or another error if there is none. */
-static int
+int
 record_text(const lockd_space *space, const char *key, char *buf, size_t size)
 {
     lockd_holder_info hi;
@@ -975,7 +959,7 @@ worth_retrying(const lockd_space *space, lockd_conn *conn, const struct disk *d)
 /* How long to give the helper to release the leases of exited owners. */
 #define HELPER_GRACE_MS 2000
 
-static int64_t
+int64_t
 now_ms(void)
 {
     struct timespec ts;
@@ -1678,17 +1662,7 @@ cmd_status(const struct opts *o, int argc, char **argv)
  * who
  */
 
-struct who_ctx {
-    const struct opts *o;
-    struct table *t;
-    const char *disk;
-    const char *state;
-    const char *host; /* this one: the helper's holders are here */
-    size_t count;     /* holders listed */
-    size_t rows;      /* and lost leases: JSON objects written */
-};
-
-static int
+int
 who_row(void *userdata, uint64_t id, int mode, const char *key, const char *disk,
         int32_t pid, uint32_t uid, const char *uuid, const char *name)
 {
@@ -1718,7 +1692,7 @@ who_row(void *userdata, uint64_t id, int mode, const char *key, const char *disk
 }
 
 /* A holder record as JSON. */
-static void
+void
 record_json(const lockd_holder_info *hi)
 {
     printf("{\"host\":");
@@ -1734,6 +1708,26 @@ record_json(const lockd_holder_info *hi)
     printf(",\"epoch\":\"%016llx\",\"generation\":%llu,\"resource\":",
            (unsigned long long)hi->epoch, (unsigned long long)hi->generation);
     json_str(or_null(hi->resource));
+    putchar('}');
+}
+
+/* The holder the helper does not name, as a JSON object of who's
+ * "holders" (after a comma if comma): the one hi records, or without a
+ * record (hi NULL) the pid of a classic POSIX lock. */
+void
+holder_json(const lockd_holder_info *hi, int32_t pid, int comma)
+{
+    if (!hi) {
+        printf("%s{\"pid\":%d,\"name\":null,\"uuid\":null,\"id\":null,\"host\":null}",
+               comma ? "," : "", (int)pid);
+        return;
+    }
+    printf("%s{\"pid\":%d,\"name\":", comma ? "," : "", (int)hi->pid);
+    json_str(or_null(hi->owner));
+    printf(",\"uuid\":");
+    json_str(or_null(hi->uuid));
+    printf(",\"id\":null,\"host\":");
+    json_str(hi->host);
     putchar('}');
 }
 
@@ -1788,17 +1782,8 @@ who_one(const struct opts *o, const lockd_space *space, lockd_conn *conn,
         helper_error(o->socket, r);
     rec = state == LOCKD_EXCLUSIVE && pid <= 0 && space &&
           lockd_holder(space, d->key, &hi) == 0;
-    if (c.count == 0 && rec && o->json) {
-        printf("%s{\"pid\":%d,\"name\":", c.rows ? "," : "", (int)hi.pid);
-        json_str(or_null(hi.owner));
-        printf(",\"uuid\":");
-        json_str(or_null(hi.uuid));
-        printf(",\"id\":null,\"host\":");
-        json_str(hi.host);
-        putchar('}');
-    } else if (c.count == 0 && pid > 0 && o->json)
-        printf("%s{\"pid\":%d,\"name\":null,\"uuid\":null,\"id\":null,\"host\":null}",
-               c.rows ? "," : "", (int)pid);
+    if (c.count == 0 && (rec || pid > 0) && o->json)
+        holder_json(rec ? &hi : NULL, pid, c.rows > 0);
     else if (c.count == 0 && rec) {
         snprintf(spid, sizeof(spid), "%d", (int)hi.pid);
         table_add(t, d->name, c.state, spid, hi.owner, hi.uuid, hi.host);
@@ -1995,6 +1980,7 @@ print_help(void)
         " lockdctl [options] release --pid PID [DISK...]\n"
         " lockdctl [options] status\n"
         " lockdctl [options] who [--direct] [--test [-E N]] DISK...\n"
+        " lockdctl [options] list [--held|--free]\n"
         " lockdctl [options] gc [--min-age=SEC]\n"
         " lockdctl [options] doctor [--direct DISK...]\n"
         " lockdctl [options] stop-helper [--force]\n"
@@ -2009,6 +1995,7 @@ print_help(void)
         " release      release some or all leases the helper holds for a process\n"
         " status       list the leases the helper holds\n"
         " who          free, shared or exclusive, and who holds it, for each disk\n"
+        " list         every lease file in the lockspace: its state, disk and holder\n"
         " gc           delete lease files that nobody holds\n"
         " doctor       check the lockspace and the helper; explain what is wrong\n"
         " stop-helper  stop the helper on purpose (root; --force if guests hold leases)\n"
@@ -2021,8 +2008,8 @@ print_help(void)
         "                              must match the lockspace's\n"
         " -S, --socket PATH          helper socket (default: $LOCKD_SOCKET, or\n"
         "                              /run/lockd/helper.sock for root)\n"
-        " -J, --json                 print JSON (key, status, who, gc, doctor, acquire);\n"
-        "                              on failure, an error object\n"
+        " -J, --json                 print JSON (key, status, who, list, gc, doctor,\n"
+        "                              acquire); on failure, an error object\n"
         " -r, --resource             NAMEs are resource strings, not paths\n"
         " -s, --shared               take shared leases (default: exclusive)\n"
         " -x, --exclusive            take exclusive leases\n"
@@ -2043,6 +2030,7 @@ print_help(void)
         "     --min-age=SEC          gc: keep lease files made or changed less than\n"
         "                              SEC seconds ago (default 5; 0 judges all now)\n"
         " -f, --force                stop-helper: even though guests lose their leases\n"
+        "     --held, --free         list: only the held, or only the free, lease files\n"
         " -h, --help                 display this help\n"
         " -V, --version              display version\n"
         "\n"
@@ -2065,6 +2053,7 @@ enum {
     OPT_CREATE = 1u << 8, /* --create-ok */
     OPT_TEST = 1u << 9,   /* --test */
     OPT_GC = 1u << 10,    /* --min-age */
+    OPT_LIST = 1u << 11,  /* --held, --free */
 };
 
 static const struct option long_options[] = {
@@ -2088,6 +2077,8 @@ static const struct option long_options[] = {
     {"create-ok", no_argument, NULL, 'c'},
     {"test", no_argument, NULL, 't'},
     {"min-age", required_argument, NULL, 'M'},
+    {"held", no_argument, NULL, 'H'},
+    {"free", no_argument, NULL, 'F'},
     {NULL, 0, NULL, 0},
 };
 
@@ -2134,6 +2125,9 @@ option_class(int c)
         return OPT_TEST;
     case 'M':
         return OPT_GC;
+    case 'H':
+    case 'F':
+        return OPT_LIST;
     default:
         return OPT_GLOBAL;
     }
@@ -2202,6 +2196,7 @@ static const struct command commands[] = {
     {"release", cmd_release, OPT_RESOURCE | OPT_PID, 0},
     {"status", cmd_status, OPT_JSON, 0},
     {"who", cmd_who, OPT_RESOURCE | OPT_DIRECT | OPT_JSON | OPT_TEST | OPT_CONFLICT, 0},
+    {"list", cmd_list, OPT_LIST | OPT_JSON, 0},
     {"gc", cmd_gc, OPT_GC | OPT_JSON, 0},
     {"doctor", cmd_doctor, OPT_DIRECT | OPT_JSON, 0},
     {"stop-helper", cmd_stop_helper, OPT_FORCE, 0},
@@ -2367,6 +2362,12 @@ apply_option(struct opts *o, int c, const char *arg)
         return 0;
     case 't':
         o->test = 1;
+        return 0;
+    case 'H':
+    case 'F':
+        if (o->list_filter && o->list_filter != (c == 'H' ? LIST_HELD : LIST_FREE))
+            return usage_error("--held and --free exclude each other");
+        o->list_filter = c == 'H' ? LIST_HELD : LIST_FREE;
         return 0;
     case 'L':
         o->on_loss_cmd = NULL;

@@ -45,7 +45,11 @@ struct opts {
     int test;                /* who --test: the exit status says, nothing printed */
     int dir_given;           /* --dir or LOCKD_DIR, not the default */
     uint32_t min_age_ms;     /* gc --min-age */
+    int list_filter;         /* list: 0 (all), LIST_HELD or LIST_FREE */
 };
+
+#define LIST_HELD 1 /* --held */
+#define LIST_FREE 2 /* --free */
 
 /* In lockdctl.c.  A usage error: the message, a pointer to --help, and
  * EXIT_USAGE. */
@@ -67,6 +71,89 @@ int no_lockspace(const struct opts *o);
 
 /* In lockdctl.c.  Whether something exists at the helper's socket path. */
 int socket_present(const char *path);
+
+/* ------------------------------------------------------------------------
+ * In lockdctl.c, for `list` (lockdctl-list.c), which shows what `who` and
+ * `status` show, for every lease file: the same words, the same JSON.
+ */
+
+struct lockd_space;
+struct lockd_holder_info;
+
+/* "lockdctl: " and the message on stderr. */
+void errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Why a lease call failed (-errno), in words. */
+const char *lease_reason(int r);
+
+/* A failed helper call at path: its message, and its exit status. */
+void helper_error(const char *path, int r);
+int helper_status(int r);
+
+/* NULL for an empty string (JSON's null). */
+const char *or_null(const char *s);
+
+/* CLOCK_MONOTONIC in ms. */
+int64_t now_ms(void);
+
+/* "free", "shared", "exclusive" or "LOST" for a LOCKD_* mode. */
+const char *mode_word(int mode);
+
+/* Open o->dir (flags | --key-mode), saying why not: 0 or the exit status. */
+int space_open(const struct opts *o, uint32_t flags, struct lockd_space **ret);
+
+/* Say so when the lockspace's key mode is only assumed. */
+void note_unrecorded(const struct opts *o, const struct lockd_space *space);
+
+#define TABLE_COLS 6
+
+/* A table printed in aligned columns, the last one unpadded (util-linux's
+ * lsblk style, without the dependency).  table_add() takes ncols strings
+ * (NULL or "" print as "-"), copied and escaped (put_text()). */
+struct table {
+    size_t ncols, nrows, cap;
+    char **cells;
+};
+int table_add(struct table *t, ...);
+void table_free(struct table *t);
+void table_print(const struct table *t);
+
+/* The helper's holders of a key as text, a lockd_list_fn over struct
+ * holders: "guest-a (pid 12, uuid ...), ..." (lost leases left out). */
+struct holders {
+    char text[1024];
+    size_t count;
+};
+int holder_row(void *userdata, uint64_t id, int mode, const char *key, const char *disk,
+               int32_t pid, uint32_t uid, const char *uuid, const char *name);
+
+/* The holder record of key, for a message: "web1 (uuid U, pid 4242) on
+ * host hv2 since 10:42:07"; -ENODATA or another error if there is none. */
+int record_text(const struct lockd_space *space, const char *key, char *buf, size_t size);
+
+/* The helper's holders of a key as who lists them, a lockd_list_fn over
+ * struct who_ctx: JSON objects when o->json, else rows of t (DISK STATE PID
+ * NAME UUID HOST). */
+struct who_ctx {
+    const struct opts *o;
+    struct table *t;
+    const char *disk;
+    const char *state;
+    const char *host; /* this one: the helper's holders are here */
+    size_t count;     /* holders listed */
+    size_t rows;      /* and lost leases: JSON objects written */
+};
+int who_row(void *userdata, uint64_t id, int mode, const char *key, const char *disk,
+            int32_t pid, uint32_t uid, const char *uuid, const char *name);
+
+/* A holder record as a JSON object; the holder the helper does not name as
+ * one of who's "holders" objects: hi's, or (hi NULL) a POSIX lock's pid. */
+void record_json(const struct lockd_holder_info *hi);
+void holder_json(const struct lockd_holder_info *hi, int32_t pid, int comma);
+
+/* In lockdctl-list.c.  The list command: 0, EXIT_FAIL (a file that could
+ * not be probed, or the walk failed), EXIT_USAGE for operands. */
+int cmd_list(const struct opts *o, int argc, char **argv);
 
 /* In lockdctl-watch.c.  Leave a watcher behind for `run` without a helper:
  * a process that checks lease (which CMD, this process after its exec,

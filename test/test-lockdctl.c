@@ -1743,6 +1743,275 @@ test_gc_progress_on_tty(void)
 }
 
 /* ------------------------------------------------------------------------
+ * list
+ */
+
+/* The index of the lease with key in a flattened `list --json`, or -1. */
+static int
+json_lease(const char *flat, const char *key)
+{
+    char path[64];
+    const char *k;
+    int i;
+
+    for (i = 0;; i++) {
+        snprintf(path, sizeof(path), ".leases[%d].key", i);
+        k = json_get(flat, path);
+        if (!k)
+            return -1;
+        if (strcmp(k, key) == 0)
+            return i;
+    }
+}
+
+/* The field of the lease of disk in a flattened `list --json`. */
+static const char *
+json_lease_field(const char *flat, const char *disk, const char *field)
+{
+    char key[LOCKD_KEY_SIZE], path[128];
+    int i;
+
+    ctl_key(disk, key);
+    i = json_lease(flat, key);
+    if (i < 0)
+        TEST_FAIL("no lease of %s in:\n%s", disk, flat);
+    snprintf(path, sizeof(path), ".leases[%d].%s", i, field);
+    return json_get(flat, path);
+}
+
+/* The row of disk's lease file in `list`'s table, or NULL. */
+static const char *
+list_row_of(const char *out, const char *disk)
+{
+    char key[LOCKD_KEY_SIZE];
+
+    ctl_key(disk, key);
+    return strstr(out, key);
+}
+
+/* An empty lockspace lists nothing, and says so; operands are refused. */
+static void
+test_list_empty(void)
+{
+    struct res r;
+    char *flat;
+
+    case_env();
+    make_lockspace(0);
+    CTL_EXPECT(&r, 0, "list");
+    ASSERT_STR_EQ(r.out, "0 lease files: 0 held, 0 free\n");
+    ASSERT_STR_EQ(r.err, "");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "--json", "list");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".leases#", "0");
+    ASSERT_JSON(flat, ".total", "0");
+    ASSERT_JSON(flat, ".lockspace", space_dir());
+    free(flat);
+    res_free(&r);
+    CTL_EXPECT(&r, 64, "list", "a.img");
+    assert_one_line_error(&r, "list: takes no arguments");
+    res_free(&r);
+    CTL_EXPECT(&r, 64, "list", "--held", "--free");
+    assert_one_line_error(&r, "--held and --free exclude each other");
+    res_free(&r);
+    CTL_EXPECT(&r, 64, "who", "--held", "a.img");
+    res_free(&r);
+    CTL_EXPECT(&r, 1, "--dir", test_path("nope"), "list");
+    assert_one_line_error(&r, "nope does not exist");
+    res_free(&r);
+}
+
+/*
+ * Without a helper: free, shared and exclusive lease files, held by other
+ * processes (lockdctl run); the disk's name and the holder from the holder
+ * records; --held and --free; --json.
+ */
+static void
+test_list_states(void)
+{
+    char host[256], line[512], spid[16], *flat;
+    const char *row;
+    struct proc ex, sh;
+    struct res r;
+
+    case_env();
+    make_lockspace(0);
+    ASSERT_OK(sys(gethostname(host, sizeof(host))));
+    make_lease_files(2); /* /gc/0, /gc/1: never held, no record */
+    CTL_EXPECT(&r, 0, "run", "/l/done", "--", "true");
+    res_free(&r);
+    hold(&ex, "/l/ex", "-n", "web1");
+    hold(&sh, "/l/sh", "-s", NULL);
+    snprintf(spid, sizeof(spid), "%d", (int)ex.pid);
+
+    CTL_EXPECT(&r, 0, "list");
+    ASSERT_TRUE(strncmp(r.out, "KEY ", 4) == 0);
+    ASSERT_CONTAINS(r.out, "  STATE  ");
+    ASSERT_INT_EQ(lines(r.out), 7); /* header, 5 files, totals */
+    row = list_row_of(r.out, "/l/ex");
+    ASSERT_TRUE(row != NULL);
+    snprintf(line, sizeof(line), "  exclusive  /l/ex    web1 (pid %s) on host %s since ",
+             spid, host);
+    ASSERT_TRUE(strncmp(row + 64, line, strlen(line)) == 0);
+    row = list_row_of(r.out, "/l/sh");
+    ASSERT_TRUE(row && strncmp(row + 64, "  shared     -  ", 16) == 0);
+    /* A free lease's record still names its disk, and nobody as holder. */
+    row = list_row_of(r.out, "/l/done");
+    ASSERT_TRUE(row && strncmp(row + 64, "  free       /l/done  -\n", 24) == 0);
+    row = list_row_of(r.out, "/gc/0");
+    ASSERT_TRUE(row && strncmp(row + 64, "  free       -        -\n", 24) == 0);
+    ASSERT_CONTAINS(r.out, "\n5 lease files: 2 held, 3 free\n");
+    ASSERT_STR_EQ(r.err, "");
+    res_free(&r);
+
+    CTL_EXPECT(&r, 0, "list", "--held");
+    ASSERT_INT_EQ(lines(r.out), 4);
+    ASSERT_TRUE(list_row_of(r.out, "/l/ex") && list_row_of(r.out, "/l/sh"));
+    ASSERT_TRUE(!list_row_of(r.out, "/l/done") && !strstr(r.out, " free "));
+    ASSERT_CONTAINS(r.out, "5 lease files: 2 held, 3 free\n");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "list", "--free");
+    ASSERT_INT_EQ(lines(r.out), 5);
+    ASSERT_TRUE(!list_row_of(r.out, "/l/ex") && !list_row_of(r.out, "/l/sh"));
+    ASSERT_TRUE(list_row_of(r.out, "/gc/1") != NULL);
+    res_free(&r);
+
+    CTL_EXPECT(&r, 0, "list", "--json");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".leases#", "5");
+    ASSERT_JSON(flat, ".total", "5");
+    ASSERT_JSON(flat, ".held", "2");
+    ASSERT_JSON(flat, ".free", "3");
+    ASSERT_JSON(flat, ".foreign", "0");
+    ASSERT_STR_EQ(json_lease_field(flat, "/l/ex", "state"), "exclusive");
+    ASSERT_STR_EQ(json_lease_field(flat, "/l/ex", "disk"), "/l/ex");
+    ASSERT_STR_EQ(json_lease_field(flat, "/l/ex", "holders#"), "1");
+    ASSERT_STR_EQ(json_lease_field(flat, "/l/ex", "holders[0].name"), "web1");
+    ASSERT_STR_EQ(json_lease_field(flat, "/l/ex", "holders[0].pid"), spid);
+    ASSERT_STR_EQ(json_lease_field(flat, "/l/ex", "holders[0].host"), host);
+    ASSERT_STR_EQ(json_lease_field(flat, "/l/ex", "record.owner"), "web1");
+    ASSERT_STR_EQ(json_lease_field(flat, "/l/sh", "state"), "shared");
+    ASSERT_STR_EQ(json_lease_field(flat, "/l/done", "state"), "free");
+    ASSERT_STR_EQ(json_lease_field(flat, "/l/done", "disk"), "/l/done");
+    ASSERT_STR_EQ(json_lease_field(flat, "/l/done", "record"), "null");
+    ASSERT_STR_EQ(json_lease_field(flat, "/gc/0", "disk"), "null");
+    free(flat);
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "list", "--json", "--held");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".leases#", "2");
+    free(flat);
+    res_free(&r);
+
+    ASSERT_INT_EQ(proc_finish(&ex), 0);
+    ASSERT_INT_EQ(proc_finish(&sh), 0);
+    CTL_EXPECT(&r, 0, "list");
+    ASSERT_CONTAINS(r.out, "5 lease files: 0 held, 5 free\n");
+    res_free(&r);
+}
+
+/*
+ * Things planted under a lease's name (a FIFO, a symlink, a directory)
+ * are listed as foreign, never opened; files that are not leases at all
+ * are only counted; lockd's own files are neither.
+ */
+static void
+test_list_planted(void)
+{
+    char key[LOCKD_KEY_SIZE], path[PATH_MAX + 80], *flat, *before;
+    struct res r;
+
+    case_env();
+    make_lockspace(0);
+    make_lease_files(1);
+    ctl_key("/p/fifo", key);
+    snprintf(path, sizeof(path), "%s/%s", space_dir(), key);
+    ASSERT_OK(sys(mkfifo(path, 0600)));
+    ctl_key("/p/link", key);
+    snprintf(path, sizeof(path), "%s/%s", space_dir(), key);
+    ASSERT_OK(sys(symlink(test_path("target"), path)));
+    ctl_key("/p/dir", key);
+    snprintf(path, sizeof(path), "%s/%s", space_dir(), key);
+    ASSERT_OK(sys(mkdir(path, 0700)));
+    snprintf(path, sizeof(path), "%s/notes.txt", space_dir());
+    write_file(path, "not a lease\n");
+    before = dir_listing(space_dir());
+
+    CTL_EXPECT(&r, 0, "list");
+    ASSERT_CONTAINS(r.out,
+                    "1 lease file: 0 held, 1 free; 3 foreign files planted under a "
+                    "lease's name; 1 other file left out\n");
+    ASSERT_CONTAINS(list_row_of(r.out, "/p/fifo"), "  foreign  ");
+    ASSERT_CONTAINS(list_row_of(r.out, "/p/link"), "a symlink is planted");
+    ASSERT_CONTAINS(list_row_of(r.out, "/p/dir"), "a directory is planted");
+    ASSERT_TRUE(!strstr(r.out, "notes.txt") && !strstr(r.out, ".lockd-"));
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "list", "--json");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".leases#", "4");
+    ASSERT_JSON(flat, ".total", "1");
+    ASSERT_JSON(flat, ".foreign", "3");
+    ASSERT_JSON(flat, ".other", "1");
+    ASSERT_STR_EQ(json_lease_field(flat, "/p/fifo", "state"), "foreign");
+    ASSERT_TRUE(strstr(json_lease_field(flat, "/p/fifo", "error"), "FIFO") != NULL);
+    free(flat);
+    res_free(&r);
+    /* --held and --free list neither. */
+    CTL_EXPECT(&r, 0, "list", "--free");
+    ASSERT_TRUE(!strstr(r.out, "  foreign  "));
+    res_free(&r);
+    /* Nothing was created, removed or followed (the link's target). */
+    assert_listing(space_dir(), before);
+    ASSERT_INT_EQ(access(test_path("target"), F_OK), -1);
+    free(before);
+}
+
+/* With a helper: the owners it holds leases for, by name, pid and uuid,
+ * with the disk it was handed; a name's control bytes never reach the
+ * terminal. */
+static void
+test_list_with_helper(void)
+{
+    char spid[32], want[256], disk[PATH_MAX + 16], *flat;
+    pid_t helper;
+    struct proc p;
+    struct res r;
+
+    case_env();
+    helper = helper_start();
+    spawn(&p, "run", "--name", "guest\033a", "--uuid", UUID_A, "--shared", "a.img", "--",
+          HOLD_CMD(0), (char *)NULL);
+    ASSERT_STR_EQ(proc_line(&p), "ready");
+    snprintf(spid, sizeof(spid), "%d", (int)p.pid);
+    snprintf(disk, sizeof(disk), "%s/a.img", test_scratch);
+    CTL_EXPECT(&r, 0, "list", "--held");
+    snprintf(want, sizeof(want), "guest?a (pid %s, uuid " UUID_A ")\n", spid);
+    ASSERT_CONTAINS(list_row_of(r.out, "a.img"), want);
+    ASSERT_CONTAINS(list_row_of(r.out, "a.img"), disk);
+    ASSERT_CONTAINS(list_row_of(r.out, "a.img"), "  shared  ");
+    ASSERT_TRUE(!strchr(r.out, '\033'));
+    ASSERT_CONTAINS(r.out, "1 lease file: 1 held, 0 free\n");
+    res_free(&r);
+    CTL_EXPECT(&r, 0, "--json", "list");
+    flat = json_flat(r.out);
+    ASSERT_STR_EQ(json_lease_field(flat, "a.img", "state"), "shared");
+    ASSERT_STR_EQ(json_lease_field(flat, "a.img", "disk"), disk);
+    ASSERT_STR_EQ(json_lease_field(flat, "a.img", "holders#"), "1");
+    ASSERT_STR_EQ(json_lease_field(flat, "a.img", "holders[0].pid"), spid);
+    ASSERT_STR_EQ(json_lease_field(flat, "a.img", "holders[0].uuid"), UUID_A);
+    ASSERT_TRUE(strcmp(json_lease_field(flat, "a.img", "holders[0].id"), "null") != 0);
+    free(flat);
+    res_free(&r);
+    ASSERT_INT_EQ(proc_finish(&p), 0);
+    ASSERT_TRUE(WAIT_UNTIL(helper_leases() == 0, 5000));
+    CTL_EXPECT(&r, 0, "list");
+    ASSERT_CONTAINS(r.out, "1 lease file: 0 held, 1 free\n");
+    res_free(&r);
+    helper_stop(helper);
+}
+
+/* ------------------------------------------------------------------------
  * The helper: run, acquire, release, status, who
  */
 
@@ -3318,6 +3587,10 @@ main(int argc, char **argv)
     TEST_RUN(test_gc_summary);
     TEST_RUN(test_settings_run_together);
     TEST_RUN(test_gc_progress_on_tty);
+    TEST_RUN(test_list_empty);
+    TEST_RUN(test_list_states);
+    TEST_RUN(test_list_planted);
+    TEST_RUN(test_list_with_helper);
     TEST_RUN(test_run_with_helper);
     TEST_RUN(test_run_with_helper_cmd_has_no_fds);
     TEST_RUN(test_run_with_helper_back_to_back);
