@@ -1839,7 +1839,7 @@ test_list_states(void)
     make_lockspace(0);
     ASSERT_OK(sys(gethostname(host, sizeof(host))));
     make_lease_files(2); /* /gc/0, /gc/1: never held, no record */
-    CTL_EXPECT(&r, 0, "run", "/l/done", "--", "true");
+    CTL_EXPECT(&r, 0, "run", "--create-ok", "/l/done", "--", "true");
     res_free(&r);
     hold(&ex, "/l/ex", "-n", "web1");
     hold(&sh, "/l/sh", "-s", NULL);
@@ -1986,7 +1986,7 @@ test_list_with_helper(void)
     snprintf(spid, sizeof(spid), "%d", (int)p.pid);
     snprintf(disk, sizeof(disk), "%s/a.img", test_scratch);
     CTL_EXPECT(&r, 0, "list", "--held");
-    snprintf(want, sizeof(want), "guest?a (pid %s, uuid " UUID_A ")\n", spid);
+    snprintf(want, sizeof(want), "guest\\x1ba (pid %s, uuid " UUID_A ")\n", spid);
     ASSERT_CONTAINS(list_row_of(r.out, "a.img"), want);
     ASSERT_CONTAINS(list_row_of(r.out, "a.img"), disk);
     ASSERT_CONTAINS(list_row_of(r.out, "a.img"), "  shared  ");
