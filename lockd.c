@@ -882,9 +882,15 @@ open_looked(int dirfd, const char *name, int flags, int blk_ok, struct stat *ret
         safe_close(pfd);
         return r;
     }
-    /* /proc/self/fd/N is a magic link: O_NOFOLLOW would refuse it. */
+    /* /proc/self/fd/N is a magic link: O_NOFOLLOW would refuse it.  It
+     * leads to the very inode looked at, so st is the new fd's too. */
     snprintf(self, sizeof(self), "/proc/self/fd/%d", pfd);
     fd = open_retry(AT_FDCWD, self, flags & ~O_NOFOLLOW, 0);
+    if (fd >= 0) {
+        safe_close(pfd);
+        *ret_st = st;
+        return fd;
+    }
     if (fd == -ENOENT && access("/proc/self/fd", F_OK) < 0)
         fd = open_retry(dirfd, name, flags, 0);
     safe_close(pfd);
