@@ -2586,9 +2586,10 @@ do_stop(const struct conn *c, const struct proto_req *req)
         owners += H.owners[i].pid && H.owners[i].nleases > 0;
     if (owners > 0 && !req->force)
         return -EBUSY;
-    log_warn("stopping on request of uid %u pid %d: %u guest%s with %u lease%s lose%s their "
-             "protection", c->uid, (int)c->pid, owners, PLURAL(owners), H.nleases,
-             PLURAL(H.nleases), owners == 1 ? "s" : "");
+    log_warn("stopping on request of uid %u pid %d: %u guest%s with %u lease%s lose%s "
+             "their protection",
+             c->uid, (int)c->pid, owners, PLURAL(owners), H.nleases, PLURAL(H.nleases),
+             owners == 1 ? "s" : "");
     for (i = 0; i < H.nowner_slots; i++)
         if (H.owners[i].pid)
             owner_free(&H.owners[i], "the helper was stopped on request");
@@ -4608,9 +4609,9 @@ status_send(void)
     H.status_dirty = 0;
     if (!H.notify)
         return;
-    snprintf(msg, sizeof(msg), "STATUS=%u owner%s, %u lease%s, %u in fd store%s", H.nowners,
-             PLURAL(H.nowners), H.nleases - H.nlost, PLURAL(H.nleases - H.nlost),
-             H.store_on ? H.store_leases : 0,
+    snprintf(msg, sizeof(msg), "STATUS=%u owner%s, %u lease%s, %u in fd store%s",
+             H.nowners, PLURAL(H.nowners), H.nleases - H.nlost,
+             PLURAL(H.nleases - H.nlost), H.store_on ? H.store_leases : 0,
              H.store_full_logged ? " (full)" : "");
     if (H.nlost)
         snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), ", %u LOST", H.nlost);
@@ -4866,6 +4867,15 @@ parse_args(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "S:m:t:vhV", opts, NULL)) != -1) {
         switch (c) {
         case 'S':
+            /* -S was --fd-store-max once: "-S 8" must not bind a socket
+             * named 8 and run without the fd store, unseen. */
+            if (strspn(optarg, "0123456789") == strlen(optarg)) {
+                fprintf(stderr,
+                        "lockd-helper: -S %s: -S is the socket now (as in "
+                        "lockdctl); the fd store is --fd-store-max\n",
+                        optarg);
+                exit(64);
+            }
             H.socket_path = optarg;
             break;
         case 'm':

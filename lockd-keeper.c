@@ -84,13 +84,46 @@ static struct {
  * Small tools
  */
 
+/* Length of the well-formed UTF-8 character at p that is no control (C1
+ * included: U+0080-U+009F, whose CSI a terminal acts on), or 0. */
+static size_t
+utf8_char(const unsigned char *p)
+{
+    uint32_t c;
+    size_t n, i;
+
+    if (*p >= 0xc2 && *p <= 0xdf)
+        n = 2, c = *p & 0x1fu;
+    else if (*p >= 0xe0 && *p <= 0xef)
+        n = 3, c = *p & 0x0fu;
+    else if (*p >= 0xf0 && *p <= 0xf4)
+        n = 4, c = *p & 0x07u;
+    else
+        return 0;
+    for (i = 1; i < n; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        c = c << 6 | (p[i] & 0x3fu);
+    }
+    if (c < 0xa0 || (n == 3 && c < 0x800) || (n == 4 && c < 0x10000) || c > 0x10ffff ||
+        (c >= 0xd800 && c <= 0xdfff))
+        return 0;
+    return n;
+}
+
 size_t
 log_escape(char *out, size_t size, size_t n, const char *text)
 {
     const unsigned char *p;
+    size_t k;
 
     for (p = (const unsigned char *)text; *p && n + 5 < size; p++) {
-        if (*p < 0x20 || *p == 0x7f || *p == '\\')
+        k = *p >= 0x80 ? utf8_char(p) : 0;
+        if (k > 0 && n + k + 5 < size) {
+            memcpy(out + n, p, k);
+            n += k;
+            p += k - 1;
+        } else if (*p < 0x20 || *p >= 0x7f || *p == '\\')
             n += (size_t)snprintf(out + n, size - n, "\\x%02x", *p);
         else
             out[n++] = (char)*p;
@@ -114,8 +147,9 @@ log_line(int prio, const char *fmt, ...)
     (void)vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
     /* The "<3>" journald reads is noise on a terminal. */
-    n = isatty(STDERR_FILENO) ? (size_t)snprintf(out, sizeof(out), "lockd-keeper: ")
-                              : (size_t)snprintf(out, sizeof(out), "<%d>lockd-keeper: ", prio);
+    n = isatty(STDERR_FILENO)
+            ? (size_t)snprintf(out, sizeof(out), "lockd-keeper: ")
+            : (size_t)snprintf(out, sizeof(out), "<%d>lockd-keeper: ", prio);
     n = log_escape(out, sizeof(out), n, buf);
     out[n++] = '\n';
     /* One write per line (stderr is unbuffered), so that the helper's lines
@@ -406,11 +440,12 @@ warn_ignored(const char *why, pid_t pid, uid_t uid, size_t nfds)
     K.warn_tat_ns += WARN_EVERY_NS;
     if (K.warn_dropped)
         log_warn("notification from pid %d uid %u ignored (%s), %zu fd%s closed (and %lu "
-                 "more not logged)", (int)pid, (unsigned)uid, why, nfds, nfds == 1 ? "" : "s",
+                 "more not logged)",
+                 (int)pid, (unsigned)uid, why, nfds, nfds == 1 ? "" : "s",
                  K.warn_dropped);
     else
-        log_warn("notification from pid %d uid %u ignored (%s), %zu fd%s closed", (int)pid,
-                 (unsigned)uid, why, nfds, nfds == 1 ? "" : "s");
+        log_warn("notification from pid %d uid %u ignored (%s), %zu fd%s closed",
+                 (int)pid, (unsigned)uid, why, nfds, nfds == 1 ? "" : "s");
     K.warn_dropped = 0;
 }
 

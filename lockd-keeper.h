@@ -145,8 +145,9 @@ int keeper_run(int listen_fd, const char *socket_path, const char *helper_path,
 
 /*
  * Append text to the log line out[0..n) of size bytes, every control byte
- * and backslash written as \xHH, so that nothing it names can split the
- * line or forge another; returns the new length.  It stops short of the
+ * (C1 included), backslash and byte of no well-formed UTF-8 character
+ * written as \xHH, so that nothing it names can split the line, forge
+ * another or act on a terminal; returns the new length.  It stops short of the
  * last 5 bytes, which leaves room for the caller's newline: a size of
  * 4 * strlen(text) + n + 2 never truncates.  The keeper's log and the
  * helper's (lockd-helper.c, log_line()) both write through it.
