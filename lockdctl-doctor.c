@@ -963,9 +963,10 @@ doc_direct(struct doctor *doc, int argc, char **argv)
                 argv[i]);
     }
     doc_helper(doc, NULL);
-    if (o->json)
+    if (o->json) {
         printf("],\"ok\":%s}\n", doc->worst <= DOC_NOTE ? "true" : "false");
-    else if (doc->worst <= DOC_NOTE)
+        json_complete();
+    } else if (doc->worst <= DOC_NOTE)
         printf("all is well\n");
     else
         printf("%d error%s, %d warning%s\n", doc->errors, doc->errors == 1 ? "" : "s",
@@ -999,9 +1000,10 @@ cmd_doctor(const struct opts *o, int argc, char **argv)
     doc_helper(&doc, space);
     doc_fds(&doc);
     lockd_space_close(space);
-    if (o->json)
+    if (o->json) {
         printf("],\"ok\":%s}\n", doc.worst <= DOC_NOTE ? "true" : "false");
-    else if (doc.worst <= DOC_NOTE)
+        json_complete();
+    } else if (doc.worst <= DOC_NOTE)
         printf("all is well\n");
     else
         printf("%d error%s, %d warning%s\n", doc.errors, doc.errors == 1 ? "" : "s",

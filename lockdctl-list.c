@@ -488,6 +488,7 @@ totals_json(const struct list_ctx *c, uint64_t other)
     printf("],\"total\":%" PRIu64 ",\"held\":%" PRIu64 ",\"free\":%" PRIu64
            ",\"unknown\":%" PRIu64 ",\"foreign\":%" PRIu64 ",\"other\":%" PRIu64 "}\n",
            c->total, c->nheld, c->nfree, c->unknown, c->foreign, other);
+    json_complete();
 }
 
 int

@@ -142,18 +142,24 @@ say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void
 say(const char *fmt, ...)
 {
-    char buf[1024];
+    char buf[1024], *text;
     va_list ap;
-    int n;
+    size_t n;
 
-    n = snprintf(buf, sizeof(buf), "lockdctl: ");
     va_start(ap, fmt);
-    n += vsnprintf(buf + n, sizeof(buf) - (size_t)n - 1, fmt, ap);
+    (void)vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
-    if (n > (int)sizeof(buf) - 2)
-        n = (int)sizeof(buf) - 2;
+    /* A process's name (comm) is its own to choose: escaped, as every name
+     * lockdctl shows.  One write per line. */
+    text = text_escaped(buf);
+    if (!text)
+        return;
+    n = (size_t)snprintf(buf, sizeof(buf), "lockdctl: %s", text);
+    free(text);
+    if (n > sizeof(buf) - 2)
+        n = sizeof(buf) - 2;
     buf[n++] = '\n';
-    (void)!write(STDERR_FILENO, buf, (size_t)n);
+    (void)!write(STDERR_FILENO, buf, n);
 }
 
 /* exec:CMD, as ourselves, with the facts in its environment; waited for up
@@ -437,8 +443,9 @@ run_watch_start(const struct opts *o, const lockd_lease *lease, const char *cons
  * CMD waits up to ORPHAN_WINDOW_MS for CMD to exit, and if it did, looks for
  * a process that carries the token and says that it runs unprotected.
  */
-#define RUN_ENV          "LOCKD_RUN"
+#define RUN_ENV "LOCKD_RUN"
 #define ORPHAN_WINDOW_MS 30000
+#define ORPHAN_SETTLE_MS 300
 
 /* Whether /proc/PID/environ (procfd: /proc) holds the entry want: 1, 0,
  * or -1 when it showed none (a process in the middle of an exec shows an
@@ -500,35 +507,58 @@ proc_start(int procfd, const char *pid, long *ret_ppid)
     buf[n] = '\0';
     /* After the ")" that ends the name: state ppid ... (field 22: start). */
     p = strrchr(buf, ')');
-    if (!p || sscanf(p + 1, " %*c %ld %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d "
-                            "%*d %*d %*d %*d %llu",
+    if (!p || sscanf(p + 1,
+                     " %*c %ld %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d "
+                     "%*d %*d %*d %*d %llu",
                      ret_ppid, &start) != 2)
         return 0;
     return start;
 }
 
+/* A process found carrying the mark, pinned by a pidfd. */
+struct orphan {
+    long pid;
+    int pidfd;
+};
+
+/* Its name, from /proc/PID/comm ("" if gone). */
+static void
+comm_of(long pid, char *buf, size_t size)
+{
+    char path[64];
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof(path), "/proc/%ld/comm", pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    n = fd >= 0 ? read(fd, buf, size - 1) : -1;
+    if (fd >= 0)
+        close(fd);
+    buf[n > 0 ? n - 1 : 0] = '\0';
+}
+
 /*
- * Say which processes carrying entry run on (at most 3); how many.  *unsure
- * is set if a process started since CMD showed no environment: it may be
- * CMD's child in the middle of an exec, to be looked at again.
+ * The processes that carry entry, other than CMD's and lockdctl's own (a
+ * nested run's watcher carries its parent's mark), at most max of them;
+ * how many.  *unsure is set if a process started since CMD showed no
+ * environment: it may be CMD's child in the middle of an exec.
  */
-static int
-orphans_report(pid_t owner, unsigned long long owner_start, const char *cmd,
-               const char *entry, double after, int *unsure)
+static size_t
+orphans_find(pid_t owner, unsigned long long owner_start, const char *entry,
+             struct orphan *found, size_t max, int *unsure)
 {
     struct dirent *de;
     DIR *proc = opendir("/proc");
-    char comm[sizeof(de->d_name) + 16];
-    int found = 0;
+    char comm[64];
+    size_t n = 0;
 
     *unsure = 0;
     if (!proc)
         return 0;
-    while ((de = readdir(proc)) != NULL && found < 3) {
+    while ((de = readdir(proc)) != NULL && n < max) {
         char *end;
         long pid = strtol(de->d_name, &end, 10), ppid;
-        int fd, has;
-        ssize_t n;
+        int has, pidfd;
 
         if (*end || pid <= 0 || pid == getpid() || pid == owner)
             continue;
@@ -538,20 +568,17 @@ orphans_report(pid_t owner, unsigned long long owner_start, const char *cmd,
             *unsure = 1;
         if (has <= 0)
             continue;
-        snprintf(comm, sizeof(comm), "%s/comm", de->d_name);
-        fd = openat(dirfd(proc), comm, O_RDONLY | O_CLOEXEC);
-        n = fd >= 0 ? read(fd, comm, sizeof(comm) - 1) : -1;
-        if (fd >= 0)
-            close(fd);
-        comm[n > 0 ? n - 1 : 0] = '\0';
-        say("%s (pid %d) exited after %.1f s and left pid %ld (%s) running: its leases "
-            "ended with pid %d, so pid %ld runs unprotected; a command that daemonizes "
-            "needs `lockdctl acquire --pid %ld DISK...` (see lockdctl(1))",
-            cmd, (int)owner, after, pid, comm, (int)owner, pid, pid);
-        found++;
+        comm_of(pid, comm, sizeof(comm));
+        if (strncmp(comm, "lockdctl-", 9) == 0)
+            continue;
+        pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+        if (pidfd < 0)
+            continue;
+        found[n].pid = pid;
+        found[n++].pidfd = pidfd;
     }
     closedir(proc);
-    return found;
+    return n;
 }
 
 static void
@@ -560,9 +587,11 @@ orphan_check(int pidfd, pid_t owner, unsigned long long owner_start, const char 
 {
     static const int again_ms[] = {0, 10, 50, 200};
     struct pollfd p = {.fd = pidfd, .events = POLLIN};
+    struct orphan found[3];
     struct timespec t0, t1;
+    char comm[64];
     double after;
-    size_t i;
+    size_t i, n = 0;
     int unsure = 1;
 
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -570,10 +599,27 @@ orphan_check(int pidfd, pid_t owner, unsigned long long owner_start, const char 
         return; /* still running, as a guest's process should */
     clock_gettime(CLOCK_MONOTONIC, &t1);
     after = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-    for (i = 0; i < sizeof(again_ms) / sizeof(again_ms[0]) && unsure; i++) {
+    for (i = 0; i < sizeof(again_ms) / sizeof(again_ms[0]) && unsure && n == 0; i++) {
         (void)poll(NULL, 0, again_ms[i]);
-        if (orphans_report(owner, owner_start, cmd, entry, after, &unsure) > 0)
-            return;
+        n = orphans_find(owner, owner_start, entry, found, 3, &unsure);
+    }
+    if (n == 0)
+        return;
+    /* A process that was only passing through (a subshell, a child about
+     * to exit) is gone a moment later: only one still running is named. */
+    (void)poll(NULL, 0, ORPHAN_SETTLE_MS);
+    for (i = 0; i < n; i++) {
+        struct pollfd q = {.fd = found[i].pidfd, .events = POLLIN};
+
+        if (poll(&q, 1, 0) == 0) {
+            comm_of(found[i].pid, comm, sizeof(comm));
+            say("%s (pid %d) exited after %.1f s and left pid %ld (%s) running: its "
+                "leases ended with pid %d, so pid %ld runs unprotected; a command that "
+                "daemonizes needs `lockdctl acquire --pid %ld DISK...` (see lockdctl(1))",
+                cmd, (int)owner, after, found[i].pid, comm, (int)owner, found[i].pid,
+                found[i].pid);
+        }
+        close(found[i].pidfd);
     }
 }
 

@@ -38,20 +38,14 @@
  * Messages
  */
 
-/*
- * Length of the UTF-8 sequence at p (1-4) if it is a well-formed one of a
- * character a terminal prints, else 0: a control character (C0, DEL, and
- * the C1 range U+0080-U+009F, whose CSI rewrites the screen as ESC [ does),
- * an overlong form, a surrogate or a stray byte.
- */
+/* Length of the well-formed UTF-8 sequence at p (2-4 bytes) and its code
+ * point, or 0: a stray byte, an overlong form, a surrogate. */
 static size_t
-utf8_printable(const unsigned char *p)
+utf8_decode(const unsigned char *p, uint32_t *ret)
 {
     uint32_t c;
     size_t n, i;
 
-    if (*p >= 0x20 && *p < 0x7f)
-        return 1;
     if (*p >= 0xc2 && *p <= 0xdf)
         n = 2, c = *p & 0x1fu;
     else if (*p >= 0xe0 && *p <= 0xef)
@@ -65,10 +59,36 @@ utf8_printable(const unsigned char *p)
             return 0;
         c = c << 6 | (p[i] & 0x3fu);
     }
-    if (c < 0xa0 || (n == 3 && c < 0x800) || (n == 4 && c < 0x10000) || c > 0x10ffff ||
+    if ((n == 3 && c < 0x800) || (n == 4 && c < 0x10000) || c > 0x10ffff ||
         (c >= 0xd800 && c <= 0xdfff))
         return 0;
+    *ret = c;
     return n;
+}
+
+/* Whether code point c (>= 0x80) is one a terminal acts on or hides: the
+ * C1 controls (CSI rewrites the screen as ESC [ does), and the invisible
+ * ones that reorder or hide what follows (zero-width and direction marks,
+ * bidi embeddings and isolates, line separators). */
+static int
+unicode_hidden(uint32_t c)
+{
+    return c < 0xa0 || (c >= 0x200b && c <= 0x200f) || (c >= 0x2028 && c <= 0x202e) ||
+           (c >= 0x2066 && c <= 0x2069) || c == 0xfeff;
+}
+
+/* Length of the character at p if a terminal may print it as it is (1-4),
+ * else 0. */
+static size_t
+utf8_printable(const unsigned char *p)
+{
+    uint32_t c = 0;
+    size_t n;
+
+    if (*p >= 0x20 && *p < 0x7f)
+        return 1;
+    n = utf8_decode(p, &c);
+    return n && !unicode_hidden(c) ? n : 0;
 }
 
 /*
@@ -360,21 +380,21 @@ json_str(const char *s)
     }
     putchar('"');
     for (p = (const unsigned char *)s; *p; p += n ? n : 1) {
-        n = utf8_printable(p);
+        uint32_t c = *p;
+
+        n = *p < 0x80 ? 1 : utf8_decode(p, &c);
         if (*p == '"' || *p == '\\')
             printf("\\%c", *p);
         else if (*p == '\n')
             fputs("\\n", stdout);
         else if (*p == '\t')
             fputs("\\t", stdout);
-        else if (*p < 0x20 || *p == 0x7f)
-            printf("\\u%04x", *p);
-        else if (n > 0)
-            fwrite(p, 1, n, stdout);
-        else if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] < 0xa0) /* C1 control */
-            printf("\\u%04x", p[1]), n = 2;
-        else
+        else if (n == 0)
             fputs("\\ufffd", stdout);
+        else if (c < 0x20 || c == 0x7f || (c >= 0x80 && unicode_hidden(c)))
+            printf("\\u%04x", (unsigned)c); /* all in the BMP */
+        else
+            fwrite(p, 1, n, stdout);
     }
     putchar('"');
 }
@@ -812,8 +832,8 @@ record_text(const lockd_space *space, const char *key, char *buf, size_t size)
     since_text(hi.since, since, sizeof(since));
     /* Cut to size if it must be: a message, not a record. */
     r = snprintf(buf, size, "%s%s(%s%s%spid %d) on host %s since %s", hi.owner,
-                 *hi.owner ? " " : "", *hi.uuid ? "uuid " : "", hi.uuid, *hi.uuid ? ", " : "",
-                 (int)hi.pid, *hi.host ? hi.host : "?", since);
+                 *hi.owner ? " " : "", *hi.uuid ? "uuid " : "", hi.uuid,
+                 *hi.uuid ? ", " : "", (int)hi.pid, *hi.host ? hi.host : "?", since);
     return r < 0 ? -EINVAL : 0;
 }
 
@@ -1271,8 +1291,7 @@ cmd_run(const struct opts *o, int ndisks, char **disks, char **cmd)
         /* Only watched for: CMD runs protected all the same. */
         if (r == 0)
             (void)run_orphan_check_start(cmd[0]);
-    }
-    else if ((r = lease_inherit(lease)) < 0) {
+    } else if ((r = lease_inherit(lease)) < 0) {
         errorf("%s: cannot pass its lease to %s: %s", d[0].name, cmd[0], strerror(-r));
         lockd_lease_release(lease);
         r = EXIT_FAIL;
@@ -1570,8 +1589,8 @@ struct owner_count {
 };
 
 static int
-owner_counted(void *userdata, int32_t pid, uint32_t uid, const char *uuid, const char *name,
-              uint32_t leases)
+owner_counted(void *userdata, int32_t pid, uint32_t uid, const char *uuid,
+              const char *name, uint32_t leases)
 {
     struct owner_count *c = userdata;
 
@@ -1853,9 +1872,10 @@ cmd_who(const struct opts *o, int argc, char **argv)
         r = who_one(o, space, conn, &d[i], &t);
         worst = worst ? worst : r;
     }
-    if (o->json)
+    if (o->json) {
         printf("]}\n");
-    else
+        json_complete(); /* its errors are in it, per disk */
+    } else
         table_print(&t);
     r = worst;
 out:
@@ -2188,10 +2208,11 @@ struct command {
 
 static const struct command commands[] = {
     {"key", cmd_key, OPT_RESOURCE | OPT_JSON, 0},
-    {"run", cmd_run_args, OPT_RESOURCE | OPT_LEASE | OPT_CONFLICT | OPT_DIRECT | OPT_CREATE,
-     1},
+    {"run", cmd_run_args,
+     OPT_RESOURCE | OPT_LEASE | OPT_CONFLICT | OPT_DIRECT | OPT_CREATE, 1},
     {"acquire", cmd_acquire,
-     OPT_RESOURCE | OPT_LEASE | OPT_PID | OPT_CONFLICT | OPT_DIRECT | OPT_JSON | OPT_CREATE,
+     OPT_RESOURCE | OPT_LEASE | OPT_PID | OPT_CONFLICT | OPT_DIRECT | OPT_JSON |
+         OPT_CREATE,
      0},
     {"release", cmd_release, OPT_RESOURCE | OPT_PID, 0},
     {"status", cmd_status, OPT_JSON, 0},
@@ -2465,16 +2486,25 @@ json_begin(void)
     return saved;
 }
 
-static int json_error_printed;
+static int json_error_printed, json_asked, json_whole;
+
+/* The command has printed its whole document, which says what failed (who
+ * with a disk it could not probe, doctor with a warning): json_end() keeps
+ * it whatever the exit status. */
+void
+json_complete(void)
+{
+    json_whole = 1;
+}
 
 /* {"error":{"message":"...","exit":N}} on stdout, once. */
 static void
 json_error(int r)
 {
-    if (json_error_printed || r == 0 || !last_error[0])
+    if (json_error_printed || r == 0)
         return;
     fputs("{\"error\":{\"message\":", stdout);
-    json_str(last_error);
+    json_str(last_error[0] ? last_error : "failed");
     printf(",\"exit\":%d}}\n", r);
     json_error_printed = 1;
 }
@@ -2496,7 +2526,9 @@ json_end(int saved, int r)
     clearerr(stdout);
     if (m >= 0)
         size = lseek(m, 0, SEEK_CUR);
-    if (size > 0 && lseek(m, 0, SEEK_SET) == 0) {
+    /* A failure leaves what was printed, which may be half a document: the
+     * error object replaces it, unless the document is whole. */
+    if (size > 0 && (r == 0 || json_whole) && lseek(m, 0, SEEK_SET) == 0) {
         while ((n = read(m, buf, sizeof(buf))) > 0)
             fwrite(buf, 1, (size_t)n, stdout);
         json_error_printed = 1; /* the command's own document says it */
@@ -2530,6 +2562,8 @@ dispatch(struct opts *o, int argc, char **argv)
     /* Operands now sit in argv[optind..dd), permuted there by getopt. */
     if (o->json && !(cmd->allowed & OPT_JSON))
         return usage_error("option --json does not apply to %s", cmd->name);
+    if (o->json && o->test)
+        return usage_error("who --test prints nothing: it takes no --json");
     r = names_check(dd - optind, argv + optind);
     if (r != 0)
         return r;
@@ -2539,26 +2573,56 @@ dispatch(struct opts *o, int argc, char **argv)
         r = cmd->fn(o, argc - optind, argv + optind);
         if (saved >= 0)
             json_end(saved, r);
+        else
+            json_error_printed = 1; /* printed straight out: nothing to add */
         return r;
     }
     return cmd->fn(o, argc - optind, argv + optind);
 }
 
+/* Whether word is an option whose argument is the next word ("-n NAME",
+ * "--name NAME"; not "--name=NAME"). */
+static int
+takes_next(const char *word)
+{
+    size_t i;
+
+    if (word[0] != '-')
+        return 0;
+    if (word[1] != '-')
+        return word[1] && !word[2] && strchr("dkSEpnu", word[1]);
+    for (i = 0; long_options[i].name; i++)
+        if (long_options[i].has_arg == required_argument &&
+            strcmp(word + 2, long_options[i].name) == 0)
+            return 1;
+    return 0;
+}
+
 /*
- * "-w DISK" means "wait, for as long as it takes" (--wait without a
- * number), not "wait DISK seconds": getopt cannot have an optional argument
- * in a word of its own, so a -w whose next word does not begin as a number
- * of seconds is read as --wait.  Options end at "--" (run's command is its own).
+ * Before getopt: "-w DISK" means "wait, for as long as it takes" (--wait
+ * without a number), not "wait DISK seconds": getopt cannot have an optional
+ * argument in a word of its own, so a -w whose next word is not a number of
+ * seconds is read as --wait.  And whether --json was asked for at all, so
+ * that a usage error getopt meets before it still answers in JSON.  Options
+ * end at "--" (run's command is its own); an option's argument is skipped
+ * ("--name -w" names an owner "-w").
  */
 static void
-wait_spelling(int argc, char **argv)
+argv_prescan(int argc, char **argv)
 {
     int i;
 
-    for (i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
-        if (strcmp(argv[i], "-w") == 0 &&
-            (i + 1 == argc || !strchr("0123456789.", argv[i + 1][0]) || !argv[i + 1][0]))
+    for (i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {
+        const char *next = i + 1 < argc ? argv[i + 1] : "";
+
+        if (strcmp(argv[i], "-J") == 0 || strcmp(argv[i], "--json") == 0)
+            json_asked = 1;
+        else if (strcmp(argv[i], "-w") == 0 &&
+                 (!*next || strspn(next, "0123456789.") != strlen(next)))
             argv[i] = (char *)"--wait";
+        else if (takes_next(argv[i]))
+            i++;
+    }
 }
 
 int
@@ -2570,10 +2634,10 @@ main(int argc, char **argv)
                      .min_age_ms = LOCKD_GC_MIN_AGE_MS};
     int r;
 
-    wait_spelling(argc, argv);
+    argv_prescan(argc, argv);
     o.dir_given = getenv("LOCKD_DIR") && *getenv("LOCKD_DIR");
     r = parse_options(&o, argc, argv, 0, NULL, 0);
-    if (r > 0 && o.json)
+    if (r > 0 && (o.json || json_asked))
         json_error(r);
     if (r != 0) {
         free(o.dir);
@@ -2590,7 +2654,7 @@ main(int argc, char **argv)
         return r;
     }
     r = dispatch(&o, argc - optind, argv + optind);
-    if (o.json)
+    if (o.json || json_asked)
         json_error(r);
     free(o.dir);
     free(o.socket);

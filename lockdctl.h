@@ -63,6 +63,11 @@ void json_str(const char *s);
  * printable UTF-8 character (controls, C1 controls, stray bytes) as \xHH.
  * text_escaped() returns it as a new string, or NULL (out of memory). */
 void put_text(FILE *f, const char *s);
+
+/* In lockdctl.c.  A --json command calls this once it has printed its whole
+ * document, if the document itself says what failed (who, list, doctor):
+ * it is kept whatever the exit status, instead of an error object. */
+void json_complete(void);
 char *text_escaped(const char *s);
 
 /* In lockdctl.c.  When o->dir is NULL (no --dir, LOCKD_DIR or HOME): the

@@ -1192,8 +1192,6 @@ test_usage_errors(void)
     usage_case("no command after '--'", "run", "a.img", "--", (char *)NULL);
     usage_case("--wait=abc", "run", "--wait=abc", "a.img", "--", "true", (char *)NULL);
     usage_case("--wait=-1", "run", "--wait=-1", "a.img", "--", "true", (char *)NULL);
-    usage_case("-w 1x: not a number", "run", "-w", "1x", "a.img", "--", "true",
-               (char *)NULL);
     usage_case("--wait=1x: not a number", "run", "--wait=1x", "a.img", "--", "true",
                (char *)NULL);
     usage_case("--pid given twice", "acquire", "--pid", "1", "-p", "2", "a.img",
@@ -3279,6 +3277,14 @@ test_names_escaped(void)
     ASSERT_INT_EQ(lines(r.out), 1);
     ASSERT_CONTAINS(r.out, "  pool/a\\x0a0123456789abcdef  /etc/passwd\n");
     res_free(&r);
+    /* The helper's log escapes it too, C1 controls included. */
+    {
+        char *log = slurp("helper.log");
+
+        ASSERT_TRUE(!strchr(log, '\x1b') && !strstr(log, "\xc2\x9b"));
+        ASSERT_CONTAINS(log, "\\xc2\\x9b");
+        free(log);
+    }
     /* A disk name in an error message. */
     CTL_EXPECT(&r, 1, "run", "x\x1b]0;owned\x07.img", "--", "true");
     assert_one_line_error(&r, "/x\\x1b]0;owned\\x07.img: no such file");
@@ -3344,9 +3350,17 @@ test_json_errors(void)
     ASSERT_CONTAINS(json_get(flat, ".error.message"), "busy: held exclusively by web1");
     free(flat);
     res_free(&r);
-    /* who --test --json is no error: the document, and 75. */
-    CTL_EXPECT(&r, 75, "who", "--test", "--json", "a.img");
-    ASSERT_STR_EQ(r.out, "");
+    /* who --test prints nothing, so --json has nothing to say. */
+    CTL_EXPECT(&r, 64, "who", "--test", "--json", "a.img");
+    flat = json_flat(r.out);
+    ASSERT_CONTAINS(json_get(flat, ".error.message"), "takes no --json");
+    free(flat);
+    res_free(&r);
+    /* An option getopt refuses before it reaches --json. */
+    CTL_EXPECT(&r, 64, "list", "--bogus", "--json");
+    flat = json_flat(r.out);
+    ASSERT_JSON(flat, ".error.exit", "64");
+    free(flat);
     res_free(&r);
     ASSERT_INT_EQ(proc_finish(&p), 0);
     kill(owner, SIGKILL);
@@ -3420,6 +3434,17 @@ test_wait_short_option(void)
     res_free(&r);
     CTL_EXPECT(&r, 0, "run", "-w5", "a.img", "--", "true");
     res_free(&r);
+    CTL_EXPECT(&r, 0, "run", "-w", "./a.img", "--", "true");
+    res_free(&r);
+    /* Not a number of seconds: a disk (that does not exist). */
+    CTL_EXPECT(&r, 1, "run", "-w", "1x", "a.img", "--", "true");
+    assert_one_line_error(&r, "/1x: no such file");
+    res_free(&r);
+    /* Another option's argument is left alone: an owner named "-w". */
+    CTL_EXPECT(&r, 75, "run", "--name", "-w", "a.img", "--", "sh", "-c",
+               "exec \"$0\" run a.img -- true", ctl_path);
+    ASSERT_CONTAINS(r.err, "busy: held exclusively by -w (pid");
+    res_free(&r);
 }
 
 /* The pid of the process named by "left pid N" in text, or 0. */
@@ -3490,9 +3515,29 @@ test_run_daemonizes(void)
     ASSERT_TRUE(WAIT_UNTIL(helper_leases() == 0, 5000));
     ASSERT_INT_EQ(probe("a.img"), LOCKD_FREE);
     kill(orphan, SIGKILL);
-    /* A CMD that leaves nothing behind: not a word. */
+    /* A CMD that leaves nothing behind: not a word; nor one whose child
+     * is only passing through. */
     ASSERT_INT_EQ(run_sh("a.img", "sleep 0 & wait", err, sizeof(err)), 0);
     ASSERT_STR_EQ(err, "");
+    ASSERT_INT_EQ(run_sh("a.img", "sleep 0.01 </dev/null >/dev/null 2>&1 & exit 0", err,
+                         sizeof(err)),
+                  0);
+    ASSERT_STR_EQ(err, "");
+    /* The name of the process left running is its own to choose: escaped. */
+    {
+        char prog[PATH_MAX + 64], script[PATH_MAX + 128];
+
+        snprintf(prog, sizeof(prog), "%s/\x1b[31mX\x07", test_scratch);
+        ASSERT_OK(sys(symlink("/bin/sleep", prog)));
+        snprintf(script, sizeof(script), "\"%s\" 60 </dev/null >/dev/null 2>&1 & exit 0",
+                 prog);
+        ASSERT_INT_EQ(run_sh("a.img", script, err, sizeof(err)), 0);
+        orphan = left_pid(err);
+        ASSERT_TRUE(orphan > 0);
+        kill(orphan, SIGKILL);
+        ASSERT_CONTAINS(err, "(\\x1b[31mX\\x07) running");
+        ASSERT_TRUE(!strchr(err, '\x1b') && !strchr(err, '\x07'));
+    }
     helper_stop(helper);
     /* No helper: the child holds the lease fds it inherited. */
     CTL_EXPECT(&r, 0, "run", "a.img", "--", "sh", "-c",
@@ -3530,6 +3575,20 @@ test_helper_cli(void)
         char *e = slurp("bad.err");
 
         ASSERT_CONTAINS(e, "the socket is -S or --socket, as in lockdctl");
+        free(e);
+    }
+    /* -S was --fd-store-max once: a number is refused, not made a socket. */
+    bad[1] = "-S";
+    bad[2] = "8";
+    fflush(NULL);
+    pid = fork();
+    if (pid == 0)
+        child_exec(bad, -1, -1, out_file("bad.err"));
+    ASSERT_INT_EQ(test_wait(pid), 64);
+    {
+        char *e = slurp("bad.err");
+
+        ASSERT_CONTAINS(e, "-S 8: -S is the socket now");
         free(e);
     }
     ASSERT_OK(sys(openpty(&master, &slave, NULL, NULL, NULL)));
