@@ -327,6 +327,24 @@ hold(struct proc *p, const char *disk, const char *opt1, const char *opt2)
     }
 }
 
+/* Read fd into buf (NUL-terminated) until every writer has closed it (EOF,
+ * or EIO on a pty's master). */
+static void
+read_all(int fd, char *buf, size_t size)
+{
+    size_t len = 0;
+    ssize_t n;
+
+    while (len < size - 1 && (n = read(fd, buf + len, size - 1 - len)) != 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            break;
+        len += (size_t)n;
+    }
+    buf[len] = '\0';
+}
+
 /* Let a holder's CMD exit; returns its (and so lockdctl's) exit status. */
 static int
 proc_finish(struct proc *p)
@@ -1703,8 +1721,6 @@ test_gc_progress_on_tty(void)
 {
     char *argv[] = {ctl_path, "gc", "--min-age=0", NULL}, buf[65536];
     int master, slave, st;
-    size_t len = 0;
-    ssize_t n;
     pid_t pid;
 
     case_env();
@@ -1716,16 +1732,7 @@ test_gc_progress_on_tty(void)
     if (pid == 0)
         child_exec(argv, -1, out_file("gc.out"), slave);
     close(slave);
-    /* Read until the child's side closes (EIO on a pty). */
-    while (len < sizeof(buf) - 1 &&
-           (n = read(master, buf + len, sizeof(buf) - 1 - len)) != 0) {
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            break;
-        len += (size_t)n;
-    }
-    buf[len] = '\0';
+    read_all(master, buf, sizeof(buf));
     close(master);
     st = test_wait(pid);
     ASSERT_INT_EQ(st, 0);
@@ -3462,10 +3469,9 @@ left_pid(const char *text)
 static int
 run_sh(const char *disk, const char *script, char *err, size_t size)
 {
-    char *argv[] = {ctl_path, "run", (char *)disk, "--", "sh", "-c", (char *)script, NULL};
-    size_t len = 0;
+    char *argv[] = {ctl_path, "run", (char *)disk,   "--",
+                    "sh",     "-c",  (char *)script, NULL};
     int pfd[2], st;
-    ssize_t n;
     pid_t pid;
 
     ASSERT_OK(sys(pipe2(pfd, O_CLOEXEC)));
@@ -3476,14 +3482,7 @@ run_sh(const char *disk, const char *script, char *err, size_t size)
     if (pid == 0)
         child_exec(argv, -1, -1, pfd[1]);
     close(pfd[1]);
-    while (len < size - 1 && (n = read(pfd[0], err + len, size - 1 - len)) != 0) {
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            break;
-        len += (size_t)n;
-    }
-    err[len] = '\0';
+    read_all(pfd[0], err, size);
     close(pfd[0]);
     st = test_wait(pid);
     return st;
@@ -3561,8 +3560,6 @@ test_helper_cli(void)
     char *bad[] = {helper_path, "-s", (char *)test_path("h.sock"), NULL};
     char buf[4096];
     int master, slave;
-    size_t len = 0;
-    ssize_t n;
     pid_t pid;
 
     case_env();
@@ -3598,15 +3595,7 @@ test_helper_cli(void)
         child_exec(argv, -1, -1, slave);
     close(slave);
     /* -t 1: it exits after a second with nothing held; read until then. */
-    while (len < sizeof(buf) - 1 &&
-           (n = read(master, buf + len, sizeof(buf) - 1 - len)) != 0) {
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            break;
-        len += (size_t)n;
-    }
-    buf[len] = '\0';
+    read_all(master, buf, sizeof(buf));
     close(master);
     ASSERT_INT_EQ(test_wait(pid), 0);
     ASSERT_CONTAINS(buf, "ready: 0 owners, 0 leases");
