@@ -340,7 +340,9 @@ helper_holders(struct list_ctx *c, const char *name, struct row *row)
         (void)lockd_key_resource(name, strlen(name), key);
     else
         memcpy(key, name, LOCKD_KEY_SIZE);
-    if (!bsearch(key, c->held.keys, c->held.n, sizeof(*c->held.keys), key_cmp))
+    /* (bsearch() takes no NULL array, even of no keys.) */
+    if (c->held.n == 0 ||
+        !bsearch(key, c->held.keys, c->held.n, sizeof(*c->held.keys), key_cmp))
         return;
     r = lockd_conn_list(c->conn, 0, key, list_row, row);
     if (r < 0)
