@@ -133,7 +133,7 @@ text_escaped(const char *s)
 }
 
 /* The last error said, for the JSON error object of a --json command
- * (json_finish()); warnings and notes are not errors. */
+ * (json_error()); warnings and notes are not errors. */
 static char last_error[1024];
 
 static void
@@ -2509,8 +2509,8 @@ json_error(int r)
     json_error_printed = 1;
 }
 
-/* Undo json_begin(): what the command printed, or the error object if it
- * failed having printed nothing. */
+/* Undo json_begin(): what the command printed if it succeeded or printed a
+ * whole document (json_complete()), else the error object. */
 static void
 json_end(int saved, int r)
 {
