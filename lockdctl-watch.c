@@ -626,7 +626,7 @@ orphan_check(int pidfd, pid_t owner, unsigned long long owner_start, const char 
 int
 run_orphan_check_start(const char *cmd)
 {
-    char entry[96];
+    char entry[96], *env;
     unsigned long long token = 0, start;
     pid_t owner = getpid(), pid;
     long ppid;
@@ -635,8 +635,11 @@ run_orphan_check_start(const char *cmd)
     if (getrandom(&token, sizeof(token), GRND_NONBLOCK) != (ssize_t)sizeof(token))
         token ^= (unsigned long long)time(NULL) << 20 ^ (unsigned long long)owner;
     snprintf(entry, sizeof(entry), "%s=%d.%016llx", RUN_ENV, (int)owner, token);
-    if (putenv(strdup(entry)) != 0)
+    env = strdup(entry); /* putenv() keeps it: CMD's environment */
+    if (!env || putenv(env) != 0) {
+        free(env);
         return -ENOMEM;
+    }
     start = proc_start(AT_FDCWD, "/proc/self", &ppid);
     pidfd = (int)syscall(SYS_pidfd_open, owner, 0);
     if (pidfd < 0)
