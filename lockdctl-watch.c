@@ -486,25 +486,32 @@ environ_has(int procfd, const char *pid, const char *want)
     return found ? 1 : size ? 0 : -1;
 }
 
-/* The start time (in clock ticks since boot) and parent of /proc/PID, from
- * its stat; 0 if it cannot be read. */
+/* A small /proc file, read at once into buf (NUL-terminated); its length,
+ * or -1. */
+static ssize_t
+proc_read(const char *path, char *buf, size_t size)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? read(fd, buf, size - 1) : -1;
+
+    if (fd >= 0)
+        close(fd);
+    buf[n > 0 ? n : 0] = '\0';
+    return n;
+}
+
+/* The start time (in clock ticks since boot) and parent of /proc/PID ("self"
+ * or a number), from its stat; 0 if it cannot be read. */
 static unsigned long long
-proc_start(int procfd, const char *pid, long *ret_ppid)
+proc_start(const char *pid, long *ret_ppid)
 {
     char path[sizeof(((struct dirent *)0)->d_name) + 16], buf[1024], *p;
     unsigned long long start = 0;
-    ssize_t n;
-    int fd;
 
-    snprintf(path, sizeof(path), "%s/stat", pid);
-    fd = openat(procfd, path, O_RDONLY | O_CLOEXEC);
-    n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
-    if (fd >= 0)
-        close(fd);
+    snprintf(path, sizeof(path), "/proc/%s/stat", pid);
     *ret_ppid = 0;
-    if (n <= 0)
+    if (proc_read(path, buf, sizeof(buf)) <= 0)
         return 0;
-    buf[n] = '\0';
     /* After the ")" that ends the name: state ppid ... (field 22: start). */
     p = strrchr(buf, ')');
     if (!p || sscanf(p + 1,
@@ -527,14 +534,11 @@ comm_of(long pid, char *buf, size_t size)
 {
     char path[64];
     ssize_t n;
-    int fd;
 
     snprintf(path, sizeof(path), "/proc/%ld/comm", pid);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    n = fd >= 0 ? read(fd, buf, size - 1) : -1;
-    if (fd >= 0)
-        close(fd);
-    buf[n > 0 ? n - 1 : 0] = '\0';
+    n = proc_read(path, buf, size);
+    if (n > 0 && buf[n - 1] == '\n')
+        buf[n - 1] = '\0';
 }
 
 /*
@@ -563,7 +567,7 @@ orphans_find(pid_t owner, unsigned long long owner_start, const char *entry,
         if (*end || pid <= 0 || pid == getpid() || pid == owner)
             continue;
         has = environ_has(dirfd(proc), de->d_name, entry);
-        if (has < 0 && proc_start(dirfd(proc), de->d_name, &ppid) >= owner_start &&
+        if (has < 0 && proc_start(de->d_name, &ppid) >= owner_start &&
             ppid != 2 /* kthreadd's: a kernel thread */)
             *unsure = 1;
         if (has <= 0)
@@ -640,7 +644,7 @@ run_orphan_check_start(const char *cmd)
         free(env);
         return -ENOMEM;
     }
-    start = proc_start(AT_FDCWD, "/proc/self", &ppid);
+    start = proc_start("self", &ppid);
     pidfd = (int)syscall(SYS_pidfd_open, owner, 0);
     if (pidfd < 0)
         return -errno;
